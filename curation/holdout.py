@@ -1,0 +1,39 @@
+"""Held-out draw: set aside `n` valid rows of the raw pool *before* curation.
+
+Evaluating on rows chosen by pond's own quality scores would favour the arm picked the same way
+(DESIGN.md, "Guard against circularity"), so the draw uses validity rules only: the row has a user
+turn and a non-empty assistant answer. Drawn rows leave the pool as rejections with reason
+`held_out`; the runner also writes them to `heldout.parquet` in the run directory.
+"""
+from __future__ import annotations
+
+import polars as pl
+from pydantic import Field
+
+from curation.step import StepContext, StepOptions, split
+
+
+class HoldoutOptions(StepOptions):
+    n: int = Field(200, ge=1, description="rows to set aside for evaluation")
+    min_answer_chars: int = Field(1, ge=1, description="an answer shorter than this is not a valid held-out row")
+
+
+def valid_for_heldout(min_answer_chars: int = 1) -> pl.Expr:
+    roles = pl.col("messages").list.eval(pl.element().struct.field("role"))
+    answers = pl.col("messages").list.eval(
+        pl.when(pl.element().struct.field("role") == "assistant")
+        .then(pl.element().struct.field("content").str.strip_chars().str.len_chars())
+        .otherwise(0)
+    )
+    return roles.list.contains("user") & (answers.list.max() >= min_answer_chars)
+
+
+def holdout(df: pl.DataFrame, opts: HoldoutOptions, ctx: StepContext) -> tuple[pl.DataFrame, pl.DataFrame]:
+    if df.is_empty():
+        return df, split(df, pl.lit(True), "holdout", "held_out")[1]
+    valid_ids = df.filter(valid_for_heldout(opts.min_answer_chars))["id"]
+    # sort before sampling so the draw depends on the seed and the ids, not on file order
+    drawn = valid_ids.sort().sample(n=min(opts.n, len(valid_ids)), seed=ctx.seed, shuffle=True)
+    ctx.stats["valid_candidates"] = len(valid_ids)
+    ctx.stats["drawn"] = len(drawn)
+    return split(df, ~pl.col("id").is_in(drawn.implode()), "holdout", "held_out")

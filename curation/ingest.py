@@ -1,0 +1,261 @@
+"""Ingest: files in common formats and layouts -> canonical records + rejections.
+
+Formats: JSONL, JSON (array of objects), Parquet, CSV; `auto` picks by file extension.
+Layouts: see curation.layouts (OpenAI messages, ShareGPT, Alpaca, prompt/response, text).
+
+Files are read as streams in batches (JSONL line by line, JSON arrays element by element,
+Parquet by row group, CSV in chunks), so memory is bounded by the batch size, not the file.
+A malformed row becomes a rejection (`stage=ingest`, `reason`, `detail`, `line`); a file that
+cannot be read at all raises `IngestError` with a one-line message naming the file.
+"""
+from __future__ import annotations
+
+import glob
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+import polars as pl
+from pydantic import Field
+
+from curation.layouts import LAYOUTS, RowError, normalise
+from curation.records import MESSAGES, make_id
+from curation.step import StepOptions
+
+FORMATS = ("jsonl", "json", "parquet", "csv")
+EXTENSIONS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
+RAW_PREVIEW = 2000  # characters of a bad row kept in rejected.parquet for the audit
+BATCH_ROWS = 50_000
+
+
+class IngestError(ValueError):
+    """A file (not a row) is unusable: the message is one line naming the file."""
+
+
+class InputOptions(StepOptions):
+    path: str | list[str] = Field(description="file, directory or glob (or a list of them)")
+    format: Literal["auto", "jsonl", "json", "parquet", "csv"] = Field(
+        "auto", description="file format; `auto` picks by extension (.jsonl/.ndjson, .json, .parquet, .csv)")
+    layout: Literal["auto", "messages", "sharegpt", "alpaca", "prompt_response", "text"] = Field(
+        "auto", description="row layout; `auto` detects it per row from the keys present")
+    limit: int | None = Field(None, ge=1, description="read at most this many rows in total (for trials)")
+
+
+def expand_paths(patterns: str | list[str], base_dir: Path = Path(".")) -> list[Path]:
+    """Files named by paths, directories and globs, sorted, without duplicates."""
+    out: list[Path] = []
+    for pattern in [patterns] if isinstance(patterns, str) else patterns:
+        p = Path(pattern).expanduser()
+        p = p if p.is_absolute() else base_dir / p
+        if p.is_dir():
+            matches = sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in EXTENSIONS)
+        elif any(ch in str(p) for ch in "*?["):
+            matches = sorted(Path(m) for m in glob.glob(str(p), recursive=True) if Path(m).is_file())
+        elif p.is_file():
+            matches = [p]
+        else:
+            raise IngestError(f"{p}: no such file or directory")
+        if not matches:
+            raise IngestError(f"{p}: matches no input files")
+        out.extend(m for m in matches if m not in out)
+    return out
+
+
+def file_format(path: Path, fmt: str = "auto") -> str:
+    if fmt != "auto":
+        return fmt
+    found = EXTENSIONS.get(path.suffix.lower())
+    if found is None:
+        raise IngestError(f"{path}: unknown format {path.suffix or '(no extension)'!r}; "
+                          f"expected one of {', '.join(EXTENSIONS)} or set `format:`")
+    return found
+
+
+# --- readers: each yields (line number, row dict | RowError, raw text) --------------------------
+
+Item = tuple[int, Any, str]
+
+
+def _read_jsonl(path: Path) -> Iterator[Item]:
+    with open(path, "rb") as f:
+        for line_no, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                yield line_no, RowError("invalid_utf8", str(exc)), raw.decode("utf-8", "replace")
+                continue
+            if not line.strip():
+                continue  # blank lines are layout, not rows
+            try:
+                yield line_no, json.loads(line), line
+            except json.JSONDecodeError as exc:
+                yield line_no, RowError("bad_json", exc.msg + f" at column {exc.colno}"), line
+
+
+def _read_json_array(path: Path) -> Iterator[Item]:
+    try:
+        body = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise IngestError(f"{path}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
+    decoder = json.JSONDecoder()
+    pos = len(body) - len(body.lstrip())
+    if not body.startswith("[", pos):
+        raise IngestError(f"{path}: a .json input must be an array of objects (use .jsonl for one object per line)")
+    pos += 1
+    line_no = body.count("\n", 0, pos) + 1
+    last = pos
+    while True:
+        while pos < len(body) and body[pos] in " \r\n\t,":
+            pos += 1
+        if pos >= len(body):
+            raise IngestError(f"{path}:{body.count(chr(10), 0, pos) + 1}: JSON array is not closed (file cut off?)")
+        if body[pos] == "]":
+            return
+        line_no += body.count("\n", last, pos)
+        try:
+            value, end = decoder.raw_decode(body, pos)
+        except json.JSONDecodeError as exc:
+            raise IngestError(f"{path}:{exc.lineno}: invalid JSON: {exc.msg}") from None
+        yield line_no, value, body[pos:end]
+        last, pos = pos, end
+
+
+def _read_parquet(path: Path) -> Iterator[Item]:
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(path)
+    except Exception as exc:  # noqa: BLE001 - any reader failure is a bad file
+        raise IngestError(f"{path}: not a readable Parquet file ({type(exc).__name__}: {exc})") from None
+    row = 0
+    for batch in pf.iter_batches(batch_size=BATCH_ROWS):
+        for record in batch.to_pylist():
+            row += 1
+            yield row, record, ""
+
+
+def _read_csv(path: Path) -> Iterator[Item]:
+    lazy = pl.scan_csv(path, infer_schema=False, encoding="utf8-lossy")
+    row = 1  # the header is line 1
+    try:
+        for batch in lazy.collect_batches(chunk_size=BATCH_ROWS):
+            for record in batch.to_dicts():
+                row += 1
+                cleaned = {k: v for k, v in record.items() if not (k == "" or k.startswith("__UNNAMED"))}
+                if any(isinstance(v, str) and "\ufffd" in v for v in cleaned.values()):
+                    yield row, RowError("invalid_utf8", "row holds bytes that are not UTF-8"), json.dumps(cleaned)
+                    continue
+                # CSV has no null vs empty distinction: empty cells of optional fields are absent.
+                yield row, {k: v for k, v in cleaned.items() if v not in (None, "")}, ""
+    except pl.exceptions.PolarsError as exc:
+        raise IngestError(f"{path}: CSV parse error after line {row} ({str(exc).splitlines()[0]})") from None
+
+
+READERS = {"jsonl": _read_jsonl, "json": _read_json_array, "parquet": _read_parquet, "csv": _read_csv}
+
+
+# --- records -------------------------------------------------------------------------------------
+
+def _records_frame(rows: list[dict[str, Any]]) -> pl.DataFrame:
+    base = {"id": pl.Utf8, "messages": MESSAGES, "text": pl.Utf8, "source": pl.Utf8}
+    if not rows:
+        return pl.DataFrame(schema=base)
+    core = pl.DataFrame({k: [r[k] for r in rows] for k in base}, schema=base)
+    extra_keys = sorted({k for r in rows for k in r} - set(base))
+    if not extra_keys:
+        return core
+    extras = pl.DataFrame([{k: r.get(k) for k in extra_keys} for r in rows], infer_schema_length=None, strict=False)
+    return pl.concat([core, extras], how="horizontal")
+
+
+def _reject_frame(rows: list[dict[str, Any]]) -> pl.DataFrame:
+    schema = {"id": pl.Utf8, "messages": MESSAGES, "text": pl.Utf8, "source": pl.Utf8, "line": pl.Int64,
+              "stage": pl.Utf8, "reason": pl.Utf8, "detail": pl.Utf8}
+    return pl.DataFrame(rows, schema=schema) if rows else pl.DataFrame(schema=schema)
+
+
+def iter_file_batches(path: Path, fmt: str = "auto", layout: str = "auto", source: str | None = None,
+                      limit: int | None = None) -> Iterator[tuple[pl.DataFrame, pl.DataFrame]]:
+    """Stream one file as (kept, rejected) batches of canonical records."""
+    if layout not in ("auto", *LAYOUTS):
+        raise IngestError(f"{path}: unknown layout {layout!r}")
+    if not path.exists():
+        raise IngestError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise IngestError(f"{path}: file is empty")
+    source = source or str(path)
+    reader = READERS[file_format(path, fmt)]
+    kept: list[dict[str, Any]] = []
+    rejected: list[dict[str, Any]] = []
+    seen = 0
+    try:
+        for line_no, item, raw in reader(path):
+            if limit is not None and seen >= limit:
+                break
+            seen += 1
+            try:
+                if isinstance(item, RowError):
+                    raise item
+                messages, text, extras = normalise(item, layout)
+            except RowError as err:
+                preview = (raw or json.dumps(item, default=str, ensure_ascii=False))[:RAW_PREVIEW]
+                rejected.append({"id": make_id(source, line_no, preview), "messages": [], "text": preview,
+                                 "source": source, "line": line_no, "stage": "ingest", "reason": err.reason,
+                                 "detail": f"{path.name}:{line_no}: {err.detail or err.reason}"})
+            else:
+                kept.append({"id": make_id(source, line_no, text), "messages": messages, "text": text,
+                             "source": source, **extras})
+            if len(kept) + len(rejected) >= BATCH_ROWS:
+                yield _records_frame(kept), _reject_frame(rejected)
+                kept, rejected = [], []
+    except OSError as exc:
+        raise IngestError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    if seen == 0:
+        raise IngestError(f"{path}: holds no rows")
+    if kept or rejected:
+        yield _records_frame(kept), _reject_frame(rejected)
+
+
+def iter_batches(opts: InputOptions, base_dir: Path = Path(".")) -> Iterator[tuple[pl.DataFrame, pl.DataFrame]]:
+    """Stream every input file of `opts` as (kept, rejected) batches."""
+    remaining = opts.limit
+    for path in expand_paths(opts.path, base_dir):
+        source = str(path.relative_to(base_dir)) if path.is_relative_to(base_dir) else str(path)
+        for kept, rejected in iter_file_batches(path, opts.format, opts.layout, source, remaining):
+            if remaining is not None:
+                remaining -= len(kept) + len(rejected)
+            yield kept, rejected
+        if remaining is not None and remaining <= 0:
+            return
+
+
+def concat_frames(frames: list[pl.DataFrame]) -> pl.DataFrame:
+    """Concatenate batches whose user columns may differ (missing columns become null)."""
+    frames = [f for f in frames if f.width]
+    if not frames:
+        return pl.DataFrame()
+    return pl.concat(frames, how="diagonal_relaxed")
+
+
+def read_records(path: str | Path | list[str], fmt: str = "auto", layout: str = "auto",
+                 base_dir: Path = Path(".")) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Read whole input(s) into memory: (records, rejected). For small files: eval sets, gold sets."""
+    opts = InputOptions(path=[str(p) for p in path] if isinstance(path, list) else str(path), format=fmt, layout=layout)
+    kept, rejected = [], []
+    for k, r in iter_batches(opts, base_dir):
+        kept.append(k)
+        rejected.append(r)
+    return concat_frames(kept), concat_frames(rejected)
+
+
+def records_from_dicts(rows: list[dict[str, Any]], source: str = "memory", layout: str = "auto") -> pl.DataFrame:
+    """Canonical records from in-memory dicts; malformed rows are dropped (tests, scripts)."""
+    out = []
+    for i, row in enumerate(rows, start=1):
+        try:
+            messages, text, extras = normalise(row, layout)
+        except RowError:
+            continue
+        out.append({"id": make_id(source, i, text), "messages": messages, "text": text, "source": source, **extras})
+    return _records_frame(out)

@@ -1,0 +1,76 @@
+"""What every curation/synthesis step shares: its context, its options base and rejection helper.
+
+A step is a plain function `(df, options, ctx) -> (kept, rejected)`:
+- `df` holds canonical records (curation.records) plus any extra columns;
+- `options` is the step's pydantic model (a subclass of StepOptions);
+- `kept` keeps every input column (and may add typed ones);
+- `rejected` holds the removed rows with `stage` and `reason` columns (build it with `reject`).
+Counts conserve: len(df) == len(kept) + len(rejected), except for steps that add rows
+(generators), where len(kept) + len(rejected) == len(df) + attempted new rows.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import polars as pl
+from pydantic import BaseModel, ConfigDict
+
+T = TypeVar("T")
+
+
+class StepOptions(BaseModel):
+    """Base for every step's options: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("POND_CACHE_DIR", Path.home() / ".cache" / "pond"))
+
+
+def _no_progress(items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
+    yield from items
+
+
+@dataclass
+class StepContext:
+    """What the runner hands a step besides its rows and options."""
+
+    seed: int = 0
+    cache_dir: Path = field(default_factory=default_cache_dir)
+    run_dir: Path | None = None  # the run directory (teacher cache lives here)
+    step_dir: Path | None = None  # this step's folder, for side files
+    base_dir: Path = field(default_factory=Path.cwd)  # relative paths in options resolve here
+    teachers: dict[str, Any] = field(default_factory=dict)  # name -> synthesis.client.TeacherConfig
+    # track(iterable, description, total) wraps a loop in a progress bar (rich in the CLI).
+    track: Callable[..., Iterator[Any]] = _no_progress
+    stats: dict[str, Any] = field(default_factory=dict)  # a step may add figures for stats.json
+
+    def resolve(self, path: str | Path) -> Path:
+        """Options' paths: absolute, `run:NAME` (inside the run directory) or relative to the recipe."""
+        if isinstance(path, str) and path.startswith("run:"):
+            if self.run_dir is None:
+                raise ValueError(f"{path}: `run:` paths need a run directory")
+            return self.run_dir / path[4:]
+        p = Path(path).expanduser()
+        return p if p.is_absolute() else self.base_dir / p
+
+
+def reject(df: pl.DataFrame, stage: str, reason: str | pl.Expr, **extra: pl.Expr | str) -> pl.DataFrame:
+    """Mark rows as rejected by `stage` with a reason (a string or a per-row expression)."""
+    reason_expr = pl.lit(reason) if isinstance(reason, str) else reason
+    cols = [pl.lit(stage).alias("stage"), reason_expr.cast(pl.Utf8).alias("reason")]
+    cols += [(pl.lit(v) if isinstance(v, str) else v).alias(k) for k, v in extra.items()]
+    return df.with_columns(cols)
+
+
+def split(df: pl.DataFrame, keep_mask: pl.Series | pl.Expr, stage: str, reason: str | pl.Expr) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Split by a boolean mask: True rows are kept, the rest rejected with `reason`."""
+    marked = df.with_columns((keep_mask if isinstance(keep_mask, pl.Expr) else pl.lit(keep_mask)).alias("__keep"))
+    kept = marked.filter(pl.col("__keep")).drop("__keep")
+    rejected = reject(marked.filter(~pl.col("__keep")).drop("__keep"), stage, reason)
+    return kept, rejected

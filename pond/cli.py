@@ -1,0 +1,179 @@
+"""The `pond` command line (typer)."""
+from __future__ import annotations
+
+import sys
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from pond import __version__
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="pond: curate, synthesise, train, evaluate.")
+teacher_app = typer.Typer(no_args_is_help=True, help="start and stop a local vLLM teacher")
+app.add_typer(teacher_app, name="teacher")
+console = Console(stderr=True)
+
+
+def _fail(message: str) -> None:
+    console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(2)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"pond {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="print the version")):
+    """pond turns a noisy corpus into a small fine-tuning set, and proves whether it helps."""
+
+
+def _load(recipe: Path):
+    from pond.recipe import RecipeError, load_recipe
+
+    try:
+        return load_recipe(recipe)
+    except RecipeError as exc:
+        _fail(str(exc))
+
+
+def _progress() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=console, transient=False, disable=not console.is_terminal and not _force_bars())
+
+
+def _force_bars() -> bool:
+    import os
+
+    return os.environ.get("POND_PROGRESS") == "1"
+
+
+def _tracker(progress: Progress):
+    def track(items, description, total=None):
+        if total is None:
+            try:
+                total = len(items)
+            except TypeError:
+                total = None
+        yield from progress.track(items, total=total, description=description)
+
+    return track
+
+
+@app.command()
+def validate(recipe: Path = typer.Argument(..., help="recipe YAML")):
+    """Check a recipe; print it with every default resolved."""
+    r = _load(recipe)
+    print(r.to_yaml(), end="")
+    console.print(f"[green]ok[/green]: {recipe} ({len(r.steps)} steps)")
+
+
+@app.command()
+def run(recipe: Path = typer.Argument(..., help="recipe YAML"),
+        out: Optional[Path] = typer.Option(None, "--out", help="run directory (default runs/<recipe name>)"),
+        fresh: bool = typer.Option(False, "--fresh", help="delete the run directory first instead of resuming"),
+        estimate: bool = typer.Option(False, "--estimate", help="print teacher calls and a token bound; send nothing"),
+        no_train: bool = typer.Option(False, "--no-train", help="stop after curation and synthesis")):
+    """Run a recipe: curation, synthesis, training and evaluation as the recipe says. Re-running resumes."""
+    from curation.ingest import IngestError
+    from pond.pipeline import estimate_run, run_pipeline
+    from pond.runner import StepFailed
+
+    r = _load(recipe)
+    out = out or Path("runs") / r.name
+    if estimate:
+        try:
+            estimate_run(r, out, recipe.parent.resolve(), print_fn=print)
+        except (IngestError, StepFailed) as exc:
+            _fail(str(exc))
+        return
+    with _progress() as progress:
+        try:
+            summary = run_pipeline(r, out, recipe.parent.resolve(), fresh=fresh, train=not no_train,
+                                   track=_tracker(progress), log=lambda m: progress.console.print(m, highlight=False))
+        except (IngestError, StepFailed) as exc:
+            _fail(str(exc))
+    print(summary)
+
+
+@app.command()
+def inspect(run_dir: Path = typer.Argument(..., help="a run directory"),
+            id: Optional[str] = typer.Option(None, "--id", help="say what happened to this row id")):
+    """Show a run: counts per step, rejection reasons with examples, teacher cost, adapter card."""
+    from pond import inspect as insp
+
+    if not (run_dir / "steps").is_dir():
+        _fail(f"{run_dir}: not a pond run directory (no steps/)")
+    if id:
+        print(insp.find_id(run_dir, id))
+        return
+    insp.show(run_dir, Console())
+
+
+@app.command()
+def train(source: Path = typer.Argument(..., help="a run directory (uses curated.parquet) or a Parquet file"),
+          recipe: Optional[Path] = typer.Option(None, "--recipe", help="take the `train:` section from this recipe"),
+          out: Optional[Path] = typer.Option(None, "--out", help="where adapter/ goes (default: the run directory)")):
+    """Train the student on any curated set."""
+    from pond.pipeline import train_only
+
+    data = source / "curated.parquet" if source.is_dir() else source
+    if not data.exists():
+        _fail(f"{data}: no such file")
+    cfg = _load(recipe).train if recipe else None
+    with _progress() as progress:
+        print(train_only(data, out or (source if source.is_dir() else source.parent), cfg, track=_tracker(progress)))
+
+
+@app.command()
+def experiment(recipe: Path = typer.Argument(..., help="recipe YAML with an `experiment:` section"),
+               out: Optional[Path] = typer.Option(None, "--out", help="run directory (default runs/<name>)")):
+    """Quality vs quantity: train every arm x seed with the same budget and compare on held-out data."""
+    from curation.ingest import IngestError
+    from pond.pipeline import run_experiment_recipe
+    from pond.runner import StepFailed
+
+    r = _load(recipe)
+    if r.experiment is None:
+        _fail(f"{recipe}: has no `experiment:` section")
+    with _progress() as progress:
+        try:
+            print(run_experiment_recipe(r, out or Path("runs") / r.name, recipe.parent.resolve(),
+                                        track=_tracker(progress), log=lambda m: progress.console.print(m)))
+        except (IngestError, StepFailed) as exc:
+            _fail(str(exc))
+
+
+@teacher_app.command("serve")
+def teacher_serve(model: Optional[str] = typer.Option(None, "--model", help="HF model folder or a cached model name"),
+                  port: int = typer.Option(8000, "--port", help="port on 127.0.0.1")):
+    """Start a vLLM OpenAI-compatible server (creates its virtual environment once)."""
+    from synthesis import server
+
+    handle = server.serve(model, port=port, log=console.print)
+    print(f"teacher ready: {handle.base_url} (model {handle.model}; log {handle.log_path})")
+
+
+@teacher_app.command("stop")
+def teacher_stop(port: int = typer.Option(8000, "--port", help="port the teacher listens on")):
+    """Stop a teacher started by `pond teacher serve`."""
+    from synthesis import server
+
+    print("stopped" if server.stop(port) else f"no teacher started by pond on port {port}")
+
+
+def entry() -> None:  # console script
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    entry()

@@ -1,0 +1,289 @@
+"""The runner: executes a recipe into a resumable, auditable run directory (DESIGN.md).
+
+    runs/NAME/recipe.yaml, steps/NN-kind/{kept,rejected}.parquet + stats.json + DONE,
+    curated.parquet, heldout.parquet (if a holdout step), adapter/, eval.json, manifest.json
+
+Each step's fingerprint chains the previous one's with its own kind and options, so a step whose
+options changed re-runs together with everything after it, and a finished step (DONE + same
+fingerprint) is skipped. Every file is written to a temporary name and renamed into place, and
+DONE is written last, so a killed run never leaves a file that a resume would trust.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from collections.abc import Callable
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from curation.ingest import IngestError, concat_frames, expand_paths, iter_batches
+from curation.step import StepContext, default_cache_dir
+from pond import __version__
+from pond import ledger
+from pond.recipe import Recipe, Step
+from pond.steps import STEPS
+
+INGEST_DIR = "00-ingest"
+
+
+class StepFailed(RuntimeError):
+    """A step raised or broke the kept + rejected = input contract."""
+
+
+def file_digest(path: Path) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _chain(*parts: str) -> str:
+    return hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:24]
+
+
+def write_parquet(df: pl.DataFrame, path: Path) -> None:
+    """Atomic, deterministic Parquet write (no statistics timestamps; fixed compression)."""
+    tmp = path.with_name(path.name + ".tmp")
+    df.write_parquet(tmp, compression="zstd", statistics=False)
+    tmp.replace(path)
+
+
+def write_json(data: Any, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+    tmp.replace(path)
+
+
+def _step_dir_name(index: int, kind: str) -> str:
+    return f"{index:02d}-{kind}"
+
+
+def _reasons(rejected: pl.DataFrame, top: int = 20) -> dict[str, int]:
+    if rejected.is_empty() or "reason" not in rejected.columns:
+        return {}
+    # collapse `reason_of:<id>` style reasons to their tag for counting
+    tags = rejected.select(pl.col("reason").str.split(":").list.first().alias("r"))
+    counts = tags.group_by("r").len().sort(["len", "r"], descending=[True, False]).head(top)
+    return {r: int(n) for r, n in counts.iter_rows()}
+
+
+def _is_done(step_dir: Path, fingerprint: str) -> bool:
+    if not (step_dir / "DONE").exists():
+        return False
+    try:
+        return json.loads((step_dir / "stats.json").read_text()).get("fingerprint") == fingerprint
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+def _finish_step(step_dir: Path, kept: pl.DataFrame, rejected: pl.DataFrame, stats: dict[str, Any]) -> dict[str, Any]:
+    write_parquet(kept, step_dir / "kept.parquet")
+    write_parquet(rejected, step_dir / "rejected.parquet")
+    stats["reasons"] = _reasons(rejected)
+    stats["outputs"] = {n: file_digest(step_dir / n) for n in ("kept.parquet", "rejected.parquet")}
+    write_json(stats, step_dir / "stats.json")
+    (step_dir / "DONE").write_text(stats["fingerprint"] + "\n")
+    return stats
+
+
+class Runner:
+    """Runs one recipe into one run directory; `progress` makes the progress bars (rich in the CLI)."""
+
+    def __init__(self, recipe: Recipe, out_dir: Path, base_dir: Path, *, fresh: bool = False,
+                 cache_dir: Path | None = None, track: Callable | None = None,
+                 log: Callable[[str], None] = lambda msg: None):
+        self.recipe = recipe
+        self.out = Path(out_dir)
+        self.base_dir = base_dir
+        self.cache_dir = cache_dir or default_cache_dir()
+        self.track = track
+        self.log = log
+        if fresh and self.out.exists():
+            shutil.rmtree(self.out)
+        (self.out / "steps").mkdir(parents=True, exist_ok=True)
+        self.step_stats: list[dict[str, Any]] = []
+
+    # -- ingest -------------------------------------------------------------------------------
+
+    def input_files(self) -> list[Path]:
+        return expand_paths(self.recipe.input.path, self.base_dir)
+
+    def ingest(self) -> tuple[Path, str]:
+        files = self.input_files()
+        input_hashes = {str(p): file_digest(p) for p in files}
+        fingerprint = _chain(__version__, "ingest", self.recipe.input.model_dump_json(), json.dumps(input_hashes))
+        step_dir = self.out / "steps" / INGEST_DIR
+        if _is_done(step_dir, fingerprint):
+            self._skipped(step_dir)
+            return step_dir, fingerprint
+        shutil.rmtree(step_dir, ignore_errors=True)
+        step_dir.mkdir(parents=True)
+        t0 = time.time()
+        parts = step_dir / "parts"
+        parts.mkdir()
+        kept_parts, rej_parts = [], []
+        batches = iter_batches(self.recipe.input, self.base_dir)
+        if self.track:
+            batches = self.track(batches, "ingest", None)
+        # Each batch goes straight to a part file, so memory is bounded by the batch size.
+        for i, (kept, rejected) in enumerate(batches):
+            if len(kept):
+                kept.write_parquet(parts / f"kept-{i:05d}.parquet")
+                kept_parts.append(parts / f"kept-{i:05d}.parquet")
+            if len(rejected):
+                rejected.write_parquet(parts / f"rej-{i:05d}.parquet")
+                rej_parts.append(parts / f"rej-{i:05d}.parquet")
+        kept_df = concat_frames([pl.read_parquet(p) for p in kept_parts]) if kept_parts else None
+        rej_df = concat_frames([pl.read_parquet(p) for p in rej_parts]) if rej_parts else None
+        from curation.records import empty_records
+
+        kept_df = kept_df if kept_df is not None and kept_df.width else empty_records()
+        if rej_df is None or not rej_df.width:
+            rej_df = empty_records().with_columns(pl.lit(None, pl.Int64).alias("line"), pl.lit(None, pl.Utf8).alias("stage"),
+                                                  pl.lit(None, pl.Utf8).alias("reason"), pl.lit(None, pl.Utf8).alias("detail"))
+        if kept_df.is_empty():
+            raise IngestError(f"{self.recipe.input.path}: no usable rows "
+                              f"({len(rej_df)} rejected, e.g. {rej_df['detail'][0] if len(rej_df) else 'none'})")
+        if kept_df["id"].n_unique() != len(kept_df):
+            dup = kept_df.filter(pl.col("id").is_duplicated())["source"][0]
+            raise IngestError(f"{dup}: the same input file is listed twice (duplicate row ids)")
+        stats = {"kind": "ingest", "fingerprint": fingerprint, "in": len(kept_df) + len(rej_df),
+                 "out": len(kept_df), "rejected": len(rej_df), "seconds": round(time.time() - t0, 3),
+                 "inputs": input_hashes}
+        self.step_stats.append(_finish_step(step_dir, kept_df, rej_df, stats))
+        shutil.rmtree(parts)
+        self.log(f"ingest: {stats['in']} rows -> {stats['out']} kept, {stats['rejected']} rejected")
+        return step_dir, fingerprint
+
+    def _skipped(self, step_dir: Path) -> None:
+        stats = json.loads((step_dir / "stats.json").read_text())
+        stats["skipped"] = True
+        self.step_stats.append(stats)
+        self.log(f"{step_dir.name}: done earlier, skipped")
+        ledger.append(self.out, "skip", step=step_dir.name)
+
+    # -- steps --------------------------------------------------------------------------------
+
+    def context(self, step_dir: Path) -> StepContext:
+        kwargs: dict[str, Any] = {}
+        if self.track:
+            kwargs["track"] = self.track
+        return StepContext(seed=self.recipe.seed, cache_dir=self.cache_dir, run_dir=self.out, step_dir=step_dir,
+                           base_dir=self.base_dir, teachers=dict(self.recipe.teachers), **kwargs)
+
+    def run_step(self, index: int, step: Step, prev_dir: Path, prev_fp: str) -> tuple[Path, str]:
+        fingerprint = _chain(prev_fp, step.kind, step.options.model_dump_json(), str(self.recipe.seed))
+        step_dir = self.out / "steps" / _step_dir_name(index, step.kind)
+        if _is_done(step_dir, fingerprint):
+            self._skipped(step_dir)
+            return step_dir, fingerprint
+        shutil.rmtree(step_dir, ignore_errors=True)
+        step_dir.mkdir(parents=True)
+        df = pl.read_parquet(prev_dir / "kept.parquet")
+        _, fn = STEPS[step.kind].load()
+        ctx = self.context(step_dir)
+        ledger.append(self.out, "start", step=step_dir.name, rows=len(df))
+        t0 = time.time()
+        try:
+            kept, rejected = fn(df, step.options, ctx)
+        except Exception as exc:
+            ledger.append(self.out, "fail", step=step_dir.name, error=f"{type(exc).__name__}: {exc}")
+            raise StepFailed(f"step {step_dir.name} failed: {type(exc).__name__}: {exc}") from exc
+        added = int(ctx.stats.get("added", 0))  # generators add rows; everything else conserves
+        if len(kept) + len(rejected) != len(df) + ctx.stats.get("attempted", added):
+            raise StepFailed(f"step {step_dir.name} lost rows: {len(df)} in, {len(kept)} kept + "
+                             f"{len(rejected)} rejected")
+        stats = {"kind": step.kind, "fingerprint": fingerprint, "options": step.options.model_dump(mode="json"),
+                 "in": len(df), "out": len(kept), "rejected": len(rejected),
+                 "seconds": round(time.time() - t0, 3), **ctx.stats}
+        self.step_stats.append(_finish_step(step_dir, kept, rejected, stats))
+        if step.kind == "holdout":
+            write_parquet(rejected.drop("stage", "reason"), self.out / "heldout.parquet")
+        ledger.append(self.out, "done", step=step_dir.name, **{k: stats[k] for k in ("in", "out", "rejected", "seconds")})
+        self.log(f"{step_dir.name}: {stats['in']} -> {stats['out']} kept, {stats['rejected']} rejected "
+                 f"({stats['seconds']:.1f}s)")
+        return step_dir, fingerprint
+
+    def _prune(self, keep: set[str]) -> None:
+        """Drop step folders the recipe no longer has (a changed recipe must not leave stale steps)."""
+        for d in (self.out / "steps").iterdir():
+            if d.is_dir() and d.name not in keep:
+                shutil.rmtree(d)
+
+    def curate(self, stack: ExitStack | None = None) -> Path:
+        """Ingest and run every step; returns the path of curated.parquet."""
+        (self.out / "recipe.yaml").write_text(self.recipe.to_yaml())
+        ledger.append(self.out, "run", recipe=self.recipe.name, version=__version__)
+        prev_dir, fp = self.ingest()
+        names = {INGEST_DIR}
+        for i, step in enumerate(self.recipe.steps, start=1):
+            if stack is not None:
+                self.before_step(step, stack)
+            prev_dir, fp = self.run_step(i, step, prev_dir, fp)
+            names.add(prev_dir.name)
+        self._prune(names)
+        curated = self.out / "curated.parquet"
+        tmp = curated.with_name("curated.parquet.tmp")
+        shutil.copyfile(prev_dir / "kept.parquet", tmp)
+        tmp.replace(curated)
+        if not any(s.kind == "holdout" for s in self.recipe.steps):
+            (self.out / "heldout.parquet").unlink(missing_ok=True)
+        self.curated_fingerprint = fp
+        return curated
+
+    def before_step(self, step: Step, stack: ExitStack) -> None:
+        """Start a local teacher (once) before the first step that needs one that pond serves."""
+        name = getattr(step.options, "teacher", None)
+        if name is None:
+            return
+        started = getattr(self, "_served", set())
+        teacher = self.recipe.teachers[name]
+        if name in started or getattr(teacher, "serve", None) is None:
+            return
+        from synthesis.server import running_teacher
+
+        stack.enter_context(running_teacher(teacher, cache_dir=self.cache_dir, log=self.log))
+        started.add(name)
+        self._served = started
+
+
+def write_manifest(runner: Runner, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    out = runner.out
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {}
+    for pkg in ("polars", "pydantic", "datasketch", "sentence-transformers", "torch", "transformers", "peft",
+                "bitsandbytes", "trl", "httpx"):
+        try:
+            versions[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    steps = []
+    for s in runner.step_stats:
+        steps.append({k: s.get(k) for k in ("kind", "in", "out", "rejected", "seconds", "skipped", "fingerprint")})
+    outputs = {}
+    for name in ("curated.parquet", "heldout.parquet", "teacher-cache.sqlite", "eval.json", "report.md"):
+        if (out / name).exists():
+            outputs[name] = file_digest(out / name)
+    adapter = out / "adapter"
+    if adapter.is_dir():
+        outputs.update({f"adapter/{p.name}": file_digest(p) for p in sorted(adapter.iterdir()) if p.is_file()})
+    manifest = {
+        "pond_version": __version__,
+        "recipe": runner.recipe.name,
+        "recipe_hash": runner.recipe.digest(),
+        "seed": runner.recipe.seed,
+        "inputs": runner.step_stats[0].get("inputs", {}) if runner.step_stats else {},
+        "packages": versions,
+        "steps": steps,
+        "outputs": outputs,
+        **(extra or {}),
+    }
+    write_json(manifest, out / "manifest.json")
+    return manifest
