@@ -169,10 +169,20 @@ def _records_frame(rows: list[dict[str, Any]]) -> pl.DataFrame:
     return pl.concat([core, extras], how="horizontal")
 
 
+_REJECT_SCHEMA = {"id": pl.Utf8, "messages": MESSAGES, "text": pl.Utf8, "source": pl.Utf8, "line": pl.Int64,
+                  "stage": pl.Utf8, "reason": pl.Utf8, "detail": pl.Utf8}
+
+
+def ingest_kept_schema() -> pl.DataFrame:
+    return _records_frame([])
+
+
+def ingest_rejected_schema() -> pl.DataFrame:
+    return pl.DataFrame(schema=_REJECT_SCHEMA)
+
+
 def _reject_frame(rows: list[dict[str, Any]]) -> pl.DataFrame:
-    schema = {"id": pl.Utf8, "messages": MESSAGES, "text": pl.Utf8, "source": pl.Utf8, "line": pl.Int64,
-              "stage": pl.Utf8, "reason": pl.Utf8, "detail": pl.Utf8}
-    return pl.DataFrame(rows, schema=schema) if rows else pl.DataFrame(schema=schema)
+    return pl.DataFrame(rows, schema=_REJECT_SCHEMA) if rows else pl.DataFrame(schema=_REJECT_SCHEMA)
 
 
 def iter_file_batches(path: Path, fmt: str = "auto", layout: str = "auto", source: str | None = None,

@@ -21,7 +21,7 @@ from typing import Any
 
 import polars as pl
 
-from curation.ingest import IngestError, concat_frames, expand_paths, iter_batches
+from curation.ingest import IngestError, expand_paths, ingest_kept_schema, ingest_rejected_schema, iter_batches
 from curation.step import StepContext, default_cache_dir
 from pond import __version__
 from pond import ledger
@@ -82,9 +82,12 @@ def _is_done(step_dir: Path, fingerprint: str) -> bool:
         return False
 
 
-def _finish_step(step_dir: Path, kept: pl.DataFrame, rejected: pl.DataFrame, stats: dict[str, Any]) -> dict[str, Any]:
-    write_parquet(kept, step_dir / "kept.parquet")
-    write_parquet(rejected, step_dir / "rejected.parquet")
+def _finish_step(step_dir: Path, kept: pl.DataFrame | None, rejected: pl.DataFrame,
+                 stats: dict[str, Any]) -> dict[str, Any]:
+    """Write a step's frames (kept=None: already written), stats.json, then DONE."""
+    if kept is not None:
+        write_parquet(kept, step_dir / "kept.parquet")
+        write_parquet(rejected, step_dir / "rejected.parquet")
     stats["reasons"] = _reasons(rejected)
     stats["outputs"] = {n: file_digest(step_dir / n) for n in ("kept.parquet", "rejected.parquet")}
     write_json(stats, step_dir / "stats.json")
@@ -139,27 +142,34 @@ class Runner:
             if len(rejected):
                 rejected.write_parquet(parts / f"rej-{i:05d}.parquet")
                 rej_parts.append(parts / f"rej-{i:05d}.parquet")
-        kept_df = concat_frames([pl.read_parquet(p) for p in kept_parts]) if kept_parts else None
-        rej_df = concat_frames([pl.read_parquet(p) for p in rej_parts]) if rej_parts else None
-        from curation.records import empty_records
-
-        kept_df = kept_df if kept_df is not None and kept_df.width else empty_records()
-        if rej_df is None or not rej_df.width:
-            rej_df = empty_records().with_columns(pl.lit(None, pl.Int64).alias("line"), pl.lit(None, pl.Utf8).alias("stage"),
-                                                  pl.lit(None, pl.Utf8).alias("reason"), pl.lit(None, pl.Utf8).alias("detail"))
-        if kept_df.is_empty():
+        # Parts are combined lazily (streaming), so memory stays bounded for multi-GB inputs.
+        n_kept = self._combine(kept_parts, step_dir / "kept.parquet", ingest_kept_schema())
+        n_rej = self._combine(rej_parts, step_dir / "rejected.parquet", ingest_rejected_schema())
+        if n_kept == 0:
+            example = pl.read_parquet(step_dir / "rejected.parquet")["detail"].head(1).to_list()
             raise IngestError(f"{self.recipe.input.path}: no usable rows "
-                              f"({len(rej_df)} rejected, e.g. {rej_df['detail'][0] if len(rej_df) else 'none'})")
-        if kept_df["id"].n_unique() != len(kept_df):
-            dup = kept_df.filter(pl.col("id").is_duplicated())["source"][0]
-            raise IngestError(f"{dup}: the same input file is listed twice (duplicate row ids)")
-        stats = {"kind": "ingest", "fingerprint": fingerprint, "in": len(kept_df) + len(rej_df),
-                 "out": len(kept_df), "rejected": len(rej_df), "seconds": round(time.time() - t0, 3),
-                 "inputs": input_hashes}
-        self.step_stats.append(_finish_step(step_dir, kept_df, rej_df, stats))
+                              f"({n_rej} rejected, e.g. {example[0] if example else 'none'})")
+        ids = pl.scan_parquet(step_dir / "kept.parquet").select(pl.col("id").n_unique(), pl.len()).collect()
+        if ids[0, 0] != ids[0, 1]:
+            raise IngestError(f"{self.recipe.input.path}: the same input file is listed twice (duplicate row ids)")
+        stats = {"kind": "ingest", "fingerprint": fingerprint, "in": n_kept + n_rej, "out": n_kept,
+                 "rejected": n_rej, "seconds": round(time.time() - t0, 3), "inputs": input_hashes}
+        rejected_reasons = pl.scan_parquet(step_dir / "rejected.parquet").select("reason").collect()
+        self.step_stats.append(_finish_step(step_dir, None, rejected_reasons, stats))
         shutil.rmtree(parts)
         self.log(f"ingest: {stats['in']} rows -> {stats['out']} kept, {stats['rejected']} rejected")
         return step_dir, fingerprint
+
+    @staticmethod
+    def _combine(parts: list[Path], dest: Path, empty: pl.DataFrame) -> int:
+        tmp = dest.with_name(dest.name + ".tmp")
+        if not parts:
+            empty.write_parquet(tmp, compression="zstd", statistics=False)
+        else:
+            lazy = pl.concat([pl.scan_parquet(p) for p in parts], how="diagonal_relaxed")
+            lazy.sink_parquet(tmp, compression="zstd", statistics=False)
+        tmp.replace(dest)
+        return pl.scan_parquet(dest).select(pl.len()).collect().item()
 
     def _skipped(self, step_dir: Path) -> None:
         stats = json.loads((step_dir / "stats.json").read_text())

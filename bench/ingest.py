@@ -1,0 +1,88 @@
+"""Ingest throughput and memory: N short JSONL rows through pond's ingest step (as `pond run` does it).
+
+Prints one JSON line per figure. Baseline in the same run: `polars.read_ndjson` of the same file
+(parsing only — no layout normalisation, no row-level rejection), and the file size, so the peak RSS
+of pond's streaming ingest can be judged against reading the whole file into memory.
+
+    python bench/ingest.py [--rows 1000000]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def make_corpus(path: Path, rows: int) -> None:
+    rng = random.Random(0)
+    words = "the a pond data lake model teacher student answer question noisy clean curated set".split()
+    with open(path, "w") as f:
+        for i in range(rows):
+            q = " ".join(rng.choices(words, k=rng.randint(3, 12)))
+            a = " ".join(rng.choices(words, k=rng.randint(5, 30)))
+            if i % 1000 == 999:
+                f.write("{broken json\n")  # a few bad rows, as in real dumps
+            elif i % 2:
+                f.write(json.dumps({"prompt": q, "response": a, "row": i}) + "\n")
+            else:
+                f.write(json.dumps({"messages": [{"role": "user", "content": q},
+                                                 {"role": "assistant", "content": a}], "row": i}) + "\n")
+
+
+def child(mode: str, path: Path, out: Path) -> None:
+    t0 = time.perf_counter()
+    if mode == "pond":
+        from pond.recipe import parse_recipe
+        from pond.runner import Runner
+
+        recipe = parse_recipe(f"name: bench\ninput: {{path: {path}}}\n")
+        runner = Runner(recipe, out, path.parent)
+        runner.ingest()
+        rows = runner.step_stats[0]["in"]
+    else:
+        import polars as pl
+
+        rows = len(pl.read_ndjson(path, ignore_errors=True))
+    elapsed = time.perf_counter() - t0
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"mode": mode, "rows": rows, "seconds": elapsed, "peak_rss_mb": peak_mb}))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--child", nargs=3, metavar=("MODE", "FILE", "OUT"))
+    args = ap.parse_args()
+    if args.child:
+        child(args.child[0], Path(args.child[1]), Path(args.child[2]))
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "rows.jsonl"
+        make_corpus(data, args.rows)
+        size_mb = data.stat().st_size / 2**20
+        results = {}
+        for mode in ("pond", "polars_read_ndjson"):
+            proc = subprocess.run([sys.executable, __file__, "--child", mode, str(data), str(Path(tmp) / "run")],
+                                  capture_output=True, text=True, check=True)
+            results[mode] = json.loads(proc.stdout.strip().splitlines()[-1])
+        pond, base = results["pond"], results["polars_read_ndjson"]
+        print(json.dumps({"figure": "ingest_rows_per_s", "value": round(pond["rows"] / pond["seconds"]),
+                          "rows": pond["rows"], "input_mb": round(size_mb, 1)}))
+        print(json.dumps({"figure": "ingest_peak_rss_mb", "value": round(pond["peak_rss_mb"])}))
+        print(json.dumps({"figure": "baseline_read_ndjson_rows_per_s", "value": round(base["rows"] / base["seconds"])}))
+        print(json.dumps({"figure": "baseline_read_ndjson_peak_rss_mb", "value": round(base["peak_rss_mb"])}))
+        print(json.dumps({"figure": "ingest_speed_ratio_vs_read_ndjson",
+                          "value": round((pond["rows"] / pond["seconds"]) / (base["rows"] / base["seconds"]), 3)}))
+
+
+if __name__ == "__main__":
+    main()

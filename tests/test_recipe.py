@@ -1,0 +1,67 @@
+"""Recipes: validation errors name the file, line and key; defaults are resolved."""
+from __future__ import annotations
+
+import pytest
+
+from pond.recipe import RecipeError, load_recipe, parse_recipe
+
+GOOD = """\
+name: t
+input: {path: data/*.jsonl}
+seed: 3
+steps:
+  - exact_dedup: {}
+  - holdout: {n: 5}
+"""
+
+
+def test_defaults_are_resolved_and_round_trip():
+    r = parse_recipe(GOOD, "r.yaml")
+    assert [s.kind for s in r.steps] == ["exact_dedup", "holdout"]
+    assert r.steps[0].options.lowercase is True  # a default, written back
+    again = parse_recipe(r.to_yaml(), "again.yaml")
+    assert again.dump() == r.dump() and again.digest() == r.digest()
+
+
+@pytest.mark.parametrize("text, line, phrase", [
+    (GOOD + "colour: blue\n", 7, "colour: unknown key"),
+    (GOOD.replace("exact_dedup: {}", "exact_dedup: {lowercas: true}"), 5, "steps[0].exact_dedup.lowercas: unknown key"),
+    (GOOD.replace("{n: 5}", "{n: -1}"), 6, "steps[1].holdout.n: Input should be greater than or equal to 1"),
+    (GOOD.replace("exact_dedup: {}", "frobnicate: {}"), 5, "unknown step kind 'frobnicate'"),
+    (GOOD.replace("seed: 3", "seed: three"), 3, "seed: Input should be a valid integer"),
+    (GOOD.replace("input: {path: data/*.jsonl}", "input: {path: x, format: xml}"), 2, "input.format"),
+    ("name: [unclosed\n", 2, "not valid YAML"),
+    ("- just\n- a list\n", 1, "a recipe is a YAML mapping"),
+])
+def test_errors_name_line_and_key(text, line, phrase):
+    with pytest.raises(RecipeError) as err:
+        parse_recipe(text, "r.yaml")
+    msg = str(err.value)
+    assert msg.startswith(f"r.yaml:{line}: "), msg
+    assert phrase in msg, msg
+
+
+def test_several_problems_one_line_each():
+    bad = GOOD.replace("seed: 3", "seed: x").replace("{n: 5}", "{n: 5, m: 1}")
+    with pytest.raises(RecipeError) as err:
+        parse_recipe(bad, "r.yaml")
+    lines = str(err.value).splitlines()
+    assert len(lines) == 2 and all(line.startswith("r.yaml:") for line in lines)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(RecipeError, match="no such recipe file"):
+        load_recipe(tmp_path / "nope.yaml")
+
+
+def test_env_vars_expand(monkeypatch):
+    monkeypatch.setenv("POND_TEST_DIR", "/somewhere")
+    r = parse_recipe(GOOD.replace("data/*.jsonl", "'${POND_TEST_DIR}/x.jsonl'"))
+    assert r.input.path == "/somewhere/x.jsonl"
+
+
+def test_shipped_recipes_validate():
+    from pathlib import Path
+
+    for path in sorted(Path(__file__).resolve().parents[1].glob("recipes/*.yaml")):
+        load_recipe(path)
