@@ -5,6 +5,7 @@ The heavy packages (torch, the teacher client) are imported only when a recipe a
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
@@ -41,15 +42,28 @@ def _heldout(runner: Runner, recipe: Recipe, source: str | None) -> tuple[pl.Dat
 
 def run_pipeline(recipe: Recipe, out: Path, base_dir: Path, *, fresh: bool = False, train: bool = True,
                  track: Callable | None = None, log: Log = lambda m: None) -> str:
+    """`pond run`: curate; then train, evaluate and run the experiment if the recipe has them."""
     runner = Runner(recipe, out, base_dir, fresh=fresh, track=track, log=log)
     extra: dict[str, Any] = {}
-    with ExitStack() as stack:
-        curated = runner.curate(stack)
-        write_manifest(runner)
-        if train and recipe.train is not None:
-            extra["train"] = _train(runner, curated, recipe, track, log)
-            if recipe.evaluate is not None:
-                extra["evaluate"] = _evaluate(runner, recipe, stack, log)
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    curated = runner.curate()
+    timings["curation_and_synthesis"] = time.perf_counter() - t0
+    write_manifest(runner, {"timings": timings})
+    if train and recipe.train is not None:
+        t0 = time.perf_counter()
+        extra["train"] = _train(runner, curated, recipe, track, log)
+        timings["train"] = time.perf_counter() - t0
+        if recipe.evaluate is not None:
+            t0 = time.perf_counter()
+            with ExitStack() as stack:
+                extra["evaluate"] = _evaluate(runner, recipe, stack, log, track)
+            timings["evaluate"] = time.perf_counter() - t0
+        if recipe.experiment is not None:
+            t0 = time.perf_counter()
+            extra["experiment"] = _experiment(runner, curated, recipe, track, log)
+            timings["experiment"] = time.perf_counter() - t0
+    extra["timings"] = {k: round(v, 1) for k, v in timings.items()}
     write_manifest(runner, extra)
     ledger.append(runner.out, "finished")
     return summary(runner.out)
@@ -69,8 +83,8 @@ def _train(runner: Runner, curated: Path, recipe: Recipe, track, log: Log) -> di
             "rows": result.rows, "tokens_seen": result.tokens_seen}
 
 
-def _evaluate(runner: Runner, recipe: Recipe, stack: ExitStack, log: Log) -> dict[str, Any]:
-    from evaluation.experiment import evaluate_run
+def _evaluate(runner: Runner, recipe: Recipe, stack: ExitStack, log: Log, track=None) -> dict[str, Any]:
+    from evaluation.evaluate import evaluate_run
 
     heldout, source = _heldout(runner, recipe, recipe.evaluate.heldout)
     if heldout is None:
@@ -79,8 +93,40 @@ def _evaluate(runner: Runner, recipe: Recipe, stack: ExitStack, log: Log) -> dic
     if judge is not None:
         _serve_if_needed(runner, judge, stack)
     log(f"evaluate: {len(heldout)} held-out rows from {source}")
-    return evaluate_run(runner.out, runner.out / "adapter", heldout, recipe.evaluate, recipe.train,
-                        teachers=dict(recipe.teachers), cache_dir=runner.cache_dir)
+    result = evaluate_run(runner.out, runner.out / "adapter", heldout, recipe.evaluate, recipe.train,
+                          teachers=dict(recipe.teachers), cache_dir=runner.cache_dir, progress=track,
+                          heldout_source=_heldout_sentence(source))
+    return {"eval": str(runner.out / "eval.json"), "report": str(runner.out / "report.md"),
+            "headline": {k: v for k, v in result.items() if isinstance(v, (int, float, str))}}
+
+
+def _heldout_sentence(source: str) -> str:
+    if source.startswith("run:"):
+        return ("drawn from the raw pool before curation, with validity rules only "
+                "(a user prompt and a non-empty answer) — the `holdout` step")
+    return f"the external file {source}"
+
+
+def _experiment(runner: Runner, curated: Path, recipe: Recipe, track, log: Log) -> dict[str, Any]:
+    from evaluation.experiment import run_experiment
+
+    heldout, source = _heldout(runner, recipe, recipe.evaluate.heldout if recipe.evaluate else None)
+    if heldout is None:
+        raise FileNotFoundError(f"held-out set {source} not found (add a `holdout` step first)")
+    # the noisy pool: every row that entered curation (after ingest's validity checks), minus the held-out draw
+    pool = pl.read_parquet(runner.out / "steps" / "00-ingest" / "kept.parquet")
+    pool = pool.filter(~pl.col("id").is_in(heldout["id"].implode()))
+    log(f"experiment: {len(recipe.experiment.arms)} arms x {len(recipe.experiment.seeds)} seeds")
+    with ExitStack() as stack:
+        if recipe.evaluate is not None and recipe.evaluate.judge is not None:
+            _serve_if_needed(runner, recipe.evaluate.judge, stack)
+        result = run_experiment(runner.out / "experiment", pool, pl.read_parquet(curated), heldout, recipe.experiment,
+                                recipe.train, seed=recipe.seed, cache_dir=runner.cache_dir,
+                                teachers=dict(recipe.teachers), provenance=_provenance(runner, curated),
+                                progress=track, evaluate_config=recipe.evaluate,
+                                heldout_source=_heldout_sentence(source), base_dir=runner.base_dir,
+                                title=recipe.name)
+    return {"dir": str(runner.out / "experiment"), **{k: v for k, v in result.items() if k in ("summary", "headline")}}
 
 
 def _serve_if_needed(runner: Runner, teacher_name: str, stack: ExitStack) -> None:
@@ -97,16 +143,26 @@ def estimate_run(recipe: Recipe, out: Path, base_dir: Path, print_fn: Callable =
     Rows reaching a teacher step are bounded by the rows entering curation, so the estimate reads
     the input (not the teacher) and charges every step as if all rows reached it.
     """
-    from synthesis.estimate import estimate_step
+    import importlib
+
+    from pond.steps import STEPS
 
     runner = Runner(recipe, out, base_dir, log=lambda m: None)
     step_dir, _ = runner.ingest()
     rows = pl.read_parquet(step_dir / "kept.parquet")
     total = {"requests": 0, "max_tokens": 0}
+    added = 0  # rows generators may add before a later teacher step sees them
     for i, step in enumerate(recipe.steps, start=1):
-        if step.kind not in ("synthesize", "judge"):
+        module = importlib.import_module(STEPS[step.kind].module)
+        if not hasattr(module, "estimate"):  # only teacher steps cost calls
             continue
-        est = estimate_step(step.kind, rows, step.options, recipe.teachers)
+        est = module.estimate(rows, step.options)
+        if step.kind == "synthesize":
+            added += step.options.n
+        elif added and len(rows):
+            # judge inputs are clipped to max_input_chars, so every row has the same bound
+            scale = (len(rows) + added) / len(rows)
+            est = {k: int(v * scale + 0.999) for k, v in est.items()}
         print_fn(f"{i:02d}-{step.kind}: {est['requests']} requests, at most {est['max_tokens']} tokens")
         total["requests"] += est["requests"]
         total["max_tokens"] += est["max_tokens"]
@@ -126,23 +182,16 @@ def train_only(data: Path, out: Path, config, track=None) -> str:
 
 
 def run_experiment_recipe(recipe: Recipe, out: Path, base_dir: Path, *, track=None, log: Log = lambda m: None) -> str:
-    from evaluation.experiment import run_experiment
+    """`pond experiment`: curate (resuming), then train and score every arm x seed."""
     from training.config import TrainConfig
 
+    if recipe.train is None:
+        recipe = recipe.model_copy(update={"train": TrainConfig()})
     runner = Runner(recipe, out, base_dir, track=track, log=log)
-    with ExitStack() as stack:
-        curated = runner.curate(stack)
-        heldout, source = _heldout(runner, recipe, recipe.evaluate.heldout if recipe.evaluate else None)
-        if heldout is None:
-            raise FileNotFoundError(f"held-out set {source} not found (add a `holdout` step first)")
-        # the noisy pool: every row that entered curation, minus the held-out draw
-        pool = pl.read_parquet(runner.out / "steps" / "00-ingest" / "kept.parquet")
-        pool = pool.filter(~pl.col("id").is_in(heldout["id"].implode()))
-        result = run_experiment(runner.out / "experiment", pool, pl.read_parquet(curated), heldout, recipe.experiment,
-                                recipe.train or TrainConfig(), seed=recipe.seed, cache_dir=runner.cache_dir,
-                                teachers=dict(recipe.teachers), provenance=_provenance(runner, curated), progress=track)
-    write_manifest(runner, {"experiment": str(runner.out / "experiment" / "experiment.json")})
-    return f"experiment: {runner.out / 'experiment'}\n" + json.dumps(result.get("summary", {}), indent=2, default=str)
+    curated = runner.curate()
+    result = _experiment(runner, curated, recipe, track, log)
+    write_manifest(runner, {"experiment": result})
+    return summary(runner.out)
 
 
 def summary(run: Path) -> str:
@@ -154,7 +203,9 @@ def summary(run: Path) -> str:
     if "train" in manifest:
         t = manifest["train"]
         lines.append(f"adapter: {t['adapter']}  loss {t['first_loss']:.3f} -> {t['train_loss']:.3f} in {t['seconds']:.0f}s")
-    for name in ("report.md", "plot.png"):
+    if "timings" in manifest:
+        lines.append("time: " + ", ".join(f"{k} {v:.0f}s" for k, v in manifest["timings"].items()))
+    for name in ("eval.json", "report.md", "experiment/report.md", "experiment/plot.png"):
         if (run / name).exists():
             lines.append(f"{name}: {run / name}")
     return "\n".join(lines)

@@ -193,6 +193,7 @@ class Runner:
         if _is_done(step_dir, fingerprint):
             self._skipped(step_dir)
             return step_dir, fingerprint
+        self.teachers_for(self.recipe.steps[index - 1:], step)
         shutil.rmtree(step_dir, ignore_errors=True)
         step_dir.mkdir(parents=True)
         df = pl.read_parquet(prev_dir / "kept.parquet")
@@ -226,17 +227,19 @@ class Runner:
             if d.is_dir() and d.name not in keep:
                 shutil.rmtree(d)
 
-    def curate(self, stack: ExitStack | None = None) -> Path:
+    def curate(self) -> Path:
         """Ingest and run every step; returns the path of curated.parquet."""
         (self.out / "recipe.yaml").write_text(self.recipe.to_yaml())
         ledger.append(self.out, "run", recipe=self.recipe.name, version=__version__)
         prev_dir, fp = self.ingest()
         names = {INGEST_DIR}
-        for i, step in enumerate(self.recipe.steps, start=1):
-            if stack is not None:
-                self.before_step(step, stack)
-            prev_dir, fp = self.run_step(i, step, prev_dir, fp)
-            names.add(prev_dir.name)
+        try:
+            for i, step in enumerate(self.recipe.steps, start=1):
+                self.teachers_for(self.recipe.steps[i - 1:], None)  # stop those no longer needed
+                prev_dir, fp = self.run_step(i, step, prev_dir, fp)
+                names.add(prev_dir.name)
+        finally:
+            self.teachers_for([], None)  # stop what pond started for curation
         self._prune(names)
         curated = self.out / "curated.parquet"
         tmp = curated.with_name("curated.parquet.tmp")
@@ -244,23 +247,27 @@ class Runner:
         tmp.replace(curated)
         if not any(s.kind == "holdout" for s in self.recipe.steps):
             (self.out / "heldout.parquet").unlink(missing_ok=True)
-        self.curated_fingerprint = fp
         return curated
 
-    def before_step(self, step: Step, stack: ExitStack) -> None:
-        """Start a local teacher (once) before the first step that needs one that pond serves."""
-        name = getattr(step.options, "teacher", None)
-        if name is None:
-            return
-        started = getattr(self, "_served", set())
-        teacher = self.recipe.teachers[name]
-        if name in started or getattr(teacher, "serve", None) is None:
+    def teachers_for(self, remaining: list[Step], step: Step | None) -> None:
+        """Keep served teachers (`serve:`) up exactly while steps still need them.
+
+        On a small machine two vLLM servers side by side (writer and judge) would fight for the
+        cores, so a teacher pond started is stopped as soon as no remaining step names it, and
+        started only when the current step needs it. A step that is already done needs none.
+        """
+        served = self.__dict__.setdefault("_served", {})
+        wanted = {getattr(s.options, "teacher", None) for s in remaining} - {None}
+        for name in [n for n in served if n not in wanted]:
+            served.pop(name).close()
+        name = getattr(step.options, "teacher", None) if step is not None else None
+        if name is None or name in served or self.recipe.teachers[name].serve is None:
             return
         from synthesis.server import running_teacher
 
-        stack.enter_context(running_teacher(teacher, cache_dir=self.cache_dir, log=self.log))
-        started.add(name)
-        self._served = started
+        stack = ExitStack()
+        stack.enter_context(running_teacher(self.recipe.teachers[name], cache_dir=self.cache_dir, log=self.log))
+        served[name] = stack
 
 
 def write_manifest(runner: Runner, extra: dict[str, Any] | None = None) -> dict[str, Any]:
