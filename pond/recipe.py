@@ -19,7 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from curation.ingest import InputOptions
-from curation.step import StepOptions
+from curation.step import StepOptions, default_cache_dir
 from evaluation.config import EvaluateConfig, ExperimentConfig
 from pond.steps import STEPS
 from synthesis.client import TeacherConfig
@@ -111,6 +111,8 @@ def _errors(source: str, root: yaml.Node | None, exc: ValidationError, prefix: t
 # --- loading ------------------------------------------------------------------------------------
 
 def _expand(value: Any) -> Any:
+    # ${POND_CACHE_DIR} works in recipes even when the variable is unset (its default applies)
+    os.environ.setdefault("POND_CACHE_DIR", str(default_cache_dir()))
     if isinstance(value, str):
         return os.path.expanduser(os.path.expandvars(value)) if ("$" in value or value.startswith("~")) else value
     if isinstance(value, list):
