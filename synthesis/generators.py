@@ -1,0 +1,314 @@
+"""The `synthesize` step: the teacher writes new rows from seed rows.
+
+Generators:
+- edge_cases     given the task and a few seed inputs, ask for hard, unusual, adversarial or
+                 boundary inputs (JSON), then answer each;
+- self_instruct  new instructions from sampled seeds, dropping those too similar (ROUGE-L) to the
+                 pool, then answer each;
+- evolve         Evol-Instruct: rewrite a seed instruction (deepen, add a constraint, concretise,
+                 require reasoning), then answer it;
+- respond        the teacher answers existing prompts (to replace bad answers).
+
+Every new row has `source: synthetic:<generator>` and the ids of the rows it came from in
+`seed_ids`. kept = the input rows + the new rows that made it; a new row that failed (teacher
+error, unparsable or cut-off reply, budget, duplicate of the pool) is a rejection with the reason.
+So len(kept) + len(rejected) == len(df) + attempted rows (respond with `replace`: the replaced
+originals are rejections too, and count as input rows).
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import polars as pl
+from pydantic import Field
+
+from curation.step import StepContext, StepOptions, reject
+from synthesis.budget import call_tokens_upper, prompt_tokens_upper
+from synthesis.cache import ResponseCache, run_cache_path
+from synthesis.client import ChatRequest, Completion, TeacherSession, resolve_teacher
+from synthesis.prompts import load_text, render
+from synthesis.rows import Draft, clip, concat_like, context_for_answer, row_prompt, split_drafts, with_seed_ids
+from synthesis.similarity import NoveltyIndex
+
+STAGE = "synthesize"
+EVOLUTIONS = ("deepen", "constraints", "concretise", "reasoning")
+BYTES_PER_CHAR = 4  # upper bound for text the teacher has not written yet (UTF-8)
+
+
+class SynthesizeOptions(StepOptions):
+    """Options of the `synthesize` step."""
+
+    generator: Literal["edge_cases", "self_instruct", "evolve", "respond"] = Field(
+        "edge_cases", description="edge_cases | self_instruct | evolve | respond (see synthesis/generators.py).")
+    n: int = Field(100, ge=1, description="New rows to attempt; for respond, the most rows to re-answer "
+                                          "(sampled with the recipe seed).")
+    teacher: str = Field("default", description="Name of the teacher in the recipe's `teachers:`.")
+    task: str | None = Field(None, description="What the assistant is for, in a sentence; default: the "
+                                               "teacher infers it from the seed examples.")
+    temperature: float = Field(0.9, ge=0, le=2, description="Sampling temperature for writing new prompts.")
+    answer_temperature: float = Field(0.7, ge=0, le=2, description="Sampling temperature for answers.")
+    max_tokens: int = Field(256, ge=1, description="Longest answer in tokens; a longer one is cut off and "
+                                                   "the row rejected.")
+    per_call: int = Field(3, ge=1, le=20, description="New prompts asked for per call (edge_cases, "
+                                                      "self_instruct).")
+    seeds_per_call: int = Field(3, ge=0, le=20, description="Seed examples shown per call.")
+    max_prompt_chars: int = Field(300, ge=20, description="Longest new prompt in characters (a schema bound); "
+                                                          "evolve only rewrites seeds up to this length.")
+    min_prompt_words: int = Field(3, ge=0, description="Reject a new prompt with fewer words than this.")
+    max_example_chars: int = Field(200, ge=20, description="Seed examples are clipped to this many characters.")
+    max_similarity: float = Field(0.7, ge=0, le=1, description="self_instruct/edge_cases: reject a new prompt "
+                                  "whose ROUGE-L F1 with a pool prompt (real or new) reaches this; 1.0 keeps "
+                                  "all but exact duplicates.")
+    system: str | None = Field(None, description="System message sent with every answer request.")
+    prompt: str | None = Field(None, description="Replace the generator's prompt template: a built-in name, a "
+                                                 "file path or inline text (see synthesis/prompts/).")
+    replace: bool = Field(True, description="respond: the re-answered originals become rejections "
+                                            "('replaced by ...') instead of staying beside the new rows.")
+
+
+def _seed(*parts: object) -> int:
+    """A request seed from the recipe seed and a position: same run, same sampling."""
+    h = hashlib.blake2b("\x00".join(map(str, parts)).encode(), digest_size=4).digest()
+    return int.from_bytes(h, "little") & 0x7FFFFFFF
+
+
+def _template(opts: SynthesizeOptions, name: str, ctx: StepContext | None) -> str:
+    if opts.prompt is None:
+        return load_text(name)
+    return load_text(opts.prompt, resolve=ctx.resolve if ctx else Path)
+
+
+def _list_schema(key: str, count: int, max_chars: int) -> dict:
+    return {"type": "object", "additionalProperties": False, "required": [key],
+            "properties": {key: {"type": "array", "minItems": count, "maxItems": count,
+                                 "items": {"type": "string", "maxLength": max_chars}}}}
+
+
+def _text_schema(max_chars: int) -> dict:
+    return {"type": "object", "additionalProperties": False, "required": ["instruction"],
+            "properties": {"instruction": {"type": "string", "maxLength": max_chars}}}
+
+
+def _json_tokens(count: int, max_chars: int) -> int:
+    # room for `count` strings of max_chars (English BPE ~3-4 chars a token; 2 leaves slack) + JSON
+    return count * (max_chars // 2 + 8) + 24
+
+
+def _pool(df: pl.DataFrame) -> tuple[list[str], list[str]]:
+    rows = df.select("id", "messages", "text").to_dicts()
+    return [r["id"] for r in rows], [row_prompt(r) for r in rows]
+
+
+def _examples(prompts: list[str], picks: np.ndarray, limit: int) -> str:
+    return "\n".join(f"- {clip(prompts[i], limit)}" for i in picks) or "(none)"
+
+
+def _failure(c: Completion | BaseException) -> str | None:
+    if isinstance(c, BaseException):
+        return f"teacher call failed: {c}"
+    return None
+
+
+# ---------------------------------------------------------------------------------- drafts
+
+
+def _list_drafts(df, opts, ctx, session, template_name: str, key: str) -> list[Draft]:
+    """edge_cases / self_instruct: ask for `per_call` prompts per call until n are attempted."""
+    ids, prompts = _pool(df)
+    usable = [i for i, p in enumerate(prompts) if p.strip()]
+    if not usable and not opts.task:
+        raise ValueError(f"{opts.generator} needs seed rows or a `task:` description")
+    template = _template(opts, template_name, ctx)
+    rng = np.random.default_rng([ctx.seed, 1])
+    calls, counts, picks = [], [], []
+    for c in range(math.ceil(opts.n / opts.per_call)):
+        count = min(opts.per_call, opts.n - c * opts.per_call)
+        pick = rng.choice(usable, size=min(opts.seeds_per_call, len(usable)), replace=False) if usable else []
+        text = render(template, task=opts.task or "(not given: infer it from the examples)",
+                      examples=_examples(prompts, pick, opts.max_example_chars), count=count)
+        calls.append(ChatRequest([{"role": "user", "content": text}],
+                                 max_tokens=_json_tokens(count, opts.max_prompt_chars),
+                                 temperature=opts.temperature, seed=_seed(ctx.seed, opts.generator, c),
+                                 schema=_list_schema(key, count, opts.max_prompt_chars), schema_name=key))
+        counts.append(count)
+        picks.append([ids[i] for i in pick])
+    results = session.run(calls, ctx.track, f"{opts.generator}: writing prompts")
+    drafts: list[Draft] = []
+    for result, count, seed_ids in zip(results, counts, picks):
+        error = _failure(result)
+        items: list[str] = []
+        if error is None:
+            try:
+                items = [str(x) for x in result.json()[key]][:count]
+            except (ValueError, KeyError, TypeError) as e:
+                error = f"unusable teacher reply: {e}"
+        for k in range(count):
+            d = Draft(len(drafts), [], list(seed_ids))
+            if k < len(items):
+                d.context = [{"role": "user", "content": items[k].strip()}]
+            else:
+                d.error = error or "teacher reply had fewer items than asked"
+            drafts.append(d)
+    return drafts
+
+
+def _evolve_drafts(df, opts, ctx, session) -> list[Draft]:
+    ids, prompts = _pool(df)
+    usable = [i for i, p in enumerate(prompts) if p.strip() and len(p) <= opts.max_prompt_chars]
+    if not usable:
+        raise ValueError(f"evolve needs seed rows with a prompt of at most max_prompt_chars={opts.max_prompt_chars}")
+    rng = np.random.default_rng([ctx.seed, 2])
+    picks = rng.choice(usable, size=opts.n, replace=opts.n > len(usable))
+    ops = rng.choice(len(EVOLUTIONS), size=opts.n)
+    calls = []
+    for k, (i, op) in enumerate(zip(picks, ops)):
+        template = _template(opts, f"evolve_{EVOLUTIONS[op]}", ctx)
+        calls.append(ChatRequest([{"role": "user", "content": render(template, instruction=prompts[i])}],
+                                 max_tokens=_json_tokens(1, opts.max_prompt_chars), temperature=opts.temperature,
+                                 seed=_seed(ctx.seed, "evolve", k), schema=_text_schema(opts.max_prompt_chars),
+                                 schema_name="instruction"))
+    results = session.run(calls, ctx.track, "evolve: rewriting prompts")
+    drafts = []
+    for k, (i, op, result) in enumerate(zip(picks, ops, results)):
+        d = Draft(k, [], [ids[i]], error=_failure(result), extra={"evolution": EVOLUTIONS[op]})
+        if d.error is None:
+            try:
+                d.context = [{"role": "user", "content": str(result.json()["instruction"]).strip()}]
+            except (ValueError, KeyError, TypeError) as e:
+                d.error = f"unusable teacher reply: {e}"
+        drafts.append(d)
+    return drafts
+
+
+def _respond_drafts(df, opts, ctx) -> list[Draft]:
+    rows = df.select("id", "messages").to_dicts()
+    usable = [i for i, r in enumerate(rows) if context_for_answer(r["messages"] or [])]
+    rng = np.random.default_rng([ctx.seed, 3])
+    chosen = sorted(rng.choice(usable, size=min(opts.n, len(usable)), replace=False).tolist()) if usable else []
+    return [Draft(k, context_for_answer(rows[i]["messages"]), [rows[i]["id"]], origin=i) for k, i in enumerate(chosen)]
+
+
+def _novelty(drafts: list[Draft], df: pl.DataFrame, max_similarity: float | None, min_words: int = 0) -> None:
+    """Reject new prompts that are empty or too short, duplicate the pool, or (with a threshold)
+    resemble it. Accepted prompts join the pool, so new rows are also unique among themselves."""
+    index = NoveltyIndex()
+    for row_id, p in zip(*_pool(df)):
+        index.add(p, row_id)
+    for d in drafts:
+        if d.error is not None:
+            continue
+        if not d.prompt.strip():
+            d.error = "empty prompt from the teacher"
+        elif len(d.prompt.split()) < min_words:
+            d.error = f"prompt too short: {len(d.prompt.split())} words < min_prompt_words={min_words}"
+        elif (dup := index.duplicate_of(d.prompt)) is not None:
+            d.error = f"duplicate prompt: same as {dup}"
+        elif max_similarity is not None and max_similarity < 1.0:
+            score, near = index.most_similar(d.prompt, max_similarity)
+            if near is not None:
+                d.error = f"too similar: ROUGE-L {score:.2f} >= {max_similarity:.2f} with {near}"
+        if d.error is None:
+            index.add(d.prompt, f"new slot {d.slot}")
+
+
+def _answer(drafts: list[Draft], opts: SynthesizeOptions, ctx: StepContext, session: TeacherSession) -> None:
+    todo = [d for d in drafts if d.error is None]
+    system = [{"role": "system", "content": opts.system}] if opts.system else []
+    calls = [ChatRequest(system + d.context, max_tokens=opts.max_tokens, temperature=opts.answer_temperature,
+                         seed=_seed(ctx.seed, opts.generator, "answer", d.slot)) for d in todo]
+    for d, result in zip(todo, session.run(calls, ctx.track, f"{opts.generator}: answering")):
+        if (error := _failure(result)) is not None:
+            d.error = error
+        elif result.truncated():
+            d.error = f"answer cut off at max_tokens={opts.max_tokens}"
+        elif not result.text.strip():
+            d.error = "empty answer from the teacher"
+        else:
+            d.answer = result.text.strip()
+
+
+def _reason_kind(reason: str) -> str:
+    return reason.split(":", 1)[0]
+
+
+def synthesize(df: pl.DataFrame, opts: SynthesizeOptions, ctx: StepContext) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Add teacher-written rows to `df` (see the module docstring)."""
+    t0 = time.perf_counter()
+    config = resolve_teacher(ctx.teachers, opts.teacher)
+    cache = ResponseCache(run_cache_path(ctx.run_dir, ctx.cache_dir))
+    session = TeacherSession(config, cache)
+    try:
+        if opts.generator == "edge_cases":
+            drafts = _list_drafts(df, opts, ctx, session, "edge_cases", "inputs")
+            _novelty(drafts, df, opts.max_similarity, opts.min_prompt_words)
+        elif opts.generator == "self_instruct":
+            drafts = _list_drafts(df, opts, ctx, session, "self_instruct", "instructions")
+            _novelty(drafts, df, opts.max_similarity, opts.min_prompt_words)
+        elif opts.generator == "evolve":
+            drafts = _evolve_drafts(df, opts, ctx, session)
+            _novelty(drafts, df, None, opts.min_prompt_words)  # an evolved prompt resembles its seed by design
+        else:
+            drafts = _respond_drafts(df, opts, ctx)
+        _answer(drafts, opts, ctx, session)
+    finally:
+        cache.close()
+
+    base = with_seed_ids(df)
+    originals = base if opts.generator == "respond" else None
+    new_kept, new_rejected = split_drafts(drafts, opts.generator, STAGE, originals)
+    frames_rejected = [new_rejected]
+    if opts.generator == "respond" and opts.replace:
+        replaced = {d.origin: nid for d, nid in zip([d for d in drafts if d.error is None], new_kept["id"])}
+        mask = pl.Series([i in replaced for i in range(len(base))])
+        frames_rejected.insert(0, reject(base.filter(mask), STAGE, pl.Series(
+            [f"replaced by teacher answer {replaced[i]}" for i in sorted(replaced)], dtype=pl.Utf8)))
+        base = base.filter(~mask)
+    kept = concat_like(base, [base, new_kept])
+    rejected = concat_like(reject(base.head(0), STAGE, ""), frames_rejected)
+
+    reasons = Counter(_reason_kind(r) for r in new_rejected["reason"])
+    ctx.stats.update({
+        "generator": opts.generator, "attempted": len(drafts), "new_rows": len(new_kept),
+        "rejected_new_by_reason": dict(sorted(reasons.items())),
+        **({"evolutions": dict(Counter(d.extra["evolution"] for d in drafts))} if opts.generator == "evolve" else {}),
+        "teacher": session.summary(), "seconds": round(time.perf_counter() - t0, 3),
+    })
+    return kept, rejected
+
+
+# ---------------------------------------------------------------------------------- estimate
+
+
+def estimate(df: pl.DataFrame | None, opts: SynthesizeOptions) -> dict[str, int]:
+    """Upper bounds before sending anything: {"requests", "max_tokens"} (prompt + completion)."""
+    df = df if df is not None else pl.DataFrame(schema={"id": pl.Utf8, "messages": pl.List(pl.Struct(
+        {"role": pl.Utf8, "content": pl.Utf8})), "text": pl.Utf8})
+    system = [{"role": "system", "content": opts.system}] if opts.system else []
+    new_prompt = [{"role": "user", "content": "x" * (opts.max_prompt_chars * BYTES_PER_CHAR)}]
+    answer_upper = call_tokens_upper(system + new_prompt, opts.max_tokens)
+    _, prompts = _pool(df)
+    if opts.generator == "respond":
+        ctxs = [context_for_answer(m or []) for m in df["messages"].to_list()]
+        uppers = sorted((call_tokens_upper(system + c, opts.max_tokens) for c in ctxs if c), reverse=True)
+        k = min(opts.n, len(uppers))
+        return {"requests": k, "max_tokens": sum(uppers[:k])}
+    if opts.generator == "evolve":
+        seeds = [p for p in prompts if p.strip() and len(p) <= opts.max_prompt_chars]
+        longest_seed = max((len(p.encode()) for p in seeds), default=0)
+        longest_tpl = max(len(_template(opts, f"evolve_{e}", None).encode()) for e in EVOLUTIONS)
+        ask = prompt_tokens_upper([{"role": "user", "content": "x" * (longest_seed + longest_tpl)}])
+        ask += _json_tokens(1, opts.max_prompt_chars)
+        return {"requests": 2 * opts.n, "max_tokens": opts.n * (ask + answer_upper)}
+    name = "edge_cases" if opts.generator == "edge_cases" else "self_instruct"
+    calls = math.ceil(opts.n / opts.per_call)
+    examples = sorted((len(clip(p, opts.max_example_chars).encode()) + 3 for p in prompts if p.strip()), reverse=True)
+    fixed = len(_template(opts, name, None).encode()) + len((opts.task or "").encode()) + 64
+    ask = prompt_tokens_upper([{"role": "user", "content": "x" * (fixed + sum(examples[: opts.seeds_per_call]))}])
+    ask += _json_tokens(opts.per_call, opts.max_prompt_chars)
+    return {"requests": calls + opts.n, "max_tokens": calls * ask + opts.n * answer_upper}

