@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import sys
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Optional
 
@@ -156,7 +155,10 @@ def teacher_serve(model: Optional[str] = typer.Option(None, "--model", help="HF 
     """Start a vLLM OpenAI-compatible server (creates its virtual environment once)."""
     from synthesis import server
 
-    handle = server.serve(model, port=port, log=console.print)
+    try:
+        handle = server.serve(model, port=port, log=console.print)
+    except server.TeacherServerError as exc:
+        _fail(str(exc))
     print(f"teacher ready: {handle.base_url} (model {handle.model}; log {handle.log_path})")
 
 
