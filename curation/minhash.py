@@ -1,0 +1,229 @@
+"""Near-duplicate removal: MinHash LSH proposes candidate pairs, exact Jaccard decides.
+
+1. Signatures, in batches of `batch_size` texts (only one batch's shingles in memory): normalised
+   word or char n-grams -> 64-bit hashes (curation.shingles) -> datasketch-compatible MinHash
+   (curation.minhash_signatures) -> one 64-bit key per LSH band. Only the band keys are kept.
+2. Candidates: per band, a polars group-by on the keys; documents sharing a key are pairs (in a
+   bucket larger than `max_bucket_size`, every member pairs with the bucket's smallest id only,
+   so one huge bucket cannot make quadratically many pairs).
+3. Verification: the exact Jaccard of every candidate pair, computed from the pair's shingle sets,
+   one group of connected candidates at a time; pairs below `threshold` are discarded. MinHash
+   estimates near the threshold are noisy both ways; this step removes that noise.
+   With a step folder, all verified pairs go to `pairs.parquet` (id_a, id_b, jaccard, duplicate).
+4. Clusters: connected components of the verified pairs. A cluster's id is its smallest row id,
+   so the same rows give the same clusters and ids whatever their order in the input. One row per
+   cluster is kept (`keep`); the others are rejected with `duplicate_of` = the kept row's id.
+
+Documents are processed in id order internally, which is what makes every tie-break independent
+of the input's row order. Clusters are transitive: A~B and B~C put A, B, C together even when
+A and C are below the threshold (as in datatrove and NeMo Curator).
+"""
+from __future__ import annotations
+
+import time
+from typing import Literal
+
+import numpy as np
+import polars as pl
+from pydantic import Field, model_validator
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from curation.minhash_signatures import (band_hashes, hash32, optimal_bands, pair_jaccard, permutations, signatures,
+                                         sorted_sets)
+from curation.shingles import shingle_hashes
+from curation.step import StepContext, StepOptions, reject
+
+STAGE = "minhash_dedup"
+
+
+class MinhashDedupOptions(StepOptions):
+    threshold: float = Field(0.8, gt=0.0, lt=1.0,
+                             description="exact Jaccard similarity of shingle sets at or above which two rows are duplicates")
+    num_perm: int = Field(128, ge=8, le=1024, description="MinHash permutations per signature")
+    ngram: int = Field(5, ge=1, le=64, description="shingle length in tokens (words or characters)")
+    shingle: Literal["word", "char"] = Field("word", description="shingle tokens: normalised words or characters")
+    keep: Literal["first", "longest", "quality"] = Field(
+        "first", description="which row of a cluster stays: the first in input order, the longest text, "
+                             "or the highest `score_column` (ties: longer text, then smaller id)")
+    score_column: str = Field("quality", description="numeric column read when keep=quality")
+    column: str = Field("text", description="column whose text is compared")
+    seed: int | None = Field(None, description="permutation seed; default: the run's seed")
+    bands: int | None = Field(None, ge=1, description="LSH bands; default: chosen from threshold and num_perm")
+    rows: int | None = Field(None, ge=1, description="signature rows per band; default: chosen with `bands`")
+    min_recall: float = Field(
+        0.995, ge=0.0, lt=1.0,
+        description="when choosing bands x rows: least probability that a pair exactly at the threshold "
+                    "becomes a candidate (false positives only cost a verification)")
+    max_bucket_size: int = Field(
+        64, ge=2, description="LSH buckets larger than this pair each member with the bucket's smallest id only")
+    batch_size: int = Field(10_000, ge=1, description="texts per signature batch (bounds memory)")
+    verify_batch_docs: int = Field(20_000, ge=1, description="documents whose shingles are held at once while verifying")
+
+    @model_validator(mode="after")
+    def _bands_rows(self):
+        if (self.bands is None) != (self.rows is None):
+            raise ValueError("give both `bands` and `rows`, or neither")
+        if self.bands is not None and self.bands * self.rows > self.num_perm:
+            raise ValueError(f"bands * rows = {self.bands * self.rows} exceeds num_perm = {self.num_perm}")
+        return self
+
+
+def lsh_params(opts: MinhashDedupOptions) -> tuple[int, int]:
+    if opts.bands is not None:
+        return opts.bands, opts.rows
+    return optimal_bands(opts.threshold, opts.num_perm, 0.5, 0.5, opts.min_recall)
+
+
+def band_keys(texts: pl.Series, opts: MinhashDedupOptions, seed: int, bands: int, rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """Batch function: (band keys n×bands uint64, has-shingles mask) for a batch of texts."""
+    a, b = permutations(opts.num_perm, seed)
+    hashes, offsets = shingle_hashes(texts, opts.ngram, opts.shingle)
+    sig = signatures(hash32(hashes), offsets, a, b)
+    return band_hashes(sig, bands, rows), np.diff(offsets) > 0
+
+
+def band_pairs(docs: np.ndarray, keys: np.ndarray, max_bucket: int) -> pl.DataFrame:
+    """Candidate pairs (a < b) from one band's keys."""
+    f = (pl.DataFrame({"doc": docs, "h": keys})
+         .with_columns(pl.len().over("h").alias("n"))
+         .filter(pl.col("n") > 1))
+    small = f.filter(pl.col("n") <= max_bucket).select("doc", "h")
+    pairs = (small.join(small, on="h", suffix="_b")
+             .filter(pl.col("doc") < pl.col("doc_b"))
+             .select(pl.col("doc").alias("a"), pl.col("doc_b").alias("b")))
+    big = (f.filter(pl.col("n") > max_bucket)
+           .with_columns(pl.col("doc").min().over("h").alias("c"))
+           .filter(pl.col("doc") != pl.col("c"))
+           .select(pl.col("c").alias("a"), pl.col("doc").alias("b")))
+    return pl.concat([pairs, big])
+
+
+def _components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    graph = coo_matrix((np.ones(len(a), dtype=np.int8), (a, b)), shape=(n, n))
+    return connected_components(graph, directed=False)[1]
+
+
+def candidate_pairs(texts: pl.Series, rank: np.ndarray, opts: MinhashDedupOptions, seed: int,
+                    ctx: StepContext) -> tuple[pl.DataFrame, dict]:
+    """All candidate pairs (a < b, internal document numbers) and figures about how they were found.
+
+    `texts` are in row order and hashed in contiguous slices (no copy of the text column);
+    `rank[row]` is the row's internal document number.
+    """
+    n = len(texts)
+    bands, rows = lsh_params(opts)
+    keys = np.empty((n, bands), dtype=np.uint64)
+    has = np.zeros(n, dtype=bool)
+    t0 = time.perf_counter()
+    starts = range(0, n, opts.batch_size)
+    for s in ctx.track(starts, "minhash signatures", total=len(starts)):
+        where = rank[s:s + opts.batch_size]
+        keys[where], has[where] = band_keys(texts.slice(s, opts.batch_size), opts, seed, bands, rows)
+    t1 = time.perf_counter()
+    docs = np.flatnonzero(has)  # a text without shingles would collide with every other such text
+    pairs = pl.DataFrame(schema={"a": pl.Int64, "b": pl.Int64})
+    for j in ctx.track(range(bands), "lsh bands", total=bands):
+        pairs = pl.concat([pairs, band_pairs(docs, keys[docs, j], opts.max_bucket_size)]).unique()
+    del keys
+    figures = {"bands": bands, "rows": rows, "docs_without_shingles": int(n - len(docs)),
+               "candidate_pairs": len(pairs), "signature_seconds": round(t1 - t0, 3),
+               "candidate_seconds": round(time.perf_counter() - t1, 3)}
+    return pairs.sort("a", "b"), figures
+
+
+def verify_pairs(texts: pl.Series, order: np.ndarray, pairs: pl.DataFrame, opts: MinhashDedupOptions,
+                 ctx: StepContext) -> pl.DataFrame:
+    """Exact Jaccard of every candidate pair: (a, b, jaccard); `order[doc]` is a document's row.
+
+    Candidates are split into connected groups and packed into chunks of about
+    `verify_batch_docs` documents, so each document's shingles are computed once and only one
+    chunk's shingles are held at a time.
+    """
+    if pairs.is_empty():
+        return pairs.with_columns(pl.lit(0.0).alias("jaccard"))
+    a, b = pairs["a"].to_numpy(), pairs["b"].to_numpy()
+    comp = _components(len(texts), a, b)
+    cand = np.unique(np.concatenate([a, b]))
+    comp_sizes = np.bincount(comp[cand])
+    # components in order of their label; a chunk starts where the running size crosses a multiple
+    chunk_of_comp = (np.cumsum(comp_sizes) - comp_sizes) // opts.verify_batch_docs
+    doc_chunk = chunk_of_comp[comp[cand]]
+    pair_chunk = chunk_of_comp[comp[a]]
+    jac = np.zeros(len(a), dtype=np.float64)
+    chunks = np.unique(doc_chunk)
+    for c in ctx.track(chunks, "verify candidates", total=len(chunks)):
+        docs = cand[doc_chunk == c]  # sorted
+        sets: list[np.ndarray] = []
+        for s in range(0, len(docs), opts.batch_size):  # hashing temporaries: one batch at a time
+            rows = order[docs[s:s + opts.batch_size]]
+            sets += sorted_sets(*shingle_hashes(texts.gather(rows), opts.ngram, opts.shingle))
+        sel = np.flatnonzero(pair_chunk == c)
+        jac[sel] = pair_jaccard(sets, np.searchsorted(docs, a[sel]), np.searchsorted(docs, b[sel]))
+    return pairs.with_columns(pl.Series("jaccard", jac))
+
+
+def _keeper_order(df: pl.DataFrame, opts: MinhashDedupOptions) -> list[pl.Expr]:
+    """Sort keys (ascending) under which a cluster's first row is the one kept."""
+    if opts.keep == "first":
+        return [pl.col("__row")]
+    if opts.keep == "longest":
+        return [-pl.col("__len"), pl.col("__doc")]
+    if opts.score_column not in df.columns:
+        raise ValueError(f"minhash_dedup keep=quality: no column {opts.score_column!r} (columns: {df.columns})")
+    score = pl.col("__score").cast(pl.Float64).fill_nan(None).neg().fill_null(float("inf"))
+    return [score, -pl.col("__len"), pl.col("__doc")]
+
+
+def minhash_dedup(df: pl.DataFrame, opts: MinhashDedupOptions, ctx: StepContext) -> tuple[pl.DataFrame, pl.DataFrame]:
+    seed = ctx.seed if opts.seed is None else opts.seed
+    n = len(df)
+    # internal document number = rank of the row's id: results do not depend on row order.
+    # (The text column itself is never reordered: a gather would copy every string.)
+    order = df["id"].arg_sort().to_numpy()
+    rank = np.empty(n, dtype=np.int64)
+    rank[order] = np.arange(n)
+    texts = df[opts.column]
+    pairs, figures = candidate_pairs(texts, rank, opts, seed, ctx)
+    t0 = time.perf_counter()
+    verified = verify_pairs(texts, order, pairs, opts, ctx)
+    edges = verified.filter(pl.col("jaccard") >= opts.threshold)
+    t1 = time.perf_counter()
+    comp = _components(n, edges["a"].to_numpy(), edges["b"].to_numpy())
+    best = (pl.concat([edges.select(pl.col("a").alias("__doc"), "jaccard"),
+                       edges.select(pl.col("b").alias("__doc"), "jaccard")])
+            .group_by("__doc").agg(pl.col("jaccard").max().alias("dup_jaccard")))
+    # one small row per document (no text), in internal order
+    info = pl.DataFrame({
+        "__doc": np.arange(n, dtype=np.int64), "__row": order.astype(np.int64), "__comp": comp,
+        "id": df["id"].gather(order), "__len": texts.fill_null("").str.len_chars().cast(pl.Int64).gather(order),
+    })
+    if opts.keep == "quality" and opts.score_column in df.columns:
+        info = info.with_columns(df[opts.score_column].gather(order).alias("__score"))
+    in_cluster = pl.len().over("__comp") > 1
+    info = (info.with_columns(
+        # the smallest internal doc has the smallest id
+        pl.when(in_cluster).then(pl.col("id").first().over("__comp")).alias("dup_cluster"),
+        pl.col("id").sort_by(_keeper_order(df, opts)).first().over("__comp").alias("duplicate_of"),
+        in_cluster.alias("__in"),
+    ).join(best, on="__doc", how="left", maintain_order="left").sort("__row"))
+    if ctx.step_dir is not None:  # every verified candidate pair, for audits
+        ids = info.sort("__doc")["id"]
+        ctx.step_dir.mkdir(parents=True, exist_ok=True)
+        verified.select(ids.gather(verified["a"]).alias("id_a"), ids.gather(verified["b"]).alias("id_b"), "jaccard",
+                        (pl.col("jaccard") >= opts.threshold).alias("duplicate")).write_parquet(ctx.step_dir / "pairs.parquet")
+    is_kept = ~info["__in"] | (info["duplicate_of"] == info["id"])
+    added = info.select("dup_cluster", "duplicate_of", "dup_jaccard")
+    kept = df.with_columns(added["dup_cluster"]).filter(is_kept)
+    rejected = reject(df.with_columns(added).filter(~is_kept), STAGE, "near_duplicate")
+    figures.update({
+        "docs": n,
+        "verified_pairs": len(edges),
+        "candidate_pairs_below_threshold": len(verified) - len(edges),
+        "clusters": int(info.filter("__in")["__comp"].n_unique()),
+        "duplicates": len(rejected),
+        "verify_seconds": round(t1 - t0, 3),
+        "cluster_seconds": round(time.perf_counter() - t1, 3),
+    })
+    ctx.stats.update(figures)
+    return kept, rejected

@@ -1,0 +1,96 @@
+"""Gopher's repetition statistics, vectorised over a batch of texts (numpy + polars).
+
+Words are whitespace-separated tokens, lowercased. For each text:
+- top_n (n = 2, 3, 4): share of the text's word characters inside the most frequent word n-gram
+  (its count times its characters), counting only n-grams that occur at least twice;
+- dup_n (n = 5 … 10): share of word characters covered by n-grams that already occurred earlier
+  in the text (the repeats, not the first occurrence).
+Rae et al. 2021 (Gopher), appendix A; thresholds live in curation.heuristics.
+"""
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+
+from curation.shingles import window_hashes
+
+
+def _words(texts: pl.Series) -> pl.Series:
+    folded = texts.fill_null("").str.to_lowercase().str.replace_all(r"\s+", " ").str.strip_chars()
+    return pl.select(pl.when(folded == "").then(pl.lit([], dtype=pl.List(pl.Utf8)))
+                     .otherwise(folded.str.split(" "))).to_series()
+
+
+def _runs(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(order sorting the keys, start of each run of equal keys in that order); within a run the
+    order is ascending, so a run's first element is the key's first occurrence.
+
+    Packs each key's high bits and its index into one uint64 and uses `np.sort` (SIMD, several
+    times faster than argsort). Keys then compare on 64 - log2(n) bits (>= 40 for batches under
+    16M tokens): a collision merges two n-grams' counts, a negligible error for these statistics.
+    """
+    n = len(keys)
+    if n == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    bits = max(1, int(n).bit_length())
+    mask = np.uint64((1 << bits) - 1)
+    packed = np.sort((keys & ~mask) | np.arange(n, dtype=np.uint64))
+    order = (packed & mask).astype(np.int64)
+    ks = packed >> np.uint64(bits)
+    starts = np.flatnonzero(np.concatenate(([True], ks[1:] != ks[:-1])))
+    return order, starts
+
+
+def repetition_stats(texts: pl.Series, top_ns: tuple[int, ...] = (2, 3, 4),
+                     dup_ns: tuple[int, ...] = (5, 6, 7, 8, 9, 10)) -> pl.DataFrame:
+    """One row per text: columns `top_{n}` and `dup_{n}` (fractions in [0, 1])."""
+    words = _words(texts)
+    lens = words.list.len().fill_null(0).to_numpy().astype(np.int64)
+    flat = words.explode().drop_nulls()
+    n_docs, n_tok = len(lens), len(flat)
+    wh = flat.hash(seed=0).to_numpy().astype(np.uint64, copy=False)
+    wl = flat.str.len_chars().to_numpy().astype(np.int64)
+    doc_of = np.repeat(np.arange(n_docs), lens)
+    starts = np.concatenate(([0], np.cumsum(lens)[:-1])).astype(np.int64) if n_docs else np.zeros(0, np.int64)
+    end_of = np.repeat(starts + lens, lens)
+    cum = np.concatenate(([0], np.cumsum(wl)))
+    total = np.bincount(doc_of, weights=wl, minlength=n_docs)
+    out: dict[str, np.ndarray] = {}
+
+    def windows(n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Start positions of the n-grams inside one text, and keys unique per (text, n-gram)."""
+        keys = window_hashes(wh, n)
+        pos = np.arange(len(keys))
+        ok = pos + n <= end_of[: len(keys)]
+        pos = pos[ok]
+        with np.errstate(over="ignore"):  # fold the text number in: one u64 key, fast to group
+            keys = keys[ok] ^ (doc_of[pos].astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15))
+        return pos, keys
+
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for n in top_ns:
+            pos, keys = windows(n)
+            order, starts = _runs(keys)
+            sizes = np.diff(np.append(starts, len(keys)))
+            count = np.empty(len(keys), dtype=np.int64)
+            count[order] = np.repeat(sizes, sizes)
+            doc, chars = doc_of[pos], cum[pos + n] - cum[pos]
+            most = np.zeros(n_docs, dtype=np.int64)
+            np.maximum.at(most, doc, count)
+            # characters of the most frequent n-gram (ties: the longest), times its count
+            top = (count == most[doc]) & (count >= 2)
+            best = np.zeros(n_docs, dtype=np.int64)
+            np.maximum.at(best, doc[top], chars[top])
+            out[f"top_{n}"] = np.nan_to_num(best * most / total)
+        for n in dup_ns:
+            pos, keys = windows(n)
+            order, starts = _runs(keys)
+            repeat = np.ones(len(keys), dtype=bool)
+            repeat[order[starts]] = False  # first occurrences are not repeats
+            cover = np.zeros(n_tok + 1, dtype=np.int64)
+            np.add.at(cover, pos[repeat], 1)
+            np.add.at(cover, pos[repeat] + n, -1)
+            covered = np.cumsum(cover[:n_tok]) > 0  # windows never cross texts, so one cumsum serves all
+            dup_chars = np.bincount(doc_of, weights=wl * covered, minlength=n_docs)
+            out[f"dup_{n}"] = np.nan_to_num(dup_chars / total)
+    return pl.DataFrame(out, schema={k: pl.Float64 for k in out})

@@ -1,0 +1,144 @@
+"""Choose `n` rows: the step that turns a cleaned pool into a small fine-tuning set.
+
+Strategies (all deterministic for a seed; exactly n rows, or every row if there are fewer):
+- `random`: a seeded uniform sample (the baseline every other strategy must beat).
+- `longest`: the n longest assistant answers (curation.records.answer_text_expr; plain-text rows:
+  the text). A strong baseline in the literature (Zhao et al. 2024, "Long Is More for Alignment").
+- `quality`: top n by `score_column` (from embed_quality or the judge).
+- `quality_diverse`: Deita (Liu et al. 2024): walk rows from the best score down and admit a row
+  only if its cosine to every admitted row is below `threshold`; if a pass ends with fewer than n,
+  raise the threshold by `relax_step` and walk the rows left out again.
+- `kcenter`: greedy farthest-point (k-center) over embeddings: start from the best-scoring row
+  (a seeded random row when there is no score column), then repeatedly add the row farthest (in cosine distance) from everything chosen so far.
+
+Ties break by input order. Rows not chosen are rejected with reason `not_selected`, so they stay
+auditable and usable as a baseline pool. Kept rows get `select_rank` (0 = chosen first).
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import polars as pl
+from pydantic import Field
+
+from curation.embed import EmbeddingOptions, embed_column
+from curation.records import answer_text_expr
+from curation.step import StepContext, StepOptions, reject
+
+STAGE = "select"
+_BLOCK = 256  # candidates compared with the admitted set at once (quality_diverse)
+
+
+class SelectOptions(StepOptions):
+    n: int = Field(..., ge=0, description="rows to keep (all rows when there are fewer)")
+    strategy: Literal["random", "longest", "quality", "quality_diverse", "kcenter"] = Field(
+        "random", description="how rows are chosen: random (seeded), longest answers, top quality, "
+                              "quality then diversity (Deita), or k-center (greedy farthest point)")
+    score_column: str = Field("quality", description="numeric column ranked by quality and quality_diverse "
+                                                     "(and kcenter's start, when present)")
+    threshold: float = Field(0.85, gt=-1.0, le=1.0,
+                             description="quality_diverse: admit a row only if its cosine to every admitted "
+                                         "row is below this")
+    relax_step: float = Field(0.02, gt=0.0, description="quality_diverse: threshold increase per extra pass "
+                                                        "when a pass admits fewer than n rows")
+    column: str = Field("text", description="column embedded for quality_diverse and kcenter")
+    seed: int | None = Field(None, description="seed for random and kcenter; default: the run's seed")
+    embedding: EmbeddingOptions = Field(default_factory=EmbeddingOptions, description="embedding model settings")
+
+
+def _scores(df: pl.DataFrame, column: str, strategy: str) -> np.ndarray:
+    if column not in df.columns:
+        raise ValueError(f"{STAGE} strategy={strategy}: no score column {column!r} (columns: {df.columns}); "
+                         f"run embed_quality or judge first, or set score_column")
+    return df[column].cast(pl.Float64).fill_nan(None).fill_null(-np.inf).to_numpy()
+
+
+def by_rank(keys: np.ndarray, n: int) -> np.ndarray:
+    """Indices of the n largest keys; ties by index."""
+    return np.lexsort((np.arange(len(keys)), -keys))[:n]
+
+
+def quality_diverse(emb: np.ndarray, scores: np.ndarray, n: int, threshold: float,
+                    relax_step: float) -> tuple[np.ndarray, dict]:
+    """Deita selection. Returns chosen indices in admission order and figures."""
+    order = by_rank(scores, len(scores))
+    chosen: list[int] = []
+    admitted = np.zeros((0, emb.shape[1]), dtype=emb.dtype)
+    taken = np.zeros(len(scores), dtype=bool)
+    passes, thr = 0, threshold
+    while len(chosen) < n:
+        thr = threshold + passes * relax_step
+        passes += 1
+        if thr >= 1.0:  # relaxed past identical vectors: take the best remaining rows by score
+            chosen.extend(order[~taken[order]][: n - len(chosen)].tolist())
+            break
+        remaining = order[~taken[order]]
+        for s in range(0, len(remaining), _BLOCK):
+            block = remaining[s:s + _BLOCK]
+            e = emb[block]
+            ok = (e @ admitted.T).max(1, initial=-np.inf) < thr
+            inner = e @ e.T
+            new: list[int] = []  # positions within the block admitted in this block, in order
+            for p in np.flatnonzero(ok):
+                if not new or inner[p, new].max() < thr:
+                    new.append(p)
+                    if len(chosen) + len(new) == n:
+                        break
+            chosen.extend(block[new].tolist())
+            taken[block[new]] = True
+            admitted = np.concatenate([admitted, e[new]])
+            if len(chosen) == n:
+                break
+    return np.asarray(chosen, dtype=np.int64), {"passes": passes, "final_threshold": round(min(thr, 1.0), 4)}
+
+
+def kcenter(emb: np.ndarray, n: int, start: int) -> np.ndarray:
+    """Greedy farthest-point selection in cosine distance (a 2-approximation of k-center)."""
+    chosen = [start]
+    dist = 1.0 - emb @ emb[start]
+    dist[start] = -np.inf
+    for _ in range(n - 1):
+        j = int(np.argmax(dist))  # first of equal maxima: ties by index
+        chosen.append(j)
+        np.minimum(dist, 1.0 - emb @ emb[j], out=dist)
+        dist[j] = -np.inf  # min() keeps chosen rows at -inf
+    return np.asarray(chosen, dtype=np.int64)
+
+
+def choose(df: pl.DataFrame, opts: SelectOptions, ctx: StepContext) -> tuple[np.ndarray, dict]:
+    """Indices of the chosen rows in the order they were chosen, and figures for stats."""
+    total = len(df)
+    n = min(opts.n, total)
+    seed = ctx.seed if opts.seed is None else opts.seed
+    if n == 0:
+        return np.zeros(0, dtype=np.int64), {}
+    if opts.strategy == "random":
+        return np.random.default_rng(seed).choice(total, size=n, replace=False), {}
+    if opts.strategy == "longest":
+        length = df.select(answer_text_expr().fill_null("").str.len_chars()).to_series().to_numpy()
+        return by_rank(length.astype(np.float64), n), {}
+    if opts.strategy == "quality":
+        return by_rank(_scores(df, opts.score_column, opts.strategy), n), {}
+    if opts.strategy == "quality_diverse":
+        scores = _scores(df, opts.score_column, opts.strategy)
+        return quality_diverse(embed_column(df, opts.column, opts.embedding, ctx), scores, n,
+                               opts.threshold, opts.relax_step)
+    emb = embed_column(df, opts.column, opts.embedding, ctx)
+    if opts.score_column in df.columns:
+        start = int(by_rank(_scores(df, opts.score_column, opts.strategy), 1)[0])
+    else:
+        start = int(np.random.default_rng(seed).integers(total))
+    return kcenter(emb, n, start), {"kcenter_start": df["id"][start]}
+
+
+def select(df: pl.DataFrame, opts: SelectOptions, ctx: StepContext) -> tuple[pl.DataFrame, pl.DataFrame]:
+    chosen, figures = choose(df, opts, ctx)
+    rank = np.full(len(df), -1, dtype=np.int64)
+    rank[chosen] = np.arange(len(chosen))
+    marked = df.with_columns(pl.Series("select_rank", rank, dtype=pl.Int64))
+    kept = marked.filter(pl.col("select_rank") >= 0)
+    rejected = reject(marked.filter(pl.col("select_rank") < 0).drop("select_rank"), STAGE, "not_selected")
+    ctx.stats.update({"strategy": opts.strategy, "requested": opts.n, "selected": len(kept),
+                      "not_selected": len(rejected), **figures})
+    return kept, rejected
