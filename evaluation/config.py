@@ -1,0 +1,142 @@
+"""The `evaluate:` and `experiment:` sections of a recipe.
+
+Light imports only (pydantic): the recipe loader imports this module to validate a recipe, and a
+curation-only run must not pay for torch.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+# Arm data selections built from the pool (anything else is a path to a parquet/jsonl file).
+BUILTIN_DATA = ("curated", "full", "random_n", "longest_n")
+SLICES = ("structured", "answer_length", "turns")
+METRICS = ("heldout_loss", "judge_win_rate", "judge_score", "exact_match", "token_f1")
+
+
+class EvaluateConfig(BaseModel):
+    """Evaluate a trained adapter against its base model on a held-out set."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    heldout: str = Field(
+        "run:heldout.parquet",
+        description="Held-out set: a file in any ingest format/layout (jsonl, json, parquet, csv), or "
+                    "`run:NAME` for a file inside the run folder (`run:heldout.parquet` is the draw the "
+                    "`holdout` step made from the raw pool before curation). Never pick it with pond's own "
+                    "quality scores: that favours the arm selected the same way.")
+    limit: int | None = Field(
+        None, ge=1, description="Use at most this many held-out rows (the first N, in file order).")
+    batch_size: int = Field(8, ge=1, description="Sequences per forward pass for loss and generation.")
+    max_seq_len: int | None = Field(
+        None, ge=8, description="Tokens per held-out conversation (longer ones are cut at the end); default: "
+                                "the training `max_seq_len`, so loss is measured on what training could see.")
+    n_generate: int = Field(
+        0, ge=0,
+        description="Held-out prompts to answer by generation (for the judge and task metrics); 0 turns "
+                    "generation off. Generation is the slow part on a CPU.")
+    max_new_tokens: int = Field(256, ge=1, description="Tokens generated per answer (greedy decoding).")
+    judge: str | None = Field(
+        None,
+        description="Teacher name (from `teachers:`) that judges generated answers; none = no judge. Use a "
+                    "different, bigger model than the one that wrote any synthetic rows.")
+    judge_mode: Literal["pairwise", "single"] = Field(
+        "pairwise",
+        description="pairwise: the judge compares the adapter's answer with `judge_against`, asked in both "
+                    "orders; an inconsistent pair is a tie; win rate counts ties as half. single: the judge "
+                    "grades each answer 1-10 on its own.")
+    judge_against: Literal["base", "reference"] = Field(
+        "base", description="What the adapter's answer is compared with in pairwise mode: the base model's "
+                            "answer to the same prompt, or the held-out reference answer.")
+    judge_prompt: str | None = Field(
+        None, description="Path to a replacement judge prompt (default: evaluation/prompts/pairwise.txt or "
+                          "single.txt); placeholders {question}, {answer_a}, {answer_b} / {answer}.")
+    judge_max_tokens: int = Field(384, ge=16, description="Token limit for each judge reply.")
+    task_metrics: Literal["auto", "always", "never"] = Field(
+        "auto",
+        description="Exact match and token F1 of generated answers against the references: auto computes "
+                    "them when the median reference answer is at most `short_answer_words` words.")
+    short_answer_words: int = Field(
+        10, ge=1, description="Reference answers this short (median, in words) count as short answers.")
+    bootstrap_resamples: int = Field(2000, ge=100, description="Bootstrap resamples for each interval.")
+    confidence: float = Field(0.95, gt=0.5, lt=1, description="Confidence level of the intervals.")
+
+    @model_validator(mode="after")
+    def _judge_needs_answers(self) -> EvaluateConfig:
+        if self.judge and self.n_generate == 0:
+            raise ValueError("judge needs generated answers: set n_generate (e.g. 50)")
+        return self
+
+
+class ArmConfig(BaseModel):
+    """One arm of an experiment: a training set to compare."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="Arm name used in folders, tables and the plot (letters, digits, -_.).",
+                      pattern=r"^[A-Za-z0-9_.-]+$")
+    data: str = Field(
+        description="The arm's training rows: `curated` (the run's curated set), `full` (the whole noisy "
+                    "pool), `random_n` (n rows drawn at random from the pool, a fresh draw per seed), "
+                    "`longest_n` (the n pool rows with the longest answers), or a path to a parquet/jsonl "
+                    "file (e.g. another run's curated.parquet).")
+    n: int | None = Field(
+        None, ge=1, description="Rows for random_n/longest_n (default: the curated set's size); for other "
+                                "data, keep at most n rows (the first n).")
+
+
+def default_arms() -> list[ArmConfig]:
+    return [ArmConfig(name=d, data=d) for d in BUILTIN_DATA]
+
+
+class ExperimentConfig(BaseModel):
+    """Quality vs quantity: train several arms with the same budget and seeds, then compare."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    arms: list[ArmConfig] = Field(
+        default_factory=default_arms,
+        description="Arms to train and compare (default: curated, full, random_n, longest_n).")
+    baseline: str = Field("full", description="Arm every other arm is compared with (paired differences).")
+    budget: Literal["equal_steps", "equal_epochs", "equal_tokens"] = Field(
+        "equal_steps",
+        description="equal_steps: every arm runs `steps` optimizer steps. equal_epochs: every arm makes the "
+                    "training `epochs` passes over its own rows. equal_tokens: the `token_reference` arm runs "
+                    "`steps` steps and every other arm runs as many steps as it needs to see about the same "
+                    "number of answer tokens (curated rows tend to be longer).")
+    steps: int | None = Field(
+        None, ge=1, description="Optimizer steps per arm (equal_steps) or for the reference arm "
+                                "(equal_tokens); default: the training `max_steps`.")
+    token_reference: str | None = Field(
+        None, description="Arm whose answer tokens at `steps` steps set the equal_tokens budget "
+                          "(default: the first arm).")
+    seeds: list[int] = Field([0, 1, 2], min_length=1, description="Training seeds; every arm runs each one.")
+    metric: Literal["heldout_loss", "judge_win_rate", "judge_score", "exact_match", "token_f1"] = Field(
+        "heldout_loss",
+        description="Headline metric for the winner sentence and the plot (heldout_loss: lower is better; "
+                    "the others: higher is better). Judge metrics need `evaluate.judge`.")
+    slices: list[Literal["structured", "answer_length", "turns"]] = Field(
+        ["structured", "answer_length"],
+        description="Held-out breakdowns in the report: structured (reference answers with code, lists or "
+                    "tables) vs plain; answer_length (longer vs shorter than the median reference answer); "
+                    "turns (single- vs multi-turn). A win confined to the slice curation favoured shows here.")
+    bootstrap_resamples: int = Field(2000, ge=100, description="Bootstrap resamples for each interval.")
+    confidence: float = Field(0.95, gt=0.5, lt=1, description="Confidence level of the intervals.")
+    mlflow: bool = Field(True, description="Log one MLflow run per arm x seed (params, metrics, adapter card, "
+                                           "dataset hash).")
+    mlflow_uri: str | None = Field(
+        None, description="MLflow tracking URI (a team server); default: a local store in the experiment "
+                          "folder (`mlruns/`, no server needed).")
+
+    @model_validator(mode="after")
+    def _check_arms(self) -> ExperimentConfig:
+        names = [a.name for a in self.arms]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"arm names must be unique; repeated: {', '.join(dupes)}")
+        if self.baseline not in names:
+            raise ValueError(f"baseline {self.baseline!r} is not an arm (arms: {', '.join(names)})")
+        if self.token_reference is not None and self.token_reference not in names:
+            raise ValueError(f"token_reference {self.token_reference!r} is not an arm (arms: {', '.join(names)})")
+        return self

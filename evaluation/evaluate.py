@@ -1,0 +1,120 @@
+"""`evaluate:` for a single run: the trained adapter against its base model on the held-out set.
+
+Writes out_dir/eval.json (figures with intervals, paired differences, slices) and
+out_dir/report.md; per-row scores go to out_dir/eval/ (base.parquet, adapter.parquet).
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import polars as pl
+
+from evaluation.bootstrap import bootstrap_ci, paired_difference_ci
+from evaluation.config import EvaluateConfig
+from evaluation.report import METRIC_INFO, metric_matrix, slice_masks
+from evaluation.scoring import frame_hash, load_heldout, make_judges, prepare_heldout, score_model, summarise
+from training.config import TrainConfig
+
+
+def evaluate_run(out_dir: Path, adapter_dir: Path, heldout: pl.DataFrame | str | Path | None,
+                 config: EvaluateConfig, train_config: TrainConfig, *, teachers: dict | None = None,
+                 cache_dir: Path | None = None, progress: Callable | None = None,
+                 heldout_source: str | None = None) -> dict:
+    """Score base and base + adapter on the held-out set; the judge compares them if configured.
+
+    heldout: records, a file path, or None to read `config.heldout` (`run:` = inside out_dir).
+    """
+    from training.model import resolve_student, set_threads
+
+    out_dir = Path(out_dir)
+    if heldout is None or isinstance(heldout, (str, Path)):
+        heldout, where = load_heldout(str(heldout or config.heldout), run_dir=out_dir)
+        heldout_source = heldout_source or where
+    held = prepare_heldout(heldout, config)
+    set_threads(train_config.threads)
+    student = resolve_student(train_config.student, cache_dir)
+    max_seq_len = config.max_seq_len or train_config.max_seq_len
+    ask, grade = make_judges(config, teachers, out_dir / "teacher-cache.sqlite", progress)
+    t0 = time.perf_counter()
+    common = dict(method=train_config.method, compute_dtype=train_config.compute_dtype, heldout=held, config=config,
+                  max_seq_len=max_seq_len, cache_dir=cache_dir, progress=progress)
+    base = score_model(student, grade=grade, **common)
+    compare = held["reference"].to_list() if config.judge_against == "reference" else base["answer"].to_list()
+    tuned = score_model(student, adapter_dir=Path(adapter_dir), compare_answers=compare, ask=ask, grade=grade,
+                        **common)
+    (out_dir / "eval").mkdir(parents=True, exist_ok=True)
+    base.write_parquet(out_dir / "eval" / "base.parquet")
+    tuned.write_parquet(out_dir / "eval" / "adapter.parquet")
+
+    kw = {"resamples": config.bootstrap_resamples, "confidence": config.confidence}
+    result: dict = {"heldout_source": heldout_source or "the given held-out frame", "heldout_rows": held.height,
+                    "heldout_hash": frame_hash(held), "adapter_dir": str(adapter_dir), "student": str(student),
+                    "base_model": summarise(base), "adapter": summarise(tuned), "intervals": {},
+                    "eval_seconds": time.perf_counter() - t0, "evaluate": config.model_dump(mode="json")}
+    for metric in METRIC_INFO:
+        t = metric_matrix([tuned], metric)
+        if t is None:
+            continue
+        entry = {"adapter": bootstrap_ci(*t, **kw).to_dict()}
+        b = metric_matrix([base], metric)
+        if b is not None:
+            entry["base_model"] = bootstrap_ci(*b, **kw).to_dict()
+            entry["adapter_minus_base"] = paired_difference_ci(t[0], b[0], t[1], b[1], **kw).to_dict()
+        result["intervals"][metric] = entry
+    result["slices"] = {}
+    for group, masks in slice_masks(held, ["structured", "answer_length"]).items():
+        for label, mask in masks.items():
+            t, b = metric_matrix([tuned], "heldout_loss", mask), metric_matrix([base], "heldout_loss", mask)
+            if t is None or b is None:
+                result["slices"][label] = {"rows": int(mask.sum())}
+                continue
+            result["slices"][label] = {"rows": int(mask.sum()), "base_model": bootstrap_ci(*b, **kw).to_dict(),
+                                       "adapter": bootstrap_ci(*t, **kw).to_dict(),
+                                       "adapter_minus_base": paired_difference_ci(t[0], b[0], t[1], b[1], **kw).to_dict()}
+    (out_dir / "eval.json").write_text(json.dumps(result, indent=1, sort_keys=True, default=str))
+    _write_eval_report(out_dir / "report.md", result)
+    return result
+
+
+def _ci(c: dict, sign: bool = False) -> str:
+    f = "{:+.4f}" if sign else "{:.4f}"
+    return f"{f.format(c['mean'])} [{f.format(c['low'])}, {f.format(c['high'])}]"
+
+
+def _write_eval_report(path: Path, r: dict) -> None:
+    pct = f"{r['evaluate']['confidence']:.0%}"
+    loss = r["intervals"]["heldout_loss"]
+    d = loss["adapter_minus_base"]
+    better = d["high"] < 0
+    worse = d["low"] > 0
+    verdict = ("lowered" if better else "raised" if worse else "did not clearly change")
+    lines = ["# Evaluation", "",
+             f"**The adapter {verdict} the held-out loss: {loss['base_model']['mean']:.4f} → "
+             f"{loss['adapter']['mean']:.4f} (difference {d['mean']:+.4f}, {pct} CI {d['low']:+.4f} to "
+             f"{d['high']:+.4f}; perplexity {math.exp(loss['base_model']['mean']):.2f} → "
+             f"{math.exp(loss['adapter']['mean']):.2f}).**", "",
+             f"Held-out set: {r['heldout_source']} — {r['heldout_rows']} rows; loss on the reference answers' "
+             f"tokens only. Intervals: {pct} bootstrap over held-out rows, differences paired on rows.", "",
+             f"| metric | base model | base + adapter | adapter − base [{pct} CI] |", "|---|---|---|---|"]
+    for metric, e in r["intervals"].items():
+        lines.append(f"| {METRIC_INFO[metric][2]} | {_ci(e['base_model']) if 'base_model' in e else '–'} | "
+                     f"{_ci(e['adapter'])} | {_ci(e['adapter_minus_base'], True) if 'adapter_minus_base' in e else '–'} |")
+    if "judge_win_rate" in r["adapter"]:
+        a = r["adapter"]
+        lines += ["", f"Judge ({r['evaluate']['judge']}, both orders asked, an inconsistent pair is a tie): the "
+                      f"adapter's answers won {a['judge_win_rate']:.1%} against "
+                      f"{'the base model' if r['evaluate']['judge_against'] == 'base' else 'the references'} "
+                      f"over {a['judge_win_rate_rows']} prompts (ties count half)."]
+    lines += ["", "## Slices (held-out loss)", "", f"| slice | rows | base model | base + adapter | adapter − base |",
+              "|---|---|---|---|---|"]
+    for label, s in r["slices"].items():
+        if "adapter" in s:
+            lines.append(f"| {label} | {s['rows']} | {_ci(s['base_model'])} | {_ci(s['adapter'])} | "
+                         f"{_ci(s['adapter_minus_base'], True)} |")
+        else:
+            lines.append(f"| {label} | {s['rows']} | – | – | no scored rows |")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")

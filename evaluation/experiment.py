@@ -1,0 +1,274 @@
+"""Quality vs quantity: train every arm x seed with the same budget, score each on one held-out set.
+
+    out_dir/
+      base/scores.parquet, eval.json           the untrained student on the held-out set
+      arms/<arm>/profile.json                  the arm's data: rows, answer length, structured share
+      arms/<arm>/seed-<s>/                     training.train's folder (adapter/, result.json, ...)
+                         dataset.json, ids.parquet   exactly which rows it trained on (and their hash)
+                         scores.parquet        per held-out row scores (evaluation.scoring)
+                         eval.json             present = this arm x seed is finished
+                         mlflow.json           its MLflow run id
+      experiment.json, report.md, plot.png     the comparison
+      mlflow.db, mlartifacts/                  the local MLflow store (unless experiment.mlflow_uri)
+
+Calling run_experiment again resumes: a finished arm x seed (eval.json with the same settings) is
+neither trained nor scored again, and training.train resumes an interrupted one from its last
+checkpoint. The held-out set never reaches training (no early stopping on it, no eval loss).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from evaluation.arms import arm_rows, plan_budget, profile, remove_heldout, varies_by_seed
+from evaluation.config import EvaluateConfig, ExperimentConfig
+from evaluation.evaluate import evaluate_run
+from evaluation.report import aggregate, write_plot, write_report
+from evaluation.scoring import frame_hash, make_judges, prepare_heldout, score_model, summarise
+from training.config import TrainConfig
+
+__all__ = ["run_experiment", "evaluate_run"]
+log = logging.getLogger(__name__)
+
+
+def _no_track(items: Iterable, description: str, total: int | None = None) -> Iterator:
+    yield from items
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, default=str))
+    tmp.replace(path)
+
+
+def _train_summary(result) -> dict:
+    keep = ("steps", "train_loss", "first_loss", "tokens_seen", "answer_tokens_seen", "train_seconds", "rows",
+            "method", "compute_dtype", "truncated_rows", "dropped_rows")
+    return {k: getattr(result, k) for k in keep} | {"adapter_dir": str(result.adapter_dir)}
+
+
+def _heldout_source(heldout: pl.DataFrame) -> str:
+    if "source" not in heldout.columns:
+        return "the given held-out frame"
+    sources = heldout["source"].unique(maintain_order=True).to_list()
+    return "rows from " + ", ".join(sources[:3]) + (" …" if len(sources) > 3 else "")
+
+
+def _base_scores(out_dir: Path, student: Path, train_config: TrainConfig, held: pl.DataFrame, ecfg: EvaluateConfig,
+                 max_seq_len: int, key: dict, grade, cache_dir, progress) -> pl.DataFrame:
+    d = out_dir / "base"
+    done = _read_json(d / "eval.json")
+    if done and done.get("key") == key and (d / "scores.parquet").exists():
+        return pl.read_parquet(d / "scores.parquet")
+    d.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    scores = score_model(student, train_config.method, train_config.compute_dtype, held, ecfg, max_seq_len,
+                         grade=grade, cache_dir=cache_dir, progress=progress)
+    scores.write_parquet(d / "scores.parquet")
+    _write_json(d / "eval.json", {"key": key, "metrics": summarise(scores),
+                                  "eval_seconds": time.perf_counter() - t0})
+    return scores
+
+
+def run_experiment(out_dir: Path, pool: pl.DataFrame, curated: pl.DataFrame, heldout: pl.DataFrame,
+                   config: ExperimentConfig, train_config: TrainConfig, *, seed: int = 0,
+                   cache_dir: Path | None = None, teachers: dict | None = None, provenance: dict | None = None,
+                   progress: Callable | None = None, evaluate_config: EvaluateConfig | None = None,
+                   heldout_source: str | None = None, base_dir: Path | None = None,
+                   title: str | None = None) -> dict:
+    """Train and score every arm x seed, then write experiment.json, report.md and plot.png.
+
+    pool: the noisy pool the `full`, `random_n` and `longest_n` arms draw from (held-out rows are
+    removed from every arm); curated: the run's curated set; heldout: canonical records to score on.
+    progress: a `track(iterable, description, total)` wrapper for progress bars.
+    evaluate_config: the recipe's `evaluate:` section (judge, generation); heldout_source: a
+    sentence for the report saying where the held-out rows came from.
+    """
+    from training.model import load_tokenizer, resolve_student, set_threads
+    from training.trainer import train
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    track = progress or _no_track
+    ecfg = evaluate_config or EvaluateConfig()
+    if config.metric in ("judge_win_rate", "judge_score") and not ecfg.judge:
+        raise ValueError(f"experiment.metric {config.metric} needs a judge: set evaluate.judge and n_generate")
+    if config.metric in ("exact_match", "token_f1") and (ecfg.n_generate == 0 or ecfg.task_metrics == "never"):
+        raise ValueError(f"experiment.metric {config.metric} needs generated answers: set evaluate.n_generate")
+    max_seq_len = ecfg.max_seq_len or train_config.max_seq_len
+    set_threads(train_config.threads)
+    student = resolve_student(train_config.student, cache_dir)
+    tokenizer = load_tokenizer(student)
+
+    held = prepare_heldout(heldout, ecfg)
+    held_hash = frame_hash(held)
+    pool, leaked = remove_heldout(pool, heldout)
+    notes = []
+    if leaked:
+        notes.append(f"{leaked} pool rows equal to held-out rows were removed before building the arms.")
+
+    # Each arm's rows for every seed (only random_n differs between seeds).
+    data: dict[tuple[str, int], pl.DataFrame] = {}
+    for arm in config.arms:
+        for s in config.seeds:
+            if varies_by_seed(arm) or s == config.seeds[0]:
+                df, n = remove_heldout(arm_rows(arm, pool, curated, seed=(seed, s), base_dir=base_dir), heldout)
+                if n:
+                    notes.append(f"arm `{arm.name}`: {n} rows equal to held-out rows were removed.")
+                data[arm.name, s] = df
+            else:
+                data[arm.name, s] = data[arm.name, config.seeds[0]]
+
+    profiles = {}
+    for arm in config.arms:
+        df = data[arm.name, config.seeds[0]]
+        h = frame_hash(df)
+        cached = _read_json(out_dir / "arms" / arm.name / "profile.json")
+        if cached and cached.get("data_hash") == h and cached.get("max_seq_len") == train_config.max_seq_len:
+            profiles[arm.name] = cached["profile"]
+            continue
+        profiles[arm.name] = profile(df, tokenizer, train_config.max_seq_len)
+        (out_dir / "arms" / arm.name).mkdir(parents=True, exist_ok=True)
+        _write_json(out_dir / "arms" / arm.name / "profile.json",
+                    {"data_hash": h, "max_seq_len": train_config.max_seq_len, "profile": profiles[arm.name]})
+    plans = plan_budget(config, train_config, profiles)
+
+    cache_path = (out_dir / "teacher-cache.sqlite") if ecfg.judge else None
+    ask, grade = make_judges(ecfg, teachers, cache_path, track)
+    eval_key = {"heldout_hash": held_hash, "evaluate": ecfg.model_dump(mode="json"), "max_seq_len": max_seq_len,
+                "student": str(student), "method": train_config.method, "compute_dtype": train_config.compute_dtype}
+    base = _base_scores(out_dir, student, train_config, held, ecfg, max_seq_len, eval_key, grade, cache_dir, track)
+    if ecfg.judge_against == "reference":
+        compare = held["reference"].to_list()
+    else:
+        compare = base["answer"].to_list()
+
+    mlflow_uri = None
+    mlflow_errors: list[str] = []
+    if config.mlflow:
+        from evaluation.tracking import tracking_uri
+
+        mlflow_uri = tracking_uri(out_dir, config.mlflow_uri)
+    # `pond experiment` writes into runs/NAME/experiment: name the MLflow experiment after the run.
+    exp_name = title or (out_dir.resolve().parent.name if out_dir.name == "experiment" else out_dir.name)
+
+    arms_out = []
+    jobs = [(arm, s) for arm in config.arms for s in config.seeds]
+    results: dict[tuple[str, int], dict] = {}
+    for arm, s in track(jobs, "experiment: arms x seeds", len(jobs)):
+        seed_dir = out_dir / "arms" / arm.name / f"seed-{s}"
+        df = data[arm.name, s]
+        data_hash = frame_hash(df)
+        arm_train = train_config.model_copy(update={"max_steps": plans[arm.name]["max_steps"],
+                                                    "epochs": plans[arm.name]["epochs"]})
+        key = {"arm": arm.model_dump(mode="json"), "seed": s, "data_hash": data_hash,
+               "train": arm_train.model_dump(mode="json"), **eval_key}
+        done = _read_json(seed_dir / "eval.json")
+        if done and done.get("key") == key and (seed_dir / "scores.parquet").exists():
+            log.info("%s seed %d: finished earlier", arm.name, s)
+            results[arm.name, s] = {"seed": s, "train": done["train"],
+                                    "scores": pl.read_parquet(seed_dir / "scores.parquet")}
+        else:
+            log.info("%s seed %d: training on %d rows (max_steps=%s)", arm.name, s, df.height, arm_train.max_steps)
+            seed_dir.mkdir(parents=True, exist_ok=True)
+            df.select("id").write_parquet(seed_dir / "ids.parquet")
+            _write_json(seed_dir / "dataset.json", {"dataset_hash": data_hash, "rows": df.height, "arm": arm.name,
+                                                    "data": arm.data, "seed": s})
+            prov = {**(provenance or {}), "dataset_hash": data_hash, "experiment_arm": arm.name}
+            result = train(df, arm_train, seed_dir, seed=s, cache_dir=cache_dir, provenance=prov)
+            t0 = time.perf_counter()
+            scores = score_model(student, train_config.method, train_config.compute_dtype, held, ecfg, max_seq_len,
+                                 adapter_dir=result.adapter_dir, compare_answers=compare, ask=ask, grade=grade,
+                                 cache_dir=cache_dir, progress=track)
+            scores.write_parquet(seed_dir / "scores.parquet")
+            summary = {"key": key, "train": _train_summary(result), "metrics": summarise(scores),
+                       "eval_seconds": time.perf_counter() - t0}
+            _write_json(seed_dir / "eval.json", summary)
+            results[arm.name, s] = {"seed": s, "train": summary["train"], "scores": scores}
+        if config.mlflow:
+            err = _track(out_dir, config, exp_name, arm, s, key, plans[arm.name], results[arm.name, s], seed_dir)
+            if err:
+                mlflow_errors.append(err)
+
+    for arm in config.arms:
+        rows = [data[arm.name, s].height for s in config.seeds]
+        arms_out.append({"name": arm.name, "data": arm.data, "profile": profiles[arm.name], "plan": plans[arm.name],
+                         "rows": rows[0] if len(set(rows)) == 1 else rows,
+                         "seeds": [results[arm.name, s] for s in config.seeds]})
+
+    summary = aggregate(arms_out, base, held, metric=config.metric, baseline=config.baseline,
+                        slices=list(config.slices), resamples=config.bootstrap_resamples,
+                        confidence=config.confidence)
+    source = heldout_source or _heldout_source(heldout)
+    summary.update({
+        "heldout_source": source, "heldout_hash": held_hash, "budget": config.budget, "seeds": config.seeds,
+        "experiment": config.model_dump(mode="json"), "train": train_config.model_dump(mode="json"),
+        "evaluate": ecfg.model_dump(mode="json"), "student": str(student), "pool_rows": pool.height,
+        "curated_rows": curated.height, "leaked_rows_removed": leaked, "mlflow_uri": mlflow_uri,
+        "mlflow_errors": mlflow_errors, "provenance": provenance or {}, "notes": notes,
+    })
+    summary["summary"] = _headline(summary)
+    _write_json(out_dir / "experiment.json", summary)
+    heading = title or f"Quality vs quantity: {exp_name}"
+    budget_note = {"equal_steps": "every arm ran the same number of optimizer steps",
+                   "equal_epochs": f"every arm made {train_config.epochs:g} pass(es) over its own rows",
+                   "equal_tokens": "steps were set so every arm saw about the same number of answer tokens"}
+    notes = [f"Budget `{config.budget}`: {budget_note[config.budget]}; seeds {config.seeds}; student "
+             f"`{train_config.student}` ({train_config.method}, lr {train_config.lr:g}, batch "
+             f"{train_config.batch_size}×{train_config.grad_accum}, {train_config.max_seq_len} tokens)."] + notes
+    if mlflow_errors:
+        notes.append(f"MLflow logging failed: {mlflow_errors[0]}")
+    write_report(out_dir / "report.md", summary, title=heading, heldout_source=source, notes=notes)
+    write_plot(out_dir / "plot.png", summary, heading)
+    return summary
+
+
+def _headline(summary: dict) -> dict:
+    """A few lines for the CLI: each arm's headline metric with its interval, and the verdict."""
+    metric, baseline = summary["metric"], summary["baseline"]
+    arms = {}
+    for a in summary["arms"]:
+        m = a["metrics"].get(metric, {})
+        d = a.get("vs_" + baseline, {}).get(metric)
+        arms[a["name"]] = {"rows": a["rows"], metric: m.get("mean"), "ci": [m.get("low"), m.get("high")],
+                           f"vs_{baseline}": None if d is None else [d["mean"], d["low"], d["high"]]}
+    return {"metric": metric, "arms": arms, "verdict": summary["verdict"]["sentence"]}
+
+
+def _track(out_dir: Path, config: ExperimentConfig, exp_name: str, arm, s: int, key: dict, plan: dict,
+           result: dict, seed_dir: Path) -> str | None:
+    """Log one arm x seed to MLflow once (mlflow.json remembers it); returns an error message or None."""
+    from evaluation.tracking import log_arm_seed
+
+    marker = _read_json(seed_dir / "mlflow.json")
+    if marker and marker.get("key") == key:
+        return None
+    train = result["train"]
+    params = {"arm": arm.name, "data": arm.data, "seed": s, "budget": config.budget,
+              "dataset_hash": key["data_hash"], "heldout_hash": key["heldout_hash"], "max_steps": plan["max_steps"],
+              **{f"train.{k}": v for k, v in key["train"].items() if v is not None}}
+    metrics = {**summarise(result["scores"]), **{f"train_{k}": v for k, v in train.items()
+                                                 if isinstance(v, (int, float))}}
+    card = Path(train["adapter_dir"]) / "README.md"
+    try:
+        rid = log_arm_seed(out_dir, config.mlflow_uri, exp_name, f"{arm.name}-seed{s}", params, metrics,
+                           [card, seed_dir / "dataset.json", seed_dir / "eval.json"],
+                           tags={"pond.arm": arm.name, "pond.seed": str(s)})
+    except Exception as e:  # noqa: BLE001 — tracking must not lose a finished experiment
+        log.warning("MLflow logging failed for %s seed %d: %s", arm.name, s, e)
+        return f"{type(e).__name__}: {e}"
+    _write_json(seed_dir / "mlflow.json", {"key": key, "run_id": rid})
+    return None

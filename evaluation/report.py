@@ -1,0 +1,302 @@
+"""Turn per-row scores of every arm x seed into experiment.json, report.md and plot.png."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from evaluation.bootstrap import Interval, bootstrap_ci, paired_difference_ci
+from evaluation.scoring import summarise
+
+# metric -> (per-row value column(s), lower is better, label)
+METRIC_INFO = {
+    "heldout_loss": ("nll", True, "held-out loss (answer tokens)"),
+    "judge_win_rate": ("judge", False, "judge win rate vs the base model (ties = half)"),
+    "judge_score": ("grade", False, "judge grade (1-10)"),
+    "exact_match": ("exact_match", False, "exact match"),
+    "token_f1": ("token_f1", False, "token F1"),
+}
+
+
+def metric_matrix(scores: list[pl.DataFrame], metric: str, mask: np.ndarray | None = None
+                  ) -> tuple[np.ndarray, np.ndarray] | None:
+    """[seeds, rows] values and weights for `metric`; None if no seed has it."""
+    vals, wts = [], []
+    for s in scores:
+        if metric == "heldout_loss":
+            tokens = s["tokens"].to_numpy().astype(np.float64)
+            v = np.divide(s["nll"].to_numpy(), tokens, out=np.full(tokens.shape, np.nan), where=tokens > 0)
+            w = tokens
+        else:
+            v = s[METRIC_INFO[metric][0]].to_numpy().astype(np.float64)
+            w = (~np.isnan(v)).astype(np.float64)
+        if mask is not None:
+            v, w = v[mask], w[mask]
+        vals.append(v)
+        wts.append(w)
+    values, weights = np.vstack(vals), np.vstack(wts)
+    if values.shape[1] == 0 or not (weights.sum(axis=1) > 0).all():
+        return None
+    return values, weights
+
+
+def _ci(m, resamples: int, confidence: float) -> Interval:
+    return bootstrap_ci(m[0], m[1], resamples=resamples, confidence=confidence)
+
+
+def slice_masks(heldout: pl.DataFrame, slices: list[str]) -> dict[str, dict[str, np.ndarray]]:
+    out: dict[str, dict[str, np.ndarray]] = {}
+    if "structured" in slices:
+        s = heldout["structured"].to_numpy()
+        out["structured"] = {"structured (code/lists/tables)": s, "plain": ~s}
+    if "answer_length" in slices:
+        words = heldout["answer_words"].to_numpy()
+        med = float(np.median(words))
+        out["answer_length"] = {f"long answer (> {med:g} words)": words > med,
+                                f"short answer (<= {med:g} words)": words <= med}
+    if "turns" in slices:
+        t = heldout["turns"].to_numpy()
+        out["turns"] = {"multi-turn": t > 1, "single-turn": t <= 1}
+    return out
+
+
+def aggregate(arms: list[dict], base_scores: pl.DataFrame, heldout: pl.DataFrame, *, metric: str,
+              baseline: str, slices: list[str], resamples: int, confidence: float) -> dict:
+    """The content of experiment.json. `arms`: name, data, profile, plan, seeds=[{seed, train, scores}]."""
+    # A metric counts if some arm has it on every seed (the base model has no judge score vs itself).
+    metrics = [m for m in METRIC_INFO
+               if any(metric_matrix([s["scores"] for s in a["seeds"]], m) is not None for a in arms)]
+    base_ci = {m: _ci(metric_matrix([base_scores], m), resamples, confidence).to_dict()
+               for m in metrics if metric_matrix([base_scores], m) is not None}
+    by_name = {a["name"]: a for a in arms}
+    out_arms = []
+    for arm in arms:
+        scores = [s["scores"] for s in arm["seeds"]]
+        entry = {k: arm[k] for k in ("name", "data", "profile", "plan")}
+        entry["rows"] = arm["rows"]
+        entry["seeds"] = [{"seed": s["seed"], "train": s["train"], "metrics": summarise(s["scores"])}
+                          for s in arm["seeds"]]
+        entry["train_seconds_mean"] = float(np.mean([s["train"]["train_seconds"] for s in arm["seeds"]]))
+        entry["answer_tokens_seen_mean"] = float(np.mean([s["train"]["answer_tokens_seen"] for s in arm["seeds"]]))
+        entry["steps_mean"] = float(np.mean([s["train"]["steps"] for s in arm["seeds"]]))
+        entry["metrics"] = {}
+        entry["vs_" + baseline] = {}
+        entry["vs_base_model"] = {}
+        base_scores_b = [s["scores"] for s in by_name[baseline]["seeds"]]
+        for m in metrics:
+            mm = metric_matrix(scores, m)
+            if mm is None:
+                continue
+            ci = _ci(mm, resamples, confidence).to_dict()
+            ci["per_seed"] = [float(x) for x in _per_seed(mm)]
+            entry["metrics"][m] = ci
+            if m == "heldout_loss":
+                entry["metrics"]["perplexity"] = {k: math.exp(v) for k, v in ci.items() if k in ("mean", "low", "high")}
+            if arm["name"] != baseline and (bm := metric_matrix(base_scores_b, m)) is not None:
+                entry["vs_" + baseline][m] = paired_difference_ci(
+                    mm[0], bm[0], mm[1], bm[1], resamples=resamples, confidence=confidence).to_dict()
+            if (b0 := metric_matrix([base_scores], m)) is not None:
+                entry["vs_base_model"][m] = paired_difference_ci(
+                    mm[0], b0[0], mm[1], b0[1], resamples=resamples, confidence=confidence).to_dict()
+        out_arms.append(entry)
+
+    out_slices = {}
+    for group, masks in slice_masks(heldout, slices).items():
+        out_slices[group] = {}
+        for label, mask in masks.items():
+            rows = {"rows": int(mask.sum())}
+            if mask.sum() == 0:
+                out_slices[group][label] = rows
+                continue
+            b0 = metric_matrix([base_scores], metric, mask)
+            rows["base_model"] = _ci(b0, resamples, confidence).to_dict() if b0 is not None else None
+            base_m = metric_matrix([s["scores"] for s in by_name[baseline]["seeds"]], metric, mask)
+            for arm in arms:
+                mm = metric_matrix([s["scores"] for s in arm["seeds"]], metric, mask)
+                if mm is None:
+                    continue
+                cell = {"metric": _ci(mm, resamples, confidence).to_dict()}
+                if arm["name"] != baseline and base_m is not None:
+                    cell["vs_" + baseline] = paired_difference_ci(
+                        mm[0], base_m[0], mm[1], base_m[1], resamples=resamples, confidence=confidence).to_dict()
+                rows[arm["name"]] = cell
+            out_slices[group][label] = rows
+
+    return {"metric": metric, "lower_is_better": METRIC_INFO[metric][1], "baseline": baseline,
+            "confidence": confidence, "bootstrap_resamples": resamples, "metrics_available": metrics,
+            "heldout_rows": heldout.height, "base_model": base_ci, "arms": out_arms, "slices": out_slices,
+            "verdict": verdict(out_arms, metric, baseline, confidence)}
+
+
+def _per_seed(m) -> list[float]:
+    v, w = m
+    return list((w * np.nan_to_num(v)).sum(axis=1) / w.sum(axis=1))
+
+
+def verdict(arms: list[dict], metric: str, baseline: str, confidence: float) -> dict:
+    """Which arm won on the headline metric, and whether its interval against the baseline excludes 0."""
+    lower = METRIC_INFO[metric][1]
+    scored = [a for a in arms if metric in a["metrics"]]
+    if not scored:
+        return {"winner": None, "sentence": f"No arm has the metric {metric}."}
+    best = (min if lower else max)(scored, key=lambda a: a["metrics"][metric]["mean"])
+    pct = f"{confidence:.0%}"
+    label = METRIC_INFO[metric][2]
+    means = [a["metrics"][metric]["mean"] for a in scored]
+    if max(means) - min(means) <= 1e-9 * max(1.0, abs(means[0])):
+        return {"winner": None, "excludes_zero": False,
+                "sentence": f"No arm won: every arm scored {means[0]:.4f} on {label}; no adapter changed the "
+                            f"model's predictions on the held-out set."}
+    m = best["metrics"][metric]
+    head = (f"`{best['name']}` won on {label}: {m['mean']:.4f} ({pct} CI {m['low']:.4f} to {m['high']:.4f}), "
+            f"averaged over {len(best['seeds'])} seed(s).")
+    if best["name"] == baseline:
+        others = [a for a in scored if a["name"] != baseline and metric in a["vs_" + baseline]]
+        if not others:
+            return {"winner": best["name"], "excludes_zero": None, "sentence": head}
+        runner = (min if lower else max)(others, key=lambda a: a["metrics"][metric]["mean"])
+        d = runner["vs_" + baseline][metric]
+        tail = (f" The runner-up `{runner['name']}` minus `{baseline}` is {d['mean']:+.4f} ({pct} CI "
+                f"{d['low']:+.4f} to {d['high']:+.4f}); the interval "
+                f"{'excludes' if _excl(d) else 'includes'} zero, so the noisy full set "
+                f"{'really did beat' if _excl(d) else 'was not shown to beat'} it.")
+        return {"winner": best["name"], "excludes_zero": _excl(d), "sentence": head + tail}
+    d = best["vs_" + baseline][metric]
+    tail = (f" Against `{baseline}` the difference is {d['mean']:+.4f} ({pct} CI {d['low']:+.4f} to "
+            f"{d['high']:+.4f}); the interval {'excludes' if _excl(d) else 'includes'} zero, so the win "
+            f"{'holds at this confidence' if _excl(d) else 'could be noise'}.")
+    return {"winner": best["name"], "excludes_zero": _excl(d), "sentence": head + tail}
+
+
+def _excl(d: dict) -> bool:
+    return d["low"] > 0 or d["high"] < 0
+
+
+def _fmt_ci(c: dict | None, digits: int = 4, sign: bool = False) -> str:
+    if not c:
+        return "–"
+    f = f"{{:{'+' if sign else ''}.{digits}f}}"
+    return f"{f.format(c['mean'])} [{f.format(c['low'])}, {f.format(c['high'])}]"
+
+
+def _human_seconds(s: float) -> str:
+    return f"{s:.0f} s" if s < 120 else f"{s / 60:.1f} min"
+
+
+def write_report(path: Path, summary: dict, *, title: str, heldout_source: str, notes: list[str]) -> Path:
+    """report.md: the table at a glance, the data sizes, the verdict sentence and the slices."""
+    metric, baseline = summary["metric"], summary["baseline"]
+    pct = f"{summary['confidence']:.0%}"
+    extra = [m for m in summary["metrics_available"] if m != metric]
+    lines = [f"# {title}", "", f"**{summary['verdict']['sentence']}**", ""]
+    lines += [f"Held-out set: {heldout_source} — {summary['heldout_rows']} rows. Intervals: {pct} two-level "
+              f"bootstrap over held-out rows and seeds ({summary['bootstrap_resamples']} resamples); "
+              f"differences are paired on held-out rows.", ""]
+    head = ["arm", "data", "rows", "steps", "epochs", "answer tokens seen", "train time",
+            f"{metric} [{pct} CI]", f"Δ vs {baseline} [{pct} CI]"] + extra
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    base = summary["base_model"]
+    if metric in base:
+        cells = ["base model (no training)", "–", "–", "–", "–", "–", "–", _fmt_ci(base[metric]), "–"]
+        lines.append("| " + " | ".join(cells + [_fmt_ci(base.get(m)) for m in extra]) + " |")
+    for a in summary["arms"]:
+        rows = a["rows"]
+        rows_s = f"{rows}" if isinstance(rows, int) else f"{int(np.mean(rows))} (per seed)"
+        trainable = a["profile"].get("trainable_rows", a["profile"]["rows"])
+        epochs = a["steps_mean"] * a["plan"].get("rows_per_step", 0) / max(1, trainable)
+        cells = [f"`{a['name']}`", a["data"], rows_s, f"{a['steps_mean']:.0f}", f"{epochs:.2f}",
+                 f"{a['answer_tokens_seen_mean']:,.0f}", _human_seconds(a["train_seconds_mean"]),
+                 _fmt_ci(a["metrics"].get(metric)),
+                 _fmt_ci(a["vs_" + baseline].get(metric), sign=True) if a["name"] != baseline else "(baseline)"]
+        cells += [_fmt_ci(a["metrics"].get(m)) for m in extra]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", f"{'Lower' if summary['lower_is_better'] else 'Higher'} is better for {metric}. "
+              f"Perplexity = exp(loss).", ""]
+    lines += ["## Data", "", "| arm | rows | rows with an answer within max_seq_len | answer chars (mean) | "
+              "answer tokens / row (trained) | structured answers |", "|---|---|---|---|---|---|"]
+    for a in summary["arms"]:
+        p = a["profile"]
+        lines.append(f"| `{a['name']}` | {p['rows']} | {p.get('trainable_rows', '–')} | {p['answer_chars_mean']:.0f} | "
+                     f"{p.get('answer_tokens_per_row', float('nan')):.0f} | {p['structured_share']:.0%} |")
+    if summary["slices"]:
+        lines += ["", "## Slices", "", f"{metric} on parts of the held-out set, with each arm's difference from "
+                  f"`{baseline}`. A win that appears only in the slice curation favoured reflects the selection, "
+                  "not general quality.", ""]
+        names = [a["name"] for a in summary["arms"]]
+        lines += ["| slice | rows | base model | " + " | ".join(f"`{n}`" for n in names) + " |",
+                  "|" + "---|" * (3 + len(names))]
+        for group in summary["slices"].values():
+            for label, cell in group.items():
+                vals = []
+                for n in names:
+                    c = cell.get(n)
+                    if not c:
+                        vals.append("no scored rows")
+                        continue
+                    d = c.get("vs_" + baseline)
+                    vals.append(f"{c['metric']['mean']:.4f}" + (f" (Δ {d['mean']:+.4f} [{d['low']:+.4f}, "
+                                                                f"{d['high']:+.4f}])" if d else ""))
+                b = cell.get("base_model")
+                lines.append(f"| {label} | {cell['rows']} | {b['mean']:.4f} |" if b else f"| {label} | {cell['rows']} | – |")
+                lines[-1] += " " + " | ".join(vals) + " |"
+    if notes:
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def write_plot(path: Path, summary: dict, title: str) -> Path:
+    """plot.png: left, the headline metric vs training rows (one point per arm, interval bars);
+    right, each arm's paired difference from the baseline — arms' own intervals include the
+    spread between held-out rows, so they can overlap while the paired difference excludes zero."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import ScalarFormatter
+
+    metric, baseline = summary["metric"], summary["baseline"]
+    lower = summary["lower_is_better"]
+    fig, (ax, dx) = plt.subplots(1, 2, figsize=(11, 4.5), dpi=120, gridspec_kw={"width_ratios": [3, 2]})
+    xs = []
+    for i, a in enumerate(summary["arms"]):
+        m = a["metrics"].get(metric)
+        if not m:
+            continue
+        x = a["profile"]["rows"]
+        xs.append(x)
+        ax.errorbar([x], [m["mean"]], yerr=[[m["mean"] - m["low"]], [m["high"] - m["mean"]]], fmt="o", capsize=5,
+                    color=f"C{i}", label=f"{a['name']} ({x} rows)")
+        ax.annotate(a["name"], (x, m["mean"]), textcoords="offset points", xytext=(7, 5), fontsize=9)
+    if metric in summary["base_model"]:
+        ax.axhline(summary["base_model"][metric]["mean"], color="grey", linestyle="--", linewidth=1,
+                   label="base model (no training)")
+    ax.set_xscale("log")
+    if xs:
+        ax.set_xlim(min(xs) / 1.6, max(xs) * 1.6)
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.set_xlabel("training rows (log scale)")
+    ax.set_ylabel(METRIC_INFO[metric][2] + (" (lower is better)" if lower else ""), fontsize=9)
+    ax.set_title(f"{metric}: mean over seeds, {summary['confidence']:.0%} interval", fontsize=10)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+
+    diffs = [(i, a) for i, a in enumerate(summary["arms"]) if metric in a.get("vs_" + baseline, {})]
+    for y, (i, a) in enumerate(diffs):
+        d = a["vs_" + baseline][metric]
+        dx.errorbar([d["mean"]], [y], xerr=[[d["mean"] - d["low"]], [d["high"] - d["mean"]]], fmt="o", capsize=5,
+                    color=f"C{i}")
+    dx.axvline(0.0, color="black", linewidth=1)
+    dx.set_yticks(range(len(diffs)), [a["name"] for _, a in diffs])
+    dx.set_ylim(-0.7, len(diffs) - 0.3)
+    better = "left" if lower else "right"
+    dx.set_xlabel(f"{metric}: arm − {baseline} (paired; better to the {better})", fontsize=9)
+    dx.set_title(f"difference from `{baseline}`", fontsize=10)
+    dx.grid(True, axis="x", alpha=0.3)
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
