@@ -77,7 +77,7 @@ def show(run: Path, console: Console | None = None) -> None:
             t.add_column(col, justify="right")
         for r in teacher:
             c = r["teacher"]
-            t.add_row(r["step"], str(c.get("requests", 0)), str(c.get("cached", 0)), str(c.get("prompt_tokens", 0)),
+            t.add_row(r["step"], str(c.get("sent", 0)), str(c.get("cache_hits", 0)), str(c.get("prompt_tokens", 0)),
                       str(c.get("completion_tokens", 0)), str(c.get("failed", 0)))
         console.print(t)
     card = run / "adapter" / "README.md"

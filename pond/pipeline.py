@@ -96,6 +96,7 @@ def _evaluate(runner: Runner, recipe: Recipe, stack: ExitStack, log: Log, track=
     result = evaluate_run(runner.out, runner.out / "adapter", heldout, recipe.evaluate, recipe.train,
                           teachers=dict(recipe.teachers), cache_dir=runner.cache_dir, progress=track,
                           heldout_source=_heldout_sentence(source))
+    result = result if isinstance(result, dict) else {}
     return {"eval": str(runner.out / "eval.json"), "report": str(runner.out / "report.md"),
             "headline": {k: v for k, v in result.items() if isinstance(v, (int, float, str))}}
 

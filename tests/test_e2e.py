@@ -1,0 +1,113 @@
+"""The quickstart recipe, scaled down, end to end against the real vLLM teacher (issue 8).
+
+Real ShareGPT rows in; every curation step; edge cases written by the vLLM teacher and judged;
+QLoRA training of the student; held-out evaluation; curated vs noisy experiment. Then the run
+directory must be complete and consistent: counts conserve, manifest hashes match the files,
+the adapter card names the curated set's hash, and a rerun resumes without calling the teacher.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import polars as pl
+import pytest
+import yaml
+
+from pond.pipeline import run_pipeline
+from pond.recipe import parse_recipe
+from pond.runner import file_digest
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.teacher
+
+
+def scaled_quickstart(tmp_path: Path, teacher_url: str, teacher_model: str, student: Path) -> str:
+    recipe = yaml.safe_load((ROOT / "recipes" / "quickstart.yaml").read_text())
+    raw = tmp_path / "raw.jsonl"
+    from curation.sources import iter_sharegpt
+
+    with open(raw, "w") as f:
+        for record in iter_sharegpt(limit=160):
+            f.write(json.dumps(record) + "\n")
+    recipe["input"] = {"path": str(raw)}
+    steps = []
+    for step in recipe["steps"]:
+        (kind, opts), = step.items()
+        opts = dict(opts)
+        if kind == "holdout":
+            opts["n"] = 12
+        if kind == "embed_quality":
+            opts["reference"] = str(ROOT / "recipes" / "data" / "gold.jsonl")
+            opts["min_score"] = 0.05
+        if kind == "select":
+            opts["n"] = 24
+        if kind == "synthesize":
+            opts.update(n=3, max_tokens=64)
+        if kind == "judge":
+            opts["min_score"] = 1  # the tiny teacher judges here: protocol and bookkeeping, not wisdom
+        steps.append({kind: opts})
+    recipe["steps"] = steps
+    # both teachers are the test session's vLLM server (no `serve:`: it is already running)
+    recipe["teachers"] = {name: {"base_url": teacher_url, "model": teacher_model, "max_concurrency": 8}
+                          for name in ("writer", "judge")}
+    # the tiny random Llama stands in for SmolLM2 here (the slow tests train the real student)
+    recipe["train"].update(student=str(student), max_steps=2, batch_size=2, max_seq_len=128, save_steps=1)
+    recipe["evaluate"] = {"heldout": "run:heldout.parquet", "n_generate": 0, "batch_size": 4}
+    recipe["experiment"].update(steps=2, seeds=[0], mlflow=False)
+    return yaml.safe_dump(recipe, sort_keys=False)
+
+
+def test_quickstart_scaled_down_end_to_end(tmp_path, teacher_server, tiny_llama_dir):
+    text = scaled_quickstart(tmp_path, teacher_server.base_url, teacher_server.model, tiny_llama_dir)
+    recipe = parse_recipe(text, "quickstart")
+    out = tmp_path / "run"
+    summary = run_pipeline(recipe, out, tmp_path)
+    assert "curated:" in summary
+
+    # every step finished; counts conserve at every step and chain from one step to the next
+    manifest = json.loads((out / "manifest.json").read_text())
+    kinds = [s["kind"] for s in manifest["steps"]]
+    assert kinds == ["ingest"] + [s.kind for s in recipe.steps]
+    prev = None
+    for d, s in zip(sorted((out / "steps").iterdir()), manifest["steps"]):
+        assert (d / "DONE").exists()
+        stats = json.loads((d / "stats.json").read_text())
+        added = stats.get("attempted", 0) if s["kind"] == "synthesize" else 0
+        assert stats["in"] + added == stats["out"] + stats["rejected"], d.name
+        assert len(pl.read_parquet(d / "kept.parquet")) == stats["out"]
+        assert len(pl.read_parquet(d / "rejected.parquet")) == stats["rejected"]
+        if prev is not None:
+            assert stats["in"] == prev
+        prev = stats["out"]
+
+    # the teacher really wrote and judged rows
+    synth = json.loads((out / "steps" / "10-synthesize" / "stats.json").read_text())
+    assert synth["teacher"]["sent"] > 0 and synth["attempted"] == 3
+    curated = pl.read_parquet(out / "curated.parquet")
+    judge_stats = json.loads((out / "steps" / "11-judge" / "stats.json").read_text())
+    assert judge_stats["teacher"]["sent"] > 0 and "judge_score" in curated.columns
+
+    # manifest hashes match the files on disk
+    for name, digest in manifest["outputs"].items():
+        assert file_digest(out / name) == digest, name
+
+    # the adapter card names the exact curated set it was trained on
+    card = (out / "adapter" / "README.md").read_text()
+    assert file_digest(out / "curated.parquet") in card
+    assert manifest["train"]["steps"] == 2
+    eval_json = json.loads((out / "eval.json").read_text())
+    assert eval_json  # base vs adapter on the held-out draw
+    experiment = json.loads((out / "experiment" / "experiment.json").read_text())
+    assert {a["name"] for a in experiment["arms"]} == {"curated", "noisy_n"} if isinstance(
+        experiment.get("arms"), list) else {"curated", "noisy_n"} <= set(experiment["arms"])
+    assert (out / "experiment" / "plot.png").stat().st_size > 1000
+
+    # a rerun resumes: no step re-runs, no teacher request is sent, curated bytes unchanged
+    before = teacher_server.metrics()
+    digest = file_digest(out / "curated.parquet")
+    run_pipeline(recipe, out, tmp_path)
+    after = teacher_server.metrics()
+    assert after == before
+    assert file_digest(out / "curated.parquet") == digest
+    assert all(s.get("skipped") for s in json.loads((out / "manifest.json").read_text())["steps"])
