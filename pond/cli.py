@@ -37,9 +37,12 @@ def _load(recipe: Path):
     from pond.recipe import RecipeError, load_recipe
 
     try:
-        return load_recipe(recipe)
+        loaded = load_recipe(recipe)
     except RecipeError as exc:
         _fail(str(exc))
+    for warning in loaded.warnings():
+        console.print(f"[yellow]warning:[/yellow] {recipe}: {warning}", highlight=False, soft_wrap=True)
+    return loaded
 
 
 def _progress() -> Progress:

@@ -54,6 +54,19 @@ class Recipe(BaseModel):
     evaluate: EvaluateConfig | None = Field(None, description="held-out evaluation of the trained adapter")
     experiment: ExperimentConfig | None = Field(None, description="quality-vs-quantity experiment (pond experiment)")
 
+    def warnings(self) -> list[str]:
+        """Legal but doubtful choices, printed by `pond validate` and `pond run`."""
+        out = []
+        writers = {self.teachers[s.options.teacher].model for s in self.steps
+                   if s.kind == "synthesize" and s.options.teacher in self.teachers}
+        for s in self.steps:
+            if s.kind == "judge" and s.options.teacher in self.teachers:
+                model = self.teachers[s.options.teacher].model
+                if model in writers:
+                    out.append(f"judge teacher {s.options.teacher!r} is the model that wrote the synthetic rows "
+                               f"({model}); a model judging its own output is biased — use another judge")
+        return out
+
     def dump(self) -> dict[str, Any]:
         data = self.model_dump(mode="json", exclude={"steps"})
         data["steps"] = [s.dump() for s in self.steps]

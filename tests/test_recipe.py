@@ -65,3 +65,14 @@ def test_shipped_recipes_validate():
 
     for path in sorted(Path(__file__).resolve().parents[1].glob("recipes/*.yaml")):
         load_recipe(path)
+
+
+def test_judge_of_its_own_output_is_warned():
+    text = GOOD + """  - synthesize: {generator: edge_cases, n: 2, teacher: t}
+  - judge: {teacher: t}
+teachers:
+  t: {model: m}
+"""
+    warnings = parse_recipe(text, "r.yaml").warnings()
+    assert len(warnings) == 1 and "judging its own output" in warnings[0]
+    assert parse_recipe(text.replace("judge: {teacher: t}", "judge: {teacher: u}") + "  u: {model: other}\n").warnings() == []
