@@ -1,0 +1,116 @@
+"""Trainer pieces pond adds to TRL's SFTTrainer: token accounting, progress, early stopping."""
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from transformers import TrainerCallback
+from trl import SFTTrainer
+
+from training.data import IGNORE
+
+
+class CountingSFTTrainer(SFTTrainer):
+    """SFTTrainer that counts the tokens it trains on and the wall time, cumulatively across resumes.
+
+    The running totals ride in every log entry (`tokens_seen`, `answer_tokens_seen`,
+    `train_seconds`), so they are saved in each checkpoint's `trainer_state.json` and a resumed
+    run continues them instead of starting from zero.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._pond_totals: dict[str, float] | None = None
+        self._pond_t0 = 0.0
+
+    def _totals(self) -> dict[str, float]:
+        if self._pond_totals is None:
+            last = next((e for e in reversed(self.state.log_history) if "tokens_seen" in e), {})
+            self._pond_totals = {k: last.get(k, 0) for k in ("tokens_seen", "answer_tokens_seen", "train_seconds")}
+            self._pond_t0 = time.perf_counter()
+        return self._pond_totals
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if model.training:
+            totals = self._totals()
+            mask = inputs.get("attention_mask")
+            totals["tokens_seen"] += int(mask.sum()) if mask is not None else int(inputs["input_ids"].numel())
+            # Tokens that are predicted and scored: shifted labels outside the ignore index.
+            totals["answer_tokens_seen"] += int((inputs["labels"][:, 1:] != IGNORE).sum())
+        return super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                    num_items_in_batch=num_items_in_batch)
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if self._pond_totals is not None and "loss" in logs:
+            now = time.perf_counter()
+            self._pond_totals["train_seconds"] += now - self._pond_t0
+            self._pond_t0 = now
+            logs.update({k: (round(v, 3) if k == "train_seconds" else int(v)) for k, v in self._pond_totals.items()})
+        super().log(logs, start_time)
+
+
+class ProgressCallback(TrainerCallback):
+    """Drives a `track(iterable, description, total)` progress wrapper (pond's StepContext.track
+    contract, a rich bar in the CLI) one item per optimizer step.
+
+    The wrapper is consumed like a loop, so a wrapper that raises (Ctrl-C, a test's simulated
+    kill) stops training exactly as an interrupted loop would.
+    """
+
+    def __init__(self, track: Callable, description: str = "train"):
+        self.track = track
+        self.description = description
+        self._it = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._it = iter(self.track(range(state.max_steps), self.description, state.max_steps))
+        for _ in range(state.global_step):  # a resumed run starts where it stopped
+            next(self._it, None)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self._it is not None:
+            next(self._it, None)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self._it is not None:
+            for _ in self._it:  # let the wrapper finish (closes its bar)
+                pass
+            self._it = None
+
+
+class EarlyStopping(TrainerCallback):
+    """Stop after `patience` evaluations without a lower held-out loss; keep the best adapter on disk.
+
+    Reads the evaluation history from the trainer state (which checkpoints save), so a resumed
+    run keeps counting where it stopped.
+    """
+
+    def __init__(self, patience: int, best_dir: Path):
+        self.patience = patience
+        self.best_dir = Path(best_dir)
+        self.stopped = False
+
+    def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
+        losses = [e["eval_loss"] for e in state.log_history if "eval_loss" in e]
+        if not losses:
+            return
+        best_i = min(range(len(losses)), key=lambda i: (losses[i], i))  # ties: the earlier one is best
+        if best_i == len(losses) - 1:
+            tmp = self.best_dir.with_name(self.best_dir.name + ".tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            model.save_pretrained(tmp)
+            (tmp / "STEP").write_text(str(state.global_step))
+            shutil.rmtree(self.best_dir, ignore_errors=True)
+            tmp.rename(self.best_dir)
+        if len(losses) - 1 - best_i >= self.patience:
+            control.should_training_stop = True
+            self.stopped = True
+
+
+def lora_b_grads(model: torch.nn.Module) -> dict[str, float]:
+    """Gradient norm of every LoRA B tensor (0.0 where there is none): the repack regression check."""
+    return {n: (0.0 if p.grad is None else float(p.grad.norm()))
+            for n, p in model.named_parameters() if "lora_B" in n}

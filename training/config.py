@@ -1,0 +1,65 @@
+"""The `train:` section of a recipe: what student, how, and for how long."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class TrainConfig(BaseModel):
+    """Fine-tune the student on the curated set (QLoRA by default)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    student: str = Field(
+        "smollm2-135m-instruct",
+        description="Student model: a name under $POND_CACHE_DIR/models/ or a path to any local Hugging Face "
+                    "causal-LM folder (config, weights, tokenizer with a chat template).")
+    method: Literal["qlora", "lora", "full"] = Field(
+        "qlora",
+        description="qlora: frozen 4-bit NF4 base (double quantisation) + LoRA adapters; lora: frozen base in the "
+                    "compute dtype + LoRA adapters; full: every weight trained (saves a whole model, not an adapter).")
+    epochs: float = Field(1.0, gt=0, description="Passes over the training set (fractions allowed).")
+    max_steps: int | None = Field(
+        None, gt=0, description="Optimizer steps to run; overrides `epochs` when set (equal budgets across arms).")
+    lr: float = Field(2e-4, gt=0, description="Peak learning rate (AdamW), reached after warm-up, then cosine decay.")
+    lora_r: int = Field(16, gt=0, description="LoRA rank.")
+    lora_alpha: int = Field(32, gt=0, description="LoRA scaling numerator (scale = lora_alpha / lora_r).")
+    lora_dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA input path.")
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        "all-linear",
+        description="Modules that get LoRA adapters: 'all-linear' (every linear projection except the output "
+                    "head) or a list of module names such as [q_proj, v_proj]; unknown names are errors.")
+    batch_size: int = Field(8, gt=0, description="Sequences per micro-batch.")
+    grad_accum: int = Field(1, gt=0, description="Micro-batches accumulated per optimizer step.")
+    max_seq_len: int = Field(
+        256, gt=0, description="Tokens per sequence; longer conversations are cut at the end. Must not exceed the "
+                               "model's maximum positions.")
+    packing: bool = Field(
+        False, description="Pack several short conversations into each sequence (best-fit decreasing, attention "
+                           "kept within each conversation) instead of padding.")
+    group_by_length: bool = Field(
+        True, description="Batch conversations of similar length together (less padding, same data per epoch); "
+                          "ignored with packing.")
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute activations in the backward pass: less memory, ~20-30% slower.")
+    warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Fraction of steps spent warming the learning rate up.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
+    save_steps: int = Field(50, gt=0, description="Write a resumable checkpoint every this many steps.")
+    save_total_limit: int | None = Field(2, gt=0, description="Checkpoints kept on disk (oldest deleted first).")
+    eval_steps: int | None = Field(
+        None, gt=0, description="Held-out loss every this many steps; default once per epoch (and at the end).")
+    eval_on_start: bool = Field(
+        False, description="Also measure the held-out loss before the first step (the untrained baseline).")
+    early_stopping_patience: int | None = Field(
+        None, gt=0, description="Stop after this many held-out evaluations without improvement and keep the "
+                                "best adapter (needs a held-out set).")
+    merge: bool = Field(False, description="Also save the base model with the adapter merged in (merged/).")
+    compute_dtype: Literal["auto", "fp32", "bf16"] = Field(
+        "auto",
+        description="Arithmetic precision. auto: bf16 on CUDA (when supported), and on CPU the measured faster "
+                    "choice, bf16 on CPUs with native BF16 (AVX-512 BF16 / AMX), else fp32.")
+    threads: int | None = Field(
+        None, gt=0, description="CPU threads for torch; default: OMP_NUM_THREADS if set, else every core this "
+                                "process may use.")

@@ -1,0 +1,151 @@
+"""Find and load the student: 4-bit NF4 (QLoRA) or plain weights, on CUDA or CPU.
+
+Shared with evaluation, so that held-out loss is computed on exactly the model training saw.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+from curation.step import default_cache_dir
+
+log = logging.getLogger(__name__)
+
+METHODS = ("qlora", "lora", "full")
+
+
+def resolve_student(name_or_path: str, cache_dir: Path | None = None) -> Path:
+    """A local model folder: an existing path, else `<cache>/models/<name>`."""
+    p = Path(name_or_path).expanduser()
+    if (p / "config.json").is_file():
+        return p
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    cached = cache / "models" / name_or_path
+    if (cached / "config.json").is_file():
+        return cached
+    raise FileNotFoundError(
+        f"student {name_or_path!r} not found: it is neither a model folder (with config.json) nor "
+        f"{cached}; run `python scripts/prepare_models.py` for the default student, or point `student:` at a "
+        f"local Hugging Face causal-LM folder")
+
+
+def device() -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def cpu_has_native_bf16() -> bool:
+    """AVX-512 BF16 or AMX: the CPU features that make bf16 matmuls fast in oneDNN."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split("\nflags", 2)[1].split("\n", 1)[0].split()
+    except (OSError, IndexError):
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_dtype(compute_dtype: str, dev: torch.device | None = None) -> torch.dtype:
+    """'auto' -> bf16 on CUDA that supports it; on CPU bf16 where the CPU has native bf16, else fp32.
+
+    Measured on this machine kind (2-core EPYC with AVX-512 BF16, SmolLM2-135M, batch 8 x 256):
+    see bench/train.py --dtype-sweep; bf16 was the faster CPU choice there.
+    """
+    dev = dev or device()
+    if compute_dtype == "fp32":
+        return torch.float32
+    if compute_dtype == "bf16":
+        return torch.bfloat16
+    if compute_dtype != "auto":
+        raise ValueError(f"compute_dtype must be auto, fp32 or bf16, not {compute_dtype!r}")
+    if dev.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
+
+
+def set_threads(threads: int | None = None) -> int:
+    """Torch CPU threads from the machine: explicit value, else OMP_NUM_THREADS, else usable cores."""
+    if threads is None:
+        env = os.environ.get("OMP_NUM_THREADS", "")
+        threads = int(env) if env.isdigit() and int(env) > 0 else len(os.sched_getaffinity(0))
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    return threads
+
+
+def disable_cpu_repack(model: torch.nn.Module) -> int:
+    """Turn off bitsandbytes' AVX-512 BF16 fused-kernel repack on every Linear4bit.
+
+    An eval/no-grad forward through `bnb.nn.Linear4bit` on such CPUs repacks the weights in place
+    for an inference kernel; training afterwards silently stops updating most LoRA tensors (and
+    layers whose output size is not a multiple of 32 fail with `N must be divisible by block_n`).
+    Returns how many layers were changed.
+    """
+    try:
+        import bitsandbytes as bnb
+    except ImportError:
+        return 0
+    n = 0
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = False
+            n += 1
+    return n
+
+
+def max_positions(path: Path) -> int | None:
+    from transformers import AutoConfig
+
+    cfg = AutoConfig.from_pretrained(path)
+    cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    return getattr(cfg, "max_position_embeddings", None)
+
+
+def load_tokenizer(path: str | Path):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_student(path: str | Path, method: str = "qlora", compute_dtype: str = "auto", for_training: bool = True,
+                 *, cache_dir: Path | None = None):
+    """Load (model, tokenizer). qlora: NF4 4-bit with double quantisation via bitsandbytes.
+
+    `path` may also be a model name under the cache. With `for_training`, qlora models go
+    through `prepare_model_for_kbit_training` (frozen base, norms/embeddings in fp32, as the
+    QLoRA recipe prescribes) and the model is left in train mode. On CPU the bitsandbytes repack
+    is always disabled, so training and evaluation run the same kernels and give the same numbers.
+    """
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}, not {method!r}")
+    path = resolve_student(str(path), cache_dir)
+    dev = device()
+    dtype = resolve_dtype(compute_dtype, dev)
+    # Full fine-tuning keeps fp32 master weights (bf16 then comes from autocast): AdamW updates on
+    # bf16 weights round away.
+    weights_dtype = torch.float32 if method == "full" and for_training else dtype
+    kwargs: dict = {"dtype": weights_dtype, "device_map": {"": dev.index or 0} if dev.type == "cuda" else {"": "cpu"}}
+    if method == "qlora":
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=dtype)
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    if dev.type == "cpu":
+        disable_cpu_repack(model)
+    if for_training:
+        if method == "qlora" and (dtype == torch.float32 or os.environ.get("POND_KBIT_UPCAST") == "1"):
+            from peft import prepare_model_for_kbit_training
+
+            # Gradient checkpointing is the trainer's switch, not the loader's.
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        elif method == "qlora":
+            model.requires_grad_(False)
+        model.train()
+    else:
+        model.eval()
+    return model, load_tokenizer(path)

@@ -1,0 +1,266 @@
+"""train(): fine-tune the student on canonical records with TRL's SFTTrainer, resumably.
+
+    out_dir/
+      train-key.json     the run's identity (config, seed, student, data hash); another run here is an error
+      checkpoints/       checkpoint-N/ every `save_steps` (adapter, optimizer, scheduler, RNG states)
+      best/              the lowest held-out-loss adapter (with early stopping)
+      adapter/           the final adapter (PeftModel.from_pretrained) + README.md card
+      model/             instead of adapter/ for method `full`: the whole fine-tuned model + card
+      merged/            base + adapter merged (with `merge`)
+      train-result.json  TrainResult and the full log history; present = finished
+
+Calling train() again with the same arguments resumes from the last checkpoint (same seed, same
+data order, RNG states restored: the final adapter matches an uninterrupted run); once
+train-result.json exists it returns the recorded result without training.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import polars as pl
+import torch
+
+from training.callbacks import CountingSFTTrainer, EarlyStopping, ProgressCallback
+from training.card import TrainResult, write_card
+from training.config import TrainConfig
+from training.data import IGNORE, tokenize_conversations
+from training.model import (device, load_student, load_tokenizer, max_positions, resolve_dtype, resolve_student,
+                            set_threads)
+
+__all__ = ["TrainResult", "train", "resolve_student", "load_student", "tokenize_conversations"]
+log = logging.getLogger(__name__)
+
+
+def _examples(df: pl.DataFrame, tokenizer, max_seq_len: int, what: str) -> tuple[list[dict], int, int]:
+    """Tokenized rows with at least one assistant token, plus (truncated, dropped) counts."""
+    if df.height == 0:
+        raise ValueError(f"the {what} set is empty: nothing to train on" if what == "training"
+                         else f"the {what} set is empty")
+    rows = tokenize_conversations(df, tokenizer, max_seq_len)
+    kept = [{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows
+            if any(x != IGNORE for x in r["labels"][1:])]
+    truncated = sum(r["length"] > max_seq_len for r in rows)
+    if not kept:
+        raise ValueError(f"none of the {df.height} {what} rows has an assistant answer within max_seq_len="
+                         f"{max_seq_len} tokens (conversations need an assistant turn; plain rows a text)")
+    return kept, truncated, len(rows) - len(kept)
+
+
+def _hash_examples(examples: list[dict]) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    for ex in examples:
+        h.update(torch.tensor(ex["input_ids"], dtype=torch.int64).numpy().tobytes())
+        h.update(torch.tensor(ex["labels"], dtype=torch.int64).numpy().tobytes())
+        h.update(b"|")
+    return h.hexdigest()
+
+
+def _check_targets(model, targets: list[str] | str) -> None:
+    if targets == "all-linear":
+        return
+    linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
+                     if isinstance(m, torch.nn.Linear) or type(m).__name__.startswith("Linear")})
+    unknown = [t for t in targets if t not in linear]
+    if unknown or not targets:
+        raise ValueError(f"target_modules {unknown or targets} match no linear module of the student; "
+                         f"its linear modules are: {', '.join(linear)}")
+
+
+def _sft_config(config: TrainConfig, out_dir: Path, seed: int, dtype: torch.dtype, has_eval: bool):
+    from trl import SFTConfig
+
+    eval_kw: dict = {"eval_strategy": "no"}
+    if has_eval:
+        eval_kw = {"eval_strategy": "steps" if config.eval_steps else "epoch",
+                   "per_device_eval_batch_size": config.batch_size, "eval_packing": False,
+                   "eval_on_start": config.eval_on_start}
+        if config.eval_steps:
+            eval_kw["eval_steps"] = config.eval_steps
+    return SFTConfig(
+        output_dir=str(out_dir / "checkpoints"),
+        per_device_train_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.grad_accum,
+        num_train_epochs=config.epochs,
+        max_steps=config.max_steps or -1,
+        learning_rate=config.lr,
+        lr_scheduler_type="cosine",
+        warmup_steps=config.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps
+        weight_decay=config.weight_decay,
+        max_grad_norm=config.max_grad_norm,
+        seed=seed,
+        data_seed=seed,
+        bf16=dtype == torch.bfloat16,
+        fp16=False,
+        use_cpu=device().type == "cpu",
+        activation_checkpointing=config.gradient_checkpointing,
+        max_length=config.max_seq_len,
+        packing=config.packing,
+        train_sampling_strategy="group_by_length" if config.group_by_length and not config.packing else "random",
+        logging_steps=1,
+        save_strategy="steps",
+        save_steps=config.save_steps,
+        save_total_limit=config.save_total_limit,
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        **eval_kw,
+    )
+
+
+# Options that change how a run is executed or saved, not what it learns: free to change on resume.
+_NOT_IN_KEY = {"threads", "save_steps", "save_total_limit", "merge"}
+
+
+def _run_key(config: TrainConfig, seed: int, student: Path, data_hash: str, eval_hash: str | None) -> dict:
+    return {"config": config.model_dump(mode="json", exclude=_NOT_IN_KEY), "seed": seed, "student": str(student),
+            "data_hash": data_hash, "eval_hash": eval_hash}
+
+
+def _claim(out_dir: Path, key: dict) -> None:
+    path = out_dir / "train-key.json"
+    if path.exists():
+        old = json.loads(path.read_text())
+        if old != key:
+            diff = sorted(k for k in key if old.get(k) != key[k])
+            raise ValueError(f"{out_dir} holds a training run with different settings ({', '.join(diff)} differ); "
+                             f"use another output folder or delete it")
+        return
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(key, indent=2, sort_keys=True))
+
+
+def _merge(student: Path, adapter_dir: Path, out: Path, dtype: torch.dtype) -> Path:
+    """Merge into the unquantised base (merging into 4-bit weights would round the update away)."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(student, dtype=dtype)
+    merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    merged.save_pretrained(tmp)
+    load_tokenizer(student).save_pretrained(tmp)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return out
+
+
+def train(df: pl.DataFrame, config: TrainConfig, out_dir: Path, *, seed: int = 0,
+          eval_df: pl.DataFrame | None = None, cache_dir: Path | None = None,
+          provenance: dict | None = None, progress: Callable | None = None) -> TrainResult:
+    """Fine-tune `config.student` on `df` (canonical records) and save the adapter under `out_dir`.
+
+    `progress(iterable, description, total)` is a progress wrapper (StepContext.track's contract)
+    advanced once per optimizer step.
+    `provenance` (dataset_hash, recipe_hash, pond_version, ...) goes into the adapter card.
+    """
+    import datasets
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers.trainer_callback import PrinterCallback
+    from transformers.trainer_utils import get_last_checkpoint
+
+    out_dir = Path(out_dir)
+    set_threads(config.threads)
+    student = resolve_student(config.student, cache_dir)
+    positions = max_positions(student)
+    if positions is not None and config.max_seq_len > positions:
+        raise ValueError(f"max_seq_len={config.max_seq_len} is longer than the student's maximum positions "
+                         f"({positions}, max_position_embeddings of {student})")
+    if config.early_stopping_patience and eval_df is None:
+        raise ValueError("early_stopping_patience needs a held-out set (eval_df)")
+    tokenizer = load_tokenizer(student)
+    examples, truncated, dropped = _examples(df, tokenizer, config.max_seq_len, "training")
+    eval_examples = _examples(eval_df, tokenizer, config.max_seq_len, "held-out")[0] if eval_df is not None else None
+    data_hash = _hash_examples(examples)
+    key = _run_key(config, seed, student, data_hash, eval_examples and _hash_examples(eval_examples))
+    result_path = out_dir / "train-result.json"
+    _claim(out_dir, key)
+    if result_path.exists():
+        return TrainResult.from_json(json.loads(result_path.read_text())["result"], out_dir)
+
+    dtype = resolve_dtype(config.compute_dtype)
+    model, tokenizer = load_student(student, config.method, config.compute_dtype, for_training=True)
+    peft_config = None
+    if config.method == "full":
+        model.requires_grad_(True)
+    else:
+        _check_targets(model, config.target_modules)
+        peft_config = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                                 target_modules=config.target_modules, bias="none", task_type="CAUSAL_LM")
+
+    callbacks = [ProgressCallback(progress)] if progress else []
+    stopper = None
+    if config.early_stopping_patience:
+        stopper = EarlyStopping(config.early_stopping_patience, out_dir / "best")
+        callbacks.append(stopper)
+    quiet = datasets.are_progress_bars_disabled()
+    datasets.disable_progress_bars()  # TRL's dataset preparation bars; the step bar is `progress`
+    trainer = CountingSFTTrainer(
+        model=model,
+        args=_sft_config(config, out_dir, seed, dtype, eval_examples is not None),
+        train_dataset=Dataset.from_list(examples),
+        eval_dataset=Dataset.from_list(eval_examples) if eval_examples else None,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        callbacks=callbacks,
+    )
+    if not quiet:
+        datasets.enable_progress_bars()
+    trainer.remove_callback(PrinterCallback)  # per-step dicts on stdout; the history goes to train-result.json
+    if peft_config is not None:
+        # TRL casts QLoRA adapters to bf16; keep fp32 master weights (peft's default) so that small
+        # AdamW updates are not rounded away. Compute still runs in the compute dtype (autocast).
+        for p in trainer.model.parameters():
+            if p.requires_grad:
+                p.data = p.data.float()
+
+    ckpt_dir = out_dir / "checkpoints"
+    last = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
+    if last:
+        log.info("resuming from %s", last)
+    trainer.train(resume_from_checkpoint=last)
+    history = trainer.state.log_history
+    if eval_examples and not any("eval_loss" in e and e.get("step") == trainer.state.global_step for e in history):
+        trainer.evaluate()  # the held-out loss of the final weights, when no epoch boundary gave it
+    history = trainer.state.log_history
+
+    final_name = "model" if config.method == "full" else "adapter"
+    final_dir = out_dir / final_name
+    tmp = out_dir / (final_name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    if stopper is not None and (out_dir / "best").is_dir():
+        shutil.copytree(out_dir / "best", tmp)
+    else:
+        trainer.model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+
+    losses = [e["loss"] for e in history if "loss" in e]
+    evals = [(e["step"], e["eval_loss"]) for e in history if "eval_loss" in e]
+    totals = next((e for e in reversed(history) if "tokens_seen" in e), {})
+    tail = losses[-max(1, len(losses) // 10):]
+    result = TrainResult(
+        adapter_dir=final_dir, steps=trainer.state.global_step,
+        train_loss=float(sum(tail) / len(tail)), first_loss=float(losses[0]),
+        eval_losses=[x for _, x in evals], tokens_seen=int(totals.get("tokens_seen", 0)),
+        answer_tokens_seen=int(totals.get("answer_tokens_seen", 0)),
+        train_seconds=float(totals.get("train_seconds", 0.0)), rows=len(examples),
+        method=config.method, base_model=str(student), compute_dtype=str(dtype).removeprefix("torch."),
+        losses=losses, eval_steps=[s for s, _ in evals],
+        stopped_early=bool(stopper and trainer.state.global_step < trainer.state.max_steps),
+        truncated_rows=truncated, dropped_rows=dropped,
+    )
+    write_card(tmp, result, config.model_dump(mode="json"), seed, provenance or {}, data_hash)
+    shutil.rmtree(final_dir, ignore_errors=True)
+    tmp.rename(final_dir)
+    if config.merge and config.method != "full":
+        result.merged_dir = _merge(student, final_dir, out_dir / "merged", torch.bfloat16 if dtype == torch.bfloat16
+                                   else torch.float32)
+    result_path.write_text(json.dumps({"result": result.to_json(), "provenance": provenance or {},
+                                       "log_history": history}, indent=1, default=str))
+    return result
