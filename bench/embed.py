@@ -1,0 +1,134 @@
+"""Embeddings and semantic dedup: pond vs a plain sentence-transformers encode, in one process.
+
+    python bench/embed.py [--texts 10000] [--chunks 10] [--dedup-rows 100000] [--threads N]
+
+Texts: the first `--texts` non-empty ShareGPT conversations (curation.sources.iter_sharegpt),
+rendered as pond renders them (most are longer than the model's 256 tokens).
+
+Both encoders see the same texts in the same `--chunks` slices, alternating (plain, pond, plain,
+pond ...), so that other load on a shared machine falls on both alike.
+
+- plain: `SentenceTransformer(all-MiniLM-L6-v2).encode(chunk, normalize_embeddings=True)`,
+  everything else default (fp32, batch 32).
+- pond: `curation.embed.embed_texts(chunk, EmbeddingOptions(), fresh cache dir)`, i.e. the
+  default options a recipe gets, cache writes included.
+
+Prints one JSON line per figure: sentences/s (wall) for both and their ratio, CPU-seconds per
+sentence for both, min / p1 cosine between the two, the time to get all texts again from pond's
+cache (no model), and the time of SemDeDup on `--dedup-rows` synthetic 384-d embeddings (topic
+clusters plus 10% planted near-duplicates: recall of those is printed too).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from curation import embed  # noqa: E402
+from curation.embed import EmbeddingOptions, default_model_path, embed_texts  # noqa: E402
+from curation.ingest import records_from_dicts  # noqa: E402
+from curation.semantic_dedup import default_clusters, semdedup  # noqa: E402
+from curation.sources import iter_sharegpt  # noqa: E402
+
+
+def emit(**kv) -> None:
+    print(json.dumps(kv), flush=True)
+
+
+def sharegpt_texts(n: int) -> list[str]:
+    df = records_from_dicts(list(iter_sharegpt(limit=int(n * 1.05) + 50)), source="sharegpt")
+    texts = [t for t in df["text"].to_list() if t.strip()]
+    if len(texts) < n:
+        raise SystemExit(f"only {len(texts)} ShareGPT texts available")
+    return texts[:n]
+
+
+def bench_encode(texts: list[str], chunks: int, threads: int | None) -> None:
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    if threads:
+        torch.set_num_threads(threads)
+    plain_model = SentenceTransformer(str(default_model_path()), device="cpu")
+    opts = EmbeddingOptions(threads=threads)
+    embed_texts(texts[:8], opts)  # load pond's model outside the timing (plain's is loaded above)
+    cache = Path(tempfile.mkdtemp(prefix="pond-bench-embed-"))
+    plain = np.empty((len(texts), 384), dtype=np.float32)
+    ours = np.empty_like(plain)
+    wall = {"plain": 0.0, "pond": 0.0}
+    cpu = {"plain": 0.0, "pond": 0.0}
+    bounds = np.linspace(0, len(texts), chunks + 1).astype(int)
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        for name in ("plain", "pond"):
+            w, c = time.perf_counter(), time.process_time()
+            if name == "plain":
+                plain[a:b] = plain_model.encode(texts[a:b], normalize_embeddings=True)
+            else:
+                ours[a:b] = embed_texts(texts[a:b], opts, cache)
+            wall[name] += time.perf_counter() - w
+            cpu[name] += time.process_time() - c
+    n = len(texts)
+    cos = (plain * ours).sum(1)
+    emit(figure="plain_encode_sentences_per_s", value=round(n / wall["plain"], 1), texts=n,
+         settings="SentenceTransformer.encode defaults: fp32, batch 32", threads=torch.get_num_threads())
+    emit(figure="pond_sentences_per_s", value=round(n / wall["pond"], 1), texts=n,
+         settings=f"EmbeddingOptions() -> {embed.Embedder(opts).key}")
+    emit(figure="speedup_vs_plain", value=round(wall["plain"] / wall["pond"], 2), target=3.0)
+    emit(figure="cpu_seconds_per_sentence", plain=round(cpu["plain"] / n, 4), pond=round(cpu["pond"] / n, 4),
+         ratio=round(cpu["plain"] / cpu["pond"], 2))
+    emit(figure="min_cosine_pond_vs_plain", value=round(float(cos.min()), 5), p1=round(float(np.percentile(cos, 1)), 5),
+         mean=round(float(cos.mean()), 5), target=0.99)
+    embed._load_model.cache_clear()  # a rerun in a new process has no model loaded either
+    loads, encoded = embed.counters["model_loads"], embed.counters["encoded"]
+    t = time.perf_counter()
+    again = embed_texts(texts, opts, cache)
+    emit(figure="rerun_from_cache_seconds", value=round(time.perf_counter() - t, 3), texts=n,
+         encoded=embed.counters["encoded"] - encoded, model_loads=embed.counters["model_loads"] - loads,
+         identical=bool(np.array_equal(again, ours)))
+
+
+def bench_semdedup(rows: int, seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    d = 384
+    centres = rng.normal(size=(300, d)).astype(np.float32)
+    emb = centres[rng.integers(0, 300, rows)] + rng.normal(size=(rows, d)).astype(np.float32)
+    planted = rows // 10
+    src = rng.choice(rows // 2, planted, replace=False)
+    dst = np.arange(rows // 2, rows // 2 + planted)
+    emb[dst] = emb[src] + rng.normal(scale=0.1, size=(planted, d)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    k = default_clusters(rows, 1000)
+    t = time.perf_counter()
+    res = semdedup(emb, np.arange(rows), eps=0.07, k=k, seed=seed)
+    total = time.perf_counter() - t
+    emit(figure="semantic_dedup_seconds", value=round(total, 2), rows=rows, clusters=k,
+         kmeans_seconds=round(float(res["seconds"][0]), 2), compare_seconds=round(float(res["seconds"][1]), 2),
+         removed=int((~res["keep"]).sum()), planted_recall=round(float((~res["keep"][dst]).mean()), 4), target_s=60)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--texts", type=int, default=10_000)
+    ap.add_argument("--chunks", type=int, default=10)
+    ap.add_argument("--dedup-rows", type=int, default=100_000)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads for both (default: torch's)")
+    args = ap.parse_args()
+    emit(figure="machine", cpus=embed.machine_threads(), load_avg_1m=round(os.getloadavg()[0], 2))
+    if args.texts:
+        bench_encode(sharegpt_texts(args.texts), args.chunks, args.threads)
+    if args.dedup_rows:
+        bench_semdedup(args.dedup_rows)
+    emit(figure="machine_after", load_avg_1m=round(os.getloadavg()[0], 2))
+
+
+if __name__ == "__main__":
+    main()

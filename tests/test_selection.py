@@ -1,0 +1,104 @@
+"""The select step on real text: exactly n rows, deterministic, and each strategy doing its job."""
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+
+from curation.embed import EmbeddingOptions, embed_texts
+from curation.records import answer_text_expr
+from curation.selection import SelectOptions, select
+from curation.step import StepContext
+
+STRATEGIES = ["random", "longest", "quality", "quality_diverse", "kcenter"]
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.getbasetemp() / "pond-embed-cache"
+
+
+@pytest.fixture(scope="module")
+def pool(fortunes_df) -> pl.DataFrame:
+    """250 real fortunes, some repeated verbatim, with a score that is not just length."""
+    rows = fortunes_df.sample(200, seed=7)
+    repeats = rows.head(50).with_columns(pl.col("id") + "-again")
+    df = pl.concat([rows, repeats])
+    rng = np.random.default_rng(0)
+    return df.with_columns(pl.Series("quality", rng.random(len(df))))
+
+
+def _select(df, cache, seed=0, **opts):
+    ctx = StepContext(cache_dir=cache, seed=seed)
+    kept, rejected = select(df, SelectOptions(**opts), ctx)
+    return kept, rejected, ctx.stats
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_exactly_n_and_deterministic(pool, cache, strategy):
+    kept, rejected, stats = _select(pool, cache, n=40, strategy=strategy)
+    assert len(kept) == 40 and len(rejected) == len(pool) - 40
+    assert kept["id"].n_unique() == 40 and not set(kept["id"]) & set(rejected["id"])
+    assert set(rejected["reason"]) == {"not_selected"} and set(rejected["stage"]) == {"select"}
+    assert sorted(kept["select_rank"].to_list()) == list(range(40))
+    assert set(rejected.columns) == set(pool.columns) | {"stage", "reason"}
+    again, _, _ = _select(pool, cache, n=40, strategy=strategy)
+    assert again.equals(kept)
+    assert stats["selected"] == 40
+    # more than there are: all rows, none rejected
+    everything, none, _ = _select(pool.head(30), cache, n=100, strategy=strategy)
+    assert len(everything) == 30 and len(none) == 0
+
+
+def test_random_depends_on_seed(pool, cache):
+    a = set(_select(pool, cache, seed=0, n=40)[0]["id"])
+    b = set(_select(pool, cache, seed=1, n=40)[0]["id"])
+    assert a != b
+
+
+def test_longest_takes_the_longest_answers(sharegpt_df, cache):
+    kept, rejected, _ = _select(sharegpt_df, cache, n=25, strategy="longest")
+    length = lambda df: df.select(answer_text_expr().str.len_chars()).to_series()  # noqa: E731
+    assert length(kept).min() >= length(rejected).max()
+
+
+def test_quality_takes_the_top_scores(pool, cache):
+    kept, rejected, _ = _select(pool, cache, n=40, strategy="quality")
+    assert kept["quality"].min() > rejected["quality"].max()
+    with pytest.raises(ValueError, match="no score column 'judge_score'"):
+        _select(pool, cache, n=5, strategy="quality", score_column="judge_score")
+
+
+def test_quality_diverse_admits_only_dissimilar_rows(pool, cache):
+    kept, _, stats = _select(pool, cache, n=40, strategy="quality_diverse", threshold=0.5)
+    emb = embed_texts(kept["text"].to_list(), EmbeddingOptions(), cache)
+    sims = emb @ emb.T
+    np.fill_diagonal(sims, -1)
+    assert sims.max() < 0.5 and stats["passes"] == 1
+    # admission order follows the score
+    assert kept.sort("select_rank")["quality"].is_sorted(descending=True)
+    # verbatim repeats (cosine 1) never sit together until the threshold has relaxed past 1
+    assert kept["text"].n_unique() == len(kept)
+
+
+def test_quality_diverse_relaxes_when_too_few(pool, cache):
+    kept, _, stats = _select(pool, cache, n=240, strategy="quality_diverse", threshold=0.3, relax_step=0.1)
+    assert len(kept) == 240 and stats["passes"] > 1 and stats["final_threshold"] > 0.3
+    # the rows admitted before any relaxing are still pairwise dissimilar
+    first = kept.sort("select_rank").head(5)
+    emb = embed_texts(first["text"].to_list(), EmbeddingOptions(), cache)
+    assert (emb @ emb.T - 2 * np.eye(5)).max() < 0.3
+
+
+def test_kcenter_covers_better_than_random(pool, cache):
+    emb_all = dict(zip(pool["id"], embed_texts(pool["text"].to_list(), EmbeddingOptions(), cache)))
+    matrix = np.stack([emb_all[i] for i in pool["id"]])
+
+    def radius(ids):  # the farthest any row is from its nearest chosen row
+        chosen = np.stack([emb_all[i] for i in ids])
+        return float((1 - matrix @ chosen.T).min(1).max())
+
+    kc, _, stats = _select(pool, cache, n=30, strategy="kcenter")
+    rnd = [_select(pool, cache, seed=s, n=30, strategy="random")[0]["id"] for s in range(5)]
+    assert radius(kc["id"]) < min(radius(r) for r in rnd)
+    assert stats["kcenter_start"] == pool.sort("quality", descending=True)["id"][0]
