@@ -44,16 +44,28 @@ def make_data(path: Path, rows: int) -> int:
     return min(rows, df.height)
 
 
+def now() -> tuple[float, float]:
+    """(wall seconds, this process's CPU seconds over all threads)."""
+    return time.perf_counter(), time.process_time()
+
+
 class StepClock:
-    """Wall-clock time at the end of every optimizer step."""
+    """Wall and CPU time at the end of every optimizer step."""
 
     def __init__(self):
-        self.times: list[float] = []
+        self.times: list[tuple[float, float]] = []
 
     def track(self, items, description, total=None):  # pond's progress contract
         for x in items:
-            self.times.append(time.perf_counter())
+            self.times.append(now())
             yield x
+
+
+def _timing(times: list[tuple[float, float]], tokens: list[float]) -> dict:
+    """Steady state: from the end of step 1 to the end of the last step."""
+    return {"tokens": tokens[-1] - tokens[0], "seconds": times[-1][0] - times[0][0],
+            "cpu_seconds": times[-1][1] - times[0][1],
+            "step_seconds": [round(b[0] - a[0], 2) for a, b in zip(times, times[1:])]}
 
 
 def _device_peak_mb() -> float:
@@ -78,8 +90,7 @@ def run_pond(args, data: Path, out: Path, dtype: str) -> dict:
     tokens = [e["tokens_seen"] for e in hist if "tokens_seen" in e]
     # the clock ticks when a step ends; the tick for step k is clock.times[k-1] (ticks after the first are late by
     # the step's own logging, equally for both arms)
-    return {"tokens": tokens[-1] - tokens[0], "seconds": clock.times[-1] - clock.times[0], "steps": res.steps,
-            "step_seconds": [round(b - a, 2) for a, b in zip(clock.times, clock.times[1:])],
+    return {**_timing(clock.times, tokens), "steps": res.steps,
             "compute_dtype": res.compute_dtype, "peak_mb": _device_peak_mb(), "final_loss": res.losses[-1]}
 
 
@@ -97,7 +108,7 @@ def run_trl(args, data: Path, out: Path, checkpointing: bool) -> dict:
 
     class Clock(TrainerCallback):
         def on_step_end(self, a, state, control, **kw):
-            times.append(time.perf_counter())
+            times.append(now())
 
         def on_log(self, a, state, control, logs=None, **kw):
             if logs and "num_tokens" in logs and "loss" in logs:
@@ -120,8 +131,7 @@ def run_trl(args, data: Path, out: Path, checkpointing: bool) -> dict:
         callbacks=[Clock()])
     trainer.train()
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
-    return {"tokens": tokens[-1] - tokens[0], "seconds": times[-1] - times[0], "steps": trainer.state.global_step,
-            "step_seconds": [round(b - a, 2) for a, b in zip(times, times[1:])],
+    return {**_timing(times, tokens), "steps": trainer.state.global_step,
             "compute_dtype": "bfloat16", "peak_mb": _device_peak_mb(), "final_loss": losses[-1]}
 
 
@@ -149,7 +159,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=1, help="alternating runs per arm (median reported)")
     ap.add_argument("--arms", default="pond,trl", help="pond and/or trl")
     ap.add_argument("--dtypes", default="auto", help="pond compute dtypes to run, e.g. fp32,bf16")
-    ap.add_argument("--baseline-checkpointing", choices=["default", "off"], default="default")
+    ap.add_argument("--baseline-checkpointing", choices=["default", "off", "both"], default="default",
+                    help="TRL's gradient checkpointing: its default (on), off, or a run of each")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--data", help=argparse.SUPPRESS)
@@ -167,7 +178,7 @@ def main() -> None:
         if arm == "pond":
             variants += [f"pond:{d}" for d in args.dtypes.split(",")]
         elif arm == "trl":
-            variants.append("trl:" + ("off" if args.baseline_checkpointing == "off" else "on"))
+            variants += {"default": ["trl:on"], "off": ["trl:off"], "both": ["trl:on", "trl:off"]}[args.baseline_checkpointing]
     runs: dict[str, list[dict]] = {v: [] for v in variants}
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "rows.parquet"
@@ -185,22 +196,26 @@ def main() -> None:
                 print(f"# {v} run {rep}: {runs[v][-1]}", file=sys.stderr, flush=True)
     common = {"model": args.model, "steps": args.steps, "batch_size": args.batch_size, "seq_len": args.seq_len,
               "rows": rows, "device": device, "repeats": args.repeats}
-    tps = {}
+    tps, tpc = {}, {}
     for v, rs in runs.items():
         tps[v] = statistics.median(r["tokens"] / r["seconds"] for r in rs)
+        tpc[v] = statistics.median(r["tokens"] / r["cpu_seconds"] for r in rs)
         arm, _, variant = v.partition(":")
         name = "pond" if arm == "pond" else "trl_sft_baseline"
         extra = {"compute_dtype": rs[0]["compute_dtype"]} | ({"gradient_checkpointing": variant} if arm == "trl" else {})
         print(json.dumps({"figure": f"{name}_train_tokens_per_s", "value": round(tps[v], 1), **extra, **common,
                           "runs": [round(r["tokens"] / r["seconds"], 1) for r in rs]}))
+        # CPU seconds (all threads) are far less disturbed by other processes on a shared machine than wall time
+        print(json.dumps({"figure": f"{name}_train_tokens_per_cpu_s", "value": round(tpc[v], 2), **extra, **common,
+                          "runs": [round(r["tokens"] / r["cpu_seconds"], 2) for r in rs]}))
         print(json.dumps({"figure": f"{name}_train_peak_memory_mb", "value": round(max(r["peak_mb"] for r in rs)),
                           "kind": "cuda max_memory_allocated" if torch.cuda.is_available() else "process peak RSS",
                           **extra, **common}))
-    base = next((v for v in variants if v.startswith("trl")), None)
-    for v in variants:
-        if v.startswith("pond") and base:
+    for base in (v for v in variants if v.startswith("trl")):
+        for v in (v for v in variants if v.startswith("pond")):
             print(json.dumps({"figure": "pond_vs_trl_train_tokens_per_s_ratio", "value": round(tps[v] / tps[base], 3),
-                              "pond": v, "baseline": base, "target": 1.0, **common}))
+                              "per_cpu_s": round(tpc[v] / tpc[base], 3), "pond": v, "baseline": base, "target": 1.0,
+                              **common}))
 
 
 if __name__ == "__main__":

@@ -17,8 +17,8 @@ Speed on CPU (measured on the 2-core AVX-512 machine, see bench/embed.py):
   except the attention output projection, which is too small a share of the work to matter.
 - texts are cut to `8 * max_seq_length` characters before tokenising (conversations are often
   thousands of tokens, of which only the first `max_seq_length` are used); a cut is kept only when
-  every token the model sees ends before the cut's last whitespace, so tokens are unchanged,
-  otherwise the whole text is tokenised.
+  it still fills `max_seq_length` tokens and every one ends before the cut's last whitespace, so
+  tokens are unchanged; otherwise the whole text is tokenised.
 - on CPU, linear layers run through oneDNN with bias, GELU and residual add fused
   (curation.embed_kernels): ~1.3x on bf16, ~1.75x on fp32 per forward pass.
 - token-length-sorted batches (little padding), duplicate texts encoded once, torch threads set to
@@ -196,10 +196,8 @@ def _tokenize(tok, texts: list[str], max_len: int) -> list[dict[str, list[int]]]
     cut = [t[:limit] for t in texts]
     enc = tok(cut, truncation=True, max_length=max_len, return_offsets_mapping=True)
     keys = [k for k in enc.keys() if k != "offset_mapping"]
-    redo = []
-    for i, t in enumerate(texts):
-        if len(t) > limit and not _cut_is_safe(cut[i], enc["offset_mapping"][i]):
-            redo.append(i)
+    redo = [i for i, t in enumerate(texts)
+            if len(t) > limit and not _cut_is_safe(cut[i], enc["offset_mapping"][i], max_len)]
     rows = [{k: enc[k][i] for k in keys} for i in range(len(texts))]
     if redo:
         full = tok([texts[i] for i in redo], truncation=True, max_length=max_len)
@@ -208,8 +206,11 @@ def _tokenize(tok, texts: list[str], max_len: int) -> list[dict[str, list[int]]]
     return rows
 
 
-def _cut_is_safe(cut: str, offsets: list[tuple[int, int]]) -> bool:
-    """True when every token kept ends before the last (possibly split) word of the cut text."""
+def _cut_is_safe(cut: str, offsets: list[tuple[int, int]], max_len: int) -> bool:
+    """True when the cut text already fills `max_len` tokens and every one of them ends before
+    the cut's last (possibly split) word: then the whole text gives the same tokens."""
+    if len(offsets) < max_len:  # e.g. long runs of whitespace: the tokens that count lie past the cut
+        return False
     last_end = max((e for _, e in offsets), default=0)
     w = len(cut)
     while w > 0 and not cut[w - 1].isspace():

@@ -79,6 +79,8 @@ def test_cut_before_tokenising_keeps_tokens_exact(sharegpt_df, tokenizer):
         words[:2040] + long_word,  # a word spanning the cut
         "word " * 2000,
         "ab" * 2000 + " end",
+        "start" + " " * 3000 + "the words that count come after a long run of spaces",
+        "{\n" + "    " * 600 + '"key": "value"}',  # deeply indented JSON, as in real ShareGPT rows
     ]
     for max_len in (16, 128, 256):
         ours = embed._tokenize(tokenizer, cases, max_len)

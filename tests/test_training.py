@@ -277,7 +277,7 @@ def test_early_stopping_keeps_the_best_adapter(tmp_path):
 
 def test_early_stopping_stops_training_and_saves_the_best(tiny_llama_dir, rows, heldout, tmp_path):
     # A learning rate this high makes the held-out loss climb after the first steps.
-    cfg = _config(tiny_llama_dir, max_steps=12, lr=1.0, eval_steps=1, early_stopping_patience=2)
+    cfg = _config(tiny_llama_dir, max_steps=12, lr=3.0, eval_steps=1, early_stopping_patience=2)
     res = train(rows, cfg, tmp_path, eval_df=heldout)
     assert res.stopped_early and res.steps < 12
     best = min(range(len(res.eval_losses)), key=res.eval_losses.__getitem__)
