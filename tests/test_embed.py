@@ -13,7 +13,7 @@ from curation.embed import EmbeddingOptions, default_model_path, embed_texts
 @pytest.fixture(scope="module")
 def texts(sharegpt_df, fortunes_df) -> list[str]:
     # long conversations (truncated at 256 tokens) and short fortunes (little truncation, much padding)
-    return sharegpt_df["text"].head(40).to_list() + fortunes_df["text"].sample(40, seed=1).to_list()
+    return sharegpt_df["text"].head(24).to_list() + fortunes_df["text"].sample(40, seed=1).to_list()
 
 
 @pytest.fixture(scope="module")
