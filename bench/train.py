@@ -141,10 +141,6 @@ def child(args) -> None:
     set_threads(args.threads)
     data, out = Path(args.data), Path(args.out)
     arm, _, variant = args.child.partition(":")
-    if variant.endswith("+upcast"):
-        import os
-        os.environ["POND_KBIT_UPCAST"] = "1"
-        variant = variant.removesuffix("+upcast")
     r = run_pond(args, data, out, variant or "auto") if arm == "pond" else run_trl(args, data, out, variant != "off")
     print("RESULT " + json.dumps(r))
 
@@ -201,7 +197,7 @@ def main() -> None:
         tps[v] = statistics.median(r["tokens"] / r["seconds"] for r in rs)
         tpc[v] = statistics.median(r["tokens"] / r["cpu_seconds"] for r in rs)
         arm, _, variant = v.partition(":")
-        name = "pond" if arm == "pond" else "trl_sft_baseline"
+        name = "pond" if arm == "pond" else "trl_sft_baseline" + ("_no_checkpointing" if variant == "off" else "")
         extra = {"compute_dtype": rs[0]["compute_dtype"]} | ({"gradient_checkpointing": variant} if arm == "trl" else {})
         print(json.dumps({"figure": f"{name}_train_tokens_per_s", "value": round(tps[v], 1), **extra, **common,
                           "runs": [round(r["tokens"] / r["seconds"], 1) for r in rs]}))

@@ -157,12 +157,14 @@ def estimate_run(recipe: Recipe, out: Path, base_dir: Path, print_fn: Callable =
         module = importlib.import_module(STEPS[step.kind].module)
         if not hasattr(module, "estimate"):  # only teacher steps cost calls
             continue
-        est = module.estimate(rows, step.options)
+        scope = getattr(step.options, "rows", "all")  # judge: all | synthetic | real
+        opts = step.options.model_copy(update={"rows": "all"}) if scope == "synthetic" else step.options
+        est = module.estimate(rows, opts)
         if step.kind == "synthesize":
             added += step.options.n
-        elif added and len(rows):
+        elif scope != "real" and len(rows):
             # judge inputs are clipped to max_input_chars, so every row has the same bound
-            scale = (len(rows) + added) / len(rows)
+            scale = ((len(rows) if scope == "all" else 0) + added) / len(rows)
             est = {k: int(v * scale + 0.999) for k, v in est.items()}
         print_fn(f"{i:02d}-{step.kind}: {est['requests']} requests, at most {est['max_tokens']} tokens")
         total["requests"] += est["requests"]

@@ -51,6 +51,10 @@ class JudgeOptions(StepOptions):
     temperature: float = Field(0.0, ge=0, le=2, description="Sampling temperature of the judge.")
     prompt: str | None = Field(None, description="Replace the judge prompt template: a built-in name, a file "
                                                  "path or inline text (see synthesis/prompts/).")
+    rows: Literal["all", "synthetic", "real"] = Field("all", description="Which rows to judge: all, only the "
+                                                                         "synthetic ones (source `synthetic:*`), or "
+                                                                         "only the real ones; the others pass "
+                                                                         "through unjudged.")
 
 
 def score_schema(max_reason_chars: int = 160) -> dict:
@@ -169,6 +173,13 @@ def pairwise_many(session: TeacherSession, items: list[tuple[str, str, str]], ru
 # ---------------------------------------------------------------------------------- the step
 
 
+def _in_scope(df: pl.DataFrame, rows: str) -> list[bool]:
+    if rows == "all":
+        return [True] * len(df)
+    synthetic = df["source"].cast(pl.Utf8).fill_null("").str.starts_with("synthetic:").to_list()
+    return synthetic if rows == "synthetic" else [not s for s in synthetic]
+
+
 def _inputs(df: pl.DataFrame, opts: JudgeOptions) -> tuple[list[str], list[str], list[str] | None]:
     rows = df.select("messages", "text").to_dicts()
     prompts = [row_prompt(r) if r["messages"] else "" for r in rows]
@@ -188,12 +199,14 @@ def judge(df: pl.DataFrame, opts: JudgeOptions, ctx: StepContext) -> tuple[pl.Da
     rubric = rubric_text(opts.rubric, ctx.resolve)
     template = load_text(opts.prompt, resolve=ctx.resolve) if opts.prompt else None
     prompts, answers, others = _inputs(df, opts)
-    todo = [i for i, a in enumerate(answers) if a.strip() and (others is None or others[i].strip())]
+    scope = _in_scope(df, opts.rows)
+    todo = [i for i, a in enumerate(answers) if scope[i] and a.strip() and (others is None or others[i].strip())]
     kw = {"template": template, "max_reason_chars": opts.max_reason_chars,
           "max_input_chars": opts.max_input_chars, "temperature": opts.temperature}
-    errors: list[str | None] = ["nothing to judge: empty answer"] * len(df)
+    # Rows outside `rows:` pass through unjudged (kept, no score).
+    errors: list[str | None] = ["nothing to judge: empty answer" if s else None for s in scope]
     reasons: list[str | None] = [None] * len(df)
-    keep = [False] * len(df)
+    keep = [not s for s in scope]
     cache = ResponseCache(run_cache_path(ctx.run_dir, ctx.cache_dir))
     session = TeacherSession(config, cache)
     try:
@@ -233,7 +246,8 @@ def judge(df: pl.DataFrame, opts: JudgeOptions, ctx: StepContext) -> tuple[pl.Da
     kept = marked.filter(mask)
     rejected = reject(marked.filter(~mask), STAGE, pl.Series([e for e, k in zip(errors, keep) if not k], dtype=pl.Utf8))
     ctx.stats.update({
-        "mode": opts.mode, "rubric": opts.rubric, "judged": len(todo), "kept": len(kept),
+        "mode": opts.mode, "rubric": opts.rubric, "rows": opts.rows, "judged": len(todo),
+        "passed_unjudged": scope.count(False), "kept": len(kept),
         "rejected_by_reason": dict(sorted(Counter(e.split(":", 1)[0] for e in rejected["reason"]).items())),
         "teacher": session.summary(), "seconds": round(time.perf_counter() - t0, 3),
     })
@@ -249,9 +263,10 @@ def estimate(df: pl.DataFrame | None, opts: JudgeOptions) -> dict[str, int]:
         return {"requests": 0, "max_tokens": 0}
     rubric = rubric_text(opts.rubric)
     prompts, answers, others = _inputs(df, opts)
+    scope = _in_scope(df, opts.rows)
     total = requests = 0
     for i, a in enumerate(answers):
-        if not a.strip() or (others is not None and not others[i].strip()):
+        if not scope[i] or not a.strip() or (others is not None and not others[i].strip()):
             continue
         if others is None:
             reqs = [score_request(prompts[i], a, rubric, max_reason_chars=opts.max_reason_chars,

@@ -49,8 +49,12 @@ def build_tiny_tokenizer(vocab_size: int = 384):
 
 
 def build_tiny_llama(path: Path, *, hidden: int = 64, layers: int = 2, max_positions: int = 256,
-                     seed: int = 0) -> Path:
-    """Save a random Llama (bf16, like the real student) and its tokenizer to `path`."""
+                     seed: int = 0, init_std: float = 0.1) -> Path:
+    """Save a random Llama (bf16, like the real student) and its tokenizer to `path`.
+
+    `init_std` is larger than Llama's 0.02 so that the (frozen, tied) output head can express
+    peaked distributions: LoRA then moves the loss clearly within a few steps.
+    """
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -61,6 +65,7 @@ def build_tiny_llama(path: Path, *, hidden: int = 64, layers: int = 2, max_posit
         num_attention_heads=hidden // 32, num_key_value_heads=1, head_dim=32,
         max_position_embeddings=max_positions, tie_word_embeddings=True,
         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        initializer_range=init_std,
     )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config).to(torch.bfloat16)

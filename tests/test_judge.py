@@ -83,6 +83,22 @@ def test_pairwise_step_on_fake(fake_teacher, short_chats, tmp_path):
         judge(df, JudgeOptions(mode="pairwise"), ctx)
 
 
+def test_judge_only_synthetic_rows(fake_teacher, short_chats, tmp_path):
+    df = short_chats.head(6).with_columns(
+        pl.Series("source", ["a.jsonl", "synthetic:edge_cases", "a.jsonl", "synthetic:edge_cases",
+                             "synthetic:evolve", "a.jsonl"]))
+    fake_teacher.reply = lambda body, i: json.dumps({"reason": "weak", "score": 2})
+    ctx = ctx_for(fake_teacher.config(), tmp_path)
+    kept, rejected = judge(df, JudgeOptions(min_score=5, rows="synthetic"), ctx)
+    assert len(fake_teacher.bodies) == 3  # only the synthetic rows were sent
+    assert kept["id"].to_list() == [df["id"][i] for i in (0, 2, 5)]  # real rows pass through, in order
+    assert kept["judge_score"].null_count() == 3
+    assert sorted(rejected["id"]) == sorted(df["id"][i] for i in (1, 3, 4))
+    assert ctx.stats["judged"] == 3 and ctx.stats["passed_unjudged"] == 3
+    assert estimate(df, JudgeOptions(rows="synthetic"))["requests"] == 3
+    assert estimate(df, JudgeOptions(rows="real"))["requests"] == 3
+
+
 def test_position_biased_judge_gives_ties(fake_teacher, tmp_path):
     fake_teacher.reply = lambda body, i: json.dumps({"reason": "first is best", "winner": "A"})
     results = pairwise_many(TeacherSession(fake_teacher.config()), [("q", "x", "y"), ("q2", "u", "v")])

@@ -1,6 +1,7 @@
 """Trainer pieces pond adds to TRL's SFTTrainer: token accounting, progress, early stopping."""
 from __future__ import annotations
 
+import math
 import shutil
 import time
 from collections.abc import Callable
@@ -33,6 +34,15 @@ class CountingSFTTrainer(SFTTrainer):
             self._pond_t0 = time.perf_counter()
         return self._pond_totals
 
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        # peft upcasts adapters it loads to fp32 (autocast_adapter_dtype); a resumed run must keep
+        # training in the dtype the uninterrupted run used, or the two drift apart.
+        dtypes = {n: p.dtype for n, p in self.model.named_parameters() if p.requires_grad}
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        for n, p in self.model.named_parameters():
+            if n in dtypes and p.dtype != dtypes[n]:
+                p.data = p.data.to(dtypes[n])
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if model.training:
             totals = self._totals()
@@ -44,6 +54,10 @@ class CountingSFTTrainer(SFTTrainer):
                                     num_items_in_batch=num_items_in_batch)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        for key in ("loss", "eval_loss"):
+            if key in logs and not math.isfinite(logs[key]):
+                raise FloatingPointError(f"training diverged: {key} is {logs[key]} at step {self.state.global_step} "
+                                         f"(lr {self.args.learning_rate}); lower the learning rate")
         if self._pond_totals is not None and "loss" in logs:
             now = time.perf_counter()
             self._pond_totals["train_seconds"] += now - self._pond_t0

@@ -22,6 +22,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import torch
 
@@ -54,8 +55,8 @@ def _examples(df: pl.DataFrame, tokenizer, max_seq_len: int, what: str) -> tuple
 def _hash_examples(examples: list[dict]) -> str:
     h = hashlib.blake2b(digest_size=16)
     for ex in examples:
-        h.update(torch.tensor(ex["input_ids"], dtype=torch.int64).numpy().tobytes())
-        h.update(torch.tensor(ex["labels"], dtype=torch.int64).numpy().tobytes())
+        h.update(np.asarray(ex["input_ids"], dtype=np.int64).tobytes())
+        h.update(np.asarray(ex["labels"], dtype=np.int64).tobytes())
         h.update(b"|")
     return h.hexdigest()
 
@@ -102,6 +103,7 @@ def _sft_config(config: TrainConfig, out_dir: Path, seed: int, dtype: torch.dtyp
         packing=config.packing,
         train_sampling_strategy="group_by_length" if config.group_by_length and not config.packing else "random",
         logging_steps=1,
+        logging_nan_inf_filter=False,  # a diverged run is an error (CountingSFTTrainer.log), not a hidden NaN
         save_strategy="steps",
         save_steps=config.save_steps,
         save_total_limit=config.save_total_limit,
@@ -213,9 +215,10 @@ def train(df: pl.DataFrame, config: TrainConfig, out_dir: Path, *, seed: int = 0
     if not quiet:
         datasets.enable_progress_bars()
     trainer.remove_callback(PrinterCallback)  # per-step dicts on stdout; the history goes to train-result.json
-    if peft_config is not None:
-        # TRL casts QLoRA adapters to bf16; keep fp32 master weights (peft's default) so that small
-        # AdamW updates are not rounded away. Compute still runs in the compute dtype (autocast).
+    # TRL casts QLoRA adapters to bf16 (the QLoRA paper's choice). With bf16 compute we keep that: fp32
+    # adapters under bf16 autocast measured 35% slower per step here (SmolLM2-135M, batch 8 x 256, CPU).
+    # With fp32 compute the adapters are fp32 too, as asked.
+    if dtype == torch.float32:
         for p in trainer.model.parameters():
             if p.requires_grad:
                 p.data = p.data.float()
