@@ -5,7 +5,11 @@
   unparsable bodies, waiting at least what a `Retry-After` header asks;
 - a per-request deadline (`timeout_s`, connect to last byte);
 - structured output with `response_format: {type: json_schema}` (vLLM ignores `guided_json`);
-- token accounting from `usage`, a request/token budget, and the SQLite response cache.
+- token accounting from `usage`, a request/token budget, and the SQLite response cache;
+- several endpoints (`base_url` a list, e.g. one vLLM server per GPU box): each request goes to the
+  endpoint with the fewest requests outstanding; after `eject_after` failures in a row an endpoint
+  is taken out, and put back once its health check (`GET /health`, else `/v1/models`) answers.
+  The cache is keyed by the request, not the endpoint, so it is shared by all of them.
 
 The API key is read from the environment variable named by `api_key_env` when the client is
 built; it only ever goes into the Authorization header (never the cache, logs or errors).
@@ -50,8 +54,9 @@ class TeacherConfig(BaseModel):
     """An OpenAI-compatible teacher endpoint (vLLM or any hosted API)."""
 
     model_config = ConfigDict(extra="forbid")
-    base_url: str = Field("http://127.0.0.1:8000/v1", description="Base URL of the OpenAI-compatible API "
-                                                                  "(ends in /v1).")
+    base_url: str | list[str] = Field(
+        "http://127.0.0.1:8000/v1", description="Base URL of the OpenAI-compatible API (ends in /v1); a list "
+                                                "spreads requests over several servers of the same model.")
     model: str = Field("smollm2-135m-instruct", description="Model name sent in each request; part of the "
                                                             "cache key.")
     api_key_env: str | None = Field(None, description="Name of the environment variable holding the API key "
@@ -69,13 +74,28 @@ class TeacherConfig(BaseModel):
                                                            "step, checked against upper bounds before sending.")
     serve: ServeSpec | None = Field(None, description="If set, pond starts a local vLLM server for this "
                                                       "teacher when none answers at base_url.")
+    eject_after: int = Field(3, ge=1, description="Several endpoints: failed attempts in a row (connection "
+                                                  "errors, timeouts, 5xx) after which an endpoint is taken out.")
+    health_interval_s: float = Field(5.0, gt=0, description="Several endpoints: seconds between health "
+                                                            "checks of an endpoint that was taken out.")
 
     @model_validator(mode="after")
     def _served_url(self) -> TeacherConfig:
         # `serve: {port: 8123}` alone should point the client at that port.
         if self.serve is not None and "base_url" not in self.model_fields_set:
             self.base_url = f"http://127.0.0.1:{self.serve.port}/v1"
+        if isinstance(self.base_url, list):
+            if not self.base_url:
+                raise ValueError("base_url: give at least one URL")
+            if self.serve is not None and len(self.base_url) > 1:
+                raise ValueError("serve: pond starts one local server; give a single base_url with it")
+            if len(self.base_url) == 1:
+                self.base_url = self.base_url[0]
         return self
+
+    @property
+    def urls(self) -> list[str]:
+        return [self.base_url] if isinstance(self.base_url, str) else list(self.base_url)
 
     def api_key(self) -> str | None:
         if not self.api_key_env:
@@ -177,11 +197,81 @@ def new_stats() -> Counter:
     return Counter()
 
 
+@dataclass
+class Endpoint:
+    """One server of a teacher and what the client knows about it."""
+
+    url: str
+    outstanding: int = 0  # requests sent and not yet answered
+    failures: int = 0  # failed attempts in a row
+    ejected: bool = False
+    checked_at: float = 0.0  # last health check while ejected
+    ok: int = 0
+    errors: int = 0
+    ejections: int = 0
+    readmissions: int = 0
+
+    @property
+    def root(self) -> str:
+        return self.url.rstrip("/").removesuffix("/v1")
+
+
+class EndpointPool:
+    """Least-outstanding-requests balancing with ejection after repeated failures.
+
+    Kept by a TeacherSession across batches, so an endpoint found dead stays out until its
+    health check passes again."""
+
+    def __init__(self, urls: Sequence[str], eject_after: int = 3, health_interval_s: float = 5.0):
+        self.endpoints = [Endpoint(u.rstrip("/")) for u in urls]
+        self.eject_after = eject_after
+        self.health_interval_s = health_interval_s
+        self._turn = 0
+
+    def pick(self) -> Endpoint:
+        live = [e for e in self.endpoints if not e.ejected]
+        if not live:  # all out: try the one that has been out longest rather than stall
+            return min(self.endpoints, key=lambda e: e.checked_at)
+        low = min(e.outstanding for e in live)
+        ties = [e for e in live if e.outstanding == low]
+        self._turn += 1
+        return ties[self._turn % len(ties)]
+
+    def due_for_check(self, now: float) -> list[Endpoint]:
+        due = [e for e in self.endpoints if e.ejected and now - e.checked_at >= self.health_interval_s]
+        for e in due:
+            e.checked_at = now
+        return due
+
+    def failed(self, ep: Endpoint, stats: Counter) -> None:
+        ep.errors += 1
+        ep.failures += 1
+        if not ep.ejected and ep.failures >= self.eject_after and len(self.endpoints) > 1:
+            ep.ejected, ep.checked_at = True, time.monotonic()
+            ep.ejections += 1
+            stats["endpoint_ejections"] += 1
+
+    def succeeded(self, ep: Endpoint) -> None:
+        ep.ok += 1
+        ep.failures = 0
+        if ep.ejected:
+            self.readmit(ep)
+
+    def readmit(self, ep: Endpoint) -> None:
+        ep.ejected, ep.failures = False, 0
+        ep.readmissions += 1
+
+    def summary(self) -> dict[str, dict[str, int]]:
+        return {e.url: {"ok": e.ok, "errors": e.errors, "ejections": e.ejections, "readmissions": e.readmissions,
+                        "ejected": int(e.ejected)} for e in self.endpoints}
+
+
 class TeacherClient:
     """Async client for one teacher. Use within one event loop; `async with` closes it."""
 
     def __init__(self, config: TeacherConfig, cache: ResponseCache | None = None, *, budget: Budget | None = None,
-                 stats: Counter | None = None, transport: httpx.AsyncBaseTransport | None = None):
+                 stats: Counter | None = None, transport: httpx.AsyncBaseTransport | None = None,
+                 pool: EndpointPool | None = None):
         self.config = config
         self.cache = cache
         self.budget = budget or Budget(config.max_requests, config.max_tokens)
@@ -190,11 +280,13 @@ class TeacherClient:
         self._key = config.api_key()
         headers = {"Authorization": f"Bearer {self._key}"} if self._key else {}
         n = config.max_concurrency
-        self._http = httpx.AsyncClient(
-            base_url=config.base_url.rstrip("/"), headers=headers, transport=transport,
-            timeout=httpx.Timeout(config.timeout_s),
+        self.pool = pool or EndpointPool(config.urls, config.eject_after, config.health_interval_s)
+        self._https = {e.url: httpx.AsyncClient(
+            base_url=e.url, headers=headers, transport=transport, timeout=httpx.Timeout(config.timeout_s),
             limits=httpx.Limits(max_connections=n, max_keepalive_connections=n),
-        )
+        ) for e in self.pool.endpoints}
+        self._http = self._https[self.pool.endpoints[0].url]
+        self._probes: set[asyncio.Task] = set()
         self._sem = asyncio.Semaphore(n)
         self._inflight: dict[str, asyncio.Future] = {}
         self._rng = random.Random()
@@ -206,7 +298,33 @@ class TeacherClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        for t in list(self._probes):
+            t.cancel()
+        for http in self._https.values():
+            await http.aclose()
+
+    async def _probe(self, ep: Endpoint) -> None:
+        """Health check of an ejected endpoint; a pass puts it back."""
+        http = self._https[ep.url]
+        for url in (ep.root + "/health", ep.url + "/models"):
+            try:
+                async with asyncio.timeout(min(5.0, self.config.timeout_s)):
+                    resp = await http.get(url)
+            except (TimeoutError, httpx.HTTPError):
+                return
+            if resp.status_code == 200:
+                if ep.ejected:
+                    self.pool.readmit(ep)
+                    self.stats["endpoint_readmissions"] += 1
+                return
+            if resp.status_code != 404:
+                return
+
+    def _check_ejected(self) -> None:
+        for ep in self.pool.due_for_check(time.monotonic()):
+            task = asyncio.get_running_loop().create_task(self._probe(ep))
+            self._probes.add(task)
+            task.add_done_callback(self._probes.discard)
 
     def _scrub(self, text: str) -> str:
         return text.replace(self._key, "***") if self._key else text
@@ -279,9 +397,13 @@ class TeacherClient:
         while True:
             retry_after = None
             self.stats["attempts"] += 1
+            if len(self.pool.endpoints) > 1:
+                self._check_ejected()
+            ep = self.pool.pick()
+            ep.outstanding += 1
             try:
                 async with asyncio.timeout(self.config.timeout_s):
-                    resp = await self._http.post("/chat/completions", json=body)
+                    resp = await self._https[ep.url].post("/chat/completions", json=body)
             except (TimeoutError, httpx.TimeoutException):
                 err, kind = f"timed out after {self.config.timeout_s:g}s", "timeout"
             except httpx.TransportError as e:
@@ -291,6 +413,7 @@ class TeacherClient:
                     try:
                         data = resp.json()
                         _parse_completion(data)
+                        self.pool.succeeded(ep)
                         return data
                     except ValueError as e:  # JSONDecodeError is a ValueError
                         err, kind = f"unparsable response body ({e}): {resp.text[:200]!r}", "bad_body"
@@ -301,6 +424,10 @@ class TeacherClient:
                     self.stats["failed"] += 1
                     self.stats[f"error_http_{resp.status_code}"] += 1
                     raise TeacherError(self._scrub(f"HTTP {resp.status_code}: {resp.text[:500]}"))
+            finally:
+                ep.outstanding -= 1
+            if kind != "http_429":  # a busy server is not a broken one
+                self.pool.failed(ep, self.stats)
             self.stats[f"error_{kind}"] += 1
             if attempt >= self.config.max_retries:
                 self.stats["failed"] += 1
@@ -339,10 +466,13 @@ class TeacherSession:
     cache: ResponseCache | None = None
     budget: Budget | None = None
     stats: Counter = field(default_factory=new_stats)
+    pool: EndpointPool | None = None
 
     def __post_init__(self) -> None:
         if self.budget is None:
             self.budget = Budget(self.config.max_requests, self.config.max_tokens)
+        if self.pool is None:
+            self.pool = EndpointPool(self.config.urls, self.config.eject_after, self.config.health_interval_s)
 
     def run(self, requests: Sequence[ChatRequest], track: Callable[..., Iterator[Any]] | None = None,
             description: str = "teacher calls") -> list[Completion | BaseException]:
@@ -354,7 +484,8 @@ class TeacherSession:
         ticks = iter((track or _no_track)(itertools.repeat(None, len(requests)), description, len(requests)))
 
         async def main() -> list[Completion | BaseException]:
-            async with TeacherClient(self.config, self.cache, budget=self.budget, stats=self.stats) as client:
+            async with TeacherClient(self.config, self.cache, budget=self.budget, stats=self.stats,
+                                     pool=self.pool) as client:
                 return await client.chat_many(requests, on_done=lambda i, r: next(ticks, None))
 
         result = run_sync(main())

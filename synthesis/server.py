@@ -317,7 +317,7 @@ def running_teacher(config: Any, *, cache_dir: Path | None = None,
     used as is (and left running); otherwise one is started and stopped when the block ends.
     """
     spec = getattr(config, "serve", None)
-    if spec is None or is_healthy(config.base_url):
+    if spec is None or is_healthy(config.urls[0]):
         yield None
         return
     handle = serve(spec.model, spec.port, cache_dir=cache_dir, served_name=config.model, log=log)
