@@ -81,13 +81,19 @@ def run(recipe: Path = typer.Argument(..., help="recipe YAML"),
         out: Optional[Path] = typer.Option(None, "--out", help="run directory (default runs/<recipe name>)"),
         fresh: bool = typer.Option(False, "--fresh", help="delete the run directory first instead of resuming"),
         estimate: bool = typer.Option(False, "--estimate", help="print teacher calls and a token bound; send nothing"),
-        no_train: bool = typer.Option(False, "--no-train", help="stop after curation and synthesis")):
+        no_train: bool = typer.Option(False, "--no-train", help="stop after curation and synthesis"),
+        executor: Optional[str] = typer.Option(None, "--executor",
+                                               help="local or ray: where curation steps run (overrides the recipe)")):
     """Run a recipe: curation, synthesis, training and evaluation as the recipe says. Re-running resumes."""
     from curation.ingest import IngestError
     from pond.pipeline import estimate_run, run_pipeline
     from pond.runner import StepFailed
 
     r = _load(recipe)
+    if executor is not None:
+        if executor not in ("local", "ray"):
+            _fail(f"--executor: expected local or ray, got {executor!r}")
+        r.executor = executor
     out = out or Path("runs") / r.name
     if estimate:
         try:

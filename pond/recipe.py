@@ -13,7 +13,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from curation.ingest import InputOptions
 from curation.step import StepOptions, default_cache_dir
 from evaluation.config import EvaluateConfig, ExperimentConfig
+from pond.executors.config import RayConfig
 from pond.steps import STEPS
 from synthesis.client import TeacherConfig
 from training.config import TrainConfig
@@ -47,6 +48,10 @@ class Recipe(BaseModel):
     name: str = Field(description="name of the recipe (used for run folders and reports)")
     input: InputOptions = Field(description="where the raw corpus is and how to read it")
     seed: int = Field(0, description="seed for every random choice (sampling, training, selection)")
+    executor: Literal["local", "ray"] = Field(
+        "local", description="where curation steps run: `local` (polars in this process) or `ray` (the same "
+                             "step functions on a Ray cluster; same results); `pond run --executor` overrides it")
+    ray: RayConfig = Field(default_factory=RayConfig, description="the Ray cluster and its settings (executor: ray)")
     # parsed by parse_steps (it needs the YAML node tree for line numbers), never from a dict
     steps: list[Step] = Field(default_factory=list, description="curation and synthesis steps, run in order")
     teachers: dict[str, TeacherConfig] = Field(default_factory=dict, description="teacher LLM endpoints by name")
@@ -71,7 +76,7 @@ class Recipe(BaseModel):
         data = self.model_dump(mode="json", exclude={"steps"})
         data["steps"] = [s.dump() for s in self.steps]
         # keep key order readable: name, input, seed, steps, ...
-        order = ["name", "input", "seed", "steps", "teachers", "train", "evaluate", "experiment"]
+        order = ["name", "input", "seed", "executor", "ray", "steps", "teachers", "train", "evaluate", "experiment"]
         return {k: data[k] for k in order if k in data}
 
     def to_yaml(self) -> str:

@@ -25,6 +25,7 @@ from curation.ingest import IngestError, expand_paths, ingest_kept_schema, inges
 from curation.step import StepContext, default_cache_dir
 from pond import __version__
 from pond import ledger
+from pond.executors.shards import output_digest, read_output
 from pond.recipe import Recipe, Step
 from pond.steps import STEPS
 
@@ -36,11 +37,8 @@ class StepFailed(RuntimeError):
 
 
 def file_digest(path: Path) -> str:
-    h = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
+    """blake2b of a file (or of a shard folder written by the ray executor)."""
+    return output_digest(path)
 
 
 def _chain(*parts: str) -> str:
@@ -111,6 +109,7 @@ class Runner:
             shutil.rmtree(self.out)
         (self.out / "steps").mkdir(parents=True, exist_ok=True)
         self.step_stats: list[dict[str, Any]] = []
+        self.executor = None  # a RayExecutor while curate() runs with `executor: ray`
 
     # -- ingest -------------------------------------------------------------------------------
 
@@ -130,6 +129,29 @@ class Runner:
         t0 = time.time()
         parts = step_dir / "parts"
         parts.mkdir()
+        if self.executor is not None and self.recipe.input.limit is None:
+            # one Ray task per input file, the same reader and normaliser; shard folders
+            sources = [str(p.relative_to(self.base_dir)) if p.is_relative_to(self.base_dir) else str(p) for p in files]
+            n_kept, n_rej = self.executor.ingest(files, sources, self.recipe.input.format, self.recipe.input.layout,
+                                                 step_dir, ingest_kept_schema(), ingest_rejected_schema())
+        else:
+            n_kept, n_rej = self._ingest_local(parts, step_dir)
+        if n_kept == 0:
+            example = read_output(step_dir / "rejected.parquet")["detail"].head(1).to_list()
+            raise IngestError(f"{self.recipe.input.path}: no usable rows "
+                              f"({n_rej} rejected, e.g. {example[0] if example else 'none'})")
+        ids = pl.scan_parquet(step_dir / "kept.parquet").select(pl.col("id").n_unique(), pl.len()).collect()
+        if ids[0, 0] != ids[0, 1]:
+            raise IngestError(f"{self.recipe.input.path}: the same input file is listed twice (duplicate row ids)")
+        stats = {"kind": "ingest", "fingerprint": fingerprint, "in": n_kept + n_rej, "out": n_kept,
+                 "rejected": n_rej, "seconds": round(time.time() - t0, 3), "inputs": input_hashes}
+        rejected_reasons = pl.scan_parquet(step_dir / "rejected.parquet").select("reason").collect()
+        self.step_stats.append(_finish_step(step_dir, None, rejected_reasons, stats))
+        shutil.rmtree(parts)
+        self.log(f"ingest: {stats['in']} rows -> {stats['out']} kept, {stats['rejected']} rejected")
+        return step_dir, fingerprint
+
+    def _ingest_local(self, parts: Path, step_dir: Path) -> tuple[int, int]:
         kept_parts, rej_parts = [], []
         batches = iter_batches(self.recipe.input, self.base_dir)
         if self.track:
@@ -145,20 +167,7 @@ class Runner:
         # Parts are combined lazily (streaming), so memory stays bounded for multi-GB inputs.
         n_kept = self._combine(kept_parts, step_dir / "kept.parquet", ingest_kept_schema())
         n_rej = self._combine(rej_parts, step_dir / "rejected.parquet", ingest_rejected_schema())
-        if n_kept == 0:
-            example = pl.read_parquet(step_dir / "rejected.parquet")["detail"].head(1).to_list()
-            raise IngestError(f"{self.recipe.input.path}: no usable rows "
-                              f"({n_rej} rejected, e.g. {example[0] if example else 'none'})")
-        ids = pl.scan_parquet(step_dir / "kept.parquet").select(pl.col("id").n_unique(), pl.len()).collect()
-        if ids[0, 0] != ids[0, 1]:
-            raise IngestError(f"{self.recipe.input.path}: the same input file is listed twice (duplicate row ids)")
-        stats = {"kind": "ingest", "fingerprint": fingerprint, "in": n_kept + n_rej, "out": n_kept,
-                 "rejected": n_rej, "seconds": round(time.time() - t0, 3), "inputs": input_hashes}
-        rejected_reasons = pl.scan_parquet(step_dir / "rejected.parquet").select("reason").collect()
-        self.step_stats.append(_finish_step(step_dir, None, rejected_reasons, stats))
-        shutil.rmtree(parts)
-        self.log(f"ingest: {stats['in']} rows -> {stats['out']} kept, {stats['rejected']} rejected")
-        return step_dir, fingerprint
+        return n_kept, n_rej
 
     @staticmethod
     def _combine(parts: list[Path], dest: Path, empty: pl.DataFrame) -> int:
@@ -196,7 +205,9 @@ class Runner:
         self.teachers_for(self.recipe.steps[index - 1:], step)
         shutil.rmtree(step_dir, ignore_errors=True)
         step_dir.mkdir(parents=True)
-        df = pl.read_parquet(prev_dir / "kept.parquet")
+        if self.executor is not None and self.executor.distributes(step.kind):
+            return self._run_distributed(step, step_dir, prev_dir, fingerprint)
+        df = read_output(prev_dir / "kept.parquet")
         _, fn = STEPS[step.kind].load()
         ctx = self.context(step_dir)
         ledger.append(self.out, "start", step=step_dir.name, rows=len(df))
@@ -221,6 +232,31 @@ class Runner:
                  f"({stats['seconds']:.1f}s)")
         return step_dir, fingerprint
 
+    def _run_distributed(self, step: Step, step_dir: Path, prev_dir: Path, fingerprint: str) -> tuple[Path, str]:
+        """A step on the ray executor: shard folders written by the workers, then stats and DONE."""
+        from pond.executors.shards import count_rows, scan_output
+
+        prev = prev_dir / "kept.parquet"
+        ctx = self.context(step_dir)
+        ledger.append(self.out, "start", step=step_dir.name, rows=count_rows(prev), executor="ray")
+        t0 = time.time()
+        try:
+            figures = self.executor.run_step(step.kind, step.options, prev, step_dir, ctx)
+        except Exception as exc:
+            ledger.append(self.out, "fail", step=step_dir.name, error=f"{type(exc).__name__}: {exc}")
+            raise StepFailed(f"step {step_dir.name} failed: {type(exc).__name__}: {exc}") from exc
+        if figures["out"] + figures["rejected"] != figures["in"]:
+            raise StepFailed(f"step {step_dir.name} lost rows: {figures['in']} in, {figures['out']} kept + "
+                             f"{figures['rejected']} rejected")
+        stats = {"kind": step.kind, "fingerprint": fingerprint, "options": step.options.model_dump(mode="json"),
+                 "seconds": round(time.time() - t0, 3), **figures}
+        reasons = scan_output(step_dir / "rejected.parquet", ["reason"])
+        self.step_stats.append(_finish_step(step_dir, None, reasons, stats))
+        ledger.append(self.out, "done", step=step_dir.name, **{k: stats[k] for k in ("in", "out", "rejected", "seconds")})
+        self.log(f"{step_dir.name}: {stats['in']} -> {stats['out']} kept, {stats['rejected']} rejected "
+                 f"({stats['seconds']:.1f}s, ray)")
+        return step_dir, fingerprint
+
     def _prune(self, keep: set[str]) -> None:
         """Drop step folders the recipe no longer has (a changed recipe must not leave stale steps)."""
         for d in (self.out / "steps").iterdir():
@@ -230,7 +266,28 @@ class Runner:
     def curate(self) -> Path:
         """Ingest and run every step; returns the path of curated.parquet."""
         (self.out / "recipe.yaml").write_text(self.recipe.to_yaml())
-        ledger.append(self.out, "run", recipe=self.recipe.name, version=__version__)
+        ledger.append(self.out, "run", recipe=self.recipe.name, version=__version__, executor=self.recipe.executor)
+        with ExitStack() as stack:
+            if self.recipe.executor == "ray":
+                from pond.executors.ray_exec import RayExecutor
+
+                self.executor = stack.enter_context(RayExecutor(self.recipe.ray, log=self.log))
+            try:
+                prev_dir = self._curate_steps()
+            finally:
+                self.executor = None
+        curated = self.out / "curated.parquet"
+        tmp = curated.with_name("curated.parquet.tmp")
+        if (prev_dir / "kept.parquet").is_dir():  # shards of the ray executor: the final set is one file
+            write_parquet(read_output(prev_dir / "kept.parquet"), tmp)
+        else:
+            shutil.copyfile(prev_dir / "kept.parquet", tmp)
+        tmp.replace(curated)
+        if not any(s.kind == "holdout" for s in self.recipe.steps):
+            (self.out / "heldout.parquet").unlink(missing_ok=True)
+        return curated
+
+    def _curate_steps(self) -> Path:
         prev_dir, fp = self.ingest()
         names = {INGEST_DIR}
         try:
@@ -241,13 +298,7 @@ class Runner:
         finally:
             self.teachers_for([], None)  # stop what pond started for curation
         self._prune(names)
-        curated = self.out / "curated.parquet"
-        tmp = curated.with_name("curated.parquet.tmp")
-        shutil.copyfile(prev_dir / "kept.parquet", tmp)
-        tmp.replace(curated)
-        if not any(s.kind == "holdout" for s in self.recipe.steps):
-            (self.out / "heldout.parquet").unlink(missing_ok=True)
-        return curated
+        return prev_dir
 
     def teachers_for(self, remaining: list[Step], step: Step | None) -> None:
         """Keep served teachers (`serve:`) up exactly while steps still need them.

@@ -1,0 +1,23 @@
+"""Recipe options of the Ray executor (`executor: ray` + `ray: {...}`)."""
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class RayConfig(BaseModel):
+    """Where and how the `ray` executor runs."""
+
+    model_config = ConfigDict(extra="forbid")
+    address: str | None = Field(
+        None, description="Ray cluster to join: `auto` (the cluster this machine belongs to), `ray://HOST:10001` "
+                          "or `HOST:6379`; default: start a private local cluster for the run")
+    num_cpus: int | None = Field(None, ge=1, description="local cluster only: CPUs it may use (default: all)")
+    object_store_memory: int | None = Field(
+        None, ge=78_643_200, description="local cluster only: object store size in bytes (default: Ray's)")
+    shard_rows: int = Field(20_000, ge=100, description="rows per Parquet shard written at ingest (the unit of "
+                                                        "work of every row-wise step)")
+    shuffle_partitions: int | None = Field(
+        None, ge=1, description="partitions of every shuffle (group-by, join, sort); default: the cluster's CPUs")
+    embed_actors: int = Field(1, ge=1, description="actors holding the embedding model (each loads it once)")
+    max_cc_iterations: int = Field(64, ge=1, description="most label-propagation rounds of MinHash connected "
+                                                        "components (an error, not a silent cut, when exceeded)")

@@ -1,0 +1,314 @@
+"""Exact and MinHash deduplication on Ray Data, with the local executor's results.
+
+Nothing here holds all rows, pairs or edges on the driver; large data only moves through Ray's
+shuffles (group-bys on a partition column, joins, a sort). A `groupby(part).map_groups` call gets
+every row of one hash partition, which polars then groups exactly like the local step.
+
+exact_dedup: normalised-text key (two 64-bit polars hashes) -> shuffle by key -> per key the row
+with the smallest position stays -> verdicts (position, duplicate_of) -> joined back per shard.
+
+minhash_dedup (curation.minhash, same signatures, bands and rules):
+  1. per shard: band keys of every row (`band_keys`, the local batch function);
+  2. shuffle on band hash -> per (band, key) bucket: candidate pairs (ids a < b; a bucket over
+     max_bucket_size pairs each member with its smallest id only); shuffle on the pair -> unique;
+  3. exact verification: two joins attach both texts, Jaccard of the shingle sets per pair;
+  4. connected components of the verified pairs by min-label propagation (labels: ids), one join
+     and one shuffle per round until no label changes;
+  5. shuffle on the component label -> the keeper by the local rule (first / longest / quality);
+  6. verdicts sorted by position and applied shard by shard.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+
+from curation.exact_dedup import normalised_text
+from curation.minhash import STAGE as MH_STAGE
+from curation.minhash import MinhashDedupOptions, band_keys, lsh_params
+from curation.minhash_signatures import pair_jaccard, sorted_sets
+from curation.shingles import shingle_hashes
+from curation.step import StepContext, reject
+from pond.executors.shards import POS, count_rows, read_shard
+
+PART = "__part"
+
+
+def _part(expr: pl.Expr, n: int) -> pl.Expr:
+    return (expr.hash(seed=7) % n).cast(pl.Int64).alias(PART)
+
+
+def _frames(batch: dict[str, np.ndarray], columns: list[str] | None) -> list[pl.DataFrame]:
+    return [read_shard(Path(p), columns=columns) for p in batch["path"]]
+
+
+# --- exact ----------------------------------------------------------------------------------------
+
+def _exact_keys(batch, column: str, lowercase: bool, strip: bool, parts: int) -> pa.Table:
+    key = normalised_text(column, lowercase, strip)
+    out = [df.select(POS, "id", key.hash(seed=1).alias("k1"), key.hash(seed=2).alias("k2"))
+           .with_columns(_part(pl.col("k1"), parts)) for df in _frames(batch, [column, "id"])]
+    return pl.concat(out).to_arrow()
+
+
+def _exact_group(table: pa.Table) -> pa.Table:
+    df = pl.from_arrow(table)
+    first = df.sort(POS).group_by("k1", "k2", maintain_order=True).agg(pl.col("id").first().alias("duplicate_of"),
+                                                                        pl.col(POS).first().alias("__first"))
+    dups = df.join(first, on=["k1", "k2"]).filter(pl.col(POS) != pl.col("__first"))
+    return dups.select(pl.col(POS).cast(pl.Int64), pl.col("duplicate_of").cast(pl.Utf8)).to_arrow()
+
+
+def finish_exact(marked: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    dup = pl.col("duplicate_of").is_not_null()
+    kept = marked.filter(~dup).drop("duplicate_of")
+    return kept, reject(marked.filter(dup), "exact_dedup", pl.lit("exact_duplicate_of:") + pl.col("duplicate_of"))
+
+
+def exact_dedup_ray(ex, opts, prev: Path, step_dir: Path, ctx: StepContext):
+    p = ex.partitions
+    keys = ex.shards(prev).map_batches(_exact_keys, batch_size=1, batch_format="numpy", fn_kwargs={
+        "column": opts.column, "lowercase": opts.lowercase, "strip": opts.strip_punctuation, "parts": p})
+    verdicts = keys.groupby(PART, num_partitions=p).map_groups(_exact_group, batch_format="pyarrow")
+    vdir = step_dir / "_verdicts"
+    ex.write_verdicts(verdicts, vdir)
+    rows = ex.apply_verdicts(prev, step_dir, vdir, finish_exact, {}, {"duplicate_of": "Utf8"})
+    from pond.executors.shards import scan_output
+
+    rej = scan_output(step_dir / "rejected.parquet", ["duplicate_of"]) if (step_dir / "rejected.parquet").exists() \
+        else pl.DataFrame({"duplicate_of": []})
+    return rows, {"duplicate_groups": int(rej["duplicate_of"].n_unique()) if len(rej) else 0}
+
+
+# --- minhash: candidates ----------------------------------------------------------------------------
+
+def _mh_bands(batch, opts: MinhashDedupOptions, seed: int, bands: int, rows: int, parts: int) -> pa.Table:
+    out = []
+    for df in _frames(batch, [opts.column, "id"]):
+        keys, has = band_keys(df[opts.column], opts, seed, bands, rows)
+        docs = np.flatnonzero(has)
+        n = len(docs)
+        band = np.tile(np.arange(bands, dtype=np.int32), n)
+        key = keys[docs].reshape(-1)
+        part = ((key ^ (band.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15))) % np.uint64(parts)).astype(np.int64)
+        out.append(pl.DataFrame({"band": band, "key": key, POS: np.repeat(df[POS].to_numpy()[docs], bands),
+                                 "id": np.repeat(df["id"].to_numpy()[docs], bands), PART: part,
+                                 "nosh": np.zeros(n * bands, dtype=np.int64)}))
+        if n < len(df):  # one marker row per document without shingles (counted, never paired)
+            out.append(pl.DataFrame({"band": np.full(len(df) - n, -1, dtype=np.int32),
+                                     "key": np.zeros(len(df) - n, dtype=np.uint64),
+                                     POS: np.full(len(df) - n, -1, dtype=np.int64), "id": [""] * (len(df) - n),
+                                     PART: np.zeros(len(df) - n, dtype=np.int64),
+                                     "nosh": np.ones(len(df) - n, dtype=np.int64)}))
+    return pl.concat(out).to_arrow() if out else pa.table({})
+
+
+PAIR_SCHEMA = {"id_a": pl.Utf8, "id_b": pl.Utf8, "pos_a": pl.Int64, "pos_b": pl.Int64, PART: pl.Int64}
+
+
+def _mh_pairs(table: pa.Table, max_bucket: int, parts: int) -> pa.Table:
+    f = (pl.from_arrow(table).filter(pl.col("band") >= 0)
+         .with_columns(pl.len().over("band", "key").alias("n")).filter(pl.col("n") > 1))
+    small = f.filter(pl.col("n") <= max_bucket).select("band", "key", "id", POS)
+    pairs = (small.join(small, on=["band", "key"], suffix="_b").filter(pl.col("id") < pl.col("id_b"))
+             .select(pl.col("id").alias("id_a"), pl.col("id_b"), pl.col(POS).alias("pos_a"), pl.col(f"{POS}_b").alias("pos_b")))
+    big = f.filter(pl.col("n") > max_bucket).sort("id")
+    big = (big.with_columns(pl.col("id").first().over("band", "key").alias("c"),
+                            pl.col(POS).first().over("band", "key").alias("cp"))
+           .filter(pl.col("id") != pl.col("c"))
+           .select(pl.col("c").alias("id_a"), pl.col("id").alias("id_b"), pl.col("cp").alias("pos_a"),
+                   pl.col(POS).alias("pos_b")))
+    out = pl.concat([pairs, big]).unique()
+    return out.with_columns(_part(pl.col("pos_a") * 1_000_003 + pl.col("pos_b"), parts)).cast(PAIR_SCHEMA).to_arrow()
+
+
+def _unique_pairs(table: pa.Table) -> pa.Table:
+    return pl.from_arrow(table).unique(["pos_a", "pos_b"]).drop(PART).to_arrow()
+
+
+def _docs(batch, column: str, score: str | None, side: str) -> pa.Table:
+    cols = [column, "id"] + ([score] if score else [])
+    out = []
+    for df in _frames(batch, cols):
+        out.append(df.select(pl.col(POS).alias(f"pos_{side}"), pl.col(column).fill_null("").alias(f"text_{side}"),
+                             pl.col(column).fill_null("").str.len_chars().cast(pl.Int64).alias(f"len_{side}"),
+                             (pl.col(score).cast(pl.Float64) if score else pl.lit(None, pl.Float64)).alias(f"score_{side}")))
+    return pl.concat(out).to_arrow()
+
+
+def _verify(table: pa.Table, ngram: int, shingle: str) -> pa.Table:
+    df = pl.from_arrow(table)
+    k = len(df)
+    if k == 0:
+        return df.drop("text_a", "text_b").with_columns(pl.lit(0.0).alias("jaccard")).to_arrow()
+    texts = pl.concat([df["text_a"], df["text_b"]])
+    sets = sorted_sets(*shingle_hashes(texts, ngram, shingle))
+    jac = pair_jaccard(sets, np.arange(k), np.arange(k) + k)
+    return df.drop("text_a", "text_b").with_columns(pl.Series("jaccard", jac)).to_arrow()
+
+
+# --- minhash: components and keepers -----------------------------------------------------------------
+
+NODE_SCHEMA = {POS: pl.Int64, "id": pl.Utf8, "len": pl.Int64, "score": pl.Float64, "label": pl.Utf8,
+               "jac": pl.Float64, "own": pl.Boolean}
+
+
+def _seed_nodes(table: pa.Table, threshold: float, parts: int) -> pa.Table:
+    """Round 0 from verified edges: each endpoint's own row and the other endpoint's id as a message."""
+    e = pl.from_arrow(table).filter(pl.col("jaccard") >= threshold)
+    rows = []
+    for me, other in (("a", "b"), ("b", "a")):
+        rows.append(e.select(pl.col(f"pos_{me}").alias(POS), pl.col(f"id_{me}").alias("id"),
+                             pl.col(f"len_{me}").alias("len"), pl.col(f"score_{me}").alias("score"),
+                             pl.col(f"id_{me}").alias("label"), pl.col("jaccard").alias("jac"), pl.lit(True).alias("own")))
+        rows.append(e.select(pl.col(f"pos_{me}").alias(POS), pl.lit(None, pl.Utf8).alias("id"),
+                             pl.lit(None, pl.Int64).alias("len"), pl.lit(None, pl.Float64).alias("score"),
+                             pl.col(f"id_{other}").alias("label"), pl.col("jaccard").alias("jac"),
+                             pl.lit(False).alias("own")))
+    return pl.concat([r.cast(NODE_SCHEMA) for r in rows]).with_columns(_part(pl.col(POS), parts)).to_arrow()
+
+
+def _reduce_nodes(table: pa.Table) -> pa.Table:
+    """Per node: smallest label among its own and its messages; whether it changed."""
+    df = pl.from_arrow(table)
+    own = df.filter("own").group_by(POS).agg(pl.col("id").first(), pl.col("len").first(), pl.col("score").first(),
+                                             pl.col("label").min().alias("old"), pl.col("jac").max())
+    new = df.group_by(POS).agg(pl.col("label").min().alias("label"), pl.col("jac").max().alias("jac_all"))
+    out = own.join(new, on=POS).select(POS, "id", "len", "score", "label",
+                                       pl.max_horizontal("jac", "jac_all").alias("jac"),
+                                       (pl.col("label") < pl.col("old")).cast(pl.Int64).alias("changed"))
+    return out.to_arrow()
+
+
+def _messages(table: pa.Table, parts: int) -> pa.Table:
+    """Joined (edge, label of its source) rows -> label messages to the destination."""
+    df = pl.from_arrow(table)
+    msgs = df.select(pl.col("dst").alias(POS), pl.lit(None, pl.Utf8).alias("id"), pl.lit(None, pl.Int64).alias("len"),
+                     pl.lit(None, pl.Float64).alias("score"), pl.col("label"), pl.lit(None, pl.Float64).alias("jac"),
+                     pl.lit(False).alias("own")).cast(NODE_SCHEMA)
+    return msgs.with_columns(_part(pl.col(POS), parts)).to_arrow()
+
+
+def _as_own(table: pa.Table, parts: int) -> pa.Table:
+    df = pl.from_arrow(table).drop("changed").with_columns(pl.lit(True).alias("own")).cast(NODE_SCHEMA)
+    return df.with_columns(_part(pl.col(POS), parts)).to_arrow()
+
+
+def _directed(table: pa.Table, threshold: float) -> pa.Table:
+    e = pl.from_arrow(table).filter(pl.col("jaccard") >= threshold)
+    return pl.concat([e.select(pl.col("pos_a").alias("src"), pl.col("pos_b").alias("dst")),
+                      e.select(pl.col("pos_b").alias("src"), pl.col("pos_a").alias("dst"))]).to_arrow()
+
+
+def _labels(table: pa.Table) -> pa.Table:
+    return pl.from_arrow(table).select(pl.col(POS).alias("src"), "label").to_arrow()
+
+
+def _keeper_order(keep: str) -> list[pl.Expr]:
+    if keep == "first":
+        return [pl.col(POS)]
+    if keep == "longest":
+        return [-pl.col("len"), pl.col("id")]
+    score = pl.col("score").fill_nan(None).neg().fill_null(float("inf"))
+    return [score, -pl.col("len"), pl.col("id")]
+
+
+def _keepers(table: pa.Table, keep: str) -> pa.Table:
+    df = pl.from_arrow(table)
+    best = df.sort(_keeper_order(keep)).group_by("label").agg(pl.col("id").first().alias("duplicate_of"))
+    return (df.join(best, on="label")
+            .select(pl.col(POS), pl.col("label").alias("dup_cluster"), "duplicate_of", pl.col("jac").alias("dup_jaccard"))
+            .to_arrow())
+
+
+def finish_minhash(marked: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    is_kept = pl.col("dup_cluster").is_null() | (pl.col("duplicate_of") == pl.col("id"))
+    kept = marked.filter(is_kept).drop("duplicate_of", "dup_jaccard")
+    return kept, reject(marked.filter(~is_kept), MH_STAGE, "near_duplicate")
+
+
+def _with_part(table: pa.Table, column: str, parts: int) -> pa.Table:
+    return pl.from_arrow(table).with_columns(_part(pl.col(column), parts)).to_arrow()
+
+
+def _pairs_out(table: pa.Table, threshold: float) -> pa.Table:
+    return pl.from_arrow(table).select("id_a", "id_b", "jaccard",
+                                       (pl.col("jaccard") >= threshold).alias("duplicate")).to_arrow()
+
+
+def minhash_dedup_ray(ex, opts: MinhashDedupOptions, prev: Path, step_dir: Path, ctx: StepContext):
+    import time
+
+    seed = ctx.seed if opts.seed is None else opts.seed
+    bands, rows = lsh_params(opts)
+    p = ex.partitions
+    score = opts.score_column if opts.keep == "quality" else None
+    if score is not None:
+        import pyarrow.parquet as pq
+
+        from pond.executors.shards import list_shards
+
+        names = pq.read_schema(list_shards(prev)[0]).names
+        if score not in names:
+            raise ValueError(f"minhash_dedup keep=quality: no column {score!r} (columns: {names})")
+    t0 = time.perf_counter()
+    band_rows = ex.shards(prev).map_batches(_mh_bands, batch_size=1, batch_format="numpy", fn_kwargs={
+        "opts": opts, "seed": seed, "bands": bands, "rows": rows, "parts": p}).materialize()
+    nosh = int(band_rows.sum("nosh") or 0) if band_rows.count() else 0
+    t1 = time.perf_counter()
+    pairs = (band_rows.groupby(PART, num_partitions=p)
+             .map_groups(_mh_pairs, batch_format="pyarrow", fn_kwargs={"max_bucket": opts.max_bucket_size, "parts": p})
+             .groupby(PART, num_partitions=p).map_groups(_unique_pairs, batch_format="pyarrow")).materialize()
+    n_pairs = pairs.count()
+    t2 = time.perf_counter()
+    figures: dict[str, Any] = {"bands": bands, "rows": rows, "docs_without_shingles": nosh, "candidate_pairs": n_pairs,
+                               "signature_seconds": round(t1 - t0, 3), "candidate_seconds": round(t2 - t1, 3)}
+    vdir = step_dir / "_verdicts"
+    n_edges = n_clusters = 0
+    if n_pairs:
+        docs = {s: ex.shards(prev).map_batches(_docs, batch_size=1, batch_format="numpy",
+                                               fn_kwargs={"column": opts.column, "score": score, "side": s})
+                for s in ("a", "b")}
+        verified = (pairs.join(docs["a"], "inner", p, on=("pos_a",))
+                    .join(docs["b"], "inner", p, on=("pos_b",))
+                    .map_batches(_verify, batch_format="pyarrow",
+                                 fn_kwargs={"ngram": opts.ngram, "shingle": opts.shingle})).materialize()
+        verified.map_batches(_pairs_out, batch_format="pyarrow", fn_kwargs={"threshold": opts.threshold}) \
+            .write_parquet(str(step_dir / "pairs.parquet"))
+        edges = verified.map_batches(_directed, batch_format="pyarrow",
+                                     fn_kwargs={"threshold": opts.threshold}).materialize()
+        n_edges = edges.count() // 2
+        if n_edges:
+            nodes = (verified.map_batches(_seed_nodes, batch_format="pyarrow",
+                                          fn_kwargs={"threshold": opts.threshold, "parts": p})
+                     .groupby(PART, num_partitions=p).map_groups(_reduce_nodes, batch_format="pyarrow")).materialize()
+            for rnd in range(1, ex.config.max_cc_iterations + 1):
+                msgs = (edges.join(nodes.map_batches(_labels, batch_format="pyarrow"), "inner", p, on=("src",))
+                        .map_batches(_messages, batch_format="pyarrow", fn_kwargs={"parts": p}))
+                own = nodes.map_batches(_as_own, batch_format="pyarrow", fn_kwargs={"parts": p})
+                nodes = (own.union(msgs).groupby(PART, num_partitions=p)
+                         .map_groups(_reduce_nodes, batch_format="pyarrow")).materialize()
+                if not nodes.sum("changed"):
+                    figures["cc_rounds"] = rnd
+                    break
+            else:
+                raise RuntimeError(f"minhash_dedup: connected components did not converge in "
+                                   f"{ex.config.max_cc_iterations} rounds (raise ray.max_cc_iterations)")
+            verdicts = (nodes.map_batches(_with_part, batch_format="pyarrow",
+                                          fn_kwargs={"column": "label", "parts": p})
+                        .groupby(PART, num_partitions=p)
+                        .map_groups(_keepers, batch_format="pyarrow", fn_kwargs={"keep": opts.keep})).materialize()
+            n_clusters = verdicts.unique("dup_cluster").__len__()
+            ex.write_verdicts(verdicts, vdir)
+        figures["candidate_pairs_below_threshold"] = n_pairs - n_edges
+    t3 = time.perf_counter()
+    result = ex.apply_verdicts(prev, step_dir, vdir, finish_minhash, {},
+                               {"dup_cluster": "Utf8", "duplicate_of": "Utf8", "dup_jaccard": "Float64"})
+    dups = sum(r["n_rej"] for r in result)
+    figures.update({"docs": count_rows(prev), "verified_pairs": n_edges,
+                    "candidate_pairs_below_threshold": n_pairs - n_edges, "clusters": n_clusters,
+                    "duplicates": dups, "verify_and_cluster_seconds": round(t3 - t2, 3)})
+    return result, figures

@@ -1,0 +1,360 @@
+"""The `ray` executor: the same step functions, run on Ray Data over sharded Parquet.
+
+What runs where (DESIGN.md, "Scale"):
+- ingest: one Ray task per input file, streaming it through the local reader and normaliser
+  (`curation.ingest.iter_file_batches`), so ids, line numbers and rejections are the local ones;
+  kept rows are written as shards of `ray.shard_rows` rows.
+- row-wise steps (heuristics, pii, embed_quality): `map_batches` over shards; each shard goes
+  through the step function itself and its kept/rejected rows are written by the worker.
+  embed_quality runs in actors, which keep the embedding model loaded between shards.
+- exact_dedup, minhash_dedup, semantic_dedup: distributed forms in ray_dedup / ray_embed.
+- every other step (holdout, decontaminate, select, synthesize, judge): gathered on the driver
+  and run by the local runner; see docs/scale-out.md for this limit.
+
+The run directory is the local executor's, except that distributed steps write `kept.parquet/`
+and `rejected.parquet/` as shard folders (pond.executors.shards); the runner writes stats.json,
+DONE, the ledger and the manifest as usual. Workers write into the run directory, so on a
+multi-node cluster it must be on storage every node mounts at the same path.
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+
+from curation.step import StepContext
+from pond.executors.config import RayConfig
+from pond.executors.shards import POS, ensure_nonempty, list_shards, read_output, read_shard, write_shard
+
+FILE_STRIDE = 10**10  # positions of input file i start at i * FILE_STRIDE
+ROWWISE = {"heuristics", "pii"}
+ACTOR_ROWWISE = {"embed_quality"}
+DISTRIBUTED = ROWWISE | ACTOR_ROWWISE | {"exact_dedup", "minhash_dedup", "semantic_dedup"}
+
+
+def quiet_env() -> None:
+    """Keep Ray offline and quiet (no usage stats, no dashboard, no progress bars)."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    """The user exception inside Ray's wrappers (RayTaskError, UserCodeException)."""
+    seen = exc
+    for _ in range(10):
+        inner = getattr(seen, "cause", None) or seen.__cause__
+        if inner is None or inner is seen:
+            break
+        seen = inner
+    return seen
+
+
+def merge_stats(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per-shard ctx.stats combined: numbers add up, dicts merge key by key, others: first seen."""
+    out: dict[str, Any] = {}
+    for part in parts:
+        for k, v in part.items():
+            if k not in out:
+                out[k] = v if not isinstance(v, dict) else merge_stats([v])
+            elif isinstance(v, bool) or not isinstance(v, (int, float, dict)):
+                continue
+            elif isinstance(v, dict) and isinstance(out[k], dict):
+                out[k] = merge_stats([out[k], v])
+            elif isinstance(v, (int, float)) and isinstance(out[k], (int, float)):
+                out[k] = out[k] + v
+    return out
+
+
+def ctx_args(ctx: StepContext) -> dict[str, Any]:
+    return {"seed": ctx.seed, "cache_dir": ctx.cache_dir, "run_dir": ctx.run_dir, "base_dir": ctx.base_dir}
+
+
+def _summary(n_in: int, kept: int, rejected: int, stats: dict | None = None) -> dict[str, Any]:
+    return {"n_in": n_in, "n_kept": kept, "n_rej": rejected, "stats": json.dumps(stats or {}, default=str)}
+
+
+def summaries_table(rows: list[dict[str, Any]]) -> pa.Table:
+    return pa.Table.from_pylist(rows, schema=pa.schema([("n_in", pa.int64()), ("n_kept", pa.int64()),
+                                                         ("n_rej", pa.int64()), ("stats", pa.string())]))
+
+
+# --- worker functions (module level: pickled by reference) ---------------------------------------
+
+def _ingest_files(batch: dict[str, np.ndarray], fmt: str, layout: str, out: str, shard_rows: int) -> pa.Table:
+    from curation.ingest import iter_file_batches
+
+    out_dir = Path(out)
+    rows = []
+    for path, source, index in zip(batch["path"], batch["source"], batch["index"]):
+        base = int(index) * FILE_STRIDE
+        for kept, rejected in iter_file_batches(Path(path), fmt, layout, str(source), None):
+            # kept and rejected rows interleave in the file; each folder only needs its own order
+            for frame, name in ((kept, "kept.parquet"), (rejected, "rejected.parquet")):
+                frame = frame.with_columns((pl.int_range(pl.len(), dtype=pl.Int64) + base).alias(POS))
+                for s in range(0, len(frame), shard_rows):
+                    write_shard(frame.slice(s, shard_rows), out_dir / name)
+            base += len(kept) + len(rejected)
+            rows.append(_summary(len(kept) + len(rejected), len(kept), len(rejected)))
+    return summaries_table(rows)
+
+
+def run_on_shard(path: str, kind: str, options: Any, cargs: dict, out: str) -> dict[str, Any]:
+    """One shard through a step function; its kept/rejected rows written next to the others."""
+    from pond.steps import STEPS
+
+    df = read_shard(Path(path))
+    if df.is_empty():
+        return _summary(0, 0, 0)
+    ctx = StepContext(**cargs)
+    kept, rejected = STEPS[kind].load()[1](df, options, ctx)
+    out_dir = Path(out)
+    write_shard(kept, out_dir / "kept.parquet")
+    write_shard(rejected, out_dir / "rejected.parquet")
+    return _summary(len(df), len(kept), len(rejected), ctx.stats)
+
+
+def _rowwise(batch: dict[str, np.ndarray], kind: str, options: Any, cargs: dict, out: str) -> pa.Table:
+    return summaries_table([run_on_shard(p, kind, options, cargs, out) for p in batch["path"]])
+
+
+class RowwiseActor:
+    """Runs a row-wise step in a long-lived process (embedding models stay loaded)."""
+
+    def __init__(self, kind: str, options: Any, cargs: dict, out: str):
+        self.args = (kind, options, cargs, out)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
+        return summaries_table([run_on_shard(p, *self.args) for p in batch["path"]])
+
+
+# --- verdicts: per-row decisions of a global step, joined back to the shards by position ---------
+
+def _write_sorted_block(batch: pa.Table, out: str) -> pa.Table:
+    df = pl.from_arrow(batch)
+    if len(df):
+        df = df.sort(POS)
+        folder = Path(out)
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".v{int(df[POS][0])}.tmp"
+        df.write_parquet(tmp)
+        os.replace(tmp, folder / f"v-{int(df[POS][0]):015d}.parquet")
+    return pa.table({"n": [len(df)]})
+
+
+def verdicts_for(folder: Path, lo: int, hi: int) -> pl.DataFrame | None:
+    """Verdict rows with lo <= position <= hi (verdict files are sorted, disjoint ranges)."""
+    if not folder.is_dir():
+        return None
+    files = sorted(folder.glob("v-*.parquet"))
+    starts = [int(f.stem[2:]) for f in files]
+    pick = [f for i, f in enumerate(files) if starts[i] <= hi and (i + 1 == len(files) or starts[i + 1] > lo)]
+    if not pick:
+        return None
+    return pl.concat([pl.read_parquet(f) for f in pick], how="diagonal_relaxed").filter(pl.col(POS).is_between(lo, hi))
+
+
+def _apply_verdicts(batch: dict[str, np.ndarray], finish: Callable, kwargs: dict, verdict_dir: str,
+                    out: str, columns: dict[str, str]) -> pa.Table:
+    rows = []
+    for path in batch["path"]:
+        df = read_shard(Path(path))
+        if df.is_empty():
+            continue
+        schema = {k: getattr(pl, v) for k, v in columns.items()}
+        found = verdicts_for(Path(verdict_dir), int(df[POS].min()), int(df[POS].max())) if len(df) else None
+        if found is None or found.is_empty():
+            found = pl.DataFrame(schema={POS: pl.Int64, **schema})
+        marked = df.join(found.select(POS, *schema).cast(schema), on=POS, how="left", maintain_order="left")
+        kept, rejected = finish(marked, **kwargs)
+        write_shard(kept, Path(out) / "kept.parquet")
+        write_shard(rejected, Path(out) / "rejected.parquet")
+        rows.append(_summary(len(df), len(kept), len(rejected)))
+    return summaries_table(rows)
+
+
+# --- the executor ---------------------------------------------------------------------------------
+
+class RayExecutor:
+    """Connects to (or starts) a Ray cluster for one run and runs steps on it."""
+
+    def __init__(self, config: RayConfig | None = None, log: Callable[[str], None] = lambda m: None):
+        self.config = config or RayConfig()
+        self.log = log
+        self._started = False
+
+    def __enter__(self) -> RayExecutor:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        quiet_env()
+        import ray
+        import ray.data
+
+        if not ray.is_initialized():
+            cfg = self.config
+            kwargs: dict[str, Any] = {"log_to_driver": False, "configure_logging": True, "logging_level": "WARNING"}
+            if cfg.address:
+                ray.init(address=cfg.address, **kwargs)
+            else:
+                ray.init(num_cpus=cfg.num_cpus, object_store_memory=cfg.object_store_memory,
+                         include_dashboard=False, **kwargs)
+            self._started = True
+        import logging
+
+        for name in ("ray", "ray.data"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+        dc = ray.data.DataContext.get_current()
+        dc.enable_progress_bars = False
+        dc.print_on_execution_start = False
+        dc.execution_options.preserve_order = True  # results in input order, as the local executor's
+        # group-bys and sorts as tasks (no aggregator actors to start per shuffle: small clusters
+        # spend most of a shuffle's time starting those); joins use hash shuffles with few actors
+        if os.environ.get("POND_RAY_SHUFFLE", "sort") == "sort":
+            from ray.data.context import ShuffleStrategy
+
+            dc.shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
+        dc.max_hash_shuffle_aggregators = self.config.shuffle_partitions or max(
+            1, int(ray.cluster_resources().get("CPU", 1)))
+        self.log(f"ray: {ray.cluster_resources().get('CPU', 0):g} CPUs, "
+                 f"{len([n for n in ray.nodes() if n.get('Alive')])} node(s)")
+
+    def stop(self) -> None:
+        if self._started:
+            import ray
+
+            ray.shutdown()
+            self._started = False
+
+    @staticmethod
+    def distributes(kind: str) -> bool:
+        return kind in DISTRIBUTED
+
+    @property
+    def partitions(self) -> int:
+        import ray
+
+        return self.config.shuffle_partitions or max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+    def shards(self, path: Path):
+        """A Ray dataset of shard paths: one row (and one block) per shard."""
+        import ray.data
+
+        paths = [str(p) for p in list_shards(path)]
+        return ray.data.from_items([{"path": p} for p in paths], override_num_blocks=max(1, len(paths)))
+
+    def collect(self, ds) -> list[dict[str, Any]]:
+        try:
+            return ds.take_all()
+        except Exception as exc:  # noqa: BLE001 - re-raise what the step function raised
+            inner = _unwrap(exc)
+            if inner is not exc and isinstance(inner, Exception):
+                raise inner from None
+            raise
+
+    # -- ingest --
+
+    def ingest(self, files: list[Path], sources: list[str], fmt: str, layout: str, step_dir: Path,
+               empty_kept: pl.DataFrame, empty_rejected: pl.DataFrame) -> tuple[int, int]:
+        import ray.data
+
+        items = [{"path": str(p), "source": s, "index": i} for i, (p, s) in enumerate(zip(files, sources))]
+        ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+            _ingest_files, batch_size=1, batch_format="numpy",
+            fn_kwargs={"fmt": fmt, "layout": layout, "out": str(step_dir), "shard_rows": self.config.shard_rows})
+        rows = self.collect(ds)
+        ensure_nonempty(step_dir / "kept.parquet", empty_kept)
+        ensure_nonempty(step_dir / "rejected.parquet", empty_rejected)
+        for name in ("kept.parquet", "rejected.parquet"):
+            unify_schema(step_dir / name)
+        return sum(r["n_kept"] for r in rows), sum(r["n_rej"] for r in rows)
+
+    # -- steps --
+
+    def run_step(self, kind: str, options: Any, prev: Path, step_dir: Path, ctx: StepContext) -> dict[str, Any]:
+        """Run a distributed step; returns {in, out, rejected, **step figures}."""
+        if kind in ROWWISE or kind in ACTOR_ROWWISE:
+            rows = self.rowwise(kind, options, prev, step_dir, ctx)
+            stats = merge_stats([json.loads(r["stats"]) for r in rows])
+        elif kind == "exact_dedup":
+            from pond.executors.ray_dedup import exact_dedup_ray
+
+            rows, stats = exact_dedup_ray(self, options, prev, step_dir, ctx)
+        elif kind == "minhash_dedup":
+            from pond.executors.ray_dedup import minhash_dedup_ray
+
+            rows, stats = minhash_dedup_ray(self, options, prev, step_dir, ctx)
+        elif kind == "semantic_dedup":
+            from pond.executors.ray_embed import semantic_dedup_ray
+
+            rows, stats = semantic_dedup_ray(self, options, prev, step_dir, ctx)
+        else:
+            raise ValueError(f"the ray executor has no distributed form of {kind!r}")
+        empty = read_output(prev).clear() if not list_shards(step_dir / "kept.parquet") else None
+        if empty is not None:
+            ensure_nonempty(step_dir / "kept.parquet", empty)
+        if not (step_dir / "rejected.parquet").is_dir() or not list_shards(step_dir / "rejected.parquet"):
+            # no row was rejected: an empty shard with the local executor's rejected columns
+            from pond.steps import STEPS
+
+            probe = read_shard(list_shards(prev)[0]).clear()
+            _, rej = STEPS[kind].load()[1](probe.drop(POS), options, StepContext(**ctx_args(ctx)))
+            ensure_nonempty(step_dir / "rejected.parquet", rej)
+        return {"in": sum(r["n_in"] for r in rows), "out": sum(r["n_kept"] for r in rows),
+                "rejected": sum(r["n_rej"] for r in rows), "executor": "ray", **stats}
+
+    def rowwise(self, kind: str, options: Any, prev: Path, step_dir: Path, ctx: StepContext) -> list[dict]:
+        args = {"kind": kind, "options": options, "cargs": ctx_args(ctx), "out": str(step_dir)}
+        ds = self.shards(prev)
+        if kind in ACTOR_ROWWISE:
+            ds = ds.map_batches(RowwiseActor, fn_constructor_kwargs=args, batch_size=1, batch_format="numpy",
+                                concurrency=self.config.embed_actors)
+        else:
+            ds = ds.map_batches(_rowwise, fn_kwargs=args, batch_size=1, batch_format="numpy")
+        return self.collect(ds)
+
+    def write_verdicts(self, verdicts, folder: Path) -> int:
+        """Sort per-row verdicts by position and write them as disjoint sorted files."""
+        done = self.collect(verdicts.sort(POS).map_batches(_write_sorted_block, batch_size=None,
+                                                           batch_format="pyarrow", fn_kwargs={"out": str(folder)}))
+        return sum(r["n"] for r in done)
+
+    def apply_verdicts(self, prev: Path, step_dir: Path, verdict_dir: Path, finish: Callable, kwargs: dict,
+                       columns: dict[str, str]) -> list[dict]:
+        ds = self.shards(prev).map_batches(
+            _apply_verdicts, batch_size=1, batch_format="numpy",
+            fn_kwargs={"finish": finish, "kwargs": kwargs, "verdict_dir": str(verdict_dir), "out": str(step_dir),
+                       "columns": columns})
+        return self.collect(ds)
+
+
+def unify_schema(folder: Path) -> None:
+    """Give every shard of a folder the schema of their diagonal concatenation (what the local
+    executor's single file has): columns a shard lacks become nulls, types the common supertype."""
+    shards = list_shards(folder)
+    schemas = [pl.read_parquet_schema(p) for p in shards]
+    if all(s == schemas[0] for s in schemas):
+        return
+    target = pl.concat([pl.DataFrame(schema=s) for s in schemas], how="diagonal_relaxed").schema
+    for p, s in zip(shards, schemas):
+        if s != target:
+            df = pl.read_parquet(p)
+            df = df.select([(pl.col(c) if c in df.columns else pl.lit(None)).cast(t).alias(c) for c, t in target.items()])
+            tmp = p.with_name(p.name + ".tmp")
+            df.write_parquet(tmp, compression="zstd", statistics=False)
+            os.replace(tmp, p)
+
+
+def iter_output(path: Path, columns: list[str] | None = None) -> Iterator[pl.DataFrame]:
+    for p in list_shards(path):
+        yield pl.read_parquet(p, columns=columns)
