@@ -148,7 +148,12 @@ def server_command(python: Path, model_dir: Path, port: int, served_name: str, *
            "--max-model-len", str(max_model_len),
            "--structured-outputs-config", STRUCTURED_OUTPUTS]
     if cpu:
-        cmd.append("--enforce-eager")
+        # Chunked prefill discards the token sampled for a half-prefilled prompt and rewinds that
+        # request's seeded generator, which the CPU generator cannot do: the engine dies with
+        # "CPU Generator does not use offset" once concurrent seeded prompts exceed one step's
+        # token budget. Whole prompts only, with a budget of several prompts per step.
+        cmd += ["--enforce-eager", "--no-enable-chunked-prefill",
+                "--max-num-batched-tokens", str(max(4 * max_model_len, 4096))]
     return cmd + list(extra_args or [])
 
 

