@@ -160,7 +160,7 @@ def verdict(arms: list[dict], metric: str, baseline: str, confidence: float) -> 
         d = runner["vs_" + baseline][metric]
         tail = (f" The runner-up `{runner['name']}` minus `{baseline}` is {d['mean']:+.4f} ({pct} CI "
                 f"{d['low']:+.4f} to {d['high']:+.4f}); the interval "
-                f"{'excludes' if _excl(d) else 'includes'} zero, so the noisy full set "
+                f"{'excludes' if _excl(d) else 'includes'} zero, so `{baseline}` "
                 f"{'really did beat' if _excl(d) else 'was not shown to beat'} it.")
         return {"winner": best["name"], "excludes_zero": _excl(d), "sentence": head + tail}
     d = best["vs_" + baseline][metric]

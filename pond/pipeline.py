@@ -197,15 +197,60 @@ def run_experiment_recipe(recipe: Recipe, out: Path, base_dir: Path, *, track=No
     return summary(runner.out)
 
 
+def _read(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _summary_details(run: Path, manifest: dict) -> list[str]:
+    """Rejections by reason, teacher calls and tokens, held-out metrics of the adapter and of every arm."""
+    lines: list[str] = []
+    reasons: dict[str, int] = {}
+    teacher = {"requests": 0, "cache_hits": 0, "prompt_tokens": 0, "completion_tokens": 0, "failed": 0}
+    for d in sorted((run / "steps").glob("*")):
+        stats = _read(d / "stats.json")
+        for reason, n in (stats.get("reasons") or {}).items():
+            key = reason.split(":", 1)[0]
+            reasons[key] = reasons.get(key, 0) + n
+        t = stats.get("teacher") or {}
+        teacher["requests"] += t.get("sent", 0)
+        for k in ("cache_hits", "prompt_tokens", "completion_tokens", "failed"):
+            teacher[k] += t.get(k, 0)
+    if reasons:
+        top = sorted(reasons.items(), key=lambda kv: -kv[1])[:6]
+        lines.append("rejected: " + ", ".join(f"{k} {v}" for k, v in top) + (" …" if len(reasons) > 6 else ""))
+    if any(teacher.values()):
+        lines.append(f"teacher: {teacher['requests']} requests sent ({teacher['cache_hits']} answered from cache, "
+                     f"{teacher['failed']} failed), {teacher['prompt_tokens']} prompt + "
+                     f"{teacher['completion_tokens']} completion tokens")
+    ev = _read(run / "eval.json").get("intervals", {}).get("heldout_loss", {})
+    if ev:
+        b, a, d = ev["base_model"], ev["adapter"], ev["adapter_minus_base"]
+        lines.append(f"held-out loss: base {b['mean']:.4f} -> adapter {a['mean']:.4f} "
+                     f"(difference {d['mean']:+.4f}, 95% CI {d['low']:+.4f} to {d['high']:+.4f})")
+    exp = (manifest.get("experiment") or {}).get("summary") or {}
+    for name, arm in (exp.get("arms") or {}).items():
+        lo, hi = arm["ci"]
+        lines.append(f"  arm {name:<12} {arm['rows']:>6} rows  {exp['metric']} {arm[exp['metric']]:.4f} [{lo:.4f}, {hi:.4f}]")
+    if exp.get("verdict"):
+        lines.append("verdict: " + exp["verdict"])
+    return lines
+
+
 def summary(run: Path) -> str:
     manifest = json.loads((run / "manifest.json").read_text())
     lines = [f"run: {run}"]
     for s in manifest["steps"]:
         lines.append(f"  {s['kind']:<15} {s['in']:>7} -> {s['out']:>7}  (-{s['rejected']}){'  [resumed]' if s.get('skipped') else ''}")
     lines.append(f"curated: {run / 'curated.parquet'}")
+    lines += _summary_details(run, manifest)
     if "train" in manifest:
         t = manifest["train"]
-        lines.append(f"adapter: {t['adapter']}  loss {t['first_loss']:.3f} -> {t['train_loss']:.3f} in {t['seconds']:.0f}s")
+        lines.append(f"adapter: {t['adapter']}  {t['steps']} steps, {t['tokens_seen']} tokens, "
+                     f"{t['seconds']:.0f}s of training (train loss, first step {t['first_loss']:.3f}, "
+                     f"last steps {t['train_loss']:.3f})")
     if "timings" in manifest:
         lines.append("time: " + ", ".join(f"{k} {v:.0f}s" for k, v in manifest["timings"].items()))
     for name in ("eval.json", "report.md", "experiment/report.md", "experiment/plot.png"):
