@@ -129,10 +129,20 @@ def _unique_pairs(table: pa.Table) -> pa.Table:
     return pl.from_arrow(table).unique(["pos_a", "pos_b"]).drop(PART).to_arrow()
 
 
-def _docs(batch, column: str, score: str | None, side: str) -> pa.Table:
+def _endpoints(table: pa.Table) -> pa.Table:
+    df = pl.from_arrow(table)
+    return pl.concat([df["pos_a"], df["pos_b"]]).unique().alias(POS).to_frame().to_arrow()
+
+
+def _docs(batch, column: str, score: str | None, side: str, candidates: str) -> pa.Table:
+    from pond.executors.ray_exec import verdicts_for
+
     cols = [column, "id"] + ([score] if score else [])
     out = []
     for df in _frames(batch, cols):
+        # only rows that are in some candidate pair travel through the joins
+        cand = verdicts_for(Path(candidates), int(df[POS].min()), int(df[POS].max())) if len(df) else None
+        df = df.filter(pl.col(POS).is_in(cand[POS].implode())) if cand is not None else df.clear()
         out.append(df.select(pl.col(POS).alias(f"pos_{side}"), pl.col(column).fill_null("").alias(f"text_{side}"),
                              pl.col(column).fill_null("").str.len_chars().cast(pl.Int64).alias(f"len_{side}"),
                              (pl.col(score).cast(pl.Float64) if score else pl.lit(None, pl.Float64)).alias(f"score_{side}")))
@@ -269,8 +279,10 @@ def minhash_dedup_ray(ex, opts: MinhashDedupOptions, prev: Path, step_dir: Path,
     vdir = step_dir / "_verdicts"
     n_edges = n_clusters = 0
     if n_pairs:
-        docs = {s: ex.shards(prev).map_batches(_docs, batch_size=1, batch_format="numpy",
-                                               fn_kwargs={"column": opts.column, "score": score, "side": s})
+        cdir = step_dir / "_candidates"
+        ex.write_verdicts(pairs.map_batches(_endpoints, batch_format="pyarrow"), cdir)
+        docs = {s: ex.shards(prev).map_batches(_docs, batch_size=1, batch_format="numpy", fn_kwargs={
+                    "column": opts.column, "score": score, "side": s, "candidates": str(cdir)})
                 for s in ("a", "b")}
         verified = (pairs.join(docs["a"], "inner", p, on=("pos_a",))
                     .join(docs["b"], "inner", p, on=("pos_b",))

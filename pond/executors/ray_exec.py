@@ -142,9 +142,12 @@ def _write_sorted_block(batch: pa.Table, out: str) -> pa.Table:
         df = df.sort(POS)
         folder = Path(out)
         folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f".v{int(df[POS][0])}.tmp"
+        import uuid
+
+        name = f"v-{int(df[POS][0]):015d}-{uuid.uuid4().hex[:8]}.parquet"  # equal starts must not collide
+        tmp = folder / f".{name}.tmp"
         df.write_parquet(tmp)
-        os.replace(tmp, folder / f"v-{int(df[POS][0]):015d}.parquet")
+        os.replace(tmp, folder / name)
     return pa.table({"n": [len(df)]})
 
 
@@ -153,8 +156,10 @@ def verdicts_for(folder: Path, lo: int, hi: int) -> pl.DataFrame | None:
     if not folder.is_dir():
         return None
     files = sorted(folder.glob("v-*.parquet"))
-    starts = [int(f.stem[2:]) for f in files]
-    pick = [f for i, f in enumerate(files) if starts[i] <= hi and (i + 1 == len(files) or starts[i + 1] > lo)]
+    starts = [int(f.stem[2:2 + 15]) for f in files]
+    # file i holds positions from starts[i] up to starts[i + 1] (inclusive: a run of equal positions
+    # may be split between two files)
+    pick = [f for i, f in enumerate(files) if starts[i] <= hi and (i + 1 == len(files) or starts[i + 1] >= lo)]
     if not pick:
         return None
     return pl.concat([pl.read_parquet(f) for f in pick], how="diagonal_relaxed").filter(pl.col(POS).is_between(lo, hi))

