@@ -11,6 +11,7 @@ cannot be read at all raises `IngestError` with a one-line message naming the fi
 from __future__ import annotations
 
 import glob
+import os
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -60,6 +61,16 @@ def expand_paths(patterns: str | list[str], base_dir: Path = Path(".")) -> list[
             raise IngestError(f"{p}: matches no input files")
         out.extend(m for m in matches if m not in out)
     return out
+
+
+def source_names(files: list[Path], base_dir: Path = Path(".")) -> list[str]:
+    """The `source` of each input file, which also keys row ids: relative to the recipe's folder when
+    every file lies inside it, else relative to the files' common folder. Never an absolute path, so the
+    same data gives the same ids (and the same held-out draw) wherever it sits on disk."""
+    if all(p.is_relative_to(base_dir) for p in files):
+        return [str(p.relative_to(base_dir)) for p in files]
+    root = Path(os.path.commonpath([str(p.parent) for p in files])) if files else base_dir
+    return [str(p.relative_to(root)) for p in files]
 
 
 def file_format(path: Path, fmt: str = "auto") -> str:
@@ -230,8 +241,8 @@ def iter_file_batches(path: Path, fmt: str = "auto", layout: str = "auto", sourc
 def iter_batches(opts: InputOptions, base_dir: Path = Path(".")) -> Iterator[tuple[pl.DataFrame, pl.DataFrame]]:
     """Stream every input file of `opts` as (kept, rejected) batches."""
     remaining = opts.limit
-    for path in expand_paths(opts.path, base_dir):
-        source = str(path.relative_to(base_dir)) if path.is_relative_to(base_dir) else str(path)
+    files = expand_paths(opts.path, base_dir)
+    for path, source in zip(files, source_names(files, base_dir)):
         for kept, rejected in iter_file_batches(path, opts.format, opts.layout, source, remaining):
             if remaining is not None:
                 remaining -= len(kept) + len(rejected)

@@ -21,7 +21,8 @@ from typing import Any
 
 import polars as pl
 
-from curation.ingest import IngestError, expand_paths, ingest_kept_schema, ingest_rejected_schema, iter_batches
+from curation.ingest import (IngestError, expand_paths, ingest_kept_schema, ingest_rejected_schema, iter_batches,
+                             source_names)
 from curation.step import StepContext, default_cache_dir
 from pond import __version__
 from pond import ledger
@@ -131,7 +132,7 @@ class Runner:
         parts.mkdir()
         if self.executor is not None and self.recipe.input.limit is None:
             # one Ray task per input file, the same reader and normaliser; shard folders
-            sources = [str(p.relative_to(self.base_dir)) if p.is_relative_to(self.base_dir) else str(p) for p in files]
+            sources = source_names(files, self.base_dir)
             n_kept, n_rej = self.executor.ingest(files, sources, self.recipe.input.format, self.recipe.input.layout,
                                                  step_dir, ingest_kept_schema(), ingest_rejected_schema())
         else:

@@ -159,3 +159,19 @@ def test_real_sharegpt_file(tmp_path):
     assert len(kept) > 250  # real dumps have some empty turns; most rows are fine
     assert set(rejected["reason"]) <= {"empty_content", "empty_conversation", "unknown_role", "missing_content"}
     assert "orig_id" in kept.columns  # the dump's own id is carried through
+
+
+def test_ids_do_not_depend_on_where_the_data_sits(tmp_path):
+    from curation.ingest import InputOptions, iter_batches
+
+    rows = [{"prompt": "Why is the sky blue?", "response": "Rayleigh scattering."},
+            {"prompt": "Name a prime.", "response": "Seven."}]
+    ids = []
+    for where in ("a", "b/c"):
+        d = tmp_path / where
+        d.mkdir(parents=True)
+        (d / "data.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+        kept = pl.concat([k for k, _ in iter_batches(InputOptions(path=str(d / "data.jsonl")), tmp_path / "recipes")])
+        assert kept["source"].to_list() == ["data.jsonl"] * 2
+        ids.append(kept["id"].to_list())
+    assert ids[0] == ids[1]
