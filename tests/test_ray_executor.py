@@ -38,7 +38,7 @@ def ray_cluster():
         cluster.shutdown()
 
 
-def run_both(tmp_path: Path, steps: str, rows: int, base_limit: int) -> tuple[Path, Path]:
+def run_both(tmp_path: Path, steps: str, rows: int, base_limit: int, shared_cache: bool = True) -> tuple[Path, Path]:
     write_corpus(tmp_path / "data", rows, files=2, base_limit=base_limit)
     text = (f"name: eq\ninput: {{path: data/*.jsonl}}\nseed: 3\n"
             f"ray: {{shard_rows: 400, shuffle_partitions: 2}}\nsteps:\n{steps}")
@@ -46,7 +46,8 @@ def run_both(tmp_path: Path, steps: str, rows: int, base_limit: int) -> tuple[Pa
     for executor in ("local", "ray"):
         recipe = parse_recipe(text)
         recipe.executor = executor
-        runner = Runner(recipe, tmp_path / f"run-{executor}", tmp_path, cache_dir=tmp_path / "cache")
+        cache = tmp_path / ("cache" if shared_cache else f"cache-{executor}")
+        runner = Runner(recipe, tmp_path / f"run-{executor}", tmp_path, cache_dir=cache)
         runner.curate()
         write_manifest(runner)
         out[executor] = runner.out
@@ -88,3 +89,49 @@ def test_ray_equals_local_on_dedup_and_filters(tmp_path, ray_cluster):
     again = Runner(recipe, ray_run, tmp_path, cache_dir=tmp_path / "cache")
     again.curate()
     assert all(s.get("skipped") for s in again.step_stats)
+
+
+@pytest.mark.slow  # ~2 min alone, ~5 on a busy machine: the model encodes every row twice
+def test_ray_equals_local_on_embedding_steps(tmp_path, ray_cluster):
+    """embed_quality in actors and semantic_dedup (actors embed, the driver clusters); each
+    executor with its own embedding cache, so the actors really encode."""
+    pytest.importorskip("sentence_transformers")
+    gold = ROOT / "recipes" / "data" / "gold.jsonl"
+    steps = (f"  - exact_dedup: {{}}\n  - embed_quality: {{reference: {gold}, min_score: 0.15}}\n"
+             f"  - semantic_dedup: {{eps: 0.08, cluster_size: 100, keep: quality}}\n")
+    local, ray_run = run_both(tmp_path, steps, rows=700, base_limit=500, shared_cache=False)
+    assert_same(local, ray_run)
+    assert json.loads((ray_run / "steps" / "03-semantic_dedup" / "stats.json").read_text())["duplicates"] > 0
+    assert (tmp_path / "cache-ray" / "embeddings").is_dir()  # the actors encoded, not a cache shared with local
+
+
+def test_recipe_executor_options():
+    from pond.recipe import RecipeError
+
+    r = parse_recipe("name: x\ninput: {path: a.jsonl}\nexecutor: ray\nray: {address: auto, shard_rows: 1000}\n")
+    assert r.executor == "ray" and r.ray.address == "auto" and r.ray.shard_rows == 1000
+    assert "executor: ray" in r.to_yaml()
+    assert parse_recipe("name: x\ninput: {path: a.jsonl}\n").executor == "local"
+    with pytest.raises(RecipeError, match=r"<recipe>:4: ray.workers: unknown key"):
+        parse_recipe("name: x\ninput: {path: a.jsonl}\nexecutor: ray\nray: {workers: 3}\n")
+    with pytest.raises(RecipeError, match="executor"):
+        parse_recipe("name: x\ninput: {path: a.jsonl}\nexecutor: spark\n")
+
+
+def test_merged_shard_stats():
+    from pond.executors.ray_exec import merge_stats
+
+    merged = merge_stats([{"rows_with_pii": 2, "by_type": {"email": 1}, "mode": "reference"},
+                          {"rows_with_pii": 3, "by_type": {"email": 2, "phone": 1}, "mode": "reference"}])
+    assert merged == {"rows_with_pii": 5, "by_type": {"email": 3, "phone": 1}, "mode": "reference"}
+
+
+def test_cli_executor_flag(tmp_path):
+    from typer.testing import CliRunner
+
+    from pond.cli import app
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("name: x\ninput: {path: a.jsonl}\n")
+    result = CliRunner().invoke(app, ["run", str(recipe), "--executor", "spark", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "expected local or ray" in result.output

@@ -212,7 +212,7 @@ class RayExecutor:
             if cfg.address:
                 ray.init(address=cfg.address, **kwargs)
             else:
-                ray.init(num_cpus=cfg.num_cpus, object_store_memory=cfg.object_store_memory,
+                ray.init(address="local", num_cpus=cfg.num_cpus, object_store_memory=cfg.object_store_memory,
                          include_dashboard=False, **kwargs)
             self._started = True
         import logging
