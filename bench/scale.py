@@ -7,7 +7,7 @@ JSONL. Steps: exact_dedup, heuristics, pii, minhash_dedup (the CPU-bound curatio
 steps are measured by bench/embed.py). One JSON line per figure. Peak RSS: the largest resident
 set of this process plus its children (Ray's raylet, workers and object store processes included)
 sampled every 0.2 s while the step ran. The 10M-row projection is rows / (rows/s) scaled linearly,
-in CPU-hours at this machine's core count; shuffles and MinHash candidates grow faster than
+in CPU-hours at this machine's core count and in dollars at `--usd-per-cpu-hour`; shuffles and MinHash candidates grow faster than
 linearly with duplicates, so read it as a lower bound.
 """
 from __future__ import annotations
@@ -72,6 +72,8 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/pond-scale"))
     ap.add_argument("--num-cpus", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--shard-rows", type=int, default=20_000)
+    ap.add_argument("--usd-per-cpu-hour", type=float, default=0.045,
+                    help="price of one vCPU-hour for the cost projection (on-demand compute-optimised, 2026)")
     args = ap.parse_args()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     from curation.scaled_corpus import write_corpus
@@ -113,7 +115,8 @@ def main() -> None:
         emit(bench="scale", executor=executor, step="total", rows_in=args.rows, seconds=round(total, 1),
              rows_per_s=round(rps, 1), cpus=cpus,
              projected_hours_per_10M_rows=round(10_000_000 / rps / 3600, 2),
-             projected_cpu_hours_per_10M_rows=round(10_000_000 / rps / 3600 * cpus, 2))
+             projected_cpu_hours_per_10M_rows=round(10_000_000 / rps / 3600 * cpus, 2),
+             projected_usd_per_10M_rows=round(10_000_000 / rps / 3600 * cpus * args.usd_per_cpu_hour, 2))
 
 
 if __name__ == "__main__":
