@@ -35,6 +35,7 @@ from curation.step import StepContext, reject
 from pond.executors.shards import POS, count_rows, read_shard
 
 PART = "__part"
+AGGREGATOR_CPUS = 0.05
 
 
 def _part(expr: pl.Expr, n: int) -> pl.Expr:
@@ -284,8 +285,11 @@ def minhash_dedup_ray(ex, opts: MinhashDedupOptions, prev: Path, step_dir: Path,
         docs = {s: ex.shards(prev).map_batches(_docs, batch_size=1, batch_format="numpy", fn_kwargs={
                     "column": opts.column, "score": score, "side": s, "candidates": str(cdir)})
                 for s in ("a", "b")}
-        verified = (pairs.join(docs["a"], "inner", p, on=("pos_a",))
-                    .join(docs["b"], "inner", p, on=("pos_b",))
+        # join aggregators are actors; reserving little CPU for them keeps them from taking every
+        # CPU of a small cluster from the tasks that feed them (a deadlock on 2 CPUs)
+        agg = {"num_cpus": AGGREGATOR_CPUS}
+        with_a = pairs.join(docs["a"], "inner", p, on=("pos_a",), aggregator_ray_remote_args=agg).materialize()
+        verified = (with_a.join(docs["b"], "inner", p, on=("pos_b",), aggregator_ray_remote_args=agg)
                     .map_batches(_verify, batch_format="pyarrow",
                                  fn_kwargs={"ngram": opts.ngram, "shingle": opts.shingle})).materialize()
         verified.map_batches(_pairs_out, batch_format="pyarrow", fn_kwargs={"threshold": opts.threshold}) \
@@ -298,7 +302,8 @@ def minhash_dedup_ray(ex, opts: MinhashDedupOptions, prev: Path, step_dir: Path,
                                           fn_kwargs={"threshold": opts.threshold, "parts": p})
                      .groupby(PART, num_partitions=p).map_groups(_reduce_nodes, batch_format="pyarrow")).materialize()
             for rnd in range(1, ex.config.max_cc_iterations + 1):
-                msgs = (edges.join(nodes.map_batches(_labels, batch_format="pyarrow"), "inner", p, on=("src",))
+                msgs = (edges.join(nodes.map_batches(_labels, batch_format="pyarrow"), "inner", p, on=("src",),
+                                   aggregator_ray_remote_args={"num_cpus": AGGREGATOR_CPUS})
                         .map_batches(_messages, batch_format="pyarrow", fn_kwargs={"parts": p}))
                 own = nodes.map_batches(_as_own, batch_format="pyarrow", fn_kwargs={"parts": p})
                 nodes = (own.union(msgs).groupby(PART, num_partitions=p)

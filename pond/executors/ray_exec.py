@@ -229,6 +229,7 @@ class RayExecutor:
             from ray.data.context import ShuffleStrategy
 
             dc.shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
+        dc.hash_shuffle_operator_actor_num_cpus_override = 0.05  # see ray_dedup.AGGREGATOR_CPUS
         dc.max_hash_shuffle_aggregators = self.config.shuffle_partitions or max(
             1, int(ray.cluster_resources().get("CPU", 1)))
         self.log(f"ray: {ray.cluster_resources().get('CPU', 0):g} CPUs, "
