@@ -46,6 +46,7 @@ def scaled_quickstart(tmp_path: Path, teacher_url: str, teacher_model: str, stud
             opts.update(n=3, max_tokens=64)
         if kind == "judge":
             opts["min_score"] = 1  # the tiny teacher judges here: protocol and bookkeeping, not wisdom
+            opts["rows"] = "all"  # three synthetic rows may all be rejected upstream; judge every row
         steps.append({kind: opts})
     recipe["steps"] = steps
     # both teachers are the test session's vLLM server (no `serve:`: it is already running)
