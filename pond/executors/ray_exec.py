@@ -292,6 +292,9 @@ class RayExecutor:
         if kind in ROWWISE or kind in ACTOR_ROWWISE:
             rows = self.rowwise(kind, options, prev, step_dir, ctx)
             stats = merge_stats([json.loads(r["stats"]) for r in rows])
+            # percentiles and per-file figures do not add up across shards: leave them out
+            for key in ("score", "reference", "classifier", "rows_per_second"):
+                stats.pop(key, None)
         elif kind == "exact_dedup":
             from pond.executors.ray_dedup import exact_dedup_ray
 
