@@ -28,8 +28,10 @@ def ray_cluster():
 
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 0, "object_store_memory": 200 * 2**20, "include_dashboard": False})
-    for _ in range(2):  # two worker nodes of one CPU each
-        cluster.add_node(num_cpus=1, object_store_memory=200 * 2**20)
+    for _ in range(2):  # two worker nodes
+        # logical CPUs (scheduling slots): with one slot per node the shuffle aggregators of the
+        # MinHash joins could starve the tasks that feed them and the run stalled
+        cluster.add_node(num_cpus=4, object_store_memory=200 * 2**20)
     ray.init(address=cluster.address, log_to_driver=False)
     try:
         yield cluster
