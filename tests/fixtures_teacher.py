@@ -69,13 +69,8 @@ class TeacherInfo:
         return TeacherConfig(base_url=self.base_url, model=self.model, **kw)
 
 
-@pytest.fixture(scope="session")
-def teacher_server(tmp_path_factory) -> Iterator[TeacherInfo]:
-    """A real vLLM teacher (SmolLM2-135M-Instruct) for the whole session."""
-    url = os.environ.get("POND_TEST_TEACHER_URL")
-    if url:
-        yield TeacherInfo(url, os.environ.get("POND_TEST_TEACHER_MODEL", "smollm2-135m-instruct"))
-        return
+def teacher_model_dir() -> Path:
+    """The offline teacher model, with vLLM's environment ready; skips the test where it cannot be made."""
     from synthesis import server
 
     try:
@@ -86,6 +81,19 @@ def teacher_server(tmp_path_factory) -> Iterator[TeacherInfo]:
     if not (model_dir / "DONE").exists():
         # the set-up script converts the offline model once (what `make models` runs)
         subprocess.run([sys.executable, str(ROOT / "scripts" / "prepare_models.py")], check=True)
+    return model_dir
+
+
+@pytest.fixture(scope="session")
+def teacher_server(tmp_path_factory) -> Iterator[TeacherInfo]:
+    """A real vLLM teacher (SmolLM2-135M-Instruct) for the whole session."""
+    url = os.environ.get("POND_TEST_TEACHER_URL")
+    if url:
+        yield TeacherInfo(url, os.environ.get("POND_TEST_TEACHER_MODEL", "smollm2-135m-instruct"))
+        return
+    from synthesis import server
+
+    model_dir = teacher_model_dir()
     log_dir = tmp_path_factory.mktemp("teacher")
     handle = server.serve(model_dir, free_port(), log_dir, log=lambda m: None)
     try:

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from synthesis.client import ChatRequest, TeacherConfig, TeacherSession
-from tests.fixtures_teacher import TeacherInfo, free_port
+from tests.fixtures_teacher import TeacherInfo, free_port, teacher_model_dir
 
 pytestmark = [pytest.mark.teacher, pytest.mark.slow]
 
@@ -20,13 +20,7 @@ pytestmark = [pytest.mark.teacher, pytest.mark.slow]
 def two_servers(tmp_path_factory):
     from synthesis import server
 
-    try:
-        server.teacher_python(log=lambda m: None)
-    except server.TeacherServerError as e:
-        pytest.skip(f"the vLLM teacher environment cannot be created here: {e}")
-    model_dir = server.default_model_dir()
-    if not (model_dir / "DONE").exists():
-        pytest.skip("the offline teacher model is not prepared (make models)")
+    model_dir = teacher_model_dir()
     log_dir = tmp_path_factory.mktemp("teachers")
     handles = []
     try:
