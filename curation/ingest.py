@@ -86,11 +86,22 @@ def file_format(path: Path, fmt: str = "auto") -> str:
 # --- readers: each yields (line number, row dict | RowError, raw text) --------------------------
 
 Item = tuple[int, Any, str]
+# Part of a file, so that one big file can be read by several workers (the ray executor):
+# JSONL: (first byte, end byte, line number of the first byte), the range starting at a line;
+# Parquet: (first row group, end row group, row number of the first row). Other formats: whole.
+FilePart = tuple[int, int, int]
+SPLITTABLE = ("jsonl", "parquet")
 
 
-def _read_jsonl(path: Path) -> Iterator[Item]:
+def _read_jsonl(path: Path, part: FilePart | None = None) -> Iterator[Item]:
+    start, end, first = part or (0, None, 1)
     with open(path, "rb") as f:
-        for line_no, raw in enumerate(f, start=1):
+        f.seek(start)
+        for line_no, raw in enumerate(f, start=first):
+            if end is not None:
+                if start >= end:
+                    break
+                start += len(raw)
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
@@ -104,7 +115,7 @@ def _read_jsonl(path: Path) -> Iterator[Item]:
                 yield line_no, RowError("bad_json", exc.msg + f" at column {exc.colno}"), line
 
 
-def _read_json_array(path: Path) -> Iterator[Item]:
+def _read_json_array(path: Path, part: None = None) -> Iterator[Item]:
     try:
         body = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -132,21 +143,22 @@ def _read_json_array(path: Path) -> Iterator[Item]:
         last, pos = pos, end
 
 
-def _read_parquet(path: Path) -> Iterator[Item]:
+def _read_parquet(path: Path, part: FilePart | None = None) -> Iterator[Item]:
     import pyarrow.parquet as pq
 
     try:
         pf = pq.ParquetFile(path)
     except Exception as exc:  # noqa: BLE001 - any reader failure is a bad file
         raise IngestError(f"{path}: not a readable Parquet file ({type(exc).__name__}: {exc})") from None
-    row = 0
-    for batch in pf.iter_batches(batch_size=BATCH_ROWS):
+    first_group, end_group, first_row = part or (0, pf.num_row_groups, 1)
+    row = first_row - 1
+    for batch in pf.iter_batches(batch_size=BATCH_ROWS, row_groups=range(first_group, end_group)):
         for record in batch.to_pylist():
             row += 1
             yield row, record, ""
 
 
-def _read_csv(path: Path) -> Iterator[Item]:
+def _read_csv(path: Path, part: None = None) -> Iterator[Item]:
     lazy = pl.scan_csv(path, infer_schema=False, encoding="utf8-lossy")
     row = 1  # the header is line 1
     try:
@@ -197,8 +209,11 @@ def _reject_frame(rows: list[dict[str, Any]]) -> pl.DataFrame:
 
 
 def iter_file_batches(path: Path, fmt: str = "auto", layout: str = "auto", source: str | None = None,
-                      limit: int | None = None) -> Iterator[tuple[pl.DataFrame, pl.DataFrame]]:
-    """Stream one file as (kept, rejected) batches of canonical records."""
+                      limit: int | None = None, part: FilePart | None = None
+                      ) -> Iterator[tuple[pl.DataFrame, pl.DataFrame]]:
+    """Stream one file (or one `part` of it) as (kept, rejected) batches of canonical records.
+
+    A part may hold no rows; whether the whole file does is its caller's check."""
     if layout not in ("auto", *LAYOUTS):
         raise IngestError(f"{path}: unknown layout {layout!r}")
     if not path.exists():
@@ -211,7 +226,7 @@ def iter_file_batches(path: Path, fmt: str = "auto", layout: str = "auto", sourc
     rejected: list[dict[str, Any]] = []
     seen = 0
     try:
-        for line_no, item, raw in reader(path):
+        for line_no, item, raw in reader(path, part):
             if limit is not None and seen >= limit:
                 break
             seen += 1
@@ -232,7 +247,7 @@ def iter_file_batches(path: Path, fmt: str = "auto", layout: str = "auto", sourc
                 kept, rejected = [], []
     except OSError as exc:
         raise IngestError(f"{path}: cannot be read ({exc.strerror or exc})") from None
-    if seen == 0:
+    if seen == 0 and part is None:
         raise IngestError(f"{path}: holds no rows")
     if kept or rejected:
         yield _records_frame(kept), _reject_frame(rejected)

@@ -16,6 +16,8 @@ class RayConfig(BaseModel):
         None, ge=78_643_200, description="local cluster only: object store size in bytes (default: Ray's)")
     shard_rows: int = Field(20_000, ge=100, description="rows per Parquet shard written at ingest (the unit of "
                                                         "work of every row-wise step)")
+    split_bytes: int = Field(128 * 2**20, ge=4096, description="JSONL and Parquet input files larger than "
+                             "this are read in parts of about this size by several workers")
     shuffle_partitions: int | None = Field(
         None, ge=1, description="partitions of every shuffle (group-by, join, sort); default: the cluster's CPUs")
     embed_actors: int = Field(1, ge=1, description="actors holding the embedding model (each loads it once)")

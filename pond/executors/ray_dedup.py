@@ -35,7 +35,11 @@ from curation.step import StepContext, reject
 from pond.executors.shards import POS, count_rows, read_shard
 
 PART = "__part"
-AGGREGATOR_CPUS = 0.05
+# Join aggregators (actors) reserve no CPU. Any fraction fragments small nodes: Ray Data spreads
+# one aggregator per node, and a 0.05-CPU one leaves a 1-CPU node 0.95, where no 1-CPU task (the
+# shuffle's own block tasks included) fits again, so the join waited forever. The aggregators
+# mostly hold blocks until the end; their final join runs after the feeding tasks are done.
+AGGREGATOR_CPUS = 0.0
 
 
 def _part(expr: pl.Expr, n: int) -> pl.Expr:
@@ -285,8 +289,6 @@ def minhash_dedup_ray(ex, opts: MinhashDedupOptions, prev: Path, step_dir: Path,
         docs = {s: ex.shards(prev).map_batches(_docs, batch_size=1, batch_format="numpy", fn_kwargs={
                     "column": opts.column, "score": score, "side": s, "candidates": str(cdir)})
                 for s in ("a", "b")}
-        # join aggregators are actors; reserving little CPU for them keeps them from taking every
-        # CPU of a small cluster from the tasks that feed them (a deadlock on 2 CPUs)
         agg = {"num_cpus": AGGREGATOR_CPUS}
         with_a = pairs.join(docs["a"], "inner", p, on=("pos_a",), aggregator_ray_remote_args=agg).materialize()
         verified = (with_a.join(docs["b"], "inner", p, on=("pos_b",), aggregator_ray_remote_args=agg)

@@ -1,9 +1,9 @@
 """The `ray` executor: the same step functions, run on Ray Data over sharded Parquet.
 
 What runs where (DESIGN.md, "Scale"):
-- ingest: one Ray task per input file, streaming it through the local reader and normaliser
-  (`curation.ingest.iter_file_batches`), so ids, line numbers and rejections are the local ones;
-  kept rows are written as shards of `ray.shard_rows` rows.
+- ingest (ray_ingest): input files in parts (JSONL byte ranges, Parquet row groups), each streamed
+  by a Ray task through the local reader and normaliser (`curation.ingest.iter_file_batches`), so
+  ids, line numbers and rejections are the local ones; written as shards of `ray.shard_rows` rows.
 - row-wise steps (heuristics, pii, embed_quality): `map_batches` over shards; each shard goes
   through the step function itself and its kept/rejected rows are written by the worker.
   embed_quality runs in actors, which keep the embedding model loaded between shards.
@@ -32,7 +32,6 @@ from curation.step import StepContext
 from pond.executors.config import RayConfig
 from pond.executors.shards import POS, ensure_nonempty, list_shards, read_output, read_shard, write_shard
 
-FILE_STRIDE = 10**10  # positions of input file i start at i * FILE_STRIDE
 ROWWISE = {"heuristics", "pii"}
 ACTOR_ROWWISE = {"embed_quality"}
 DISTRIBUTED = ROWWISE | ACTOR_ROWWISE | {"exact_dedup", "minhash_dedup", "semantic_dedup"}
@@ -86,24 +85,6 @@ def summaries_table(rows: list[dict[str, Any]]) -> pa.Table:
 
 
 # --- worker functions (module level: pickled by reference) ---------------------------------------
-
-def _ingest_files(batch: dict[str, np.ndarray], fmt: str, layout: str, out: str, shard_rows: int) -> pa.Table:
-    from curation.ingest import iter_file_batches
-
-    out_dir = Path(out)
-    rows = []
-    for path, source, index in zip(batch["path"], batch["source"], batch["index"]):
-        base = int(index) * FILE_STRIDE
-        for kept, rejected in iter_file_batches(Path(path), fmt, layout, str(source), None):
-            # kept and rejected rows interleave in the file; each folder only needs its own order
-            for frame, name in ((kept, "kept.parquet"), (rejected, "rejected.parquet")):
-                frame = frame.with_columns((pl.int_range(pl.len(), dtype=pl.Int64) + base).alias(POS))
-                for s in range(0, len(frame), shard_rows):
-                    write_shard(frame.slice(s, shard_rows), out_dir / name)
-            base += len(kept) + len(rejected)
-            rows.append(_summary(len(kept) + len(rejected), len(kept), len(rejected)))
-    return summaries_table(rows)
-
 
 def run_on_shard(path: str, kind: str, options: Any, cargs: dict, out: str) -> dict[str, Any]:
     """One shard through a step function; its kept/rejected rows written next to the others."""
@@ -229,7 +210,9 @@ class RayExecutor:
             from ray.data.context import ShuffleStrategy
 
             dc.shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
-        dc.hash_shuffle_operator_actor_num_cpus_override = 0.05  # see ray_dedup.AGGREGATOR_CPUS
+        from pond.executors.ray_dedup import AGGREGATOR_CPUS
+
+        dc.hash_shuffle_operator_actor_num_cpus_override = AGGREGATOR_CPUS  # why: see there
         dc.max_hash_shuffle_aggregators = self.config.shuffle_partitions or max(
             1, int(ray.cluster_resources().get("CPU", 1)))
         self.log(f"ray: {ray.cluster_resources().get('CPU', 0):g} CPUs, "
@@ -272,18 +255,16 @@ class RayExecutor:
 
     def ingest(self, files: list[Path], sources: list[str], fmt: str, layout: str, step_dir: Path,
                empty_kept: pl.DataFrame, empty_rejected: pl.DataFrame) -> tuple[int, int]:
-        import ray.data
+        from pond.executors.ray_ingest import ingest_parts
 
-        items = [{"path": str(p), "source": s, "index": i} for i, (p, s) in enumerate(zip(files, sources))]
-        ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
-            _ingest_files, batch_size=1, batch_format="numpy",
-            fn_kwargs={"fmt": fmt, "layout": layout, "out": str(step_dir), "shard_rows": self.config.shard_rows})
-        rows = self.collect(ds)
+        n_kept, n_rej, n_parts = ingest_parts(self, files, sources, fmt, layout, step_dir,
+                                              self.config.split_bytes, self.config.shard_rows)
+        self.log(f"ray: {len(files)} input file(s) read in {n_parts} part(s)")
         ensure_nonempty(step_dir / "kept.parquet", empty_kept)
         ensure_nonempty(step_dir / "rejected.parquet", empty_rejected)
         for name in ("kept.parquet", "rejected.parquet"):
             unify_schema(step_dir / name)
-        return sum(r["n_kept"] for r in rows), sum(r["n_rej"] for r in rows)
+        return n_kept, n_rej
 
     # -- steps --
 
