@@ -96,6 +96,8 @@ def main() -> None:
 
         def log(msg: str) -> None:
             name = msg.split(":")[0]
+            if name == "ray":  # the executor's own notes, not the end of a step
+                return
             peaks[name] = rss.peak
             rss.reset()
 

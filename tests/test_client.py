@@ -211,6 +211,17 @@ def test_server_refuses_a_busy_port_and_a_missing_model(fake_teacher, tmp_path):
     assert cmd[cmd.index("--host") + 1] == "127.0.0.1" and cmd[cmd.index("--max-model-len") + 1] == "1024"
     env = server.server_env(cpu=True)
     assert env["VLLM_TARGET_DEVICE"] == "cpu" and env["HF_HUB_OFFLINE"] == "1"
+    assert server.server_env(cpu=True, cpu_cores="2-3")["VLLM_CPU_OMP_THREADS_BIND"] == "2-3"
+
+
+def test_serve_spec_cpu_cores():
+    from pydantic import ValidationError
+
+    from synthesis.client import ServeSpec
+
+    assert ServeSpec(cpu_cores="0-3,8").cpu_cores == "0-3,8" and ServeSpec().cpu_cores is None
+    with pytest.raises(ValidationError):
+        ServeSpec(cpu_cores="all")
 
 
 def test_model_names_resolve_in_the_cache(tmp_path):
