@@ -1,6 +1,7 @@
 """Local vs Ray executor on the same input: rows/s and peak RSS per step, projected cost per 10M rows.
 
     python bench/scale.py [--rows 200000] [--executors local,ray] [--workdir /tmp/pond-scale]
+    python bench/scale.py --files 1 --steps '' --split-bytes 1e12   # one big file, read whole
 
 Input: `curation.scaled_corpus` (real ShareGPT conversations, then exact and perturbed copies) as
 JSONL. Steps: exact_dedup, heuristics, pii, minhash_dedup (the CPU-bound curation core; embedding
@@ -21,12 +22,7 @@ from pathlib import Path
 
 import psutil
 
-STEPS = """
-  - exact_dedup: {}
-  - heuristics: {}
-  - pii: {}
-  - minhash_dedup: {}
-"""
+STEPS = "exact_dedup,heuristics,pii,minhash_dedup"
 
 
 class PeakRSS:
@@ -72,6 +68,10 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/pond-scale"))
     ap.add_argument("--num-cpus", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--shard-rows", type=int, default=20_000)
+    ap.add_argument("--files", type=int, default=4, help="input JSONL files the rows are spread over")
+    ap.add_argument("--split-bytes", type=lambda v: int(float(v)), default=128 * 2**20,
+                    help="ray: files above this are read in parts (a huge value: one task per file)")
+    ap.add_argument("--steps", default=STEPS, help="comma-separated steps after ingest ('' for ingest only)")
     ap.add_argument("--usd-per-cpu-hour", type=float, default=0.045,
                     help="price of one vCPU-hour for the cost projection (on-demand compute-optimised, 2026)")
     args = ap.parse_args()
@@ -80,13 +80,15 @@ def main() -> None:
     from pond.recipe import parse_recipe
     from pond.runner import Runner
 
-    data = args.workdir / f"data-{args.rows}"
+    data = args.workdir / (f"data-{args.rows}" if args.files == 4 else f"data-{args.rows}-{args.files}files")
     if not data.exists():
-        write_corpus(data, args.rows, files=4, malformed=False)
+        write_corpus(data, args.rows, files=args.files, malformed=False)
     cpus = args.num_cpus
+    steps = "".join(f"\n  - {k}: {{}}" for k in args.steps.split(",") if k.strip())
     text = (f"name: scale\ninput: {{path: {data}/*.jsonl}}\nseed: 0\n"
-            f"ray: {{num_cpus: {cpus}, object_store_memory: 2000000000, shard_rows: {args.shard_rows}}}\n"
-            f"steps:{STEPS}")
+            f"ray: {{num_cpus: {cpus}, object_store_memory: 2000000000, shard_rows: {args.shard_rows}, "
+            f"split_bytes: {args.split_bytes}}}\n"
+            f"steps:{steps or ' []'}")
     for executor in args.executors.split(","):
         recipe = parse_recipe(text)
         recipe.executor = executor

@@ -25,18 +25,17 @@ def _runs(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(order sorting the keys, start of each run of equal keys in that order); within a run the
     order is ascending, so a run's first element is the key's first occurrence.
 
-    Packs each key's high bits and its index into one uint64 and uses `np.sort` (SIMD, several
-    times faster than argsort). Keys then compare on 64 - log2(n) bits (>= 40 for batches under
-    16M tokens): a collision merges two n-grams' counts, a negligible error for these statistics.
+    Keys compare on all 64 bits. (An earlier version sorted them packed with their index, i.e. on
+    64 - log2(n) bits: the few collisions that gave depended on which texts shared the batch, so a
+    text's verdict changed with its neighbours and the ray executor's shards disagreed with the
+    local pass on 5 of 143,854 rows.) polars' stable multithreaded sort is also the faster one.
     """
     n = len(keys)
     if n == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    bits = max(1, int(n).bit_length())
-    mask = np.uint64((1 << bits) - 1)
-    packed = np.sort((keys & ~mask) | np.arange(n, dtype=np.uint64))
-    order = (packed & mask).astype(np.int64)
-    ks = packed >> np.uint64(bits)
+    order = (pl.DataFrame({"k": keys}).with_row_index("i").sort("k", maintain_order=True)["i"]
+             .to_numpy().astype(np.int64))
+    ks = keys[order]
     starts = np.flatnonzero(np.concatenate(([True], ks[1:] != ks[:-1])))
     return order, starts
 

@@ -196,3 +196,20 @@ def test_sharegpt_rejections_hold_when_rechecked(sharegpt_df):
 def test_empty_input():
     kept, rejected = heuristics(frame([]), HeuristicsOptions(), StepContext())
     assert len(kept) == len(rejected) == 0
+
+
+def test_ngram_keys_compare_on_all_bits():
+    """Keys that differ only in their lowest bits are different n-grams. (Sorting them packed with
+    their index merged such keys, and which ones merged depended on the batch: the same row could
+    pass alone and fail beside others.)"""
+    import numpy as np
+
+    from curation.repetition import _runs
+
+    order, starts = _runs(np.array([8, 9, 8, 11], dtype=np.uint64))
+    runs = [sorted(order[a:b].tolist()) for a, b in zip(starts, [*starts[1:], 4])]
+    assert sorted(runs) == [[0, 2], [1], [3]]
+    text = "alpha beta gamma delta " * 6 + "one two three"
+    alone = repetition_stats(pl.Series([text]))
+    beside = repetition_stats(pl.Series(["noise words here " * 50, text, "more filler text " * 40]))
+    assert alone.row(0) == beside.row(1)
