@@ -25,18 +25,33 @@ def _runs(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(order sorting the keys, start of each run of equal keys in that order); within a run the
     order is ascending, so a run's first element is the key's first occurrence.
 
-    Keys compare on all 64 bits. (An earlier version sorted them packed with their index, i.e. on
-    64 - log2(n) bits: the few collisions that gave depended on which texts shared the batch, so a
-    text's verdict changed with its neighbours and the ray executor's shards disagreed with the
-    local pass on 5 of 143,854 rows.) polars' stable multithreaded sort is also the faster one.
+    Fast path: pack each key's high bits with its index into one uint64 and `np.sort` that (SIMD,
+    several times faster than a stable argsort). That compares 64 - log2(n) bits only, so the
+    rare runs whose keys share those bits and differ in the rest are then re-sorted on full keys.
+    (Left merged, as an earlier version did, such collisions depended on which texts shared the
+    batch: a row's verdict changed with its neighbours, and the ray executor's shards disagreed
+    with the local pass on 7 of 143,854 rows.)
     """
     n = len(keys)
     if n == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    order = (pl.DataFrame({"k": keys}).with_row_index("i").sort("k", maintain_order=True)["i"]
-             .to_numpy().astype(np.int64))
-    ks = keys[order]
-    starts = np.flatnonzero(np.concatenate(([True], ks[1:] != ks[:-1])))
+    bits = max(1, int(n).bit_length())
+    shift, mask = np.uint64(bits), np.uint64((1 << bits) - 1)
+    packed = np.sort((keys & ~mask) | np.arange(n, dtype=np.uint64))
+    order = (packed & mask).astype(np.int64)
+    high = packed >> shift
+    new_run = np.concatenate(([True], high[1:] != high[:-1]))
+    # High-bit prefixes shared by different keys, found on the sorted keys alone (a plain sort is
+    # cheap; gathering every key in packed order is not); only their runs are re-sorted.
+    ordered = np.sort(keys)
+    distinct = ordered[np.concatenate(([True], ordered[1:] != ordered[:-1]))] >> shift
+    for prefix in np.unique(distinct[1:][distinct[1:] == distinct[:-1]]):
+        lo, hi = np.searchsorted(high, [prefix, prefix + np.uint64(1)])
+        full = keys[order[lo:hi]]
+        by_key = np.argsort(full, kind="stable")  # keeps index order within each key
+        order[lo:hi], full = order[lo:hi][by_key], full[by_key]
+        new_run[lo + 1:hi] = full[1:] != full[:-1]
+    starts = np.flatnonzero(new_run)
     return order, starts
 
 
