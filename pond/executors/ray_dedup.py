@@ -305,7 +305,7 @@ def minhash_dedup_ray(ex, opts: MinhashDedupOptions, prev: Path, step_dir: Path,
                      .groupby(PART, num_partitions=p).map_groups(_reduce_nodes, batch_format="pyarrow")).materialize()
             for rnd in range(1, ex.config.max_cc_iterations + 1):
                 msgs = (edges.join(nodes.map_batches(_labels, batch_format="pyarrow"), "inner", p, on=("src",),
-                                   aggregator_ray_remote_args={"num_cpus": AGGREGATOR_CPUS})
+                                   aggregator_ray_remote_args=agg)
                         .map_batches(_messages, batch_format="pyarrow", fn_kwargs={"parts": p}))
                 own = nodes.map_batches(_as_own, batch_format="pyarrow", fn_kwargs={"parts": p})
                 nodes = (own.union(msgs).groupby(PART, num_partitions=p)
