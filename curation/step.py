@@ -19,6 +19,9 @@ from typing import Any, TypeVar
 import polars as pl
 from pydantic import BaseModel, ConfigDict
 
+from curation.settings import default_cache_dir  # noqa: F401 (re-exported for existing callers)
+from curation.settings import no_progress as _no_progress
+
 T = TypeVar("T")
 
 
@@ -26,14 +29,6 @@ class StepOptions(BaseModel):
     """Base for every step's options: unknown keys are errors."""
 
     model_config = ConfigDict(extra="forbid")
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("POND_CACHE_DIR", Path.home() / ".cache" / "pond"))
-
-
-def _no_progress(items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
-    yield from items
 
 
 @dataclass
