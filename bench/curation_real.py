@@ -15,6 +15,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from figures import emit  # noqa: E402 (bench/ is on sys.path when a bench runs)
+
 import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -27,8 +29,6 @@ from curation.records import MESSAGES, make_id  # noqa: E402
 from curation.step import StepContext  # noqa: E402
 
 
-def emit(**kv) -> None:
-    print(json.dumps(kv, default=str, ensure_ascii=False), flush=True)
 
 
 def sample(rejected: pl.DataFrame, k: int = 2) -> list[dict]:

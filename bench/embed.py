@@ -28,6 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from figures import emit  # noqa: E402 (bench/ is on sys.path when a bench runs)
+
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -40,8 +42,6 @@ from curation.semantic_dedup import default_clusters, semdedup  # noqa: E402
 from curation.sources import iter_sharegpt  # noqa: E402
 
 
-def emit(**kv) -> None:
-    print(json.dumps(kv), flush=True)
 
 
 def sharegpt_texts(n: int) -> list[str]:
@@ -79,9 +79,9 @@ def bench_encode(texts: list[str], chunks: int, threads: int | None) -> None:
     n = len(texts)
     cos = (plain * ours).sum(1)
     emit(figure="plain_encode_sentences_per_s", value=round(n / wall["plain"], 1), texts=n,
-         settings="SentenceTransformer.encode defaults: fp32, batch 32", threads=torch.get_num_threads())
+         settings="SentenceTransformer.encode defaults: fp32, batch 32", threads=torch.get_num_threads(), dtype="fp32")
     emit(figure="pond_sentences_per_s", value=round(n / wall["pond"], 1), texts=n,
-         settings=f"EmbeddingOptions() -> {embed.Embedder(opts).key}")
+         settings=f"EmbeddingOptions() -> {embed.Embedder(opts).key}", dtype=embed._precision(opts, "cpu"))
     emit(figure="speedup_vs_plain", value=round(wall["plain"] / wall["pond"], 2), target=3.0)
     emit(figure="cpu_seconds_per_sentence", plain=round(cpu["plain"] / n, 4), pond=round(cpu["pond"] / n, 4),
          ratio=round(cpu["plain"] / cpu["pond"], 2))

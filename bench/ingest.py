@@ -18,6 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from figures import emit  # noqa: E402 (bench/ is on sys.path when a bench runs)
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -81,13 +83,13 @@ def main() -> None:
                                   capture_output=True, text=True, check=True)
             results[mode] = json.loads(proc.stdout.strip().splitlines()[-1])
         pond, base = results["pond"], results["json_loads_list"]
-        print(json.dumps({"figure": "ingest_rows_per_s", "value": round(pond["rows"] / pond["seconds"]),
-                          "rows": pond["rows"], "input_mb": round(size_mb, 1)}))
-        print(json.dumps({"figure": "ingest_peak_rss_mb", "value": round(pond["peak_rss_mb"])}))
-        print(json.dumps({"figure": "baseline_json_loads_list_rows_per_s", "value": round(base["rows"] / base["seconds"])}))
-        print(json.dumps({"figure": "baseline_json_loads_list_peak_rss_mb", "value": round(base["peak_rss_mb"])}))
-        print(json.dumps({"figure": "ingest_speed_ratio_vs_json_loads_list",
-                          "value": round((pond["rows"] / pond["seconds"]) / (base["rows"] / base["seconds"]), 3)}))
+        emit(figure="ingest_rows_per_s", value=round(pond["rows"] / pond["seconds"]), rows=pond["rows"],
+             input_mb=round(size_mb, 1))
+        emit(figure="ingest_peak_rss_mb", value=round(pond["peak_rss_mb"]))
+        emit(figure="baseline_json_loads_list_rows_per_s", value=round(base["rows"] / base["seconds"]))
+        emit(figure="baseline_json_loads_list_peak_rss_mb", value=round(base["peak_rss_mb"]))
+        emit(figure="ingest_speed_ratio_vs_json_loads_list",
+             value=round((pond["rows"] / pond["seconds"]) / (base["rows"] / base["seconds"]), 3))
 
 
 if __name__ == "__main__":

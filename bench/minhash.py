@@ -28,6 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from figures import emit  # noqa: E402 (bench/ is on sys.path when a bench runs)
+
 import numpy as np
 import polars as pl
 from scipy.sparse import csr_matrix
@@ -41,8 +43,6 @@ from curation.step import StepContext  # noqa: E402
 LETTERS = np.array(list("etaoinshrdlcumwfgypbvkjxqz"))
 
 
-def emit(**kv) -> None:
-    print(json.dumps(kv), flush=True)
 
 
 def peak_rss_mb() -> float:

@@ -20,6 +20,8 @@ import threading
 import time
 from pathlib import Path
 
+from figures import emit  # noqa: E402 (bench/ is on sys.path when a bench runs)
+
 import psutil
 
 STEPS = "exact_dedup,heuristics,pii,minhash_dedup"
@@ -57,8 +59,6 @@ class PeakRSS:
         self._stop.set()
 
 
-def emit(**kw):
-    print(json.dumps(kw), flush=True)
 
 
 def main() -> None:

@@ -7,8 +7,12 @@ request (which does not depend on the server's noise). Then the last pond batch 
 from its cache, counting the requests that reach the server with vLLM's /metrics.
 One JSON line per figure.
 
+First (unless --no-dtype), the dtype check: pond's own `teacher serve` (dtype auto, the project's
+one rule) against a vLLM started by hand with the other dtype, on the same 16 chat requests of
+~730 prompt tokens sent at once; it prints the dtype each served in and its tokens/s.
+
     python bench/teacher.py [--url http://127.0.0.1:8000/v1 --model NAME] [--max-tokens 32]
-                            [--fake-latency-ms 100]
+                            [--fake-latency-ms 100] [--no-dtype] [--no-client]
 
 Without --url it starts its own server (synthesis.server.serve) and stops it at the end.
 """
@@ -26,6 +30,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from figures import emit  # noqa: E402 (bench/ is on sys.path when a bench runs)
+
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -34,8 +40,6 @@ from synthesis.cache import ResponseCache  # noqa: E402
 from synthesis.client import ChatRequest, TeacherConfig, TeacherSession  # noqa: E402
 
 
-def emit(**fig) -> None:
-    print(json.dumps(fig), flush=True)
 
 
 def chat_requests_served(base_url: str) -> float:
@@ -128,6 +132,68 @@ def compare(cfg0: TeacherConfig, args: argparse.Namespace, workdir: Path, server
     return last
 
 
+def long_prompts(count: int = 16) -> list[ChatRequest]:
+    """The requests of the measurement in DESIGN.md: ~730 prompt tokens each, seeded, short answers."""
+    filler = " ".join(f"word{i}" for i in range(200))
+    return [ChatRequest([{"role": "user", "content": f"{i}: {filler}\nSummarise this in one sentence."}],
+                        max_tokens=32, temperature=0.0, seed=i, extra={"ignore_eos": True}) for i in range(count)]
+
+
+def timed_burst(base_url: str, model: str) -> dict:
+    reqs = long_prompts()
+    config = TeacherConfig(base_url=base_url, model=model, max_concurrency=len(reqs), max_retries=0, timeout_s=3600)
+    TeacherSession(config.model_copy(update={"max_concurrency": 1})).run(long_prompts(1))  # warm
+    t0 = time.perf_counter()
+    results = TeacherSession(config).run(reqs)
+    dt = time.perf_counter() - t0
+    failed = [r for r in results if isinstance(r, BaseException)]
+    if failed:
+        raise SystemExit(f"{len(failed)} of the dtype-check requests failed: {failed[0]}")
+    prompt, completion = sum(r.prompt_tokens for r in results), sum(r.completion_tokens for r in results)
+    return {"seconds": round(dt, 2), "requests": len(reqs), "prompt_tokens": prompt, "completion_tokens": completion,
+            "tokens_per_s": round((prompt + completion) / dt, 1), "completion_tokens_per_s": round(completion / dt, 2)}
+
+
+def dtype_check() -> None:
+    """pond's `teacher serve` (dtype auto) vs vLLM started by hand with the other dtype."""
+    from synthesis import server
+
+    handle = server.serve(port=free_port(), log_dir=tempfile.mkdtemp(prefix="pond-bench-"))
+    try:
+        ours = timed_burst(handle.base_url, handle.model)
+    finally:
+        handle.stop()
+    other = "float32" if handle.dtype == "bfloat16" else "bfloat16"
+    python, cpu = server.teacher_python()
+    port = free_port()
+    cmd = server.server_command(python, server.resolve_model(None), port, handle.model, cpu=cpu,
+                                dtype={"float32": "fp32", "bfloat16": "bf16"}[other])
+    log = Path(tempfile.mkdtemp(prefix="pond-bench-")) / "vllm.log"
+    with open(log, "wb") as logf:  # the same command a user would type, with --dtype the other way
+        proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=server.server_env(cpu),
+                                start_new_session=True)
+    try:
+        base_url = f"http://127.0.0.1:{port}/v1"
+        deadline = time.monotonic() + 900
+        while not server.is_healthy(base_url):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"hand-started vLLM ({other}) did not start; see {log}")
+            time.sleep(0.5)
+        theirs = timed_burst(base_url, handle.model)
+    finally:
+        import os
+        import signal
+
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    emit(figure="teacher_serve_tokens_per_s", value=ours["tokens_per_s"], dtype=handle.dtype, **ours,
+         server="pond teacher serve (dtype auto)")
+    emit(figure="hand_started_vllm_tokens_per_s", value=theirs["tokens_per_s"], dtype=other, **theirs,
+         server=f"vllm api_server --dtype {other}")
+    emit(figure="teacher_serve_speed_vs_other_dtype", value=round(ours["tokens_per_s"] / theirs["tokens_per_s"], 3),
+         served_dtype=handle.dtype, other_dtype=other, dtype=handle.dtype)
+
+
 FAKE_SERVER = """
 import sys, time
 sys.path.insert(0, {root!r})
@@ -149,8 +215,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fake-latency-ms", type=float, default=0,
                     help="also compare against a fake server (another process) answering after this fixed "
                          "delay: isolates the client's overhead from the noise of a busy model server")
+    ap.add_argument("--no-dtype", action="store_true", help="skip the served-dtype check")
+    ap.add_argument("--no-client", action="store_true", help="only the served-dtype check")
     args = ap.parse_args(argv)
 
+    if not args.no_dtype and args.url is None:
+        dtype_check()
+    if args.no_client:
+        return 0
     handle = None
     if args.url is None:
         from synthesis.server import serve

@@ -28,6 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from figures import emit  # noqa: E402 (bench/ is on sys.path when a bench runs)
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -198,20 +200,18 @@ def main() -> None:
         tpc[v] = statistics.median(r["tokens"] / r["cpu_seconds"] for r in rs)
         arm, _, variant = v.partition(":")
         name = "pond" if arm == "pond" else "trl_sft_baseline" + ("_no_checkpointing" if variant == "off" else "")
-        extra = {"compute_dtype": rs[0]["compute_dtype"]} | ({"gradient_checkpointing": variant} if arm == "trl" else {})
-        print(json.dumps({"figure": f"{name}_train_tokens_per_s", "value": round(tps[v], 1), **extra, **common,
-                          "runs": [round(r["tokens"] / r["seconds"], 1) for r in rs]}))
+        extra = {"dtype": rs[0]["compute_dtype"]} | ({"gradient_checkpointing": variant} if arm == "trl" else {})
+        emit(figure=f"{name}_train_tokens_per_s", value=round(tps[v], 1), **extra, **common,
+             runs=[round(r["tokens"] / r["seconds"], 1) for r in rs])
         # CPU seconds (all threads) are far less disturbed by other processes on a shared machine than wall time
-        print(json.dumps({"figure": f"{name}_train_tokens_per_cpu_s", "value": round(tpc[v], 2), **extra, **common,
-                          "runs": [round(r["tokens"] / r["cpu_seconds"], 2) for r in rs]}))
-        print(json.dumps({"figure": f"{name}_train_peak_memory_mb", "value": round(max(r["peak_mb"] for r in rs)),
-                          "kind": "cuda max_memory_allocated" if torch.cuda.is_available() else "process peak RSS",
-                          **extra, **common}))
+        emit(figure=f"{name}_train_tokens_per_cpu_s", value=round(tpc[v], 2), **extra, **common,
+             runs=[round(r["tokens"] / r["cpu_seconds"], 2) for r in rs])
+        emit(figure=f"{name}_train_peak_memory_mb", value=round(max(r["peak_mb"] for r in rs)),
+             kind="cuda max_memory_allocated" if torch.cuda.is_available() else "process peak RSS", **extra, **common)
     for base in (v for v in variants if v.startswith("trl")):
         for v in (v for v in variants if v.startswith("pond")):
-            print(json.dumps({"figure": "pond_vs_trl_train_tokens_per_s_ratio", "value": round(tps[v] / tps[base], 3),
-                              "per_cpu_s": round(tpc[v] / tpc[base], 3), "pond": v, "baseline": base, "target": 1.0,
-                              **common}))
+            emit(figure="pond_vs_trl_train_tokens_per_s_ratio", value=round(tps[v] / tps[base], 3),
+                 per_cpu_s=round(tpc[v] / tpc[base], 3), pond=v, baseline=base, target=1.0, **common)
 
 
 if __name__ == "__main__":

@@ -38,6 +38,8 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from curation.settings import pick_dtype
+
 DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2"
 # characters kept per token of max_seq_length before tokenising (English ~4 chars/token)
 CHARS_PER_TOKEN_CUT = 8
@@ -91,18 +93,8 @@ def _device(opts: EmbeddingOptions) -> str:
 
 
 def _precision(opts: EmbeddingOptions, device: str) -> str:
-    if opts.precision != "auto":
-        return opts.precision
-    if device.startswith("cuda"):
-        return "bf16"
-    import torch
-
-    try:
-        native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        native = False
-    # without native bf16 the CPU emulates it, slower than fp32
-    return "bf16" if native else "fp32"
+    # the project's one dtype rule: bf16 only where the device computes it natively
+    return pick_dtype(opts.precision, device)
 
 
 def _fingerprint(path: Path) -> str:

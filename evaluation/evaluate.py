@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -39,7 +38,6 @@ def evaluate_run(out_dir: Path, adapter_dir: Path, heldout: pl.DataFrame | str |
     student = resolve_student(train_config.student, cache_dir)
     max_seq_len = config.max_seq_len or train_config.max_seq_len
     ask, grade = make_judges(config, teachers, out_dir / "teacher-cache.sqlite", progress)
-    t0 = time.perf_counter()
     common = dict(method=train_config.method, compute_dtype=train_config.compute_dtype, heldout=held, config=config,
                   max_seq_len=max_seq_len, cache_dir=cache_dir, progress=progress)
     base = score_model(student, grade=grade, **common)
@@ -54,7 +52,7 @@ def evaluate_run(out_dir: Path, adapter_dir: Path, heldout: pl.DataFrame | str |
     result: dict = {"heldout_source": heldout_source or "the given held-out frame", "heldout_rows": held.height,
                     "heldout_hash": frame_hash(held), "adapter_dir": str(adapter_dir), "student": str(student),
                     "base_model": summarise(base), "adapter": summarise(tuned), "intervals": {},
-                    "eval_seconds": time.perf_counter() - t0, "evaluate": config.model_dump(mode="json")}
+                    "evaluate": config.model_dump(mode="json")}
     for metric in METRIC_INFO:
         t = metric_matrix([tuned], metric)
         if t is None:
@@ -75,7 +73,11 @@ def evaluate_run(out_dir: Path, adapter_dir: Path, heldout: pl.DataFrame | str |
             result["slices"][label] = {"rows": int(mask.sum()), "base_model": bootstrap_ci(*b, **kw).to_dict(),
                                        "adapter": bootstrap_ci(*t, **kw).to_dict(),
                                        "adapter_minus_base": paired_difference_ci(t[0], b[0], t[1], b[1], **kw).to_dict()}
-    (out_dir / "eval.json").write_text(json.dumps(result, indent=1, sort_keys=True, default=str))
+    # no timings in eval.json (they are in the manifest): the same adapter and held-out rows give the
+    # same bytes, so a rerun after a kill can be checked against an uninterrupted run
+    tmp = out_dir / "eval.json.tmp"
+    tmp.write_text(json.dumps(result, indent=1, sort_keys=True, default=str))
+    tmp.replace(out_dir / "eval.json")
     _write_eval_report(out_dir / "report.md", result)
     return result
 

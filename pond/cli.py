@@ -162,15 +162,17 @@ def experiment(recipe: Path = typer.Argument(..., help="recipe YAML with an `exp
 def teacher_serve(model: Optional[str] = typer.Option(None, "--model", help="HF model folder or a cached model name"),
                   port: int = typer.Option(8000, "--port", help="port on 127.0.0.1"),
                   cpu_cores: Optional[str] = typer.Option(
-                      None, "--cpu-cores", help="CPU build: cores to pin it to, e.g. 0-3 (disjoint per server)")):
+                      None, "--cpu-cores", help="CPU build: cores to pin it to, e.g. 0-3 (disjoint per server)"),
+                  dtype: str = typer.Option("auto", "--dtype", help="auto (bf16 only where the device computes it "
+                                                                    "natively, else fp32), bf16 or fp32")):
     """Start a vLLM OpenAI-compatible server (creates its virtual environment once)."""
     from synthesis import server
 
     try:
-        handle = server.serve(model, port=port, cpu_cores=cpu_cores, log=console.print)
+        handle = server.serve(model, port=port, cpu_cores=cpu_cores, dtype=dtype, log=console.print)
     except server.TeacherServerError as exc:
         _fail(str(exc))
-    print(f"teacher ready: {handle.base_url} (model {handle.model}; log {handle.log_path})")
+    print(f"teacher ready: {handle.base_url} (model {handle.model}, dtype {handle.dtype}; log {handle.log_path})")
 
 
 @teacher_app.command("stop")

@@ -75,6 +75,7 @@ def _train(runner: Runner, curated: Path, recipe: Recipe, track, log: Log) -> di
     heldout, _ = _heldout(runner, recipe, recipe.evaluate.heldout if recipe.evaluate else None)
     df = pl.read_parquet(curated)
     log(f"train: {len(df)} rows, {recipe.train.method} on {recipe.train.student}")
+    ledger.append(runner.out, "train", rows=len(df))
     result = train(df, recipe.train, runner.out, seed=recipe.seed, eval_df=heldout, cache_dir=runner.cache_dir,
                    provenance=_provenance(runner, curated), progress=track)
     ledger.append(runner.out, "trained", steps=result.steps, seconds=result.train_seconds)
@@ -93,6 +94,7 @@ def _evaluate(runner: Runner, recipe: Recipe, stack: ExitStack, log: Log, track=
     if judge is not None:
         _serve_if_needed(runner, judge, stack)
     log(f"evaluate: {len(heldout)} held-out rows from {source}")
+    ledger.append(runner.out, "evaluate", rows=len(heldout))
     result = evaluate_run(runner.out, runner.out / "adapter", heldout, recipe.evaluate, recipe.train,
                           teachers=dict(recipe.teachers), cache_dir=runner.cache_dir, progress=track,
                           heldout_source=_heldout_sentence(source))

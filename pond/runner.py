@@ -24,6 +24,7 @@ import polars as pl
 from curation.ingest import (IngestError, expand_paths, ingest_kept_schema, ingest_rejected_schema, iter_batches,
                              source_names)
 from curation.step import StepContext, default_cache_dir
+from curation.settings import gpu, hardware, pick_dtype
 from pond import __version__
 from pond import ledger
 from pond.executors.shards import output_digest, read_output
@@ -322,6 +323,19 @@ class Runner:
         served[name] = stack
 
 
+def run_dtypes(recipe: Any) -> dict[str, Any]:
+    """The dtype each part of this run computes in on this machine (curation.settings.pick_dtype)."""
+    device = "cuda" if gpu() else "cpu"
+    out: dict[str, Any] = {"auto": pick_dtype("auto", device)}
+    train = getattr(recipe, "train", None)
+    if train is not None:
+        out["train"] = pick_dtype(train.compute_dtype, device)
+    served = {name: pick_dtype(t.serve.dtype, device) for name, t in recipe.teachers.items() if t.serve is not None}
+    if served:
+        out["teachers"] = served
+    return out
+
+
 def write_manifest(runner: Runner, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     out = runner.out
     from importlib.metadata import PackageNotFoundError, version
@@ -345,6 +359,8 @@ def write_manifest(runner: Runner, extra: dict[str, Any] | None = None) -> dict[
         outputs.update({f"adapter/{p.name}": file_digest(p) for p in sorted(adapter.iterdir()) if p.is_file()})
     manifest = {
         "pond_version": __version__,
+        "hardware": hardware(),
+        "dtypes": run_dtypes(runner.recipe),
         "recipe": runner.recipe.name,
         "recipe_hash": runner.recipe.digest(),
         "seed": runner.recipe.seed,

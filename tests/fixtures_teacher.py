@@ -27,6 +27,8 @@ from typing import Any
 
 import pytest
 
+from tests import limits
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -44,6 +46,9 @@ class TeacherInfo:
     base_url: str  # http://127.0.0.1:PORT/v1
     model: str
     handle: Any = None  # synthesis.server.TeacherHandle when the fixture started the server
+    # per-request deadline measured on this machine (tests.limits.teacher_request_s)
+    timeout_s: float = limits.FLOOR_S
+    warmup_s: float = 0.0
 
     @property
     def root(self) -> str:
@@ -66,7 +71,23 @@ class TeacherInfo:
     def config(self, **kw: Any):
         from synthesis.client import TeacherConfig
 
-        return TeacherConfig(base_url=self.base_url, model=self.model, **kw)
+        return TeacherConfig(base_url=self.base_url, model=self.model, **{"timeout_s": self.timeout_s, **kw})
+
+    def measure(self) -> "TeacherInfo":
+        """Time one long prompt (~700 tokens, the longest the suite sends) and derive the deadline
+        every real-teacher test uses from it."""
+        from synthesis.client import ChatRequest, TeacherConfig, TeacherSession
+
+        filler = " ".join(f"warm{i}" for i in range(200))
+        req = ChatRequest([{"role": "user", "content": f"{filler}\nSay ok."}], max_tokens=4, seed=12345)
+        t0 = time.monotonic()
+        [r] = TeacherSession(TeacherConfig(base_url=self.base_url, model=self.model, max_retries=0,
+                                           timeout_s=limits.SERVER_START_S)).run([req])
+        if isinstance(r, Exception):
+            raise RuntimeError(f"the real teacher failed its warm-up request: {r}")
+        self.warmup_s = time.monotonic() - t0
+        self.timeout_s = limits.teacher_request_s(self.warmup_s)
+        return self
 
 
 def teacher_model_dir() -> Path:
@@ -89,15 +110,15 @@ def teacher_server(tmp_path_factory) -> Iterator[TeacherInfo]:
     """A real vLLM teacher (SmolLM2-135M-Instruct) for the whole session."""
     url = os.environ.get("POND_TEST_TEACHER_URL")
     if url:
-        yield TeacherInfo(url, os.environ.get("POND_TEST_TEACHER_MODEL", "smollm2-135m-instruct"))
+        yield TeacherInfo(url, os.environ.get("POND_TEST_TEACHER_MODEL", "smollm2-135m-instruct")).measure()
         return
     from synthesis import server
 
     model_dir = teacher_model_dir()
     log_dir = tmp_path_factory.mktemp("teacher")
-    handle = server.serve(model_dir, free_port(), log_dir, log=lambda m: None)
+    handle = server.serve(model_dir, free_port(), log_dir, startup_timeout_s=limits.SERVER_START_S, log=lambda m: None)
     try:
-        yield TeacherInfo(handle.base_url, handle.model, handle)
+        yield TeacherInfo(handle.base_url, handle.model, handle).measure()
     finally:
         handle.stop()
 

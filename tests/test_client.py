@@ -6,6 +6,8 @@ import time
 
 import pytest
 
+from tests import limits
+
 from synthesis.budget import Budget, BudgetExceeded, call_tokens_upper
 from synthesis.cache import ResponseCache, request_key
 from synthesis.client import ChatRequest, TeacherClient, TeacherConfig, TeacherError, TeacherSession
@@ -65,11 +67,12 @@ def test_retry_after_is_honoured(fake_teacher):
 
 def test_timeout_then_success(fake_teacher):
     fake_teacher.script = ["slow"]
-    fake_teacher.slow_s = 2.0
+    fake_teacher.slow_s = limits.FAKE_HELD_REPLY_S
     t0 = time.monotonic()
-    result, stats = call(fake_teacher.config(timeout_s=0.3), ChatRequest(msgs("slowly")))
+    result, stats = call(fake_teacher.config(timeout_s=limits.FAKE_CLIENT_DEADLINE_S), ChatRequest(msgs("slowly")))
     assert not isinstance(result, Exception)
-    assert stats["error_timeout"] == 1 and time.monotonic() - t0 < 1.5
+    # the held reply was given up on (the retry answered), not waited for
+    assert stats["error_timeout"] == 1 and time.monotonic() - t0 < limits.FAKE_HELD_REPLY_S
 
 
 def test_gives_up_after_retries(fake_teacher):
@@ -162,7 +165,7 @@ def test_server_killed_mid_run_then_restarted(fake_teacher, tmp_path):
     """Half the calls are answered, the server dies; the rerun after a restart sends only the rest."""
     fake_teacher.rule = lambda body: "sleep:0.05"
     reqs = [ChatRequest(msgs(f"item {i}"), seed=i) for i in range(16)]
-    config = fake_teacher.config(max_concurrency=2, max_retries=1, timeout_s=2)
+    config = fake_teacher.config(max_concurrency=2, max_retries=1, timeout_s=limits.FAKE_REQUEST_S)
     done: list = []
 
     def killer(items, description, total):
@@ -257,3 +260,43 @@ def test_progress_ticks_once_per_call(fake_teacher):
 
     TeacherSession(fake_teacher.config()).run([ChatRequest(msgs(f"q{i}")) for i in range(7)], track, "writing")
     assert seen == {"ticks": 7, "description": "writing", "total": 7, "finished": True}
+
+
+def _dummy_server(tmp_path, port: int, owner: str):
+    """A process that looks like our vLLM server (its command line names the entry point) and the
+    PID file a server pond started would leave."""
+    import json as _json
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)", "vllm.entrypoints.openai.api_server"],
+                            start_new_session=True)
+    (tmp_path / "teacher").mkdir(exist_ok=True)
+    (tmp_path / "teacher" / f"{port}.pid").write_text(_json.dumps({"pid": proc.pid, "port": port, "model": "fake",
+                                                                    "owner": owner, "dtype": "float32"}))
+    return proc
+
+
+@pytest.mark.parametrize("owner, adopted", [("run", True), ("cli", False)])
+def test_a_rerun_adopts_the_server_a_killed_run_started(fake_teacher, tmp_path, owner, adopted):
+    """`pond run` killed with SIGKILL leaves its vLLM server running; the rerun must use it and stop
+    it at the end, but never stop one a user started with `pond teacher serve`."""
+    from synthesis import server
+    from synthesis.client import TeacherConfig
+
+    (tmp_path / "models" / "m").mkdir(parents=True)
+    (tmp_path / "models" / "m" / "config.json").write_text("{}")
+    proc = _dummy_server(tmp_path, fake_teacher.port, owner)
+    try:
+        config = TeacherConfig(model="fake", serve={"port": fake_teacher.port, "model": str(tmp_path / "models" / "m")})
+        assert server.adoptable(fake_teacher.port, "fake", cache_dir=tmp_path) is adopted
+        with server.running_teacher(config, cache_dir=tmp_path, log=lambda m: None) as handle:
+            assert (handle is not None) is adopted
+            if adopted:
+                assert handle.pid == proc.pid and handle.dtype == "float32"
+        proc.wait(timeout=limits.FAKE_REQUEST_S) if adopted else None
+        assert (proc.poll() is not None) is adopted
+        assert (tmp_path / "teacher" / f"{fake_teacher.port}.pid").exists() is not adopted
+    finally:
+        proc.kill()
+        proc.wait()

@@ -6,6 +6,8 @@ import json
 import polars as pl
 import pytest
 
+from tests import limits
+
 from curation.records import render_text
 from curation.step import StepContext
 from synthesis.generators import SynthesizeOptions, estimate, synthesize
@@ -106,7 +108,7 @@ def test_failed_calls_are_rejections_and_rows_stay_aligned(fake_teacher, short_c
 
 def test_server_killed_mid_step_then_rerun(fake_teacher, short_chats, tmp_path):
     fake_teacher.rule = lambda body: "sleep:0.05"
-    config = fake_teacher.config(max_concurrency=2, max_retries=0, timeout_s=2)
+    config = fake_teacher.config(max_concurrency=2, max_retries=0, timeout_s=limits.FAKE_REQUEST_S)
     seen = []
 
     def killer(items, description, total):

@@ -10,6 +10,8 @@ import time
 
 import pytest
 
+from tests import limits
+
 from synthesis.client import ChatRequest, TeacherConfig, TeacherSession
 from tests.fixtures_teacher import TeacherInfo, free_port, teacher_model_dir
 
@@ -30,7 +32,7 @@ def two_servers(tmp_path_factory):
         halves = [cores[:len(cores) // 2] or cores, cores[len(cores) // 2:]]
         for half in halves:
             handles.append(server.serve(model_dir, free_port(), log_dir, cpu_cores=",".join(map(str, half)),
-                                        log=lambda m: None))
+                                        startup_timeout_s=limits.SERVER_START_S, log=lambda m: None))
         yield handles
     finally:
         for h in handles:
@@ -41,7 +43,7 @@ def test_two_vllm_servers_one_killed_mid_run(two_servers):
     a, b = two_servers
     infos = [TeacherInfo(h.base_url, h.model, h) for h in two_servers]
     config = TeacherConfig(base_url=[a.base_url, b.base_url], model=a.model, max_concurrency=8, max_retries=6,
-                           backoff_s=0.2, backoff_max_s=2.0, timeout_s=120, eject_after=2, health_interval_s=600)
+                           backoff_s=0.2, backoff_max_s=2.0, timeout_s=limits.REAL_WAIT_S, eject_after=2, health_interval_s=600)
     session = TeacherSession(config)
     n = 48
     requests = [ChatRequest([{"role": "user", "content": f"Name one fruit. ({i})"}], max_tokens=24,
@@ -52,12 +54,12 @@ def test_two_vllm_servers_one_killed_mid_run(two_servers):
     # kill server b once it has answered a few requests, while it holds some (really mid-run:
     # killed between requests, near the end, it fails nothing and nothing needs ejecting)
     ep_b = next(e for e in session.pool.endpoints if e.url == b.base_url.rstrip("/"))
-    deadline = time.time() + 300
+    deadline = time.time() + limits.REAL_WAIT_S
     while time.time() < deadline and not (ep_b.ok >= 3 and ep_b.outstanding >= 2):
         time.sleep(0.05)
     assert ep_b.ok >= 3 and ep_b.outstanding >= 2, f"server b never got busy: {session.pool.summary()}"
     os.killpg(b.pid, signal.SIGKILL)  # a crash, not a clean shutdown
-    worker.join(timeout=600)
+    worker.join(timeout=limits.REAL_WAIT_S)
     assert not worker.is_alive()
     errors = [r for r in result if isinstance(r, BaseException)]
     assert len(result) == n and not errors, errors

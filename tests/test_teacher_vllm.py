@@ -10,6 +10,8 @@ import time
 
 import pytest
 
+from tests import limits
+
 from synthesis.budget import BudgetExceeded
 from synthesis.estimate import estimate_step
 from synthesis.cache import ResponseCache
@@ -131,9 +133,8 @@ def test_serve_is_idempotent_and_running_teacher_reuses(teacher_server):
     handle = teacher_server.handle
     if handle is None:
         pytest.skip("external teacher (POND_TEST_TEACHER_URL): nothing of ours to re-serve")
-    t0 = time.monotonic()
     again = server.serve(port=handle.port, log_dir=handle.pid_path.parent, log=lambda m: None)
-    assert again.pid == handle.pid and time.monotonic() - t0 < 5  # no second server
+    assert again.pid == handle.pid and again.dtype == handle.dtype  # the same server, no second one
     config = TeacherConfig(model=handle.model, serve={"port": handle.port})
     assert config.base_url == handle.base_url
     with server.running_teacher(config) as started:
@@ -154,6 +155,6 @@ def test_a_server_that_dies_at_start_up_reports_its_log(teacher_server, tmp_path
     (model / "config.json").write_text('{"model_type": "no-such-architecture"}')
     port = free_port()
     with pytest.raises(server.TeacherServerError, match="exited with code") as err:
-        server.serve(model, port, tmp_path, startup_timeout_s=300, log=lambda m: None)
+        server.serve(model, port, tmp_path, startup_timeout_s=limits.SERVER_START_S, log=lambda m: None)
     assert "last lines of" in str(err.value) and str(port) in str(err.value)
     assert not (tmp_path / f"{port}.pid").exists()

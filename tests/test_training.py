@@ -13,7 +13,8 @@ from safetensors.torch import load_file
 from curation.records import MESSAGES
 from training.callbacks import EarlyStopping, lora_b_grads
 from training.config import TrainConfig
-from training.model import cpu_has_native_bf16, load_student, resolve_dtype
+from curation.settings import cpu_native_bf16
+from training.model import load_student, resolve_dtype
 from training.trainer import train
 
 WORDS = ["cat", "dog", "fox", "owl", "bee", "ant", "cow", "pig"]
@@ -294,7 +295,7 @@ def test_a_diverging_run_is_a_clear_error(tiny_llama_dir, rows, tmp_path):
 
 
 def test_auto_dtype_on_cpu_follows_native_bf16():
-    assert resolve_dtype("auto", torch.device("cpu")) == (torch.bfloat16 if cpu_has_native_bf16() else torch.float32)
+    assert resolve_dtype("auto", torch.device("cpu")) == (torch.bfloat16 if cpu_native_bf16() else torch.float32)
     assert resolve_dtype("fp32", torch.device("cpu")) == torch.float32
 
 

@@ -6,6 +6,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from curation.settings import describe_cpu, gpu
+
 
 @dataclass
 class TrainResult:
@@ -64,6 +66,7 @@ Trained by pond {prov.get("pond_version", "(version not given)")} on {time.strft
 |---|---|
 | base model | `{result.base_model}` |
 | method | {result.method} (compute dtype {result.compute_dtype}) |
+| hardware | {gpu() or describe_cpu()} |
 | dataset hash (curated.parquet) | `{prov.get("dataset_hash", "not given")}` |
 | tokenized training data hash | `{data_hash}` |
 | training rows | {result.rows} ({result.dropped_rows} dropped without assistant tokens, {result.truncated_rows} truncated) |

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from curation.step import default_cache_dir
+from curation.settings import default_cache_dir, pick_dtype
 
 log = logging.getLogger(__name__)
 
@@ -36,32 +36,15 @@ def device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
-def cpu_has_native_bf16() -> bool:
-    """AVX-512 BF16 or AMX: the CPU features that make bf16 matmuls fast in oneDNN."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split("\nflags", 2)[1].split("\n", 1)[0].split()
-    except (OSError, IndexError):
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 def resolve_dtype(compute_dtype: str, dev: torch.device | None = None) -> torch.dtype:
-    """'auto' -> bf16 on CUDA that supports it; on CPU bf16 where the CPU has native bf16, else fp32.
+    """The project's one dtype rule (curation.settings.pick_dtype) as a torch dtype.
 
-    Measured on this machine kind (2-core EPYC with AVX-512 BF16; SmolLM2-135M QLoRA, batch 8 x 256,
+    Measured on a 2-core Intel with AVX-512 BF16 (SmolLM2-135M QLoRA, batch 8 x 256,
     `bench/train.py --dtypes fp32,bf16`): bf16 163 tokens/s and 7.0 GB peak, fp32 113 tokens/s and
-    10.2 GB, so bf16 is the CPU default where the CPU has native bf16.
+    10.2 GB, so bf16 is the default where the CPU has native bf16.
     """
     dev = dev or device()
-    if compute_dtype == "fp32":
-        return torch.float32
-    if compute_dtype == "bf16":
-        return torch.bfloat16
-    if compute_dtype != "auto":
-        raise ValueError(f"compute_dtype must be auto, fp32 or bf16, not {compute_dtype!r}")
-    if dev.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
-    return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
+    return torch.bfloat16 if pick_dtype(compute_dtype, dev.type) == "bf16" else torch.float32
 
 
 def set_threads(threads: int | None = None) -> int:

@@ -26,6 +26,7 @@ import numpy as np
 import polars as pl
 import torch
 
+from curation.settings import hardware
 from training.callbacks import CountingSFTTrainer, EarlyStopping, ProgressCallback
 from training.card import TrainResult, write_card
 from training.config import TrainConfig
@@ -136,6 +137,17 @@ def _claim(out_dir: Path, key: dict) -> None:
     path.write_text(json.dumps(key, indent=2, sort_keys=True))
 
 
+def _sort_adapter_config(path: Path) -> None:
+    """peft writes `target_modules` from a set, in an order that changes with each process's hash
+    seed; sorted, the same training gives the same adapter bytes."""
+    if not path.exists():
+        return
+    config = json.loads(path.read_text())
+    if isinstance(config.get("target_modules"), list):
+        config["target_modules"] = sorted(config["target_modules"])
+        path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
 def _merge(student: Path, adapter_dir: Path, out: Path, dtype: torch.dtype) -> Path:
     """Merge into the unquantised base (merging into 4-bit weights would round the update away)."""
     from peft import PeftModel
@@ -242,6 +254,7 @@ def train(df: pl.DataFrame, config: TrainConfig, out_dir: Path, *, seed: int = 0
     else:
         trainer.model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
+    _sort_adapter_config(tmp / "adapter_config.json")
 
     losses = [e["loss"] for e in history if "loss" in e]
     evals = [(e["step"], e["eval_loss"]) for e in history if "eval_loss" in e]
@@ -265,5 +278,6 @@ def train(df: pl.DataFrame, config: TrainConfig, out_dir: Path, *, seed: int = 0
         result.merged_dir = _merge(student, final_dir, out_dir / "merged", torch.bfloat16 if dtype == torch.bfloat16
                                    else torch.float32)
     result_path.write_text(json.dumps({"result": result.to_json(), "provenance": provenance or {},
-                                       "log_history": history}, indent=1, default=str))
+                                       "hardware": hardware(result.compute_dtype), "log_history": history},
+                                      indent=1, default=str))
     return result
