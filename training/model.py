@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from curation.step import default_cache_dir
+from curation.settings import default_cache_dir
 
 log = logging.getLogger(__name__)
 
