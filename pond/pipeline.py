@@ -90,8 +90,7 @@ def _evaluate(runner: Runner, recipe: Recipe, stack: ExitStack, log: Log, track=
     if heldout is None:
         raise FileNotFoundError(f"held-out set {source} not found (add a `holdout` step or set evaluate.heldout)")
     judge = recipe.evaluate.judge
-    if judge is not None:
-        _serve_if_needed(runner, judge, stack)
+    stack.enter_context(runner.teachers.serving(judge))
     log(f"evaluate: {len(heldout)} held-out rows from {source}")
     result = evaluate_run(runner.out, runner.out / layout.ADAPTER, heldout, recipe.evaluate, recipe.train,
                           teachers=dict(recipe.teachers), cache_dir=runner.cache_dir, progress=track,
@@ -119,8 +118,8 @@ def _experiment(runner: Runner, curated: Path, recipe: Recipe, track, log: Log) 
     pool = pool.filter(~pl.col("id").is_in(heldout["id"].implode()))
     log(f"experiment: {len(recipe.experiment.arms)} arms x {len(recipe.experiment.seeds)} seeds")
     with ExitStack() as stack:
-        if recipe.evaluate is not None and recipe.evaluate.judge is not None:
-            _serve_if_needed(runner, recipe.evaluate.judge, stack)
+        if recipe.evaluate is not None:
+            stack.enter_context(runner.teachers.serving(recipe.evaluate.judge))
         result = run_experiment(runner.out / layout.EXPERIMENT, pool, pl.read_parquet(curated), heldout, recipe.experiment,
                                 recipe.train, seed=recipe.seed, cache_dir=runner.cache_dir,
                                 teachers=dict(recipe.teachers), provenance=_provenance(runner, curated),
@@ -128,14 +127,6 @@ def _experiment(runner: Runner, curated: Path, recipe: Recipe, track, log: Log) 
                                 heldout_source=_heldout_sentence(source), base_dir=runner.base_dir,
                                 title=recipe.name)
     return {"dir": str(runner.out / layout.EXPERIMENT), **{k: v for k, v in result.items() if k in ("summary", "headline")}}
-
-
-def _serve_if_needed(runner: Runner, teacher_name: str, stack: ExitStack) -> None:
-    teacher = runner.recipe.teachers[teacher_name]
-    if getattr(teacher, "serve", None) is not None:
-        from synthesis.server import running_teacher
-
-        stack.enter_context(running_teacher(teacher, cache_dir=runner.cache_dir, log=runner.log))
 
 
 def estimate_run(recipe: Recipe, out: Path, base_dir: Path, print_fn: Callable = print) -> dict[str, int]:

@@ -28,6 +28,7 @@ from pond import layout, ledger
 from pond.executors.shards import output_digest, read_output
 from pond.recipe import Recipe, Step
 from pond.steps import STEPS
+from pond.teachers import Teachers
 
 INGEST_DIR = layout.INGEST
 
@@ -88,6 +89,7 @@ class Runner:
         layout.steps_dir(self.out).mkdir(parents=True, exist_ok=True)
         self.step_stats: list[dict[str, Any]] = []
         self.executor = None  # a RayExecutor while curate() runs with `executor: ray`
+        self.teachers = Teachers(dict(recipe.teachers), self.cache_dir, log)  # served teachers, started on need
 
     # -- ingest -------------------------------------------------------------------------------
 
@@ -279,24 +281,10 @@ class Runner:
         return prev_dir
 
     def teachers_for(self, remaining: list[Step], step: Step | None) -> None:
-        """Keep served teachers (`serve:`) up exactly while steps still need them.
-
-        On a small machine two vLLM servers side by side (writer and judge) would fight for the
-        cores, so a teacher pond started is stopped as soon as no remaining step names it, and
-        started only when the current step needs it. A step that is already done needs none.
-        """
-        served = self.__dict__.setdefault("_served", {})
-        wanted = {getattr(s.options, "teacher", None) for s in remaining} - {None}
-        for name in [n for n in served if n not in wanted]:
-            served.pop(name).close()
-        name = getattr(step.options, "teacher", None) if step is not None else None
-        if name is None or name in served or self.recipe.teachers[name].serve is None:
-            return
-        from synthesis.server import running_teacher
-
-        stack = ExitStack()
-        stack.enter_context(running_teacher(self.recipe.teachers[name], cache_dir=self.cache_dir, log=self.log))
-        served[name] = stack
+        """Keep served teachers up exactly while steps still need them (pond.teachers): stop those no
+        remaining step names, start the one the current step needs. A step already done needs none."""
+        self.teachers.keep_only(getattr(s.options, "teacher", None) for s in remaining)
+        self.teachers.need(getattr(step.options, "teacher", None) if step is not None else None)
 
 
 def write_manifest(runner: Runner, extra: dict[str, Any] | None = None) -> dict[str, Any]:
