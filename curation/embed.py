@@ -38,7 +38,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from curation.settings import pick_dtype
+from curation.settings import no_progress, pick_dtype
 
 DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2"
 # characters kept per token of max_seq_length before tokenising (English ~4 chars/token)
@@ -268,12 +268,8 @@ class EmbeddingCache:
         self.db.close()
 
 
-def _no_track(items: Iterable[Any], description: str, total: int | None = None) -> Iterator[Any]:
-    yield from items
-
-
 def embed_texts(texts: Sequence[str], opts: EmbeddingOptions | None = None, cache_dir: Path | None = None,
-                track: Callable[..., Iterator[Any]] = _no_track, stats: dict | None = None) -> np.ndarray:
+                track: Callable[..., Iterator[Any]] = no_progress, stats: dict | None = None) -> np.ndarray:
     """Normalised float32 embeddings (len(texts) × dim), from the cache where possible.
 
     Identical texts are encoded once. `stats` (if given) receives counts and timings.

@@ -6,6 +6,8 @@ from pydantic import Field
 
 from curation.step import StepContext, StepOptions, reject
 
+STAGE = "exact_dedup"
+
 
 class ExactDedupOptions(StepOptions):
     lowercase: bool = Field(True, description="compare texts case-insensitively")
@@ -23,16 +25,29 @@ def normalised_text(column: str, lowercase: bool = True, strip_punctuation: bool
     return expr.str.replace_all(r"\s+", " ").str.strip_chars()
 
 
+def duplicate_of(key: str | list[str], order: str | None = None) -> pl.Expr:
+    """Per row: the id of its key group's representative (the first row, in input order or by
+    `order`), or null for the representative itself."""
+    ids = pl.col("id") if order is None else pl.col("id").sort_by(order)
+    first = ids.first().over(key)
+    return pl.when(first != pl.col("id")).then(first)
+
+
+def split_exact(marked: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Rows marked with `duplicate_of` -> (kept, rejected with `exact_duplicate_of:<id>`)."""
+    dup = pl.col("duplicate_of").is_not_null()
+    kept = marked.filter(~dup).drop("duplicate_of")
+    return kept, reject(marked.filter(dup), STAGE, pl.lit("exact_duplicate_of:") + pl.col("duplicate_of"))
+
+
+def duplicate_groups(duplicate_of_column: pl.Series) -> int:
+    """The figure `duplicate_groups`: how many representatives lost at least one duplicate."""
+    return int(duplicate_of_column.n_unique()) if len(duplicate_of_column) else 0
+
+
 def exact_dedup(df: pl.DataFrame, opts: ExactDedupOptions, ctx: StepContext) -> tuple[pl.DataFrame, pl.DataFrame]:
-    keyed = df.with_columns(
-        normalised_text(opts.column, opts.lowercase, opts.strip_punctuation).alias("__key"),
-    ).with_columns(
-        # the first row (input order) of each key is the one that stays
-        pl.col("id").first().over("__key").alias("__first"),
-    )
-    is_first = pl.col("__first") == pl.col("id")
-    kept = keyed.filter(is_first).drop("__key", "__first")
-    dropped = keyed.filter(~is_first).rename({"__first": "duplicate_of"}).drop("__key")
-    rejected = reject(dropped, "exact_dedup", pl.lit("exact_duplicate_of:") + pl.col("duplicate_of"))
-    ctx.stats["duplicate_groups"] = int(dropped["duplicate_of"].n_unique()) if len(dropped) else 0
+    key = normalised_text(opts.column, opts.lowercase, opts.strip_punctuation).alias("__key")
+    marked = df.with_columns(key).with_columns(duplicate_of("__key").alias("duplicate_of")).drop("__key")
+    kept, rejected = split_exact(marked)
+    ctx.stats["duplicate_groups"] = duplicate_groups(rejected["duplicate_of"])
     return kept, rejected

@@ -1,7 +1,7 @@
 """Held-out draw: set aside `n` valid rows of the raw pool *before* curation.
 
 Evaluating on rows chosen by pond's own quality scores would favour the arm picked the same way
-(DESIGN.md, "Guard against circularity"), so the draw uses validity rules only: the row has a user
+(a circular test), so the draw uses validity rules only: the row has a user
 turn and a non-empty assistant answer. Drawn rows leave the pool as rejections with reason
 `held_out`; the runner also writes them to `heldout.parquet` in the run directory.
 """

@@ -29,6 +29,7 @@ from pydantic import Field, model_validator
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from curation.keep import Keep, check_score_column, keeper
 from curation.minhash_signatures import (band_hashes, hash32, optimal_bands, pair_jaccard, permutations, signatures,
                                          sorted_sets)
 from curation.shingles import shingle_hashes
@@ -43,7 +44,7 @@ class MinhashDedupOptions(StepOptions):
     num_perm: int = Field(128, ge=8, le=1024, description="MinHash permutations per signature")
     ngram: int = Field(5, ge=1, le=64, description="shingle length in tokens (words or characters)")
     shingle: Literal["word", "char"] = Field("word", description="shingle tokens: normalised words or characters")
-    keep: Literal["first", "longest", "quality"] = Field(
+    keep: Keep = Field(
         "first", description="which row of a cluster stays: the first in input order, the longest text, "
                              "or the highest `score_column` (ties: longer text, then smaller id)")
     score_column: str = Field("quality", description="numeric column read when keep=quality")
@@ -83,20 +84,30 @@ def band_keys(texts: pl.Series, opts: MinhashDedupOptions, seed: int, bands: int
     return band_hashes(sig, bands, rows), np.diff(offsets) > 0
 
 
+def bucket_pairs(members: pl.DataFrame, bucket: list[str], by: str, max_bucket: int) -> pl.DataFrame:
+    """Candidate pairs from LSH buckets, both executors' rule.
+
+    `members` has the bucket columns and per member `by` (its order: pairs are a < b) plus any
+    columns to carry; every carried column c comes back as c_a and c_b. A bucket larger than
+    `max_bucket` pairs each member with its smallest member only (no quadratic blow-up).
+    """
+    cols = [c for c in members.columns if c not in bucket]
+    f = members.with_columns(pl.len().over(bucket).alias("__n")).filter(pl.col("__n") > 1)
+    small = f.filter(pl.col("__n") <= max_bucket).drop("__n")
+    pairs = (small.join(small, on=bucket, suffix="_b")
+             .filter(pl.col(by) < pl.col(f"{by}_b"))
+             .select(*[pl.col(c).alias(f"{c}_a") for c in cols], *[f"{c}_b" for c in cols]))
+    big = (f.filter(pl.col("__n") > max_bucket)
+           .with_columns(pl.col(c).sort_by(by).first().over(bucket).alias(f"{c}_a") for c in cols)
+           .filter(pl.col(by) != pl.col(f"{by}_a"))
+           .select(*[f"{c}_a" for c in cols], *[pl.col(c).alias(f"{c}_b") for c in cols]))
+    return pl.concat([pairs, big])
+
+
 def band_pairs(docs: np.ndarray, keys: np.ndarray, max_bucket: int) -> pl.DataFrame:
     """Candidate pairs (a < b) from one band's keys."""
-    f = (pl.DataFrame({"doc": docs, "h": keys})
-         .with_columns(pl.len().over("h").alias("n"))
-         .filter(pl.col("n") > 1))
-    small = f.filter(pl.col("n") <= max_bucket).select("doc", "h")
-    pairs = (small.join(small, on="h", suffix="_b")
-             .filter(pl.col("doc") < pl.col("doc_b"))
-             .select(pl.col("doc").alias("a"), pl.col("doc_b").alias("b")))
-    big = (f.filter(pl.col("n") > max_bucket)
-           .with_columns(pl.col("doc").min().over("h").alias("c"))
-           .filter(pl.col("doc") != pl.col("c"))
-           .select(pl.col("c").alias("a"), pl.col("doc").alias("b")))
-    return pl.concat([pairs, big])
+    pairs = bucket_pairs(pl.DataFrame({"doc": docs, "h": keys}), ["h"], "doc", max_bucket)
+    return pairs.select(pl.col("doc_a").alias("a"), pl.col("doc_b").alias("b"))
 
 
 def _components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -163,19 +174,16 @@ def verify_pairs(texts: pl.Series, order: np.ndarray, pairs: pl.DataFrame, opts:
     return pairs.with_columns(pl.Series("jaccard", jac))
 
 
-def _keeper_order(df: pl.DataFrame, opts: MinhashDedupOptions) -> list[pl.Expr]:
-    """Sort keys (ascending) under which a cluster's first row is the one kept."""
-    if opts.keep == "first":
-        return [pl.col("__row")]
-    if opts.keep == "longest":
-        return [-pl.col("__len"), pl.col("__doc")]
-    if opts.score_column not in df.columns:
-        raise ValueError(f"minhash_dedup keep=quality: no column {opts.score_column!r} (columns: {df.columns})")
-    score = pl.col("__score").cast(pl.Float64).fill_nan(None).neg().fill_null(float("inf"))
-    return [score, -pl.col("__len"), pl.col("__doc")]
+def split_near_duplicates(marked: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Rows marked with dup_cluster (null outside a cluster), duplicate_of and dup_jaccard ->
+    (kept with dup_cluster, rejected as near duplicates); both executors end here."""
+    is_kept = pl.col("dup_cluster").is_null() | (pl.col("duplicate_of") == pl.col("id"))
+    kept = marked.filter(is_kept).drop("duplicate_of", "dup_jaccard")
+    return kept, reject(marked.filter(~is_kept), STAGE, "near_duplicate")
 
 
 def minhash_dedup(df: pl.DataFrame, opts: MinhashDedupOptions, ctx: StepContext) -> tuple[pl.DataFrame, pl.DataFrame]:
+    check_score_column(STAGE, opts.keep, opts.score_column, df.columns)
     seed = ctx.seed if opts.seed is None else opts.seed
     n = len(df)
     # internal document number = rank of the row's id: results do not depend on row order.
@@ -204,7 +212,8 @@ def minhash_dedup(df: pl.DataFrame, opts: MinhashDedupOptions, ctx: StepContext)
     info = (info.with_columns(
         # the smallest internal doc has the smallest id
         pl.when(in_cluster).then(pl.col("id").first().over("__comp")).alias("dup_cluster"),
-        pl.col("id").sort_by(_keeper_order(df, opts)).first().over("__comp").alias("duplicate_of"),
+        keeper(opts.keep, "__comp", position="__row", length="__len", score="__score", tiebreak="__doc")
+        .alias("duplicate_of"),
         in_cluster.alias("__in"),
     ).join(best, on="__doc", how="left", maintain_order="left").sort("__row"))
     if ctx.step_dir is not None:  # every verified candidate pair, for audits
@@ -212,10 +221,7 @@ def minhash_dedup(df: pl.DataFrame, opts: MinhashDedupOptions, ctx: StepContext)
         ctx.step_dir.mkdir(parents=True, exist_ok=True)
         verified.select(ids.gather(verified["a"]).alias("id_a"), ids.gather(verified["b"]).alias("id_b"), "jaccard",
                         (pl.col("jaccard") >= opts.threshold).alias("duplicate")).write_parquet(ctx.step_dir / "pairs.parquet")
-    is_kept = ~info["__in"] | (info["duplicate_of"] == info["id"])
-    added = info.select("dup_cluster", "duplicate_of", "dup_jaccard")
-    kept = df.with_columns(added["dup_cluster"]).filter(is_kept)
-    rejected = reject(df.with_columns(added).filter(~is_kept), STAGE, "near_duplicate")
+    kept, rejected = split_near_duplicates(df.with_columns(info.select("dup_cluster", "duplicate_of", "dup_jaccard")))
     figures.update({
         "docs": n,
         "verified_pairs": len(edges),

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Literal
 
 import numpy as np
 import polars as pl
@@ -22,6 +21,7 @@ from pydantic import Field
 from scipy.sparse import csr_matrix
 
 from curation.embed import EmbeddingOptions, embed_column
+from curation.keep import Keep, check_score_column, keep_rank
 from curation.step import StepContext, StepOptions, reject
 
 STAGE = "semantic_dedup"
@@ -33,7 +33,7 @@ class SemanticDedupOptions(StepOptions):
                        description="a row whose cosine to a kept row exceeds 1 - eps is a duplicate of it")
     n_clusters: int | None = Field(None, ge=1, description="k-means clusters; default: ceil(rows / cluster_size)")
     cluster_size: int = Field(1000, ge=1, description="average rows per cluster when n_clusters is not given")
-    keep: Literal["first", "longest", "quality"] = Field(
+    keep: Keep = Field(
         "first", description="which of similar rows stays: the first in input order, the longest text, "
                              "or the highest `score_column` (ties: longer text, then input order)")
     score_column: str = Field("quality", description="numeric column read when keep=quality")
@@ -44,22 +44,18 @@ class SemanticDedupOptions(StepOptions):
 
 
 def keep_priority(df: pl.DataFrame, keep: str, score_column: str, column: str) -> np.ndarray:
-    """Rank of every row (0 = kept first) under the keep policy; ties fall back to input order."""
-    n = len(df)
-    row = np.arange(n)
-    if keep == "first":
-        return row
-    length = df[column].fill_null("").str.len_chars().to_numpy()
-    if keep == "longest":
-        order = np.lexsort((row, -length))
-    else:
-        if score_column not in df.columns:
-            raise ValueError(f"{STAGE} keep=quality: no column {score_column!r} (columns: {df.columns})")
-        score = df[score_column].cast(pl.Float64).fill_nan(None).fill_null(-np.inf).to_numpy()
-        order = np.lexsort((row, -length, -score))
-    rank = np.empty(n, dtype=np.int64)
-    rank[order] = row
-    return rank
+    """Rank of every row (0 = kept first) under the keep rule (curation.keep); ties: input order."""
+    check_score_column(STAGE, keep, score_column, df.columns)
+    score = df[score_column].cast(pl.Float64) if keep == "quality" else None
+    return keep_rank(keep, df[column].fill_null("").str.len_chars(), score)
+
+
+def split_semantic(marked: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Rows marked with `duplicate_of` (null: kept) and `dup_cosine` -> (kept, rejected with
+    `semantic_duplicate_of:<id>`); both executors end here."""
+    dup = pl.col("duplicate_of").is_not_null()
+    kept = marked.filter(~dup).drop("duplicate_of", "dup_cosine")
+    return kept, reject(marked.filter(dup), STAGE, pl.lit("semantic_duplicate_of:") + pl.col("duplicate_of"))
 
 
 def _assign(emb: np.ndarray, centres: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -189,14 +185,10 @@ def semantic_dedup(df: pl.DataFrame, opts: SemanticDedupOptions, ctx: StepContex
     seed = ctx.seed if opts.seed is None else opts.seed
     res = semdedup(emb, priority, opts.eps, k, seed, opts.kmeans_iter, ctx.track)
     is_dup = res["dup_of"] >= 0
-    marked = df.with_columns(
-        pl.Series("__keep", res["keep"]),
+    kept, rejected = split_semantic(df.with_columns(
         pl.when(pl.Series(is_dup)).then(df["id"].gather(np.maximum(res["dup_of"], 0))).alias("duplicate_of"),
         pl.Series("dup_cosine", res["dup_cosine"], dtype=pl.Float32),
-    )
-    kept = marked.filter(pl.col("__keep")).drop("__keep", "duplicate_of", "dup_cosine")
-    rejected = reject(marked.filter(~pl.col("__keep")).drop("__keep"), STAGE,
-                      pl.lit("semantic_duplicate_of:") + pl.col("duplicate_of"))
+    ))
     sizes = np.bincount(res["cluster"])
     ctx.stats.update({
         "rows": n, "clusters": int(k), "largest_cluster": int(sizes.max()), "duplicates": len(rejected),

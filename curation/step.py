@@ -10,19 +10,15 @@ Counts conserve: len(df) == len(kept) + len(rejected), except for steps that add
 """
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import polars as pl
 from pydantic import BaseModel, ConfigDict
 
-from curation.settings import default_cache_dir  # noqa: F401 (re-exported for existing callers)
-from curation.settings import no_progress as _no_progress
-
-T = TypeVar("T")
+from curation.settings import default_cache_dir, no_progress
 
 
 class StepOptions(BaseModel):
@@ -42,7 +38,7 @@ class StepContext:
     base_dir: Path = field(default_factory=Path.cwd)  # relative paths in options resolve here
     teachers: dict[str, Any] = field(default_factory=dict)  # name -> synthesis.client.TeacherConfig
     # track(iterable, description, total) wraps a loop in a progress bar (rich in the CLI).
-    track: Callable[..., Iterator[Any]] = _no_progress
+    track: Callable[..., Iterator[Any]] = no_progress
     stats: dict[str, Any] = field(default_factory=dict)  # a step may add figures for stats.json
 
     def resolve(self, path: str | Path) -> Path:

@@ -50,8 +50,8 @@ class EvaluateConfig(BaseModel):
         "base", description="What the adapter's answer is compared with in pairwise mode: the base model's "
                             "answer to the same prompt, or the held-out reference answer.")
     judge_prompt: str | None = Field(
-        None, description="Path to a replacement judge prompt (default: evaluation/prompts/pairwise.txt or "
-                          "single.txt); placeholders {question}, {answer_a}, {answer_b} / {answer}.")
+        None, description="Path to a replacement judge prompt (default: synthesis/prompts/evaluation/"
+                          "pairwise.txt or single.txt); placeholders {question}, {answer_a}, {answer_b} / {answer}.")
     judge_max_tokens: int = Field(384, ge=16, description="Token limit for each judge reply.")
     task_metrics: Literal["auto", "always", "never"] = Field(
         "auto",

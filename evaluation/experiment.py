@@ -20,12 +20,13 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
+from curation.settings import no_progress
 from evaluation.arms import arm_rows, plan_budget, profile, remove_heldout, varies_by_seed
 from evaluation.config import EvaluateConfig, ExperimentConfig
 from evaluation.evaluate import evaluate_run
@@ -35,10 +36,6 @@ from training.config import TrainConfig
 
 __all__ = ["run_experiment", "evaluate_run"]
 log = logging.getLogger(__name__)
-
-
-def _no_track(items: Iterable, description: str, total: int | None = None) -> Iterator:
-    yield from items
 
 
 def _read_json(path: Path) -> dict | None:
@@ -102,7 +99,7 @@ def run_experiment(out_dir: Path, pool: pl.DataFrame, curated: pl.DataFrame, hel
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    track = progress or _no_track
+    track = progress or no_progress
     ecfg = evaluate_config or EvaluateConfig()
     if config.metric in ("judge_win_rate", "judge_score") and not ecfg.judge:
         raise ValueError(f"experiment.metric {config.metric} needs a judge: set evaluate.judge and n_generate")

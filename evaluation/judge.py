@@ -6,8 +6,10 @@ counts; an inconsistent pair (or a tie in either order) is a tie. Win rate count
 
 The verdict logic (`pairwise_outcomes`) takes any `ask` function, so it is tested without a
 server; `teacher_ask` / `teacher_grade` send the questions to a teacher through the synthesis
-client, whose SQLite cache means a rerun asks nothing twice. The prompts are plain text files in
-evaluation/prompts/ that users can read and replace (`evaluate.judge_prompt`).
+client, whose SQLite cache means a rerun asks nothing twice. The schemas, verdict parsing and the
+both-orders rule are the judge core's (synthesis.judge_core), shared with the `judge` step. The
+prompts are plain text files in synthesis/prompts/evaluation/ that users can read and replace
+(`evaluate.judge_prompt`).
 """
 from __future__ import annotations
 
@@ -18,30 +20,19 @@ from typing import Literal
 
 import numpy as np
 
-PROMPTS_DIR = Path(__file__).parent / "prompts"
+from synthesis.judge_core import EVALUATION_PROMPT_DIR, Verdict, combine_orders, pairwise_schema, parse_verdict, score_schema
+
+PROMPTS_DIR = EVALUATION_PROMPT_DIR
 QUESTION_CHARS = 4000  # keep judge prompts inside small judges' context windows
 ANSWER_CHARS = 3000
 
-Verdict = Literal["A", "B", "tie"]
 Outcome = Literal["a", "b", "tie"]
 # ask(items) -> one verdict per (question, answer in position A, answer in position B); None = failed call
 Ask = Callable[[Sequence[tuple[str, str, str]]], list[Verdict | None]]
 Grade = Callable[[Sequence[tuple[str, str]]], list[int | None]]
 
-PAIRWISE_SCHEMA = {
-    "type": "object",
-    "properties": {"reason": {"type": "string", "maxLength": 400},
-                   "winner": {"type": "string", "enum": ["A", "B", "tie"]}},
-    "required": ["reason", "winner"],
-    "additionalProperties": False,
-}
-SINGLE_SCHEMA = {
-    "type": "object",
-    "properties": {"reason": {"type": "string", "maxLength": 400},
-                   "score": {"type": "integer", "minimum": 1, "maximum": 10}},
-    "required": ["reason", "score"],
-    "additionalProperties": False,
-}
+PAIRWISE_SCHEMA = pairwise_schema(400)
+SINGLE_SCHEMA = score_schema(400)
 
 
 def load_prompt(kind: Literal["pairwise", "single"], path: str | Path | None = None) -> str:
@@ -79,11 +70,7 @@ def combine(first: Verdict | None, second: Verdict | None) -> Outcome | None:
     """Outcome for answers a, b from the verdict with a first and the verdict with b first."""
     if first is None or second is None:
         return None
-    if first == "A" and second == "B":
-        return "a"
-    if first == "B" and second == "A":
-        return "b"
-    return "tie"  # a tie in either order, or a verdict that flipped with the order
+    return combine_orders(first, second)  # a tie in either order, or a flipped verdict: a tie
 
 
 def pairwise_outcomes(questions: Sequence[str], answers_a: Sequence[str], answers_b: Sequence[str],
@@ -137,10 +124,9 @@ def teacher_ask(teacher, *, cache_path: Path | None = None, prompt: str | None =
         out: list[Verdict | None] = []
         for r in _session(teacher, cache_path).run(reqs, track, "judge (pairwise)"):
             try:
-                winner = r.json()["winner"] if not isinstance(r, BaseException) else None
-            except (ValueError, KeyError, TypeError):
-                winner = None
-            out.append(winner if winner in ("A", "B", "tie") else None)
+                out.append(None if isinstance(r, BaseException) else parse_verdict(r)[0])
+            except ValueError:  # not JSON, or no winner A/B/tie
+                out.append(None)
         return out
 
     return ask

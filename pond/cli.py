@@ -115,8 +115,9 @@ def inspect(run_dir: Path = typer.Argument(..., help="a run directory"),
             id: Optional[str] = typer.Option(None, "--id", help="say what happened to this row id")):
     """Show a run: counts per step, rejection reasons with examples, teacher cost, adapter card."""
     from pond import inspect as insp
+    from pond.layout import is_run
 
-    if not (run_dir / "steps").is_dir():
+    if not is_run(run_dir):
         _fail(f"{run_dir}: not a pond run directory (no steps/)")
     if id:
         print(insp.find_id(run_dir, id))

@@ -1,48 +1,34 @@
-"""`pond inspect RUN`: what a run did — a funnel of counts, rejection reasons, teacher cost, adapter."""
+"""`pond inspect RUN`: what a run did — a funnel of counts, rejection reasons, teacher cost, adapter.
+
+It reads the run folder through pond.layout, as the pipeline's summary does."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import polars as pl
 from rich.console import Console
 from rich.table import Table
 
-
-def step_dirs(run: Path) -> list[Path]:
-    steps = run / "steps"
-    return sorted(d for d in steps.iterdir() if d.is_dir()) if steps.is_dir() else []
-
-
-def funnel(run: Path) -> list[dict]:
-    rows = []
-    for d in step_dirs(run):
-        try:
-            stats = json.loads((d / "stats.json").read_text())
-        except (OSError, json.JSONDecodeError):
-            rows.append({"step": d.name, "status": "unfinished"})
-            continue
-        rows.append({"step": d.name, "status": "done" if (d / "DONE").exists() else "unfinished", **stats})
-    return rows
+from pond.layout import ADAPTER, CURATED, EVAL, MANIFEST, REJECTED, REPORT, funnel, is_run, reason_tag, step_dirs
 
 
 def find_id(run: Path, row_id: str) -> str:
     """Which step dropped `row_id` and why, or that it survived into curated.parquet."""
     for d in step_dirs(run):
-        rejected = d / "rejected.parquet"
+        rejected = d / REJECTED
         if rejected.exists():
             hit = pl.scan_parquet(rejected).filter(pl.col("id") == row_id).select("reason").collect()
             if len(hit):
                 return f"{row_id}: rejected by {d.name}: {hit['reason'][0]}"
-    curated = run / "curated.parquet"
+    curated = run / CURATED
     if curated.exists() and len(pl.scan_parquet(curated).filter(pl.col("id") == row_id).select("id").collect()):
-        return f"{row_id}: survived (in curated.parquet)"
+        return f"{row_id}: survived (in {CURATED})"
     return f"{row_id}: not found in this run"
 
 
 def _example(d: Path, reason: str) -> str:
-    df = (pl.scan_parquet(d / "rejected.parquet")
-          .filter(pl.col("reason").str.split(":").list.first() == reason)
+    df = (pl.scan_parquet(d / REJECTED)
+          .filter(reason_tag() == reason)
           .select("id", "text").head(1).collect())
     if df.is_empty():
         return ""
@@ -52,7 +38,7 @@ def _example(d: Path, reason: str) -> str:
 
 def show(run: Path, console: Console | None = None) -> None:
     console = console or Console()
-    if not (run / "steps").is_dir():
+    if not is_run(run):
         raise FileNotFoundError(f"{run}: not a pond run directory (no steps/)")
     table = Table(title=f"pond run {run}")
     for col in ("step", "in", "kept", "rejected", "seconds", "top reasons"):
@@ -80,10 +66,10 @@ def show(run: Path, console: Console | None = None) -> None:
             t.add_row(r["step"], str(c.get("sent", 0)), str(c.get("cache_hits", 0)), str(c.get("prompt_tokens", 0)),
                       str(c.get("completion_tokens", 0)), str(c.get("failed", 0)))
         console.print(t)
-    card = run / "adapter" / "README.md"
+    card = run / ADAPTER / "README.md"
     if card.exists():
         console.rule("adapter card")
         console.print(card.read_text())
-    for name in ("eval.json", "report.md", "manifest.json"):
+    for name in (EVAL, REPORT, MANIFEST):
         if (run / name).exists():
             console.print(f"{name}: {run / name}")

@@ -13,7 +13,7 @@ from typing import Any
 
 import polars as pl
 
-from pond import __version__, ledger
+from pond import __version__, layout, ledger
 from pond.recipe import Recipe
 from pond.runner import Runner, file_digest, write_manifest
 
@@ -28,7 +28,7 @@ def _provenance(runner: Runner, curated: Path) -> dict[str, Any]:
 def _heldout(runner: Runner, recipe: Recipe, source: str | None) -> tuple[pl.DataFrame | None, str]:
     """The held-out rows: an external file, or the run's own pre-curation draw (`run:heldout.parquet`)."""
     if source is None:
-        source = "run:heldout.parquet"
+        source = f"run:{layout.HELDOUT}"
     ctx = runner.context(runner.out)
     path = ctx.resolve(source)
     if not path.exists():
@@ -91,15 +91,14 @@ def _evaluate(runner: Runner, recipe: Recipe, stack: ExitStack, log: Log, track=
     if heldout is None:
         raise FileNotFoundError(f"held-out set {source} not found (add a `holdout` step or set evaluate.heldout)")
     judge = recipe.evaluate.judge
-    if judge is not None:
-        _serve_if_needed(runner, judge, stack)
+    stack.enter_context(runner.teachers.serving(judge))
     log(f"evaluate: {len(heldout)} held-out rows from {source}")
     ledger.append(runner.out, "evaluate", rows=len(heldout))
-    result = evaluate_run(runner.out, runner.out / "adapter", heldout, recipe.evaluate, recipe.train,
+    result = evaluate_run(runner.out, runner.out / layout.ADAPTER, heldout, recipe.evaluate, recipe.train,
                           teachers=dict(recipe.teachers), cache_dir=runner.cache_dir, progress=track,
                           heldout_source=_heldout_sentence(source))
     result = result if isinstance(result, dict) else {}
-    return {"eval": str(runner.out / "eval.json"), "report": str(runner.out / "report.md"),
+    return {"eval": str(runner.out / layout.EVAL), "report": str(runner.out / layout.REPORT),
             "headline": {k: v for k, v in result.items() if isinstance(v, (int, float, str))}}
 
 
@@ -117,27 +116,19 @@ def _experiment(runner: Runner, curated: Path, recipe: Recipe, track, log: Log) 
     if heldout is None:
         raise FileNotFoundError(f"held-out set {source} not found (add a `holdout` step first)")
     # the noisy pool: every row that entered curation (after ingest's validity checks), minus the held-out draw
-    pool = pl.read_parquet(runner.out / "steps" / "00-ingest" / "kept.parquet")
+    pool = pl.read_parquet(layout.ingest_output(runner.out))
     pool = pool.filter(~pl.col("id").is_in(heldout["id"].implode()))
     log(f"experiment: {len(recipe.experiment.arms)} arms x {len(recipe.experiment.seeds)} seeds")
     with ExitStack() as stack:
-        if recipe.evaluate is not None and recipe.evaluate.judge is not None:
-            _serve_if_needed(runner, recipe.evaluate.judge, stack)
-        result = run_experiment(runner.out / "experiment", pool, pl.read_parquet(curated), heldout, recipe.experiment,
+        if recipe.evaluate is not None:
+            stack.enter_context(runner.teachers.serving(recipe.evaluate.judge))
+        result = run_experiment(runner.out / layout.EXPERIMENT, pool, pl.read_parquet(curated), heldout, recipe.experiment,
                                 recipe.train, seed=recipe.seed, cache_dir=runner.cache_dir,
                                 teachers=dict(recipe.teachers), provenance=_provenance(runner, curated),
                                 progress=track, evaluate_config=recipe.evaluate,
                                 heldout_source=_heldout_sentence(source), base_dir=runner.base_dir,
                                 title=recipe.name)
-    return {"dir": str(runner.out / "experiment"), **{k: v for k, v in result.items() if k in ("summary", "headline")}}
-
-
-def _serve_if_needed(runner: Runner, teacher_name: str, stack: ExitStack) -> None:
-    teacher = runner.recipe.teachers[teacher_name]
-    if getattr(teacher, "serve", None) is not None:
-        from synthesis.server import running_teacher
-
-        stack.enter_context(running_teacher(teacher, cache_dir=runner.cache_dir, log=runner.log))
+    return {"dir": str(runner.out / layout.EXPERIMENT), **{k: v for k, v in result.items() if k in ("summary", "headline")}}
 
 
 def estimate_run(recipe: Recipe, out: Path, base_dir: Path, print_fn: Callable = print) -> dict[str, int]:
@@ -152,7 +143,7 @@ def estimate_run(recipe: Recipe, out: Path, base_dir: Path, print_fn: Callable =
 
     runner = Runner(recipe, out, base_dir, log=lambda m: None)
     step_dir, _ = runner.ingest()
-    rows = pl.read_parquet(step_dir / "kept.parquet")
+    rows = pl.read_parquet(step_dir / layout.KEPT)
     total = {"requests": 0, "max_tokens": 0}
     added = 0  # rows generators may add before a later teacher step sees them
     for i, step in enumerate(recipe.steps, start=1):
@@ -199,22 +190,14 @@ def run_experiment_recipe(recipe: Recipe, out: Path, base_dir: Path, *, track=No
     return summary(runner.out)
 
 
-def _read(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-
-
 def _summary_details(run: Path, manifest: dict) -> list[str]:
     """Rejections by reason, teacher calls and tokens, held-out metrics of the adapter and of every arm."""
     lines: list[str] = []
     reasons: dict[str, int] = {}
     teacher = {"requests": 0, "cache_hits": 0, "prompt_tokens": 0, "completion_tokens": 0, "failed": 0}
-    for d in sorted((run / "steps").glob("*")):
-        stats = _read(d / "stats.json")
+    for stats in layout.funnel(run):
         for reason, n in (stats.get("reasons") or {}).items():
-            key = reason.split(":", 1)[0]
+            key = layout.tag_of(reason)
             reasons[key] = reasons.get(key, 0) + n
         t = stats.get("teacher") or {}
         teacher["requests"] += t.get("sent", 0)
@@ -227,7 +210,7 @@ def _summary_details(run: Path, manifest: dict) -> list[str]:
         lines.append(f"teacher: {teacher['requests']} requests sent ({teacher['cache_hits']} answered from cache, "
                      f"{teacher['failed']} failed), {teacher['prompt_tokens']} prompt + "
                      f"{teacher['completion_tokens']} completion tokens")
-    ev = _read(run / "eval.json").get("intervals", {}).get("heldout_loss", {})
+    ev = layout.read_json(run / layout.EVAL).get("intervals", {}).get("heldout_loss", {})
     if ev:
         b, a, d = ev["base_model"], ev["adapter"], ev["adapter_minus_base"]
         lines.append(f"held-out loss: base {b['mean']:.4f} -> adapter {a['mean']:.4f} "
@@ -242,11 +225,11 @@ def _summary_details(run: Path, manifest: dict) -> list[str]:
 
 
 def summary(run: Path) -> str:
-    manifest = json.loads((run / "manifest.json").read_text())
+    manifest = json.loads((run / layout.MANIFEST).read_text())
     lines = [f"run: {run}"]
     for s in manifest["steps"]:
         lines.append(f"  {s['kind']:<15} {s['in']:>7} -> {s['out']:>7}  (-{s['rejected']}){'  [resumed]' if s.get('skipped') else ''}")
-    lines.append(f"curated: {run / 'curated.parquet'}")
+    lines.append(f"curated: {run / layout.CURATED}")
     lines += _summary_details(run, manifest)
     if "train" in manifest:
         t = manifest["train"]
@@ -255,7 +238,7 @@ def summary(run: Path) -> str:
                      f"last steps {t['train_loss']:.3f})")
     if "timings" in manifest:
         lines.append("time: " + ", ".join(f"{k} {v:.0f}s" for k, v in manifest["timings"].items()))
-    for name in ("eval.json", "report.md", "experiment/report.md", "experiment/plot.png"):
+    for name in layout.RESULT_FILES:
         if (run / name).exists():
             lines.append(f"{name}: {run / name}")
     return "\n".join(lines)

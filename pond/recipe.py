@@ -19,7 +19,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from curation.ingest import InputOptions
-from curation.step import StepOptions, default_cache_dir
+from curation.settings import default_cache_dir
+from curation.step import StepOptions
 from evaluation.config import EvaluateConfig, ExperimentConfig
 from pond.executors.config import RayConfig
 from pond.steps import STEPS

@@ -1,7 +1,5 @@
-"""The runner: executes a recipe into a resumable, auditable run directory (DESIGN.md).
-
-    runs/NAME/recipe.yaml, steps/NN-kind/{kept,rejected}.parquet + stats.json + DONE,
-    curated.parquet, heldout.parquet (if a holdout step), adapter/, eval.json, manifest.json
+"""The runner: executes a recipe into a resumable, auditable run directory (docs/architecture.md;
+its layout: pond.layout).
 
 Each step's fingerprint chains the previous one's with its own kind and options, so a step whose
 options changed re-runs together with everything after it, and a finished step (DONE + same
@@ -23,15 +21,16 @@ import polars as pl
 
 from curation.ingest import (IngestError, expand_paths, ingest_kept_schema, ingest_rejected_schema, iter_batches,
                              source_names)
-from curation.step import StepContext, default_cache_dir
-from curation.settings import gpu, hardware, pick_dtype
+from curation.settings import default_cache_dir, gpu, hardware, pick_dtype
+from curation.step import StepContext
 from pond import __version__
-from pond import ledger
+from pond import layout, ledger
 from pond.executors.shards import output_digest, read_output
 from pond.recipe import Recipe, Step
 from pond.steps import STEPS
+from pond.teachers import Teachers
 
-INGEST_DIR = "00-ingest"
+INGEST_DIR = layout.INGEST
 
 
 class StepFailed(RuntimeError):
@@ -60,43 +59,21 @@ def write_json(data: Any, path: Path) -> None:
     tmp.replace(path)
 
 
-def _step_dir_name(index: int, kind: str) -> str:
-    return f"{index:02d}-{kind}"
-
-
-def _reasons(rejected: pl.DataFrame, top: int = 20) -> dict[str, int]:
-    if rejected.is_empty() or "reason" not in rejected.columns:
-        return {}
-    # collapse `reason_of:<id>` style reasons to their tag for counting
-    tags = rejected.select(pl.col("reason").str.split(":").list.first().alias("r"))
-    counts = tags.group_by("r").len().sort(["len", "r"], descending=[True, False]).head(top)
-    return {r: int(n) for r, n in counts.iter_rows()}
-
-
-def _is_done(step_dir: Path, fingerprint: str) -> bool:
-    if not (step_dir / "DONE").exists():
-        return False
-    try:
-        return json.loads((step_dir / "stats.json").read_text()).get("fingerprint") == fingerprint
-    except (OSError, json.JSONDecodeError):
-        return False
-
-
 def _finish_step(step_dir: Path, kept: pl.DataFrame | None, rejected: pl.DataFrame,
                  stats: dict[str, Any]) -> dict[str, Any]:
     """Write a step's frames (kept=None: already written), stats.json, then DONE."""
     if kept is not None:
-        write_parquet(kept, step_dir / "kept.parquet")
-        write_parquet(rejected, step_dir / "rejected.parquet")
-    stats["reasons"] = _reasons(rejected)
-    stats["outputs"] = {n: file_digest(step_dir / n) for n in ("kept.parquet", "rejected.parquet")}
-    write_json(stats, step_dir / "stats.json")
-    (step_dir / "DONE").write_text(stats["fingerprint"] + "\n")
+        write_parquet(kept, step_dir / layout.KEPT)
+        write_parquet(rejected, step_dir / layout.REJECTED)
+    stats["reasons"] = layout.reason_counts(rejected)
+    stats["outputs"] = {n: file_digest(step_dir / n) for n in (layout.KEPT, layout.REJECTED)}
+    write_json(stats, step_dir / layout.STATS)
+    (step_dir / layout.DONE).write_text(stats["fingerprint"] + "\n")
     return stats
 
 
 class Runner:
-    """Runs one recipe into one run directory; `progress` makes the progress bars (rich in the CLI)."""
+    """Runs one recipe into one run directory; `track` makes the progress bars (rich in the CLI)."""
 
     def __init__(self, recipe: Recipe, out_dir: Path, base_dir: Path, *, fresh: bool = False,
                  cache_dir: Path | None = None, track: Callable | None = None,
@@ -109,9 +86,10 @@ class Runner:
         self.log = log
         if fresh and self.out.exists():
             shutil.rmtree(self.out)
-        (self.out / "steps").mkdir(parents=True, exist_ok=True)
+        layout.steps_dir(self.out).mkdir(parents=True, exist_ok=True)
         self.step_stats: list[dict[str, Any]] = []
         self.executor = None  # a RayExecutor while curate() runs with `executor: ray`
+        self.teachers = Teachers(dict(recipe.teachers), self.cache_dir, log)  # served teachers, started on need
 
     # -- ingest -------------------------------------------------------------------------------
 
@@ -122,8 +100,8 @@ class Runner:
         files = self.input_files()
         input_hashes = {str(p): file_digest(p) for p in files}
         fingerprint = _chain(__version__, "ingest", self.recipe.input.model_dump_json(), json.dumps(input_hashes))
-        step_dir = self.out / "steps" / INGEST_DIR
-        if _is_done(step_dir, fingerprint):
+        step_dir = layout.step_dir(self.out, INGEST_DIR)
+        if layout.is_done(step_dir, fingerprint):
             self._skipped(step_dir)
             return step_dir, fingerprint
         shutil.rmtree(step_dir, ignore_errors=True)
@@ -139,15 +117,15 @@ class Runner:
         else:
             n_kept, n_rej = self._ingest_local(parts, step_dir)
         if n_kept == 0:
-            example = read_output(step_dir / "rejected.parquet")["detail"].head(1).to_list()
+            example = read_output(step_dir / layout.REJECTED)["detail"].head(1).to_list()
             raise IngestError(f"{self.recipe.input.path}: no usable rows "
                               f"({n_rej} rejected, e.g. {example[0] if example else 'none'})")
-        ids = pl.scan_parquet(step_dir / "kept.parquet").select(pl.col("id").n_unique(), pl.len()).collect()
+        ids = pl.scan_parquet(step_dir / layout.KEPT).select(pl.col("id").n_unique(), pl.len()).collect()
         if ids[0, 0] != ids[0, 1]:
             raise IngestError(f"{self.recipe.input.path}: the same input file is listed twice (duplicate row ids)")
         stats = {"kind": "ingest", "fingerprint": fingerprint, "in": n_kept + n_rej, "out": n_kept,
                  "rejected": n_rej, "seconds": round(time.time() - t0, 3), "inputs": input_hashes}
-        rejected_reasons = pl.scan_parquet(step_dir / "rejected.parquet").select("reason").collect()
+        rejected_reasons = pl.scan_parquet(step_dir / layout.REJECTED).select("reason").collect()
         self.step_stats.append(_finish_step(step_dir, None, rejected_reasons, stats))
         shutil.rmtree(parts)
         self.log(f"ingest: {stats['in']} rows -> {stats['out']} kept, {stats['rejected']} rejected")
@@ -167,8 +145,8 @@ class Runner:
                 rejected.write_parquet(parts / f"rej-{i:05d}.parquet")
                 rej_parts.append(parts / f"rej-{i:05d}.parquet")
         # Parts are combined lazily (streaming), so memory stays bounded for multi-GB inputs.
-        n_kept = self._combine(kept_parts, step_dir / "kept.parquet", ingest_kept_schema())
-        n_rej = self._combine(rej_parts, step_dir / "rejected.parquet", ingest_rejected_schema())
+        n_kept = self._combine(kept_parts, step_dir / layout.KEPT, ingest_kept_schema())
+        n_rej = self._combine(rej_parts, step_dir / layout.REJECTED, ingest_rejected_schema())
         return n_kept, n_rej
 
     @staticmethod
@@ -183,7 +161,7 @@ class Runner:
         return pl.scan_parquet(dest).select(pl.len()).collect().item()
 
     def _skipped(self, step_dir: Path) -> None:
-        stats = json.loads((step_dir / "stats.json").read_text())
+        stats = json.loads((step_dir / layout.STATS).read_text())
         stats["skipped"] = True
         self.step_stats.append(stats)
         self.log(f"{step_dir.name}: done earlier, skipped")
@@ -200,8 +178,8 @@ class Runner:
 
     def run_step(self, index: int, step: Step, prev_dir: Path, prev_fp: str) -> tuple[Path, str]:
         fingerprint = _chain(prev_fp, step.kind, step.options.model_dump_json(), str(self.recipe.seed))
-        step_dir = self.out / "steps" / _step_dir_name(index, step.kind)
-        if _is_done(step_dir, fingerprint):
+        step_dir = layout.step_dir(self.out, layout.step_name(index, step.kind))
+        if layout.is_done(step_dir, fingerprint):
             self._skipped(step_dir)
             return step_dir, fingerprint
         self.teachers_for(self.recipe.steps[index - 1:], step)
@@ -209,7 +187,7 @@ class Runner:
         step_dir.mkdir(parents=True)
         if self.executor is not None and self.executor.distributes(step.kind):
             return self._run_distributed(step, step_dir, prev_dir, fingerprint)
-        df = read_output(prev_dir / "kept.parquet")
+        df = read_output(prev_dir / layout.KEPT)
         _, fn = STEPS[step.kind].load()
         ctx = self.context(step_dir)
         ledger.append(self.out, "start", step=step_dir.name, rows=len(df))
@@ -228,7 +206,7 @@ class Runner:
                  "seconds": round(time.time() - t0, 3), **ctx.stats}
         self.step_stats.append(_finish_step(step_dir, kept, rejected, stats))
         if step.kind == "holdout":
-            write_parquet(rejected.drop("stage", "reason"), self.out / "heldout.parquet")
+            write_parquet(rejected.drop("stage", "reason"), self.out / layout.HELDOUT)
         ledger.append(self.out, "done", step=step_dir.name, **{k: stats[k] for k in ("in", "out", "rejected", "seconds")})
         self.log(f"{step_dir.name}: {stats['in']} -> {stats['out']} kept, {stats['rejected']} rejected "
                  f"({stats['seconds']:.1f}s)")
@@ -238,7 +216,7 @@ class Runner:
         """A step on the ray executor: shard folders written by the workers, then stats and DONE."""
         from pond.executors.shards import count_rows, scan_output
 
-        prev = prev_dir / "kept.parquet"
+        prev = prev_dir / layout.KEPT
         ctx = self.context(step_dir)
         ledger.append(self.out, "start", step=step_dir.name, rows=count_rows(prev), executor="ray")
         t0 = time.time()
@@ -252,7 +230,7 @@ class Runner:
                              f"{figures['rejected']} rejected")
         stats = {"kind": step.kind, "fingerprint": fingerprint, "options": step.options.model_dump(mode="json"),
                  "seconds": round(time.time() - t0, 3), **figures}
-        reasons = scan_output(step_dir / "rejected.parquet", ["reason"])
+        reasons = scan_output(step_dir / layout.REJECTED, ["reason"])
         self.step_stats.append(_finish_step(step_dir, None, reasons, stats))
         ledger.append(self.out, "done", step=step_dir.name, **{k: stats[k] for k in ("in", "out", "rejected", "seconds")})
         self.log(f"{step_dir.name}: {stats['in']} -> {stats['out']} kept, {stats['rejected']} rejected "
@@ -261,13 +239,13 @@ class Runner:
 
     def _prune(self, keep: set[str]) -> None:
         """Drop step folders the recipe no longer has (a changed recipe must not leave stale steps)."""
-        for d in (self.out / "steps").iterdir():
+        for d in layout.steps_dir(self.out).iterdir():
             if d.is_dir() and d.name not in keep:
                 shutil.rmtree(d)
 
     def curate(self) -> Path:
         """Ingest and run every step; returns the path of curated.parquet."""
-        (self.out / "recipe.yaml").write_text(self.recipe.to_yaml())
+        (self.out / layout.RECIPE).write_text(self.recipe.to_yaml())
         ledger.append(self.out, "run", recipe=self.recipe.name, version=__version__, executor=self.recipe.executor)
         with ExitStack() as stack:
             if self.recipe.executor == "ray":
@@ -278,15 +256,15 @@ class Runner:
                 prev_dir = self._curate_steps()
             finally:
                 self.executor = None
-        curated = self.out / "curated.parquet"
-        tmp = curated.with_name("curated.parquet.tmp")
-        if (prev_dir / "kept.parquet").is_dir():  # shards of the ray executor: the final set is one file
-            write_parquet(read_output(prev_dir / "kept.parquet"), tmp)
+        curated = self.out / layout.CURATED
+        tmp = curated.with_name(layout.CURATED + ".tmp")
+        if (prev_dir / layout.KEPT).is_dir():  # shards of the ray executor: the final set is one file
+            write_parquet(read_output(prev_dir / layout.KEPT), tmp)
         else:
-            shutil.copyfile(prev_dir / "kept.parquet", tmp)
+            shutil.copyfile(prev_dir / layout.KEPT, tmp)
         tmp.replace(curated)
         if not any(s.kind == "holdout" for s in self.recipe.steps):
-            (self.out / "heldout.parquet").unlink(missing_ok=True)
+            (self.out / layout.HELDOUT).unlink(missing_ok=True)
         return curated
 
     def _curate_steps(self) -> Path:
@@ -303,24 +281,10 @@ class Runner:
         return prev_dir
 
     def teachers_for(self, remaining: list[Step], step: Step | None) -> None:
-        """Keep served teachers (`serve:`) up exactly while steps still need them.
-
-        On a small machine two vLLM servers side by side (writer and judge) would fight for the
-        cores, so a teacher pond started is stopped as soon as no remaining step names it, and
-        started only when the current step needs it. A step that is already done needs none.
-        """
-        served = self.__dict__.setdefault("_served", {})
-        wanted = {getattr(s.options, "teacher", None) for s in remaining} - {None}
-        for name in [n for n in served if n not in wanted]:
-            served.pop(name).close()
-        name = getattr(step.options, "teacher", None) if step is not None else None
-        if name is None or name in served or self.recipe.teachers[name].serve is None:
-            return
-        from synthesis.server import running_teacher
-
-        stack = ExitStack()
-        stack.enter_context(running_teacher(self.recipe.teachers[name], cache_dir=self.cache_dir, log=self.log))
-        served[name] = stack
+        """Keep served teachers up exactly while steps still need them (pond.teachers): stop those no
+        remaining step names, start the one the current step needs. A step already done needs none."""
+        self.teachers.keep_only(getattr(s.options, "teacher", None) for s in remaining)
+        self.teachers.need(getattr(step.options, "teacher", None) if step is not None else None)
 
 
 def run_dtypes(recipe: Any) -> dict[str, Any]:

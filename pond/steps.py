@@ -1,7 +1,13 @@
-"""The step registry: recipe `kind` -> (module, function, options class).
+"""The step registry: recipe `kind` -> (module, function, options class, how it distributes).
 
 Imported lazily so that a curation-only recipe never loads torch or the teacher client.
-Steps never import pond; this table is the only place that knows them all.
+Steps never import pond; this table is the only place that knows them all. The executors read a
+step's `distribute` and never its name (docs/architecture.md, "How a step is distributed"):
+- LOCAL: gathered on the driver and run by the local runner, on either executor;
+- ROWWISE: the step function itself, shard by shard (its rows never need each other);
+- ACTOR: row-wise, in long-lived actors that keep a model loaded between shards;
+- "module:function": a distributed form `fn(executor, options, prev, step_dir, ctx) -> (shard
+  summaries, figures)` that wires shuffles and joins around the step's own curation functions.
 """
 from __future__ import annotations
 
@@ -12,12 +18,20 @@ from dataclasses import dataclass
 from curation.step import StepOptions
 
 
+LOCAL = "local"
+ROWWISE = "rowwise"
+ACTOR = "actor"
+
+
 @dataclass(frozen=True)
 class StepSpec:
     module: str
     function: str
     options: str
     summary: str
+    distribute: str = LOCAL
+    # figures one shard reports that do not add up across shards (percentiles, per-file figures)
+    shard_figures: tuple[str, ...] = ()
 
     def load(self) -> tuple[type[StepOptions], Callable]:
         mod = importlib.import_module(self.module)
@@ -26,23 +40,38 @@ class StepSpec:
     def options_model(self) -> type[StepOptions]:
         return getattr(importlib.import_module(self.module), self.options)
 
+    @property
+    def distributed(self) -> bool:
+        return self.distribute != LOCAL
+
+    def distributed_form(self) -> Callable:
+        """The named distributed function (`distribute: "module:function"`)."""
+        module, _, function = self.distribute.partition(":")
+        if not function:
+            raise ValueError(f"{self.module}.{self.function}: distribute={self.distribute!r} names no function")
+        return getattr(importlib.import_module(module), function)
+
 
 STEPS: dict[str, StepSpec] = {
     "holdout": StepSpec("curation.holdout", "holdout", "HoldoutOptions",
                         "set aside n valid raw rows as the held-out set, before any curation"),
     "exact_dedup": StepSpec("curation.exact_dedup", "exact_dedup", "ExactDedupOptions",
-                            "drop rows whose normalised text equals an earlier row's"),
+                            "drop rows whose normalised text equals an earlier row's",
+                            "pond.executors.ray_dedup:exact_dedup_ray"),
     "minhash_dedup": StepSpec("curation.minhash", "minhash_dedup", "MinhashDedupOptions",
-                              "near-duplicate removal: MinHash LSH candidates verified by exact Jaccard"),
+                              "near-duplicate removal: MinHash LSH candidates verified by exact Jaccard",
+                              "pond.executors.ray_dedup:minhash_dedup_ray"),
     "heuristics": StepSpec("curation.heuristics", "heuristics", "HeuristicsOptions",
-                           "Gopher/C4-style quality rules and conversation rules"),
-    "pii": StepSpec("curation.pii", "pii", "PiiOptions", "redact, drop or flag personal data and secrets"),
+                           "Gopher/C4-style quality rules and conversation rules", ROWWISE),
+    "pii": StepSpec("curation.pii", "pii", "PiiOptions", "redact, drop or flag personal data and secrets", ROWWISE),
     "decontaminate": StepSpec("curation.decontaminate", "decontaminate", "DecontaminateOptions",
                               "drop rows sharing an n-gram with an eval set"),
     "embed_quality": StepSpec("curation.embed_quality", "embed_quality", "EmbedQualityOptions",
-                              "score rows by embedding (reference set or classifier) and filter"),
+                              "score rows by embedding (reference set or classifier) and filter", ACTOR,
+                              shard_figures=("score", "reference", "classifier", "rows_per_second")),
     "semantic_dedup": StepSpec("curation.semantic_dedup", "semantic_dedup", "SemanticDedupOptions",
-                               "SemDeDup: drop near-identical meanings within k-means clusters"),
+                               "SemDeDup: drop near-identical meanings within k-means clusters",
+                               "pond.executors.ray_embed:semantic_dedup_ray"),
     "select": StepSpec("curation.selection", "select", "SelectOptions",
                        "choose n rows: random, longest, quality, quality_diverse, kcenter"),
     "synthesize": StepSpec("synthesis.generators", "synthesize", "SynthesizeOptions",

@@ -27,13 +27,14 @@ import random
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from curation.settings import no_progress
 from synthesis.budget import Budget, BudgetExceeded, call_tokens_upper
 from synthesis.cache import ResponseCache, request_key
 
@@ -462,10 +463,6 @@ class TeacherClient:
         return out
 
 
-def _no_track(items: Iterable[Any], description: str, total: int | None = None) -> Iterator[Any]:
-    yield from items
-
-
 @dataclass
 class TeacherSession:
     """A teacher for synchronous code (steps): one cache, one budget and one tally across batches."""
@@ -489,7 +486,7 @@ class TeacherSession:
         hand-offs per call on a busy machine."""
         if not requests:
             return []
-        ticks = iter((track or _no_track)(itertools.repeat(None, len(requests)), description, len(requests)))
+        ticks = iter((track or no_progress)(itertools.repeat(None, len(requests)), description, len(requests)))
 
         async def main() -> list[Completion | BaseException]:
             async with TeacherClient(self.config, self.cache, budget=self.budget, stats=self.stats,

@@ -8,7 +8,9 @@
   b = the other column, tie) and `judge_reason`; rows that lose are rejected.
 
 A call that fails, or a reply that cannot be parsed, rejects its row with the error; rows never
-shift. `pairwise_judge` (async) and `pairwise_many` (sync) serve the evaluation package.
+shift. `pairwise_judge` (async) and `pairwise_many` (sync) serve the evaluation package. The schemas,
+the verdict parsing and the both-orders rule are the judge core's (synthesis.judge_core), which
+evaluation.judge shares.
 """
 from __future__ import annotations
 
@@ -26,11 +28,11 @@ from curation.step import StepContext, StepOptions, reject
 from synthesis.budget import call_tokens_upper
 from synthesis.cache import ResponseCache, run_cache_path
 from synthesis.client import ChatRequest, Completion, TeacherClient, TeacherSession, resolve_teacher
+from synthesis.judge_core import Winner, combine_orders, pairwise_schema, parse_verdict, score_schema
 from synthesis.prompts import RUBRIC_DIR, load_text, render
 from synthesis.rows import clip, row_answer, row_prompt
 
 STAGE = "judge"
-Winner = Literal["a", "b", "tie"]
 
 
 class JudgeOptions(StepOptions):
@@ -55,18 +57,6 @@ class JudgeOptions(StepOptions):
                                                                          "synthetic ones (source `synthetic:*`), or "
                                                                          "only the real ones; the others pass "
                                                                          "through unjudged.")
-
-
-def score_schema(max_reason_chars: int = 160) -> dict:
-    return {"type": "object", "additionalProperties": False, "required": ["reason", "score"],
-            "properties": {"reason": {"type": "string", "maxLength": max_reason_chars},
-                           "score": {"type": "integer", "minimum": 1, "maximum": 10}}}
-
-
-def pairwise_schema(max_reason_chars: int = 160) -> dict:
-    return {"type": "object", "additionalProperties": False, "required": ["reason", "winner"],
-            "properties": {"reason": {"type": "string", "maxLength": max_reason_chars},
-                           "winner": {"type": "string", "enum": ["A", "B", "tie"]}}}
 
 
 def _reply_tokens(max_reason_chars: int) -> int:
@@ -109,21 +99,6 @@ def parse_score(result: Completion) -> tuple[int, str]:
     return score, str(data.get("reason", "")).strip()
 
 
-def _verdict(result: Completion) -> tuple[str, str]:
-    data = result.json()
-    winner = data.get("winner") if isinstance(data, dict) else None
-    if winner not in ("A", "B", "tie"):
-        raise ValueError(f"judge reply has no winner A/B/tie: {result.text[:120]!r}")
-    return winner, str(data.get("reason", "")).strip()
-
-
-def combine_orders(first: str, second: str) -> Winner:
-    """Winner from both orders: `first` saw (a, b) as (A, B), `second` saw (b, a); disagreement is a tie."""
-    one = {"A": "a", "B": "b"}.get(first, "tie")
-    two = {"A": "b", "B": "a"}.get(second, "tie")
-    return one if one == two else "tie"  # type: ignore[return-value]
-
-
 @dataclass
 class PairwiseResult:
     winner: Winner | None  # None: the comparison failed (see error)
@@ -139,7 +114,7 @@ def _pairwise_result(r1: Completion | BaseException, r2: Completion | BaseExcept
         if isinstance(r, BaseException):
             return PairwiseResult(None, error=f"judge call failed: {r}")
     try:
-        (v1, why1), (v2, why2) = _verdict(r1), _verdict(r2)
+        (v1, why1), (v2, why2) = parse_verdict(r1), parse_verdict(r2)
     except ValueError as e:
         return PairwiseResult(None, error=f"unusable judge reply: {e}")
     return PairwiseResult(combine_orders(v1, v2), v1, v2, f"{why1} | {why2}", cached=r1.cached and r2.cached)

@@ -3,6 +3,12 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+# Join aggregators (actors) reserve no CPU. Any fraction fragments small nodes: Ray Data spreads
+# one aggregator per node, and a 0.05-CPU one leaves a 1-CPU node 0.95, where no 1-CPU task (the
+# shuffle's own block tasks included) fits again, so the join waited forever. The aggregators
+# mostly hold blocks until the end; their final join runs after the feeding tasks are done.
+AGGREGATOR_CPUS = 0.0
+
 
 class RayConfig(BaseModel):
     """Where and how the `ray` executor runs."""

@@ -26,20 +26,18 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from curation.exact_dedup import normalised_text
+from curation.exact_dedup import duplicate_groups, duplicate_of, normalised_text, split_exact
+from curation.keep import check_score_column, keeper
 from curation.minhash import STAGE as MH_STAGE
-from curation.minhash import MinhashDedupOptions, band_keys, lsh_params
+from curation.minhash import MinhashDedupOptions, band_keys, bucket_pairs, lsh_params, split_near_duplicates
 from curation.minhash_signatures import pair_jaccard, sorted_sets
 from curation.shingles import shingle_hashes
-from curation.step import StepContext, reject
-from pond.executors.shards import POS, count_rows, read_shard
+from curation.step import StepContext
+from pond.executors.config import AGGREGATOR_CPUS
+from pond.executors.shards import POS, count_rows, output_columns, read_shard
+from pond.executors.verdicts import verdicts_for
 
 PART = "__part"
-# Join aggregators (actors) reserve no CPU. Any fraction fragments small nodes: Ray Data spreads
-# one aggregator per node, and a 0.05-CPU one leaves a 1-CPU node 0.95, where no 1-CPU task (the
-# shuffle's own block tasks included) fits again, so the join waited forever. The aggregators
-# mostly hold blocks until the end; their final join runs after the feeding tasks are done.
-AGGREGATOR_CPUS = 0.0
 
 
 def _part(expr: pl.Expr, n: int) -> pl.Expr:
@@ -60,17 +58,10 @@ def _exact_keys(batch, column: str, lowercase: bool, strip: bool, parts: int) ->
 
 
 def _exact_group(table: pa.Table) -> pa.Table:
-    df = pl.from_arrow(table)
-    first = df.sort(POS).group_by("k1", "k2", maintain_order=True).agg(pl.col("id").first().alias("duplicate_of"),
-                                                                        pl.col(POS).first().alias("__first"))
-    dups = df.join(first, on=["k1", "k2"]).filter(pl.col(POS) != pl.col("__first"))
+    """One hash partition of keys -> verdicts (position, duplicate_of) for its duplicates."""
+    df = pl.from_arrow(table).with_columns(duplicate_of(["k1", "k2"], order=POS).alias("duplicate_of"))
+    dups = df.filter(pl.col("duplicate_of").is_not_null())
     return dups.select(pl.col(POS).cast(pl.Int64), pl.col("duplicate_of").cast(pl.Utf8)).to_arrow()
-
-
-def finish_exact(marked: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
-    dup = pl.col("duplicate_of").is_not_null()
-    kept = marked.filter(~dup).drop("duplicate_of")
-    return kept, reject(marked.filter(dup), "exact_dedup", pl.lit("exact_duplicate_of:") + pl.col("duplicate_of"))
 
 
 def exact_dedup_ray(ex, opts, prev: Path, step_dir: Path, ctx: StepContext):
@@ -80,12 +71,12 @@ def exact_dedup_ray(ex, opts, prev: Path, step_dir: Path, ctx: StepContext):
     verdicts = keys.groupby(PART, num_partitions=p).map_groups(_exact_group, batch_format="pyarrow")
     vdir = step_dir / "_verdicts"
     ex.write_verdicts(verdicts, vdir)
-    rows = ex.apply_verdicts(prev, step_dir, vdir, finish_exact, {}, {"duplicate_of": "Utf8"})
+    rows = ex.apply_verdicts(prev, step_dir, vdir, split_exact, {}, {"duplicate_of": "Utf8"})
     from pond.executors.shards import scan_output
 
     rej = scan_output(step_dir / "rejected.parquet", ["duplicate_of"]) if (step_dir / "rejected.parquet").exists() \
         else pl.DataFrame({"duplicate_of": []})
-    return rows, {"duplicate_groups": int(rej["duplicate_of"].n_unique()) if len(rej) else 0}
+    return rows, {"duplicate_groups": duplicate_groups(rej["duplicate_of"])}
 
 
 # --- minhash: candidates ----------------------------------------------------------------------------
@@ -115,18 +106,10 @@ PAIR_SCHEMA = {"id_a": pl.Utf8, "id_b": pl.Utf8, "pos_a": pl.Int64, "pos_b": pl.
 
 
 def _mh_pairs(table: pa.Table, max_bucket: int, parts: int) -> pa.Table:
-    f = (pl.from_arrow(table).filter(pl.col("band") >= 0)
-         .with_columns(pl.len().over("band", "key").alias("n")).filter(pl.col("n") > 1))
-    small = f.filter(pl.col("n") <= max_bucket).select("band", "key", "id", POS)
-    pairs = (small.join(small, on=["band", "key"], suffix="_b").filter(pl.col("id") < pl.col("id_b"))
-             .select(pl.col("id").alias("id_a"), pl.col("id_b"), pl.col(POS).alias("pos_a"), pl.col(f"{POS}_b").alias("pos_b")))
-    big = f.filter(pl.col("n") > max_bucket).sort("id")
-    big = (big.with_columns(pl.col("id").first().over("band", "key").alias("c"),
-                            pl.col(POS).first().over("band", "key").alias("cp"))
-           .filter(pl.col("id") != pl.col("c"))
-           .select(pl.col("c").alias("id_a"), pl.col("id").alias("id_b"), pl.col("cp").alias("pos_a"),
-                   pl.col(POS).alias("pos_b")))
-    out = pl.concat([pairs, big]).unique()
+    """One hash partition of band keys -> candidate pairs, by the local bucket rule."""
+    members = pl.from_arrow(table).filter(pl.col("band") >= 0).select("band", "key", "id", POS)
+    out = (bucket_pairs(members, ["band", "key"], "id", max_bucket)
+           .select("id_a", "id_b", pl.col(f"{POS}_a").alias("pos_a"), pl.col(f"{POS}_b").alias("pos_b")).unique())
     return out.with_columns(_part(pl.col("pos_a") * 1_000_003 + pl.col("pos_b"), parts)).cast(PAIR_SCHEMA).to_arrow()
 
 
@@ -140,8 +123,6 @@ def _endpoints(table: pa.Table) -> pa.Table:
 
 
 def _docs(batch, column: str, score: str | None, side: str, candidates: str) -> pa.Table:
-    from pond.executors.ray_exec import verdicts_for
-
     cols = [column, "id"] + ([score] if score else [])
     out = []
     for df in _frames(batch, cols):
@@ -222,27 +203,12 @@ def _labels(table: pa.Table) -> pa.Table:
     return pl.from_arrow(table).select(pl.col(POS).alias("src"), "label").to_arrow()
 
 
-def _keeper_order(keep: str) -> list[pl.Expr]:
-    if keep == "first":
-        return [pl.col(POS)]
-    if keep == "longest":
-        return [-pl.col("len"), pl.col("id")]
-    score = pl.col("score").fill_nan(None).neg().fill_null(float("inf"))
-    return [score, -pl.col("len"), pl.col("id")]
-
-
 def _keepers(table: pa.Table, keep: str) -> pa.Table:
-    df = pl.from_arrow(table)
-    best = df.sort(_keeper_order(keep)).group_by("label").agg(pl.col("id").first().alias("duplicate_of"))
-    return (df.join(best, on="label")
-            .select(pl.col(POS), pl.col("label").alias("dup_cluster"), "duplicate_of", pl.col("jac").alias("dup_jaccard"))
-            .to_arrow())
-
-
-def finish_minhash(marked: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
-    is_kept = pl.col("dup_cluster").is_null() | (pl.col("duplicate_of") == pl.col("id"))
-    kept = marked.filter(is_kept).drop("duplicate_of", "dup_jaccard")
-    return kept, reject(marked.filter(~is_kept), MH_STAGE, "near_duplicate")
+    """One partition of component labels -> verdicts, by the local keep rule."""
+    df = pl.from_arrow(table).with_columns(
+        keeper(keep, "label", position=POS, length="len", score="score", tiebreak="id").alias("duplicate_of"))
+    return df.select(pl.col(POS), pl.col("label").alias("dup_cluster"), "duplicate_of",
+                     pl.col("jac").alias("dup_jaccard")).to_arrow()
 
 
 def _with_part(table: pa.Table, column: str, parts: int) -> pa.Table:
@@ -261,14 +227,7 @@ def minhash_dedup_ray(ex, opts: MinhashDedupOptions, prev: Path, step_dir: Path,
     bands, rows = lsh_params(opts)
     p = ex.partitions
     score = opts.score_column if opts.keep == "quality" else None
-    if score is not None:
-        import pyarrow.parquet as pq
-
-        from pond.executors.shards import list_shards
-
-        names = pq.read_schema(list_shards(prev)[0]).names
-        if score not in names:
-            raise ValueError(f"minhash_dedup keep=quality: no column {score!r} (columns: {names})")
+    check_score_column(MH_STAGE, opts.keep, opts.score_column, output_columns(prev))
     t0 = time.perf_counter()
     band_rows = ex.shards(prev).map_batches(_mh_bands, batch_size=1, batch_format="numpy", fn_kwargs={
         "opts": opts, "seed": seed, "bands": bands, "rows": rows, "parts": p}).materialize()
@@ -324,7 +283,7 @@ def minhash_dedup_ray(ex, opts: MinhashDedupOptions, prev: Path, step_dir: Path,
             ex.write_verdicts(verdicts, vdir)
         figures["candidate_pairs_below_threshold"] = n_pairs - n_edges
     t3 = time.perf_counter()
-    result = ex.apply_verdicts(prev, step_dir, vdir, finish_minhash, {},
+    result = ex.apply_verdicts(prev, step_dir, vdir, split_near_duplicates, {},
                                {"dup_cluster": "Utf8", "duplicate_of": "Utf8", "dup_jaccard": "Float64"})
     dups = sum(r["n_rej"] for r in result)
     figures.update({"docs": count_rows(prev), "verified_pairs": n_edges,

@@ -3,8 +3,8 @@
 Actors (`ray.embed_actors` of them) embed shard after shard with `curation.embed.embed_texts`
 (the local function: same model, precision, cache). The driver then receives only positions,
 vectors and the few columns the keep rule reads — never the texts — and runs the local
-`curation.semantic_dedup.semdedup` on them, so the clusters and the kept rows are the local
-executor's. Its limit: the driver holds rows × dim float32 (384 × 4 bytes a row for MiniLM:
+`curation.semantic_dedup.semdedup` on them, with the local keep rule (`curation.keep.keep_rank`),
+so the clusters and the kept rows are the local executor's. Its limit: the driver holds rows × dim float32 (384 × 4 bytes a row for MiniLM:
 1.5 GB per million rows); docs/scale-out.md says so.
 """
 from __future__ import annotations
@@ -15,9 +15,10 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from curation.semantic_dedup import STAGE, SemanticDedupOptions, default_clusters, semdedup
-from curation.step import StepContext, reject
-from pond.executors.shards import POS, count_rows, read_shard
+from curation.keep import check_score_column, keep_rank
+from curation.semantic_dedup import STAGE, SemanticDedupOptions, default_clusters, semdedup, split_semantic
+from curation.step import StepContext
+from pond.executors.shards import POS, count_rows, output_columns, read_shard
 
 
 class EmbedActor:
@@ -42,35 +43,10 @@ class EmbedActor:
         return pa.concat_tables(out) if out else pa.table({})
 
 
-def _priority(length: np.ndarray, score: np.ndarray, keep: str) -> np.ndarray:
-    """curation.semantic_dedup.keep_priority on (length, score) arrays in row order."""
-    n = len(length)
-    row = np.arange(n)
-    if keep == "first":
-        return row
-    order = np.lexsort((row, -length)) if keep == "longest" else np.lexsort((row, -length, -score))
-    rank = np.empty(n, dtype=np.int64)
-    rank[order] = row
-    return rank
-
-
-def finish_semantic(marked: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
-    dup = pl.col("duplicate_of").is_not_null()
-    kept = marked.filter(~dup).drop("duplicate_of", "dup_cosine")
-    return kept, reject(marked.filter(dup), STAGE, pl.lit("semantic_duplicate_of:") + pl.col("duplicate_of"))
-
-
 def semantic_dedup_ray(ex, opts: SemanticDedupOptions, prev: Path, step_dir: Path, ctx: StepContext):
     import ray.data
 
-    if opts.keep == "quality":
-        import pyarrow.parquet as pq
-
-        from pond.executors.shards import list_shards
-
-        names = pq.read_schema(list_shards(prev)[0]).names
-        if opts.score_column not in names:
-            raise ValueError(f"{STAGE} keep=quality: no column {opts.score_column!r} (columns: {names})")
+    check_score_column(STAGE, opts.keep, opts.score_column, output_columns(prev))
     score = opts.score_column if opts.keep == "quality" else None
     ds = ex.shards(prev).map_batches(
         EmbedActor, batch_size=1, batch_format="numpy", concurrency=ex.config.embed_actors,
@@ -87,7 +63,7 @@ def semantic_dedup_ray(ex, opts: SemanticDedupOptions, prev: Path, step_dir: Pat
         info = pl.from_arrow(table.drop(["emb"]))
         order = np.argsort(info[POS].to_numpy(), kind="stable")  # row order (preserve_order keeps it already)
         info, emb = info[order], emb[order]
-        prio = _priority(info["len"].to_numpy(), info["score"].fill_nan(None).fill_null(-np.inf).to_numpy(), opts.keep)
+        prio = keep_rank(opts.keep, info["len"], info["score"] if score else None)
         k = opts.n_clusters or default_clusters(n, opts.cluster_size)
         seed = ctx.seed if opts.seed is None else opts.seed
         res = semdedup(emb, prio, opts.eps, k, seed, opts.kmeans_iter)
@@ -103,7 +79,7 @@ def semantic_dedup_ray(ex, opts: SemanticDedupOptions, prev: Path, step_dir: Pat
                         "threshold_cosine": round(1.0 - opts.eps, 6),
                         "kmeans_seconds": round(float(res["seconds"][0]), 3),
                         "compare_seconds": round(float(res["seconds"][1]), 3)})
-    rows = ex.apply_verdicts(prev, step_dir, vdir, finish_semantic, {},
+    rows = ex.apply_verdicts(prev, step_dir, vdir, split_semantic, {},
                              {"duplicate_of": "Utf8", "dup_cosine": "Float32"})
     figures["docs"] = count_rows(prev)
     return rows, figures

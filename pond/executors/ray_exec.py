@@ -1,15 +1,15 @@
 """The `ray` executor: the same step functions, run on Ray Data over sharded Parquet.
 
-What runs where (DESIGN.md, "Scale"):
+What runs where (docs/architecture.md, "How a step is distributed"):
 - ingest (ray_ingest): input files in parts (JSONL byte ranges, Parquet row groups), each streamed
   by a Ray task through the local reader and normaliser (`curation.ingest.iter_file_batches`), so
   ids, line numbers and rejections are the local ones; written as shards of `ray.shard_rows` rows.
-- row-wise steps (heuristics, pii, embed_quality): `map_batches` over shards; each shard goes
-  through the step function itself and its kept/rejected rows are written by the worker.
-  embed_quality runs in actors, which keep the embedding model loaded between shards.
-- exact_dedup, minhash_dedup, semantic_dedup: distributed forms in ray_dedup / ray_embed.
-- every other step (holdout, decontaminate, select, synthesize, judge): gathered on the driver
-  and run by the local runner; see docs/scale-out.md for this limit.
+- each step as its StepSpec says (`pond.steps`; this module never matches on a step's name):
+  `rowwise` steps: `map_batches` over shards; each shard goes through the step function itself
+  and its kept/rejected rows are written by the worker; `actor` steps the same, in actors that
+  keep a model loaded between shards; a named distributed form (ray_dedup, ray_embed) wires
+  shuffles and joins around the step's curation functions; `local` steps are gathered on the
+  driver and run by the local runner (see docs/scale-out.md for this limit).
 
 The run directory is the local executor's, except that distributed steps write `kept.parquet/`
 and `rejected.parquet/` as shard folders (pond.executors.shards); the runner writes stats.json,
@@ -29,12 +29,11 @@ import polars as pl
 import pyarrow as pa
 
 from curation.step import StepContext
-from pond.executors.config import RayConfig
+from pond.executors.config import AGGREGATOR_CPUS, RayConfig
 from pond.executors.shards import POS, ensure_nonempty, list_shards, read_output, read_shard, write_shard
+from pond.executors.verdicts import apply_verdicts_batch, shard_summary, summaries_table, write_sorted_block
+from pond.steps import ACTOR, ROWWISE, STEPS, StepSpec
 
-ROWWISE = {"heuristics", "pii"}
-ACTOR_ROWWISE = {"embed_quality"}
-DISTRIBUTED = ROWWISE | ACTOR_ROWWISE | {"exact_dedup", "minhash_dedup", "semantic_dedup"}
 
 
 def quiet_env() -> None:
@@ -75,94 +74,35 @@ def ctx_args(ctx: StepContext) -> dict[str, Any]:
     return {"seed": ctx.seed, "cache_dir": ctx.cache_dir, "run_dir": ctx.run_dir, "base_dir": ctx.base_dir}
 
 
-def _summary(n_in: int, kept: int, rejected: int, stats: dict | None = None) -> dict[str, Any]:
-    return {"n_in": n_in, "n_kept": kept, "n_rej": rejected, "stats": json.dumps(stats or {}, default=str)}
-
-
-def summaries_table(rows: list[dict[str, Any]]) -> pa.Table:
-    return pa.Table.from_pylist(rows, schema=pa.schema([("n_in", pa.int64()), ("n_kept", pa.int64()),
-                                                         ("n_rej", pa.int64()), ("stats", pa.string())]))
-
-
 # --- worker functions (module level: pickled by reference) ---------------------------------------
 
-def run_on_shard(path: str, kind: str, options: Any, cargs: dict, out: str) -> dict[str, Any]:
-    """One shard through a step function; its kept/rejected rows written next to the others."""
-    from pond.steps import STEPS
+def run_on_shard(path: str, spec: StepSpec, options: Any, cargs: dict, out: str) -> dict[str, Any]:
+    """One shard through a step function; its kept/rejected rows written next to the others.
 
+    The spec travels with the task (not its kind), so a worker needs only the step's module."""
     df = read_shard(Path(path))
     if df.is_empty():
-        return _summary(0, 0, 0)
+        return shard_summary(0, 0, 0)
     ctx = StepContext(**cargs)
-    kept, rejected = STEPS[kind].load()[1](df, options, ctx)
+    kept, rejected = spec.load()[1](df, options, ctx)
     out_dir = Path(out)
     write_shard(kept, out_dir / "kept.parquet")
     write_shard(rejected, out_dir / "rejected.parquet")
-    return _summary(len(df), len(kept), len(rejected), ctx.stats)
+    return shard_summary(len(df), len(kept), len(rejected), ctx.stats)
 
 
-def _rowwise(batch: dict[str, np.ndarray], kind: str, options: Any, cargs: dict, out: str) -> pa.Table:
-    return summaries_table([run_on_shard(p, kind, options, cargs, out) for p in batch["path"]])
+def _rowwise(batch: dict[str, np.ndarray], spec: StepSpec, options: Any, cargs: dict, out: str) -> pa.Table:
+    return summaries_table([run_on_shard(p, spec, options, cargs, out) for p in batch["path"]])
 
 
 class RowwiseActor:
     """Runs a row-wise step in a long-lived process (embedding models stay loaded)."""
 
-    def __init__(self, kind: str, options: Any, cargs: dict, out: str):
-        self.args = (kind, options, cargs, out)
+    def __init__(self, spec: StepSpec, options: Any, cargs: dict, out: str):
+        self.args = (spec, options, cargs, out)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         return summaries_table([run_on_shard(p, *self.args) for p in batch["path"]])
-
-
-# --- verdicts: per-row decisions of a global step, joined back to the shards by position ---------
-
-def _write_sorted_block(batch: pa.Table, out: str) -> pa.Table:
-    df = pl.from_arrow(batch)
-    if len(df):
-        df = df.sort(POS)
-        folder = Path(out)
-        folder.mkdir(parents=True, exist_ok=True)
-        import uuid
-
-        name = f"v-{int(df[POS][0]):015d}-{uuid.uuid4().hex[:8]}.parquet"  # equal starts must not collide
-        tmp = folder / f".{name}.tmp"
-        df.write_parquet(tmp)
-        os.replace(tmp, folder / name)
-    return pa.table({"n": [len(df)]})
-
-
-def verdicts_for(folder: Path, lo: int, hi: int) -> pl.DataFrame | None:
-    """Verdict rows with lo <= position <= hi (verdict files are sorted, disjoint ranges)."""
-    if not folder.is_dir():
-        return None
-    files = sorted(folder.glob("v-*.parquet"))
-    starts = [int(f.stem[2:2 + 15]) for f in files]
-    # file i holds positions from starts[i] up to starts[i + 1] (inclusive: a run of equal positions
-    # may be split between two files)
-    pick = [f for i, f in enumerate(files) if starts[i] <= hi and (i + 1 == len(files) or starts[i + 1] >= lo)]
-    if not pick:
-        return None
-    return pl.concat([pl.read_parquet(f) for f in pick], how="diagonal_relaxed").filter(pl.col(POS).is_between(lo, hi))
-
-
-def _apply_verdicts(batch: dict[str, np.ndarray], finish: Callable, kwargs: dict, verdict_dir: str,
-                    out: str, columns: dict[str, str]) -> pa.Table:
-    rows = []
-    for path in batch["path"]:
-        df = read_shard(Path(path))
-        if df.is_empty():
-            continue
-        schema = {k: getattr(pl, v) for k, v in columns.items()}
-        found = verdicts_for(Path(verdict_dir), int(df[POS].min()), int(df[POS].max())) if len(df) else None
-        if found is None or found.is_empty():
-            found = pl.DataFrame(schema={POS: pl.Int64, **schema})
-        marked = df.join(found.select(POS, *schema).cast(schema), on=POS, how="left", maintain_order="left")
-        kept, rejected = finish(marked, **kwargs)
-        write_shard(kept, Path(out) / "kept.parquet")
-        write_shard(rejected, Path(out) / "rejected.parquet")
-        rows.append(_summary(len(df), len(kept), len(rejected)))
-    return summaries_table(rows)
 
 
 # --- the executor ---------------------------------------------------------------------------------
@@ -210,8 +150,6 @@ class RayExecutor:
             from ray.data.context import ShuffleStrategy
 
             dc.shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
-        from pond.executors.ray_dedup import AGGREGATOR_CPUS
-
         dc.hash_shuffle_operator_actor_num_cpus_override = AGGREGATOR_CPUS  # why: see there
         dc.max_hash_shuffle_aggregators = self.config.shuffle_partitions or max(
             1, int(ray.cluster_resources().get("CPU", 1)))
@@ -227,7 +165,7 @@ class RayExecutor:
 
     @staticmethod
     def distributes(kind: str) -> bool:
-        return kind in DISTRIBUTED
+        return STEPS[kind].distributed
 
     @property
     def partitions(self) -> int:
@@ -269,25 +207,15 @@ class RayExecutor:
     # -- steps --
 
     def run_step(self, kind: str, options: Any, prev: Path, step_dir: Path, ctx: StepContext) -> dict[str, Any]:
-        """Run a distributed step; returns {in, out, rejected, **step figures}."""
-        if kind in ROWWISE or kind in ACTOR_ROWWISE:
-            rows = self.rowwise(kind, options, prev, step_dir, ctx)
+        """Run a distributed step, as its StepSpec says; returns {in, out, rejected, **step figures}."""
+        spec = STEPS[kind]
+        if spec.distribute in (ROWWISE, ACTOR):
+            rows = self.rowwise(spec, options, prev, step_dir, ctx)
             stats = merge_stats([json.loads(r["stats"]) for r in rows])
-            # percentiles and per-file figures do not add up across shards: leave them out
-            for key in ("score", "reference", "classifier", "rows_per_second"):
+            for key in spec.shard_figures:
                 stats.pop(key, None)
-        elif kind == "exact_dedup":
-            from pond.executors.ray_dedup import exact_dedup_ray
-
-            rows, stats = exact_dedup_ray(self, options, prev, step_dir, ctx)
-        elif kind == "minhash_dedup":
-            from pond.executors.ray_dedup import minhash_dedup_ray
-
-            rows, stats = minhash_dedup_ray(self, options, prev, step_dir, ctx)
-        elif kind == "semantic_dedup":
-            from pond.executors.ray_embed import semantic_dedup_ray
-
-            rows, stats = semantic_dedup_ray(self, options, prev, step_dir, ctx)
+        elif spec.distributed:
+            rows, stats = spec.distributed_form()(self, options, prev, step_dir, ctx)
         else:
             raise ValueError(f"the ray executor has no distributed form of {kind!r}")
         empty = read_output(prev).clear() if not list_shards(step_dir / "kept.parquet") else None
@@ -295,18 +223,16 @@ class RayExecutor:
             ensure_nonempty(step_dir / "kept.parquet", empty)
         if not (step_dir / "rejected.parquet").is_dir() or not list_shards(step_dir / "rejected.parquet"):
             # no row was rejected: an empty shard with the local executor's rejected columns
-            from pond.steps import STEPS
-
             probe = read_shard(list_shards(prev)[0]).clear()
-            _, rej = STEPS[kind].load()[1](probe.drop(POS), options, StepContext(**ctx_args(ctx)))
+            _, rej = spec.load()[1](probe.drop(POS), options, StepContext(**ctx_args(ctx)))
             ensure_nonempty(step_dir / "rejected.parquet", rej)
         return {"in": sum(r["n_in"] for r in rows), "out": sum(r["n_kept"] for r in rows),
                 "rejected": sum(r["n_rej"] for r in rows), "executor": "ray", **stats}
 
-    def rowwise(self, kind: str, options: Any, prev: Path, step_dir: Path, ctx: StepContext) -> list[dict]:
-        args = {"kind": kind, "options": options, "cargs": ctx_args(ctx), "out": str(step_dir)}
+    def rowwise(self, spec: StepSpec, options: Any, prev: Path, step_dir: Path, ctx: StepContext) -> list[dict]:
+        args = {"spec": spec, "options": options, "cargs": ctx_args(ctx), "out": str(step_dir)}
         ds = self.shards(prev)
-        if kind in ACTOR_ROWWISE:
+        if spec.distribute == ACTOR:
             ds = ds.map_batches(RowwiseActor, fn_constructor_kwargs=args, batch_size=1, batch_format="numpy",
                                 concurrency=self.config.embed_actors)
         else:
@@ -315,14 +241,14 @@ class RayExecutor:
 
     def write_verdicts(self, verdicts, folder: Path) -> int:
         """Sort per-row verdicts by position and write them as disjoint sorted files."""
-        done = self.collect(verdicts.sort(POS).map_batches(_write_sorted_block, batch_size=None,
+        done = self.collect(verdicts.sort(POS).map_batches(write_sorted_block, batch_size=None,
                                                            batch_format="pyarrow", fn_kwargs={"out": str(folder)}))
         return sum(r["n"] for r in done)
 
     def apply_verdicts(self, prev: Path, step_dir: Path, verdict_dir: Path, finish: Callable, kwargs: dict,
                        columns: dict[str, str]) -> list[dict]:
         ds = self.shards(prev).map_batches(
-            _apply_verdicts, batch_size=1, batch_format="numpy",
+            apply_verdicts_batch, batch_size=1, batch_format="numpy",
             fn_kwargs={"finish": finish, "kwargs": kwargs, "verdict_dir": str(verdict_dir), "out": str(step_dir),
                        "columns": columns})
         return self.collect(ds)

@@ -57,6 +57,13 @@ def scan_output(path: Path, columns: list[str]) -> pl.DataFrame:
     return pl.concat(parts, how="diagonal_relaxed") if parts else pl.DataFrame()
 
 
+def output_columns(path: Path) -> list[str]:
+    """Column names of a step output (its first shard's schema)."""
+    import pyarrow.parquet as pq
+
+    return pq.read_schema(list_shards(path)[0]).names
+
+
 def count_rows(path: Path) -> int:
     import pyarrow.parquet as pq
 

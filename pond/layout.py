@@ -1,0 +1,110 @@
+"""The run folder's layout: where a run keeps each file, and how its step summaries are read.
+
+    runs/NAME/recipe.yaml, steps/NN-kind/{kept,rejected}.parquet + stats.json + DONE,
+    curated.parquet, heldout.parquet (if a holdout step), adapter/, eval.json, report.md,
+    experiment/, manifest.json, ledger.jsonl
+
+The runner writes this layout, and the pipeline's summary and `pond inspect` read it; none of them
+spells a folder or file name of its own. A step output (kept/rejected) is a Parquet file, or a
+folder of shards written by the ray executor (pond.executors.shards); polars reads either.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+STEPS = "steps"
+INGEST = "00-ingest"
+KEPT = "kept.parquet"
+REJECTED = "rejected.parquet"
+STATS = "stats.json"
+DONE = "DONE"
+RECIPE = "recipe.yaml"
+CURATED = "curated.parquet"
+HELDOUT = "heldout.parquet"
+ADAPTER = "adapter"
+EXPERIMENT = "experiment"
+EVAL = "eval.json"
+REPORT = "report.md"
+MANIFEST = "manifest.json"
+# what the pipeline's summary points at, when the run has it
+RESULT_FILES = (EVAL, REPORT, f"{EXPERIMENT}/{REPORT}", f"{EXPERIMENT}/plot.png")
+
+
+def step_name(index: int, kind: str) -> str:
+    return f"{index:02d}-{kind}"
+
+
+def steps_dir(run: Path) -> Path:
+    return Path(run) / STEPS
+
+
+def step_dir(run: Path, name: str) -> Path:
+    return steps_dir(run) / name
+
+
+def ingest_output(run: Path) -> Path:
+    """Every row that entered curation (after ingest's validity checks)."""
+    return step_dir(run, INGEST) / KEPT
+
+
+def is_run(run: Path) -> bool:
+    return steps_dir(run).is_dir()
+
+
+def step_dirs(run: Path) -> list[Path]:
+    """The run's step folders, in step order."""
+    steps = steps_dir(run)
+    return sorted(d for d in steps.iterdir() if d.is_dir()) if steps.is_dir() else []
+
+
+def read_json(path: Path) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def is_done(step: Path, fingerprint: str) -> bool:
+    """A finished step: DONE exists and stats.json has the same fingerprint (resume skips it)."""
+    if not (step / DONE).exists():
+        return False
+    try:
+        return json.loads((step / STATS).read_text()).get("fingerprint") == fingerprint
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+def funnel(run: Path) -> list[dict[str, Any]]:
+    """One row per step folder: its name, done or unfinished, and its stats.json."""
+    rows = []
+    for d in step_dirs(run):
+        try:
+            stats = json.loads((d / STATS).read_text())
+        except (OSError, json.JSONDecodeError):
+            rows.append({"step": d.name, "status": "unfinished"})
+            continue
+        rows.append({"step": d.name, "status": "done" if (d / DONE).exists() else "unfinished", **stats})
+    return rows
+
+
+def reason_tag() -> pl.Expr:
+    """A rejection reason without its detail (`exact_duplicate_of:<id>` -> `exact_duplicate_of`),
+    for counting; `tag_of` is the same rule on one string."""
+    return pl.col("reason").str.split(":").list.first()
+
+
+def tag_of(reason: str) -> str:
+    return reason.split(":", 1)[0]
+
+
+def reason_counts(rejected: pl.DataFrame, top: int = 20) -> dict[str, int]:
+    """The `reasons` of stats.json: rejections by tag, most frequent first."""
+    if rejected.is_empty() or "reason" not in rejected.columns:
+        return {}
+    tags = rejected.select(reason_tag().alias("r"))
+    counts = tags.group_by("r").len().sort(["len", "r"], descending=[True, False]).head(top)
+    return {r: int(n) for r, n in counts.iter_rows()}
