@@ -14,6 +14,8 @@ FAKE_CLIENT_DEADLINE_S = 0.3
 
 # A real vLLM server's start (model load and warm-up) on a 2-core CPU: seen 30-70 s.
 SERVER_START_S = 900.0
+# A Ray test stalled in a shuffle fails with its stack after this long, not at CI's limit (~1 min here).
+RAY_STALL_S = 900
 # Waits for a condition in a test with a real server (a request mid-flight, a worker to finish).
 REAL_WAIT_S = 900.0
 

@@ -9,6 +9,7 @@ import pytest
 
 from curation.step import StepContext
 from pond.steps import ROWWISE, STEPS, StepSpec
+from tests import limits
 from tests.example_step import MaxCharsOptions, max_chars
 from tests.test_ray_executor import assert_same, ray_cluster, run_both  # noqa: F401 (ray_cluster: a fixture)
 
@@ -30,7 +31,7 @@ def test_the_step_function_alone():
     assert ctx.stats == {"too_long": 1}
 
 
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(limits.RAY_STALL_S)
 def test_runs_locally_and_on_ray_with_the_same_rows(tmp_path, registered, ray_cluster):
     local, ray_run = run_both(tmp_path, "  - max_chars: {max_chars: 300}\n", rows=900, base_limit=600)
     assert_same(local, ray_run)

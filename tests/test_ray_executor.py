@@ -10,6 +10,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from tests import limits
+
 pytest.importorskip("ray")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
@@ -75,7 +77,7 @@ def assert_same(local: Path, ray_run: Path) -> None:
     assert json.loads((ray_run / "manifest.json").read_text())["steps"][-1]["out"] == len(cb)
 
 
-@pytest.mark.timeout(900)  # ~1 min; a stalled shuffle fails here, with its stack, not at CI's limit
+@pytest.mark.timeout(limits.RAY_STALL_S)  # ~1 min; a stalled shuffle fails here, with its stack, not at CI's limit
 def test_ray_equals_local_on_dedup_and_filters(tmp_path, ray_cluster):
     steps = ("  - exact_dedup: {}\n  - heuristics: {}\n  - pii: {action: redact}\n"
              "  - minhash_dedup: {threshold: 0.7, keep: longest}\n  - holdout: {n: 20}\n")
