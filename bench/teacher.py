@@ -133,7 +133,7 @@ def compare(cfg0: TeacherConfig, args: argparse.Namespace, workdir: Path, server
 
 
 def long_prompts(count: int = 16) -> list[ChatRequest]:
-    """The requests of the measurement behind the dtype rule (curation.settings): ~730 prompt tokens each, seeded, short answers."""
+    """The requests behind the dtype rule (curation.settings): ~730 prompt tokens each, seeded, short answers."""
     filler = " ".join(f"word{i}" for i in range(200))
     return [ChatRequest([{"role": "user", "content": f"{i}: {filler}\nSummarise this in one sentence."}],
                         max_tokens=32, temperature=0.0, seed=i, extra={"ignore_eos": True}) for i in range(count)]
