@@ -70,8 +70,10 @@ class IfdOptions(StepOptions):
     max_seq_len: int = Field(
         1024, ge=8, description="tokens of prompt + answer read (the start is kept, as in training); the last "
                                 "assistant turn is scored, every earlier turn is its prompt")
-    batch_size: int = Field(8, ge=1, description="sequences per forward pass (two per row: with and without the "
-                                                 "prompt; batches are sorted by length)")
+    batch_size: int = Field(8, ge=1, description="sequences per forward pass at most (two per row: with and without "
+                                                 "the prompt; batches are sorted by length)")
+    batch_tokens: int = Field(4096, ge=1, description="padded tokens per forward pass at most (bounds memory: long "
+                                                      "sequences go in smaller batches)")
     dtype: Literal["auto", "bf16", "fp32"] = Field(
         "auto", description="scorer dtype: auto = bf16 on CUDA or on a CPU with native bf16, else fp32")
     threads: int | None = Field(None, ge=1, description="torch threads; default: the CPUs this process may use")
@@ -117,6 +119,25 @@ def _load_model(path: str, device: str, dtype: str):
     return model
 
 
+@functools.lru_cache(maxsize=2)
+def _load_tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path, local_files_only=True)
+
+
+def batches(lengths: Sequence[int], batch_size: int, batch_tokens: int) -> list[list[int]]:
+    """Indices longest first, cut into batches of at most `batch_size` sequences and `batch_tokens`
+    padded tokens (a sequence longer than the budget goes alone)."""
+    out: list[list[int]] = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        if out and len(out[-1]) < batch_size and (len(out[-1]) + 1) * lengths[out[-1][0]] <= batch_tokens:
+            out[-1].append(i)
+        else:
+            out.append([i])
+    return out
+
+
 class Scorer:
     """A resolved scorer setting: its cache key at once; tokenizer and model when first needed."""
 
@@ -140,9 +161,7 @@ class Scorer:
     @property
     def tokenizer(self):
         if self._tok is None:
-            from transformers import AutoTokenizer
-
-            tok = AutoTokenizer.from_pretrained(self.path, local_files_only=True)
+            tok = _load_tokenizer(str(self.path))
             if getattr(tok, "chat_template", None) is None:
                 raise ValueError(f"ifd: {self.path}: the tokenizer has no chat template; conversations need one "
                                  f"(add chat_template.jinja to the model folder)")
@@ -170,14 +189,12 @@ class Scorer:
 
         model, tok, bs = self.model, self.tokenizer, self.opts.batch_size
         pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-        order = sorted(range(len(items)), key=lambda i: -len(items[i][0]))
         out = np.empty(len(items), dtype=np.float64)
         threads = torch.get_num_threads()
         torch.set_num_threads(self.opts.threads or machine_threads())
         try:
             with torch.inference_mode():
-                for s in range(0, len(order), bs):
-                    idx = order[s:s + bs]
+                for idx in batches([len(x[0]) for x in items], bs, self.opts.batch_tokens):
                     # right padding: causal attention never looks ahead, so the real tokens' logits are unchanged
                     ids = torch.full((len(idx), len(items[idx[0]][0])), pad, dtype=torch.long)
                     mask = torch.zeros_like(ids)

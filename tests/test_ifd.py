@@ -191,3 +191,11 @@ def test_recipe_through_the_cli_estimate_then_run(tiny_llama_dir, tmp_path):
     assert (tmp_path / "cache" / "ifd").is_dir()
     out = cli("--estimate")
     assert "02-ifd: 0 rows to score (0 forward passes" in out and "9 already cached" in out
+
+
+def test_batches_bound_sequences_and_padded_tokens():
+    from curation.ifd import batches
+
+    got = batches([10, 300, 50, 60, 1000, 55], batch_size=3, batch_tokens=200)
+    assert got == [[4], [1], [3, 5, 2], [0]]  # longest first; 1000 and 300 exceed the budget alone
+    assert sorted(i for b in got for i in b) == list(range(6))
