@@ -2,7 +2,7 @@
 
     python bench/ifd.py [--rows 200] [--chunks 4] [--dtype auto] [--max-seq-len 1024] [--batch-size 8]
 
-Rows: the first `--rows` real ShareGPT conversations with an assistant answer
+Rows: the first `--rows` real ShareGPT conversations with an assistant answer after some other turn
 (curation.sources.iter_sharegpt -> curation.ingest.records_from_dicts). Model: the student,
 SmolLM2-135M-Instruct from $POND_CACHE_DIR/models/ (scripts/prepare_models.py).
 
@@ -44,8 +44,9 @@ from curation.sources import iter_sharegpt  # noqa: E402
 
 def sharegpt_conversations(n: int) -> list[list[dict]]:
     df = records_from_dicts(list(iter_sharegpt(limit=2 * n + 100)), source="sharegpt")
+    # a last answer with a turn before it: the plain loop's template call refuses an empty prompt
     convs = [m for m in df["messages"].to_list()
-             if any(t["role"] == "assistant" and t["content"].strip() for t in m)]
+             if any(t["role"] == "assistant" and t["content"].strip() and i > 0 for i, t in enumerate(m))]
     if len(convs) < n:
         raise SystemExit(f"only {len(convs)} ShareGPT conversations with an answer available")
     return convs[:n]
