@@ -97,8 +97,9 @@ def _precision(opts: EmbeddingOptions, device: str) -> str:
     return pick_dtype(opts.precision, device)
 
 
-def _fingerprint(path: Path) -> str:
-    """Cheap model identity: config files' bytes plus weight files' names and sizes."""
+def fingerprint(path: Path) -> str:
+    """Cheap model identity: config files' bytes plus weight files' names and sizes (also the
+    key of the `ifd` score cache)."""
     h = hashlib.blake2b(digest_size=6)
     for f in sorted(path.rglob("*")):
         if not f.is_file():
@@ -134,7 +135,7 @@ class Embedder:
         from curation import embed_kernels  # imports torch: only once a model setting is resolved
 
         self.fused = opts.fuse_kernels and self.device == "cpu" and embed_kernels.available()
-        self.key = (f"{self.name}-{_fingerprint(self.path)}-{self.precision}-{self._max_len or 'default'}"
+        self.key = (f"{self.name}-{fingerprint(self.path)}-{self.precision}-{self._max_len or 'default'}"
                     + ("-fused" if self.fused else ""))
 
     @property
@@ -241,9 +242,11 @@ def text_hashes(texts: Iterable[str]) -> list[bytes]:
 
 
 class EmbeddingCache:
-    """SQLite store of vectors for one model key; safe for several processes (WAL)."""
+    """SQLite store of vectors for one model key; safe for several processes (WAL). `dtype` is the
+    vectors' element type (float32 embeddings; the `ifd` scorer keeps float64 losses here)."""
 
-    def __init__(self, root: Path, key: str, dim: int | None = None):
+    def __init__(self, root: Path, key: str, dim: int | None = None, dtype: type = np.float32):
+        self.dtype = dtype
         root.mkdir(parents=True, exist_ok=True)
         self.path = root / f"{key}.sqlite"
         self.db = sqlite3.connect(self.path, timeout=60)
@@ -256,13 +259,13 @@ class EmbeddingCache:
             part = hashes[s:s + 500]
             q = f"SELECT h, v FROM vec WHERE h IN ({','.join('?' * len(part))})"
             for h, v in self.db.execute(q, part):
-                found[h] = np.frombuffer(v, dtype=np.float32)
+                found[h] = np.frombuffer(v, dtype=self.dtype)
         return found
 
     def put(self, hashes: Sequence[bytes], vectors: np.ndarray) -> None:
         with self.db:
             self.db.executemany("INSERT OR IGNORE INTO vec VALUES (?, ?)",
-                                zip(hashes, (np.ascontiguousarray(v, dtype=np.float32).tobytes() for v in vectors)))
+                                zip(hashes, (np.ascontiguousarray(v, dtype=self.dtype).tobytes() for v in vectors)))
 
     def close(self) -> None:
         self.db.close()

@@ -4,7 +4,8 @@ Strategies (all deterministic for a seed; exactly n rows, or every row if there 
 - `random`: a seeded uniform sample (the baseline every other strategy must beat).
 - `longest`: the n longest assistant answers (curation.records.answer_text_expr; plain-text rows:
   the text). A strong baseline in the literature (Zhao et al. 2024, "Long Is More for Alignment").
-- `quality`: top n by `score_column` (from embed_quality or the judge).
+- `quality`: top n by `score_column` (from embed_quality, ifd or the judge): one column, or a weighted
+  sum of rank-normalised columns, `score: {ifd: -1, judge_score: 1}` (see `weighted_ranks`).
 - `quality_diverse`: Deita (Liu et al. 2024): walk rows from the best score down and admit a row
   only if its cosine to every admitted row is below `threshold`; if a pass ends with fewer than n,
   raise the threshold by `relax_step` and walk the rows left out again.
@@ -20,7 +21,7 @@ from typing import Literal
 
 import numpy as np
 import polars as pl
-from pydantic import Field
+from pydantic import AliasChoices, Field, field_validator
 
 from curation.embed import EmbeddingOptions, embed_column
 from curation.records import answer_text_expr
@@ -35,8 +36,13 @@ class SelectOptions(StepOptions):
     strategy: Literal["random", "longest", "quality", "quality_diverse", "kcenter"] = Field(
         "random", description="how rows are chosen: random (seeded), longest answers, top quality, "
                               "quality then diversity (Deita), or k-center (greedy farthest point)")
-    score_column: str = Field("quality", description="numeric column ranked by quality and quality_diverse "
-                                                     "(and kcenter's start, when present)")
+    score_column: str | dict[str, float] = Field(
+        "quality", validation_alias=AliasChoices("score_column", "score"),
+        description="what quality and quality_diverse rank by (and kcenter's start, when present); recipe key "
+                    "`score` or `score_column`: a numeric column, or {column: weight}, a weighted sum of "
+                    "rank-normalised columns: each column is ranked (average ranks for ties; a null or NaN "
+                    "counts as its worst value) and scaled to [0, 1], then weighted and summed, e.g. "
+                    "`score: {ifd: -1, judge_score: 1}` prefers low IFD and high judge scores equally")
     threshold: float = Field(0.85, gt=-1.0, le=1.0,
                              description="quality_diverse: admit a row only if its cosine to every admitted "
                                          "row is below this")
@@ -47,11 +53,47 @@ class SelectOptions(StepOptions):
     embedding: EmbeddingOptions = Field(default_factory=EmbeddingOptions, description="embedding model settings")
 
 
-def _scores(df: pl.DataFrame, column: str, strategy: str) -> np.ndarray:
-    if column not in df.columns:
-        raise ValueError(f"{STAGE} strategy={strategy}: no score column {column!r} (columns: {df.columns}); "
-                         f"run embed_quality or judge first, or set score_column")
-    return df[column].cast(pl.Float64).fill_nan(None).fill_null(-np.inf).to_numpy()
+    @field_validator("score_column")
+    @classmethod
+    def _weights(cls, v):
+        if isinstance(v, dict) and not v:
+            raise ValueError("score: give at least one {column: weight}")
+        return v
+
+
+def _has_score(df: pl.DataFrame, score: str | dict[str, float]) -> bool:
+    return all(c in df.columns for c in ([score] if isinstance(score, str) else score))
+
+
+def _scores(df: pl.DataFrame, score: str | dict[str, float], strategy: str) -> np.ndarray:
+    missing = [c for c in ([score] if isinstance(score, str) else score) if c not in df.columns]
+    if missing:
+        raise ValueError(f"{STAGE} strategy={strategy}: no score column {', '.join(map(repr, missing))} "
+                         f"(columns: {df.columns}); run embed_quality, ifd or judge first, or set score")
+    if isinstance(score, dict):
+        return weighted_ranks(df, score)
+    return df[score].cast(pl.Float64).fill_nan(None).fill_null(-np.inf).to_numpy()
+
+
+def weighted_ranks(df: pl.DataFrame, weights: dict[str, float]) -> np.ndarray:
+    """Sum over columns of |weight| x the column's rank in [0, 1], ranked in the weight's direction
+    (highest first for a positive weight, lowest first for a negative one), with average ranks for
+    ties and a null or NaN ranked as the column's worst value whatever the sign.
+
+    For rows without nulls this orders rows exactly as sum(weight x rank-normalised value) does (a
+    negative weight's |w| x (1 - r) differs from w x r by the constant |w|); ranking in the weight's
+    direction is what keeps a missing score from counting as the best one under a negative weight.
+    """
+    total = np.zeros(len(df), dtype=np.float64)
+    if len(df) < 2:
+        return total
+    for column, w in weights.items():
+        if w == 0:
+            continue
+        key = (df[column].cast(pl.Float64).fill_nan(None) * float(np.sign(w))).fill_null(-np.inf)
+        rank = key.rank("average").to_numpy().astype(np.float64)  # 1..n
+        total += abs(w) * (rank - 1.0) / (len(df) - 1)
+    return total
 
 
 def by_rank(keys: np.ndarray, n: int) -> np.ndarray:
@@ -125,7 +167,7 @@ def choose(df: pl.DataFrame, opts: SelectOptions, ctx: StepContext) -> tuple[np.
         return quality_diverse(embed_column(df, opts.column, opts.embedding, ctx), scores, n,
                                opts.threshold, opts.relax_step)
     emb = embed_column(df, opts.column, opts.embedding, ctx)
-    if opts.score_column in df.columns:
+    if _has_score(df, opts.score_column):
         start = int(by_rank(_scores(df, opts.score_column, opts.strategy), 1)[0])
     else:
         start = int(np.random.default_rng(seed).integers(total))
@@ -141,4 +183,6 @@ def select(df: pl.DataFrame, opts: SelectOptions, ctx: StepContext) -> tuple[pl.
     rejected = reject(marked.filter(pl.col("select_rank") < 0).drop("select_rank"), STAGE, "not_selected")
     ctx.stats.update({"strategy": opts.strategy, "requested": opts.n, "selected": len(kept),
                       "not_selected": len(rejected), **figures})
+    if isinstance(opts.score_column, dict):
+        ctx.stats["score_weights"] = opts.score_column
     return kept, rejected

@@ -1,5 +1,5 @@
-"""Project-wide settings at the bottom of the import graph: the cache folder, the no-op progress
-tracker, the dtype rule, and what hardware a figure came from.
+"""Project-wide settings at the bottom of the import graph: the cache folder (and model folders
+in it), the no-op progress tracker, the dtype rule, and what hardware a figure came from.
 
 The dtype rule is written once, here, and every part that runs a model asks it: training,
 embeddings, scorers, evaluation and every vLLM server pond starts. bf16 only where the device
@@ -38,6 +38,22 @@ _warned: set[str] = set()
 def default_cache_dir() -> Path:
     """Shared caches (converted models, the teacher venv, embeddings): $POND_CACHE_DIR or ~/.cache/pond."""
     return Path(os.environ.get("POND_CACHE_DIR", Path.home() / ".cache" / "pond"))
+
+
+def resolve_model(name_or_path: str, cache_dir: Path | None = None, option: str = "student") -> Path:
+    """A local model folder: an existing path, else `<cache>/models/<name>` (where
+    scripts/prepare_models.py converts the default student). `option` names the recipe key in the error."""
+    p = Path(name_or_path).expanduser()
+    if (p / "config.json").is_file():
+        return p
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    cached = cache / "models" / name_or_path
+    if (cached / "config.json").is_file():
+        return cached
+    raise FileNotFoundError(
+        f"{option} {name_or_path!r} not found: it is neither a model folder (with config.json) nor "
+        f"{cached}; run `python scripts/prepare_models.py` for the default student, or point `{option}:` at a "
+        f"local Hugging Face causal-LM folder")
 
 
 def no_progress(items: Iterable[T], description: str = "", total: int | None = None) -> Iterator[T]:

@@ -80,7 +80,7 @@ def validate(recipe: Path = typer.Argument(..., help="recipe YAML")):
 def run(recipe: Path = typer.Argument(..., help="recipe YAML"),
         out: Optional[Path] = typer.Option(None, "--out", help="run directory (default runs/<recipe name>)"),
         fresh: bool = typer.Option(False, "--fresh", help="delete the run directory first instead of resuming"),
-        estimate: bool = typer.Option(False, "--estimate", help="print teacher calls and a token bound; send nothing"),
+        estimate: bool = typer.Option(False, "--estimate", help="print teacher calls and a token bound, and rows a local scorer would score; send nothing"),
         no_train: bool = typer.Option(False, "--no-train", help="stop after curation and synthesis"),
         executor: Optional[str] = typer.Option(None, "--executor",
                                                help="local or ray: where curation steps run (overrides the recipe)")):

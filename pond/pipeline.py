@@ -132,7 +132,9 @@ def _experiment(runner: Runner, curated: Path, recipe: Recipe, track, log: Log) 
 
 
 def estimate_run(recipe: Recipe, out: Path, base_dir: Path, print_fn: Callable = print) -> dict[str, int]:
-    """Teacher calls and an upper bound on tokens per synthesis/judge step, without sending any.
+    """Teacher calls and an upper bound on tokens per synthesis/judge step, without sending any; for a
+    step that scores rows with a local model (`estimate_compute`: ifd), the rows and forward passes
+    still to compute and how many are cached. The returned totals count teacher work only.
 
     Rows reaching a teacher step are bounded by the rows entering curation, so the estimate reads
     the input (not the teacher) and charges every step as if all rows reached it.
@@ -148,6 +150,12 @@ def estimate_run(recipe: Recipe, out: Path, base_dir: Path, print_fn: Callable =
     added = 0  # rows generators may add before a later teacher step sees them
     for i, step in enumerate(recipe.steps, start=1):
         module = importlib.import_module(STEPS[step.kind].module)
+        if hasattr(module, "estimate_compute"):  # a local model scores rows: forward passes, not teacher calls
+            est = module.estimate_compute(rows, step.options, runner.cache_dir)
+            print_fn(f"{i:02d}-{step.kind}: {est['to_score']} rows to score ({est['forward_passes']} forward passes "
+                     f"of {est['model']}), {est['cached']} already cached, "
+                     f"{est['rows'] - est['with_answer']} without an answer")
+            continue
         if not hasattr(module, "estimate"):  # only teacher steps cost calls
             continue
         scope = getattr(step.options, "rows", "all")  # judge: all | synthetic | real

@@ -72,6 +72,9 @@ STEPS: dict[str, StepSpec] = {
     "semantic_dedup": StepSpec("curation.semantic_dedup", "semantic_dedup", "SemanticDedupOptions",
                                "SemDeDup: drop near-identical meanings within k-means clusters",
                                "pond.executors.ray_embed:semantic_dedup_ray"),
+    "ifd": StepSpec("curation.ifd", "ifd", "IfdOptions",
+                    "score rows by Instruction-Following Difficulty (loss with / without the prompt) under a "
+                    "small causal LM"),
     "select": StepSpec("curation.selection", "select", "SelectOptions",
                        "choose n rows: random, longest, quality, quality_diverse, kcenter"),
     "synthesize": StepSpec("synthesis.generators", "synthesize", "SynthesizeOptions",

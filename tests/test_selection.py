@@ -102,3 +102,36 @@ def test_kcenter_covers_better_than_random(pool, cache):
     rnd = [_select(pool, cache, seed=s, n=30, strategy="random")[0]["id"] for s in range(5)]
     assert radius(kc["id"]) < min(radius(r) for r in rnd)
     assert stats["kcenter_start"] == pool.sort("quality", descending=True)["id"][0]
+
+
+def test_weighted_sum_of_rank_normalised_columns_by_hand():
+    """ifd [0.5, 0.2, 0.9, null] with weight -1, judge [3, 8, 8, 10] with weight 1.
+
+    ifd, low first (null worst): d 0, c 1/3, a 2/3, b 1. judge, average ranks for the 8s: a 0,
+    b 0.5, c 0.5, d 1. Sums: a 2/3, b 1.5, c 5/6, d 1 -> b, d, c, a."""
+    from curation.selection import weighted_ranks
+
+    df = pl.DataFrame({"id": list("abcd"), "text": list("abcd"), "ifd": [0.5, 0.2, 0.9, None],
+                       "judge_score": [3, 8, 8, 10]})
+    assert weighted_ranks(df, {"ifd": -1, "judge_score": 1}) == pytest.approx([2 / 3, 1.5, 5 / 6, 1.0])
+    ctx = StepContext(seed=0)
+    kept, rejected = select(df, SelectOptions(n=2, strategy="quality", score={"ifd": -1, "judge_score": 1}), ctx)
+    assert kept.sort("select_rank")["id"].to_list() == ["b", "d"]
+    assert sorted(rejected["id"]) == ["a", "c"] and set(rejected["reason"]) == {"not_selected"}
+    assert ctx.stats["score_weights"] == {"ifd": -1.0, "judge_score": 1.0}
+    # weights scale: ifd twice as important -> a 4/3, b 2.5, c 7/6, d 1
+    kept, _ = select(df, SelectOptions(n=4, strategy="quality", score={"ifd": -2, "judge_score": 1}), ctx)
+    assert kept.sort("select_rank")["id"].to_list() == ["b", "a", "c", "d"]
+    # a null never counts as the best value, whatever the weight's sign
+    kept, _ = select(df, SelectOptions(n=4, strategy="quality", score={"ifd": -1}), ctx)
+    assert kept.sort("select_rank")["id"].to_list() == ["b", "a", "c", "d"]
+    kept, _ = select(df, SelectOptions(n=4, strategy="quality", score={"ifd": 1}), ctx)
+    assert kept.sort("select_rank")["id"].to_list() == ["c", "a", "b", "d"]
+    # one column by name, under either recipe key, ranks by its raw values as before
+    for opts in ({"score": "judge_score"}, {"score_column": "judge_score"}):
+        kept, _ = select(df, SelectOptions(n=1, strategy="quality", **opts), ctx)
+        assert kept["id"].to_list() == ["d"]
+    with pytest.raises(ValueError, match="no score column 'quality_x'"):
+        select(df, SelectOptions(n=1, strategy="quality", score={"ifd": -1, "quality_x": 1}), ctx)
+    with pytest.raises(ValueError, match="at least one"):
+        SelectOptions(n=1, score={})

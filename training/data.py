@@ -2,11 +2,8 @@
 
 Conversations (`messages` non-empty) are rendered with the student's own chat template; the
 labels are the token ids inside assistant turns (their content and the end-of-turn token that
-follows it, so the model learns to stop) and -100 everywhere else. Templates such as SmolLM2's
-have no `{% generation %}` markers, so assistant spans are found by rendering prefixes: the
-conversation up to turn i with the generation prompt, and up to and including turn i; the
-characters between them are the assistant's. Templates that re-render history (so a prefix is
-not a prefix) fall back to locating the turn's content in the full rendering.
+follows it, so the model learns to stop) and -100 everywhere else. Where those turns are is
+`curation.chat.assistant_spans`, the one rule the `ifd` scorer shares.
 
 Plain-text rows (`messages` empty) are a plain language-modelling target: the `text` followed by
 the end-of-sequence token, every token in the loss, no chat template.
@@ -15,57 +12,11 @@ Sequences longer than `max_seq_len` keep their start.
 """
 from __future__ import annotations
 
-import logging
-from collections.abc import Sequence
-
 import polars as pl
 
-log = logging.getLogger(__name__)
+from curation.chat import assistant_spans
 
 IGNORE = -100
-
-
-def _render(tokenizer, messages: Sequence[dict], add_generation_prompt: bool = False) -> str:
-    return tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=add_generation_prompt)
-
-
-def _strip_end(text: str, start: int, end: int) -> int:
-    # The template's newline after the end-of-turn token is layout, not something the model says.
-    while end > start and text[end - 1].isspace():
-        end -= 1
-    return end
-
-
-def assistant_spans(tokenizer, messages: Sequence[dict]) -> tuple[str, list[tuple[int, int]]]:
-    """The rendered conversation and the character spans of its assistant turns."""
-    full = _render(tokenizer, messages)
-    spans: list[tuple[int, int]] = []
-    cursor = 0
-    eos = tokenizer.eos_token or ""
-    for i, m in enumerate(messages):
-        if m["role"] != "assistant":
-            continue
-        start = end = -1
-        try:
-            before = _render(tokenizer, messages[:i], add_generation_prompt=True)
-            upto = _render(tokenizer, messages[: i + 1])
-            if upto.startswith(before) and full.startswith(upto) and len(before) >= cursor:
-                start, end = len(before), len(upto)
-        except Exception:  # some templates refuse a prefix (e.g. no user turn yet); use the fallback
-            pass
-        if start < 0:
-            start = full.find(m["content"], cursor)
-            if start < 0:
-                log.warning("assistant turn %d not found in the rendered conversation; not in the loss", i)
-                continue
-            end = start + len(m["content"])
-            if eos and full.startswith(eos, end):
-                end += len(eos)
-        end = _strip_end(full, start, end)
-        if end > start:
-            spans.append((start, end))
-            cursor = end
-    return full, spans
 
 
 def _encode_chat(tokenizer, messages: list[dict]) -> tuple[list[int], list[int]]:

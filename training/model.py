@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from curation.settings import default_cache_dir, pick_dtype
+from curation.settings import pick_dtype, resolve_model
 
 log = logging.getLogger(__name__)
 
@@ -18,18 +18,8 @@ METHODS = ("qlora", "lora", "full")
 
 
 def resolve_student(name_or_path: str, cache_dir: Path | None = None) -> Path:
-    """A local model folder: an existing path, else `<cache>/models/<name>`."""
-    p = Path(name_or_path).expanduser()
-    if (p / "config.json").is_file():
-        return p
-    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    cached = cache / "models" / name_or_path
-    if (cached / "config.json").is_file():
-        return cached
-    raise FileNotFoundError(
-        f"student {name_or_path!r} not found: it is neither a model folder (with config.json) nor "
-        f"{cached}; run `python scripts/prepare_models.py` for the default student, or point `student:` at a "
-        f"local Hugging Face causal-LM folder")
+    """A local model folder: an existing path, else `<cache>/models/<name>` (curation.settings.resolve_model)."""
+    return resolve_model(name_or_path, cache_dir, "student")
 
 
 def device() -> torch.device:

@@ -1,0 +1,313 @@
+"""IFD, Instruction-Following Difficulty (Li et al. 2024, "From Quantity to Quality"; Superfiltering,
+Li et al. 2024, which shows that a GPT-2-sized scorer ranks rows about as well as a 7B one):
+
+    ifd = loss(answer | prompt) / loss(answer alone)
+
+each a mean token cross-entropy over the answer's tokens under a small causal LM (default: the
+student). IFD at or above 1 means the prompt does not help predict the answer: a misaligned or
+generic pair (`max_ifd: 1` rejects those). Below 1, a higher IFD is an answer the prompt explains
+less easily: the paper keeps the highest-IFD rows below 1. `answer_ppl` = exp(loss(answer | prompt)).
+
+Which turn is scored: the LAST assistant turn (with non-blank content). Its prompt is every
+earlier turn (system, user and assistant alike) rendered with the model's chat template up to and
+including the assistant header; "answer alone" is that turn after the template's assistant header
+only (no system prompt, no earlier turns), so the ratio measures what the conversation adds, not
+the template. Why the last turn: IFD is defined for one (instruction, answer) pair, and the last
+answer is the one whose instruction is the whole row; earlier assistant turns are context for it.
+Scoring every turn would need an aggregate the paper does not define.
+Where the answer's tokens are is `curation.chat` (the rule training's loss mask uses): the turn's
+content and its end-of-turn token, so the model is also scored on stopping.
+
+Truncation keeps the start, as training does: prompt + answer are cut to `max_seq_len` tokens and
+both losses are taken over the same surviving answer tokens. A row with no assistant answer, or
+whose prompt fills `max_seq_len` so no answer token survives, is rejected as `ifd_unscorable`
+with the cause, never written as NaN.
+
+Cache: `<cache_dir>/ifd/<model>-<fingerprint>-<dtype>-<max_seq_len>.sqlite` (the embedding cache's
+store and model fingerprint, curation.embed), keyed by a hash of the scored turns' roles and
+contents; it holds float64 (loss given the prompt, loss alone, answer tokens scored). A rerun, or
+another recipe over the same rows, loads no model and runs no forward pass.
+
+torch and transformers are imported only when rows are scored.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import math
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import polars as pl
+from pydantic import Field
+
+from curation.chat import last_assistant, split_last_turn
+from curation.embed import EmbeddingCache, fingerprint, machine_threads, text_hashes
+from curation.settings import default_device, no_progress, pick_dtype, resolve_model
+from curation.step import StepContext, StepOptions, split
+
+STAGE = "ifd"
+DEFAULT_MODEL = "smollm2-135m-instruct"
+NO_ANSWER = "ifd_unscorable: no assistant answer"
+TRUNCATED = "ifd_unscorable: no answer tokens after truncation to max_seq_len"
+BAD_LOSS = "ifd_unscorable: zero or non-finite loss on the answer alone"
+ABOVE_MAX = "ifd_above_max"
+ROWS_PER_CHUNK = 128  # rows tokenised, scored and cached at a time (one progress step; a killed run keeps them)
+# Work actually done in this process (tests assert that a rerun adds nothing).
+counters = {"rows_scored": 0, "forward_passes": 0, "model_loads": 0}
+
+
+class IfdOptions(StepOptions):
+    model: str | None = Field(
+        None, description="scorer: a local Hugging Face causal-LM folder or a model name under "
+                          "$POND_CACHE_DIR/models/; default: the student (smollm2-135m-instruct)")
+    max_ifd: float | None = Field(
+        None, gt=0, description="reject rows with ifd >= this as `ifd_above_max` (1.0: the prompt does not help "
+                                "predict the answer); null keeps every scorable row")
+    max_seq_len: int = Field(
+        1024, ge=8, description="tokens of prompt + answer read (the start is kept, as in training); the last "
+                                "assistant turn is scored, every earlier turn is its prompt")
+    batch_size: int = Field(8, ge=1, description="sequences per forward pass at most (two per row: with and without "
+                                                 "the prompt; batches are sorted by length)")
+    batch_tokens: int = Field(4096, ge=1, description="padded tokens per forward pass at most (bounds memory: long "
+                                                      "sequences go in smaller batches)")
+    dtype: Literal["auto", "bf16", "fp32"] = Field(
+        "auto", description="scorer dtype: auto = bf16 on CUDA or on a CPU with native bf16, else fp32")
+    threads: int | None = Field(None, ge=1, description="torch threads; default: the CPUs this process may use")
+    device: str | None = Field(None, description="torch device; default: cuda when available, else cpu")
+    cache: bool = Field(True, description="read and write the on-disk score cache")
+
+
+def check_causal_lm(path: Path) -> None:
+    """One clear line when `path` cannot be a causal-LM scorer (read from config.json, no weights loaded)."""
+    cfg_file = path / "config.json"
+    if not cfg_file.is_file():
+        raise ValueError(f"ifd: {path} is not a Hugging Face model folder (no config.json)")
+    cfg = json.loads(cfg_file.read_text())
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES as causal
+
+    archs = cfg.get("architectures") or []
+    ok = any(a in set(causal.values()) for a in archs) if archs else cfg.get("model_type") in causal
+    if not ok:
+        named = f"architectures {archs}" if archs else f"model_type {cfg.get('model_type')!r}"
+        raise ValueError(f"ifd: {path} is not a causal language model (its config.json names {named}); "
+                         f"point `model:` at a causal-LM folder such as the student")
+
+
+def scored_turns(messages: Sequence[dict] | None) -> list[dict] | None:
+    """The turns IFD reads: up to and including the last assistant answer; None without one."""
+    i = last_assistant(messages)
+    return None if i is None else [{"role": m["role"], "content": m["content"]} for m in messages[: i + 1]]
+
+
+def turns_hash(turns: list[dict]) -> bytes:
+    return text_hashes([json.dumps(turns, ensure_ascii=False, separators=(",", ":"))])[0]
+
+
+@functools.lru_cache(maxsize=2)
+def _load_model(path: str, device: str, dtype: str):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(
+        path, dtype=torch.bfloat16 if dtype == "bf16" else torch.float32, local_files_only=True)
+    model.to(device).eval()
+    counters["model_loads"] += 1
+    return model
+
+
+@functools.lru_cache(maxsize=2)
+def _load_tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path, local_files_only=True)
+
+
+def batches(lengths: Sequence[int], batch_size: int, batch_tokens: int) -> list[list[int]]:
+    """Indices longest first, cut into batches of at most `batch_size` sequences and `batch_tokens`
+    padded tokens (a sequence longer than the budget goes alone)."""
+    out: list[list[int]] = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        if out and len(out[-1]) < batch_size and (len(out[-1]) + 1) * lengths[out[-1][0]] <= batch_tokens:
+            out[-1].append(i)
+        else:
+            out.append([i])
+    return out
+
+
+class Scorer:
+    """A resolved scorer setting: its cache key at once; tokenizer and model when first needed."""
+
+    def __init__(self, opts: IfdOptions, cache_dir: Path | None):
+        self.opts = opts
+        self.path = resolve_model(opts.model or DEFAULT_MODEL, cache_dir, "model")
+        check_causal_lm(self.path)
+        self.device = opts.device or default_device()
+        self.dtype = pick_dtype(opts.dtype, self.device)
+        self.key = f"{self.path.name}-{fingerprint(self.path)}-{self.dtype}-{opts.max_seq_len}"
+        self._tok = None
+        self.load_seconds = 0.0
+
+    @property
+    def model(self):
+        t = time.perf_counter()
+        model = _load_model(str(self.path), self.device, self.dtype)
+        self.load_seconds += time.perf_counter() - t  # ~0 once loaded (lru_cache)
+        return model
+
+    @property
+    def tokenizer(self):
+        if self._tok is None:
+            tok = _load_tokenizer(str(self.path))
+            if getattr(tok, "chat_template", None) is None:
+                raise ValueError(f"ifd: {self.path}: the tokenizer has no chat template; conversations need one "
+                                 f"(add chat_template.jinja to the model folder)")
+            self._tok = tok
+        return self._tok
+
+    def encode(self, turns: list[dict]) -> tuple[tuple[list[int], int], tuple[list[int], int]] | None:
+        """((ids with prompt, first answer position), (ids alone, first answer position)); None when no
+        answer token survives truncation."""
+        tok = self.tokenizer
+        parts = split_last_turn(tok, turns)
+        if parts is None:
+            return None
+        prompt, header, answer = (tok(t, add_special_tokens=False)["input_ids"] for t in parts)
+        start = [tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id]
+        prompt, header = prompt or start, header or start  # the first answer token needs a position before it
+        answer = answer[: self.opts.max_seq_len - len(prompt)]
+        if not answer:
+            return None
+        return (prompt + answer, len(prompt)), (header + answer, len(header))
+
+    def losses(self, items: Sequence[tuple[list[int], int]]) -> np.ndarray:
+        """Mean cross-entropy over positions start.. of each (ids, start), batched by length."""
+        import torch
+
+        model, tok, bs = self.model, self.tokenizer, self.opts.batch_size
+        pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+        out = np.empty(len(items), dtype=np.float64)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(self.opts.threads or machine_threads())
+        try:
+            with torch.inference_mode():
+                for idx in batches([len(x[0]) for x in items], bs, self.opts.batch_tokens):
+                    # right padding: causal attention never looks ahead, so the real tokens' logits are unchanged
+                    ids = torch.full((len(idx), len(items[idx[0]][0])), pad, dtype=torch.long)
+                    mask = torch.zeros_like(ids)
+                    for r, i in enumerate(idx):
+                        seq = items[i][0]
+                        ids[r, :len(seq)] = torch.tensor(seq)
+                        mask[r, :len(seq)] = 1
+                    ids, mask = ids.to(self.device), mask.to(self.device)
+                    logits = model(input_ids=ids, attention_mask=mask).logits
+                    for r, i in enumerate(idx):
+                        seq, first = items[i]
+                        out[i] = float(torch.nn.functional.cross_entropy(
+                            logits[r, first - 1:len(seq) - 1].float(), ids[r, first:len(seq)]))
+                    counters["forward_passes"] += len(idx)
+        finally:
+            torch.set_num_threads(threads)
+        return out
+
+
+def score_rows(messages: Sequence[Sequence[dict] | None], opts: IfdOptions, cache_dir: Path | None,
+               track: Callable[..., Iterator[Any]] = no_progress, stats: dict | None = None) -> np.ndarray:
+    """Per row: (loss given the prompt, loss alone, answer tokens scored); NaN losses and -1 tokens for
+    a row without an answer, 0 tokens where none survived truncation. Identical rows are scored once."""
+    scorer = Scorer(opts, cache_dir)
+    turns = [scored_turns(m) for m in messages]
+    hashes = [None if t is None else turns_hash(t) for t in turns]
+    first: dict[bytes, int] = {}
+    for i, h in enumerate(hashes):
+        if h is not None:
+            first.setdefault(h, i)
+    unique = list(first)
+    cache = EmbeddingCache(cache_dir / "ifd", scorer.key, dtype=np.float64) if (opts.cache and cache_dir) else None
+    values: dict[bytes, np.ndarray] = cache.get(unique) if cache else {}
+    from_cache = len(values)
+    missing = [h for h in unique if h not in values]
+    t0 = time.perf_counter()
+    chunks = range(0, len(missing), ROWS_PER_CHUNK)
+    for s in track(chunks, "ifd", total=len(chunks)):
+        part = missing[s:s + ROWS_PER_CHUNK]
+        encoded = [scorer.encode(turns[first[h]]) for h in part]
+        items = [seq for e in encoded if e is not None for seq in e]
+        losses = iter(scorer.losses(items).reshape(-1, 2)) if items else iter(())
+        got = np.array([[*next(losses), len(e[0][0]) - e[0][1]] if e is not None else [math.nan, math.nan, 0]
+                        for e in encoded], dtype=np.float64)
+        counters["rows_scored"] += len(items) // 2
+        if cache:
+            cache.put(part, got)
+        values.update(zip(part, got))
+    if cache:
+        cache.close()
+    out = np.array([values[h] if h is not None else [math.nan, math.nan, -1] for h in hashes],
+                   dtype=np.float64).reshape(len(hashes), 3)
+    if stats is not None:
+        seconds = time.perf_counter() - t0 - scorer.load_seconds
+        stats.update({"model": scorer.key, "unique_rows": len(unique), "from_cache": from_cache,
+                      "computed": len(missing), "model_load_seconds": round(scorer.load_seconds, 3),
+                      "score_seconds": round(seconds, 3),
+                      "rows_per_second": round(len(missing) / seconds, 2) if missing and seconds > 0 else None})
+    return out
+
+
+def distribution(values: np.ndarray) -> dict[str, float | int]:
+    """count, mean, p5..p95, min, max of the finite values (what stats.json and the report show)."""
+    v = values[np.isfinite(values)]
+    if not len(v):
+        return {"count": 0}
+    q = np.percentile(v, [5, 25, 50, 75, 95])
+    return {"count": int(len(v)), "mean": round(float(v.mean()), 6),
+            **{f"p{p}": round(float(x), 6) for p, x in zip((5, 25, 50, 75, 95), q)},
+            "min": round(float(v.min()), 6), "max": round(float(v.max()), 6)}
+
+
+def ifd(df: pl.DataFrame, opts: IfdOptions, ctx: StepContext) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Columns `ifd` and `answer_ppl` (Float64); unscorable rows rejected with the cause; with `max_ifd`,
+    rows at or above it rejected as `ifd_above_max`."""
+    messages = df["messages"].to_list() if "messages" in df.columns else [None] * len(df)
+    figures: dict[str, Any] = {}
+    v = score_rows(messages, opts, ctx.cache_dir, ctx.track, figures) if len(df) else np.zeros((0, 3))
+    cond, alone, tokens = v[:, 0], v[:, 1], v[:, 2]
+    ok = (tokens > 0) & np.isfinite(cond) & np.isfinite(alone) & (alone > 0)
+    reason = np.where(tokens < 0, NO_ANSWER, np.where(tokens == 0, TRUNCATED, BAD_LOSS))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        score, ppl = np.where(ok, cond / alone, np.nan), np.where(ok, np.exp(cond), np.nan)
+    marked = df.with_columns(
+        pl.Series("ifd", score, dtype=pl.Float64).fill_nan(None),
+        pl.Series("answer_ppl", ppl, dtype=pl.Float64).fill_nan(None),
+        pl.Series("__unscorable", [None if good else r for good, r in zip(ok, reason.tolist())], dtype=pl.Utf8),
+    )
+    keep = pl.col("__unscorable").is_null()
+    if opts.max_ifd is not None:
+        keep = keep & (pl.col("ifd") < opts.max_ifd)
+    kept, rejected = split(marked, keep, STAGE, pl.col("__unscorable").fill_null(ABOVE_MAX))
+    kept, rejected = kept.drop("__unscorable"), rejected.drop("__unscorable")
+    ctx.stats.update({
+        "rows": len(df), "scored": int(ok.sum()), **figures,
+        "unscorable": {str(r): int(n) for r, n in zip(*np.unique(reason[~ok], return_counts=True))},
+        "max_ifd": opts.max_ifd, "above_max_ifd": int((rejected["reason"] == ABOVE_MAX).sum()),
+        "ifd": distribution(score), "answer_ppl": distribution(ppl),
+    })
+    return kept, rejected
+
+
+def estimate_compute(df: pl.DataFrame, opts: IfdOptions, cache_dir: Path | None) -> dict[str, int]:
+    """What a run would compute, without loading a model: rows to score, forward passes, rows cached."""
+    scorer = Scorer(opts, cache_dir)
+    messages = df["messages"].to_list() if "messages" in df.columns else [None] * len(df)
+    turns = [t for t in map(scored_turns, messages) if t is not None]
+    unique = list(dict.fromkeys(map(turns_hash, turns)))
+    cached = 0
+    if opts.cache and cache_dir and (cache_dir / "ifd" / f"{scorer.key}.sqlite").is_file():  # an estimate creates nothing
+        cache = EmbeddingCache(cache_dir / "ifd", scorer.key, dtype=np.float64)
+        cached = len(cache.get(unique))
+        cache.close()
+    to_score = len(unique) - cached
+    return {"rows": len(df), "with_answer": len(turns), "unique": len(unique), "cached": cached,
+            "to_score": to_score, "forward_passes": 2 * to_score, "model": scorer.key}
