@@ -167,7 +167,7 @@ def dtype_check() -> None:
     python, cpu = server.teacher_python()
     port = free_port()
     cmd = server.server_command(python, server.resolve_model(None), port, handle.model, cpu=cpu,
-                                dtype={"float32": "fp32", "bfloat16": "bf16"}[other])
+                                dtype={v: k for k, v in server.VLLM_DTYPE.items()}[other])
     log = Path(tempfile.mkdtemp(prefix="pond-bench-")) / "vllm.log"
     with open(log, "wb") as logf:  # the same command a user would type, with --dtype the other way
         proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=server.server_env(cpu),

@@ -283,10 +283,11 @@ def serve(model: str | Path | None = None, port: int = DEFAULT_PORT, log_dir: st
         # (vLLM runs its engine in a child process).
         proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 env=server_env(cpu, cpu_cores), start_new_session=True)
+    served_dtype = cmd[cmd.index("--dtype") + 1]
     pid_path.write_text(json.dumps({"pid": proc.pid, "port": port, "model": served_name, "owner": owner,
-                                    "dtype": cmd[cmd.index("--dtype") + 1], "model_dir": str(model_dir),
+                                    "dtype": served_dtype, "model_dir": str(model_dir),
                                     "started": time.time()}))
-    handle = TeacherHandle(proc.pid, port, served_name, base_url, log_path, pid_path, cmd[cmd.index("--dtype") + 1])
+    handle = TeacherHandle(proc.pid, port, served_name, base_url, log_path, pid_path, served_dtype)
     try:
         waited = _wait_healthy(base_url, startup_timeout_s, lambda: proc.poll() is not None, log_path,
                                lambda: proc.returncode)
