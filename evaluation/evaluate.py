@@ -5,6 +5,7 @@ out_dir/report.md; per-row scores go to out_dir/eval/ (base.parquet, adapter.par
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from collections.abc import Callable
@@ -22,10 +23,12 @@ from training.config import TrainConfig
 def evaluate_run(out_dir: Path, adapter_dir: Path, heldout: pl.DataFrame | str | Path | None,
                  config: EvaluateConfig, train_config: TrainConfig, *, teachers: dict | None = None,
                  cache_dir: Path | None = None, progress: Callable | None = None,
-                 heldout_source: str | None = None) -> dict:
+                 heldout_source: str | None = None, serving: Callable | None = None,
+                 base_dir: Path | None = None, log: Callable[[str], None] = lambda m: None) -> dict:
     """Score base and base + adapter on the held-out set; the judge compares them if configured.
 
     heldout: records, a file path, or None to read `config.heldout` (`run:` = inside out_dir).
+    serving(name): a context manager in which teacher `name` answers; the judge runs only inside it.
     """
     from training.model import resolve_student, set_threads
 
@@ -40,10 +43,12 @@ def evaluate_run(out_dir: Path, adapter_dir: Path, heldout: pl.DataFrame | str |
     ask, grade = make_judges(config, teachers, out_dir / "teacher-cache.sqlite", progress)
     common = dict(method=train_config.method, compute_dtype=train_config.compute_dtype, heldout=held, config=config,
                   max_seq_len=max_seq_len, cache_dir=cache_dir, progress=progress)
-    base = score_model(student, grade=grade, **common)
-    compare = held["reference"].to_list() if config.judge_against == "reference" else base["answer"].to_list()
-    tuned = score_model(student, adapter_dir=Path(adapter_dir), compare_answers=compare, ask=ask, grade=grade,
-                        **common)
+    serving = serving or (lambda name: contextlib.nullcontext())
+    with serving(config.judge) if config.n_generate else contextlib.nullcontext():
+        base = score_model(student, grade=grade, **common)
+        compare = held["reference"].to_list() if config.judge_against == "reference" else base["answer"].to_list()
+        tuned = score_model(student, adapter_dir=Path(adapter_dir), compare_answers=compare, ask=ask, grade=grade,
+                            **common)
     (out_dir / "eval").mkdir(parents=True, exist_ok=True)
     base.write_parquet(out_dir / "eval" / "base.parquet")
     tuned.write_parquet(out_dir / "eval" / "adapter.parquet")
@@ -63,6 +68,9 @@ def evaluate_run(out_dir: Path, adapter_dir: Path, heldout: pl.DataFrame | str |
             entry["base_model"] = bootstrap_ci(*b, **kw).to_dict()
             entry["adapter_minus_base"] = paired_difference_ci(t[0], b[0], t[1], b[1], **kw).to_dict()
         result["intervals"][metric] = entry
+    if config.benchmark:
+        result["benchmark"] = _benchmark(out_dir, student, Path(adapter_dir), config, train_config, teachers,
+                                         serving, cache_dir, base_dir, progress, log)
     result["slices"] = {}
     for group, masks in slice_masks(held, ["structured", "answer_length"]).items():
         for label, mask in masks.items():
@@ -80,6 +88,31 @@ def evaluate_run(out_dir: Path, adapter_dir: Path, heldout: pl.DataFrame | str |
     tmp.replace(out_dir / "eval.json")
     _write_eval_report(out_dir / "report.md", result)
     return result
+
+
+def _benchmark(out_dir: Path, student: Path, adapter_dir: Path, config: EvaluateConfig, train_config: TrainConfig,
+               teachers, serving, cache_dir, base_dir, progress, log) -> dict:
+    """The adapter and the base model answer the benchmark; the judge grades both and compares them."""
+    from evaluation.benchmark_eval import run_benchmark, summarise_benchmark
+    from evaluation.benchmarks import load_benchmark
+    from evaluation.generation import answerer
+
+    questions = load_benchmark(config.benchmark, base_dir, per_category=config.benchmark_per_category)
+    cache_path = out_dir / "teacher-cache.sqlite"
+
+    def make_answerer(models):
+        return answerer(student, models, backend=config.generation, method=train_config.method,
+                        compute_dtype=train_config.compute_dtype, max_new_tokens=config.max_new_tokens,
+                        batch_size=config.batch_size, cache_path=cache_path, cache_dir=cache_dir, progress=progress,
+                        log=log)
+
+    answers, pairwise = run_benchmark(out_dir / "benchmark", questions, {"base": None, "adapter": adapter_dir}, config,
+                                      answerer=make_answerer, teachers=teachers, pairs=[("adapter", "base")],
+                                      serving=serving, cache_path=cache_path, track=progress, log=log)
+    bench = summarise_benchmark(answers, pairwise, {"base": ["base"], "adapter": ["adapter"]}, "base",
+                                resamples=config.bootstrap_resamples, confidence=config.confidence)
+    bench["name"] = config.benchmark
+    return bench
 
 
 def _ci(c: dict, sign: bool = False) -> str:
@@ -119,4 +152,18 @@ def _write_eval_report(path: Path, r: dict) -> None:
                          f"{_ci(s['adapter_minus_base'], True)} |")
         else:
             lines.append(f"| {label} | {s['rows']} | – | – | no scored rows |")
+    if r.get("benchmark"):
+        b = r["benchmark"]
+        g, base = b["groups"]["adapter"], b["groups"]["base"]
+        lines += ["", f"## Benchmark: {b['name']}", "",
+                  f"{b['questions']} questions, turns {', '.join(str(t + 1) for t in b['turns'])}, judge "
+                  f"`{r['evaluate']['judge']}`.", "", "| | base model | base + adapter | adapter − base |", "|---|---|---|---|"]
+        if "grade" in g:
+            lines.append(f"| grade 1-10 | {_ci(base['grade'])} | {_ci(g['grade'])} | {_ci(g['minus']['base'], True)} |")
+        if "win_rate" in g:
+            lines.append(f"| adapter's win rate vs base (ties half) | – | {_ci(g['win_rate'])} | – |")
+        for c, m in g.get("by_category", {}).items():
+            d = g.get("minus_by_category", {}).get(c)
+            lines.append(f"| {c} | {_ci(base['by_category'][c]) if c in base.get('by_category', {}) else '–'} | "
+                         f"{_ci(m)} | {_ci(d, True) if d else '–'} |")
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -17,6 +17,7 @@ checkpoint. The held-out set never reaches training (no early stopping on it, no
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -30,7 +31,7 @@ from curation.settings import no_progress
 from evaluation.arms import arm_rows, plan_budget, profile, remove_heldout, varies_by_seed
 from evaluation.config import EvaluateConfig, ExperimentConfig
 from evaluation.evaluate import evaluate_run
-from evaluation.report import aggregate, write_plot, write_report
+from evaluation.report import add_benchmark, aggregate, write_plot, write_report
 from evaluation.scoring import frame_hash, make_judges, prepare_heldout, score_model, summarise
 from training.config import TrainConfig
 
@@ -85,12 +86,15 @@ def run_experiment(out_dir: Path, pool: pl.DataFrame, curated: pl.DataFrame, hel
                    cache_dir: Path | None = None, teachers: dict | None = None, provenance: dict | None = None,
                    progress: Callable | None = None, evaluate_config: EvaluateConfig | None = None,
                    heldout_source: str | None = None, base_dir: Path | None = None,
-                   title: str | None = None) -> dict:
+                   title: str | None = None, serving: Callable | None = None,
+                   log_fn: Callable[[str], None] = lambda m: None) -> dict:
     """Train and score every arm x seed, then write experiment.json, report.md and plot.png.
 
     pool: the noisy pool the `full`, `random_n` and `longest_n` arms draw from (held-out rows are
     removed from every arm); curated: the run's curated set; heldout: canonical records to score on.
-    progress: a `track(iterable, description, total)` wrapper for progress bars.
+    progress: a `track(iterable, description, total)` wrapper for progress bars; serving(name): a
+    context manager in which teacher `name` answers (pond.teachers.Teachers.serving) — the judge is
+    started only for the parts that judge, so it never shares the cores with training or generation.
     evaluate_config: the recipe's `evaluate:` section (judge, generation); heldout_source: a
     sentence for the report saying where the held-out rows came from.
     """
@@ -143,8 +147,12 @@ def run_experiment(out_dir: Path, pool: pl.DataFrame, curated: pl.DataFrame, hel
                     {"data_hash": h, "max_seq_len": train_config.max_seq_len, "profile": profiles[arm.name]})
     plans = plan_budget(config, train_config, profiles)
 
+    serving = serving or (lambda name: contextlib.nullcontext())
     cache_path = (out_dir / "teacher-cache.sqlite") if ecfg.judge else None
     ask, grade = make_judges(ecfg, teachers, cache_path, track)
+    stack = contextlib.ExitStack()
+    if ecfg.n_generate and ecfg.judge:  # held-out answers are judged as each arm finishes
+        stack.enter_context(serving(ecfg.judge))
     eval_key = {"heldout_hash": held_hash, "evaluate": ecfg.model_dump(mode="json"), "max_seq_len": max_seq_len,
                 "student": str(student), "method": train_config.method, "compute_dtype": train_config.compute_dtype}
     base = _base_scores(out_dir, student, train_config, held, ecfg, max_seq_len, eval_key, grade, cache_dir, track)
@@ -200,6 +208,7 @@ def run_experiment(out_dir: Path, pool: pl.DataFrame, curated: pl.DataFrame, hel
             if err:
                 mlflow_errors.append(err)
 
+    stack.close()
     for arm in config.arms:
         rows = [data[arm.name, s].height for s in config.seeds]
         arms_out.append({"name": arm.name, "data": arm.data, "profile": profiles[arm.name], "plan": plans[arm.name],
@@ -209,6 +218,9 @@ def run_experiment(out_dir: Path, pool: pl.DataFrame, curated: pl.DataFrame, hel
     summary = aggregate(arms_out, base, held, metric=config.metric, baseline=config.baseline,
                         slices=list(config.slices), resamples=config.bootstrap_resamples,
                         confidence=config.confidence)
+    if ecfg.benchmark:
+        add_benchmark(summary, _benchmark(out_dir, config, ecfg, train_config, student, results, teachers, serving,
+                                          cache_path, cache_dir, base_dir, track, log_fn))
     source = heldout_source or _heldout_source(heldout)
     summary.update({
         "heldout_source": source, "heldout_hash": held_hash, "budget": config.budget, "seeds": config.seeds,
@@ -231,6 +243,54 @@ def run_experiment(out_dir: Path, pool: pl.DataFrame, curated: pl.DataFrame, hel
     write_report(out_dir / "report.md", summary, title=heading, heldout_source=source, notes=notes)
     write_plot(out_dir / "plot.png", summary, heading)
     return summary
+
+
+def _benchmark(out_dir: Path, config: ExperimentConfig, ecfg: EvaluateConfig, train_config: TrainConfig,
+               student: Path, results: dict, teachers, serving, cache_path, cache_dir, base_dir, track, log) -> dict:
+    """Every judged seed's adapter (and the base model) answers the benchmark; the judge grades the answers
+    and compares each arm with the baseline arm of the same seed."""
+    from evaluation.benchmark_eval import run_benchmark, summarise_benchmark
+    from evaluation.benchmarks import load_benchmark
+    from evaluation.generation import answerer
+
+    seeds = ecfg.benchmark_seeds or config.seeds
+    missing = sorted(set(seeds) - set(config.seeds))
+    if missing:
+        raise ValueError(f"evaluate.benchmark_seeds {missing} are not experiment seeds {config.seeds}")
+    questions = load_benchmark(ecfg.benchmark, base_dir, per_category=ecfg.benchmark_per_category)
+    models: dict[str, Path | None] = {"base": None}
+    groups: dict[str, list[str]] = {"base": ["base"]}
+    for arm in config.arms:
+        groups[arm.name] = [f"{arm.name}-s{s}" for s in seeds]
+        for s in seeds:
+            models[f"{arm.name}-s{s}"] = Path(results[arm.name, s]["train"]["adapter_dir"])
+    pairs = [(f"{arm.name}-s{s}", f"{config.baseline}-s{s}") for arm in config.arms if arm.name != config.baseline
+             for s in seeds]
+
+    def make_answerer(ms):
+        return answerer(student, ms, backend=ecfg.generation, method=train_config.method,
+                        compute_dtype=train_config.compute_dtype, max_new_tokens=ecfg.max_new_tokens,
+                        batch_size=ecfg.batch_size, cache_path=cache_path, cache_dir=cache_dir, progress=track, log=log)
+
+    answers, pairwise = run_benchmark(out_dir / "benchmark", questions, models, ecfg, answerer=make_answerer,
+                                      teachers=teachers, pairs=pairs, serving=serving, cache_path=cache_path,
+                                      track=track, log=log)
+    bench = summarise_benchmark(answers, pairwise, groups, config.baseline, resamples=config.bootstrap_resamples,
+                                confidence=config.confidence)
+    refs = sum(r is not None for refs in questions["references"].to_list()
+               for r in refs[:ecfg.benchmark_turns])
+    judged = " and ".join({"single": "single-answer grades 1-10 (with the reference answer where the benchmark "
+                                     "gives one)",
+                           "pairwise": f"pairwise against `{config.baseline}` of the same seed, both orders asked, "
+                                       "an inconsistent pair a tie"}[j] for j in ecfg.benchmark_judge)
+    bench["name"] = ecfg.benchmark
+    bench["judged"] = (f"Judged: {bench['questions']} questions ({', '.join(bench['categories'])}"
+                       f"{f'; the first {ecfg.benchmark_per_category} of each category' if ecfg.benchmark_per_category else ''}), "
+                       f"turns {', '.join(str(t + 1) for t in bench['turns'])}, seeds {seeds} of each arm plus the "
+                       f"base model; {refs} question-turns with a reference answer. Judge `{ecfg.judge}`: {judged}. "
+                       f"Answers: greedy, at most {ecfg.max_new_tokens} new tokens, generated with {ecfg.generation}. "
+                       f"Intervals resample questions x turns (paired between arms) and seeds.")
+    return bench
 
 
 def _headline(summary: dict) -> dict:

@@ -31,13 +31,12 @@ Outcome = Literal["a", "b", "tie"]
 Ask = Callable[[Sequence[tuple[str, str, str]]], list[Verdict | None]]
 Grade = Callable[[Sequence[tuple[str, str]]], list[int | None]]
 
-PAIRWISE_SCHEMA = pairwise_schema(400)
-SINGLE_SCHEMA = score_schema(400)
 
 
-def load_prompt(kind: Literal["pairwise", "single"], path: str | Path | None = None) -> str:
-    """The judge prompt template: a user's replacement file, or the packaged default."""
-    p = Path(path).expanduser() if path else PROMPTS_DIR / f"{kind}.txt"
+def load_prompt(kind: Literal["pairwise", "single"], path: str | Path | None = None, *, benchmark: bool = False) -> str:
+    """The judge prompt template: a user's replacement file, or the packaged default (`mt_<kind>.txt`
+    for benchmark questions, whose question text carries earlier turns and the reference)."""
+    p = Path(path).expanduser() if path else PROMPTS_DIR / f"{'mt_' if benchmark else ''}{kind}.txt"
     text = p.read_text(encoding="utf-8")
     needed = ("{question}", "{answer_a}", "{answer_b}") if kind == "pairwise" else ("{question}", "{answer}")
     missing = [n for n in needed if n not in text]
@@ -110,7 +109,7 @@ def _session(teacher, cache_path: Path | None):
 
 
 def teacher_ask(teacher, *, cache_path: Path | None = None, prompt: str | None = None, max_tokens: int = 384,
-                track: Callable | None = None) -> Ask:
+                track: Callable | None = None, reason_chars: int = 400) -> Ask:
     """An `ask` that sends each item to the teacher (greedy, structured output, cached)."""
     from synthesis.client import ChatRequest
 
@@ -119,7 +118,8 @@ def teacher_ask(teacher, *, cache_path: Path | None = None, prompt: str | None =
     def ask(items: Sequence[tuple[str, str, str]]) -> list[Verdict | None]:
         reqs = [ChatRequest(messages=[{"role": "user", "content": fill(
                     template, question=q, answer_a=a[:ANSWER_CHARS], answer_b=b[:ANSWER_CHARS])}],
-                            max_tokens=max_tokens, temperature=0.0, schema=PAIRWISE_SCHEMA, schema_name="verdict")
+                            max_tokens=max_tokens, temperature=0.0, schema=pairwise_schema(reason_chars),
+                            schema_name="verdict")
                 for q, a, b in items]
         out: list[Verdict | None] = []
         for r in _session(teacher, cache_path).run(reqs, track, "judge (pairwise)"):
@@ -133,7 +133,7 @@ def teacher_ask(teacher, *, cache_path: Path | None = None, prompt: str | None =
 
 
 def teacher_grade(teacher, *, cache_path: Path | None = None, prompt: str | None = None, max_tokens: int = 384,
-                  track: Callable | None = None) -> Grade:
+                  track: Callable | None = None, reason_chars: int = 400) -> Grade:
     """A `grade` that asks the teacher for a 1-10 score per (question, answer)."""
     from synthesis.client import ChatRequest
 
@@ -141,7 +141,7 @@ def teacher_grade(teacher, *, cache_path: Path | None = None, prompt: str | None
 
     def grade(items: Sequence[tuple[str, str]]) -> list[int | None]:
         reqs = [ChatRequest(messages=[{"role": "user", "content": fill(template, question=q, answer=a[:ANSWER_CHARS])}],
-                            max_tokens=max_tokens, temperature=0.0, schema=SINGLE_SCHEMA, schema_name="grade")
+                            max_tokens=max_tokens, temperature=0.0, schema=score_schema(reason_chars), schema_name="grade")
                 for q, a in items]
         out: list[int | None] = []
         for r in _session(teacher, cache_path).run(reqs, track, "judge (grades)"):

@@ -17,12 +17,17 @@ METRIC_INFO = {
     "judge_score": ("grade", False, "judge grade (1-10)"),
     "exact_match": ("exact_match", False, "exact match"),
     "token_f1": ("token_f1", False, "token F1"),
+    # benchmark metrics come from evaluation.benchmark_eval, not from the held-out rows (no column)
+    "benchmark_score": (None, False, "benchmark judge grade (1-10)"),
+    "benchmark_win_rate": (None, False, "benchmark win rate vs the baseline arm (ties = half)"),
 }
 
 
 def metric_matrix(scores: list[pl.DataFrame], metric: str, mask: np.ndarray | None = None
                   ) -> tuple[np.ndarray, np.ndarray] | None:
     """[seeds, rows] values and weights for `metric`; None if no seed has it."""
+    if METRIC_INFO[metric][0] is None:
+        return None
     vals, wts = [], []
     for s in scores:
         if metric == "heldout_loss":
@@ -103,6 +108,7 @@ def aggregate(arms: list[dict], base_scores: pl.DataFrame, heldout: pl.DataFrame
         out_arms.append(entry)
 
     out_slices = {}
+    metric_held = metric if METRIC_INFO[metric][0] is not None else "heldout_loss"  # slices are of held-out rows
     for group, masks in slice_masks(heldout, slices).items():
         out_slices[group] = {}
         for label, mask in masks.items():
@@ -110,11 +116,11 @@ def aggregate(arms: list[dict], base_scores: pl.DataFrame, heldout: pl.DataFrame
             if mask.sum() == 0:
                 out_slices[group][label] = rows
                 continue
-            b0 = metric_matrix([base_scores], metric, mask)
+            b0 = metric_matrix([base_scores], metric_held, mask)
             rows["base_model"] = _ci(b0, resamples, confidence).to_dict() if b0 is not None else None
-            base_m = metric_matrix([s["scores"] for s in by_name[baseline]["seeds"]], metric, mask)
+            base_m = metric_matrix([s["scores"] for s in by_name[baseline]["seeds"]], metric_held, mask)
             for arm in arms:
-                mm = metric_matrix([s["scores"] for s in arm["seeds"]], metric, mask)
+                mm = metric_matrix([s["scores"] for s in arm["seeds"]], metric_held, mask)
                 if mm is None:
                     continue
                 cell = {"metric": _ci(mm, resamples, confidence).to_dict()}
@@ -127,7 +133,62 @@ def aggregate(arms: list[dict], base_scores: pl.DataFrame, heldout: pl.DataFrame
     return {"metric": metric, "lower_is_better": METRIC_INFO[metric][1], "baseline": baseline,
             "confidence": confidence, "bootstrap_resamples": resamples, "metrics_available": metrics,
             "heldout_rows": heldout.height, "base_model": base_ci, "arms": out_arms, "slices": out_slices,
-            "verdict": verdict(out_arms, metric, baseline, confidence)}
+            "slice_metric": metric_held, "verdict": verdict(out_arms, metric, baseline, confidence)}
+
+
+def add_benchmark(summary: dict, bench: dict) -> dict:
+    """Put the benchmark figures (evaluation.benchmark_eval.summarise_benchmark) beside the held-out ones:
+    each arm's `benchmark_score` and `benchmark_win_rate` with their differences, then the verdict again."""
+    baseline = summary["baseline"]
+    groups = bench["groups"]
+    for a in summary["arms"]:
+        g = groups.get(a["name"])
+        if not g:
+            continue
+        if "grade" in g:
+            a["metrics"]["benchmark_score"] = g["grade"]
+            if a["name"] != baseline and baseline in g["minus"]:
+                a["vs_" + baseline]["benchmark_score"] = g["minus"][baseline]
+            if "base" in g["minus"]:
+                a["vs_base_model"]["benchmark_score"] = g["minus"]["base"]
+        if "win_rate" in g:
+            w = g["win_rate"]
+            a["metrics"]["benchmark_win_rate"] = w
+            # the comparison is built in: 0.5 is "as good as the baseline"
+            a["vs_" + baseline]["benchmark_win_rate"] = {**w, **{k: w[k] - 0.5 for k in ("mean", "low", "high")}}
+    if "base" in groups and "grade" in groups["base"]:
+        summary["base_model"]["benchmark_score"] = groups["base"]["grade"]
+    for m in ("benchmark_score", "benchmark_win_rate"):
+        if any(m in a["metrics"] for a in summary["arms"]) and m not in summary["metrics_available"]:
+            summary["metrics_available"].append(m)
+    summary["benchmark"] = bench
+    summary["verdict"] = verdict(summary["arms"], summary["metric"], baseline, summary["confidence"])
+    return summary
+
+
+def goal_sentence(summary: dict, arm: str = "curated") -> str | None:
+    """Does `arm` beat every other arm on the benchmark grade (interval of the paired difference above
+    zero), and is it no worse than random_n on held-out loss? One plain sentence either way."""
+    bench = summary.get("benchmark") or {}
+    g = (bench.get("groups") or {}).get(arm)
+    if not g or "minus" not in g:
+        return None
+    pct = f"{summary['confidence']:.0%}"
+    parts, wins = [], []
+    for other, d in g["minus"].items():
+        if other == "base":
+            continue
+        won = d["low"] > 0
+        wins.append(won)
+        parts.append(f"`{arm}` − `{other}` = {d['mean']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}]"
+                     f" ({'above zero' if won else 'includes zero' if d['high'] >= 0 else 'below zero'})")
+    loss = ""
+    arms = {a["name"]: a for a in summary["arms"]}
+    if "random_n" in arms and arm in arms and "heldout_loss" in arms[arm]["metrics"]:
+        la, lr = arms[arm]["metrics"]["heldout_loss"]["mean"], arms["random_n"]["metrics"]["heldout_loss"]["mean"]
+        loss = f"; held-out loss {la:.4f} vs `random_n` {lr:.4f}"
+    verdict_s = ("beat every other arm" if all(wins) else "did not beat every other arm")
+    return (f"On the benchmark judge grade, `{arm}` {verdict_s} ({pct} paired intervals): " + "; ".join(parts) + loss + ".")
 
 
 def _per_seed(m) -> list[float]:
@@ -241,10 +302,52 @@ def write_report(path: Path, summary: dict, *, title: str, heldout_source: str, 
                 b = cell.get("base_model")
                 lines.append(f"| {label} | {cell['rows']} | {b['mean']:.4f} |" if b else f"| {label} | {cell['rows']} | – |")
                 lines[-1] += " " + " | ".join(vals) + " |"
+    if summary.get("benchmark"):
+        lines += benchmark_lines(summary)
     if notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
+
+
+def benchmark_lines(summary: dict) -> list[str]:
+    """The report's benchmark section: what was judged, each arm's grade and win rate, per category."""
+    b, baseline = summary["benchmark"], summary["baseline"]
+    pct = f"{summary['confidence']:.0%}"
+    groups = b["groups"]
+    lines = ["", f"## Benchmark: {b.get('name', 'benchmark')}", "", b.get("judged", ""), ""]
+    goal = goal_sentence(summary, summary["arms"][0]["name"])
+    if goal:
+        lines += [f"**{goal}**", ""]
+    turns = [str(t) for t in b["turns"]]
+    head = ["arm", f"grade 1-10 [{pct} CI]"] + [f"turn {int(t) + 1}" for t in turns] + \
+        [f"grade − `{baseline}` [{pct} CI]", f"win rate vs `{baseline}` [{pct} CI]", "wins / ties / losses / failed"]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, g in groups.items():
+        if "grade" not in g and "win_rate" not in g:
+            continue
+        d = g.get("minus", {}).get(baseline)
+        p = g.get("pairs")
+        cells = [f"`{name}`" if name != "base" else "base model (no training)", _fmt_ci(g.get("grade"), 2)]
+        cells += [_fmt_ci(g.get("by_turn", {}).get(t), 2) for t in turns]
+        cells += [_fmt_ci(d, 2, sign=True) if d and name != baseline else "–",
+                  _fmt_ci(g.get("win_rate"), 3) if "win_rate" in g else "–",
+                  f"{p['wins']} / {p['ties']} / {p['losses']} / {p['failed']}" if p else "–"]
+        lines.append("| " + " | ".join(cells) + " |")
+    cats = b["categories"]
+    names = [n for n, g in groups.items() if "by_category" in g]
+    if cats and names:
+        lines += ["", f"Per category (mean grade; in brackets each arm − `{baseline}`, {pct} CI paired on questions):",
+                  "", "| category | " + " | ".join(f"`{n}`" for n in names) + " |", "|" + "---|" * (1 + len(names))]
+        for c in cats:
+            vals = []
+            for n in names:
+                m = groups[n]["by_category"].get(c)
+                d = groups[n].get("minus_by_category", {}).get(c)
+                vals.append("–" if not m else f"{m['mean']:.2f}" + (
+                    f" ({d['mean']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}])" if d else ""))
+            lines.append(f"| {c} | " + " | ".join(vals) + " |")
+    return lines
 
 
 def write_plot(path: Path, summary: dict, title: str) -> Path:

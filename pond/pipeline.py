@@ -90,13 +90,13 @@ def _evaluate(runner: Runner, recipe: Recipe, stack: ExitStack, log: Log, track=
     heldout, source = _heldout(runner, recipe, recipe.evaluate.heldout)
     if heldout is None:
         raise FileNotFoundError(f"held-out set {source} not found (add a `holdout` step or set evaluate.heldout)")
-    judge = recipe.evaluate.judge
-    stack.enter_context(runner.teachers.serving(judge))
+    runner.teachers.keep_only(())  # the judge is served only while evaluation judges
     log(f"evaluate: {len(heldout)} held-out rows from {source}")
     ledger.append(runner.out, "evaluate", rows=len(heldout))
     result = evaluate_run(runner.out, runner.out / layout.ADAPTER, heldout, recipe.evaluate, recipe.train,
                           teachers=dict(recipe.teachers), cache_dir=runner.cache_dir, progress=track,
-                          heldout_source=_heldout_sentence(source))
+                          heldout_source=_heldout_sentence(source), serving=runner.teachers.serving,
+                          base_dir=runner.base_dir, log=log)
     result = result if isinstance(result, dict) else {}
     return {"eval": str(runner.out / layout.EVAL), "report": str(runner.out / layout.REPORT),
             "headline": {k: v for k, v in result.items() if isinstance(v, (int, float, str))}}
@@ -119,15 +119,14 @@ def _experiment(runner: Runner, curated: Path, recipe: Recipe, track, log: Log) 
     pool = pl.read_parquet(layout.ingest_output(runner.out))
     pool = pool.filter(~pl.col("id").is_in(heldout["id"].implode()))
     log(f"experiment: {len(recipe.experiment.arms)} arms x {len(recipe.experiment.seeds)} seeds")
-    with ExitStack() as stack:
-        if recipe.evaluate is not None:
-            stack.enter_context(runner.teachers.serving(recipe.evaluate.judge))
-        result = run_experiment(runner.out / layout.EXPERIMENT, pool, pl.read_parquet(curated), heldout, recipe.experiment,
-                                recipe.train, seed=recipe.seed, cache_dir=runner.cache_dir,
-                                teachers=dict(recipe.teachers), provenance=_provenance(runner, curated),
-                                progress=track, evaluate_config=recipe.evaluate,
-                                heldout_source=_heldout_sentence(source), base_dir=runner.base_dir,
-                                title=recipe.name)
+    # the judge is served only while the experiment judges (runner.teachers.serving), not while it trains
+    runner.teachers.keep_only(())
+    result = run_experiment(runner.out / layout.EXPERIMENT, pool, pl.read_parquet(curated), heldout, recipe.experiment,
+                            recipe.train, seed=recipe.seed, cache_dir=runner.cache_dir,
+                            teachers=dict(recipe.teachers), provenance=_provenance(runner, curated),
+                            progress=track, evaluate_config=recipe.evaluate,
+                            heldout_source=_heldout_sentence(source), base_dir=runner.base_dir,
+                            title=recipe.name, serving=runner.teachers.serving, log_fn=log)
     return {"dir": str(runner.out / layout.EXPERIMENT), **{k: v for k, v in result.items() if k in ("summary", "headline")}}
 
 
