@@ -21,7 +21,7 @@ import numpy as np
 import polars as pl
 
 from evaluation import judge as judging
-from evaluation.benchmarks import chats, judge_question
+from evaluation.benchmarks import EARLIER_CHARS, REFERENCE_CHARS, TURN_CHARS, chats, clip, judge_question
 from evaluation.bootstrap import bootstrap_ci, paired_difference_ci
 from evaluation.config import EvaluateConfig
 
@@ -81,7 +81,7 @@ def _pair_answer(turns: list[str], t: int) -> str:
     # turn t of a conversation: the judge reads the model's own earlier answers with it
     if t == 0:
         return turns[0]
-    earlier = "\n\n".join(f"[Its answer to message {i + 1}]\n{a}" for i, a in enumerate(turns[:t]))
+    earlier = "\n\n".join(f"[Its answer to message {i + 1}]\n{clip(a, EARLIER_CHARS)}" for i, a in enumerate(turns[:t]))
     return f"{earlier}\n\n[Its answer to the latest message]\n{turns[t]}"
 
 
@@ -96,10 +96,10 @@ def pairwise_all(questions: pl.DataFrame, answers: pl.DataFrame, pairs: list[tup
         for qid, cat, t in keys:
             user_turns = q[qid]["turns"]
             context = "" if t == 0 else "(Earlier messages from the user, each assistant answered them its own way)\n" + \
-                "\n".join(f"- {m}" for m in user_turns[:t]) + "\n\n"
+                "\n".join(f"- {clip(m, TURN_CHARS)}" for m in user_turns[:t]) + "\n\n"
             ref = q[qid]["references"][t]
-            qs.append(context + f"(Latest message)\n{user_turns[t]}" +
-                      (f"\n\n(A reference answer, known to be correct)\n{ref}" if ref else ""))
+            qs.append(context + f"(Latest message)\n{clip(user_turns[t], TURN_CHARS)}" +
+                      (f"\n\n(A reference answer, known to be correct)\n{clip(ref, REFERENCE_CHARS)}" if ref else ""))
             a_side.append(_pair_answer(own[model, qid], t))
             b_side.append(_pair_answer(own[against, qid], t))
             rows.append({"model": model, "against": against, "question_id": qid, "category": cat, "turn": t})

@@ -130,13 +130,24 @@ def chats(questions: pl.DataFrame, turn: int, earlier: dict[str, list[str]] | No
     return out
 
 
+# Characters of each part the judge reads: a question, the reference, an answer and an earlier turn of
+# the conversation together stay within a 2,048-token judge context (about 4 characters a token).
+TURN_CHARS, REFERENCE_CHARS, EARLIER_CHARS = 1500, 1200, 800
+
+
+def clip(text: str, n: int) -> str:
+    return text if len(text) <= n else text[:n] + " [...]"
+
+
 def judge_question(turns: list[str], answers: list[str], turn: int, reference: str | None) -> str:
     """What the judge reads as the question for turn `turn`: earlier turns as context, the reference if any."""
     parts = []
     if turn:
-        history = "\n\n".join(f"[User]\n{turns[t]}\n\n[Assistant]\n{answers[t]}" for t in range(turn))
+        history = "\n\n".join(f"[User]\n{clip(turns[t], TURN_CHARS)}\n\n[Assistant]\n{clip(answers[t], EARLIER_CHARS)}"
+                               for t in range(turn))
         parts.append(f"(Conversation so far; judge only the answer to the latest message)\n{history}\n")
-    parts.append(f"(Latest message)\n{turns[turn]}")
+    parts.append(f"(Latest message)\n{clip(turns[turn], TURN_CHARS)}")
     if reference:
-        parts.append(f"\n(A reference answer, known to be correct; compare the answer's result with it)\n{reference}")
+        parts.append("\n(A reference answer, known to be correct; compare the answer's result with it)\n"
+                     + clip(reference, REFERENCE_CHARS))
     return "\n".join(parts)

@@ -31,7 +31,7 @@ from curation.settings import no_progress
 from evaluation.arms import arm_rows, plan_budget, profile, remove_heldout, varies_by_seed
 from evaluation.config import EvaluateConfig, ExperimentConfig
 from evaluation.evaluate import evaluate_run
-from evaluation.report import add_benchmark, aggregate, write_plot, write_report
+from evaluation.report import add_benchmark, aggregate, goal_sentence, write_plot, write_report
 from evaluation.scoring import frame_hash, make_judges, prepare_heldout, score_model, summarise
 from training.config import TrainConfig
 
@@ -302,7 +302,10 @@ def _headline(summary: dict) -> dict:
         d = a.get("vs_" + baseline, {}).get(metric)
         arms[a["name"]] = {"rows": a["rows"], metric: m.get("mean"), "ci": [m.get("low"), m.get("high")],
                            f"vs_{baseline}": None if d is None else [d["mean"], d["low"], d["high"]]}
-    return {"metric": metric, "arms": arms, "verdict": summary["verdict"]["sentence"]}
+    out = {"metric": metric, "arms": arms, "verdict": summary["verdict"]["sentence"]}
+    if summary.get("benchmark"):
+        out["benchmark"] = goal_sentence(summary, summary["arms"][0]["name"])
+    return out
 
 
 def _track(out_dir: Path, config: ExperimentConfig, exp_name: str, arm, s: int, key: dict, plan: dict,

@@ -197,6 +197,9 @@ def run_experiment_recipe(recipe: Recipe, out: Path, base_dir: Path, *, track=No
     return summary(runner.out)
 
 
+BENCHMARK_COMMAND = "pond experiment recipes/quality_vs_quantity.yaml"
+
+
 def _summary_details(run: Path, manifest: dict) -> list[str]:
     """Rejections by reason, teacher calls and tokens, held-out metrics of the adapter and of every arm."""
     lines: list[str] = []
@@ -228,6 +231,11 @@ def _summary_details(run: Path, manifest: dict) -> list[str]:
         lines.append(f"  arm {name:<12} {arm['rows']:>6} rows  {exp['metric']} {arm[exp['metric']]:.4f} [{lo:.4f}, {hi:.4f}]")
     if exp.get("verdict"):
         lines.append("verdict: " + exp["verdict"])
+    if exp.get("benchmark"):
+        lines.append("benchmark: " + exp["benchmark"])
+    elif exp:
+        lines.append(f"benchmark: not judged in this recipe; `{BENCHMARK_COMMAND}` answers MT-Bench with every "
+                     "arm and has the judge grade them (docs/quality_vs_quantity.md)")
     return lines
 
 

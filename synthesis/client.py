@@ -57,6 +57,9 @@ class ServeSpec(BaseModel):
         "auto", description="Weights' and activations' dtype. auto: bf16 only where the device computes it "
                             "natively (CUDA with bf16, a CPU with AVX-512 BF16/AMX), else float32 (emulated bf16 "
                             "measured 8.1x slower on an AVX2-only CPU). A forced bf16 runs and warns once.")
+    max_model_len: int = Field(1024, ge=256, description="Context length the server holds per request (prompt + "
+                                                         "reply); a judge that reads a question, a reference and "
+                                                         "two answers needs 2048 or more.")
 
 
 class TeacherConfig(BaseModel):

@@ -373,7 +373,7 @@ def running_teacher(config: Any, *, cache_dir: Path | None = None,
         yield None
         return
     handle = serve(spec.model, spec.port, cache_dir=cache_dir, served_name=config.model, cpu_cores=spec.cpu_cores,
-                   dtype=spec.dtype, owner="run", log=log)
+                   dtype=spec.dtype, max_model_len=spec.max_model_len, owner="run", log=log)
     try:
         yield handle
     finally:
