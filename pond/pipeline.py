@@ -136,7 +136,10 @@ def estimate_run(recipe: Recipe, out: Path, base_dir: Path, print_fn: Callable =
     still to compute and how many are cached. The returned totals count teacher work only.
 
     Rows reaching a teacher step are bounded by the rows entering curation, so the estimate reads
-    the input (not the teacher) and charges every step as if all rows reached it.
+    the input (not the teacher) and charges every step as if all rows reached it. A judge's calls
+    that the shared teacher cache already answers are counted apart, as free (looked up on the
+    ingested rows: a step before the judge that rewrites text, `pii: {action: redact}`, can make a
+    row the judge sees differ from its cached form).
     """
     import importlib
 
@@ -157,20 +160,32 @@ def estimate_run(recipe: Recipe, out: Path, base_dir: Path, print_fn: Callable =
             continue
         if not hasattr(module, "estimate"):  # only teacher steps cost calls
             continue
-        scope = getattr(step.options, "rows", "all")  # judge: all | synthetic | real
-        opts = step.options.model_copy(update={"rows": "all"}) if scope == "synthetic" else step.options
-        est = module.estimate(rows, opts)
         if step.kind == "synthesize":
+            est = module.estimate(rows, step.options)
             added += step.options.n
-        elif scope != "real" and len(rows):
-            # judge inputs are clipped to max_input_chars, so every row has the same bound
-            scale = ((len(rows) if scope == "all" else 0) + added) / len(rows)
-            est = {k: int(v * scale + 0.999) for k, v in est.items()}
-        print_fn(f"{i:02d}-{step.kind}: {est['requests']} requests, at most {est['max_tokens']} tokens")
+        else:
+            est = _judge_estimate(module, rows, step.options, added, runner.context(None))
+        tokens = (f"{est['prompt_tokens']} prompt + {est['completion_tokens']} completion tokens"
+                  if "prompt_tokens" in est else f"{est['max_tokens']} tokens")
+        cached = f", {est['cached']} more already cached (free)" if "cached" in est else ""
+        print_fn(f"{i:02d}-{step.kind}: {est['requests']} requests, at most {tokens}{cached}")
         total["requests"] += est["requests"]
         total["max_tokens"] += est["max_tokens"]
     print_fn(f"total: {total['requests']} requests, at most {total['max_tokens']} tokens")
     return total
+
+
+def _judge_estimate(module, rows: pl.DataFrame, opts, added: int, ctx) -> dict[str, int]:
+    """A judge step's calls: the ingested rows' own requests, those the shared cache answers free;
+    rows a generator adds cannot be looked up before they exist, so each costs what an average
+    ingested row does (judge inputs are clipped to max_input_chars)."""
+    est = module.estimate(rows if opts.rows != "synthetic" else None, opts, ctx)
+    if added and opts.rows != "real" and len(rows):
+        proxy = module.estimate(rows, opts.model_copy(update={"rows": "all"}))
+        for k in ("requests", "prompt_tokens", "completion_tokens"):
+            est[k] += int(proxy[k] * added / len(rows) + 0.999)
+        est["max_tokens"] = est["prompt_tokens"] + est["completion_tokens"]
+    return est
 
 
 def train_only(data: Path, out: Path, config, track=None) -> str:

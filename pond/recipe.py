@@ -71,6 +71,13 @@ class Recipe(BaseModel):
                 if model in writers:
                     out.append(f"judge teacher {s.options.teacher!r} is the model that wrote the synthetic rows "
                                f"({model}); a model judging its own output is biased — use another judge")
+        scorers = [s.options for s in self.steps if s.kind == "judge" and s.options.mode == "score"]
+        for i, a in enumerate(scorers):
+            for b in scorers[i + 1:]:
+                # rows: synthetic then rows: real into one column is legal: each keeps the other's scores
+                if a.column == b.column and (a.rows == b.rows or "all" in (a.rows, b.rows)):
+                    out.append(f"two judge steps write the column {a.column!r} for the same rows: the second "
+                               f"overwrites the first's scores — give one `column:` another name")
         return out
 
     def dump(self) -> dict[str, Any]:

@@ -80,5 +80,6 @@ STEPS: dict[str, StepSpec] = {
     "synthesize": StepSpec("synthesis.generators", "synthesize", "SynthesizeOptions",
                            "teacher writes new rows: edge_cases, self_instruct, evolve, respond"),
     "judge": StepSpec("synthesis.judge", "judge", "JudgeOptions",
-                      "teacher scores rows against a rubric and drops those below a threshold"),
+                      "teacher scores rows against a rubric: drops those below min_score, or (min_score: null) "
+                      "only writes the score for select to rank by"),
 }

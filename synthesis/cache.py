@@ -1,4 +1,6 @@
-"""The teacher response cache: one SQLite file per run (`runs/NAME/teacher-cache.sqlite`).
+"""The teacher response cache: one SQLite file per run (`runs/NAME/teacher-cache.sqlite`), and one
+shared by every run (`$POND_CACHE_DIR/teacher-cache.sqlite`, the `judge` step's: a score of a row is
+the same whichever recipe asks, so a second recipe over the same rows sends nothing).
 
 A response is stored the moment it arrives, keyed by a hash of everything that determines it:
 the model name, the messages, the sampling parameters (temperature, max_tokens, n, seed, ...) and
@@ -103,6 +105,19 @@ class ResponseCache:
         self.close()
 
 
+def shared_cache_path(cache_dir: Path) -> Path:
+    """The teacher cache every run shares (keyed by model and full request, so runs cannot collide)."""
+    return cache_dir / CACHE_FILE
+
+
 def run_cache_path(run_dir: Path | None, cache_dir: Path) -> Path:
-    """Where a run keeps its teacher cache: in the run directory, else the shared cache dir."""
-    return (run_dir if run_dir is not None else cache_dir) / CACHE_FILE
+    """Where a run keeps its teacher cache: in the run directory, else the shared one."""
+    return run_dir / CACHE_FILE if run_dir is not None else shared_cache_path(cache_dir)
+
+
+def cached_keys(path: Path, keys: list[str]) -> set[str]:
+    """Which of `keys` the cache at `path` holds; a missing file holds none (and is not created)."""
+    if not keys or not path.is_file():
+        return set()
+    with ResponseCache(path) as cache:
+        return {k for k in keys if k in cache}

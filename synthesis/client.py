@@ -152,6 +152,10 @@ class ChatRequest:
             p["seed"] = self.seed
         return p
 
+    def key(self, model: str) -> str:
+        """This call's cache key when sent to `model`."""
+        return request_key(model, self.messages, self.params(), self.schema)
+
 
 @dataclass
 class Completion:
@@ -351,7 +355,7 @@ class TeacherClient:
     async def chat(self, messages: list[dict] | ChatRequest, **kw: Any) -> Completion:
         """One chat completion (from the cache if this exact call was answered before)."""
         req = messages if isinstance(messages, ChatRequest) else ChatRequest(messages=messages, **kw)
-        key = request_key(self.config.model, req.messages, req.params(), req.schema)
+        key = req.key(self.config.model)
         if self.cache is not None and (hit := self.cache.get(key)) is not None:
             return self._cached(Completion(*_parse_completion(hit), True, key, req.max_tokens))
         if (twin := self._inflight.get(key)) is not None:

@@ -11,7 +11,8 @@ def estimate_step(kind: str, df: Any, options: Any, teachers: dict[str, Any] | N
 
     `kind` is the step kind; `df` the rows the step would see (or a superset: bounds only grow with
     rows); `options` the step's options model or a dict; `teachers` the recipe's teachers, to name a
-    missing one before anything runs. Steps that do not call a teacher cost nothing.
+    missing one before anything runs. Steps that do not call a teacher cost nothing. A judge also
+    splits the bound into prompt and completion tokens (`pond run --estimate` adds its cached calls).
     """
     if kind == "synthesize":
         from synthesis.generators import SynthesizeOptions as Options

@@ -1,35 +1,46 @@
 """The `judge` step (LLM-as-judge) and the reusable pairwise comparison.
 
-- score mode: the teacher rates each row's answer 1-10 against a rubric, as schema-constrained
-  JSON `{"reason", "score"}`; rows get `judge_score` and `judge_reason`, and rows below
-  `min_score` are rejected with the score and the reason.
+- score mode: the teacher rates each row 1-10 against a rubric, as schema-constrained JSON
+  `{"reason", "score"}`; rows get `column` (default `judge_score`) and its reason column
+  (`judge_reason`), and rows below `min_score` are rejected with the score and the reason. With
+  `min_score: null` nothing is dropped: the step is a scorer (AlpaGasus, Deita) whose column
+  `select` ranks by. The `complexity` rubric rates the instruction alone (Deita's complexity), with
+  its own template (`prompts/judge_score_complexity.txt`).
 - pairwise mode: the row's answer against the answer in another column, asked in both orders
   (MT-Bench style); an inconsistent pair is a tie. Rows get `judge_winner` (a = the row's answer,
   b = the other column, tie) and `judge_reason`; rows that lose are rejected.
 
-A call that fails, or a reply that cannot be parsed, rejects its row with the error; rows never
-shift. `pairwise_judge` (async) and `pairwise_many` (sync) serve the evaluation package. The schemas,
-the verdict parsing and the both-orders rule are the judge core's (synthesis.judge_core), which
+A call that fails, or a reply that cannot be parsed, rejects its row with the error (also with
+`min_score: null`: a row is never kept with a missing score); rows never shift. Replies are cached
+in the cache every run shares (`$POND_CACHE_DIR/teacher-cache.sqlite`, keyed by model and the full
+request, every request seeded): a rerun, or another recipe over the same rows, sends nothing.
+
+`pairwise_judge` (async) and `pairwise_many` (sync) serve the evaluation package. The schemas, the
+verdict parsing and the both-orders rule are the judge core's (synthesis.judge_core), which
 evaluation.judge shares.
 """
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import polars as pl
-from pydantic import Field
+from pydantic import Field, field_validator
 
+from curation.ifd import distribution
+from curation.records import CORE_COLUMNS, REJECT_COLUMNS
 from curation.step import StepContext, StepOptions, reject
-from synthesis.budget import call_tokens_upper
-from synthesis.cache import ResponseCache, run_cache_path
+from synthesis.budget import prompt_tokens_upper
+from synthesis.cache import ResponseCache, cached_keys, shared_cache_path
 from synthesis.client import ChatRequest, Completion, TeacherClient, TeacherSession, resolve_teacher
 from synthesis.judge_core import Winner, combine_orders, pairwise_schema, parse_verdict, score_schema
-from synthesis.prompts import RUBRIC_DIR, load_text, render
+from synthesis.prompts import PROMPT_DIR, RUBRIC_DIR, load_text, render
 from synthesis.rows import clip, row_answer, row_prompt
 
 STAGE = "judge"
@@ -39,8 +50,17 @@ class JudgeOptions(StepOptions):
     """Options of the `judge` step."""
 
     rubric: str = Field("helpfulness", description="Rubric: a built-in name (helpfulness, correctness, "
-                                                   "harmlessness), a file path, or the text itself.")
-    min_score: int = Field(7, ge=1, le=10, description="score mode: rows scoring below this are rejected.")
+                                                   "harmlessness: the answer; complexity: how demanding the "
+                                                   "instruction is, the answer not shown), a file path, or the "
+                                                   "text itself.")
+    # 7 stays the default: recipes written before the judge could only filter rely on it.
+    min_score: int | None = Field(7, ge=1, le=10, description="score mode: rows scoring below this are rejected; "
+                                                              "null: nothing is dropped, every judged row keeps "
+                                                              "its score for `select` to rank by. A failed call or "
+                                                              "an unparsable reply rejects its row either way.")
+    column: str = Field("judge_score", description="score mode: the column the score goes to; the reason goes to "
+                                                   "`<column without _score>_reason` (judge_reason by default). Two "
+                                                   "judge steps need two columns, e.g. `column: complexity`.")
     teacher: str = Field("default", description="Name of the judging teacher in the recipe's `teachers:` "
                                                 "(best not the model that wrote the rows).")
     mode: Literal["score", "pairwise"] = Field("score", description="score: rate each row 1-10; pairwise: "
@@ -56,7 +76,21 @@ class JudgeOptions(StepOptions):
     rows: Literal["all", "synthetic", "real"] = Field("all", description="Which rows to judge: all, only the "
                                                                          "synthetic ones (source `synthetic:*`), or "
                                                                          "only the real ones; the others pass "
-                                                                         "through unjudged.")
+                                                                         "through unjudged (keeping any "
+                                                                         "score an earlier step wrote).")
+
+    @field_validator("column")
+    @classmethod
+    def _a_new_column(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", v):
+            raise ValueError(f"column {v!r}: use letters, digits and _")
+        if v in CORE_COLUMNS + REJECT_COLUMNS + ("judge_winner",) or v.endswith("_reason"):
+            raise ValueError(f"column {v!r} is a record's, the step's reason or the pairwise column; name another")
+        return v
+
+    @property
+    def reason_column(self) -> str:
+        return self.column.removesuffix("_score") + "_reason"
 
 
 def _reply_tokens(max_reason_chars: int) -> int:
@@ -65,6 +99,15 @@ def _reply_tokens(max_reason_chars: int) -> int:
 
 def rubric_text(rubric: str, resolve=Path) -> str:
     return load_text(rubric, RUBRIC_DIR, resolve)
+
+
+def template_text(opts: JudgeOptions, resolve=Path) -> str | None:
+    """The prompt template: `prompt:` if given, else a built-in rubric's own score template
+    (`judge_score_<rubric>.txt`: complexity shows the instruction alone), else None (the mode's default)."""
+    if opts.prompt:
+        return load_text(opts.prompt, resolve=resolve)
+    own = f"judge_score_{opts.rubric}"
+    return load_text(own) if opts.mode == "score" and (PROMPT_DIR / f"{own}.txt").is_file() else None
 
 
 def score_request(prompt: str, answer: str, rubric: str, *, template: str | None = None, max_reason_chars: int = 160,
@@ -168,55 +211,85 @@ def _inputs(df: pl.DataFrame, opts: JudgeOptions) -> tuple[list[str], list[str],
     return prompts, answers, others
 
 
-def judge(df: pl.DataFrame, opts: JudgeOptions, ctx: StepContext) -> tuple[pl.DataFrame, pl.DataFrame]:
-    t0 = time.perf_counter()
-    config = resolve_teacher(ctx.teachers, opts.teacher)
-    rubric = rubric_text(opts.rubric, ctx.resolve)
-    template = load_text(opts.prompt, resolve=ctx.resolve) if opts.prompt else None
+def plan(df: pl.DataFrame, opts: JudgeOptions, resolve=Path) -> tuple[list[bool], list[int], list[ChatRequest]]:
+    """What the step sends, for the step and `--estimate` alike: which rows are in `rows:`, which of
+    them are judged (a non-empty answer, and a non-empty rival in pairwise mode), and their calls in
+    row order (pairwise: both orders of a row, one after the other)."""
+    rubric = rubric_text(opts.rubric, resolve)
+    kw = {"template": template_text(opts, resolve), "max_reason_chars": opts.max_reason_chars,
+          "max_input_chars": opts.max_input_chars, "temperature": opts.temperature}
     prompts, answers, others = _inputs(df, opts)
     scope = _in_scope(df, opts.rows)
     todo = [i for i, a in enumerate(answers) if scope[i] and a.strip() and (others is None or others[i].strip())]
-    kw = {"template": template, "max_reason_chars": opts.max_reason_chars,
-          "max_input_chars": opts.max_input_chars, "temperature": opts.temperature}
-    # Rows outside `rows:` pass through unjudged (kept, no score).
+    if others is None:
+        calls = [score_request(prompts[i], answers[i], rubric, **kw) for i in todo]
+    else:
+        calls = [r for i in todo for r in pairwise_requests(prompts[i], answers[i], others[i], rubric, **kw)]
+    return scope, todo, calls
+
+
+def _column(df: pl.DataFrame, name: str, values: list, dtype: pl.DataType, scope: list[bool]) -> pl.Series:
+    """The step's column; rows outside `rows:` keep what an earlier step wrote there (judge the
+    synthetic rows, then the real ones, into one column)."""
+    if name in df.columns:
+        old = df[name].cast(dtype, strict=False).to_list()
+        values = [v if s else o for v, o, s in zip(values, old, scope)]
+    return pl.Series(name, values, dtype=dtype)
+
+
+def _score_verdicts(results: list, todo: list[int], opts: JudgeOptions, errors: list, keep: list
+                    ) -> tuple[list[int | None], list[str | None]]:
+    scores: list[int | None] = [None] * len(keep)
+    reasons: list[str | None] = [None] * len(keep)
+    for i, r in zip(todo, results):
+        if isinstance(r, BaseException):
+            errors[i] = f"judge call failed: {r}"
+            continue
+        try:
+            scores[i], reasons[i] = parse_score(r)
+        except ValueError as e:
+            errors[i] = f"unusable judge reply: {e}"
+            continue
+        keep[i] = opts.min_score is None or scores[i] >= opts.min_score
+        errors[i] = None if keep[i] else f"judge score {scores[i]} < {opts.min_score}: {reasons[i]}"
+    return scores, reasons
+
+
+def _pairwise_verdicts(results: list, todo: list[int], opts: JudgeOptions, errors: list, keep: list
+                       ) -> tuple[list[str | None], list[str | None]]:
+    winners: list[str | None] = [None] * len(keep)
+    reasons: list[str | None] = [None] * len(keep)
+    for k, i in enumerate(todo):
+        res = _pairwise_result(results[2 * k], results[2 * k + 1])
+        winners[i], reasons[i] = res.winner, res.reason or None
+        keep[i] = res.winner in ("a", "tie")
+        errors[i] = res.error if res.winner is None else (
+            None if keep[i] else f"lost pairwise to {opts.against}: {res.reason}")
+    return winners, reasons
+
+
+def judge(df: pl.DataFrame, opts: JudgeOptions, ctx: StepContext) -> tuple[pl.DataFrame, pl.DataFrame]:
+    t0 = time.perf_counter()
+    config = resolve_teacher(ctx.teachers, opts.teacher)
+    scope, todo, calls = plan(df, opts, ctx.resolve)
+    # Rows outside `rows:` pass through unjudged (kept, no score); judged rows are decided below.
     errors: list[str | None] = ["nothing to judge: empty answer" if s else None for s in scope]
-    reasons: list[str | None] = [None] * len(df)
     keep = [not s for s in scope]
-    cache = ResponseCache(run_cache_path(ctx.run_dir, ctx.cache_dir))
+    cache = ResponseCache(shared_cache_path(ctx.cache_dir))
     session = TeacherSession(config, cache)
     try:
-        if opts.mode == "score":
-            results = session.run([score_request(prompts[i], answers[i], rubric, **kw) for i in todo], ctx.track,
-                                  f"judge: scoring by {opts.rubric}")
-            scores: list[int | None] = [None] * len(df)
-            for i, r in zip(todo, results):
-                try:
-                    if isinstance(r, BaseException):
-                        raise ValueError(f"judge call failed: {r}")
-                    scores[i], reasons[i] = parse_score(r)
-                except ValueError as e:
-                    errors[i] = str(e) if str(e).startswith("judge call failed") else f"unusable judge reply: {e}"
-                    continue
-                keep[i] = scores[i] >= opts.min_score
-                errors[i] = None if keep[i] else f"judge score {scores[i]} < {opts.min_score}: {reasons[i]}"
-            marked = df.with_columns(pl.Series("judge_score", scores, dtype=pl.Int64),
-                                     pl.Series("judge_reason", reasons, dtype=pl.Utf8))
-        else:
-            calls = []
-            for i in todo:
-                calls.extend(pairwise_requests(prompts[i], answers[i], others[i], rubric, **kw))
-            results = session.run(calls, ctx.track, f"judge: pairwise vs {opts.against}")
-            winners: list[str | None] = [None] * len(df)
-            for k, i in enumerate(todo):
-                res = _pairwise_result(results[2 * k], results[2 * k + 1])
-                winners[i], reasons[i] = res.winner, res.reason or None
-                keep[i] = res.winner in ("a", "tie")
-                errors[i] = res.error if res.winner is None else (
-                    None if keep[i] else f"lost pairwise to {opts.against}: {res.reason}")
-            marked = df.with_columns(pl.Series("judge_winner", winners, dtype=pl.Utf8),
-                                     pl.Series("judge_reason", reasons, dtype=pl.Utf8))
+        what = f"scoring by {opts.rubric}" if opts.mode == "score" else f"pairwise vs {opts.against}"
+        results = session.run(calls, ctx.track, f"judge: {what}")
     finally:
         cache.close()
+    if opts.mode == "score":
+        scores, reasons = _score_verdicts(results, todo, opts, errors, keep)
+        marked = df.with_columns(_column(df, opts.column, scores, pl.Int64, scope),
+                                 _column(df, opts.reason_column, reasons, pl.Utf8, scope))
+    else:
+        winners, reasons = _pairwise_verdicts(results, todo, opts, errors, keep)
+        marked = df.with_columns(_column(df, "judge_winner", winners, pl.Utf8, scope),
+                                 _column(df, "judge_reason", reasons, pl.Utf8, scope))
     mask = pl.Series(keep, dtype=pl.Boolean)
     kept = marked.filter(mask)
     rejected = reject(marked.filter(~mask), STAGE, pl.Series([e for e, k in zip(errors, keep) if not k], dtype=pl.Utf8))
@@ -227,28 +300,28 @@ def judge(df: pl.DataFrame, opts: JudgeOptions, ctx: StepContext) -> tuple[pl.Da
         "teacher": session.summary(), "seconds": round(time.perf_counter() - t0, 3),
     })
     if opts.mode == "score":
-        ctx.stats["score_histogram"] = dict(sorted(Counter(s for s in kept["judge_score"].to_list() +
-                                                           rejected["judge_score"].to_list() if s).items()))
+        got = [s for s in scores if s is not None]  # this step's scores: the rows it judged and could read
+        ctx.stats.update({"column": opts.column, "min_score": opts.min_score, "scored": len(got),
+                          "score": distribution(np.array(got, dtype=np.float64)),
+                          "score_histogram": dict(sorted(Counter(got).items()))})
     return kept, rejected
 
 
-def estimate(df: pl.DataFrame | None, opts: JudgeOptions) -> dict[str, int]:
-    """Upper bounds before sending anything: {"requests", "max_tokens"} (prompt + completion)."""
-    if df is None or len(df) == 0:
-        return {"requests": 0, "max_tokens": 0}
-    rubric = rubric_text(opts.rubric)
-    prompts, answers, others = _inputs(df, opts)
-    scope = _in_scope(df, opts.rows)
-    total = requests = 0
-    for i, a in enumerate(answers):
-        if not scope[i] or not a.strip() or (others is not None and not others[i].strip()):
-            continue
-        if others is None:
-            reqs = [score_request(prompts[i], a, rubric, max_reason_chars=opts.max_reason_chars,
-                                  max_input_chars=opts.max_input_chars)]
-        else:
-            reqs = list(pairwise_requests(prompts[i], a, others[i], rubric, max_reason_chars=opts.max_reason_chars,
-                                          max_input_chars=opts.max_input_chars))
-        requests += len(reqs)
-        total += sum(call_tokens_upper(r.messages, r.max_tokens) for r in reqs)
-    return {"requests": requests, "max_tokens": total}
+def estimate(df: pl.DataFrame | None, opts: JudgeOptions, ctx: StepContext | None = None) -> dict[str, int]:
+    """What the step would send, before sending anything: {"requests", "prompt_tokens",
+    "completion_tokens", "max_tokens" (their sum), "cached"}, token counts being upper bounds.
+
+    With the run's `ctx`, paths resolve against the recipe and calls the shared cache already
+    answers are counted in `cached` and left out of the rest (free); without it none is cached.
+    """
+    calls = plan(df, opts, ctx.resolve if ctx else Path)[2] if df is not None and len(df) else []
+    planned = len(calls)
+    if ctx is not None and calls:
+        model = resolve_teacher(ctx.teachers, opts.teacher).model
+        keys = [r.key(model) for r in calls]
+        hits = cached_keys(shared_cache_path(ctx.cache_dir), keys)
+        calls = [r for r, k in zip(calls, keys) if k not in hits]
+    prompt = sum(prompt_tokens_upper(r.messages) for r in calls)
+    completion = sum(r.max_tokens * r.n for r in calls)
+    return {"requests": len(calls), "prompt_tokens": prompt, "completion_tokens": completion,
+            "max_tokens": prompt + completion, "cached": planned - len(calls)}

@@ -87,7 +87,10 @@ def test_quickstart_scaled_down_end_to_end(tmp_path, teacher_server, tiny_llama_
     assert synth["teacher"]["sent"] > 0 and synth["attempted"] == 3
     curated = pl.read_parquet(out / "curated.parquet")
     judge_stats = json.loads((out / "steps" / "11-judge" / "stats.json").read_text())
-    assert judge_stats["teacher"]["sent"] > 0 and "judge_score" in curated.columns
+    # judge replies live in the cache every run shares: an earlier session may have answered them all
+    teacher = judge_stats["teacher"]
+    assert teacher.get("sent", 0) + teacher.get("cache_hits", 0) >= judge_stats["judged"] > 0
+    assert "judge_score" in curated.columns
 
     # manifest hashes match the files on disk
     for name, digest in manifest["outputs"].items():

@@ -9,13 +9,18 @@ import polars as pl
 import pytest
 
 from curation.step import StepContext
+from pond.pipeline import estimate_run
+from pond.recipe import parse_recipe
+from pond.runner import Runner
 from synthesis.client import TeacherClient, TeacherSession
 from synthesis.judge import JudgeOptions, combine_orders, estimate, judge, pairwise_judge, pairwise_many
 from synthesis.rows import row_answer
 
 
-def ctx_for(config, tmp_path) -> StepContext:
-    return StepContext(seed=0, run_dir=tmp_path, teachers={"default": config, "judge": config})
+def ctx_for(config, tmp_path, run: str = "run") -> StepContext:
+    # the shared teacher cache goes to the test's own folder: replies of an earlier test session must not answer
+    return StepContext(seed=0, run_dir=tmp_path / run, cache_dir=tmp_path / "cache",
+                       teachers={"default": config, "judge": config})
 
 
 def test_combine_orders():
@@ -111,6 +116,114 @@ def test_judge_estimate(short_chats):
                     JudgeOptions(mode="pairwise", against="other"))
     assert score["requests"] == len(short_chats) and pair["requests"] == 2 * len(short_chats)
     assert pair["max_tokens"] > score["max_tokens"] > len(short_chats) * 100
+
+
+def test_scorer_keeps_every_judged_row_and_rejects_the_unreadable(fake_teacher, short_chats, tmp_path):
+    df = short_chats.head(8)
+    bad, failed = df["messages"][3][0]["content"], df["messages"][5][0]["content"]
+
+    def reply(body, i):
+        text = body["messages"][0]["content"]
+        return "no json here" if bad in text else json.dumps({"reason": "ok", "score": 1 + len(text) % 10})
+
+    fake_teacher.reply = reply
+    fake_teacher.rule = lambda body: "500" if failed in body["messages"][0]["content"] else "ok"
+    ctx = ctx_for(fake_teacher.config(max_retries=0), tmp_path)
+    kept, rejected = judge(df, JudgeOptions(min_score=None), ctx)
+    assert sorted(rejected["id"]) == sorted([df["id"][3], df["id"][5]])  # nothing dropped for its score
+    reasons = dict(zip(rejected["id"], rejected["reason"]))
+    assert reasons[df["id"][3]].startswith("unusable judge reply")
+    assert reasons[df["id"][5]].startswith("judge call failed")
+    assert kept["judge_score"].null_count() == 0 and len(kept) == 6  # never a missing score kept
+    assert kept["judge_score"].min() < 7  # the default threshold would have dropped some
+    st = ctx.stats
+    assert st["min_score"] is None and st["scored"] == st["score"]["count"] == 6 and st["judged"] == 8
+    assert st["score"]["min"] == kept["judge_score"].min() and sum(st["score_histogram"].values()) == 6
+    assert JudgeOptions().min_score == 7
+
+
+def test_complexity_in_a_second_column(fake_teacher, short_chats, tmp_path):
+    df = short_chats.head(5)
+    ctx = ctx_for(fake_teacher.config(), tmp_path)
+    quality, _ = judge(df, JudgeOptions(min_score=None), ctx)
+    fake_teacher.bodies.clear()
+    both, rejected = judge(quality, JudgeOptions(min_score=None, rubric="complexity", column="complexity"), ctx)
+    assert len(both) == 5 and rejected.is_empty()
+    assert both["judge_score"].to_list() == quality["judge_score"].to_list()  # the first column untouched
+    assert {"judge_reason", "complexity", "complexity_reason"} <= set(both.columns)
+    assert both["complexity"].null_count() == 0 and ctx.stats["column"] == "complexity"
+    shown = [b["messages"][0]["content"] for b in fake_teacher.bodies]
+    # the complexity template shows the instruction only, under the complexity rubric
+    assert len(shown) == 5 and all("Complexity:" in t and "[Assistant answer]" not in t for t in shown)
+    assert JudgeOptions(column="quality_score").reason_column == "quality_reason"
+    for name in ("text", "reason", "judge_winner", "x_reason", "bad name"):
+        with pytest.raises(ValueError):
+            JudgeOptions(column=name)
+
+
+def test_rows_outside_scope_keep_an_earlier_score(fake_teacher, short_chats, tmp_path):
+    df = short_chats.head(4).with_columns(pl.Series("source", ["a", "synthetic:x", "a", "synthetic:x"]))
+    fake_teacher.reply = lambda body, i: json.dumps({"reason": "r", "score": 3})
+    ctx = ctx_for(fake_teacher.config(), tmp_path)
+    first, _ = judge(df, JudgeOptions(min_score=None, rows="synthetic"), ctx)
+    fake_teacher.reply = lambda body, i: json.dumps({"reason": "r", "score": 9})
+    second, _ = judge(first, JudgeOptions(min_score=None, rows="real"), ctx)
+    assert second["judge_score"].to_list() == [9, 3, 9, 3]
+
+
+RECIPE = """\
+name: {name}
+input: {{path: rows.jsonl}}
+steps:
+  - judge: {{min_score: null, teacher: judge}}
+{extra}teachers:
+  judge: {{base_url: "{url}", model: fake, backoff_s: 0.01}}
+"""
+
+
+def test_a_second_run_folder_and_recipe_send_nothing(fake_teacher, short_chats, tmp_path, monkeypatch):
+    monkeypatch.setenv("POND_CACHE_DIR", str(tmp_path / "cache"))
+    with open(tmp_path / "rows.jsonl", "w") as f:
+        for m in short_chats["messages"].to_list():
+            f.write(json.dumps({"messages": m}) + "\n")
+
+    def recipe(name: str, extra: str = ""):
+        return parse_recipe(RECIPE.format(name=name, extra=extra, url=fake_teacher.base_url), f"{name}.yaml")
+
+    lines: list[str] = []
+    first = recipe("a")
+    est = estimate_run(first, tmp_path / "a", tmp_path, print_fn=lines.append)
+    n = len(short_chats)
+    assert est["requests"] == n and fake_teacher.chat_requests() == 0  # the estimate sends nothing
+    assert re.match(rf"01-judge: {n} requests, at most \d+ prompt \+ \d+ completion tokens, 0 more already cached",
+                    lines[0]), lines
+    Runner(first, tmp_path / "a", tmp_path).curate()
+    assert fake_teacher.chat_requests() == n
+    lines.clear()
+    assert estimate_run(first, tmp_path / "b", tmp_path, print_fn=lines.append)["requests"] == 0
+    assert f"0 requests, at most 0 prompt + 0 completion tokens, {n} more already cached (free)" in lines[0]
+    # another recipe, in another run folder, ranking by the score: every judge call is a cache hit
+    second = recipe("b", "  - select: {n: 3, strategy: quality, score: {judge_score: 1}}\n")
+    Runner(second, tmp_path / "b", tmp_path).curate()
+    assert fake_teacher.chat_requests() == n
+    stats = json.loads((tmp_path / "b" / "steps" / "01-judge" / "stats.json").read_text())
+    assert stats["teacher"].get("sent", 0) == 0 and stats["teacher"]["cache_hits"] == n
+    curated = pl.read_parquet(tmp_path / "b" / "curated.parquet")
+    assert len(curated) == 3 and curated["judge_score"].min() >= stats["score"]["p50"]
+
+
+def test_estimate_counts_cached_calls_as_free(fake_teacher, short_chats, tmp_path):
+    ctx = ctx_for(fake_teacher.config(), tmp_path)
+    df = short_chats.head(6)
+    before = estimate(df, JudgeOptions(), ctx)
+    assert before["requests"] == 6 and before["cached"] == 0 and not (tmp_path / "cache").exists()  # creates nothing
+    assert before["max_tokens"] == before["prompt_tokens"] + before["completion_tokens"]
+    judge(df.head(4), JudgeOptions(), ctx)
+    after = estimate(df, JudgeOptions(), ctx)
+    assert after["requests"] == 2 and after["cached"] == 4 and after["prompt_tokens"] < before["prompt_tokens"]
+    # the cache is keyed by the full request: another rubric or temperature is not a hit
+    assert estimate(df, JudgeOptions(rubric="correctness"), ctx)["cached"] == 0
+    assert estimate(df, JudgeOptions(temperature=0.5), ctx)["cached"] == 0
 
 
 # ------------------------------------------------------------------------------ real vLLM

@@ -76,3 +76,15 @@ teachers:
     warnings = parse_recipe(text, "r.yaml").warnings()
     assert len(warnings) == 1 and "judging its own output" in warnings[0]
     assert parse_recipe(text.replace("judge: {teacher: t}", "judge: {teacher: u}") + "  u: {model: other}\n").warnings() == []
+
+
+def test_two_judges_into_one_column_are_warned():
+    def warnings(steps: str) -> list[str]:
+        return parse_recipe(GOOD + steps + "teachers:\n  j: {model: m}\n", "r.yaml").warnings()
+
+    two = "  - judge: {teacher: j, min_score: null}\n  - judge: {teacher: j, rubric: complexity%s}\n"
+    [w] = warnings(two % "")
+    assert "'judge_score'" in w and "overwrites" in w
+    assert warnings(two % ", column: complexity") == []
+    # the synthetic rows then the real ones, into one column: each keeps the other's scores
+    assert warnings("  - judge: {teacher: j, rows: synthetic}\n  - judge: {teacher: j, rows: real}\n") == []

@@ -135,3 +135,19 @@ def test_weighted_sum_of_rank_normalised_columns_by_hand():
         select(df, SelectOptions(n=1, strategy="quality", score={"ifd": -1, "quality_x": 1}), ctx)
     with pytest.raises(ValueError, match="at least one"):
         SelectOptions(n=1, score={})
+
+
+def test_a_score_no_earlier_step_writes_fails_in_one_line(tmp_path):
+    import json
+
+    from pond.recipe import parse_recipe
+    from pond.runner import Runner, StepFailed
+
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps({"prompt": f"q{i}", "response": f"answer {i}"}) + "\n"
+                                                 for i in range(20)))
+    recipe = parse_recipe("name: t\ninput: {path: rows.jsonl}\nsteps:\n"
+                          "  - select: {n: 5, strategy: quality, score: {ifd: -1, judge_score: 1}}\n", "t.yaml")
+    with pytest.raises(StepFailed) as err:
+        Runner(recipe, tmp_path / "run", tmp_path, cache_dir=tmp_path / "cache").curate()
+    assert "\n" not in str(err.value)
+    assert "step 01-select failed" in str(err.value) and "no score column 'ifd', 'judge_score'" in str(err.value)
