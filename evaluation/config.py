@@ -61,8 +61,9 @@ class EvaluateConfig(BaseModel):
     short_answer_words: int = Field(
         10, ge=1, description="Reference answers this short (median, in words) count as short answers.")
     judge_reason_chars: int = Field(
-        400, ge=16, description="Longest reason the judge may write before its verdict (a schema bound). On a "
-                                "CPU the judge's reply tokens are most of its cost: keep it short there.")
+        400, ge=0, description="Longest reason the judge may write before its verdict (a schema bound); 0: the "
+                               "verdict alone. On a CPU each reply token costs a pass over the judge's weights: "
+                               "keep it short there.")
     benchmark: str | None = Field(
         None,
         description="An instruction-following benchmark answered by every model and graded by `judge`: "

@@ -17,16 +17,21 @@ Verdict = Literal["A", "B", "tie"]  # what the judge says about (answer shown as
 Winner = Literal["a", "b", "tie"]  # the outcome for answers a, b after both orders
 
 
+def _schema(field: str, spec: dict, max_reason_chars: int) -> dict:
+    # max_reason_chars 0: the verdict alone. On a CPU every reply token is a full pass over the judge's
+    # weights (decoding is bound by memory bandwidth), so a reason costs more than the prompt does.
+    if max_reason_chars == 0:
+        return {"type": "object", "additionalProperties": False, "required": [field], "properties": {field: spec}}
+    return {"type": "object", "additionalProperties": False, "required": ["reason", field],
+            "properties": {"reason": {"type": "string", "maxLength": max_reason_chars}, field: spec}}
+
+
 def score_schema(max_reason_chars: int = 160) -> dict:
-    return {"type": "object", "additionalProperties": False, "required": ["reason", "score"],
-            "properties": {"reason": {"type": "string", "maxLength": max_reason_chars},
-                           "score": {"type": "integer", "minimum": 1, "maximum": 10}}}
+    return _schema("score", {"type": "integer", "minimum": 1, "maximum": 10}, max_reason_chars)
 
 
 def pairwise_schema(max_reason_chars: int = 160) -> dict:
-    return {"type": "object", "additionalProperties": False, "required": ["reason", "winner"],
-            "properties": {"reason": {"type": "string", "maxLength": max_reason_chars},
-                           "winner": {"type": "string", "enum": list(VERDICTS)}}}
+    return _schema("winner", {"type": "string", "enum": list(VERDICTS)}, max_reason_chars)
 
 
 def parse_verdict(result: Any) -> tuple[Verdict, str]:
