@@ -144,6 +144,9 @@ class ChatRequest:
     schema: dict | None = None  # JSON schema for structured output
     schema_name: str = "answer"
     extra: dict[str, Any] | None = None  # server-specific sampling fields (vLLM: ignore_eos, min_tokens, ...)
+    # the served model to ask, if not the config's: one vLLM server may serve a base model and
+    # LoRA adapters under their own names (evaluation.generation); part of the cache key like it
+    model: str | None = None
 
     def params(self) -> dict[str, Any]:
         p: dict[str, Any] = {**(self.extra or {}), "max_tokens": self.max_tokens, "temperature": self.temperature,
@@ -153,8 +156,9 @@ class ChatRequest:
         return p
 
     def key(self, model: str) -> str:
-        """This call's cache key when sent to `model`."""
-        return request_key(model, self.messages, self.params(), self.schema)
+        """This call's cache key when sent to a teacher serving `model` (the request's own `model`, an
+        adapter on that server, wins)."""
+        return request_key(self.model or model, self.messages, self.params(), self.schema)
 
 
 @dataclass
@@ -346,7 +350,7 @@ class TeacherClient:
         return text.replace(self._key, "***") if self._key else text
 
     def payload(self, req: ChatRequest) -> dict[str, Any]:
-        body: dict[str, Any] = {"model": self.config.model, "messages": req.messages, **req.params()}
+        body: dict[str, Any] = {"model": req.model or self.config.model, "messages": req.messages, **req.params()}
         if req.schema is not None:
             body["response_format"] = {"type": "json_schema",
                                        "json_schema": {"name": req.schema_name, "schema": req.schema, "strict": True}}
@@ -394,7 +398,7 @@ class TeacherClient:
                                    (usage.get("prompt_tokens") or 0) + (usage.get("completion_tokens") or 0))
         texts, reasons, pt, ct = _parse_completion(data)
         if self.cache is not None:
-            self.cache.put(key, self.config.model, {"messages": req.messages, "params": req.params(),
+            self.cache.put(key, req.model or self.config.model, {"messages": req.messages, "params": req.params(),
                                                     "schema": req.schema}, data)
         self.stats["ok"] += 1
         self.stats["prompt_tokens"] += pt

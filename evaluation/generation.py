@@ -1,0 +1,360 @@
+"""Greedy answers of the student and its trained adapters: through vLLM with LoRA, or transformers.
+
+`answerer(student, adapters)` is a context manager yielding `answer(chats_by_model) ->
+answers_by_model`. Two backends give the same greedy answers (up to float near-ties):
+
+- `vllm` (the default): ONE server of the student with every adapter loaded (`--enable-lora`),
+  started by pond's own server code (`synthesis.server.serve`: its dtype rule, PID file and stop)
+  and stopped when the block ends. Requests go through pond's teacher client (concurrent,
+  retried, cached); all models' requests of one call go out together, so vLLM batches them, the
+  adapters mixed in one batch. Long prompts keep their end: vLLM's `truncate_prompt_tokens`
+  cuts the templated prompt's tokens from the left, as `evaluation.metrics.generate_answers` does.
+- `transformers`: each model loaded in turn (`evaluation.metrics.load_for_eval`) and answered by
+  `generate_answers`; the fallback where vLLM is not available, and the reference the tests
+  hold vLLM to.
+
+A served name carries a fingerprint of what decides its answers (the student's files, the
+adapter's weights, the served dtype), and the response cache is keyed by that name: retraining an
+adapter under the same folder and name never gets the old answers from the cache.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import re
+import struct
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Literal
+
+Backend = Literal["vllm", "transformers"]
+BACKENDS = ("vllm", "transformers")
+# Teachers serve on 8000 and up (`ServeSpec.port`); generation keeps off their ports.
+GENERATION_PORT = 8010
+NAME = re.compile(r"^[A-Za-z0-9._-]+$")
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+# What makes two checkpoints the same network for an adapter (config.json keys).
+SHAPE_KEYS = ("model_type", "hidden_size", "num_hidden_layers", "intermediate_size", "num_attention_heads",
+              "num_key_value_heads", "vocab_size")
+# vLLM on a 2-core CPU answers a batch of 8 x 256 tokens in well under this; a deadline per request.
+REQUEST_TIMEOUT_S = 1800.0
+# vLLM makes its own batches from what is in flight; the client keeps it fed with this many
+# requests per model (the transformers backend's `batch_size` is its forward pass instead).
+VLLM_IN_FLIGHT = 64
+SERVER_START_S = 900.0
+
+
+class GenerationError(ValueError):
+    """Bad input to `answerer` (an adapter folder, a name, a prompt), or a request that failed."""
+
+
+def _log_to_stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise GenerationError(f"{path}: cannot be read as JSON ({e})") from None
+
+
+def _text_config(cfg: dict) -> dict:
+    return cfg.get("text_config") or cfg
+
+
+def _describe(cfg: dict) -> str:
+    c = _text_config(cfg)
+    arch = ",".join(cfg.get("architectures") or [c.get("model_type", "?")])
+    return f"{arch}, hidden {c.get('hidden_size')}, {c.get('num_hidden_layers')} layers, vocab {c.get('vocab_size')}"
+
+
+def safetensors_shapes(files: list[Path]) -> dict[str, list[int]]:
+    """Tensor name -> shape from safetensors headers alone (no weights are read)."""
+    shapes: dict[str, list[int]] = {}
+    for f in files:
+        with open(f, "rb") as fh:
+            (n,) = struct.unpack("<Q", fh.read(8))
+            header = json.loads(fh.read(n))
+        shapes.update({k: v["shape"] for k, v in header.items() if k != "__metadata__"})
+    return shapes
+
+
+def adapter_rank(cfg: dict) -> int:
+    """The largest LoRA rank of a peft adapter config (`r`, and any per-module `rank_pattern`)."""
+    return max([int(cfg.get("r") or 8), *(int(v) for v in (cfg.get("rank_pattern") or {}).values())])
+
+
+def _shape_mismatch(adapter_shapes: dict[str, list[int]], student_shapes: dict[str, list[int]]) -> str | None:
+    """Why the adapter's LoRA tensors cannot sit on the student's weights, or None if they fit."""
+    for key, shape in sorted(adapter_shapes.items()):
+        m = re.match(r"^(?:base_model\.model\.)?(.+)\.(lora_A|lora_B|lora_embedding_A|lora_embedding_B)(?:\.[^.]+)?"
+                     r"\.weight$", key) or re.match(r"^(?:base_model\.model\.)?(.+)\.(lora_embedding_[AB])$", key)
+        if not m:
+            continue
+        module, part = m.groups()
+        base = student_shapes.get(module + ".weight")
+        if base is None:
+            return f"it adapts {module}, which the student does not have"
+        out_f, in_f = base[0], base[-1]
+        ok = {"lora_A": shape[-1] == in_f, "lora_B": shape[0] == out_f,
+              # an embedding's weight is [num_embeddings, dim]; peft's A is [r, num], B is [dim, r]
+              "lora_embedding_A": shape[-1] == base[0], "lora_embedding_B": shape[0] == base[-1]}[part]
+        if not ok:
+            return f"its {key} is {shape}, which does not fit the student's {module}.weight {base}"
+    return None
+
+
+def check_adapter(adapter: Path, student: Path, *, cache_dir: Path | None = None) -> dict:
+    """The adapter's adapter_config.json, once it is known to sit on `student`; else one clear line.
+
+    The base the adapter names (`base_model_name_or_path`), where it is a local folder, must be the
+    student or a checkpoint of the same shape (architecture, hidden size, layers, vocabulary); and,
+    wherever the base is, every LoRA tensor must fit the student weight it adapts (read from the
+    safetensors headers, no weights loaded).
+    """
+    from curation.settings import resolve_model
+
+    adapter = Path(adapter)
+    if not adapter.is_dir():
+        raise GenerationError(f"adapter {adapter}: no such folder")
+    cfg_path = adapter / ADAPTER_CONFIG
+    if not cfg_path.is_file():
+        raise GenerationError(f"adapter {adapter}: no {ADAPTER_CONFIG} (not a peft adapter save)")
+    cfg = _read_json(cfg_path)
+    student_cfg = _read_json(student / "config.json")
+    base_name = cfg.get("base_model_name_or_path") or "(not named)"
+    base_dir = None
+    with contextlib.suppress(FileNotFoundError):
+        base_dir = resolve_model(str(base_name), cache_dir) if cfg.get("base_model_name_or_path") else None
+    if base_dir is not None and base_dir.resolve() != student.resolve():
+        base_cfg = _read_json(base_dir / "config.json")
+        if any(_text_config(base_cfg).get(k) != _text_config(student_cfg).get(k) for k in SHAPE_KEYS):
+            raise GenerationError(f"adapter {adapter} was trained on {base_name} ({_describe(base_cfg)}), not on the "
+                                  f"student {student} ({_describe(student_cfg)})")
+    weights = adapter / ADAPTER_WEIGHTS[0]
+    student_files = sorted(student.glob("*.safetensors"))
+    if weights.is_file() and student_files:
+        why = _shape_mismatch(safetensors_shapes([weights]), safetensors_shapes(student_files))
+        if why:
+            raise GenerationError(f"adapter {adapter} (base {base_name}) does not fit the student {student} "
+                                  f"({_describe(student_cfg)}): {why}")
+    if not any((adapter / w).is_file() for w in ADAPTER_WEIGHTS):
+        raise GenerationError(f"adapter {adapter}: no {' or '.join(ADAPTER_WEIGHTS)}")
+    return cfg
+
+
+def _fingerprint(*parts: bytes | Path) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        if isinstance(p, Path):
+            with open(p, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+        else:
+            h.update(p)
+        h.update(b"\0")
+    return h.hexdigest()[:12]
+
+
+# --------------------------------------------------------------------------- the answerer
+
+
+@contextlib.contextmanager
+def answerer(student: Path, adapters: dict[str, Path | None], *, backend: Backend = "vllm",
+             method: str = "lora", compute_dtype: str = "auto", max_new_tokens: int = 256,
+             max_prompt_tokens: int = 1024, batch_size: int = 8, cache_path: Path | None = None,
+             cache_dir: Path | None = None, progress: Callable | None = None,
+             log: Callable[[str], None] = _log_to_stderr, port: int = GENERATION_PORT,
+             ) -> Iterator[Callable[[dict[str, list[list[dict]]]], dict[str, list[str]]]]:
+    """Yields `answer(chats_by_model) -> answers_by_model`: greedy answers of each named model to its chat prompts
+    (lists of {role, content} messages, ending with a user turn), in order. `adapters` maps a model name
+    (letters, digits, -_.) to an adapter folder (peft save) or None for the plain student.
+
+    backend `vllm`: one server on 127.0.0.1:`port` for the student and every adapter, stopped at
+    the end of the block; answers cached in `cache_path` (SQLite, pond's teacher cache) if given;
+    up to VLLM_IN_FLIGHT (or `batch_size`, if larger) requests per model in flight, batched by vLLM.
+    `transformers`: each model loaded in turn, `batch_size` prompts per generate call. `method`
+    (lora|qlora|full) and `compute_dtype` (auto|bf16|fp32, the project's dtype rule) as in
+    training; the yielded function also carries `.backend`, `.dtype` and `.served` (name -> the
+    name vLLM serves it under, with its fingerprint).
+    """
+    from training.model import METHODS, resolve_student
+
+    if backend not in BACKENDS:
+        raise GenerationError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
+    if method not in METHODS:
+        raise GenerationError(f"method must be one of {', '.join(METHODS)}, not {method!r}")
+    if not adapters:
+        raise GenerationError("adapters: name at least one model (None for the plain student)")
+    for name in adapters:
+        if not isinstance(name, str) or not NAME.match(name):
+            raise GenerationError(f"model name {name!r}: use letters, digits and -_. only")
+    student = resolve_student(str(student), cache_dir)
+    if backend == "transformers":
+        for path in adapters.values():
+            if path is not None and not (method == "full" and (Path(path) / "config.json").is_file()):
+                check_adapter(Path(path), student, cache_dir=cache_dir)
+        with _transformers_answerer(student, adapters, method=method, compute_dtype=compute_dtype,
+                                    max_new_tokens=max_new_tokens, max_prompt_tokens=max_prompt_tokens,
+                                    batch_size=batch_size, cache_dir=cache_dir, progress=progress) as answer:
+            yield answer
+        return
+    if method == "full" and any(p is not None for p in adapters.values()):
+        raise GenerationError("method full saves whole models, not adapters: one vLLM server serves one base; "
+                              "use backend transformers")
+    configs = {name: check_adapter(Path(p), student, cache_dir=cache_dir)
+               for name, p in adapters.items() if p is not None}
+    with _vllm_answerer(student, adapters, configs, method=method, compute_dtype=compute_dtype,
+                        max_new_tokens=max_new_tokens, max_prompt_tokens=max_prompt_tokens, batch_size=batch_size,
+                        cache_path=cache_path, cache_dir=cache_dir, progress=progress, log=log,
+                        port=port) as answer:
+        yield answer
+
+
+def _check_chats(chats_by_model: dict[str, list[list[dict]]], known: dict) -> None:
+    for name, chats in chats_by_model.items():
+        if name not in known:
+            raise GenerationError(f"model {name!r} is not one the answerer was opened with "
+                                  f"({', '.join(known)})")
+        for i, chat in enumerate(chats):
+            if not chat or chat[-1].get("role") != "user":
+                raise GenerationError(f"{name}: prompt {i} does not end with a user turn")
+
+
+@contextlib.contextmanager
+def _transformers_answerer(student: Path, adapters: dict[str, Path | None], *, method: str, compute_dtype: str,
+                           max_new_tokens: int, max_prompt_tokens: int, batch_size: int, cache_dir: Path | None,
+                           progress: Callable | None) -> Iterator[Callable]:
+    import gc
+
+    from evaluation.metrics import generate_answers, load_for_eval
+    from training.model import resolve_dtype
+
+    held: dict[str, tuple] = {}  # the one model loaded now: successive calls reuse it
+
+    def load(name: str) -> tuple:
+        if name not in held:
+            held.clear()
+            gc.collect()
+            held[name] = load_for_eval(student, method, compute_dtype, adapter_dir=adapters[name],
+                                       cache_dir=cache_dir)
+        return held[name]
+
+    def answer(chats_by_model: dict[str, list[list[dict]]]) -> dict[str, list[str]]:
+        _check_chats(chats_by_model, adapters)
+        out: dict[str, list[str]] = {name: [] for name in chats_by_model}
+        # the model already loaded first, then the others in the order asked
+        for name in sorted(chats_by_model, key=lambda n: n not in held):
+            if chats_by_model[name]:
+                model, tok = load(name)
+                out[name] = generate_answers(model, tok, chats_by_model[name], max_new_tokens=max_new_tokens,
+                                             batch_size=batch_size, max_prompt_tokens=max_prompt_tokens,
+                                             progress=progress)
+        return out
+
+    answer.backend = "transformers"  # type: ignore[attr-defined]
+    answer.dtype = "bf16" if str(resolve_dtype(compute_dtype)) == "torch.bfloat16" else "fp32"  # type: ignore
+    answer.served = {}  # type: ignore[attr-defined]
+    try:
+        yield answer
+    finally:
+        held.clear()
+        gc.collect()
+
+
+@contextlib.contextmanager
+def _vllm_answerer(student: Path, adapters: dict[str, Path | None], configs: dict[str, dict], *, method: str,
+                   compute_dtype: str, max_new_tokens: int, max_prompt_tokens: int, batch_size: int,
+                   cache_path: Path | None, cache_dir: Path | None, progress: Callable | None,
+                   log: Callable[[str], None], port: int) -> Iterator[Callable]:
+    from curation.embed import fingerprint
+    from curation.settings import pick_dtype
+    from synthesis import server
+    from synthesis.cache import ResponseCache
+    from synthesis.client import ChatRequest, TeacherConfig, TeacherSession
+    from training.model import max_positions
+
+    python, cpu = server.teacher_python(log, cache_dir)
+    dtype = pick_dtype(compute_dtype, "cpu" if cpu else "cuda")
+    if method == "qlora":
+        log("note: vLLM serves the QLoRA adapters on the unquantised student (training saw its 4-bit NF4 form); "
+            "backend transformers answers on the 4-bit model")
+    student_fp = fingerprint(student)
+    base_name = f"{student.name}-{student_fp[:8]}-{dtype}"
+    served: dict[str, str] = {}
+    loras: list[server.LoraModule] = []
+    for name, path in adapters.items():
+        if path is None:
+            served[name] = base_name
+            continue
+        path = Path(path).resolve()
+        weights = next(path / w for w in ADAPTER_WEIGHTS if (path / w).is_file())
+        h = _fingerprint(student_fp.encode(), dtype.encode(), (path / ADAPTER_CONFIG).read_bytes(), weights)
+        served[name] = f"{name}-{h}"
+        loras.append(server.LoraModule(served[name], path, adapter_rank(configs[name])))
+    limit = max_positions(student) or (max_prompt_tokens + max_new_tokens)
+    max_model_len = min(limit, max_prompt_tokens + max_new_tokens)
+    prompt_tokens = max(1, max_model_len - max_new_tokens)
+
+    started, ours = _serve(server, student, port, base_name, loras, max_model_len=max_model_len,
+                           compute_dtype=compute_dtype, cache_dir=cache_dir, log=log)
+    cache = ResponseCache(cache_path) if cache_path is not None else None
+    try:
+        config = TeacherConfig(base_url=started.base_url, model=base_name,
+                               max_concurrency=max(batch_size, VLLM_IN_FLIGHT) * len(adapters),
+                               timeout_s=REQUEST_TIMEOUT_S,
+                               max_retries=2)
+        session = TeacherSession(config, cache)
+
+        def answer(chats_by_model: dict[str, list[list[dict]]]) -> dict[str, list[str]]:
+            _check_chats(chats_by_model, adapters)
+            slots = [(name, i) for name, chats in chats_by_model.items() for i in range(len(chats))]
+            # greedy; the seed only pins the request (and its cache key) should sampling ever enter
+            requests = [ChatRequest(list(chats_by_model[name][i]), max_tokens=max_new_tokens, temperature=0.0,
+                                    seed=0, model=served[name], extra={"truncate_prompt_tokens": prompt_tokens,
+                                                                     "truncation_side": "left"})
+                        for name, i in slots]
+            results = session.run(requests, track=progress, description="generate (vLLM)")
+            out: dict[str, list[str]] = {name: [""] * len(chats) for name, chats in chats_by_model.items()}
+            for (name, i), r in zip(slots, results, strict=True):
+                if isinstance(r, BaseException):
+                    raise GenerationError(f"{name}: prompt {i} failed on the vLLM server {started.base_url} "
+                                          f"(log: {started.log_path}): {r}")
+                out[name][i] = r.text.strip()
+            return out
+
+        answer.backend = "vllm"  # type: ignore[attr-defined]
+        answer.dtype = dtype  # type: ignore[attr-defined]
+        answer.served = dict(served)  # type: ignore[attr-defined]
+        answer.session = session  # type: ignore[attr-defined]
+        yield answer
+    finally:
+        if cache is not None:
+            cache.close()
+        if ours:
+            started.stop()
+
+
+def _serve(server, student: Path, port: int, base_name: str, loras: list, *, max_model_len: int,
+           compute_dtype: str, cache_dir: Path | None, log: Callable[[str], None]):
+    """(handle, whether to stop it at the end). The student's server with the adapters. A leftover
+    of an earlier, killed answerer (owner "eval") is stopped first unless it serves exactly this; a
+    server a user started with exactly this is used and left running; a user's server of something
+    else on the port is an error (from `serve`)."""
+    meta = server.running_meta(port, cache_dir=cache_dir)
+    if meta is not None and meta.get("owner") == "eval" and (
+            meta.get("model_dir") != str(student) or meta.get("model") != base_name
+            or meta.get("loras") != [{"name": m.name, "path": str(m.path)} for m in loras]):
+        log(f"stopping a leftover generation server on port {port} ({meta.get('model')})")
+        server.stop(port, cache_dir=cache_dir)
+        meta = None
+    handle = server.serve(student, port, cache_dir=cache_dir, served_name=base_name, startup_timeout_s=SERVER_START_S,
+                          max_model_len=max_model_len, dtype=compute_dtype, owner="eval", loras=loras, log=log)
+    return handle, meta is None or meta.get("owner") == "eval"
