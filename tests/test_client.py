@@ -223,8 +223,21 @@ def test_serve_spec_cpu_cores():
     from synthesis.client import ServeSpec
 
     assert ServeSpec(cpu_cores="0-3,8").cpu_cores == "0-3,8" and ServeSpec().cpu_cores is None
-    with pytest.raises(ValidationError):
-        ServeSpec(cpu_cores="all")
+    assert ServeSpec(cpu_cores="all").cpu_cores == "all"
+    for bad in ("every", "0-", "a,1"):
+        with pytest.raises(ValidationError):
+            ServeSpec(cpu_cores=bad)
+
+
+def test_cpu_cores_all_binds_every_core_of_this_process():
+    import os
+
+    from synthesis.server import server_env
+
+    env = server_env(cpu=True, cpu_cores="all")
+    assert env["VLLM_CPU_OMP_THREADS_BIND"] == ",".join(str(c) for c in sorted(os.sched_getaffinity(0)))
+    assert "VLLM_CPU_OMP_THREADS_BIND" not in server_env(cpu=True, cpu_cores=None) or \
+        os.environ.get("VLLM_CPU_OMP_THREADS_BIND")
 
 
 def test_model_names_resolve_in_the_cache(tmp_path):

@@ -37,9 +37,9 @@ def scaled_quickstart(tmp_path: Path, teacher_url: str, teacher_model: str, stud
         opts = dict(opts)
         if kind == "holdout":
             opts["n"] = 12
-        if kind == "ifd":
-            # scored by the tiny random Llama (the student here): its IFD is noise around 1, so keep every row
-            opts.update(model=str(student), max_ifd=None, max_seq_len=128)
+        if kind == "embed_quality":
+            opts["reference"] = str(ROOT / "recipes" / "data" / "gold.jsonl")
+            opts["min_score"] = 0.05
         if kind == "select":
             opts["n"] = 24
         if kind == "synthesize":

@@ -38,7 +38,7 @@ from tests.test_e2e import scaled_quickstart
 pytestmark = [pytest.mark.slow, pytest.mark.teacher]
 POLL_S = 0.002
 # how long after a phase is seen to begin the kill may come: well inside that phase's length here
-WINDOW_S = {"ingest": 0.05, "curation: ifd": 0.3, "teacher: synthesize": 0.5, "training": 0.05,
+WINDOW_S = {"ingest": 0.05, "curation: embed_quality": 1.0, "teacher: synthesize": 0.5, "training": 0.05,
             "evaluation": 0.5}
 
 
@@ -51,9 +51,6 @@ def _recipe(tmp_path: Path, teacher, student: Path) -> Path:
     for teacher_cfg in recipe["teachers"].values():
         teacher_cfg["max_concurrency"] = 1
     recipe["train"].update(max_steps=6, save_steps=2)
-    for step in recipe["steps"]:
-        if "ifd" in step:  # one row per forward pass and per cached chunk: a phase long enough to land a kill in
-            step["ifd"].update(batch_size=1)
     recipe.pop("experiment", None)
     path = tmp_path / "kill.yaml"
     path.write_text(yaml.safe_dump(recipe, sort_keys=False))
@@ -94,8 +91,8 @@ def _started(out: Path, kind: str) -> bool:
 PHASES = [
     ("ingest", lambda o: (o / "steps" / "00-ingest").is_dir() and not (o / "steps" / "00-ingest" / "DONE").exists(),
      lambda o: (o / "steps" / "00-ingest" / "DONE").exists()),
-    ("curation: ifd", lambda o: _started(o, "ifd"),
-     lambda o: any(e["event"] == "done" and e["step"].endswith("ifd") for e in _ledger(o))),
+    ("curation: embed_quality", lambda o: _started(o, "embed_quality"),
+     lambda o: any(e["event"] == "done" and e["step"].endswith("embed_quality") for e in _ledger(o))),
     ("teacher: synthesize", lambda o: _started(o, "synthesize") and _cached_answers(o) >= 1,
      lambda o: any(e["event"] == "done" and e["step"].endswith("synthesize") for e in _ledger(o))),
     ("training", lambda o: (o / "checkpoints" / "checkpoint-2").is_dir() and not (o / "adapter").exists(),
