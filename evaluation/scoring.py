@@ -23,6 +23,7 @@ import numpy as np
 import polars as pl
 
 from curation.ingest import read_records
+from curation.step import recipe_path
 from evaluation import judge as judging
 from evaluation.config import EvaluateConfig
 from evaluation.metrics import (exact_match, generate_answers, is_structured, load_for_eval, prompt_and_reference,
@@ -33,14 +34,9 @@ SCORE_COLUMNS = ("nll", "tokens", "judge", "grade", "exact_match", "token_f1")
 
 def load_heldout(spec: str, run_dir: Path | None = None, base_dir: Path | None = None) -> tuple[pl.DataFrame, str]:
     """Read the held-out set named by `evaluate.heldout`; returns (records, where it came from)."""
-    if spec.startswith("run:"):
-        if run_dir is None:
-            raise ValueError(f"held-out {spec!r} names a file in the run folder, but there is no run folder")
-        path = Path(run_dir) / spec.removeprefix("run:")
-    else:
-        path = Path(spec).expanduser()
-        if not path.is_absolute() and base_dir is not None:
-            path = Path(base_dir) / path
+    if spec.startswith("run:") and run_dir is None:
+        raise ValueError(f"held-out {spec!r} names a file in the run folder, but there is no run folder")
+    path = recipe_path(spec, base_dir, run_dir)
     if not path.exists():
         raise FileNotFoundError(f"held-out set {path} not found (evaluate.heldout: {spec!r})")
     return read_any(path), str(path)
