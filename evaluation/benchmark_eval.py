@@ -28,16 +28,6 @@ from evaluation.config import EvaluateConfig
 ANSWER_SCHEMA = {"model": pl.Utf8, "question_id": pl.Utf8, "category": pl.Utf8, "turn": pl.Int64, "answer": pl.Utf8}
 
 
-def adapter_fingerprint(adapter: Path | None) -> str | None:
-    """A short content hash of an adapter's weights (None for the plain student)."""
-    if adapter is None:
-        return None
-    h = hashlib.blake2b(digest_size=8)
-    for f in sorted(Path(adapter).glob("adapter_model.*")) or sorted(Path(adapter).glob("*.safetensors")):
-        h.update(f.read_bytes())
-    return h.hexdigest()
-
-
 def generate_all(questions: pl.DataFrame, models: dict[str, Path | None], answer: Callable, turns: int
                  ) -> pl.DataFrame:
     """Every model's answers to every question, turn by turn (all models' requests of a turn go out together)."""
@@ -115,12 +105,13 @@ def run_benchmark(out_dir: Path, questions: pl.DataFrame, models: dict[str, Path
                   track: Callable | None = None, log: Callable[[str], None] = lambda m: None
                   ) -> tuple[pl.DataFrame, pl.DataFrame | None]:
     """Answers (with grades) and pairwise scores; `answerer(models)` is a context manager yielding answer()."""
+    from evaluation.generation import adapter_fingerprint
     from synthesis.client import resolve_teacher
 
     out_dir.mkdir(parents=True, exist_ok=True)
     key = {"questions": hashlib.blake2b(questions.write_json().encode(), digest_size=8).hexdigest(),
            "turns": config.benchmark_turns, "max_new_tokens": config.max_new_tokens,
-           "models": {m: adapter_fingerprint(a) for m, a in sorted(models.items())}}
+           "models": {m: None if a is None else adapter_fingerprint(a) for m, a in sorted(models.items())}}
     path, key_path = out_dir / "answers.parquet", out_dir / "key.json"
     if path.exists() and key_path.exists() and json.loads(key_path.read_text()) == key:
         answers = pl.read_parquet(path).select(list(ANSWER_SCHEMA))

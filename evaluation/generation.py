@@ -163,6 +163,13 @@ def _fingerprint(*parts: bytes | Path) -> str:
     return h.hexdigest()[:12]
 
 
+def adapter_fingerprint(adapter: Path) -> str:
+    """A short content hash of what an adapter is: its config and its weights."""
+    adapter = Path(adapter)
+    weights = next(adapter / w for w in ADAPTER_WEIGHTS if (adapter / w).is_file())
+    return _fingerprint((adapter / ADAPTER_CONFIG).read_bytes(), weights)
+
+
 # --------------------------------------------------------------------------- the answerer
 
 
@@ -295,8 +302,7 @@ def _vllm_answerer(student: Path, adapters: dict[str, Path | None], configs: dic
             served[name] = base_name
             continue
         path = Path(path).resolve()
-        weights = next(path / w for w in ADAPTER_WEIGHTS if (path / w).is_file())
-        h = _fingerprint(student_fp.encode(), dtype.encode(), (path / ADAPTER_CONFIG).read_bytes(), weights)
+        h = _fingerprint(student_fp.encode(), dtype.encode(), adapter_fingerprint(path).encode())
         served[name] = f"{name}-{h}"
         loras.append(server.LoraModule(served[name], path, adapter_rank(configs[name])))
     limit = max_positions(student) or (max_prompt_tokens + max_new_tokens)
