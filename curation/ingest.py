@@ -1,7 +1,9 @@
 """Ingest: files in common formats and layouts -> canonical records + rejections.
 
-Formats: JSONL, JSON (array of objects), Parquet, CSV; `auto` picks by file extension.
-Layouts: see curation.layouts (OpenAI messages, ShareGPT, Alpaca, prompt/response, text).
+Formats: JSONL, JSON (array of objects), Parquet, CSV, Arrow; `auto` picks by file extension, and
+`hf` (or `auto` on such a folder) reads Hugging Face `datasets` folders (curation.hf_folders).
+Layouts: see curation.layouts (OpenAI messages, ShareGPT, Alpaca, prompt/response, text); a
+column map (`columns`) names the file's own keys for a layout's parts.
 
 Files are read as streams in batches (JSONL line by line, JSON arrays element by element,
 Parquet by row group, CSV in chunks), so memory is bounded by the batch size, not the file.
@@ -18,14 +20,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 import polars as pl
-from pydantic import Field
+from pydantic import Field, field_validator
 
-from curation.layouts import LAYOUTS, RowError, normalise
+from curation import hf_folders
+from curation.layouts import LAYOUTS, MAPPABLE, RowError, mapped_keys_present, normalise
 from curation.records import MESSAGES, make_id
 from curation.step import StepOptions
 
-FORMATS = ("jsonl", "json", "parquet", "csv")
-EXTENSIONS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
+FORMATS = ("jsonl", "json", "parquet", "csv", "arrow", "hf")
+EXTENSIONS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".parquet": "parquet", ".csv": "csv",
+              ".arrow": "arrow"}
 RAW_PREVIEW = 2000  # characters of a bad row kept in rejected.parquet for the audit
 BATCH_ROWS = 50_000
 
@@ -36,21 +40,65 @@ class IngestError(ValueError):
 
 class InputOptions(StepOptions):
     path: str | list[str] = Field(description="file, directory or glob (or a list of them)")
-    format: Literal["auto", "jsonl", "json", "parquet", "csv"] = Field(
-        "auto", description="file format; `auto` picks by extension (.jsonl/.ndjson, .json, .parquet, .csv)")
+    format: Literal["auto", "jsonl", "json", "parquet", "csv", "arrow", "hf"] = Field(
+        "auto", description="file format; `auto` picks by extension (.jsonl/.ndjson, .json, .parquet, .csv, "
+                            ".arrow) and reads a `datasets` folder (save_to_disk) as `hf`; `hf`: a `datasets` "
+                            "folder or a local Hub cache folder (its Parquet/Arrow files)")
     layout: Literal["auto", "messages", "sharegpt", "alpaca", "prompt_response", "text"] = Field(
         "auto", description="row layout; `auto` detects it per row from the keys present")
+    columns: dict[str, str] | None = Field(
+        None, description="the file's own keys for a layout's parts, pond's name -> the file's key, e.g. "
+                          "`{prompt: question, response: answer}` or `{messages: dialog, role: speaker, "
+                          "content: text}` (role/content: keys inside each turn). Names: " + ", ".join(MAPPABLE)
+                          + ". A row without a mapped key is rejected (`missing_column`); a map naming a key no "
+                            "row of a file has is an error")
     limit: int | None = Field(None, ge=1, description="read at most this many rows in total (for trials)")
 
+    @field_validator("columns")
+    @classmethod
+    def _known_names(cls, columns: dict[str, str] | None) -> dict[str, str] | None:
+        if columns is None:
+            return None
+        unknown = sorted(set(columns) - set(MAPPABLE))
+        if unknown:
+            raise ValueError(f"unknown name(s) {', '.join(map(repr, unknown))}; a column map's names are "
+                             f"{', '.join(MAPPABLE)}")
+        empty = sorted(k for k, v in columns.items() if not v.strip())
+        if empty:
+            raise ValueError(f"empty file key for {', '.join(map(repr, empty))}")
+        keys = list(columns.values())
+        twice = sorted({k for k in keys if keys.count(k) > 1})
+        if twice:
+            raise ValueError(f"file key(s) {', '.join(map(repr, twice))} mapped to more than one name")
+        return columns
 
-def expand_paths(patterns: str | list[str], base_dir: Path = Path(".")) -> list[Path]:
+
+def _folder_files(folder: Path, fmt: str) -> list[Path]:
+    """The input files of a folder: a `datasets` folder's data files in its own order, a Hub cache
+    repository's current snapshot, else every file with a known extension (the metadata files of a
+    `datasets` cache left out)."""
+    saved = hf_folders.saved_dataset_files(folder)
+    if saved is not None:
+        return saved
+    folder = hf_folders.hub_snapshot(folder) or folder
+    files = sorted(q for q in folder.rglob("*") if q.is_file() and q.suffix.lower() in EXTENSIONS
+                   and not hf_folders.is_metadata(q))
+    if fmt == "hf":
+        files = [q for q in files if q.suffix.lower() in hf_folders.DATA_SUFFIXES]
+        if not files:
+            raise IngestError(f"{folder}: format hf expects a `datasets` folder (save_to_disk) or a Hub cache "
+                              f"folder holding .arrow/.parquet files; found none")
+    return files
+
+
+def expand_paths(patterns: str | list[str], base_dir: Path = Path("."), fmt: str = "auto") -> list[Path]:
     """Files named by paths, directories and globs, sorted, without duplicates."""
     out: list[Path] = []
     for pattern in [patterns] if isinstance(patterns, str) else patterns:
         p = Path(pattern).expanduser()
         p = p if p.is_absolute() else base_dir / p
         if p.is_dir():
-            matches = sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in EXTENSIONS)
+            matches = _folder_files(p, fmt)
         elif any(ch in str(p) for ch in "*?["):
             matches = sorted(Path(m) for m in glob.glob(str(p), recursive=True) if Path(m).is_file())
         elif p.is_file():
@@ -74,6 +122,11 @@ def source_names(files: list[Path], base_dir: Path = Path(".")) -> list[str]:
 
 
 def file_format(path: Path, fmt: str = "auto") -> str:
+    if fmt == "hf":
+        found = EXTENSIONS.get(path.suffix.lower())
+        if path.suffix.lower() not in hf_folders.DATA_SUFFIXES:
+            raise IngestError(f"{path}: format hf reads .arrow and .parquet files, not {path.suffix or '(no extension)'!r}")
+        return found
     if fmt != "auto":
         return fmt
     found = EXTENSIONS.get(path.suffix.lower())
@@ -175,7 +228,21 @@ def _read_csv(path: Path, part: None = None) -> Iterator[Item]:
         raise IngestError(f"{path}: CSV parse error after line {row} ({str(exc).splitlines()[0]})") from None
 
 
-READERS = {"jsonl": _read_jsonl, "json": _read_json_array, "parquet": _read_parquet, "csv": _read_csv}
+def _read_arrow(path: Path, part: None = None) -> Iterator[Item]:
+    """An Arrow IPC file: the stream format `datasets` writes, or the random-access (Feather v2) one."""
+    try:
+        batches = list(hf_folders.arrow_batches(path))
+    except Exception as exc:  # noqa: BLE001 - any reader failure is a bad file
+        raise IngestError(f"{path}: not a readable Arrow file ({type(exc).__name__}: {exc})") from None
+    row = 0
+    for batch in batches:
+        for record in batch.to_pylist():
+            row += 1
+            yield row, record, ""
+
+
+READERS = {"jsonl": _read_jsonl, "json": _read_json_array, "parquet": _read_parquet, "csv": _read_csv,
+           "arrow": _read_arrow}
 
 
 # --- records -------------------------------------------------------------------------------------
@@ -209,11 +276,12 @@ def _reject_frame(rows: list[dict[str, Any]]) -> pl.DataFrame:
 
 
 def iter_file_batches(path: Path, fmt: str = "auto", layout: str = "auto", source: str | None = None,
-                      limit: int | None = None, part: FilePart | None = None
-                      ) -> Iterator[tuple[pl.DataFrame, pl.DataFrame]]:
+                      limit: int | None = None, part: FilePart | None = None,
+                      columns: dict[str, str] | None = None) -> Iterator[tuple[pl.DataFrame, pl.DataFrame]]:
     """Stream one file (or one `part` of it) as (kept, rejected) batches of canonical records.
 
-    A part may hold no rows; whether the whole file does is its caller's check."""
+    A part may hold no rows; whether the whole file does, and whether any of its rows has each key
+    the column map names, is its caller's check."""
     if layout not in ("auto", *LAYOUTS):
         raise IngestError(f"{path}: unknown layout {layout!r}")
     if not path.exists():
@@ -225,15 +293,18 @@ def iter_file_batches(path: Path, fmt: str = "auto", layout: str = "auto", sourc
     kept: list[dict[str, Any]] = []
     rejected: list[dict[str, Any]] = []
     seen = 0
+    unseen_keys = set(columns.values()) if columns else set()
     try:
         for line_no, item, raw in reader(path, part):
             if limit is not None and seen >= limit:
                 break
             seen += 1
+            if unseen_keys:
+                unseen_keys -= mapped_keys_present(item, columns)
             try:
                 if isinstance(item, RowError):
                     raise item
-                messages, text, extras = normalise(item, layout)
+                messages, text, extras = normalise(item, layout, columns)
             except RowError as err:
                 preview = (raw or json.dumps(item, default=str, ensure_ascii=False))[:RAW_PREVIEW]
                 rejected.append({"id": make_id(source, line_no, preview), "messages": [], "text": preview,
@@ -249,6 +320,10 @@ def iter_file_batches(path: Path, fmt: str = "auto", layout: str = "auto", sourc
         raise IngestError(f"{path}: cannot be read ({exc.strerror or exc})") from None
     if seen == 0 and part is None:
         raise IngestError(f"{path}: holds no rows")
+    if unseen_keys and part is None:
+        names = {v: k for k, v in columns.items()}
+        raise IngestError(f"{path}: input.columns names key(s) no row has: "
+                          + ", ".join(f"{k!r} (for {names[k]})" for k in sorted(unseen_keys)))
     if kept or rejected:
         yield _records_frame(kept), _reject_frame(rejected)
 
@@ -256,9 +331,10 @@ def iter_file_batches(path: Path, fmt: str = "auto", layout: str = "auto", sourc
 def iter_batches(opts: InputOptions, base_dir: Path = Path(".")) -> Iterator[tuple[pl.DataFrame, pl.DataFrame]]:
     """Stream every input file of `opts` as (kept, rejected) batches."""
     remaining = opts.limit
-    files = expand_paths(opts.path, base_dir)
+    files = expand_paths(opts.path, base_dir, opts.format)
     for path, source in zip(files, source_names(files, base_dir)):
-        for kept, rejected in iter_file_batches(path, opts.format, opts.layout, source, remaining):
+        for kept, rejected in iter_file_batches(path, opts.format, opts.layout, source, remaining,
+                                                columns=opts.columns):
             if remaining is not None:
                 remaining -= len(kept) + len(rejected)
             yield kept, rejected
@@ -275,9 +351,11 @@ def concat_frames(frames: list[pl.DataFrame]) -> pl.DataFrame:
 
 
 def read_records(path: str | Path | list[str], fmt: str = "auto", layout: str = "auto",
-                 base_dir: Path = Path(".")) -> tuple[pl.DataFrame, pl.DataFrame]:
+                 base_dir: Path = Path("."), columns: dict[str, str] | None = None
+                 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Read whole input(s) into memory: (records, rejected). For small files: eval sets, gold sets."""
-    opts = InputOptions(path=[str(p) for p in path] if isinstance(path, list) else str(path), format=fmt, layout=layout)
+    opts = InputOptions(path=[str(p) for p in path] if isinstance(path, list) else str(path), format=fmt,
+                        layout=layout, columns=columns)
     kept, rejected = [], []
     for k, r in iter_batches(opts, base_dir):
         kept.append(k)

@@ -2,6 +2,11 @@
 
 Each layout maps one input row (a dict) to a list of {role, content} messages, or raises
 `RowError` with a short machine-readable reason. Plain-text rows have no messages.
+
+A column map (`input.columns`) says which of a file's own keys play a layout's parts, e.g.
+`{prompt: question, response: answer}` or `{messages: dialog, role: speaker, content: text}`:
+top-level names are renamed before the layout is detected, `role`/`content` name the keys inside
+each turn of `messages` or `conversations`. A mapped key missing from a row is a rejection.
 """
 from __future__ import annotations
 
@@ -33,6 +38,10 @@ LAYOUT_KEYS = {
     "prompt_response": ("prompt", "response", "completion", "system"),
     "text": ("text",),
 }
+# Keys inside one turn, by layout; a column map's `role`/`content` replace them.
+TURN_KEYS = {"messages": ("role", "content"), "sharegpt": ("from", "value")}
+# The names a column map may give: every layout key, and the two keys of a turn.
+MAPPABLE = tuple(sorted({k for keys in LAYOUT_KEYS.values() for k in keys} | {"role", "content"}))
 
 
 class RowError(ValueError):
@@ -55,7 +64,8 @@ def detect_layout(row: dict[str, Any]) -> str:
         return "prompt_response"
     if "text" in row:
         return "text"
-    raise RowError("unknown_layout", f"no known layout in keys {sorted(row)[:8]}")
+    raise RowError("unknown_layout", f"no known layout in keys {sorted(row)[:8]} "
+                                     "(name your keys with input.columns)")
 
 
 def _content(value: Any, where: str) -> str:
@@ -77,7 +87,8 @@ def _role(value: Any, where: str) -> str:
     return role
 
 
-def _turns(turns: Any, role_key: str, content_key: str, field: str) -> list[dict[str, str]]:
+def _turns(turns: Any, role_key: str, content_key: str, field: str, mapped: tuple[str, ...] = ()
+           ) -> list[dict[str, str]]:
     if turns is None:
         raise RowError("missing_content", field)
     if not isinstance(turns, list):
@@ -89,6 +100,9 @@ def _turns(turns: Any, role_key: str, content_key: str, field: str) -> list[dict
         where = f"{field}[{i}]"
         if not isinstance(turn, dict):
             raise RowError("wrong_type", f"{where} is {type(turn).__name__}, expected object")
+        for key in mapped:
+            if key not in turn:
+                raise RowError("missing_column", f"{where} has no key {key!r} (input.columns)")
         out.append({"role": _role(turn.get(role_key), where), "content": _content(turn.get(content_key), where)})
     return out
 
@@ -100,12 +114,15 @@ def _optional_system(row: dict[str, Any]) -> list[dict[str, str]]:
     return [{"role": "system", "content": _content(system, "system")}]
 
 
-def to_messages(row: dict[str, Any], layout: str) -> list[dict[str, str]]:
-    """Messages of `row` in `layout` (empty list for plain text); raises RowError."""
-    if layout == "messages":
-        return _turns(row.get("messages"), "role", "content", "messages")
-    if layout == "sharegpt":
-        return _turns(row.get("conversations"), "from", "value", "conversations")
+def to_messages(row: dict[str, Any], layout: str, columns: dict[str, str] | None = None) -> list[dict[str, str]]:
+    """Messages of `row` in `layout` (empty list for plain text); raises RowError. `columns` may
+    rename the keys inside a turn (`role`, `content`)."""
+    if layout in TURN_KEYS:
+        field = LAYOUT_KEYS[layout][0]
+        role_key, content_key = ((columns or {}).get(k, default) for k, default in zip(("role", "content"),
+                                                                                      TURN_KEYS[layout]))
+        mapped = tuple((columns or {})[k] for k in ("role", "content") if k in (columns or {}))
+        return _turns(row.get(field), role_key, content_key, field, mapped)
     if layout == "alpaca":
         instruction = _content(row.get("instruction"), "instruction")
         extra = row.get("input")
@@ -128,12 +145,50 @@ def to_messages(row: dict[str, Any], layout: str) -> list[dict[str, str]]:
     raise RowError("unknown_layout", layout)
 
 
-def normalise(row: Any, layout: str = "auto") -> tuple[list[dict[str, str]], str, dict[str, Any]]:
-    """(messages, text, extra user columns) for one input row; raises RowError."""
+def map_columns(row: dict[str, Any], columns: dict[str, str]) -> dict[str, Any]:
+    """`row` with its mapped keys renamed to pond's names (turn keys are left to `to_messages`).
+    A key of pond's name that the map does not fill stays as `orig_<name>`, so nothing is lost."""
+    renames = {file_key: name for name, file_key in columns.items() if name not in ("role", "content")}
+    for file_key, name in renames.items():
+        if file_key not in row:
+            raise RowError("missing_column", f"no key {file_key!r} (input.columns.{name})")
+    out = {}
+    for key, value in row.items():
+        if key in renames:
+            out[renames[key]] = value
+        elif key in renames.values():
+            out[f"orig_{key}"] = value
+        else:
+            out[key] = value
+    return out
+
+
+def mapped_keys_present(row: Any, columns: dict[str, str]) -> set[str]:
+    """The file keys of `columns` that this raw row has (turn keys: in any of its turns), so ingest
+    can tell a map naming keys no row has from rows that lack them here and there."""
+    if not isinstance(row, dict):
+        return set()
+    present = {k for name, k in columns.items() if name not in ("role", "content") and k in row}
+    turn_keys = {columns[n] for n in ("role", "content") if n in columns}
+    if turn_keys:
+        names = {columns.get(f, f) for f in ("messages", "conversations")}
+        for field in names:
+            turns = row.get(field)
+            if isinstance(turns, list):
+                present |= {k for t in turns if isinstance(t, dict) for k in turn_keys if k in t}
+    return present
+
+
+def normalise(row: Any, layout: str = "auto", columns: dict[str, str] | None = None
+              ) -> tuple[list[dict[str, str]], str, dict[str, Any]]:
+    """(messages, text, extra user columns) for one input row, its keys renamed by `columns` first;
+    raises RowError."""
     if not isinstance(row, dict):
         raise RowError("not_an_object", f"row is {type(row).__name__}")
+    if columns:
+        row = map_columns(row, columns)
     chosen = detect_layout(row) if layout == "auto" else layout
-    messages = to_messages(row, chosen)
+    messages = to_messages(row, chosen, columns)
     text = render_text(messages) if messages else row["text"]
     consumed = set(LAYOUT_KEYS[chosen])
     extras = {}

@@ -94,7 +94,7 @@ class Runner:
     # -- ingest -------------------------------------------------------------------------------
 
     def input_files(self) -> list[Path]:
-        return expand_paths(self.recipe.input.path, self.base_dir)
+        return expand_paths(self.recipe.input.path, self.base_dir, self.recipe.input.format)
 
     def ingest(self) -> tuple[Path, str]:
         files = self.input_files()
@@ -113,7 +113,8 @@ class Runner:
             # one Ray task per input file, the same reader and normaliser; shard folders
             sources = source_names(files, self.base_dir)
             n_kept, n_rej = self.executor.ingest(files, sources, self.recipe.input.format, self.recipe.input.layout,
-                                                 step_dir, ingest_kept_schema(), ingest_rejected_schema())
+                                                 step_dir, ingest_kept_schema(), ingest_rejected_schema(),
+                                                 columns=self.recipe.input.columns)
         else:
             n_kept, n_rej = self._ingest_local(parts, step_dir)
         if n_kept == 0:

@@ -192,11 +192,12 @@ class RayExecutor:
     # -- ingest --
 
     def ingest(self, files: list[Path], sources: list[str], fmt: str, layout: str, step_dir: Path,
-               empty_kept: pl.DataFrame, empty_rejected: pl.DataFrame) -> tuple[int, int]:
+               empty_kept: pl.DataFrame, empty_rejected: pl.DataFrame,
+               columns: dict[str, str] | None = None) -> tuple[int, int]:
         from pond.executors.ray_ingest import ingest_parts
 
         n_kept, n_rej, n_parts = ingest_parts(self, files, sources, fmt, layout, step_dir,
-                                              self.config.split_bytes, self.config.shard_rows)
+                                              self.config.split_bytes, self.config.shard_rows, columns)
         self.log(f"ray: {len(files)} input file(s) read in {n_parts} part(s)")
         ensure_nonempty(step_dir / "kept.parquet", empty_kept)
         ensure_nonempty(step_dir / "rejected.parquet", empty_rejected)

@@ -123,7 +123,8 @@ def count_lines(ex, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return items
 
 
-def _ingest_parts(batch: dict[str, np.ndarray], fmt: str, layout: str, out: str, shard_rows: int) -> pa.Table:
+def _ingest_parts(batch: dict[str, np.ndarray], fmt: str, layout: str, out: str, shard_rows: int,
+                  columns: dict[str, str] | None = None) -> pa.Table:
     from curation.ingest import iter_file_batches
 
     out_dir = Path(out)
@@ -133,7 +134,7 @@ def _ingest_parts(batch: dict[str, np.ndarray], fmt: str, layout: str, out: str,
         part = (start, end, first) if start >= 0 else None
         base = int(batch["index"][i]) * FILE_STRIDE + (first - 1 if part else 0)
         n_kept = n_rej = 0
-        for kept, rejected in iter_file_batches(path, fmt, layout, str(batch["source"][i]), None, part):
+        for kept, rejected in iter_file_batches(path, fmt, layout, str(batch["source"][i]), None, part, columns):
             # kept and rejected rows interleave in the file; each folder only needs its own order
             for frame, name in ((kept, "kept.parquet"), (rejected, "rejected.parquet")):
                 frame = frame.with_columns((pl.int_range(pl.len(), dtype=pl.Int64) + base).alias(POS))
@@ -147,14 +148,15 @@ def _ingest_parts(batch: dict[str, np.ndarray], fmt: str, layout: str, out: str,
 
 
 def ingest_parts(ex, files: list[Path], sources: list[str], fmt: str, layout: str, step_dir: Path,
-                 split_bytes: int, shard_rows: int) -> tuple[int, int, int]:
+                 split_bytes: int, shard_rows: int, columns: dict[str, str] | None = None) -> tuple[int, int, int]:
     """All input files, in parts, as shards under step_dir; (kept, rejected, parts)."""
     import ray.data
 
     items = count_lines(ex, plan_parts(files, sources, fmt, split_bytes))
     ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
         _ingest_parts, batch_size=1, batch_format="numpy",
-        fn_kwargs={"fmt": fmt, "layout": layout, "out": str(step_dir), "shard_rows": shard_rows})
+        fn_kwargs={"fmt": fmt, "layout": layout, "out": str(step_dir), "shard_rows": shard_rows,
+                   "columns": columns})
     rows = ex.collect(ds)
     per_file: dict[int, int] = {}
     for r in rows:
