@@ -54,7 +54,8 @@ class RowError(ValueError):
 
 
 def detect_layout(row: dict[str, Any]) -> str:
-    if "messages" in row:
+    # pond's own records (curated.parquet, an hf export) hold plain text as `text` with empty `messages`
+    if "messages" in row and not (row["messages"] in ([], None) and isinstance(row.get("text"), str)):
         return "messages"
     if "conversations" in row:
         return "sharegpt"

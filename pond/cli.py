@@ -126,6 +126,24 @@ def inspect(run_dir: Path = typer.Argument(..., help="a run directory"),
 
 
 @app.command()
+def export(run_dir: Path = typer.Argument(..., help="a run directory"),
+           to: str = typer.Option(..., "--to", help="hf, openai, sharegpt, alpaca, axolotl, llama-factory or lm-eval"),
+           out: Optional[Path] = typer.Option(None, "--out", help="folder to write (default RUN/export/FORMAT[-ROWS])"),
+           rows: Optional[str] = typer.Option(None, "--rows", help="curated (default; lm-eval: heldout), synthetic, "
+                                                                   "rejected, heldout, or a step's kept set (its name)"),
+           heldout: Optional[Path] = typer.Option(None, "--heldout", help="held-out file for --rows heldout "
+                                                                           "(default RUN/heldout.parquet)")):
+    """Write a run's rows for a trainer, the Hub or lm-evaluation-harness (see docs/in-and-out.md)."""
+    from pond.export import ExportError, export_run
+
+    try:
+        result = export_run(run_dir, to, out, rows, heldout)
+    except ExportError as exc:
+        _fail(str(exc))
+    print(result.summary())
+
+
+@app.command()
 def train(source: Path = typer.Argument(..., help="a run directory (uses curated.parquet) or a Parquet file"),
           recipe: Optional[Path] = typer.Option(None, "--recipe", help="take the `train:` section from this recipe"),
           out: Optional[Path] = typer.Option(None, "--out", help="where adapter/ goes (default: the run directory)")):

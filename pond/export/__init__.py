@@ -1,0 +1,99 @@
+"""`pond export RUN --to FORMAT`: a run's rows shaped for the trainers, hubs and harnesses people use.
+
+    hf             a `datasets` folder (save_to_disk) + a dataset card with lineage   (hub.py)
+    openai         chat fine-tuning JSONL, checked against OpenAI's rules             (chat.py)
+    sharegpt       ShareGPT conversations JSONL                                       (chat.py)
+    alpaca         instruction/input/output JSONL                                     (chat.py)
+    axolotl        messages JSONL + the `datasets:` stanza that trains on it          (chat.py, trainers.py)
+    llama-factory  ShareGPT JSONL + `dataset_info.json`                               (chat.py, trainers.py)
+    lm-eval        the held-out set as lm-evaluation-harness tasks                    (lm_eval.py)
+
+Rows (`--rows`): curated (default; lm-eval: heldout), synthetic, rejected, heldout, or a step's kept
+set (its folder name, `03-heuristics`, or its kind). Rows a format cannot hold are listed in
+`problems.jsonl` beside the data, never dropped silently.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pond import layout
+from pond.export.chat import CHAT_FORMATS, write_rows
+from pond.export.lineage import dataset_name, lineage
+from pond.export.rows import ROW_SETS, ExportError, select_rows
+
+FORMATS = ("hf", "openai", "sharegpt", "alpaca", "axolotl", "llama-factory", "lm-eval")
+MARKER = ".pond-export"  # says a folder is pond's own export, so a re-export may replace it
+DATA = "data.jsonl"
+PROBLEMS = "problems.jsonl"
+
+__all__ = ["FORMATS", "ROW_SETS", "ExportError", "ExportResult", "export_run"]
+
+
+@dataclass
+class ExportResult:
+    out: Path
+    files: list[Path] = field(default_factory=list)
+    rows: int = 0
+    problems: int = 0
+
+    def summary(self) -> str:
+        lines = [f"exported {self.rows} rows to {self.out}"]
+        if self.problems:
+            lines.append(f"{self.problems} rows break the format's rules and are listed in {self.out / PROBLEMS}")
+        lines += [f"  {p}" for p in self.files]
+        return "\n".join(lines)
+
+
+def _prepare(out: Path) -> None:
+    if out.exists() and any(out.iterdir()):
+        if not (out / MARKER).exists():
+            raise ExportError(f"{out}: exists and is not a pond export; choose another --out")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def export_run(run: Path, fmt: str, out: Path | None = None, rows: str | None = None,
+               heldout: Path | None = None) -> ExportResult:
+    if fmt not in FORMATS:
+        raise ExportError(f"--to: unknown export format {fmt!r} (known: {', '.join(FORMATS)})")
+    run = Path(run)
+    rows = rows or ("heldout" if fmt == "lm-eval" else "curated")
+    df, source = select_rows(run, rows, heldout)
+    if df.is_empty() or "messages" not in df.columns:
+        raise ExportError(f"{source}: no rows to export ({rows})")
+    out = Path(out) if out else layout.export_dir(run, fmt, rows)
+    _prepare(out)
+    name = dataset_name(run, rows)
+    info = lineage(run, rows, source, df.height)
+    result = ExportResult(out)
+    if fmt == "hf":
+        from pond.export.hub import write_hf
+
+        result.files, result.rows = write_hf(df, out, info, name), df.height
+    elif fmt == "lm-eval":
+        from pond.export.lm_eval import write_lm_eval
+
+        result.files, result.rows, result.problems = write_lm_eval(df, out, name, info)
+    else:
+        assert fmt in CHAT_FORMATS
+        data = out / DATA
+        result.rows, result.problems = write_rows(df.select("id", "messages").iter_rows(), fmt, data, out / PROBLEMS)
+        result.files = [data]
+        if fmt == "axolotl":
+            from pond.export.trainers import axolotl_config
+
+            (out / "axolotl.yaml").write_text(axolotl_config(data, info), encoding="utf-8")
+            result.files.append(out / "axolotl.yaml")
+        elif fmt == "llama-factory":
+            from pond.export.trainers import llama_factory_info
+
+            (out / "dataset_info.json").write_text(llama_factory_info(data, name), encoding="utf-8")
+            result.files.append(out / "dataset_info.json")
+    if result.problems:
+        result.files.append(out / PROBLEMS)
+    (out / MARKER).write_text(json.dumps({k: info[k] for k in ("run", "recipe", "recipe_hash", "rows", "n_rows",
+                                                               "source_hash")} | {"format": fmt}) + "\n")
+    return result

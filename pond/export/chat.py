@@ -1,0 +1,148 @@
+"""One JSON object per row in the layouts trainers read, each with the rules its readers enforce.
+
+A row a format cannot hold is never dropped silently: it goes to `problems.jsonl` beside the data
+(its id and the rule it breaks), and the count is printed.
+
+- openai: `{"messages": [{role, content}]}`, OpenAI's chat fine-tuning rules: roles system/user/
+  assistant, a system message only first, at least one assistant message, none of them empty.
+- sharegpt: `{"id", "conversations": [{from: system|human|gpt, value}]}`.
+- alpaca: `{"id", "instruction", "input", "output"[, "system"]}`: one instruction, one answer.
+- llama-factory: ShareGPT rows as LLaMA-Factory's converter accepts them (data/README.md of
+  hiyouga/LLaMA-Factory): an optional system turn first, then human/gpt turns alternating, ending
+  with gpt; a row that breaks this is one it would skip with "Invalid role tag" / "message count".
+- axolotl: `{"id", "messages": [{role, content}]}` for Axolotl's `chat_template` type; a row needs
+  an assistant turn to train on (roles_to_train: assistant).
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from curation.records import ROLES
+
+Messages = list[dict[str, Any]]
+Check = Callable[[Messages], str | None]
+SHAREGPT_ROLE = {"system": "system", "user": "human", "assistant": "gpt"}
+
+
+# --- the rules, each once ------------------------------------------------------------------------
+
+def has_messages(messages: Messages) -> str | None:
+    return None if messages else "no_messages: a plain-text row has no conversation"
+
+
+def known_roles(messages: Messages) -> str | None:
+    for i, m in enumerate(messages):
+        if m.get("role") not in ROLES:
+            return f"unknown_role: messages[{i}] role {m.get('role')!r}"
+    return None
+
+
+def system_first(messages: Messages) -> str | None:
+    for i, m in enumerate(messages):
+        if m.get("role") == "system" and i > 0:
+            return f"system_not_first: messages[{i}] is a system message"
+    return None
+
+
+def has_assistant(messages: Messages) -> str | None:
+    return None if any(m.get("role") == "assistant" for m in messages) else "no_assistant_turn"
+
+
+def nonempty_content(messages: Messages) -> str | None:
+    for i, m in enumerate(messages):
+        content = m.get("content")
+        if not isinstance(content, str) or not content.strip():
+            kind = "empty_assistant_turn" if m.get("role") == "assistant" else "empty_content"
+            return f"{kind}: messages[{i}]"
+    return None
+
+
+def alternates(messages: Messages) -> str | None:
+    turns = messages[1:] if messages and messages[0].get("role") == "system" else messages
+    for i, m in enumerate(turns):
+        want = "user" if i % 2 == 0 else "assistant"
+        if m.get("role") != want:
+            return f"not_alternating: turn {i} after the system message is {m.get('role')!r}, expected {want!r}"
+    if len(turns) % 2:
+        return "not_alternating: the conversation ends without an assistant turn"
+    return None
+
+
+def single_turn(messages: Messages) -> str | None:
+    roles = [m.get("role") for m in messages]
+    if roles in (["user", "assistant"], ["system", "user", "assistant"]):
+        return None
+    return f"not_single_turn: alpaca holds one instruction and one answer, this row has roles {roles}"
+
+
+def first_problem(messages: Messages, checks: Iterable[Check]) -> str | None:
+    for check in checks:
+        problem = check(messages)
+        if problem:
+            return problem
+    return None
+
+
+# --- the records ---------------------------------------------------------------------------------
+
+def _plain(messages: Messages) -> Messages:
+    return [{"role": m["role"], "content": m["content"]} for m in messages]
+
+
+def openai_record(row_id: str, messages: Messages) -> dict[str, Any]:
+    return {"messages": _plain(messages)}  # OpenAI's file holds nothing else per line
+
+
+def messages_record(row_id: str, messages: Messages) -> dict[str, Any]:
+    return {"id": row_id, "messages": _plain(messages)}
+
+
+def sharegpt_record(row_id: str, messages: Messages) -> dict[str, Any]:
+    return {"id": row_id, "conversations": [{"from": SHAREGPT_ROLE[m["role"]], "value": m["content"]}
+                                            for m in messages]}
+
+
+def alpaca_record(row_id: str, messages: Messages) -> dict[str, Any]:
+    out = {"id": row_id, "instruction": messages[-2]["content"], "input": "", "output": messages[-1]["content"]}
+    if messages[0]["role"] == "system":
+        out["system"] = messages[0]["content"]
+    return out
+
+
+BASE = (has_messages, known_roles, nonempty_content)
+# format -> (rules, record)
+CHAT_FORMATS: dict[str, tuple[tuple[Check, ...], Callable[[str, Messages], dict[str, Any]]]] = {
+    "openai": ((*BASE, system_first, has_assistant), openai_record),
+    "sharegpt": (BASE, sharegpt_record),
+    "alpaca": ((*BASE, single_turn), alpaca_record),
+    "llama-factory": ((*BASE, alternates), sharegpt_record),
+    "axolotl": ((*BASE, has_assistant), messages_record),
+}
+
+
+def write_rows(rows: Iterable[tuple[str, Messages]], fmt: str, data: Path, problems: Path) -> tuple[int, int]:
+    """Write (id, messages) rows as `fmt` to `data` (JSONL); rows that break its rules go to
+    `problems` as {id, reason}. Both files are written under a temporary name first.
+    Returns (rows written, rows listed as problems)."""
+    checks, record = CHAT_FORMATS[fmt]
+    written = listed = 0
+    data_tmp, problems_tmp = data.with_name(data.name + ".tmp"), problems.with_name(problems.name + ".tmp")
+    with open(data_tmp, "w", encoding="utf-8") as out, open(problems_tmp, "w", encoding="utf-8") as bad:
+        for row_id, messages in rows:
+            problem = first_problem(messages or [], checks)
+            if problem:
+                bad.write(json.dumps({"id": row_id, "reason": problem}, ensure_ascii=False) + "\n")
+                listed += 1
+                continue
+            out.write(json.dumps(record(row_id, messages), ensure_ascii=False) + "\n")
+            written += 1
+    data_tmp.replace(data)
+    if listed:
+        problems_tmp.replace(problems)
+    else:
+        problems_tmp.unlink()
+        problems.unlink(missing_ok=True)
+    return written, listed
