@@ -77,7 +77,11 @@ def _folder_files(folder: Path, fmt: str) -> list[Path]:
     """The input files of a folder: a `datasets` folder's data files in its own order, a Hub cache
     repository's current snapshot, else every file with a known extension (the metadata files of a
     `datasets` cache left out)."""
-    saved = hf_folders.saved_dataset_files(folder)
+    try:
+        saved = hf_folders.saved_dataset_files(folder)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise IngestError(f"{folder}: a `datasets` folder whose state.json or dataset_dict.json cannot be read "
+                          f"({type(exc).__name__}: {exc})") from None
     if saved is not None:
         return saved
     folder = hf_folders.hub_snapshot(folder) or folder

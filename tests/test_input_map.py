@@ -169,6 +169,11 @@ def test_hf_format_on_a_folder_without_data_is_one_clear_error(tmp_path):
     (tmp_path / "x" / "rows.jsonl").write_text(json.dumps(ROWS[0]) + "\n")
     with pytest.raises(IngestError, match=r"format hf expects a `datasets` folder"):
         read_records(str(tmp_path / "x"), fmt="hf")
+    (tmp_path / "saved").mkdir()
+    (tmp_path / "saved" / "dataset_info.json").write_text("{}")
+    (tmp_path / "saved" / "state.json").write_text("{not json")
+    with pytest.raises(IngestError, match=r"saved: a `datasets` folder whose state.json .* cannot be read"):
+        read_records(str(tmp_path / "saved"))
     (tmp_path / "broken.arrow").write_bytes(b"not arrow at all")
     with pytest.raises(IngestError, match="broken.arrow: not a readable Arrow file"):
         read_records(str(tmp_path / "broken.arrow"))
@@ -185,3 +190,19 @@ def test_runner_ingests_a_saved_dataset_with_a_map(tmp_path):
     curated = pl.read_parquet(tmp_path / "run" / "curated.parquet")
     assert curated["split_id"].to_list() == list(range(5))
     assert curated["messages"][0].to_list()[1] == {"role": "assistant", "content": "a0."}
+
+
+def test_the_ray_ingest_worker_applies_the_map(tmp_path):
+    """The function each Ray ingest task runs (called here without Ray) gets the map too."""
+    np = pytest.importorskip("numpy")
+    pytest.importorskip("ray")
+    from pond.executors.ray_ingest import _ingest_parts
+
+    path = write_jsonl(tmp_path / "g.jsonl", [{"question": "Q?", "answer": "A."}, {"question": "only"}])
+    batch = {"path": np.array([str(path)]), "source": np.array(["g.jsonl"]), "index": np.array([0]),
+             "start": np.array([-1]), "end": np.array([-1]), "first": np.array([-1])}
+    counts = _ingest_parts(batch, "auto", "auto", str(tmp_path / "out"), 100,
+                           {"prompt": "question", "response": "answer"}).to_pylist()
+    assert counts == [{"index": 0, "n_kept": 1, "n_rej": 1}]
+    rejected = pl.read_parquet(tmp_path / "out" / "rejected.parquet")
+    assert rejected["reason"].to_list() == ["missing_column"]
