@@ -245,3 +245,14 @@ def test_lm_eval_scores_a_model_on_the_exported_task(run_dir, tmp_path, tiny_lla
     assert scores[names[0]]["sample_len"] == 2 and scores[names[1]]["sample_len"] == 2
     assert 0 <= scores[names[0]]["chrf,none"] <= 100 and 0 <= scores[names[0]]["bleu,none"] <= 100
     assert scores[names[1]]["perplexity,none"] > 1
+
+
+def test_lm_eval_on_a_run_without_a_held_out_set_says_what_to_do(tmp_path):
+    from pond.runner import Runner
+
+    (tmp_path / "a.jsonl").write_text(json.dumps({"prompt": "p?", "response": "r."}) + "\n")
+    Runner(parse_recipe("name: n\ninput: {path: a.jsonl}\n", "r.yaml"), tmp_path / "run", tmp_path).curate()
+    with pytest.raises(ExportError, match=r"heldout.parquet: not found \(the run has no holdout step; pass --heldout"):
+        export_run(tmp_path / "run", "lm-eval")
+    with pytest.raises(ExportError, match=r"no rows to export \(synthetic\)"):
+        export_run(tmp_path / "run", "openai", rows="synthetic")

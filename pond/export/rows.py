@@ -33,9 +33,9 @@ def _step_kept(run: Path, name: str) -> Path:
     return kept
 
 
-def _need(path: Path, what: str) -> Path:
+def _need(path: Path, hint: str) -> Path:
     if not path.exists():
-        raise ExportError(f"{path}: no {what} in this run")
+        raise ExportError(f"{path}: not found ({hint})")
     return path
 
 
@@ -44,10 +44,10 @@ def select_rows(run: Path, rows: str, heldout: Path | None = None) -> tuple[pl.D
     if not layout.is_run(run):
         raise ExportError(f"{run}: not a pond run directory (no steps/)")
     if rows == "curated":
-        path = _need(run / layout.CURATED, "curated.parquet (the run has not finished curation)")
+        path = _need(run / layout.CURATED, "the run has not finished curation")
         return read_output(path), path
     if rows == "synthetic":
-        path = _need(run / layout.CURATED, "curated.parquet (the run has not finished curation)")
+        path = _need(run / layout.CURATED, "the run has not finished curation")
         df = read_output(path)
         return df.filter(pl.col("source").cast(pl.Utf8).fill_null("").str.starts_with("synthetic:")), path
     if rows == "rejected":
@@ -56,7 +56,7 @@ def select_rows(run: Path, rows: str, heldout: Path | None = None) -> tuple[pl.D
         # every step's rejections, in step order, each with its `stage` and `reason`
         return (pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()), layout.steps_dir(run)
     if rows == "heldout":
-        path = heldout or _need(run / layout.HELDOUT, "heldout.parquet (add a holdout step, or pass --heldout FILE)")
+        path = heldout or _need(run / layout.HELDOUT, "the run has no holdout step; pass --heldout FILE")
         if heldout is not None and path.suffix != ".parquet":
             from curation.ingest import IngestError, read_records
 
@@ -64,6 +64,6 @@ def select_rows(run: Path, rows: str, heldout: Path | None = None) -> tuple[pl.D
                 return read_records(str(path))[0], path
             except IngestError as exc:
                 raise ExportError(str(exc)) from None
-        return read_output(_need(path, "held-out file")), path
+        return read_output(_need(path, "--heldout")), path
     path = _step_kept(run, rows)
     return read_output(path), path
