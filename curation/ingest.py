@@ -326,7 +326,8 @@ def iter_file_batches(path: Path, fmt: str = "auto", layout: str = "auto", sourc
         raise IngestError(f"{path}: holds no rows")
     if unseen_keys and part is None:
         names = {v: k for k, v in columns.items()}
-        raise IngestError(f"{path}: input.columns names key(s) no row has: "
+        read = f" (of the first {seen} rows: input.limit)" if limit is not None and seen >= limit else ""
+        raise IngestError(f"{path}: input.columns names key(s) no row has{read}: "
                           + ", ".join(f"{k!r} (for {names[k]})" for k in sorted(unseen_keys)))
     if kept or rejected:
         yield _records_frame(kept), _reject_frame(rejected)

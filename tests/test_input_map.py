@@ -109,7 +109,8 @@ def test_cli_run_on_gsm8k_with_a_map_and_a_bad_map(tmp_path):
     res = subprocess.run([sys.executable, "-m", "pond.cli", "run", str(recipe), "--out", str(tmp_path / "bad")],
                          capture_output=True, text=True, env=env)
     assert res.returncode == 2
-    assert "no row has: 'solution' (for response)" in res.stderr and "Traceback" not in res.stderr
+    assert "no row has (of the first 50 rows: input.limit): 'solution' (for response)" in res.stderr
+    assert "Traceback" not in res.stderr
 
 
 # --- Hugging Face folders -------------------------------------------------------------------------
