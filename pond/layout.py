@@ -2,7 +2,7 @@
 
     runs/NAME/recipe.yaml, steps/NN-kind/{kept,rejected}.parquet + stats.json + DONE,
     curated.parquet, heldout.parquet (if a holdout step), adapter/, eval.json, report.md,
-    experiment/, manifest.json, ledger.jsonl
+    experiment/, manifest.json, ledger.jsonl, report.html
 
 The runner writes this layout, and the pipeline's summary and `pond inspect` read it; none of them
 spells a folder or file name of its own. A step output (kept/rejected) is a Parquet file, or a
@@ -29,9 +29,10 @@ ADAPTER = "adapter"
 EXPERIMENT = "experiment"
 EVAL = "eval.json"
 REPORT = "report.md"
+REPORT_HTML = "report.html"  # the run to look at (pond.report_html)
 MANIFEST = "manifest.json"
 # what the pipeline's summary points at, when the run has it
-RESULT_FILES = (EVAL, REPORT, f"{EXPERIMENT}/{REPORT}", f"{EXPERIMENT}/plot.png")
+RESULT_FILES = (EVAL, REPORT, f"{EXPERIMENT}/{REPORT}", f"{EXPERIMENT}/plot.png", REPORT_HTML)
 
 
 def step_name(index: int, kind: str) -> str:
