@@ -110,9 +110,11 @@ def experiment_chart(summary: dict[str, Any]) -> str | None:
     if not arms:
         return None
     m = [a["metrics"][metric] for a in arms]
-    fig = go.Figure(go.Bar(x=[a["name"] for a in arms], y=[c["mean"] for c in m], marker_color="#2a9d8f",
-                           error_y={"type": "data", "symmetric": False, "array": [c["high"] - c["mean"] for c in m],
-                                    "arrayminus": [c["mean"] - c["low"] for c in m]}))
+    # points, not bars: a bar starts at zero, and the arms differ in the third decimal of a loss near 2
+    fig = go.Figure(go.Scatter(x=[a["name"] for a in arms], y=[c["mean"] for c in m], mode="markers",
+                               marker={"color": "#2a9d8f", "size": 12}, name=metric,
+                               error_y={"type": "data", "symmetric": False, "array": [c["high"] - c["mean"] for c in m],
+                                        "arrayminus": [c["mean"] - c["low"] for c in m]}))
     base = (summary.get("base_model") or {}).get(metric)
     if base:
         fig.add_hline(y=base["mean"], line_dash="dot", annotation_text="base model (no training)")

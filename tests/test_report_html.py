@@ -184,4 +184,7 @@ def test_a_trained_run_with_an_experiment_shows_its_curves_and_card(tmp_path, ti
     curve = report_data.training_curve(run)
     assert curve["loss"] == [(e["step"], e["loss"]) for e in history if "loss" in e]
     assert len(curve["loss"]) == 4 and curve["eval_loss"]
-    assert page["text"].count("Not in this run") == 1  # no synthetic rows in this recipe
+    # this recipe has neither synthetic rows nor a score step; the held-out evaluation's report is shown
+    assert page["text"].count("Not in this run") == 2
+    assert "the final set has no synthetic rows" in page["text"] and "no step wrote a score column" in page["text"]
+    assert "Held-out evaluation" in page["text"] and "held-out" in (run / layout.REPORT).read_text().lower()
