@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 
 from pond import layout
@@ -85,7 +86,7 @@ def reasons(run: Path, top: int = 5, examples: int = 3) -> list[dict[str, Any]]:
 
 def score_columns(run: Path) -> list[dict[str, Any]]:
     """Every score column a step of the run wrote: the step, the column, and its values on the rows the step
-    scored, split into the rows it kept and the rows it (or its threshold) rejected."""
+    scored (numpy arrays), split into the rows it kept and the rows it (or its threshold) rejected."""
     out = []
     for d, stats in zip(layout.step_dirs(run), layout.funnel(run), strict=True):
         rule = SCORE_COLUMNS.get(stats.get("kind", ""))
@@ -97,9 +98,10 @@ def score_columns(run: Path) -> list[dict[str, Any]]:
             for name, lf in (("kept", kept), ("rejected", rejected)):
                 if col in _columns(lf):
                     s = lf.select(pl.col(col).cast(pl.Float64)).collect().to_series().drop_nulls().drop_nans()
-                    values[name] = s.to_list()
-            if any(values.values()):
-                out.append({"step": d.name, "column": col, **{k: values.get(k, []) for k in ("kept", "rejected")}})
+                    values[name] = s.to_numpy()
+            if any(len(v) for v in values.values()):
+                out.append({"step": d.name, "column": col,
+                            **{k: values.get(k, np.zeros(0)) for k in ("kept", "rejected")}})
     return out
 
 
@@ -149,7 +151,8 @@ def synthetic_vs_real(run: Path, score_names: list[str], examples: int = 3) -> d
     for label, mask in (("real", ~prof["synthetic"]), ("synthetic", prof["synthetic"])):
         p, rows = prof.filter(mask), df.filter(mask)
         scores = {c: rows[c].cast(pl.Float64).drop_nulls().mean() for c in score_names if c in rows.columns}
-        groups[label] = {"rows": p.height, **{k: p[k].to_list() for k in ("prompt_chars", "answer_chars", "turns")},
+        groups[label] = {"rows": p.height, **{k: p[k].to_numpy() for k in ("prompt_chars", "answer_chars")},
+                         "means": {k: p[k].mean() for k in ("prompt_chars", "answer_chars", "turns")},
                          "scores": {c: v for c, v in scores.items() if v is not None}}
     synthetic = df.filter(prof["synthetic"]).head(examples)
     return {"where": where, "groups": groups,

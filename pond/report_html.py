@@ -12,16 +12,19 @@ import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from pond import layout
 from pond import report_data as data
 
 TEMPLATE = "report_html.jinja"
 HEIGHT = 360
+BINS = 40
 PLOTLY_CONFIG = {"displaylogo": False, "responsive": True}
 
 
-def _chart(fig, div_id: str, height: int = HEIGHT) -> str:
-    fig.update_layout(template="plotly_white", height=height, margin={"l": 60, "r": 20, "t": 50, "b": 60})
+def _chart(fig, div_id: str, height: int = HEIGHT, left: int = 60) -> str:
+    fig.update_layout(template="plotly_white", height=height, margin={"l": left, "r": 20, "t": 50, "b": 60})
     return fig.to_html(full_html=False, include_plotlyjs=False, div_id=div_id, config=PLOTLY_CONFIG,
                        default_height=f"{height}px")
 
@@ -54,16 +57,39 @@ def reasons_chart(steps: list[dict[str, Any]]) -> str | None:
     fig = go.Figure(go.Bar(x=[n for _, n in bars], y=[label for label, _ in bars], orientation="h",
                            marker_color="#e76f51"))
     fig.update_layout(title="top rejection reasons per step", xaxis_title="rows rejected",
-                      yaxis={"autorange": "reversed"}, margin={"l": 260})
-    return _chart(fig, "chart-reasons", height=max(HEIGHT, 24 * len(bars) + 120))
+                      yaxis={"autorange": "reversed"})
+    return _chart(fig, "chart-reasons", height=max(HEIGHT, 24 * len(bars) + 120), left=260)
+
+
+def histogram(groups: dict[str, Any], bins: int = BINS, percent: bool = False) -> tuple[list, float, dict]:
+    """(bin centres, bin width, {group: counts}) over the groups' common range. Binned here, not in the browser:
+    the page carries BINS numbers per group whatever the run's size, not every row's value."""
+    values = {k: np.asarray(v, dtype=np.float64) for k, v in groups.items()}
+    every = np.concatenate([v for v in values.values() if v.size] or [np.zeros(1)])
+    lo, hi = float(every.min()), float(every.max())
+    if hi <= lo:
+        lo, hi = lo - 0.5, hi + 0.5
+    edges = np.linspace(lo, hi, bins + 1)
+    counts = {}
+    for k, v in values.items():
+        c = np.histogram(v, bins=edges)[0].astype(np.float64)
+        counts[k] = (100 * c / max(1, v.size) if percent else c).round(3).tolist()
+    return ((edges[:-1] + edges[1:]) / 2).tolist(), float(edges[1] - edges[0]), counts
+
+
+def _bars(name: str, centres: list, width: float, counts: list, color: str, **kw):
+    import plotly.graph_objects as go
+
+    return go.Bar(name=name, x=centres, y=counts, width=width, opacity=0.7, marker_color=color, **kw)
 
 
 def score_chart(score: dict[str, Any]) -> str:
     import plotly.graph_objects as go
 
-    fig = go.Figure([go.Histogram(name=f"{k} ({len(score[k])})", x=score[k], nbinsx=30, opacity=0.75,
-                                  marker_color=color)
-                     for k, color in (("kept", "#2a9d8f"), ("rejected", "#e76f51")) if score[k]])
+    groups = {k: score[k] for k in ("kept", "rejected") if len(score[k])}
+    centres, width, counts = histogram(groups)
+    colors = {"kept": "#2a9d8f", "rejected": "#e76f51"}
+    fig = go.Figure([_bars(f"{k} ({len(score[k])})", centres, width, counts[k], colors[k]) for k in groups])
     fig.update_layout(barmode="overlay", title=f"{score['column']} ({score['step']})", xaxis_title=score["column"],
                       yaxis_title="rows")
     return _chart(fig, f"chart-score-{_slug(score['step'])}-{_slug(score['column'])}")
@@ -74,12 +100,12 @@ def synthetic_chart(cmp: dict[str, Any]) -> str:
     from plotly.subplots import make_subplots
 
     fig = make_subplots(rows=1, cols=2, subplot_titles=("prompt length (chars)", "answer length (chars)"))
-    for label, color in (("real", "#264653"), ("synthetic", "#f4a261")):
-        g = cmp["groups"][label]
-        for col, key in ((1, "prompt_chars"), (2, "answer_chars")):
-            fig.add_trace(go.Histogram(name=f"{label} ({g['rows']})", x=g[key], histnorm="percent", opacity=0.7,
-                                       nbinsx=30, marker_color=color, legendgroup=label, showlegend=col == 1),
-                          row=1, col=col)
+    colors = {"real": "#264653", "synthetic": "#f4a261"}
+    for col, key in ((1, "prompt_chars"), (2, "answer_chars")):
+        centres, width, counts = histogram({k: g[key] for k, g in cmp["groups"].items()}, percent=True)
+        for label, g in cmp["groups"].items():
+            fig.add_trace(_bars(f"{label} ({g['rows']})", centres, width, counts[label], colors[label],
+                                legendgroup=label, showlegend=col == 1), row=1, col=col)
     fig.update_layout(barmode="overlay", title="synthetic against real rows (share of each group)")
     fig.update_yaxes(title_text="% of rows", row=1, col=1)
     return _chart(fig, "chart-synthetic")

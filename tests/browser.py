@@ -24,7 +24,7 @@ def require_chromium() -> None:
 
 def open_page(html: Path, screenshot: Path) -> dict[str, Any]:
     """Load `html` from disk, let its scripts run, and take a full-page screenshot. Returns every chart div
-    with its count of plotly `.main-svg` elements, console errors and uncaught exceptions, every URL the page
+    with its count of plotly `.main-svg` elements, its traces as drawn ([name, sum of y]), console errors and uncaught exceptions, every URL the page
     requested, the page's visible text, and the page's `window.__pond_xss` (set only if injected markup ran)."""
     from playwright.sync_api import sync_playwright
 
@@ -44,8 +44,10 @@ def open_page(html: Path, screenshot: Path) -> dict[str, Any]:
                                    ".every(d => d.querySelector('.main-svg'))", timeout=30_000)
             charts = page.evaluate("() => Object.fromEntries(Array.from(document.querySelectorAll("
                                    "'.plotly-graph-div')).map(d => [d.id, d.querySelectorAll('.main-svg').length]))")
+            # what plotly drew from: each trace's name and the sum of its y values
             traces = page.evaluate("() => Object.fromEntries(Array.from(document.querySelectorAll("
-                                   "'.plotly-graph-div')).map(d => [d.id, (d.data || []).length]))")
+                                   "'.plotly-graph-div')).map(d => [d.id, (d.data || []).map(t => "
+                                   "[t.name, Array.from(t.y || []).reduce((a, b) => a + b, 0)])]))")
             text = page.inner_text("body")
             xss = page.evaluate("() => window.__pond_xss === undefined ? null : window.__pond_xss")
             page.screenshot(path=str(screenshot), full_page=True)

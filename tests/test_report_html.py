@@ -80,7 +80,16 @@ def test_pond_run_writes_a_report_that_renders_in_chromium(fast_run, tmp_path):
                 *(f"chart-score-{s['step'].replace('_', '-')}-{s['column']}" for s in scores)}
     assert expected <= set(charts), charts
     assert all(n >= 1 for n in charts.values()), charts  # plotly drew every one (its .main-svg layers)
-    assert page["traces"]["chart-funnel"] == 3 and page["traces"]["chart-synthetic"] == 4
+    # the charts were drawn from the run's figures: funnel bars, score histograms, synthetic shares
+    funnel = report_data.funnel(fast_run)
+    assert dict(page["traces"]["chart-funnel"]) == {"kept": sum(r["kept"] for r in funnel),
+                                                   "rejected": sum(r["rejected"] for r in funnel),
+                                                   "rows in": sum(r["in"] for r in funnel)}
+    for s in scores:
+        drawn = page["traces"][f"chart-score-{s['step'].replace('_', '-')}-{s['column']}"]
+        assert [y for _, y in drawn] == [len(s[k]) for k in ("kept", "rejected") if len(s[k])]
+    synthetic = page["traces"]["chart-synthetic"]
+    assert len(synthetic) == 4 and all(y == pytest.approx(100, abs=0.1) for _, y in synthetic)  # shares of a group
     width, height, colours = screenshot_is_real(tmp_path / "shot.png")
     assert width == 1200 and height > 3000 and colours > 200, (width, height, colours)
     # the parts a run without training does not have are said, not skipped silently
@@ -115,7 +124,7 @@ def test_the_report_shows_what_the_run_folder_holds(fast_run):
     step = layout.step_dir(fast_run, "04-embed_quality")
     assert sorted(quality["kept"]) == sorted(pl.read_parquet(step / layout.KEPT)["quality"].to_list())
     assert sorted(quality["rejected"]) == sorted(pl.read_parquet(step / layout.REJECTED)["quality"].to_list())
-    assert quality["rejected"] and max(quality["rejected"]) < 0.1 <= min(quality["kept"])
+    assert len(quality["rejected"]) and quality["rejected"].max() < 0.1 <= quality["kept"].min()
     # synthetic against real: the curated set's own rows
     cmp = report_data.synthetic_vs_real(fast_run, ["quality"])
     curated = pl.read_parquet(fast_run / layout.CURATED)
@@ -177,7 +186,7 @@ def test_a_trained_run_with_an_experiment_shows_its_curves_and_card(tmp_path, ti
     charts = page["charts"]
     assert {"chart-funnel", "chart-training", "chart-experiment", "chart-experiment-curves"} <= set(charts), charts
     assert all(n >= 1 for n in charts.values()), charts
-    assert page["traces"]["chart-experiment-curves"] == 2  # one training curve per arm x seed
+    assert len(page["traces"]["chart-experiment-curves"]) == 2  # one training curve per arm x seed
     assert "pond adapter" in page["text"] and "dataset hash" in page["text"]  # the card, rendered
     # the curve is the trainer's own log of this run
     history = json.loads((run / "train-result.json").read_text())["log_history"]
@@ -188,3 +197,15 @@ def test_a_trained_run_with_an_experiment_shows_its_curves_and_card(tmp_path, ti
     assert page["text"].count("Not in this run") == 2
     assert "the final set has no synthetic rows" in page["text"] and "no step wrote a score column" in page["text"]
     assert "Held-out evaluation" in page["text"] and "held-out" in (run / layout.REPORT).read_text().lower()
+
+
+def test_histogram_bins_every_value_once():
+    from pond.report_html import histogram
+
+    centres, width, counts = histogram({"a": [0.0, 0.5, 1.0, 1.0], "b": [2.0], "empty": []}, bins=4)
+    assert centres == pytest.approx([0.25, 0.75, 1.25, 1.75]) and width == pytest.approx(0.5)
+    assert counts == {"a": [1, 1, 2, 0], "b": [0, 0, 0, 1], "empty": [0, 0, 0, 0]}
+    _, _, shares = histogram({"a": [3.0, 3.0, 5.0]}, bins=2, percent=True)
+    assert shares["a"] == pytest.approx([66.667, 33.333])
+    _, _, one = histogram({"a": [7.0, 7.0]}, bins=3)  # one value: a range around it, not a division by zero
+    assert sum(one["a"]) == 2

@@ -22,9 +22,7 @@ import yaml
 
 from pond import layout
 from tests.fixtures_teacher import free_port
-from tests.test_generation import NEW_TOKENS, make_adapter, reference_tokens
-
-PROMPTS = ["What is the capital of France?", "Write a haiku about the sea."]
+from tests.test_generation import NEW_TOKENS, PROMPTS, make_adapter, reference_tokens
 
 
 def pond(*args: str, cwd: Path, env: dict | None = None, timeout: float | None = None) -> subprocess.CompletedProcess:
