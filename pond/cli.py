@@ -182,8 +182,8 @@ def serve(run_dir: Path = typer.Argument(..., help="a run directory with a train
             print(f"stopped the server of {run_dir} on port {', '.join(map(str, ports))}" if ports
                   else f"no server of {run_dir} started by `pond serve`")
             return
-        served = srv.serve_run(run_dir, port=port or srv.DEFAULT_PORT, cpu_cores=cpu_cores, dtype=dtype, max_model_len=max_model_len,
-                               log=console.print)
+        served = srv.serve_run(run_dir, port=port or srv.DEFAULT_PORT, cpu_cores=cpu_cores, dtype=dtype,
+                               max_model_len=max_model_len, log=console.print)
     except srv.ServeError as exc:
         _fail(str(exc))
     print(served.describe())

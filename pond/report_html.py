@@ -194,7 +194,7 @@ def build(run: Path) -> dict[str, Any]:
     evaluation = data.evaluation_report(run)
     manifest = data.manifest(run)
     out: dict[str, Any] = {
-        "title": f"pond run {run.resolve().name}", "run": str(run), "recipe": manifest.get("recipe", ""),
+        "title": f"pond run {run.resolve().name}", "run": str(run.resolve()), "recipe": manifest.get("recipe", ""),
         "funnel": funnel, "funnel_chart": funnel_chart(funnel),
         "reasons": reasons, "reasons_chart": reasons_chart(reasons),
         "scores": [{"step": s["step"], "column": s["column"], "kept": len(s["kept"]), "rejected": len(s["rejected"]),

@@ -24,8 +24,9 @@ def require_chromium() -> None:
 
 def open_page(html: Path, screenshot: Path) -> dict[str, Any]:
     """Load `html` from disk, let its scripts run, and take a full-page screenshot. Returns every chart div
-    with its count of plotly `.main-svg` elements, its traces as drawn ([name, sum of y]), console errors and uncaught exceptions, every URL the page
-    requested, the page's visible text, and the page's `window.__pond_xss` (set only if injected markup ran)."""
+    with its count of plotly `.main-svg` elements, its traces as drawn ([name, sum of y]), console errors
+    and uncaught exceptions, every URL the page requested, the page's visible text, and its
+    `window.__pond_xss` (set only if injected markup ran)."""
     from playwright.sync_api import sync_playwright
 
     require_chromium()

@@ -133,6 +133,10 @@ def test_the_report_shows_what_the_run_folder_holds(fast_run):
     assert cmp["groups"]["real"]["rows"] == curated.height - n_synthetic
     real = curated.filter(~pl.col("source").str.starts_with("synthetic:"))
     assert cmp["groups"]["real"]["scores"]["quality"] == pytest.approx(real["quality"].mean())
+    # fixed chart ids, no timestamps: rendering the folder again gives the bytes `pond run` wrote
+    from pond.report_html import render
+
+    assert render(fast_run) == (fast_run / layout.REPORT_HTML).read_text(encoding="utf-8")
 
 
 def test_inspect_html_on_partial_and_old_runs(fast_run, tmp_path):
