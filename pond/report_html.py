@@ -23,8 +23,8 @@ BINS = 40
 PLOTLY_CONFIG = {"displaylogo": False, "responsive": True}
 
 
-def _chart(fig, div_id: str, height: int = HEIGHT, left: int = 60) -> str:
-    fig.update_layout(template="plotly_white", height=height, margin={"l": left, "r": 20, "t": 50, "b": 60})
+def _chart(fig, div_id: str, height: int = HEIGHT, left: int = 60, top: int = 50) -> str:
+    fig.update_layout(template="plotly_white", height=height, margin={"l": left, "r": 20, "t": top, "b": 60})
     return fig.to_html(full_html=False, include_plotlyjs=False, div_id=div_id, config=PLOTLY_CONFIG,
                        default_height=f"{height}px")
 
@@ -108,7 +108,7 @@ def synthetic_chart(cmp: dict[str, Any]) -> str:
                                 legendgroup=label, showlegend=col == 1), row=1, col=col)
     fig.update_layout(barmode="overlay", title="synthetic against real rows (share of each group)")
     fig.update_yaxes(title_text="% of rows", row=1, col=1)
-    return _chart(fig, "chart-synthetic")
+    return _chart(fig, "chart-synthetic", top=90)  # room for the title above the subplot titles
 
 
 def curve_chart(curves: dict[str, dict[str, Any]], div_id: str, title: str) -> str:
