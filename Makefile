@@ -9,16 +9,16 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test test-slow venv models judge-model teacher fortunes bench clean
+.PHONY: demo test test-slow venv models judge-model teacher fortunes chromium bench clean
 
 demo: venv models judge-model teacher
 	$(VENV)/bin/pond run recipes/quickstart.yaml --out runs/quickstart
 	$(VENV)/bin/pond inspect runs/quickstart
 
-test: venv models teacher fortunes
+test: venv models teacher fortunes chromium
 	$(PY) -m pytest -q
 
-test-slow: venv models teacher fortunes
+test-slow: venv models teacher fortunes chromium
 	$(PY) -m pytest -q -m slow
 
 venv: $(VENV)/.installed
@@ -56,6 +56,11 @@ teacher: venv
 fortunes:
 	@test -d /usr/share/games/fortunes || { (apt-get update -qq && apt-get install -y -qq fortunes) >/dev/null 2>&1 \
 	  || echo "note: could not install Debian fortunes; the tests that use it will be skipped"; }
+
+# Debian's Chromium: the headless browser the report.html tests open the page in (skipped if absent).
+chromium:
+	@test -x /usr/bin/chromium || { (apt-get update -qq && apt-get install -y -qq chromium) >/dev/null 2>&1 \
+	  || echo "note: could not install Debian chromium; the report.html browser tests will be skipped"; }
 
 bench: venv models
 	$(PY) bench/ingest.py

@@ -112,7 +112,8 @@ def run(recipe: Path = typer.Argument(..., help="recipe YAML"),
 
 @app.command()
 def inspect(run_dir: Path = typer.Argument(..., help="a run directory"),
-            id: Optional[str] = typer.Option(None, "--id", help="say what happened to this row id")):
+            id: Optional[str] = typer.Option(None, "--id", help="say what happened to this row id"),
+            html: bool = typer.Option(False, "--html", help="write RUN/report.html (charts, one self-contained file)")):
     """Show a run: counts per step, rejection reasons with examples, teacher cost, adapter card."""
     from pond import inspect as insp
     from pond.layout import is_run
@@ -121,6 +122,11 @@ def inspect(run_dir: Path = typer.Argument(..., help="a run directory"),
         _fail(f"{run_dir}: not a pond run directory (no steps/)")
     if id:
         print(insp.find_id(run_dir, id))
+        return
+    if html:
+        from pond.report_html import write_report_html
+
+        print(f"report: {write_report_html(run_dir)}")
         return
     insp.show(run_dir, Console())
 
@@ -175,6 +181,30 @@ def experiment(recipe: Path = typer.Argument(..., help="recipe YAML with an `exp
                                         track=_tracker(progress), log=lambda m: progress.console.print(m)))
         except (IngestError, StepFailed) as exc:
             _fail(str(exc))
+
+
+@app.command()
+def serve(run_dir: Path = typer.Argument(..., help="a run directory with a trained adapter"),
+          port: Optional[int] = typer.Option(None, "--port", help="port on 127.0.0.1 (default 8020)"),
+          stop: bool = typer.Option(False, "--stop", help="stop this run's server instead of starting it"),
+          cpu_cores: Optional[str] = typer.Option(
+              None, "--cpu-cores", help="CPU build: cores to pin it to, e.g. 0-3"),
+          dtype: str = typer.Option("auto", "--dtype", help="auto, bf16 or fp32 (as `pond teacher serve`)"),
+          max_model_len: int = typer.Option(2048, "--max-model-len", help="longest prompt + answer, in tokens")):
+    """Serve the run's adapter on an OpenAI-compatible vLLM server; the model name is the run's name."""
+    from pond import serve as srv
+
+    try:
+        if stop:
+            ports = srv.stop_run(run_dir)
+            print(f"stopped the server of {run_dir} on port {', '.join(map(str, ports))}" if ports
+                  else f"no server of {run_dir} started by `pond serve`")
+            return
+        served = srv.serve_run(run_dir, port=port or srv.DEFAULT_PORT, cpu_cores=cpu_cores, dtype=dtype,
+                               max_model_len=max_model_len, log=console.print)
+    except srv.ServeError as exc:
+        _fail(str(exc))
+    print(served.describe())
 
 
 @teacher_app.command("serve")

@@ -9,7 +9,8 @@ import polars as pl
 from rich.console import Console
 from rich.table import Table
 
-from pond.layout import ADAPTER, CURATED, EVAL, MANIFEST, REJECTED, REPORT, funnel, is_run, reason_tag, step_dirs
+from pond.layout import (ADAPTER, CURATED, EVAL, MANIFEST, REJECTED, REPORT, REPORT_HTML, funnel, is_run, reason_tag,
+                         step_dirs)
 
 
 def find_id(run: Path, row_id: str) -> str:
@@ -70,6 +71,6 @@ def show(run: Path, console: Console | None = None) -> None:
     if card.exists():
         console.rule("adapter card")
         console.print(card.read_text())
-    for name in (EVAL, REPORT, MANIFEST):
+    for name in (EVAL, REPORT, MANIFEST, REPORT_HTML):
         if (run / name).exists():
             console.print(f"{name}: {run / name}")

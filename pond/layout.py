@@ -2,7 +2,7 @@
 
     runs/NAME/recipe.yaml, steps/NN-kind/{kept,rejected}.parquet + stats.json + DONE,
     curated.parquet, heldout.parquet (if a holdout step), adapter/, eval.json, report.md,
-    experiment/, manifest.json, ledger.jsonl, export/FORMAT[-ROWS]/ (pond export)
+    experiment/, manifest.json, ledger.jsonl, report.html, export/FORMAT[-ROWS]/ (pond export)
 
 The runner writes this layout, and the pipeline's summary and `pond inspect` read it; none of them
 spells a folder or file name of its own. A step output (kept/rejected) is a Parquet file, or a
@@ -29,10 +29,11 @@ ADAPTER = "adapter"
 EXPERIMENT = "experiment"
 EVAL = "eval.json"
 REPORT = "report.md"
+REPORT_HTML = "report.html"  # the run to look at (pond.report_html)
 MANIFEST = "manifest.json"
 EXPORT = "export"
 # what the pipeline's summary points at, when the run has it
-RESULT_FILES = (EVAL, REPORT, f"{EXPERIMENT}/{REPORT}", f"{EXPERIMENT}/plot.png")
+RESULT_FILES = (EVAL, REPORT, f"{EXPERIMENT}/{REPORT}", f"{EXPERIMENT}/plot.png", REPORT_HTML)
 
 
 def export_dir(run: Path, fmt: str, rows: str) -> Path:

@@ -15,6 +15,7 @@ import polars as pl
 
 from pond import __version__, layout, ledger
 from pond.recipe import Recipe
+from pond.report_html import write_report_html
 from pond.runner import Runner, file_digest, write_manifest
 
 Log = Callable[[str], None]
@@ -66,6 +67,7 @@ def run_pipeline(recipe: Recipe, out: Path, base_dir: Path, *, fresh: bool = Fal
     extra["timings"] = {k: round(v, 1) for k, v in timings.items()}
     write_manifest(runner, extra)
     ledger.append(runner.out, "finished")
+    write_report_html(runner.out)
     return summary(runner.out)
 
 
@@ -209,6 +211,7 @@ def run_experiment_recipe(recipe: Recipe, out: Path, base_dir: Path, *, track=No
     curated = runner.curate()
     result = _experiment(runner, curated, recipe, track, log)
     write_manifest(runner, {"experiment": result})
+    write_report_html(runner.out)
     return summary(runner.out)
 
 

@@ -408,6 +408,13 @@ def running_meta(port: int, state_dir: Path | None = None, *, cache_dir: Path | 
     return None
 
 
+def running_servers(state_dir: Path | None = None, *, cache_dir: Path | None = None) -> list[dict]:
+    """The PID files of every vLLM server pond runs now (one per port), in port order."""
+    sdir = state_dir or default_state_dir(cache_dir)
+    ports = sorted(int(p.stem) for p in sdir.glob("*.pid") if p.stem.isdigit()) if sdir.is_dir() else []
+    return [m for port in ports if (m := running_meta(port, sdir)) is not None]
+
+
 def adoptable(port: int, served_name: str, state_dir: Path | None = None, *, cache_dir: Path | None = None) -> bool:
     """A server on `port` that an earlier `pond run` started for itself and left behind (killed
     with SIGKILL, its `finally` never ran): the same model, our vLLM process, owner "run"."""

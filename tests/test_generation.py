@@ -71,13 +71,14 @@ def vllm_env():
         pytest.skip(f"the vLLM environment cannot be created here: {e}")
 
 
-def reference_tokens(student_dir: Path, adapter: Path | None, prompts: list[list[dict]]) -> list[tuple[list, int]]:
+def reference_tokens(student_dir: Path, adapter: Path | None, prompts: list[list[dict]],
+                     compute_dtype: str = "auto") -> list[tuple[list, int]]:
     """Per prompt, transformers' greedy tokens and how many of them come before the first near-tie."""
     import torch
 
     from evaluation.metrics import load_for_eval
 
-    model, tok = load_for_eval(student_dir, "lora", "auto", adapter_dir=adapter)
+    model, tok = load_for_eval(student_dir, "lora", compute_dtype, adapter_dir=adapter)
     out = []
     for p in prompts:
         ids = tok.apply_chat_template(p, add_generation_prompt=True, return_tensors="pt", return_dict=True)["input_ids"]
