@@ -162,6 +162,7 @@ def experiment(recipe: Path = typer.Argument(..., help="recipe YAML with an `exp
 @app.command()
 def update(run_dir: Path = typer.Argument(..., help="a run directory with curated.parquet"),
            input: list[Path] = typer.Option(..., "--input", help="files, folders or globs of the new data drop"),
+           more: Optional[list[Path]] = typer.Argument(None, help="more files of the drop (`--input a b c`)"),
            no_train: bool = typer.Option(False, "--no-train", help="check the retrain rule but train nothing")):
     """Add a data drop to a run's pond: its recipe on the new rows, dedup against the pond, drift, retrain rule."""
     from curation.ingest import IngestError
@@ -171,7 +172,7 @@ def update(run_dir: Path = typer.Argument(..., help="a run directory with curate
 
     with _progress() as progress:
         try:
-            result = add_drop(run_dir, input, track=_tracker(progress), retrain=not no_train,
+            result = add_drop(run_dir, [*input, *(more or [])], track=_tracker(progress), retrain=not no_train,
                               log=lambda m: progress.console.print(m, highlight=False))
         except (UpdateError, IngestError, StepFailed, RecipeError) as exc:
             _fail(str(exc))

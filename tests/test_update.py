@@ -153,10 +153,22 @@ def test_bad_drops_are_one_line(drops, tmp_path):
     assert update(run, [tmp / "d.csv"])["kept"] == 1
 
 
-def test_status_shows_generations(drops):
-    tmp, *_ = drops
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pond.cli", *args], capture_output=True, text=True)
+
+
+def test_cli_update_and_status(drops):
+    tmp, base, *_ = drops
+    missing = _cli("update", str(tmp / "nothing"), "--input", str(tmp / "b.jsonl"))
+    assert missing.returncode == 2 and "has no curated.parquet" in missing.stderr
+    assert len(missing.stderr.strip().splitlines()) == 1
     run = base_run(tmp, ["a.jsonl"])
-    update(run, [tmp / "b.jsonl"])
-    out = subprocess.run([sys.executable, "-m", "pond.cli", "status", str(run)], capture_output=True, text=True,
-                         check=True).stdout
-    assert "001" in out and "drift" in out and "adapters: none" in out
+    write_jsonl(tmp / "c.jsonl", [near_copy(r) for r in base[:2]])
+    done = _cli("update", str(run), "--input", str(tmp / "b.jsonl"), str(tmp / "c.jsonl"))  # --input NEW...
+    assert done.returncode == 0, done.stderr
+    assert "drop 001" in done.stdout
+    assert len(layout.read_json(layout.drop_dir(run, 1) / layout.DROP_INPUTS)["files"]) == 2
+    out = _cli("status", str(run)).stdout
+    lines = out.splitlines()
+    assert lines[1].startswith(f"pond: {pl.read_parquet(run / layout.CURATED).height} curated rows in 2 generation")
+    assert any(line.strip().startswith("001") for line in lines) and "adapters: none" in out
