@@ -92,12 +92,18 @@ def main() -> None:
     same = a.to_list() == b.to_list()
     common = dict(pond_rows=args.pond_rows, drop_rows=args.drop_rows, recipe="exact_dedup, heuristics, pii, minhash_dedup")
     emit(figure="update_base_run_seconds", value=round(base_s, 1), unit="s", **common)
+    parts = result["seconds"]
     emit(figure="update_drop_seconds", value=round(update_s, 1), unit="s", drop_step_seconds=round(step_s, 1),
-         drift_p_value=result["drift"].get("p_value"), kept=result["kept"], **common)
+         curation_seconds=parts["curation"], drift_seconds=parts["drift"], drift_p_value=result["drift"].get("p_value"),
+         kept=result["kept"], **common)
     emit(figure="update_union_rerun_seconds", value=round(union_s, 1), unit="s", baseline=True, **common)
+    # the whole update (drift report included), and its curation alone (the drop's steps and the union),
+    # each against the union rerun, which has no drift report to compute
     emit(figure="update_speedup", value=round(union_s / update_s, 2), unit="x", target=5.0,
          meets_target=union_s / update_s >= 5.0, same_kept_rows=same, kept_rows=len(a), union_kept_rows=len(b),
          **common)
+    emit(figure="update_curation_speedup", value=round(union_s / parts["curation"], 2), unit="x", target=5.0,
+         meets_target=union_s / parts["curation"] >= 5.0, same_kept_rows=same, **common)
 
 
 if __name__ == "__main__":

@@ -69,7 +69,7 @@ def length_shift(pond: Sequence[int], drop: Sequence[int]) -> dict:
             "pond_median_chars": float(np.median(pond)), "drop_median_chars": float(np.median(drop))}
 
 
-def languages(texts: Sequence[str], chars: int = 500) -> list[str]:
+def languages(texts: Sequence[str], chars: int = 200) -> list[str]:
     """langid.py's language code of each text (its first `chars` characters); '' for an empty text."""
     import langid
 
@@ -141,3 +141,15 @@ def cluster_changes(pond: np.ndarray, drop: np.ndarray, pond_texts: Sequence[str
 def sample_indices(n: int, most: int, seed: int) -> np.ndarray:
     """At most `most` of n rows, seeded, in row order."""
     return _sample(n, most, np.random.default_rng(seed))
+
+
+def stable_sample(ids: Sequence[str], most: int, seed: int) -> np.ndarray:
+    """At most `most` rows, in row order: those whose (seed, id) hash is smallest. A growing pond keeps
+    most of its sample from one drop to the next, so their embeddings come from the cache."""
+    import hashlib
+
+    if len(ids) <= most:
+        return np.arange(len(ids))
+    keys = np.array([int.from_bytes(hashlib.blake2b(f"{seed}:{i}".encode(), digest_size=8).digest(), "little")
+                     for i in ids], dtype=np.uint64)
+    return np.sort(np.argsort(keys, kind="stable")[:most])

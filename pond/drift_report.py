@@ -61,7 +61,7 @@ def drift_report(run: Path, drop: Path, recipe, *, cache_dir: Path | None = None
     earlier = [g for g in curated_generations(run) if g != drop]
     pond = pl.concat([read_output(layout.final_kept(g)).select("id", "text") for g in earlier])
     new = read_output(layout.final_kept(drop))
-    pond_s = pond[stats.sample_indices(pond.height, opts.sample, seed)]
+    pond_s = pond[stats.stable_sample(pond["id"].to_list(), opts.sample, seed)]
     new_s = new.select("id", "text")[stats.sample_indices(new.height, opts.sample, seed)]
     pond_t = pond_s["text"].fill_null("").to_list()
     new_t = new_s["text"].fill_null("").to_list()

@@ -126,6 +126,9 @@ VERSION_CARD = "card.json"
 MLFLOW_MODEL_SUFFIX = "-adapter"
 
 
+DROPS_REPORT = "report.md"  # drops/report.md: the run report's "Data drops" section
+
+
 def drops_dir(run: Path) -> Path:
     return Path(run) / DROPS
 

@@ -60,3 +60,42 @@ def status_lines(run: Path) -> list[str]:
         if ml.get("registered_model"):
             lines.append(f"  mlflow: {ml['registered_model']} version {ml['model_version']} ({ml['tracking_uri']})")
     return lines
+
+
+def report_section(run: Path) -> str:
+    """The run report's "Data drops" section (Markdown): per drop its rows, drift tests, flagged steps,
+    new and vanished clusters and the retrain decision; then the adapter versions and their comparisons."""
+    run = Path(run)
+    out = ["## Data drops", "",
+           "| drop | rows in | kept | drift p (MMD) | drifted | length p | language p | flagged steps | new / gone clusters | retrain |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
+    for gen in layout.drop_dirs(run):
+        drift = layout.read_json(gen / layout.DRIFT)
+        decision = layout.read_json(gen / layout.RETRAIN)
+        funnel = layout.funnel(gen)
+        c = drift.get("clusters") or {}
+        retrain = f"v{decision['version']}" if decision.get("version") else ("fired" if decision.get("fired") else "no")
+        out.append(f"| {gen.name} | {funnel[0].get('in', 0) if funnel else 0} | {drift.get('drop_rows', '-')} | "
+                   f"{_p(drift.get('p_value'))} | {drift.get('drifted', '-')} | "
+                   f"{_p((drift.get('length') or {}).get('p_value'))} | {_p((drift.get('language') or {}).get('p_value'))} | "
+                   f"{', '.join(drift.get('rejections_flagged', [])) or '-'} | "
+                   f"{len(c.get('new', []))} / {len(c.get('gone', []))} | {retrain} |")
+    for gen in layout.drop_dirs(run):
+        new = (layout.read_json(gen / layout.DRIFT).get("clusters") or {}).get("new", [])
+        for cl in new:
+            examples = "; ".join(e.replace("\n", " ")[:80].replace("|", "/") for e in cl["examples"])
+            out.append(f"\nDrop {gen.name}, new cluster {cl['cluster']} ({cl['drop_share']:.0%} of the drop, "
+                       f"{cl['pond_share']:.0%} of the pond): {examples}")
+    versions = [v for v in layout.version_dirs(run) if (v / layout.VERSION_CARD).exists()]
+    if versions:
+        out += ["", "| version | rows | drops | previous | held-out loss | previous | difference (95% CI) |",
+                "|---|---|---|---|---|---|---|"]
+        for v in versions:
+            card = layout.read_json(v / layout.VERSION_CARD)
+            cmp = card.get("comparison") or {}
+            d = cmp.get("new_minus_previous") or {}
+            out.append(f"| {card['version']} | {card['curated_rows']} | {card['drops']} | "
+                       f"{card['previous_version'] or 'none'} | {_p((cmp.get('new') or {}).get('mean'))} | "
+                       f"{_p((cmp.get('previous') or {}).get('mean'))} | "
+                       + (f"{d['mean']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}] |" if d else "- |"))
+    return "\n".join(out) + "\n"

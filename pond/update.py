@@ -17,6 +17,7 @@ last; `DONE` in the drop folder comes after them.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -253,6 +254,7 @@ def update(run: Path, inputs: list[str | Path], *, cache_dir: Path | None = None
     drop = plan_drop(run, files)
     ledger.append(run, "update", drop=drop.name, files=[str(f) for f in files])
     log(f"drop {drop.name}: {len(files)} file(s)")
+    t0 = time.perf_counter()
     runner = DropRunner(recipe, run, drop, files, run_base_dir(run), cache_dir=cache_dir, track=track, log=log)
     try:
         runner.curate()
@@ -262,11 +264,19 @@ def update(run: Path, inputs: list[str | Path], *, cache_dir: Path | None = None
     union = write_union(run)
     stats = layout.funnel(drop)
     kept = len(read_output(layout.final_kept(drop)))
+    t1 = time.perf_counter()
     drift = write_drift(run, drop, recipe, cache_dir=runner.cache_dir, log=log)
+    t2 = time.perf_counter()
     decision = maybe_retrain(run, drop, recipe, drift, cache_dir=runner.cache_dir, track=track, log=log,
                              allowed=retrain)
+    seconds = {"curation": round(t1 - t0, 3), "drift": round(t2 - t1, 3), "retrain": round(time.perf_counter() - t2, 3)}
+    from pond.status import report_section
+
+    report = layout.drops_dir(run) / layout.DROPS_REPORT
+    report.with_name(report.name + ".tmp").write_text(report_section(run))
+    report.with_name(report.name + ".tmp").replace(report)
     (drop / layout.DONE).write_text(json.dumps({"kept": kept}) + "\n")
     ledger.append(run, "updated", drop=drop.name, kept=kept, pond_rows=len(union),
                   drifted=drift.get("drifted"), retrained=decision.get("version"))
     return {"drop": drop.name, "in": stats[0].get("in") if stats else 0, "kept": kept, "pond_rows": len(union),
-            "drift": drift, "retrain": decision}
+            "drift": drift, "retrain": decision, "seconds": seconds}

@@ -123,3 +123,5 @@ def test_a_drop_from_another_source_drifts_and_retrains(tmp_path, conversations,
     card = json.loads((layout.version_dir(run, 1) / layout.VERSION_CARD).read_text())
     assert card["previous_version"] is None and card["comparison"]["against"] == "base_model"
     assert card["drops"] == [0, 1]
+    section = (layout.drops_dir(run) / layout.DROPS_REPORT).read_text()
+    assert "## Data drops" in section and "| 001 |" in section and "new cluster" in section and "| v1 |" in section
