@@ -17,6 +17,7 @@ last; `DONE` in the drop folder comes after them.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -259,6 +260,8 @@ def update(run: Path, inputs: list[str | Path], *, cache_dir: Path | None = None
     try:
         runner.curate()
     except IngestError as exc:
+        # nothing of the drop was curated (ingest comes first): leave no unfinished drop to block the next
+        shutil.rmtree(drop, ignore_errors=True)
         raise UpdateError(f"drop {drop.name}: {exc}") from None
     (drop / layout.HELDOUT).unlink(missing_ok=True)  # a drop has no held-out draw of its own
     union = write_union(run)

@@ -147,6 +147,11 @@ def test_bad_drops_are_one_line(drops, tmp_path):
     copy.write_bytes((tmp / "b.jsonl").read_bytes())
     with pytest.raises(UpdateError, match=r"copy-of-b\.jsonl \(in drop 001, as .*b\.jsonl\)"):
         update(run, [copy])
+    # a drop with no usable row is one line, and leaves no unfinished drop behind
+    (tmp / "bad.jsonl").write_text("{not json\n")
+    with pytest.raises(UpdateError, match=r"drop 002: .*bad\.jsonl.*no usable rows"):
+        update(run, [tmp / "bad.jsonl"])
+    assert not layout.drop_dir(run, 2).exists()
     # a drop in another format and layout is fine: ingest reads it
     pl.DataFrame({"prompt": ["What is a pond, in one short sentence?"],
                   "response": ["A pond is a small, still body of fresh water."]}).write_csv(tmp / "d.csv")
