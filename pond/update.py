@@ -4,8 +4,8 @@ A drop is a numbered generation, `drops/NNN/`, run by the runner's own step mach
 resume through DONE files and fingerprints, like `pond run`) with the run's own recipe, on the new
 rows only. Two things differ from a plain run:
 
-- the dedup steps (exact, MinHash, semantic) see the pond too: each runs on the rows that the same
-  step kept in every earlier generation (plus the held-out set) followed by the drop's rows, and only
+- the dedup steps (exact, MinHash, semantic) see the pond too: each runs on the rows that entered the
+  same step in every earlier generation (after the held-out set) followed by the drop's rows, and only
   the drop's verdicts count. An earlier row always wins ("the pond wins"): nothing already curated is
   redone, and a drop row that duplicates a pond row is rejected with `duplicate_of` naming it;
 - `holdout` draws nothing: the held-out set was fixed by the run, and drops are deduplicated against it.
@@ -118,22 +118,21 @@ def plan_drop(run: Path, files: list[Path]) -> Path:
 
 # -- the dedup steps against the pond --------------------------------------------------------------
 
-def step_input_kept(gen: Path, index: int, step: Step) -> pl.DataFrame | None:
-    """The rows step `index` kept in generation `gen`, with the columns they had entering it (so they
-    line up with a drop's rows entering the same step)."""
+def step_input(gen: Path, index: int, step: Step) -> pl.DataFrame | None:
+    """Every row that entered step `index` in generation `gen` (the rows it rejected too: a drop row
+    close to a rejected pond row is in that row's cluster in a run over the union, whose kept row is
+    then the one it duplicates); None if the step did not finish there."""
     this = layout.step_dir(gen, layout.step_name(index, step.kind))
     dirs = layout.step_dirs(gen)
     names = [d.name for d in dirs]
     if this.name not in names or not (this / layout.DONE).exists():
         return None
-    prev = dirs[names.index(this.name) - 1]
-    kept_ids = read_output(this / layout.KEPT).select("id")
-    return read_output(prev / layout.KEPT).join(kept_ids, on="id", how="semi", maintain_order="left")
+    return read_output(dirs[names.index(this.name) - 1] / layout.KEPT)
 
 
 def pond_reference(run: Path, drop: Path, index: int, step: Step) -> pl.DataFrame:
-    """What a drop's dedup step compares against: the held-out set, then each earlier generation's
-    rows kept by this step, oldest first."""
+    """What a drop's dedup step compares against: the held-out set, then every row that entered this
+    step in each earlier generation, oldest first."""
     frames = []
     heldout = Path(run) / layout.HELDOUT
     if heldout.exists():
@@ -141,7 +140,7 @@ def pond_reference(run: Path, drop: Path, index: int, step: Step) -> pl.DataFram
     for gen in curated_generations(run):
         if gen == drop:
             continue
-        rows = step_input_kept(gen, index, step)
+        rows = step_input(gen, index, step)
         if rows is None:
             raise UpdateError(f"{gen}: has no finished step {layout.step_name(index, step.kind)}; the run's steps "
                               "changed since it was curated (rerun `pond run` on the run first)")
