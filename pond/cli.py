@@ -207,6 +207,40 @@ def serve(run_dir: Path = typer.Argument(..., help="a run directory with a train
     print(served.describe())
 
 
+@app.command()
+def update(run_dir: Path = typer.Argument(..., help="a run directory with curated.parquet"),
+           input: list[Path] = typer.Option(..., "--input", help="files, folders or globs of the new data drop"),
+           more: Optional[list[Path]] = typer.Argument(None, help="more files of the drop (`--input a b c`)"),
+           no_train: bool = typer.Option(False, "--no-train", help="check the retrain rule but train nothing")):
+    """Add a data drop to a run's pond: its recipe on the new rows, dedup against the pond, drift, retrain rule."""
+    from curation.ingest import IngestError
+    from pond.recipe import RecipeError
+    from pond.runner import StepFailed
+    from pond.update import UpdateError, update as add_drop
+
+    with _progress() as progress:
+        try:
+            result = add_drop(run_dir, [*input, *(more or [])], track=_tracker(progress), retrain=not no_train,
+                              log=lambda m: progress.console.print(m, highlight=False))
+        except (UpdateError, IngestError, StepFailed, RecipeError) as exc:
+            _fail(str(exc))
+    r = result["retrain"]
+    print(f"drop {result['drop']}: {result['in']} rows in, {result['kept']} kept; pond {result['pond_rows']} rows; "
+          f"drift p = {result['drift'].get('p_value')} ({'drifted' if result['drift'].get('drifted') else 'no drift'}); "
+          f"retrain: {('v' + str(r['version'])) if r.get('version') else ('fired' if r.get('fired') else 'no')}")
+
+
+@app.command()
+def status(run_dir: Path = typer.Argument(..., help="a run directory")):
+    """The pond's generations, rows per drop, drift flags, adapter versions and the last comparison."""
+    from pond.layout import is_run
+    from pond.status import status_lines
+
+    if not is_run(run_dir):
+        _fail(f"{run_dir}: not a pond run directory (no steps/)")
+    print("\n".join(status_lines(run_dir)))
+
+
 @teacher_app.command("serve")
 def teacher_serve(model: Optional[str] = typer.Option(None, "--model", help="HF model folder or a cached model name"),
                   port: int = typer.Option(8000, "--port", help="port on 127.0.0.1"),

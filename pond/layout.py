@@ -115,3 +115,71 @@ def reason_counts(rejected: pl.DataFrame, top: int = 20) -> dict[str, int]:
     tags = rejected.select(reason_tag().alias("r"))
     counts = tags.group_by("r").len().sort(["len", "r"], descending=[True, False]).head(top)
     return {r: int(n) for r, n in counts.iter_rows()}
+
+
+# -- continuous curation (pond update): data drops and adapter versions ----------------------------
+#
+#    runs/NAME/drops/NNN/inputs.json, steps/..., curated.parquet (the drop's own kept rows),
+#        drift.json, retrain.json, DONE;   runs/NAME/lineage.parquet (id -> drop of every curated row);
+#    runs/NAME/adapters/vN/adapter/, card.json
+
+DROPS = "drops"
+DROP_INPUTS = "inputs.json"
+DRIFT = "drift.json"
+RETRAIN = "retrain.json"
+LINEAGE = "lineage.parquet"
+ADAPTERS = "adapters"
+VERSION_CARD = "card.json"
+MLFLOW_MODEL_SUFFIX = "-adapter"
+
+
+DROPS_REPORT = "report.md"  # drops/report.md: the run report's "Data drops" section
+
+
+def drops_dir(run: Path) -> Path:
+    return Path(run) / DROPS
+
+
+def drop_dir(run: Path, number: int) -> Path:
+    return drops_dir(run) / f"{number:03d}"
+
+
+def drop_number(drop: Path) -> int:
+    return int(Path(drop).name)
+
+
+def drop_dirs(run: Path) -> list[Path]:
+    """The run's drop folders, oldest first."""
+    d = drops_dir(run)
+    return sorted(p for p in d.iterdir() if p.is_dir() and p.name.isdigit()) if d.is_dir() else []
+
+
+def generations(run: Path) -> list[Path]:
+    """Every generation of the pond, oldest first: the run itself (generation 0), then its drops.
+    Each has the same step folders (`steps/NN-kind/`), since every drop runs the run's recipe."""
+    return [Path(run)] + drop_dirs(run)
+
+
+def generation_number(run: Path, gen: Path) -> int:
+    return 0 if Path(gen) == Path(run) else drop_number(gen)
+
+
+def final_kept(gen: Path) -> Path:
+    """A generation's own curated rows: the kept rows of its last step folder."""
+    dirs = step_dirs(gen)
+    return dirs[-1] / KEPT
+
+
+def adapters_dir(run: Path) -> Path:
+    return Path(run) / ADAPTERS
+
+
+def version_dir(run: Path, version: int) -> Path:
+    return adapters_dir(run) / f"v{version}"
+
+
+def version_dirs(run: Path) -> list[Path]:
+    """Adapter versions trained by the retrain rule, oldest first (v1, v2, ... by number)."""
+    d = adapters_dir(run)
+    found = [p for p in d.iterdir() if p.is_dir() and p.name[:1] == "v" and p.name[1:].isdigit()] if d.is_dir() else []
+    return sorted(found, key=lambda p: int(p.name[1:]))

@@ -23,6 +23,7 @@ from curation.settings import default_cache_dir
 from curation.step import StepOptions
 from evaluation.config import EvaluateConfig, ExperimentConfig
 from pond.executors.config import RayConfig
+from pond.retrain import RetrainConfig
 from pond.steps import STEPS
 from synthesis.client import TeacherConfig
 from training.config import TrainConfig
@@ -59,6 +60,9 @@ class Recipe(BaseModel):
     train: TrainConfig | None = Field(None, description="QLoRA/LoRA training of the student on the curated set")
     evaluate: EvaluateConfig | None = Field(None, description="held-out evaluation of the trained adapter")
     experiment: ExperimentConfig | None = Field(None, description="quality-vs-quantity experiment (pond experiment)")
+    retrain: RetrainConfig | None = Field(
+        None, description="continuous curation (`pond update`): drift report settings and the rule that trains a new "
+                          "adapter version after a data drop")
 
     def warnings(self) -> list[str]:
         """Legal but doubtful choices, printed by `pond validate` and `pond run`."""
@@ -84,7 +88,7 @@ class Recipe(BaseModel):
         data = self.model_dump(mode="json", exclude={"steps"})
         data["steps"] = [s.dump() for s in self.steps]
         # keep key order readable: name, input, seed, steps, ...
-        order = ["name", "input", "seed", "executor", "ray", "steps", "teachers", "train", "evaluate", "experiment"]
+        order = ["name", "input", "seed", "executor", "ray", "steps", "teachers", "train", "evaluate", "experiment", "retrain"]
         return {k: data[k] for k in order if k in data}
 
     def to_yaml(self) -> str:

@@ -45,6 +45,7 @@ def render() -> str:
     from curation.ingest import InputOptions
     from evaluation.config import EvaluateConfig, ExperimentConfig
     from pond.recipe import Recipe
+    from pond.retrain import DriftOptions, RetrainConfig, RetrainWhen
     from synthesis.client import TeacherConfig
     from training.config import TrainConfig
 
@@ -60,6 +61,9 @@ def render() -> str:
     out += ["", "## `train`", ""] + options_table(TrainConfig)
     out += ["", "## `evaluate`", ""] + options_table(EvaluateConfig)
     out += ["", "## `experiment`", ""] + options_table(ExperimentConfig)
+    out += ["", "## `retrain`", ""] + options_table(RetrainConfig)
+    out += ["", "### `retrain.when`", ""] + options_table(RetrainWhen)
+    out += ["", "### `retrain.drift`", ""] + options_table(DriftOptions)
     return "\n".join(out) + "\n"
 
 

@@ -177,6 +177,10 @@ class Runner:
         return StepContext(seed=self.recipe.seed, cache_dir=self.cache_dir, run_dir=self.out, step_dir=step_dir,
                            base_dir=self.base_dir, teachers=dict(self.recipe.teachers), **kwargs)
 
+    def step_function(self, index: int, step: Step) -> Callable:
+        """The function that runs step `index` (pond.update wraps the dedup steps of a drop)."""
+        return STEPS[step.kind].load()[1]
+
     def run_step(self, index: int, step: Step, prev_dir: Path, prev_fp: str) -> tuple[Path, str]:
         fingerprint = _chain(prev_fp, step.kind, step.options.model_dump_json(), str(self.recipe.seed))
         step_dir = layout.step_dir(self.out, layout.step_name(index, step.kind))
@@ -189,7 +193,7 @@ class Runner:
         if self.executor is not None and self.executor.distributes(step.kind):
             return self._run_distributed(step, step_dir, prev_dir, fingerprint)
         df = read_output(prev_dir / layout.KEPT)
-        _, fn = STEPS[step.kind].load()
+        fn = self.step_function(index, step)
         ctx = self.context(step_dir)
         ledger.append(self.out, "start", step=step_dir.name, rows=len(df))
         t0 = time.time()
@@ -247,7 +251,8 @@ class Runner:
     def curate(self) -> Path:
         """Ingest and run every step; returns the path of curated.parquet."""
         (self.out / layout.RECIPE).write_text(self.recipe.to_yaml())
-        ledger.append(self.out, "run", recipe=self.recipe.name, version=__version__, executor=self.recipe.executor)
+        ledger.append(self.out, "run", recipe=self.recipe.name, version=__version__, executor=self.recipe.executor,
+                      base_dir=str(Path(self.base_dir).resolve()))
         with ExitStack() as stack:
             if self.recipe.executor == "ray":
                 from pond.executors.ray_exec import RayExecutor

@@ -1,0 +1,78 @@
+"""curation.drift's tests and the retrain rule, on their own (fast; the end-to-end ones are in
+test_update_drift.py)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from curation import drift
+from pond.recipe import RecipeError, parse_recipe
+from pond.retrain import RetrainConfig, rule
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_mmd_permutation_test_separates_shifted_samples_only():
+    rng = np.random.default_rng(0)
+    a, b = _unit(rng.normal(size=(150, 16))), _unit(rng.normal(size=(120, 16)))
+    same = drift.mmd_test(a, b, permutations=199, seed=0)
+    assert same["p_value"] > 0.05
+    shifted = _unit(rng.normal(size=(120, 16)) + np.r_[1.5, np.zeros(15)])
+    moved = drift.mmd_test(a, shifted, permutations=199, seed=0)
+    assert moved["p_value"] == moved["smallest_possible_p"] == 1 / 200
+    assert moved["mmd2"] > same["mmd2"]
+    # the p-value is a valid one under the null: over many same-source pairs about 5% fall below 0.05
+    ps = [drift.mmd_test(_unit(rng.normal(size=(40, 8))), _unit(rng.normal(size=(40, 8))), permutations=99,
+                         seed=s)["p_value"] for s in range(60)]
+    assert 0 <= sum(p < 0.05 for p in ps) <= 9
+
+
+def test_rejection_rates_flagged_outside_their_interval():
+    earlier = {"01-heuristics": [(10, 100), (25, 200)]}  # pooled 35 / 300
+    flags = drift.rejection_flags({"01-heuristics": (13, 100)}, earlier)
+    assert not flags["01-heuristics"]["flagged"] and flags["01-heuristics"]["earlier_rate"] == round(35 / 300, 4)
+    assert drift.rejection_flags({"01-heuristics": (40, 100)}, earlier)["01-heuristics"]["flagged"]
+    assert drift.rejection_flags({"02-new": (5, 10)}, earlier)["02-new"]["flagged"] is False  # nothing to compare
+
+
+def test_language_and_length_shift():
+    english = ["The weather is nice today and we will walk to the park."] * 30
+    german = ["Das Wetter ist heute schön und wir gehen in den Park spazieren."] * 30
+    mix = drift.language_mix(drift.languages(english), drift.languages(german))
+    assert mix["pond"] == {"en": 1.0, "de": 0.0} and mix["p_value"] < 1e-6
+    assert drift.length_shift([10] * 30 + [12] * 30, [200] * 40)["p_value"] < 1e-6
+
+
+def test_new_and_gone_clusters():
+    rng = np.random.default_rng(1)
+    centres = _unit(rng.normal(size=(3, 16)) * 5)
+    pond = _unit(np.vstack([centres[0] + rng.normal(scale=0.05, size=(50, 16)),
+                            centres[1] + rng.normal(scale=0.05, size=(50, 16))]))
+    new = _unit(np.vstack([centres[0] + rng.normal(scale=0.05, size=(30, 16)),
+                           centres[2] + rng.normal(scale=0.05, size=(30, 16))]))
+    out = drift.cluster_changes(pond, new, ["pond"] * 100, ["old"] * 30 + ["fresh"] * 30, k=3, seed=0)
+    assert [c["examples"][0] for c in out["new"]] == ["fresh"]
+    assert len(out["gone"]) == 1 and out["gone"][0]["pond_share"] == 0.5
+
+
+def test_retrain_rule_any_and_all():
+    cfg = RetrainConfig.model_validate({"when": {"new_rows": 100, "drift_p": 0.01}, "any": True})
+    assert rule(cfg, 50, {"p_value": 0.5})["fired"] is False
+    assert rule(cfg, 150, {"p_value": 0.5})["fired"] is True
+    assert rule(cfg, 10, {"p_value": 0.002})["fired"] is True
+    every = cfg.model_copy(update={"any": False})
+    assert rule(every, 150, {"p_value": 0.5})["fired"] is False
+    assert rule(every, 150, {"p_value": 0.002})["fired"] is True
+    assert rule(RetrainConfig(), 10**6, {"p_value": 0.0})["fired"] is False  # no condition, no retraining
+    loss = RetrainConfig.model_validate({"when": {"loss_increase": 0.05}})
+    assert rule(loss, 0, {"adapter_loss": {"skipped": "no adapter yet"}})["fired"] is False
+    assert rule(loss, 0, {"adapter_loss": {"relative_increase": 0.2}})["fired"] is True
+
+
+def test_retrain_section_errors_name_line_and_key():
+    text = "name: x\ninput: {path: a.jsonl}\nretrain:\n  when: {new_rowz: 5}\n"
+    with pytest.raises(RecipeError, match=r"<recipe>:4: retrain\.when\.new_rowz: unknown key"):
+        parse_recipe(text)
+    assert parse_recipe(text.replace("new_rowz", "new_rows")).retrain.when.new_rows == 5
