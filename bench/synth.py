@@ -11,7 +11,9 @@ none reuses another's replies:
   list4             few-shot, a schema'd list of 4 cases of one kind per call;
   candidates4       few-shot, one case per call, best of 4 candidates (vLLM n) by the validity checks;
   retry1            candidates4 and one retry showing the writer its rejected message and why;
-  answers2          retry1 with 2 sampled answers per prompt (the first complete one kept).
+  answers2          retry1 with 2 sampled answers per prompt (the first complete one kept);
+  judge_picks3      retry1 with 3 sampled answers per prompt, every complete one a row, and the judge
+                    keeping the best-scored of each case (with --judge; without, its rows are not cases).
 
 "kept" counts rows past the validity checks (and past the judge with --judge, which serves the
 demo's judge, Qwen2.5-Coder-1.5B, after the writer is stopped, and scores every configuration's
@@ -53,7 +55,13 @@ CONFIGS = {
     "candidates4": {**NEW, "candidates": 4},
     "retry1": {**NEW, "candidates": 4, "retries": 1},
     "answers2": {**NEW, "candidates": 4, "retries": 1, "answer_candidates": 2},
+    "judge_picks3": {**NEW, "candidates": 4, "retries": 1, "answer_candidates": 3, "judge_picks": True},
 }
+
+
+def valid_cases(new: pl.DataFrame) -> int:
+    """Edge cases with a row (judge_picks writes several rows a case: the judge keeps one)."""
+    return new["candidate_of"].n_unique() if "candidate_of" in new.columns else len(new)
 
 
 def tokens(stats: dict) -> int:
@@ -97,9 +105,9 @@ def main() -> None:
             new = kept.filter(pl.col("source").str.starts_with("synthetic:"))
             results[name] = {"new": new, "seconds": wall, "tokens": tokens(ctx.stats), "stats": ctx.stats}
             emit(figure="edge_cases_valid", config=name, baseline=BASELINE, options=CONFIGS[name], asked=a.n,
-                 valid=len(new), writer_tokens=results[name]["tokens"], seconds=round(wall, 1),
-                 valid_per_1k_tokens=round(1000 * len(new) / max(1, results[name]["tokens"]), 3),
-                 valid_per_minute=round(60 * len(new) / wall, 2),
+                 valid=valid_cases(new), valid_rows=len(new), writer_tokens=results[name]["tokens"], seconds=round(wall, 1),
+                 valid_per_1k_tokens=round(1000 * valid_cases(new) / max(1, results[name]["tokens"]), 3),
+                 valid_per_minute=round(60 * valid_cases(new) / wall, 2),
                  rejected=ctx.stats["rejected_new_by_reason"], by_kind=ctx.stats.get("by_kind"))
     finally:
         if handle is not None:
@@ -118,14 +126,16 @@ def main() -> None:
                 ctx = StepContext(seed=a.seed, run_dir=work / name, cache_dir=work / "cache" / name,
                                   teachers={"judge": jcfg})
                 t0 = time.perf_counter()
-                kept, _ = judge(r["new"], JudgeOptions(rubric="helpfulness", min_score=5, teacher="judge"), ctx)
+                picks = "candidate_of" if CONFIGS[name].get("judge_picks") else None
+                kept, _ = judge(r["new"], JudgeOptions(rubric="helpfulness", min_score=5, teacher="judge",
+                                                       best_of=picks), ctx)
                 r.update(judged=len(kept), judge_seconds=time.perf_counter() - t0, judge_tokens=tokens(ctx.stats),
                          scores=ctx.stats.get("score_histogram"))
         finally:
             jh.stop()
     base = results.get(BASELINE)
     for name, r in results.items():
-        kept = r["judged"] if a.judge else len(r["new"])
+        kept = r["judged"] if a.judge else valid_cases(r["new"])
         minutes = (r["seconds"] + r.get("judge_seconds", 0.0)) / 60
         figure = {"config": name, "baseline": BASELINE, "asked": a.n, "kept": kept,
                   "after": "validity checks and the judge (min_score 5)" if a.judge else "validity checks",
@@ -134,7 +144,7 @@ def main() -> None:
                   "kept_per_minute": round(kept / minutes, 2) if minutes else None,
                   "judge_scores": r.get("scores")}
         if base is not None and name != BASELINE:
-            bk = base["judged"] if a.judge else len(base["new"])
+            bk = base["judged"] if a.judge else valid_cases(base["new"])
             figure["kept_vs_baseline"] = f"{kept} vs {bk}"
         emit(figure="edge_cases_kept", **figure)
 

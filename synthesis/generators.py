@@ -26,6 +26,7 @@ import hashlib
 import math
 import time
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from typing import Literal
 
@@ -45,7 +46,7 @@ from synthesis.edge_cases import edge_case_drafts
 from synthesis.near_copies import reject_copies
 from synthesis.prompts import load_text, render
 from synthesis.realism import synthetic_vs_real
-from synthesis.rows import (EDGE_KIND, Draft, clip, concat_like, context_for_answer, row_answer, row_prompt, split_drafts,
+from synthesis.rows import (CANDIDATE_OF, EDGE_KIND, Draft, clip, concat_like, context_for_answer, row_answer, row_prompt, split_drafts,
                             with_seed_ids)
 from synthesis.similarity import NoveltyIndex, novelty_error
 
@@ -96,6 +97,10 @@ class SynthesizeOptions(StepOptions):
                                                    "message and the reason.")
     answer_candidates: int = Field(1, ge=1, le=16, description="Answers sampled per new prompt (vLLM `n`); the "
                                                               "first complete, non-empty one is kept.")
+    judge_picks: bool = Field(False, description="edge_cases: every complete answer of `answer_candidates` "
+                                                 "becomes a row, `candidate_of` naming its case, and a judge step "
+                                                 "with `best_of: candidate_of` keeps the best-scored one of each "
+                                                 "case (best-of-n with the judge picking; n x the judge calls).")
     min_prompt_chars: int = Field(20, ge=1, description="edge_cases: shortest new prompt in characters (a "
                                                         "schema bound: the writer cannot stop sooner).")
     max_cosine: float | None = Field(0.93, gt=0, le=1, description="edge_cases: a new prompt or row whose "
@@ -275,6 +280,8 @@ def _answer(drafts: list[Draft], opts: SynthesizeOptions, ctx: StepContext, sess
         complete = [t.strip() for i, t in enumerate(result.texts) if not result.truncated(i) and t.strip()]
         if complete:
             d.answer = complete[0]
+            if opts.judge_picks:
+                d.extra["answers"] = list(dict.fromkeys(complete))
         elif all(result.truncated(i) for i in range(len(result.texts))):
             d.error = f"answer cut off at max_tokens={opts.max_tokens}"
         else:
@@ -300,23 +307,39 @@ def _reject_row_copies(drafts: list[Draft], df: pl.DataFrame, opts: SynthesizeOp
     ok = [d for d in drafts if d.error is None]
     texts = [render_text(d.messages()) for d in ok]
     errors = reject_copies(texts, [f"new slot {d.slot}" for d in ok], df["text"].fill_null("").to_list(),
-                           df["id"].to_list(), opts.max_cosine, embed)
+                           df["id"].to_list(), opts.max_cosine, embed, groups=[d.slot for d in ok])
     for d, e in zip(ok, errors):
         d.error = e
 
 
-def _kind_stats(drafts: list[Draft], ctx: StepContext) -> dict:
-    """Per kind: asked, valid (new rows kept), the writer calls and candidates it took, and its
-    rejection reasons; a kind with nothing valid is a warning naming them (the run goes on)."""
-    out: dict[str, dict] = {}
+def _expand_candidates(drafts: list[Draft]) -> list[Draft]:
+    """judge_picks: one draft per complete answer, sharing the case's slot (the judge picks among them)."""
+    out = []
     for d in drafts:
-        k = out.setdefault(d.extra["edge_kind"], {"asked": 0, "valid": 0, "calls": 0, "candidates": 0,
+        answers = d.extra.pop("answers", None) if d.error is None else None
+        out.extend([d] if not answers else [replace(d, answer=a, extra=dict(d.extra)) for a in answers])
+    return out
+
+
+def _kind_stats(drafts: list[Draft], ctx: StepContext) -> dict:
+    """Per kind: asked (cases), valid (cases with a row kept), rows (with judge_picks, several a case),
+    the writer calls and prompt candidates it took, and the rejection reasons of the cases with no
+    row kept; a kind with nothing valid is a warning naming them (the run goes on)."""
+    out: dict[str, dict] = {}
+    by_slot: dict[int, list[Draft]] = {}
+    for d in drafts:
+        by_slot.setdefault(d.slot, []).append(d)
+    for slot, ds in by_slot.items():
+        d = ds[0]
+        k = out.setdefault(d.extra["edge_kind"], {"asked": 0, "valid": 0, "rows": 0, "calls": 0, "candidates": 0,
                                                   "rejected_by_reason": Counter()})
+        rows = sum(x.error is None for x in ds)
         k["asked"] += 1
-        k["valid"] += d.error is None
+        k["valid"] += rows > 0
+        k["rows"] += rows
         k["calls"] += d.extra["calls"]
         k["candidates"] += d.extra["candidates"]
-        if d.error is not None:
+        if rows == 0:
             k["rejected_by_reason"][_reason_kind(d.error)] += 1
     warnings = []
     for name, k in out.items():
@@ -361,6 +384,7 @@ def synthesize(df: pl.DataFrame, opts: SynthesizeOptions, ctx: StepContext) -> t
             drafts = _respond_drafts(df, opts, ctx)
         _answer(drafts, opts, ctx, session)
         if opts.by_kind:
+            drafts = _expand_candidates(drafts)
             _reject_row_copies(drafts, df, opts, embed)
     finally:
         cache.close()
@@ -375,11 +399,16 @@ def synthesize(df: pl.DataFrame, opts: SynthesizeOptions, ctx: StepContext) -> t
         frames_rejected.insert(0, reject(base.filter(mask), STAGE, pl.Series(
             [f"replaced by teacher answer {replaced[i]}" for i in sorted(replaced)], dtype=pl.Utf8)))
         base = base.filter(~mask)
-    if opts.by_kind:  # which kind each new row is, for the judge's and the report's per-kind figures
-        new_kept = new_kept.with_columns(pl.Series(EDGE_KIND, [d.extra["edge_kind"] for d in drafts if d.error is None],
-                                                   dtype=pl.Utf8))
-        new_rejected = new_rejected.with_columns(pl.Series(EDGE_KIND, [d.extra["edge_kind"] for d in drafts
-                                                                       if d.error is not None], dtype=pl.Utf8))
+    if opts.by_kind:  # each new row's kind (the judge's per-kind figures) and case (best_of: candidate_of)
+        case = f"{ctx.step_dir.name if ctx.step_dir else STAGE}:"
+        for ok, frame in ((True, "kept"), (False, "rejected")):
+            ds = [d for d in drafts if (d.error is None) == ok]
+            cols = [pl.Series(EDGE_KIND, [d.extra["edge_kind"] for d in ds], dtype=pl.Utf8),
+                    pl.Series(CANDIDATE_OF, [case + str(d.slot) for d in ds], dtype=pl.Utf8)]
+            if ok:
+                new_kept = new_kept.with_columns(cols)
+            else:
+                new_rejected = new_rejected.with_columns(cols)
         frames_rejected = [new_rejected]
     kept = concat_like(base, [base, new_kept])
     rejected = concat_like(reject(base.head(0), STAGE, ""), frames_rejected)

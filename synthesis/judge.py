@@ -79,6 +79,11 @@ class JudgeOptions(StepOptions):
                                                                          "through unjudged (keeping any "
                                                                          "score an earlier step wrote).")
 
+    best_of: str | None = Field(None, description="score mode: among rows sharing a value in this column "
+                                                  "(`candidate_of`: the answers synthesize wrote to one edge case "
+                                                  "with `judge_picks`), keep only the best-scored one that passes; "
+                                                  "the others are rejected as not the best of their case.")
+
     @field_validator("column")
     @classmethod
     def _a_new_column(cls, v: str) -> str:
@@ -284,6 +289,8 @@ def judge(df: pl.DataFrame, opts: JudgeOptions, ctx: StepContext) -> tuple[pl.Da
         cache.close()
     if opts.mode == "score":
         scores, reasons = _score_verdicts(results, todo, opts, errors, keep)
+        if opts.best_of is not None:
+            _keep_best_of(df, opts.best_of, scores, keep, errors)
         marked = df.with_columns(_column(df, opts.column, scores, pl.Int64, scope),
                                  _column(df, opts.reason_column, reasons, pl.Utf8, scope))
     else:
@@ -308,6 +315,26 @@ def judge(df: pl.DataFrame, opts: JudgeOptions, ctx: StepContext) -> tuple[pl.Da
     if EDGE_KIND in df.columns:
         ctx.stats["by_kind"] = _kind_figures(df[EDGE_KIND].to_list(), scope, todo, keep)
     return kept, rejected
+
+
+def _keep_best_of(df: pl.DataFrame, column: str, scores: list, keep: list[bool], errors: list) -> None:
+    """Of the passing rows sharing a value in `column`, keep the best-scored (ties: the first)."""
+    if column not in df.columns:
+        raise ValueError(f"judge best_of: no column {column!r} (columns: {', '.join(df.columns)}); synthesize "
+                         f"writes `candidate_of` with judge_picks: true")
+    best: dict[str, int] = {}
+    groups = df[column].cast(pl.Utf8).to_list()
+    ids = df["id"].to_list()
+    for i, g in enumerate(groups):
+        if g is None or not keep[i] or scores[i] is None:
+            continue
+        if g not in best or scores[i] > scores[best[g]]:
+            best[g] = i
+    for i, g in enumerate(groups):
+        if g is not None and keep[i] and scores[i] is not None and best[g] != i:
+            keep[i] = False
+            errors[i] = (f"not the best of its case: judge score {scores[i]} <= {scores[best[g]]} of "
+                         f"{ids[best[g]]} ({column} {g})")
 
 
 def _by_origin(marked: pl.DataFrame, column: str) -> dict:

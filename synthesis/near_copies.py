@@ -41,22 +41,30 @@ class SeedCopies:
 
 
 def reject_copies(texts: list[str], ids: list[str], seed_texts: list[str], seed_ids: list[str],
-                  max_cosine: float | None, embed) -> list[str | None]:
+                  max_cosine: float | None, embed, groups: list | None = None) -> list[str | None]:
     """Walk new rows in order: each is rejected if it is a near-copy of a seed row or of a new row
-    kept before it; so no two kept rows, nor a kept row and a seed row, sit above the threshold."""
+    kept before it; so no two kept rows, nor a kept row and a seed row, sit above the threshold.
+    `groups`: rows of one group (answers to one case, of which the judge keeps one) are not
+    compared with each other, only with the seeds and the other groups."""
     if max_cosine is None or not texts:
         return [None] * len(texts)
-    index = SeedCopies(seed_ids, seed_texts, max_cosine, embed)
+    groups = groups if groups is not None else list(range(len(texts)))
+    seed_vecs = embed(seed_texts) if seed_texts else np.zeros((0, 0), dtype=np.float32)
     vecs = embed(texts)
+    kept: list[int] = []
     out: list[str | None] = []
-    for text, row_id, v in zip(texts, ids, vecs):
-        sims = index.vectors @ v if index.vectors is not None else np.zeros(0)
-        j = int(sims.argmax()) if len(sims) else -1
-        if j >= 0 and sims[j] > max_cosine:
-            what = "copies_seed" if j < index.seeds else "near_copy"
-            out.append(f"{what}: cosine {sims[j]:.3f} > {max_cosine} with {index.ids[j]}")
+    for i, v in enumerate(vecs):
+        s = seed_vecs @ v if len(seed_vecs) else np.zeros(0)
+        j = int(s.argmax()) if len(s) else -1
+        if j >= 0 and s[j] > max_cosine:
+            out.append(f"copies_seed: cosine {s[j]:.3f} > {max_cosine} with {seed_ids[j]}")
+            continue
+        others = [k for k in kept if groups[k] != groups[i]]
+        n = vecs[others] @ v if others else np.zeros(0)
+        if len(n) and n.max() > max_cosine:
+            k = others[int(n.argmax())]
+            out.append(f"near_copy: cosine {n.max():.3f} > {max_cosine} with {ids[k]}")
             continue
         out.append(None)
-        index.vectors = v[None, :] if index.vectors is None else np.vstack([index.vectors, v])
-        index.ids.append(row_id)
+        kept.append(i)
     return out

@@ -116,7 +116,7 @@ def test_candidates_pick_the_first_valid_and_retries_show_the_rejection(fake_tea
     assert ctx.stats["new_rows"] == 0
     assert rejected["reason"][0].startswith("prompt too short")  # the last candidate's reason
     assert [b["n"] for b in fake_teacher.bodies if _is_writing(b)] == [2]
-    assert ctx.stats["by_kind"]["ambiguous"] == {"asked": 1, "valid": 0, "calls": 1, "candidates": 2,
+    assert ctx.stats["by_kind"]["ambiguous"] == {"asked": 1, "valid": 0, "rows": 0, "calls": 1, "candidates": 2,
                                                  "rejected_by_reason": {"prompt too short": 1}}
     assert "nothing usable for edge-case kind 'ambiguous'" in ctx.stats["warnings"][0]
 
@@ -151,6 +151,40 @@ def test_copies_of_seed_rows_are_rejected_by_embedding(fake_teacher, short_chats
     assert ctx.stats["new_rows"] == 1
 
 
+def test_judge_picks_the_best_answer_of_each_case(fake_teacher, short_chats, tmp_path):
+    answers = ["First answer, a plain one.", "Second answer, with a different idea entirely.",
+               "Third answer, cut off"]
+
+    def reply(body, i):
+        if _is_writing(body):
+            return _fresh_reply(body, i)
+        return answers[i]
+
+    fake_teacher.reply = reply
+    opts = SynthesizeOptions(n=2, kinds=["typos"], per_call=1, answer_candidates=2, judge_picks=True,
+                             max_similarity=1.0, min_prompt_words=0)
+    ctx = ctx_for(fake_teacher.config(), tmp_path)
+    kept, rejected = synthesize(short_chats, opts, ctx)
+    new = kept.filter(pl.col("source").str.starts_with("synthetic:"))
+    assert len(kept) + len(rejected) == len(short_chats) + ctx.stats["attempted"]
+    assert ctx.stats["by_kind"]["typos"]["valid"] == 2 and ctx.stats["by_kind"]["typos"]["rows"] == len(new) == 4
+    assert new["candidate_of"].n_unique() == 2 and new["id"].is_unique().all()
+    # siblings share a prompt, yet are not near-copies of each other (the judge keeps one of them)
+    assert not rejected["reason"].str.starts_with("near_copy").any()
+
+    scores = {"First": 6, "Second": 9}
+    judge_fake = fake_teacher
+    judge_fake.reply = lambda body, i: json.dumps({"reason": "r", "score": scores[
+        "First" if "First answer" in _last_user(body) else "Second"]})
+    jctx = ctx_for(judge_fake.config(), tmp_path / "j")
+    jkept, jrej = judge(new, JudgeOptions(min_score=5, rows="synthetic", best_of="candidate_of"), jctx)
+    assert len(jkept) == 2 and set(jkept["candidate_of"]) == set(new["candidate_of"])
+    assert all("Second answer" in m[-1]["content"] for m in jkept["messages"])
+    assert jrej["reason"].str.starts_with("not the best of its case: judge score 6 <= 9").all()
+    with pytest.raises(ValueError, match="no column 'nope'"):
+        judge(new, JudgeOptions(min_score=5, best_of="nope"), ctx_for(judge_fake.config(), tmp_path / "k"))
+
+
 def test_reject_copies_keeps_no_two_rows_above_the_threshold():
     rng = np.random.default_rng(0)
     base = rng.normal(size=(4, 16))
@@ -165,6 +199,9 @@ def test_reject_copies_keeps_no_two_rows_above_the_threshold():
     assert errors[0] is None and errors[2] is None
     assert errors[1].startswith("copies_seed") and "seed0" in errors[1]
     assert errors[3].startswith("near_copy") and "n1" in errors[3]
+    # rows of one group are not compared with each other, only with seeds and other groups
+    grouped = reject_copies(["t1", "t1", "t1"], ["a", "b", "c"], ["t0"], ["seed0"], 0.93, embed, groups=[1, 1, 2])
+    assert grouped[:2] == [None, None] and grouped[2].startswith("near_copy")
     assert reject_copies(["t1", "t1"], ["a", "b"], [], [], None, embed) == [None, None]
 
 
