@@ -70,7 +70,9 @@ def _parse(result: Completion | BaseException, key: str) -> tuple[list[list[str]
         try:
             value = result.json(i)[key]
             out.append([str(x) for x in value] if isinstance(value, list) else [str(value)])
-        except (ValueError, KeyError, TypeError) as e:
+        except KeyError:
+            error = f"unusable teacher reply: no {key!r} in {result.texts[i][:120]!r}"
+        except (ValueError, TypeError) as e:
             error = f"unusable teacher reply: {e}"
     return out, (error if not out else None)
 
@@ -88,9 +90,11 @@ def kind_plan(opts, n_slots: int) -> list:
     return [specs[k % len(specs)] for k in range(n_slots)]
 
 
-def edge_case_drafts(ids: list[str], prompts: list[str], opts, ctx, session, seed_fn, embed) -> list[Draft]:
+def edge_case_drafts(ids: list[str], prompts: list[str], opts, ctx, session, seed_fn, embed,
+                     seed_pools: list[list[int]] | None = None) -> list[Draft]:
     """Drafts (prompt chosen, not yet answered) for `opts.n` edge cases; `extra` holds the kind, the
-    calls it took and the candidates it saw."""
+    calls it took and the candidates it saw. `seed_pools[slot]`: the rows that case's seed and
+    examples are drawn from (target: gaps), default any row with a prompt."""
     usable = [i for i, p in enumerate(prompts) if p.strip()]
     if not usable:
         raise ValueError("edge_cases needs seed rows with a prompt")
@@ -100,8 +104,9 @@ def edge_case_drafts(ids: list[str], prompts: list[str], opts, ctx, session, see
     drafts: list[Draft] = []
     asks: list[list[dict]] = []  # per slot: the messages of its last request
     for slot, spec in enumerate(plan):
-        seed_i = int(rng.choice(usable))
-        others = [i for i in usable if i != seed_i] or usable
+        mine = [i for i in seed_pools[slot] if prompts[i].strip()] or usable if seed_pools else usable
+        seed_i = int(rng.choice(mine))
+        others = [i for i in mine if i != seed_i] or [i for i in usable if i != seed_i] or usable
         shown = rng.choice(others, size=min(opts.seeds_per_call, len(others)), replace=False) if opts.seeds_per_call else []
         template, description = templates[kind_name(spec)]
         text = render(template, examples="\n".join(f"- {clip(prompts[i], opts.max_example_chars)}" for i in shown)

@@ -97,6 +97,11 @@ class SynthesizeOptions(StepOptions):
                                                    "message and the reason.")
     answer_candidates: int = Field(1, ge=1, le=16, description="Answers sampled per new prompt (vLLM `n`); the "
                                                               "first complete, non-empty one is kept.")
+    target: Literal["all", "gaps"] = Field("all", description="edge_cases: all: seeds drawn from every input "
+                                           "row; gaps: from raw-pool clusters the curated set under-represents "
+                                           "(needs an embed_quality or semantic_dedup step earlier; never the "
+                                           "held-out rows; see docs/edge-cases.md).")
+    gap_clusters: int = Field(8, ge=2, le=256, description="target: gaps: k-means clusters of the raw pool.")
     judge_picks: bool = Field(False, description="edge_cases: every complete answer of `answer_candidates` "
                                                  "becomes a row, `candidate_of` naming its case, and a judge step "
                                                  "with `best_of: candidate_of` keeps the best-scored one of each "
@@ -312,6 +317,31 @@ def _reject_row_copies(drafts: list[Draft], df: pl.DataFrame, opts: SynthesizeOp
         d.error = e
 
 
+def _gap_drafts(df: pl.DataFrame, opts: SynthesizeOptions, ctx: StepContext, session, embed):
+    """target: gaps: the seed rows are the input rows and the raw-pool rows of under-represented
+    clusters; each case draws from its cluster's."""
+    from synthesis.gaps import gap_seeds, raw_pool
+
+    pool, per_case, case_cluster, report = gap_seeds(df, raw_pool(ctx), opts.n, opts.gap_clusters, ctx.seed, embed)
+    cols = ["id", "messages", "text"]
+    seeds_df = pl.concat([df.select(cols), pool.select(cols)], how="vertical_relaxed")
+    drafts = edge_case_drafts(*_pool(seeds_df), opts, ctx, session, _seed, embed,
+                              seed_pools=[[len(df) + i for i in c] for c in per_case])
+    for d, c in zip(drafts, case_cluster):
+        d.extra["gap_cluster"] = c
+    ctx.stats["_gap_report"] = report
+    return seeds_df, drafts
+
+
+def _gap_report(drafts: list[Draft], ctx: StepContext) -> dict:
+    """Which clusters were seeded, with how many cases each got and how many gave a row."""
+    report = ctx.stats.pop("_gap_report")
+    valid = Counter(d.extra["gap_cluster"] for d in {d.slot: d for d in drafts if d.error is None}.values())
+    for c in report["seeded"]:
+        c["valid"] = valid.get(c["cluster"], 0)
+    return report
+
+
 def _expand_candidates(drafts: list[Draft]) -> list[Draft]:
     """judge_picks: one draft per complete answer, sharing the case's slot (the judge picks among them)."""
     out = []
@@ -369,7 +399,10 @@ def synthesize(df: pl.DataFrame, opts: SynthesizeOptions, ctx: StepContext) -> t
     cache = ResponseCache(run_cache_path(ctx.run_dir, ctx.cache_dir))
     session = TeacherSession(config, cache)
     try:
-        if opts.by_kind:
+        seeds_df = df
+        if opts.by_kind and opts.target == "gaps":
+            seeds_df, drafts = _gap_drafts(df, opts, ctx, session, embed)
+        elif opts.by_kind:
             drafts = edge_case_drafts(*_pool(df), opts, ctx, session, _seed, embed)
         elif opts.generator == "edge_cases":
             drafts = _list_drafts(df, opts, ctx, session, "edge_cases", "inputs")
@@ -385,7 +418,7 @@ def synthesize(df: pl.DataFrame, opts: SynthesizeOptions, ctx: StepContext) -> t
         _answer(drafts, opts, ctx, session)
         if opts.by_kind:
             drafts = _expand_candidates(drafts)
-            _reject_row_copies(drafts, df, opts, embed)
+            _reject_row_copies(drafts, seeds_df, opts, embed)
     finally:
         cache.close()
 
@@ -419,6 +452,7 @@ def synthesize(df: pl.DataFrame, opts: SynthesizeOptions, ctx: StepContext) -> t
         "rejected_new_by_reason": dict(sorted(reasons.items())),
         **({"evolutions": dict(Counter(d.extra["evolution"] for d in drafts))} if opts.generator == "evolve" else {}),
         **(_kind_stats(drafts, ctx) if opts.by_kind else {}),
+        **({"gaps": _gap_report(drafts, ctx)} if opts.by_kind and opts.target == "gaps" else {}),
         **({"synthetic_vs_real": _realism(df, new_kept, embed, ctx.seed)} if opts.by_kind and len(new_kept) else {}),
         "teacher": session.summary(), "seconds": round(time.perf_counter() - t0, 3),
     })

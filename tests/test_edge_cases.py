@@ -300,3 +300,51 @@ def test_edge_cases_by_kind_against_vllm(teacher_server, short_chats, tmp_path):
     for i in range(len(new)):
         sims[i, len(short_chats) + i] = 0
     assert sims.max() <= 0.93
+
+
+def _sharegpt_rows(n: int, skip: int = 0) -> pl.DataFrame:
+    from curation.records import MESSAGES, make_id, render_text
+    from curation.sources import iter_sharegpt
+
+    rows = []
+    for pos, rec in enumerate(iter_sharegpt(limit=3000)):
+        conv = rec.get("conversations") or []
+        if len(conv) >= 2 and [c.get("from") for c in conv[:2]] == ["human", "gpt"] and 20 <= len(conv[0]["value"]) <= 200:
+            msgs = [{"role": "user", "content": conv[0]["value"]}, {"role": "assistant", "content": conv[1]["value"][:300]}]
+            text = render_text(msgs)
+            rows.append({"id": make_id("sharegpt", pos, text), "messages": msgs, "text": text, "source": "sharegpt"})
+        if len(rows) == n + skip:
+            break
+    return pl.DataFrame(rows[skip:], schema={"id": pl.Utf8, "messages": MESSAGES, "text": pl.Utf8, "source": pl.Utf8})
+
+
+def test_target_gaps_seeds_from_under_represented_clusters(fake_teacher, tmp_path):
+    fake_teacher.reply = _fresh_reply
+    rows = _sharegpt_rows(64)
+    heldout, pool = rows.head(8), rows.tail(56)
+    # the curated set: 10 rows of one cluster of the pool, so the other clusters are under-represented
+    from curation.embed import embed_texts
+    from curation.semantic_dedup import cluster
+
+    labels = cluster(embed_texts(pool["text"].to_list()), 4, 0)
+    top = int(np.bincount(labels).argmax())
+    curated = pool.filter(pl.Series(labels == top)).head(10)
+    (tmp_path / "run").mkdir()
+    heldout.write_parquet(tmp_path / "run" / "heldout.parquet")
+    pl.concat([pool, heldout]).write_parquet(tmp_path / "embed_in.parquet")  # an embedding step read these
+    opts = SynthesizeOptions(n=6, kinds=["typos"], per_call=1, target="gaps", gap_clusters=4, max_similarity=1.0,
+                             min_prompt_words=0)
+    ctx = ctx_for(fake_teacher.config(), tmp_path / "run")
+    with pytest.raises(ValueError, match="add an `embed_quality` or `semantic_dedup` step before synthesize"):
+        synthesize(curated, opts, ctx)
+    ctx = ctx_for(fake_teacher.config(), tmp_path / "run")
+    ctx.earlier_inputs = [("heuristics", tmp_path / "x.parquet"), ("embed_quality", tmp_path / "embed_in.parquet")]
+    kept, rejected = synthesize(curated, opts, ctx)
+    gaps = ctx.stats["gaps"]
+    assert sum(c["cases"] for c in gaps["seeded"]) == 6 and gaps["pool_rows"] == pool.height - curated.height
+    assert all(c["curated_share"] < c["pool_share"] for c in gaps["seeded"])
+    assert sum(c["valid"] for c in gaps["seeded"]) == ctx.stats["new_rows"] > 0
+    new = kept.filter(pl.col("source").str.starts_with("synthetic:"))
+    seeds = {s for ids in pl.concat([new, rejected], how="diagonal_relaxed")["seed_ids"] for s in ids}
+    assert seeds and seeds <= set(pool["id"]) - set(curated["id"])  # never held-out rows, never curated ones
+    assert not seeds & set(heldout["id"])
