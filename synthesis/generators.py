@@ -384,6 +384,8 @@ def _kind_stats(drafts: list[Draft], ctx: StepContext) -> dict:
 
 
 def _realism(df: pl.DataFrame, new: pl.DataFrame, embed, seed: int) -> dict:
+    # one row per case: judge_picks' sibling answers share a prompt and would read as low diversity
+    new = new.unique(subset=CANDIDATE_OF, keep="first", maintain_order=True) if CANDIDATE_OF in new.columns else new
     real, syn = df.select("messages", "text").to_dicts(), new.select("messages", "text").to_dicts()
     return synthetic_vs_real([row_prompt(r) for r in real], [row_answer(r) for r in real],
                              embed([r["text"] or "" for r in real]),

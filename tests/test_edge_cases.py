@@ -348,3 +348,35 @@ def test_target_gaps_seeds_from_under_represented_clusters(fake_teacher, tmp_pat
     seeds = {s for ids in pl.concat([new, rejected], how="diagonal_relaxed")["seed_ids"] for s in ids}
     assert seeds and seeds <= set(pool["id"]) - set(curated["id"])  # never held-out rows, never curated ones
     assert not seeds & set(heldout["id"])
+
+
+def test_inspect_shows_kinds_through_the_judge_and_the_report(tmp_path):
+    from rich.console import Console
+
+    from pond.inspect import show
+
+    def step(name, stats):
+        d = tmp_path / "steps" / name
+        d.mkdir(parents=True)
+        (d / "stats.json").write_text(json.dumps(stats))
+        (d / "DONE").write_text("")
+
+    report = {"rows": {"real": 160, "synthetic": 22},
+              "embedding_two_sample": {"mmd2": 0.04, "p_value": 0.002, "permutations": 500},
+              "nearest_real_cosine": {"real": {"median": 0.46}, "synthetic": {"median": 0.51}},
+              "prompt_words": {"real": {"median": 23.5}, "synthetic": {"median": 39.0}},
+              "answer_words": {"real": {"median": 174.5}, "synthetic": {"median": 34.0}},
+              "languages": {"real": {"en": 0.99, "es": 0.01}, "synthetic": {"en": 0.95, "sv": 0.05}},
+              "diversity": {"real": 0.86, "synthetic": 0.76}}
+    step("10-synthesize", {"in": 160, "out": 218, "by_kind": {
+        "typos": {"asked": 3, "valid": 2, "rows": 5, "calls": 3, "candidates": 12,
+                  "rejected_by_reason": {"answer cut off at max_tokens=192": 1}}}, "synthetic_vs_real": report})
+    step("11-judge", {"in": 218, "out": 179, "by_kind": {"typos": {"rows": 5, "judged": 5, "kept": 2}}})
+    console = Console(record=True, width=200)
+    show(tmp_path, console)
+    text = console.export_text()
+    assert "10-synthesize: edge cases by kind" in text and "10-synthesize: synthetic vs real" in text
+    line = next(ln for ln in text.splitlines() if "typos" in ln)
+    cells = [c.strip() for c in line.split("│") if c.strip()]
+    assert cells[:5] == ["typos", "3", "2", "5", "2"] and cells[5].startswith("answer cut off")
+    assert "p = 0.002" in text and "sv 5%" in text
