@@ -40,6 +40,9 @@ class StepContext:
     # track(iterable, description, total) wraps a loop in a progress bar (rich in the CLI).
     track: Callable[..., Iterator[Any]] = no_progress
     stats: dict[str, Any] = field(default_factory=dict)  # a step may add figures for stats.json
+    # (kind, the rows it read) of every earlier step of the run, in order (synthesize `target: gaps`
+    # finds the raw pool an embedding step saw here); empty outside a run
+    earlier_inputs: list[tuple[str, Path]] = field(default_factory=list)
 
     def resolve(self, path: str | Path) -> Path:
         """Options' paths: absolute, `run:NAME` (inside the run directory) or relative to the recipe."""

@@ -31,10 +31,20 @@ def varies_by_seed(arm: ArmConfig) -> bool:
     return arm.data == "random_n"
 
 
+def is_synthetic(df: pl.DataFrame) -> pl.Series:
+    """Rows a generator wrote (source `synthetic:*`)."""
+    if "source" not in df.columns:
+        return pl.Series([False] * df.height, dtype=pl.Boolean)
+    return df["source"].cast(pl.Utf8).fill_null("").str.starts_with("synthetic:")
+
+
 def arm_rows(arm: ArmConfig, pool: pl.DataFrame, curated: pl.DataFrame, *, seed: int | tuple[int, ...],
              base_dir: Path | None = None) -> pl.DataFrame:
-    """The training rows of one arm (for random_n: of one seed's draw)."""
+    """The training rows of one arm (for random_n: of one seed's draw). `curated` is the curated set's
+    real rows and `curated_plus_synthetic` all of it, so the two differ by the synthetic rows alone."""
     if arm.data == "curated":
+        df = curated.filter(~is_synthetic(curated))
+    elif arm.data == "curated_plus_synthetic":
         df = curated
     elif arm.data == "full":
         df = pool

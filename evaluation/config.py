@@ -10,7 +10,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 # Arm data selections built from the pool (anything else is a path to a parquet/jsonl file).
-BUILTIN_DATA = ("curated", "full", "random_n", "longest_n")
+BUILTIN_DATA = ("curated", "full", "random_n", "longest_n", "curated_plus_synthetic")
 SLICES = ("structured", "answer_length", "turns")
 METRICS = ("heldout_loss", "judge_win_rate", "judge_score", "exact_match", "token_f1", "benchmark_score",
            "benchmark_win_rate")
@@ -107,17 +107,19 @@ class ArmConfig(BaseModel):
     name: str = Field(description="Arm name used in folders, tables and the plot (letters, digits, -_.).",
                       pattern=r"^[A-Za-z0-9_.-]+$")
     data: str = Field(
-        description="The arm's training rows: `curated` (the run's curated set), `full` (the whole noisy "
-                    "pool), `random_n` (n rows drawn at random from the pool, a fresh draw per seed), "
-                    "`longest_n` (the n pool rows with the longest answers), or a path to a parquet/jsonl "
-                    "file (e.g. another run's curated.parquet).")
+        description="The arm's training rows: `curated` (the run's curated set without its synthetic rows), "
+                    "`curated_plus_synthetic` (the curated set with the rows `synthesize` added and the judge "
+                    "kept: the verdict then says whether they helped, against the `curated` arm), `full` (the "
+                    "whole noisy pool), `random_n` (n rows drawn at random from the pool, a fresh draw per "
+                    "seed), `longest_n` (the n pool rows with the longest answers), or a path to a "
+                    "parquet/jsonl file (e.g. another run's curated.parquet).")
     n: int | None = Field(
         None, ge=1, description="Rows for random_n/longest_n (default: the curated set's size); for other "
                                 "data, keep at most n rows (the first n).")
 
 
 def default_arms() -> list[ArmConfig]:
-    return [ArmConfig(name=d, data=d) for d in BUILTIN_DATA]
+    return [ArmConfig(name=d, data=d) for d in ("curated", "full", "random_n", "longest_n")]
 
 
 class ExperimentConfig(BaseModel):

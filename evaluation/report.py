@@ -130,6 +130,7 @@ def aggregate(arms: list[dict], base_scores: pl.DataFrame, heldout: pl.DataFrame
                 rows[arm["name"]] = cell
             out_slices[group][label] = rows
 
+    _synthetic_effect(out_arms, arms, metrics, resamples, confidence)
     return {"metric": metric, "lower_is_better": METRIC_INFO[metric][1], "baseline": baseline,
             "confidence": confidence, "bootstrap_resamples": resamples, "metrics_available": metrics,
             "heldout_rows": heldout.height, "base_model": base_ci, "arms": out_arms, "slices": out_slices,
@@ -196,8 +197,59 @@ def _per_seed(m) -> list[float]:
     return list((w * np.nan_to_num(v)).sum(axis=1) / w.sum(axis=1))
 
 
+def _synthetic_effect(out_arms: list[dict], arms: list[dict], metrics: list[str], resamples: int,
+                      confidence: float) -> None:
+    """On a `curated_plus_synthetic` arm, when a `curated` arm is there too: its paired difference from
+    it on every held-out metric (`synthetic_effect`), the one comparison that isolates the synthetic rows."""
+    by_data = {a["data"]: a for a in arms}
+    if "curated_plus_synthetic" not in by_data or "curated" not in by_data:
+        return
+    plus, real = by_data["curated_plus_synthetic"], by_data["curated"]
+    entry = next(e for e in out_arms if e["name"] == plus["name"])
+    effect = {"against": real["name"], "synthetic_rows": entry["rows"] - next(
+        e["rows"] for e in out_arms if e["name"] == real["name"])}
+    for m in metrics:
+        mm = metric_matrix([s["scores"] for s in plus["seeds"]], m)
+        rm = metric_matrix([s["scores"] for s in real["seeds"]], m)
+        if mm is not None and rm is not None:
+            effect[m] = paired_difference_ci(mm[0], rm[0], mm[1], rm[1], resamples=resamples,
+                                             confidence=confidence).to_dict()
+    entry["synthetic_effect"] = effect
+
+
+def synthetic_sentence(arms: list[dict], metric: str, confidence: float) -> str | None:
+    """Did the synthetic rows help: `curated_plus_synthetic` minus `curated` on the headline metric."""
+    entry = next((a for a in arms if "synthetic_effect" in a), None)
+    if entry is None:
+        return None
+    effect = entry["synthetic_effect"]
+    m = metric if metric in effect else "heldout_loss" if "heldout_loss" in effect else None
+    if effect["synthetic_rows"] <= 0:
+        return (f"Synthetic rows: none reached the curated set, so `{entry['name']}` trained on the same rows as "
+                f"`{effect['against']}` and says nothing about edge cases.")
+    if m is None:
+        return None
+    d, lower = effect[m], METRIC_INFO[m][1]
+    if _excl(d):
+        better = (d["high"] < 0) == lower
+        outcome = "helped" if better else "hurt"
+    else:
+        outcome = "were not shown to help (the interval includes zero)"
+    return (f"Synthetic rows: `{entry['name']}` ({effect['synthetic_rows']} synthetic rows added) minus "
+            f"`{effect['against']}` on {METRIC_INFO[m][2]} is {d['mean']:+.4f} ({confidence:.0%} CI {d['low']:+.4f} "
+            f"to {d['high']:+.4f}); the edge cases {outcome}.")
+
+
 def verdict(arms: list[dict], metric: str, baseline: str, confidence: float) -> dict:
-    """Which arm won on the headline metric, and whether its interval against the baseline excludes 0."""
+    """Which arm won on the headline metric, and whether its interval against the baseline excludes 0;
+    with a `curated_plus_synthetic` arm, a second sentence says whether the synthetic rows helped."""
+    out = _winner(arms, metric, baseline, confidence)
+    if (extra := synthetic_sentence(arms, metric, confidence)) is not None:
+        out = {**out, "synthetic": extra, "sentence": out["sentence"] + " " + extra}
+    return out
+
+
+def _winner(arms: list[dict], metric: str, baseline: str, confidence: float) -> dict:
     lower = METRIC_INFO[metric][1]
     scored = [a for a in arms if metric in a["metrics"]]
     if not scored:

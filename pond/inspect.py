@@ -67,6 +67,9 @@ def show(run: Path, console: Console | None = None) -> None:
             t.add_row(r["step"], str(c.get("sent", 0)), str(c.get("cache_hits", 0)), str(c.get("prompt_tokens", 0)),
                       str(c.get("completion_tokens", 0)), str(c.get("failed", 0)))
         console.print(t)
+    from pond.inspect_synthetic import show_synthetic
+
+    show_synthetic(run, console)
     card = run / ADAPTER / "README.md"
     if card.exists():
         console.rule("adapter card")

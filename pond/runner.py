@@ -170,16 +170,26 @@ class Runner:
 
     # -- steps --------------------------------------------------------------------------------
 
-    def context(self, step_dir: Path) -> StepContext:
+    def context(self, step_dir: Path, index: int | None = None) -> StepContext:
         kwargs: dict[str, Any] = {}
         if self.track:
             kwargs["track"] = self.track
+        if index is not None:
+            kwargs["earlier_inputs"] = self.earlier_inputs(index)
         return StepContext(seed=self.recipe.seed, cache_dir=self.cache_dir, run_dir=self.out, step_dir=step_dir,
                            base_dir=self.base_dir, teachers=dict(self.recipe.teachers), **kwargs)
 
     def step_function(self, index: int, step: Step) -> Callable:
         """The function that runs step `index` (pond.update wraps the dedup steps of a drop)."""
         return STEPS[step.kind].load()[1]
+
+    def earlier_inputs(self, index: int) -> list[tuple[str, Path]]:
+        """(kind, the rows it read) of every step before step `index` (1-based), in order."""
+        out, prev = [], layout.step_dir(self.out, INGEST_DIR)
+        for i, s in enumerate(self.recipe.steps[: index - 1], start=1):
+            out.append((s.kind, prev / layout.KEPT))
+            prev = layout.step_dir(self.out, layout.step_name(i, s.kind))
+        return out
 
     def run_step(self, index: int, step: Step, prev_dir: Path, prev_fp: str) -> tuple[Path, str]:
         fingerprint = _chain(prev_fp, step.kind, step.options.model_dump_json(), str(self.recipe.seed))
@@ -194,7 +204,7 @@ class Runner:
             return self._run_distributed(step, step_dir, prev_dir, fingerprint)
         df = read_output(prev_dir / layout.KEPT)
         fn = self.step_function(index, step)
-        ctx = self.context(step_dir)
+        ctx = self.context(step_dir, index)
         ledger.append(self.out, "start", step=step_dir.name, rows=len(df))
         t0 = time.time()
         try:

@@ -207,8 +207,8 @@ class DropRunner(Runner):
                          **kwargs)
         self.run = Path(run)
 
-    def context(self, step_dir: Path) -> StepContext:
-        ctx = super().context(step_dir)
+    def context(self, step_dir: Path, index: int | None = None) -> StepContext:
+        ctx = super().context(step_dir, index)
         ctx.run_dir = self.run
         return ctx
 

@@ -1,8 +1,13 @@
 """The `synthesize` step: the teacher writes new rows from seed rows.
 
 Generators:
-- edge_cases     given the task and a few seed inputs, ask for hard, unusual, adversarial or
-                 boundary inputs (JSON), then answer each;
+- edge_cases     edge cases by kind (synthesis/edge_kinds.py: ambiguous, missing information,
+                 prompt injection, ... or the recipe's own), each built on a real prompt of the pond
+                 with a few more as examples, then answered (synthesis/edge_cases.py: one case per
+                 call or a schema'd list, best-of-`candidates`, retries with the rejection shown);
+                 new rows that are semantic near-copies of a seed row (`copies_seed`) or of each
+                 other are rejected, and the batch gets a synthetic-vs-real report in the stats.
+                 With `prompt:` the older single-template form runs (one template, no kinds);
 - self_instruct  new instructions from sampled seeds, dropping those too similar (ROUGE-L) to the
                  pool, then answer each;
 - evolve         Evol-Instruct: rewrite a seed instruction (deepen, add a constraint, concretise,
@@ -21,20 +26,29 @@ import hashlib
 import math
 import time
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import polars as pl
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 
 from curation.step import StepContext, StepOptions, reject
 from synthesis.budget import call_tokens_upper, prompt_tokens_upper
 from synthesis.cache import ResponseCache, run_cache_path
+from curation.embed import EmbeddingOptions
+from curation.records import render_text
+from curation.settings import warn_once
 from synthesis.client import ChatRequest, Completion, TeacherSession, resolve_teacher
+from synthesis.edge_kinds import EdgeKind, check_kinds
+from synthesis.edge_cases import edge_case_drafts
+from synthesis.near_copies import reject_copies
 from synthesis.prompts import load_text, render
-from synthesis.rows import Draft, clip, concat_like, context_for_answer, row_prompt, split_drafts, with_seed_ids
-from synthesis.similarity import NoveltyIndex
+from synthesis.realism import synthetic_vs_real
+from synthesis.rows import (CANDIDATE_OF, EDGE_KIND, Draft, clip, concat_like, context_for_answer, row_answer, row_prompt, split_drafts,
+                            with_seed_ids)
+from synthesis.similarity import NoveltyIndex, novelty_error
 
 STAGE = "synthesize"
 EVOLUTIONS = ("deepen", "constraints", "concretise", "reasoning")
@@ -70,6 +84,57 @@ class SynthesizeOptions(StepOptions):
                                                  "file path or inline text (see synthesis/prompts/).")
     replace: bool = Field(True, description="respond: the re-answered originals become rejections "
                                             "('replaced by ...') instead of staying beside the new rows.")
+    kinds: list[str | EdgeKind] | None = Field(
+        None, description="edge_cases: the kinds to write, taking turns over the n rows: built-in names "
+                          "(ambiguous, missing_information, contradictory, out_of_scope, prompt_injection, "
+                          "long_input, typos, other_language; see docs/edge-cases.md) and/or your own as "
+                          "{name, description} or {name, prompt}; default: every built-in kind.")
+    candidates: int = Field(1, ge=1, le=16, description="edge_cases: replies sampled per prompt-writing call "
+                                                       "(vLLM `n`, the prompt read once); the first that passes "
+                                                       "the validity checks is kept.")
+    retries: int = Field(0, ge=0, le=5, description="edge_cases: ask again, up to this many times, for a case "
+                                                   "that failed the validity checks, showing the writer its "
+                                                   "message and the reason.")
+    answer_candidates: int = Field(1, ge=1, le=16, description="Answers sampled per new prompt (vLLM `n`); the "
+                                                              "first complete, non-empty one is kept.")
+    target: Literal["all", "gaps"] = Field("all", description="edge_cases: all: seeds drawn from every input "
+                                           "row; gaps: from raw-pool clusters the curated set under-represents "
+                                           "(needs an embed_quality or semantic_dedup step earlier; never the "
+                                           "held-out rows; see docs/edge-cases.md).")
+    gap_clusters: int = Field(8, ge=2, le=256, description="target: gaps: k-means clusters of the raw pool.")
+    judge_picks: bool = Field(False, description="edge_cases: every complete answer of `answer_candidates` "
+                                                 "becomes a row, `candidate_of` naming its case, and a judge step "
+                                                 "with `best_of: candidate_of` keeps the best-scored one of each "
+                                                 "case (best-of-n with the judge picking; n x the judge calls).")
+    min_prompt_chars: int = Field(20, ge=1, description="edge_cases: shortest new prompt in characters (a "
+                                                        "schema bound: the writer cannot stop sooner).")
+    max_cosine: float | None = Field(0.93, gt=0, le=1, description="edge_cases: a new prompt or row whose "
+                                     "embedding cosine to a seed row exceeds this is rejected as copies_seed "
+                                     "(to another new row: near_copy); 0.93 is semantic_dedup's threshold at its "
+                                     "default eps 0.07. null: no embedding check.")
+    embedding: EmbeddingOptions = Field(default_factory=EmbeddingOptions, description="edge_cases: the "
+                                        "embedding model of the near-copy checks and the synthetic-vs-real report "
+                                        "(the same settings as semantic_dedup's give the same vectors, cached).")
+
+    @field_validator("kinds")
+    @classmethod
+    def _known_kinds(cls, v):
+        return None if v is None else check_kinds(v)
+
+    @model_validator(mode="after")
+    def _kinds_are_edge_cases(self):
+        if self.kinds is not None and self.generator != "edge_cases":
+            raise ValueError(f"kinds: only the edge_cases generator has kinds (generator is {self.generator})")
+        if self.kinds is not None and self.prompt is not None:
+            raise ValueError("kinds and prompt: each kind has its own prompt; give a kind {name, prompt} instead")
+        if self.min_prompt_chars > self.max_prompt_chars:
+            raise ValueError(f"min_prompt_chars={self.min_prompt_chars} > max_prompt_chars={self.max_prompt_chars}")
+        return self
+
+    @property
+    def by_kind(self) -> bool:
+        """edge_cases by kind (the default), not the older single-template form (`prompt:` given)."""
+        return self.generator == "edge_cases" and self.prompt is None
 
 
 def _seed(*parts: object) -> int:
@@ -203,16 +268,7 @@ def _novelty(drafts: list[Draft], df: pl.DataFrame, max_similarity: float | None
     for d in drafts:
         if d.error is not None:
             continue
-        if not d.prompt.strip():
-            d.error = "empty prompt from the teacher"
-        elif len(d.prompt.split()) < min_words:
-            d.error = f"prompt too short: {len(d.prompt.split())} words < min_prompt_words={min_words}"
-        elif (dup := index.duplicate_of(d.prompt)) is not None:
-            d.error = f"duplicate prompt: same as {dup}"
-        elif max_similarity is not None and max_similarity < 1.0:
-            score, near = index.most_similar(d.prompt, max_similarity)
-            if near is not None:
-                d.error = f"too similar: ROUGE-L {score:.2f} >= {max_similarity:.2f} with {near}"
+        d.error = novelty_error(index, d.prompt, min_words, max_similarity)
         if d.error is None:
             index.add(d.prompt, f"new slot {d.slot}")
 
@@ -221,30 +277,136 @@ def _answer(drafts: list[Draft], opts: SynthesizeOptions, ctx: StepContext, sess
     todo = [d for d in drafts if d.error is None]
     system = [{"role": "system", "content": opts.system}] if opts.system else []
     calls = [ChatRequest(system + d.context, max_tokens=opts.max_tokens, temperature=opts.answer_temperature,
-                         seed=_seed(ctx.seed, opts.generator, "answer", d.slot)) for d in todo]
+                         n=opts.answer_candidates, seed=_seed(ctx.seed, opts.generator, "answer", d.slot)) for d in todo]
     for d, result in zip(todo, session.run(calls, ctx.track, f"{opts.generator}: answering")):
         if (error := _failure(result)) is not None:
             d.error = error
-        elif result.truncated():
+            continue
+        complete = [t.strip() for i, t in enumerate(result.texts) if not result.truncated(i) and t.strip()]
+        if complete:
+            d.answer = complete[0]
+            if opts.judge_picks:
+                d.extra["answers"] = list(dict.fromkeys(complete))
+        elif all(result.truncated(i) for i in range(len(result.texts))):
             d.error = f"answer cut off at max_tokens={opts.max_tokens}"
-        elif not result.text.strip():
-            d.error = "empty answer from the teacher"
         else:
-            d.answer = result.text.strip()
+            d.error = "empty answer from the teacher"
 
 
 def _reason_kind(reason: str) -> str:
     return reason.split(":", 1)[0]
 
 
+def _embedder(opts: SynthesizeOptions, ctx: StepContext):
+    """texts -> normalised vectors, cached under the run's cache folder (loaded only when called)."""
+    def embed(texts: list[str]) -> np.ndarray:
+        from curation.embed import embed_texts
+
+        return embed_texts(texts, opts.embedding, ctx.cache_dir)
+    return embed
+
+
+def _reject_row_copies(drafts: list[Draft], df: pl.DataFrame, opts: SynthesizeOptions, embed) -> None:
+    """The whole new row (prompt and answer, as `text`) against the seed rows and the new rows kept
+    before it: the invariant holds for what the step keeps, not only for the prompts."""
+    ok = [d for d in drafts if d.error is None]
+    texts = [render_text(d.messages()) for d in ok]
+    errors = reject_copies(texts, [f"new slot {d.slot}" for d in ok], df["text"].fill_null("").to_list(),
+                           df["id"].to_list(), opts.max_cosine, embed, groups=[d.slot for d in ok])
+    for d, e in zip(ok, errors):
+        d.error = e
+
+
+def _gap_drafts(df: pl.DataFrame, opts: SynthesizeOptions, ctx: StepContext, session, embed):
+    """target: gaps: the seed rows are the input rows and the raw-pool rows of under-represented
+    clusters; each case draws from its cluster's."""
+    from synthesis.gaps import gap_seeds, raw_pool
+
+    pool, per_case, case_cluster, report = gap_seeds(df, raw_pool(ctx), opts.n, opts.gap_clusters, ctx.seed, embed)
+    cols = ["id", "messages", "text"]
+    seeds_df = pl.concat([df.select(cols), pool.select(cols)], how="vertical_relaxed")
+    drafts = edge_case_drafts(*_pool(seeds_df), opts, ctx, session, _seed, embed,
+                              seed_pools=[[len(df) + i for i in c] for c in per_case])
+    for d, c in zip(drafts, case_cluster):
+        d.extra["gap_cluster"] = c
+    ctx.stats["_gap_report"] = report
+    return seeds_df, drafts
+
+
+def _gap_report(drafts: list[Draft], ctx: StepContext) -> dict:
+    """Which clusters were seeded, with how many cases each got and how many gave a row."""
+    report = ctx.stats.pop("_gap_report")
+    valid = Counter(d.extra["gap_cluster"] for d in {d.slot: d for d in drafts if d.error is None}.values())
+    for c in report["seeded"]:
+        c["valid"] = valid.get(c["cluster"], 0)
+    return report
+
+
+def _expand_candidates(drafts: list[Draft]) -> list[Draft]:
+    """judge_picks: one draft per complete answer, sharing the case's slot (the judge picks among them)."""
+    out = []
+    for d in drafts:
+        answers = d.extra.pop("answers", None) if d.error is None else None
+        out.extend([d] if not answers else [replace(d, answer=a, extra=dict(d.extra)) for a in answers])
+    return out
+
+
+def _kind_stats(drafts: list[Draft], ctx: StepContext) -> dict:
+    """Per kind: asked (cases), valid (cases with a row kept), rows (with judge_picks, several a case),
+    the writer calls and prompt candidates it took, and the rejection reasons of the cases with no
+    row kept; a kind with nothing valid is a warning naming them (the run goes on)."""
+    out: dict[str, dict] = {}
+    by_slot: dict[int, list[Draft]] = {}
+    for d in drafts:
+        by_slot.setdefault(d.slot, []).append(d)
+    for slot, ds in by_slot.items():
+        d = ds[0]
+        k = out.setdefault(d.extra["edge_kind"], {"asked": 0, "valid": 0, "rows": 0, "calls": 0, "candidates": 0,
+                                                  "rejected_by_reason": Counter()})
+        rows = sum(x.error is None for x in ds)
+        k["asked"] += 1
+        k["valid"] += rows > 0
+        k["rows"] += rows
+        k["calls"] += d.extra["calls"]
+        k["candidates"] += d.extra["candidates"]
+        if rows == 0:
+            k["rejected_by_reason"][_reason_kind(d.error)] += 1
+    warnings = []
+    for name, k in out.items():
+        k["rejected_by_reason"] = dict(sorted(k["rejected_by_reason"].items()))
+        if k["valid"] == 0:
+            why = ", ".join(f"{r} x{c}" for r, c in k["rejected_by_reason"].items())
+            warnings.append(f"synthesize: the writer gave nothing usable for edge-case kind {name!r} "
+                            f"({k['asked']} asked; rejected: {why})")
+    for w in warnings:
+        warn_once(f"{ctx.step_dir}:{w}", w)
+    return {"by_kind": out, **({"warnings": warnings} if warnings else {})}
+
+
+def _realism(df: pl.DataFrame, new: pl.DataFrame, embed, seed: int) -> dict:
+    # one row per case: judge_picks' sibling answers share a prompt and would read as low diversity
+    new = new.unique(subset=CANDIDATE_OF, keep="first", maintain_order=True) if CANDIDATE_OF in new.columns else new
+    real, syn = df.select("messages", "text").to_dicts(), new.select("messages", "text").to_dicts()
+    return synthetic_vs_real([row_prompt(r) for r in real], [row_answer(r) for r in real],
+                             embed([r["text"] or "" for r in real]),
+                             [row_prompt(r) for r in syn], [row_answer(r) for r in syn],
+                             embed([r["text"] or "" for r in syn]), seed)
+
+
 def synthesize(df: pl.DataFrame, opts: SynthesizeOptions, ctx: StepContext) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Add teacher-written rows to `df` (see the module docstring)."""
     t0 = time.perf_counter()
     config = resolve_teacher(ctx.teachers, opts.teacher)
+    embed = _embedder(opts, ctx)
     cache = ResponseCache(run_cache_path(ctx.run_dir, ctx.cache_dir))
     session = TeacherSession(config, cache)
     try:
-        if opts.generator == "edge_cases":
+        seeds_df = df
+        if opts.by_kind and opts.target == "gaps":
+            seeds_df, drafts = _gap_drafts(df, opts, ctx, session, embed)
+        elif opts.by_kind:
+            drafts = edge_case_drafts(*_pool(df), opts, ctx, session, _seed, embed)
+        elif opts.generator == "edge_cases":
             drafts = _list_drafts(df, opts, ctx, session, "edge_cases", "inputs")
             _novelty(drafts, df, opts.max_similarity, opts.min_prompt_words)
         elif opts.generator == "self_instruct":
@@ -256,6 +418,9 @@ def synthesize(df: pl.DataFrame, opts: SynthesizeOptions, ctx: StepContext) -> t
         else:
             drafts = _respond_drafts(df, opts, ctx)
         _answer(drafts, opts, ctx, session)
+        if opts.by_kind:
+            drafts = _expand_candidates(drafts)
+            _reject_row_copies(drafts, seeds_df, opts, embed)
     finally:
         cache.close()
 
@@ -269,6 +434,17 @@ def synthesize(df: pl.DataFrame, opts: SynthesizeOptions, ctx: StepContext) -> t
         frames_rejected.insert(0, reject(base.filter(mask), STAGE, pl.Series(
             [f"replaced by teacher answer {replaced[i]}" for i in sorted(replaced)], dtype=pl.Utf8)))
         base = base.filter(~mask)
+    if opts.by_kind:  # each new row's kind (the judge's per-kind figures) and case (best_of: candidate_of)
+        case = f"{ctx.step_dir.name if ctx.step_dir else STAGE}:"
+        for ok, frame in ((True, "kept"), (False, "rejected")):
+            ds = [d for d in drafts if (d.error is None) == ok]
+            cols = [pl.Series(EDGE_KIND, [d.extra["edge_kind"] for d in ds], dtype=pl.Utf8),
+                    pl.Series(CANDIDATE_OF, [case + str(d.slot) for d in ds], dtype=pl.Utf8)]
+            if ok:
+                new_kept = new_kept.with_columns(cols)
+            else:
+                new_rejected = new_rejected.with_columns(cols)
+        frames_rejected = [new_rejected]
     kept = concat_like(base, [base, new_kept])
     rejected = concat_like(reject(base.head(0), STAGE, ""), frames_rejected)
 
@@ -277,6 +453,9 @@ def synthesize(df: pl.DataFrame, opts: SynthesizeOptions, ctx: StepContext) -> t
         "generator": opts.generator, "attempted": len(drafts), "new_rows": len(new_kept),
         "rejected_new_by_reason": dict(sorted(reasons.items())),
         **({"evolutions": dict(Counter(d.extra["evolution"] for d in drafts))} if opts.generator == "evolve" else {}),
+        **(_kind_stats(drafts, ctx) if opts.by_kind else {}),
+        **({"gaps": _gap_report(drafts, ctx)} if opts.by_kind and opts.target == "gaps" else {}),
+        **({"synthetic_vs_real": _realism(df, new_kept, embed, ctx.seed)} if opts.by_kind and len(new_kept) else {}),
         "teacher": session.summary(), "seconds": round(time.perf_counter() - t0, 3),
     })
     return kept, rejected
@@ -305,6 +484,8 @@ def estimate(df: pl.DataFrame | None, opts: SynthesizeOptions) -> dict[str, int]
         ask = prompt_tokens_upper([{"role": "user", "content": "x" * (longest_seed + longest_tpl)}])
         ask += _json_tokens(1, opts.max_prompt_chars)
         return {"requests": 2 * opts.n, "max_tokens": opts.n * (ask + answer_upper)}
+    if opts.by_kind:
+        return _estimate_by_kind(prompts, opts, answer_upper)
     name = "edge_cases" if opts.generator == "edge_cases" else "self_instruct"
     calls = math.ceil(opts.n / opts.per_call)
     examples = sorted((len(clip(p, opts.max_example_chars).encode()) + 3 for p in prompts if p.strip()), reverse=True)
@@ -312,3 +493,24 @@ def estimate(df: pl.DataFrame | None, opts: SynthesizeOptions) -> dict[str, int]
     ask = prompt_tokens_upper([{"role": "user", "content": "x" * (fixed + sum(examples[: opts.seeds_per_call]))}])
     ask += _json_tokens(opts.per_call, opts.max_prompt_chars)
     return {"requests": calls + opts.n, "max_tokens": calls * ask + opts.n * answer_upper}
+
+
+def _estimate_by_kind(prompts: list[str], opts: SynthesizeOptions, answer_upper: int) -> dict[str, int]:
+    """Every slot may take a first call (or its share of a list call), `retries` more (each showing the
+    rejected message back), and one answer call; each reply is `candidates` (`answer_candidates`) long."""
+    from synthesis.edge_cases import _reply_tokens, kind_plan
+    from synthesis.edge_kinds import kind_name, kind_template
+
+    plan = kind_plan(opts, opts.n)
+    longest_tpl = max(len(kind_template(s)[0].encode()) + len(kind_template(s)[1].encode()) for s in plan)
+    examples = sorted((len(clip(p, opts.max_example_chars).encode()) + 3 for p in prompts if p.strip()), reverse=True)
+    ask_chars = longest_tpl + sum(examples[: opts.seeds_per_call + 1]) + 64
+    per_kind = Counter(kind_name(s) for s in plan)
+    first_calls = opts.n if opts.per_call == 1 else sum(math.ceil(c / opts.per_call) for c in per_kind.values())
+    first = first_calls * prompt_tokens_upper([{"role": "user", "content": "x" * ask_chars}])
+    first += opts.n * _reply_tokens(1, opts.max_prompt_chars) * opts.candidates + first_calls * 24 * opts.candidates
+    retry_ask = prompt_tokens_upper([{"role": "user", "content": "x" * (ask_chars + 3 * opts.max_prompt_chars
+                                                                         * BYTES_PER_CHAR)}])
+    retry = opts.retries * opts.n * (retry_ask + _reply_tokens(1, opts.max_prompt_chars) * opts.candidates)
+    answers = opts.n * (answer_upper + opts.max_tokens * (opts.answer_candidates - 1))
+    return {"requests": first_calls + opts.retries * opts.n + opts.n, "max_tokens": first + retry + answers}

@@ -41,7 +41,7 @@ from synthesis.cache import ResponseCache, cached_keys, shared_cache_path
 from synthesis.client import ChatRequest, Completion, TeacherClient, TeacherSession, resolve_teacher
 from synthesis.judge_core import Winner, combine_orders, pairwise_schema, parse_verdict, score_schema
 from synthesis.prompts import PROMPT_DIR, RUBRIC_DIR, load_text, render
-from synthesis.rows import clip, row_answer, row_prompt
+from synthesis.rows import EDGE_KIND, clip, row_answer, row_prompt
 
 STAGE = "judge"
 
@@ -78,6 +78,11 @@ class JudgeOptions(StepOptions):
                                                                          "only the real ones; the others pass "
                                                                          "through unjudged (keeping any "
                                                                          "score an earlier step wrote).")
+
+    best_of: str | None = Field(None, description="score mode: among rows sharing a value in this column "
+                                                  "(`candidate_of`: the answers synthesize wrote to one edge case "
+                                                  "with `judge_picks`), keep only the best-scored one that passes; "
+                                                  "the others are rejected as not the best of their case.")
 
     @field_validator("column")
     @classmethod
@@ -284,6 +289,8 @@ def judge(df: pl.DataFrame, opts: JudgeOptions, ctx: StepContext) -> tuple[pl.Da
         cache.close()
     if opts.mode == "score":
         scores, reasons = _score_verdicts(results, todo, opts, errors, keep)
+        if opts.best_of is not None:
+            _keep_best_of(df, opts.best_of, scores, keep, errors)
         marked = df.with_columns(_column(df, opts.column, scores, pl.Int64, scope),
                                  _column(df, opts.reason_column, reasons, pl.Utf8, scope))
     else:
@@ -303,8 +310,57 @@ def judge(df: pl.DataFrame, opts: JudgeOptions, ctx: StepContext) -> tuple[pl.Da
         got = [s for s in scores if s is not None]  # this step's scores: the rows it judged and could read
         ctx.stats.update({"column": opts.column, "min_score": opts.min_score, "scored": len(got),
                           "score": distribution(np.array(got, dtype=np.float64)),
-                          "score_histogram": dict(sorted(Counter(got).items()))})
+                          "score_histogram": dict(sorted(Counter(got).items())),
+                          "score_by_origin": _by_origin(marked, opts.column)})
+    if EDGE_KIND in df.columns:
+        ctx.stats["by_kind"] = _kind_figures(df[EDGE_KIND].to_list(), scope, todo, keep)
     return kept, rejected
+
+
+def _keep_best_of(df: pl.DataFrame, column: str, scores: list, keep: list[bool], errors: list) -> None:
+    """Of the passing rows sharing a value in `column`, keep the best-scored (ties: the first)."""
+    if column not in df.columns:
+        raise ValueError(f"judge best_of: no column {column!r} (columns: {', '.join(df.columns)}); synthesize "
+                         f"writes `candidate_of` with judge_picks: true")
+    best: dict[str, int] = {}
+    groups = df[column].cast(pl.Utf8).to_list()
+    ids = df["id"].to_list()
+    for i, g in enumerate(groups):
+        if g is None or not keep[i] or scores[i] is None:
+            continue
+        if g not in best or scores[i] > scores[best[g]]:
+            best[g] = i
+    for i, g in enumerate(groups):
+        if g is not None and keep[i] and scores[i] is not None and best[g] != i:
+            keep[i] = False
+            errors[i] = (f"not the best of its case: judge score {scores[i]} <= {scores[best[g]]} of "
+                         f"{ids[best[g]]} ({column} {g})")
+
+
+def _by_origin(marked: pl.DataFrame, column: str) -> dict:
+    """The score distribution of real against synthetic rows, over every row holding a score in
+    `column` (this step's, or an earlier judge's on rows outside `rows:`)."""
+    synthetic = marked["source"].cast(pl.Utf8).fill_null("").str.starts_with("synthetic:")
+    out = {}
+    for name, mask in (("real", ~synthetic), ("synthetic", synthetic)):
+        vals = marked.filter(mask)[column].drop_nulls().to_numpy().astype(np.float64)
+        out[name] = {"scored": len(vals), "score": distribution(vals) if len(vals) else None,
+                     "histogram": dict(sorted(Counter(int(v) for v in vals).items()))}
+    return out
+
+
+def _kind_figures(kinds: list, scope: list[bool], todo: list[int], keep: list[bool]) -> dict:
+    """Per edge-case kind (synthesize's `edge_kind` column): rows that came in, were judged and were kept."""
+    judged = set(todo)
+    out: dict[str, dict[str, int]] = {}
+    for i, k in enumerate(kinds):
+        if k is None or not scope[i]:
+            continue
+        f = out.setdefault(k, {"rows": 0, "judged": 0, "kept": 0})
+        f["rows"] += 1
+        f["judged"] += i in judged
+        f["kept"] += keep[i]
+    return dict(sorted(out.items()))
 
 
 def estimate(df: pl.DataFrame | None, opts: JudgeOptions, ctx: StepContext | None = None) -> dict[str, int]:

@@ -10,6 +10,8 @@ from curation.records import MESSAGES, content_id, first_user_prompt, last_assis
 from curation.step import reject
 
 SEED_IDS = "seed_ids"
+CANDIDATE_OF = "candidate_of"  # the edge case a row answers (judge_picks: several rows a case, the judge picks)
+EDGE_KIND = "edge_kind"  # which kind of edge case a synthetic row is (synthesis/edge_kinds.py)
 NEW_ROW_SCHEMA = {"id": pl.Utf8, "messages": MESSAGES, "text": pl.Utf8, "source": pl.Utf8,
                   SEED_IDS: pl.List(pl.Utf8)}
 

@@ -82,3 +82,19 @@ class NoveltyIndex:
             if score >= threshold and score > best:
                 best, best_id = score, self._ids[entry]
         return best, best_id
+
+
+def novelty_error(index: NoveltyIndex, text: str, min_words: int = 0, max_similarity: float | None = None) -> str | None:
+    """Why a new prompt is not new enough for the pool in `index` (None: it is): empty, fewer than
+    `min_words` words, the same as a pool entry, or (with a threshold below 1) a ROUGE-L near one."""
+    if not text.strip():
+        return "empty prompt from the teacher"
+    if len(text.split()) < min_words:
+        return f"prompt too short: {len(text.split())} words < min_prompt_words={min_words}"
+    if (dup := index.duplicate_of(text)) is not None:
+        return f"duplicate prompt: same as {dup}"
+    if max_similarity is not None and max_similarity < 1.0:
+        score, near = index.most_similar(text, max_similarity)
+        if near is not None:
+            return f"too similar: ROUGE-L {score:.2f} >= {max_similarity:.2f} with {near}"
+    return None

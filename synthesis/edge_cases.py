@@ -1,0 +1,184 @@
+"""Writing edge cases by kind (synthesis/edge_kinds.py), with the yield levers the options turn on.
+
+Every slot (one new row) has a kind (the kinds take turns), one real prompt of the pond it is built
+on (`$seed`) and a few more shown as examples (`$examples`, few-shot). Then:
+- `per_call: 1` asks for one message per call (schema: one string of min_prompt_chars to
+  max_prompt_chars); `per_call > 1` asks for a schema'd list of that many messages of one kind;
+- `candidates: k` samples k replies per call (vLLM `n`: the prompt is read once) and keeps the first
+  that passes the validity checks;
+- `retries: r` asks again, up to r times, for a slot none of whose candidates passed, showing the
+  writer its rejected message and why it was rejected.
+Validity checks, in order: empty, too few words, the same as a pool prompt, ROUGE-L near a pool
+prompt (`max_similarity`), and a semantic near-copy of a seed row (`copies_seed`: embedding
+cosine above `max_cosine`, the semantic-dup threshold). Accepted prompts join the pool, so the
+new ones are also checked against each other.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from synthesis.client import ChatRequest, Completion
+from synthesis.edge_kinds import DEFAULT_KINDS, kind_name, kind_template
+from synthesis.prompts import render
+from synthesis.near_copies import SeedCopies
+from synthesis.rows import Draft, clip
+from synthesis.similarity import NoveltyIndex, novelty_error
+
+KEY = "message"
+
+
+def _one_schema(min_chars: int, max_chars: int) -> dict:
+    return {"type": "object", "additionalProperties": False, "required": [KEY],
+            "properties": {KEY: {"type": "string", "minLength": min_chars, "maxLength": max_chars}}}
+
+
+def _list_schema(count: int, min_chars: int, max_chars: int) -> dict:
+    item = {"type": "string", "minLength": min_chars, "maxLength": max_chars}
+    return {"type": "object", "additionalProperties": False, "required": ["messages"],
+            "properties": {"messages": {"type": "array", "minItems": count, "maxItems": count, "items": item}}}
+
+
+def _reply_tokens(count: int, max_chars: int) -> int:
+    return count * (max_chars // 2 + 8) + 24  # ~2+ chars a token, with slack, plus the JSON around
+
+
+def _first_valid(texts: list[str], index: NoveltyIndex, copies: SeedCopies, opts
+                 ) -> tuple[str | None, str | None, str]:
+    """(the first candidate passing every check, else None; the last rejected one; its reason)."""
+    last, last_text = "the writer returned no candidate", None
+    cleaned = [" ".join(t.split()) if opts.per_call == 1 else t.strip() for t in texts]
+    pending = []
+    for t in cleaned:
+        err = novelty_error(index, t, opts.min_prompt_words, opts.max_similarity)
+        if err is None:
+            pending.append(t)
+        else:
+            last, last_text = err, t
+    for t, err in zip(pending, copies.errors(pending)):
+        if err is None:
+            return t, last_text, last
+        last, last_text = err, t
+    return None, last_text, last
+
+
+def _parse(result: Completion | BaseException, key: str) -> tuple[list[list[str]], str | None]:
+    """Per choice: the messages it holds (one, or a list); and the error if no choice could be read."""
+    if isinstance(result, BaseException):
+        return [], f"teacher call failed: {result}"
+    out, error = [], None
+    for i in range(len(result.texts)):
+        try:
+            value = result.json(i)[key]
+            out.append([str(x) for x in value] if isinstance(value, list) else [str(value)])
+        except KeyError:
+            error = f"unusable teacher reply: no {key!r} in {result.texts[i][:120]!r}"
+        except (ValueError, TypeError) as e:
+            error = f"unusable teacher reply: {e}"
+    return out, (error if not out else None)
+
+
+def _retry_messages(ask: list[dict], rejected: str | None, error: str) -> list[dict]:
+    if rejected is None:  # nothing usable came back: ask again
+        return ask
+    return ask + [{"role": "assistant", "content": rejected},
+                  {"role": "user", "content": f"That message was rejected ({error}). Write a different one "
+                                              "that follows the instructions."}]
+
+
+def kind_plan(opts, n_slots: int) -> list:
+    specs = opts.kinds or list(DEFAULT_KINDS)
+    return [specs[k % len(specs)] for k in range(n_slots)]
+
+
+def edge_case_drafts(ids: list[str], prompts: list[str], opts, ctx, session, seed_fn, embed,
+                     seed_pools: list[list[int]] | None = None) -> list[Draft]:
+    """Drafts (prompt chosen, not yet answered) for `opts.n` edge cases; `extra` holds the kind, the
+    calls it took and the candidates it saw. `seed_pools[slot]`: the rows that case's seed and
+    examples are drawn from (target: gaps), default any row with a prompt."""
+    usable = [i for i, p in enumerate(prompts) if p.strip()]
+    if not usable:
+        raise ValueError("edge_cases needs seed rows with a prompt")
+    rng = np.random.default_rng([ctx.seed, 11])
+    plan = kind_plan(opts, opts.n)
+    templates = {kind_name(s): kind_template(s, ctx.resolve) for s in plan}
+    drafts: list[Draft] = []
+    asks: list[list[dict]] = []  # per slot: the messages of its last request
+    for slot, spec in enumerate(plan):
+        mine = [i for i in seed_pools[slot] if prompts[i].strip()] or usable if seed_pools else usable
+        seed_i = int(rng.choice(mine))
+        others = [i for i in mine if i != seed_i] or [i for i in usable if i != seed_i] or usable
+        shown = rng.choice(others, size=min(opts.seeds_per_call, len(others)), replace=False) if opts.seeds_per_call else []
+        template, description = templates[kind_name(spec)]
+        text = render(template, examples="\n".join(f"- {clip(prompts[i], opts.max_example_chars)}" for i in shown)
+                      or "(none)", seed=clip(prompts[seed_i], opts.max_example_chars), description=description)
+        drafts.append(Draft(slot, [], [ids[seed_i], *(ids[i] for i in shown)],
+                            extra={"edge_kind": kind_name(spec), "calls": 0, "candidates": 0}))
+        asks.append([{"role": "user", "content": text}])
+
+    index = NoveltyIndex()
+    for row_id, p in zip(ids, prompts):
+        index.add(p, row_id)
+    copies = SeedCopies(ids, prompts, opts.max_cosine, embed)
+    errors: dict[int, str] = {}
+    replies: dict[int, str] = {}  # slot -> a rejected message, shown back on a retry
+
+    def settle(slot: int, texts: list[str], error: str | None) -> None:
+        d = drafts[slot]
+        d.extra["calls"] += 1
+        d.extra["candidates"] += len(texts)
+        if not texts:
+            errors[slot] = error or "the writer returned no candidate"
+            return
+        chosen, rejected, last = _first_valid(texts, index, copies, opts)
+        if chosen is None:
+            errors[slot], replies[slot] = last, rejected
+            return
+        errors.pop(slot, None)
+        d.context = [{"role": "user", "content": chosen}]
+        index.add(chosen, f"new slot {slot}")
+        copies.add(chosen, f"new slot {slot}")
+
+    # first round: one call per slot, or schema'd lists of `per_call` slots of one kind
+    if opts.per_call == 1:
+        calls = [ChatRequest(asks[s], max_tokens=_reply_tokens(1, opts.max_prompt_chars), temperature=opts.temperature,
+                             n=opts.candidates, seed=seed_fn(ctx.seed, "edge_cases", s),
+                             schema=_one_schema(opts.min_prompt_chars, opts.max_prompt_chars), schema_name=KEY)
+                 for s in range(len(drafts))]
+        groups = [[s] for s in range(len(drafts))]
+    else:
+        by_kind: dict[str, list[int]] = {}
+        for d in drafts:
+            by_kind.setdefault(d.extra["edge_kind"], []).append(d.slot)
+        groups = [slots[i:i + opts.per_call] for slots in by_kind.values() for i in range(0, len(slots), opts.per_call)]
+        calls = []
+        for g in groups:
+            ask = [{"role": "user", "content": asks[g[0]][0]["content"] + f"\nWrite {len(g)} different such messages."}]
+            calls.append(ChatRequest(ask, max_tokens=_reply_tokens(len(g), opts.max_prompt_chars),
+                                     temperature=opts.temperature, n=opts.candidates,
+                                     seed=seed_fn(ctx.seed, "edge_cases", "list", g[0]),
+                                     schema=_list_schema(len(g), opts.min_prompt_chars, opts.max_prompt_chars),
+                                     schema_name="messages"))
+    results = session.run(calls, ctx.track, "edge_cases: writing prompts")
+    for g, result in zip(groups, results):
+        choices, error = _parse(result, KEY if opts.per_call == 1 else "messages")
+        for k, slot in enumerate(g):
+            # slot k of the call takes item k of every choice: its candidates
+            settle(slot, [c[k] for c in choices if k < len(c)], error)
+
+    # retries: show the writer what it wrote and why it was rejected
+    for attempt in range(1, opts.retries + 1):
+        todo = sorted(errors)
+        if not todo:
+            break
+        calls = [ChatRequest(_retry_messages(asks[s], replies.get(s), errors[s]),
+                             max_tokens=_reply_tokens(1, opts.max_prompt_chars), temperature=opts.temperature,
+                             n=opts.candidates, seed=seed_fn(ctx.seed, "edge_cases", "retry", attempt, s),
+                             schema=_one_schema(opts.min_prompt_chars, opts.max_prompt_chars), schema_name=KEY)
+                 for s in todo]
+        for s, result in zip(todo, session.run(calls, ctx.track, f"edge_cases: retry {attempt}")):
+            choices, error = _parse(result, KEY)
+            replies.pop(s, None)
+            settle(s, [c[0] for c in choices if c], error)
+    for slot, error in errors.items():
+        drafts[slot].error = error
+    return drafts
