@@ -115,7 +115,8 @@ def test_estimate_bounds_a_real_step(teacher_server, short_chats, tmp_path):
     opts = SynthesizeOptions(generator="edge_cases", n=2, per_call=2, max_tokens=24, max_prompt_chars=60,
                              max_example_chars=60, seeds_per_call=2, task="a general chat assistant")
     est = estimate_step("synthesize", short_chats, opts)
-    assert est["requests"] == 1 + 2
+    # a list holds cases of one kind, so two cases of two default kinds are two list calls, then one answer each
+    assert est["requests"] == 2 + 2
     before = teacher_server.metrics()
     ctx = StepContext(seed=0, run_dir=tmp_path, teachers={"default": teacher_server.config()})
     synthesize(short_chats, opts, ctx)
