@@ -22,7 +22,7 @@ import yaml
 
 from pond import layout
 from tests.fixtures_teacher import free_port
-from tests.test_generation import NEW_TOKENS, PROMPTS, make_adapter, reference_tokens
+from tests.test_generation import NEW_TOKENS, PROMPTS, make_adapter, reference_tokens, student_dir  # noqa: F401 (fixture)
 
 
 def pond(*args: str, cwd: Path, env: dict | None = None, timeout: float | None = None) -> subprocess.CompletedProcess:
@@ -87,16 +87,6 @@ def test_stop_ends_only_the_server_of_that_run(tmp_path):
             if p.poll() is None:
                 os.killpg(p.pid, signal.SIGKILL)
                 p.wait()
-
-
-@pytest.fixture(scope="module")
-def student_dir() -> Path:
-    from training.model import resolve_student
-
-    try:
-        return resolve_student("smollm2-135m-instruct")
-    except FileNotFoundError as e:
-        pytest.skip(f"the offline student is not prepared (make models): {e}")
 
 
 def _chat(base_url: str, model: str, prompt: str) -> str:

@@ -124,10 +124,16 @@ CHAT_FORMATS: dict[str, tuple[tuple[Check, ...], Callable[[str, Messages], dict[
 
 
 def write_rows(rows: Iterable[tuple[str, Messages]], fmt: str, data: Path, problems: Path) -> tuple[int, int]:
-    """Write (id, messages) rows as `fmt` to `data` (JSONL); rows that break its rules go to
+    """Write (id, messages) rows as `fmt` to `data` (JSONL); rows that break its rules go to `problems`."""
+    checks, record = CHAT_FORMATS[fmt]
+    return write_checked(rows, checks, record, data, problems)
+
+
+def write_checked(rows: Iterable[tuple[str, Messages]], checks: tuple[Check, ...],
+                  record: Callable[[str, Messages], dict[str, Any]], data: Path, problems: Path) -> tuple[int, int]:
+    """Write `record(id, messages)` per row to `data` (JSONL); rows that break one of `checks` go to
     `problems` as {id, reason}. Both files are written under a temporary name first.
     Returns (rows written, rows listed as problems)."""
-    checks, record = CHAT_FORMATS[fmt]
     written = listed = 0
     data_tmp, problems_tmp = data.with_name(data.name + ".tmp"), problems.with_name(problems.name + ".tmp")
     with open(data_tmp, "w", encoding="utf-8") as out, open(problems_tmp, "w", encoding="utf-8") as bad:

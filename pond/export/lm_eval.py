@@ -16,7 +16,6 @@ and `reference` (the last assistant turn). Rows without an assistant turn are li
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ import polars as pl
 import yaml
 
 from curation.records import render_text
-from pond.export.chat import BASE, first_problem, has_assistant
+from pond.export.chat import BASE, has_assistant, write_checked
 from pond.export.lineage import comment_block
 
 MAX_GEN_TOKS = 512
@@ -62,19 +61,8 @@ def task_configs(name: str, data: Path) -> dict[str, dict[str, Any]]:
 
 def write_lm_eval(df: pl.DataFrame, out: Path, name: str, info: dict[str, Any]) -> tuple[list[Path], int, int]:
     data, problems = out / f"{name}.jsonl", out / "problems.jsonl"
-    written = listed = 0
-    checks = (*BASE, has_assistant)
-    with open(data, "w", encoding="utf-8") as f, open(problems, "w", encoding="utf-8") as bad:
-        for row_id, messages in df.select("id", "messages").iter_rows():
-            problem = first_problem(messages or [], checks)
-            if problem:
-                bad.write(json.dumps({"id": row_id, "reason": problem}, ensure_ascii=False) + "\n")
-                listed += 1
-                continue
-            f.write(json.dumps(task_doc(row_id, messages), ensure_ascii=False) + "\n")
-            written += 1
-    if not listed:
-        problems.unlink()
+    written, listed = write_checked(df.select("id", "messages").iter_rows(), (*BASE, has_assistant), task_doc,
+                                    data, problems)
     files = [data]
     for task, config in task_configs(name, data).items():
         path = out / f"{task}.yaml"
