@@ -17,37 +17,17 @@ import numpy as np
 PERMUTATIONS = 500
 
 
-def _gram(x: np.ndarray, bandwidth: float) -> np.ndarray:
-    sq = np.sum(x * x, 1)
-    d2 = np.maximum(sq[:, None] + sq[None, :] - 2 * x @ x.T, 0.0)
-    return np.exp(-d2 / (2 * bandwidth ** 2))
-
-
-def _mmd2(k: np.ndarray, a: np.ndarray) -> float:
-    """Unbiased MMD² between the rows marked by boolean `a` and the others, from the joint Gram matrix."""
-    b = ~a
-    kaa, kbb, kab = k[np.ix_(a, a)], k[np.ix_(b, b)], k[np.ix_(a, b)]
-    m, n = a.sum(), b.sum()
-    return float((kaa.sum() - np.trace(kaa)) / (m * (m - 1)) + (kbb.sum() - np.trace(kbb)) / (n * (n - 1))
-                 - 2 * kab.mean())
-
-
 def two_sample(real: np.ndarray, synthetic: np.ndarray, seed: int = 0, permutations: int = PERMUTATIONS) -> dict:
-    """MMD² of two embedding sets and its permutation p-value (None with fewer than 2 rows a side)."""
+    """MMD² of two embedding sets and its permutation p-value (None with fewer than 2 rows a side):
+    the drift report's test (`curation.drift.mmd_test`), reported in this report's fields."""
+    from curation.drift import mmd_test
+
     if len(real) < 2 or len(synthetic) < 2:
         return {"mmd2": None, "p_value": None, "permutations": 0}
-    x = np.vstack([synthetic, real]).astype(np.float64)
-    sq = np.sum(x * x, 1)
-    d2 = np.maximum(sq[:, None] + sq[None, :] - 2 * x @ x.T, 0.0)
-    bandwidth = float(np.sqrt(np.median(d2[np.triu_indices(len(x), 1)]) / 2)) or 1.0
-    k = _gram(x, bandwidth)
-    a = np.zeros(len(x), dtype=bool)
-    a[: len(synthetic)] = True
-    observed = _mmd2(k, a)
-    rng = np.random.default_rng([seed, 0x33D])
-    hits = sum(_mmd2(k, rng.permutation(a)) >= observed for _ in range(permutations))
-    return {"mmd2": round(observed, 6), "p_value": round((hits + 1) / (permutations + 1), 4),
-            "permutations": permutations, "bandwidth": round(bandwidth, 4)}
+    t = mmd_test(synthetic, real, permutations=permutations, seed=seed)
+    # mmd_test's kernel is exp(-d² / bandwidth); this report gives the Gaussian sigma, bandwidth = 2 sigma²
+    return {"mmd2": round(t["mmd2"], 6), "p_value": round(t["p_value"], 4), "permutations": permutations,
+            "bandwidth": round(float(np.sqrt(t["bandwidth"] / 2)), 4)}
 
 
 def _summary(v: np.ndarray) -> dict | None:
