@@ -33,31 +33,15 @@ from typing import Literal
 import polars as pl
 from pydantic import Field
 
+from curation.answer_faults import BOILERPLATE_PATTERNS, REFUSAL_PATTERNS, REFUSAL_WINDOW, any_of
 from curation.records import answer_text_expr
-from curation.repetition import repetition_stats
+from curation.repetition import DUP_NGRAM_LIMITS, TOP_NGRAM_LIMITS, repetition_stats
 from curation.step import StepContext, StepOptions, reject
 
 STAGE = "heuristics"
-_APOS = "['’]"
-_CANT = rf"(?:cannot|can{_APOS}t|can not|won{_APOS}t|am unable to|{_APOS}m unable to|am not able to|{_APOS}m not able to)"
-DEFAULT_REFUSALS = [
-    rf"\bI(?:{_APOS}m| am) sorry,? (?:but )?(?:I|as an AI[a-z ]*,? I) (?:can(?:not|{_APOS}t)|am (?:not able|unable)|"
-    rf"{_APOS}m (?:not able|unable)|won{_APOS}t|do not have|don{_APOS}t have (?:access|the ability))",
-    rf"\bI apologi[sz]e,? but I (?:can(?:not|{_APOS}t)|am (?:not able|unable)|won{_APOS}t)",
-    rf"\bI {_CANT} (?:help|assist) (?:you )?with (?:that|this|your request)",
-    rf"\bI {_CANT} (?:comply|fulfil|fulfill|provide (?:that|this|you with)|create (?:that|this|content)|"
-    r"generate (?:that|this|content)|engage in)",
-    r"\bI must (?:respectfully )?decline\b",
-    rf"\bI(?:{_APOS}m| am) not (?:comfortable|going to) (?:help|assist|provide|create|generate|write)",
-]
-DEFAULT_BOILERPLATE = [
-    r"\bas an AI(?: language)? model\b",
-    r"\bas a (?:large )?language model\b",
-    r"\bas an AI assistant\b",
-    r"\bmy (?:knowledge|training data) (?:cutoff|cut-off)\b",
-    rf"\bI (?:do not|don{_APOS}t) have (?:access to|the ability to (?:access|browse)) (?:the internet|real-time)",
-    r"\blorem ipsum\b",
-]
+# the patterns live with the other answer faults; the names stay for recipes and tests that import them
+DEFAULT_REFUSALS = REFUSAL_PATTERNS
+DEFAULT_BOILERPLATE = BOILERPLATE_PATTERNS
 
 
 class HeuristicsOptions(StepOptions):
@@ -81,10 +65,10 @@ class HeuristicsOptions(StepOptions):
     max_duplicate_paragraph_char_fraction: float | None = Field(
         0.2, ge=0, le=1, description="largest share of characters in repeated paragraphs (Gopher: 0.2)")
     max_top_ngram_fraction: dict[int, float] | None = Field(
-        {2: 0.2, 3: 0.18, 4: 0.16},
+        default_factory=lambda: dict(TOP_NGRAM_LIMITS),
         description="n -> largest character share of the most frequent word n-gram (Gopher's values)")
     max_duplicate_ngram_fraction: dict[int, float] | None = Field(
-        {5: 0.35, 6: 0.34, 7: 0.33, 8: 0.32, 9: 0.31, 10: 0.30},
+        default_factory=lambda: dict(DUP_NGRAM_LIMITS),
         description="n -> largest character share of word n-grams repeating earlier ones (Gopher: 0.15 … 0.10, "
                     "which rejects ~13% of ShareGPT answers with parallel list items; these reject ~3%)")
     ngram_min_words: int = Field(50, ge=0, description="the n-gram rules apply to texts of at least this many words")
@@ -97,15 +81,11 @@ class HeuristicsOptions(StepOptions):
     refusal_patterns: list[str] = Field(
         default_factory=lambda: list(DEFAULT_REFUSALS),
         description="case-insensitive regexes; an assistant turn opening with one is a refusal ([] switches the rule off)")
-    refusal_window: int = Field(300, ge=1, description="characters at the start of each assistant turn searched for refusals")
+    refusal_window: int = Field(REFUSAL_WINDOW, ge=1, description="characters at the start of each assistant turn searched for refusals")
     boilerplate_patterns: list[str] = Field(
         default_factory=lambda: list(DEFAULT_BOILERPLATE),
         description="case-insensitive regexes; an assistant turn containing one anywhere is boilerplate ([] switches it off)")
     batch_size: int = Field(20_000, ge=1, description="rows measured at once (bounds memory of the n-gram statistics)")
-
-
-def _any_of(patterns: list[str]) -> str:
-    return "(?i)(?:" + "|".join(f"(?:{p})" for p in patterns) + ")"
 
 
 def _is_blank(e: pl.Expr) -> pl.Expr:
@@ -160,9 +140,9 @@ def _measures(df: pl.DataFrame, opts: HeuristicsOptions) -> pl.DataFrame:
         (first_turn.fill_null("") == "user").alias("__user_first"),
     ]
     if opts.refusal_patterns:
-        cols.append(_turn_match(_any_of(opts.refusal_patterns), opts.refusal_window).alias("__refusal"))
+        cols.append(_turn_match(any_of(opts.refusal_patterns), opts.refusal_window).alias("__refusal"))
     if opts.boilerplate_patterns:
-        cols.append(_turn_match(_any_of(opts.boilerplate_patterns), None).alias("__boilerplate"))
+        cols.append(_turn_match(any_of(opts.boilerplate_patterns), None).alias("__boilerplate"))
     m = m.with_columns(cols)
     return pl.concat([m, _repetition_flags(df, opts)], how="horizontal")
 

@@ -14,6 +14,11 @@ import polars as pl
 
 from curation.shingles import window_hashes
 
+# Default limits (n -> largest fraction) of heuristics' n-gram rules and of answer_faults.degenerate_repetition.
+TOP_NGRAM_LIMITS = {2: 0.2, 3: 0.18, 4: 0.16}  # Gopher's values
+# Gopher: 0.15 ... 0.10, which rejects ~13% of ShareGPT answers with parallel list items; these reject ~3%
+DUP_NGRAM_LIMITS = {5: 0.35, 6: 0.34, 7: 0.33, 8: 0.32, 9: 0.31, 10: 0.30}
+
 
 def _words(texts: pl.Series) -> pl.Series:
     folded = texts.fill_null("").str.to_lowercase().str.replace_all(r"\s+", " ").str.strip_chars()
@@ -108,3 +113,9 @@ def repetition_stats(texts: pl.Series, top_ns: tuple[int, ...] = (2, 3, 4),
             dup_chars = np.bincount(doc_of, weights=wl * covered, minlength=n_docs)
             out[f"dup_{n}"] = np.nan_to_num(dup_chars / total)
     return pl.DataFrame(out, schema={k: pl.Float64 for k in out})
+
+
+def exceeds_limits(text: str, top: dict[int, float], dup: dict[int, float]) -> bool:
+    """Does one text break any of the limits (n -> largest `top_n` / `dup_n` fraction)?"""
+    stats = repetition_stats(pl.Series([text]), tuple(sorted(top)), tuple(sorted(dup))).row(0, named=True)
+    return any(stats[f"top_{n}"] > t for n, t in top.items()) or any(stats[f"dup_{n}"] > t for n, t in dup.items())

@@ -1,0 +1,201 @@
+"""Faults of one answer, as pure functions on strings: each rule written once, for curation (the
+`answer_faults` step, `heuristics`' refusal rule) and for evaluation (failure rates of generated answers).
+
+    empty(answer)                        nothing but whitespace (zero-width characters included)
+    truncated(answer)                    stops partway: open code fence, unfinished table row, empty list
+                                         item, a colon announcing nothing, a trailing fragment -> a short detail
+    repeats_prompt(prompt, answer)       most of the answer's word 3-grams are the prompt's
+    language_mismatch(prompt, answer)    (prompt language, answer language) when langid is confident both
+                                         differ and the prompt does not ask for a translation
+    refusal(answer)                      opens with a refusal, or holds boilerplate ("As an AI language model")
+    degenerate_repetition(answer)        loops: one phrase over and over, or Gopher's n-gram repetition
+    ends_with_user(messages)             the conversation's last turn is the user's (no answer to it)
+
+Every function is deterministic (langid is a fixed naive Bayes model; nothing is sampled).
+"""
+from __future__ import annotations
+
+import functools
+import re
+
+from curation.repetition import DUP_NGRAM_LIMITS, TOP_NGRAM_LIMITS, exceeds_limits
+
+_APOS = "['’]"
+_CANT = rf"(?:cannot|can{_APOS}t|can not|won{_APOS}t|am unable to|{_APOS}m unable to|am not able to|{_APOS}m not able to)"
+# Case-insensitive; an answer *opening* (first REFUSAL_WINDOW characters) with one of these refuses.
+REFUSAL_PATTERNS = [
+    rf"\bI(?:{_APOS}m| am) sorry,? (?:but )?(?:I|as an AI[a-z ]*,? I) (?:can(?:not|{_APOS}t)|am (?:not able|unable)|"
+    rf"{_APOS}m (?:not able|unable)|won{_APOS}t|do not have|don{_APOS}t have (?:access|the ability))",
+    rf"\bI apologi[sz]e,? but I (?:can(?:not|{_APOS}t)|am (?:not able|unable)|won{_APOS}t)",
+    rf"\bI {_CANT} (?:help|assist) (?:you )?with (?:that|this|your request)",
+    rf"\bI {_CANT} (?:comply|fulfil|fulfill|provide (?:that|this|you with)|create (?:that|this|content)|"
+    r"generate (?:that|this|content)|engage in)",
+    r"\bI must (?:respectfully )?decline\b",
+    rf"\bI(?:{_APOS}m| am) not (?:comfortable|going to) (?:help|assist|provide|create|generate|write)",
+]
+REFUSAL_WINDOW = 300
+# Case-insensitive; an answer holding one of these anywhere is boilerplate.
+BOILERPLATE_PATTERNS = [
+    r"\bas an AI(?: language)? model\b",
+    r"\bas a (?:large )?language model\b",
+    r"\bas an AI assistant\b",
+    r"\bmy (?:knowledge|training data) (?:cutoff|cut-off)\b",
+    rf"\bI (?:do not|don{_APOS}t) have (?:access to|the ability to (?:access|browse)) (?:the internet|real-time)",
+    r"\blorem ipsum\b",
+]
+
+
+def any_of(patterns: list[str]) -> str:
+    """One case-insensitive regex matching any of `patterns` (the same syntax in `re` and polars)."""
+    return "(?i)(?:" + "|".join(f"(?:{p})" for p in patterns) + ")"
+
+
+_REFUSAL = re.compile(any_of(REFUSAL_PATTERNS))
+_BOILERPLATE = re.compile(any_of(BOILERPLATE_PATTERNS))
+_INVISIBLE = "\u200b\u200c\u200d\u2060\ufeff"
+
+
+def empty(answer: str) -> bool:
+    return not (answer or "").strip().strip(_INVISIBLE).strip()
+
+
+def refusal(answer: str) -> bool:
+    return bool(_REFUSAL.search(answer[:REFUSAL_WINDOW]) or _BOILERPLATE.search(answer))
+
+
+# --- truncated ---------------------------------------------------------------------------------------
+
+_FENCE_LINE = re.compile(r"^[ \t]*(?:```|~~~)", re.M)
+_LIST_MARKER = re.compile(r"(?:[-*+•]|\d{1,3}[.)]|[a-zA-Z][.)])")
+# Words a sentence does not end on: a reply cut at max_tokens stops on one of them about as often as
+# running text has them (English only; other languages rely on the comma and long-line signals).
+_DANGLING = frozenset(
+    "a an the and or but nor so to of in on at by for with from into onto about as than that which who whose "
+    "whom if because while when where is are was were be been being has have had do does did will would can "
+    "could should may might must shall this these those their its our your my his her such very also".split())
+_ENDS_SENTENCE = re.compile(r"[.!?。！？…:;)\]}\"'”’»`*>|~_=\-–—/\\]$|[^\w\s,(\[{]$")
+_LONG_LINE_WORDS = 12
+
+
+def _last_line(text: str) -> str:
+    return text.rstrip().rsplit("\n", 1)[-1].strip()
+
+
+def _table_cut(text: str) -> bool:
+    """The last line is a table row that stops before its closing pipe (the rows above close theirs)."""
+    lines = [ln.strip() for ln in text.rstrip().split("\n")]
+    last, above = lines[-1], lines[-2] if len(lines) > 1 else ""
+    return last.startswith("|") and above.startswith("|") and above.endswith("|") and not last.endswith("|")
+
+
+def _fragment(line: str) -> str | None:
+    """Why the answer's last line reads as a sentence cut off, or None."""
+    body = _LIST_MARKER.sub("", line, count=1).strip() if _LIST_MARKER.match(line) else line
+    words = body.split()
+    if not words or not re.search(r"[^\W\d_]", body) or body.startswith(("#", "http")):
+        return None
+    last = words[-1].lower().strip("\"'“”‘’*_")
+    if len(words) >= 3 and body.endswith(","):
+        return "ends on a comma"
+    if len(words) >= 3 and last in _DANGLING:
+        return f"ends on '{last}'"
+    if _ENDS_SENTENCE.search(body):
+        return None
+    if len(words) >= _LONG_LINE_WORDS:
+        return "long last line without an end"
+    return None
+
+
+def truncated(answer: str) -> str | None:
+    """A short reason when the answer stops partway, else None (an empty answer is `empty`'s)."""
+    text = (answer or "").rstrip().rstrip(_INVISIBLE).rstrip()
+    if not text:
+        return None
+    if len(_FENCE_LINE.findall(text)) % 2:
+        return "open code fence"
+    if _table_cut(text):
+        return "unfinished table row"
+    last = _last_line(text)
+    if _LIST_MARKER.fullmatch(last):
+        return "empty list item"
+    if last.endswith(":") and not last.startswith("|"):
+        return "ends on a colon"
+    return _fragment(last)
+
+
+# --- repeats_prompt ------------------------------------------------------------------------------------
+
+_WORD = re.compile(r"\w+")
+
+
+def _shingles(text: str, n: int = 3) -> set[tuple[str, ...]]:
+    words = _WORD.findall(text.lower())
+    return {tuple(words[i:i + n]) for i in range(max(len(words) - n + 1, 0))}
+
+
+def repeats_prompt(prompt: str, answer: str, share: float = 0.8) -> bool:
+    """Most (`share`) of the answer's word 3-grams occur in the prompt: the answer echoes it.
+    Answers of under three words are echoes only when equal to the prompt (case and punctuation aside)."""
+    ans = _shingles(answer)
+    if not ans:
+        return bool(_WORD.findall(answer.lower())) and _WORD.findall(answer.lower()) == _WORD.findall(prompt.lower())
+    return len(ans & _shingles(prompt)) >= share * len(ans)
+
+
+# --- language_mismatch ---------------------------------------------------------------------------------
+
+_NOT_LANGUAGE = re.compile(r"```.*?(?:```|$)|`[^`\n]*`|https?://\S+|\S+@\S+", re.S)
+_TRANSLATION = re.compile(r"(?i)translat|tradu|übersetz|перев|翻[译譯]|번역|翻訳|ترجم|अनुवाद")
+MIN_LETTERS = 20
+MIN_CONFIDENCE = 0.99
+
+
+@functools.cache
+def _identifier():
+    from langid.langid import LanguageIdentifier, model
+
+    return LanguageIdentifier.from_modelstring(model, norm_probs=True)
+
+
+def language(text: str) -> str | None:
+    """langid's language of `text` (code, URLs and addresses left out) when it is confident, else None."""
+    prose = _NOT_LANGUAGE.sub(" ", text or "")
+    if sum(ch.isalpha() for ch in prose) < MIN_LETTERS:
+        return None
+    lang, p = _identifier().classify(prose)
+    return lang if p >= MIN_CONFIDENCE else None
+
+
+def language_mismatch(prompt: str, answer: str) -> tuple[str, str] | None:
+    """(prompt language, answer language) when both are confident and differ; None otherwise, and when the
+    prompt asks for a translation or holds a paragraph in the answer's language (text to work on)."""
+    said, answered = language(prompt), language(answer)
+    if said is None or answered is None or said == answered or _TRANSLATION.search(prompt):
+        return None
+    if any(language(p) == answered for p in re.split(r"\n\s*\n", prompt)):
+        return None
+    return said, answered
+
+
+# --- degenerate_repetition -----------------------------------------------------------------------------
+
+# One phrase of one to eight words (underscores split words too) five times or more in a row.
+_LOOP = re.compile(r"(?i)(?<![^\W_])([^\W\d_]+(?:[\s_,]+[^\W\d_]+){0,7})(?:[\s_,.;:!-]+\1(?![^\W_])){4,}")
+REPETITION_MIN_WORDS = 50
+
+
+def degenerate_repetition(answer: str) -> bool:
+    """A loop (one phrase five times in a row), or Gopher's n-gram repetition above heuristics' defaults
+    (texts of REPETITION_MIN_WORDS words or more)."""
+    text = answer or ""
+    if _LOOP.search(text):
+        return True
+    return len(text.split()) >= REPETITION_MIN_WORDS and exceeds_limits(text, TOP_NGRAM_LIMITS, DUP_NGRAM_LIMITS)
+
+
+# --- conversations -------------------------------------------------------------------------------------
+
+def ends_with_user(messages: list[dict]) -> bool:
+    """The last turn is the user's: the conversation ends on a question nobody answered."""
+    turns = [m for m in messages if m.get("role") != "system"]
+    return bool(turns) and turns[-1].get("role") == "user"
