@@ -2,6 +2,8 @@
 
 Formats: JSONL, JSON (array of objects), Parquet, CSV, Arrow; `auto` picks by file extension, and
 `hf` (or `auto` on such a folder) reads Hugging Face `datasets` folders (curation.hf_folders).
+Any of them may be compressed (gzip, zstd, bzip2, xz), and text is UTF-8 with or without a
+byte-order mark (curation.input_stream); every row passes the Unicode rule (curation.row_checks).
 Layouts: see curation.layouts (OpenAI messages, ShareGPT, Alpaca, prompt/response, text); a
 column map (`columns`) names the file's own keys for a layout's parts.
 
@@ -22,9 +24,11 @@ from typing import Any, Literal
 import polars as pl
 from pydantic import Field, field_validator
 
-from curation import hf_folders
+from curation import hf_folders, input_stream
+from curation.input_stream import UTF8_BOM, EncodingProblem
 from curation.layouts import LAYOUTS, MAPPABLE, RowError, mapped_keys_present, normalise
 from curation.records import MESSAGES, make_id
+from curation.row_checks import check_row, safe_text
 from curation.step import StepOptions
 
 FORMATS = ("jsonl", "json", "parquet", "csv", "arrow", "hf")
@@ -85,7 +89,7 @@ def _folder_files(folder: Path, fmt: str) -> list[Path]:
     if saved is not None:
         return saved
     folder = hf_folders.hub_snapshot(folder) or folder
-    files = sorted(q for q in folder.rglob("*") if q.is_file() and q.suffix.lower() in EXTENSIONS
+    files = sorted(q for q in folder.rglob("*") if q.is_file() and input_stream.format_suffix(q) in EXTENSIONS
                    and not hf_folders.is_metadata(q))
     if fmt == "hf":
         files = [q for q in files if q.suffix.lower() in hf_folders.DATA_SUFFIXES]
@@ -133,11 +137,20 @@ def file_format(path: Path, fmt: str = "auto") -> str:
         return found
     if fmt != "auto":
         return fmt
-    found = EXTENSIONS.get(path.suffix.lower())
+    suffix = input_stream.format_suffix(path)
+    found = EXTENSIONS.get(suffix)
     if found is None:
-        raise IngestError(f"{path}: unknown format {path.suffix or '(no extension)'!r}; "
-                          f"expected one of {', '.join(EXTENSIONS)} or set `format:`")
+        compressed = f" under {input_stream.compression(path)} compression" if input_stream.compression(path) else ""
+        raise IngestError(f"{path}: unknown format {suffix or '(no extension)'!r}{compressed}; "
+                          f"expected one of {', '.join(EXTENSIONS)} (optionally with "
+                          f"{', '.join(input_stream.COMPRESSIONS)}) or set `format:`")
     return found
+
+
+def splittable(path: Path, fmt: str = "auto") -> bool:
+    """Whether parts of the file can be read by several workers: JSONL by byte ranges and Parquet by
+    row groups, and only uncompressed (a compressed stream has no random access)."""
+    return file_format(path, fmt) in SPLITTABLE and input_stream.compression(path) is None
 
 
 # --- readers: each yields (line number, row dict | RowError, raw text) --------------------------
@@ -148,33 +161,47 @@ Item = tuple[int, Any, str]
 # Parquet: (first row group, end row group, row number of the first row). Other formats: whole.
 FilePart = tuple[int, int, int]
 SPLITTABLE = ("jsonl", "parquet")
+TEXT_FORMATS = ("jsonl", "json", "csv")
 
 
 def _read_jsonl(path: Path, part: FilePart | None = None) -> Iterator[Item]:
     start, end, first = part or (0, None, 1)
-    with open(path, "rb") as f:
-        f.seek(start)
+    with input_stream.open_bytes(path) as f:
+        if start:
+            f.seek(start)  # parts exist only for uncompressed files (`splittable`)
         for line_no, raw in enumerate(f, start=first):
             if end is not None:
                 if start >= end:
                     break
                 start += len(raw)
+            if line_no == 1 and raw.startswith(UTF8_BOM):
+                raw = raw[len(UTF8_BOM):]
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
-                yield line_no, RowError("invalid_utf8", str(exc)), raw.decode("utf-8", "replace")
+                yield line_no, RowError("invalid_utf8", f"byte 0x{raw[exc.start]:02X} at byte {exc.start} is not "
+                                                        f"UTF-8 ({exc.reason})"), raw.decode("utf-8", "replace")
                 continue
             if not line.strip():
                 continue  # blank lines are layout, not rows
-            try:
-                yield line_no, json.loads(line), line
-            except json.JSONDecodeError as exc:
-                yield line_no, RowError("bad_json", exc.msg + f" at column {exc.colno}"), line
+            yield line_no, _parse_json(line), line
+
+
+def _parse_json(text: str) -> Any:
+    """A JSON value, or the RowError saying why the text is not one."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        return RowError("bad_json", exc.msg + f" at column {exc.colno}")
+    except RecursionError:
+        return RowError("too_deep", "JSON nested too deep to read")
 
 
 def _read_json_array(path: Path, part: None = None) -> Iterator[Item]:
+    with input_stream.open_bytes(path) as f:
+        data = f.read()
     try:
-        body = path.read_bytes().decode("utf-8")
+        body = data.removeprefix(UTF8_BOM).decode("utf-8")
     except UnicodeDecodeError as exc:
         raise IngestError(f"{path}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
     decoder = json.JSONDecoder()
@@ -196,6 +223,8 @@ def _read_json_array(path: Path, part: None = None) -> Iterator[Item]:
             value, end = decoder.raw_decode(body, pos)
         except json.JSONDecodeError as exc:
             raise IngestError(f"{path}:{exc.lineno}: invalid JSON: {exc.msg}") from None
+        except RecursionError:
+            raise IngestError(f"{path}:{line_no}: JSON nested too deep to read") from None
         yield line_no, value, body[pos:end]
         last, pos = pos, end
 
@@ -203,20 +232,26 @@ def _read_json_array(path: Path, part: None = None) -> Iterator[Item]:
 def _read_parquet(path: Path, part: FilePart | None = None) -> Iterator[Item]:
     import pyarrow.parquet as pq
 
-    try:
-        pf = pq.ParquetFile(path)
-    except Exception as exc:  # noqa: BLE001 - any reader failure is a bad file
-        raise IngestError(f"{path}: not a readable Parquet file ({type(exc).__name__}: {exc})") from None
-    first_group, end_group, first_row = part or (0, pf.num_row_groups, 1)
-    row = first_row - 1
-    for batch in pf.iter_batches(batch_size=BATCH_ROWS, row_groups=range(first_group, end_group)):
-        for record in batch.to_pylist():
-            row += 1
-            yield row, record, ""
+    with input_stream.local_copy(path) as plain:
+        try:
+            pf = pq.ParquetFile(plain)
+        except Exception as exc:  # noqa: BLE001 - any reader failure is a bad file
+            raise IngestError(f"{path}: not a readable Parquet file ({type(exc).__name__}: {exc})") from None
+        first_group, end_group, first_row = part or (0, pf.num_row_groups, 1)
+        row = first_row - 1
+        for batch in pf.iter_batches(batch_size=BATCH_ROWS, row_groups=range(first_group, end_group)):
+            for record in batch.to_pylist():
+                row += 1
+                yield row, record, ""
 
 
 def _read_csv(path: Path, part: None = None) -> Iterator[Item]:
-    lazy = pl.scan_csv(path, infer_schema=False, encoding="utf8-lossy")
+    with input_stream.local_copy(path) as plain:
+        yield from _read_plain_csv(path, plain)
+
+
+def _read_plain_csv(path: Path, plain: Path) -> Iterator[Item]:
+    lazy = pl.scan_csv(plain, infer_schema=False, encoding="utf8-lossy")
     row = 1  # the header is line 1
     try:
         for batch in lazy.collect_batches(chunk_size=BATCH_ROWS):
@@ -235,7 +270,8 @@ def _read_csv(path: Path, part: None = None) -> Iterator[Item]:
 def _read_arrow(path: Path, part: None = None) -> Iterator[Item]:
     """An Arrow IPC file: the stream format `datasets` writes, or the random-access (Feather v2) one."""
     try:
-        batches = list(hf_folders.arrow_batches(path))
+        with input_stream.local_copy(path) as plain:
+            batches = list(hf_folders.arrow_batches(plain))
     except Exception as exc:  # noqa: BLE001 - any reader failure is a bad file
         raise IngestError(f"{path}: not a readable Arrow file ({type(exc).__name__}: {exc})") from None
     row = 0
@@ -259,8 +295,47 @@ def _records_frame(rows: list[dict[str, Any]]) -> pl.DataFrame:
     extra_keys = sorted({k for r in rows for k in r} - set(base))
     if not extra_keys:
         return core
-    extras = pl.DataFrame([{k: r.get(k) for k in extra_keys} for r in rows], infer_schema_length=None, strict=False)
+    extras = pl.DataFrame([_user_column(k, [r.get(k) for r in rows]) for k in extra_keys])
     return pl.concat([core, extras], how="horizontal")
+
+
+def _user_column(name: str, values: list[Any]) -> pl.Series:
+    """A user's own column, in its own type where polars holds every value as it is; otherwise (mixed
+    kinds, structs whose rows have different keys, ...) each value as JSON text, so nothing is lost or
+    silently cast."""
+    try:
+        series = pl.Series(name, values, strict=False)
+        if series.to_list() == values and not _has_empty_struct(series.dtype):
+            return series
+    except (pl.exceptions.PolarsError, TypeError, ValueError, OverflowError):
+        pass
+    return as_json_text(name, values)
+
+
+def as_json_text(name: str, values: list[Any]) -> pl.Series:
+    return pl.Series(name, [None if v is None else json.dumps(v, default=str, ensure_ascii=False) for v in values],
+                     dtype=pl.Utf8)
+
+
+def _has_empty_struct(dtype: pl.DataType) -> bool:
+    """Parquet cannot write a struct without fields."""
+    if isinstance(dtype, pl.Struct):
+        return not dtype.fields or any(_has_empty_struct(f.dtype) for f in dtype.fields)
+    if isinstance(dtype, (pl.List, pl.Array)):
+        return _has_empty_struct(dtype.inner)
+    return False
+
+
+def unify_user_columns(frames: list[pl.DataFrame]) -> list[pl.DataFrame]:
+    """Batches whose user column has different types in different batches (an integer here, an object
+    there): that column as JSON text in every batch, so the batches concatenate without a cast."""
+    types: dict[str, set] = {}
+    for frame in frames:
+        for name, dtype in frame.schema.items():
+            if dtype != pl.Null:
+                types.setdefault(name, set()).add(dtype)
+    mixed = [c for c, ts in types.items() if len(ts) > 1 and c not in _REJECT_SCHEMA]
+    return [f.with_columns(as_json_text(c, f[c].to_list()) for c in mixed if c in f.columns) for f in frames]
 
 
 _REJECT_SCHEMA = {"id": pl.Utf8, "messages": MESSAGES, "text": pl.Utf8, "source": pl.Utf8, "line": pl.Int64,
@@ -293,35 +368,46 @@ def iter_file_batches(path: Path, fmt: str = "auto", layout: str = "auto", sourc
     if path.stat().st_size == 0:
         raise IngestError(f"{path}: file is empty")
     source = source or str(path)
-    reader = READERS[file_format(path, fmt)]
+    kind = file_format(path, fmt)
+    reader = READERS[kind]
+    if kind in TEXT_FORMATS and (part is None or part[0] == 0):
+        try:
+            input_stream.check_encoding(path)
+        except EncodingProblem as exc:
+            raise IngestError(f"{path}: {exc}") from None
+        except input_stream.decompression_errors() as exc:
+            raise IngestError(f"{path}: cannot be read as {input_stream.compression(path) or 'a file'} "
+                              f"({type(exc).__name__}: {exc})") from None
     kept: list[dict[str, Any]] = []
     rejected: list[dict[str, Any]] = []
-    seen = 0
+    seen = line_no = 0
     unseen_keys = set(columns.values()) if columns else set()
     try:
         for line_no, item, raw in reader(path, part):
             if limit is not None and seen >= limit:
                 break
             seen += 1
-            if unseen_keys:
+            if unseen_keys and not isinstance(item, RowError):
                 unseen_keys -= mapped_keys_present(item, columns)
             try:
                 if isinstance(item, RowError):
                     raise item
+                check_row(item)
                 messages, text, extras = normalise(item, layout, columns)
             except RowError as err:
-                preview = (raw or json.dumps(item, default=str, ensure_ascii=False))[:RAW_PREVIEW]
-                rejected.append({"id": make_id(source, line_no, preview), "messages": [], "text": preview,
-                                 "source": source, "line": line_no, "stage": "ingest", "reason": err.reason,
-                                 "detail": f"{path.name}:{line_no}: {err.detail or err.reason}"})
+                rejected.append(_rejection(path, source, line_no, item, raw, err))
             else:
                 kept.append({"id": make_id(source, line_no, text), "messages": messages, "text": text,
                              "source": source, **extras})
             if len(kept) + len(rejected) >= BATCH_ROWS:
                 yield _records_frame(kept), _reject_frame(rejected)
                 kept, rejected = [], []
-    except OSError as exc:
-        raise IngestError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    except input_stream.decompression_errors() as exc:
+        how = input_stream.compression(path)
+        where = f"after line {line_no}" if line_no else "at its start"
+        raise IngestError(f"{path}: cannot be read {where}"
+                          + (f": its {how} stream is damaged or cut off" if how else "")
+                          + f" ({getattr(exc, 'strerror', None) or exc})") from None
     if seen == 0 and part is None:
         raise IngestError(f"{path}: holds no rows")
     if unseen_keys and part is None:
@@ -331,6 +417,22 @@ def iter_file_batches(path: Path, fmt: str = "auto", layout: str = "auto", sourc
                           + ", ".join(f"{k!r} (for {names[k]})" for k in sorted(unseen_keys)))
     if kept or rejected:
         yield _records_frame(kept), _reject_frame(rejected)
+
+
+def _rejection(path: Path, source: str, line_no: int, item: Any, raw: str, err: RowError) -> dict[str, Any]:
+    """A rejected row: its raw text (cut to RAW_PREVIEW, escaped where UTF-8 cannot hold it), where it
+    was, and why."""
+    if raw:
+        preview = raw[:RAW_PREVIEW]
+    else:
+        try:
+            preview = json.dumps(item, default=str, ensure_ascii=False)[:RAW_PREVIEW]
+        except (ValueError, RecursionError):  # a structure json cannot write (too deep)
+            preview = f"({type(item).__name__} too deep to show)"
+    preview = safe_text(preview)
+    return {"id": make_id(source, line_no, preview), "messages": [], "text": preview, "source": source,
+            "line": line_no, "stage": "ingest", "reason": err.reason,
+            "detail": safe_text(f"{path.name}:{line_no}: {err.detail or err.reason}")}
 
 
 def iter_batches(opts: InputOptions, base_dir: Path = Path(".")) -> Iterator[tuple[pl.DataFrame, pl.DataFrame]]:
@@ -352,7 +454,10 @@ def concat_frames(frames: list[pl.DataFrame]) -> pl.DataFrame:
     frames = [f for f in frames if f.width]
     if not frames:
         return pl.DataFrame()
-    return pl.concat(frames, how="diagonal_relaxed")
+    try:
+        return pl.concat(frames, how="diagonal_relaxed")
+    except pl.exceptions.PolarsError:
+        return pl.concat(unify_user_columns(frames), how="diagonal_relaxed")
 
 
 def read_records(path: str | Path | list[str], fmt: str = "auto", layout: str = "auto",

@@ -69,9 +69,26 @@ def detect_layout(row: dict[str, Any]) -> str:
                                      "(name your keys with input.columns)")
 
 
-def _content(value: Any, where: str) -> str:
+def _content_parts(parts: list, where: str) -> str:
+    """OpenAI's list-of-parts content: the text parts joined by newlines. A part pond has no use for
+    (image, audio, file, tool output) rejects the row, naming it, rather than dropping it silently."""
+    texts = []
+    for i, part in enumerate(parts):
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text" and isinstance(part.get("text"), str):
+            texts.append(part["text"])
+        elif isinstance(kind, str):
+            raise RowError("non_text_part", f"{where}: content part {i} is of type {kind!r}; pond trains on text only")
+        else:
+            raise RowError("wrong_type", f"{where}: content part {i} is not an object with a `type`")
+    return "\n".join(texts)
+
+
+def _content(value: Any, where: str, parts: bool = True) -> str:
     if value is None:
         raise RowError("missing_content", where)
+    if parts and isinstance(value, list):
+        value = _content_parts(value, where)
     if not isinstance(value, str):
         raise RowError("wrong_type", f"{where} is {type(value).__name__}, expected string")
     if not value.strip():
@@ -141,7 +158,7 @@ def to_messages(row: dict[str, Any], layout: str, columns: dict[str, str] | None
             {"role": "assistant", "content": _content(row.get(answer_key), answer_key)},
         ]
     if layout == "text":
-        _content(row.get("text"), "text")
+        _content(row.get("text"), "text", parts=False)  # a document is a string; parts belong to turns
         return []
     raise RowError("unknown_layout", layout)
 

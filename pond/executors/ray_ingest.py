@@ -23,7 +23,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from curation.ingest import SPLITTABLE, IngestError, file_format
+from curation.ingest import IngestError, file_format, splittable
 from pond.executors.shards import POS, write_shard
 
 FILE_STRIDE = 10**10  # positions of input file i start at i * FILE_STRIDE
@@ -75,7 +75,7 @@ def plan_parts(files: list[Path], sources: list[str], fmt: str, split_bytes: int
     for index, (path, source) in enumerate(zip(files, sources)):
         kind = file_format(path, fmt) if path.exists() else "whole"
         parts: list[tuple[int, int, int]] | None = None
-        if kind in SPLITTABLE and path.stat().st_size > split_bytes:
+        if path.exists() and splittable(path, fmt) and path.stat().st_size > split_bytes:
             if kind == "jsonl":
                 cuts = _line_starts(path, split_bytes)
                 parts = [(a, b, 0) for a, b in zip(cuts, cuts[1:])]
