@@ -26,6 +26,18 @@ def remove_heldout(pool: pl.DataFrame, heldout: pl.DataFrame) -> tuple[pl.DataFr
     return kept, pool.height - kept.height
 
 
+def remove_overlap(df: pl.DataFrame, evals: pl.DataFrame, ngram: int = 13) -> tuple[pl.DataFrame, int]:
+    """`df` without rows sharing a word `ngram`-gram with an evaluation set (the reference answers, the
+    benchmark prompts), by the `decontaminate` step's own n-grams (curation.decontaminate.ngram_table)."""
+    from curation.decontaminate import ngram_table
+
+    if df.height == 0 or evals.height == 0:
+        return df, 0
+    hit = ngram_table(df, ngram).join(ngram_table(evals, ngram).select("h").unique(), on="h")["row"].unique()
+    kept = df.filter(~pl.int_range(pl.len(), dtype=pl.Int64).is_in(hit.implode()))
+    return kept, df.height - kept.height
+
+
 def varies_by_seed(arm: ArmConfig) -> bool:
     """random_n draws fresh rows for every seed, so its interval includes the luck of the draw."""
     return arm.data == "random_n"

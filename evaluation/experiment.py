@@ -28,10 +28,10 @@ from typing import Any
 import polars as pl
 
 from curation.settings import no_progress
-from evaluation.arms import arm_rows, plan_budget, profile, remove_heldout, varies_by_seed
+from evaluation.arms import arm_rows, plan_budget, profile, remove_heldout, remove_overlap, varies_by_seed
 from evaluation.config import EvaluateConfig, ExperimentConfig
 from evaluation.evaluate import evaluate_run
-from evaluation.report import add_benchmark, aggregate, goal_sentence, write_plot, write_report
+from evaluation.report import add_benchmark, add_reference, aggregate, goal_sentence, write_plot, write_report
 from evaluation.scoring import frame_hash, make_judges, prepare_heldout, score_model, summarise
 from training.config import TrainConfig
 
@@ -109,6 +109,10 @@ def run_experiment(out_dir: Path, pool: pl.DataFrame, curated: pl.DataFrame, hel
         raise ValueError(f"experiment.metric {config.metric} needs a judge: set evaluate.judge and n_generate")
     if config.metric in ("exact_match", "token_f1") and (ecfg.n_generate == 0 or ecfg.task_metrics == "never"):
         raise ValueError(f"experiment.metric {config.metric} needs generated answers: set evaluate.n_generate")
+    if config.metric == "reference_loss" and not ecfg.reference:
+        raise ValueError("experiment.metric reference_loss needs evaluate.reference (e.g. alpaca_eval)")
+    if config.metric.startswith("ifeval_") and ecfg.benchmark != "ifeval":
+        raise ValueError(f"experiment.metric {config.metric} needs evaluate.benchmark: ifeval")
     max_seq_len = ecfg.max_seq_len or train_config.max_seq_len
     set_threads(train_config.threads)
     student = resolve_student(train_config.student, cache_dir)
@@ -121,6 +125,13 @@ def run_experiment(out_dir: Path, pool: pl.DataFrame, curated: pl.DataFrame, hel
     if leaked:
         notes.append(f"{leaked} pool rows equal to held-out rows were removed before building the arms.")
 
+    reference = _reference_rows(ecfg, base_dir)
+    evals = _evaluation_texts(ecfg, reference, base_dir)
+    if evals is not None:
+        pool, n = remove_overlap(pool, evals)
+        curated, m = remove_overlap(curated, evals)
+        notes.append(f"{n} pool rows and {m} curated rows sharing a 13-word n-gram with the reference answers or "
+                     "the benchmark prompts were removed before building the arms.")
     # Each arm's rows for every seed (only random_n differs between seeds).
     data: dict[tuple[str, int], pl.DataFrame] = {}
     for arm in config.arms:
@@ -218,9 +229,12 @@ def run_experiment(out_dir: Path, pool: pl.DataFrame, curated: pl.DataFrame, hel
     summary = aggregate(arms_out, base, held, metric=config.metric, baseline=config.baseline,
                         slices=list(config.slices), resamples=config.bootstrap_resamples,
                         confidence=config.confidence)
+    if reference is not None:
+        add_reference(summary, _reference(out_dir, config, ecfg, train_config, student, results, reference, tokenizer,
+                                          cache_dir, track))
     if ecfg.benchmark:
         add_benchmark(summary, _benchmark(out_dir, config, ecfg, train_config, student, results, teachers, serving,
-                                          cache_path, cache_dir, base_dir, track, log_fn))
+                                          cache_path, cache_dir, base_dir, track, log_fn, tokenizer))
     source = heldout_source or _heldout_source(heldout)
     summary.update({
         "heldout_source": source, "heldout_hash": held_hash, "budget": config.budget, "seeds": config.seeds,
@@ -246,18 +260,21 @@ def run_experiment(out_dir: Path, pool: pl.DataFrame, curated: pl.DataFrame, hel
 
 
 def _benchmark(out_dir: Path, config: ExperimentConfig, ecfg: EvaluateConfig, train_config: TrainConfig,
-               student: Path, results: dict, teachers, serving, cache_path, cache_dir, base_dir, track, log) -> dict:
-    """Every judged seed's adapter (and the base model) answers the benchmark; the judge grades the answers
-    and compares each arm with the baseline arm of the same seed."""
-    from evaluation.benchmark_eval import run_benchmark, summarise_benchmark
+               student: Path, results: dict, teachers, serving, cache_path, cache_dir, base_dir, track, log,
+               tokenizer) -> dict:
+    """Every judged seed's adapter (and the base model) answers the benchmark; IFEval's checkers score the answers,
+    or the judge grades them and compares each arm with the baseline arm of the same seed."""
+    from evaluation.benchmark_eval import benchmark_figures
     from evaluation.benchmarks import load_benchmark
     from evaluation.generation import answerer
+    from evaluation.ifeval import IFEVAL
 
     seeds = ecfg.benchmark_seeds or config.seeds
     missing = sorted(set(seeds) - set(config.seeds))
     if missing:
         raise ValueError(f"evaluate.benchmark_seeds {missing} are not experiment seeds {config.seeds}")
-    questions = load_benchmark(ecfg.benchmark, base_dir, per_category=ecfg.benchmark_per_category)
+    questions = load_benchmark(ecfg.benchmark, base_dir, per_category=ecfg.benchmark_per_category,
+                               sample=ecfg.benchmark_sample)
     models: dict[str, Path | None] = {"base": None}
     groups: dict[str, list[str]] = {"base": ["base"]}
     for arm in config.arms:
@@ -272,18 +289,22 @@ def _benchmark(out_dir: Path, config: ExperimentConfig, ecfg: EvaluateConfig, tr
                         compute_dtype=train_config.compute_dtype, max_new_tokens=ecfg.max_new_tokens,
                         batch_size=ecfg.batch_size, cache_path=cache_path, cache_dir=cache_dir, progress=track, log=log)
 
-    answers, pairwise = run_benchmark(out_dir / "benchmark", questions, models, ecfg, answerer=make_answerer,
-                                      teachers=teachers, pairs=pairs, serving=serving, cache_path=cache_path,
-                                      track=track, log=log)
-    bench = summarise_benchmark(answers, pairwise, groups, config.baseline, resamples=config.bootstrap_resamples,
-                                confidence=config.confidence)
+    bench = benchmark_figures(out_dir / "benchmark", questions, models, groups, config.baseline, ecfg,
+                              answerer=make_answerer, pairs=pairs, teachers=teachers, serving=serving,
+                              cache_path=cache_path,
+                              count_tokens=lambda a: len(tokenizer(a, add_special_tokens=False)["input_ids"]),
+                              resamples=config.bootstrap_resamples, confidence=config.confidence, track=track, log=log)
+    if ecfg.benchmark == IFEVAL:
+        bench["judged"] = (f"Checked by code: {bench['prompts']} IFEval prompts, seeds {seeds} of each arm plus the "
+                           f"base model. Answers: greedy, at most {ecfg.max_new_tokens} new tokens, generated with "
+                           f"{ecfg.generation}.")
+        return bench
     refs = sum(r is not None for refs in questions["references"].to_list()
                for r in refs[:ecfg.benchmark_turns])
     judged = " and ".join({"single": "single-answer grades 1-10 (with the reference answer where the benchmark "
                                      "gives one)",
                            "pairwise": f"pairwise against `{config.baseline}` of the same seed, both orders asked, "
                                        "an inconsistent pair a tie"}[j] for j in ecfg.benchmark_judge)
-    bench["name"] = ecfg.benchmark
     bench["judged"] = (f"Judged: {bench['questions']} questions ({', '.join(bench['categories'])}"
                        f"{f'; the first {ecfg.benchmark_per_category} of each category' if ecfg.benchmark_per_category else ''}), "
                        f"turns {', '.join(str(t + 1) for t in bench['turns'])}, seeds {seeds} of each arm plus the "
@@ -291,6 +312,57 @@ def _benchmark(out_dir: Path, config: ExperimentConfig, ecfg: EvaluateConfig, tr
                        f"Answers: greedy, at most {ecfg.max_new_tokens} new tokens, generated with {ecfg.generation}. "
                        f"Intervals resample questions x turns (paired between arms) and seeds.")
     return bench
+
+
+def _reference_rows(ecfg: EvaluateConfig, base_dir: Path | None) -> pl.DataFrame | None:
+    from evaluation.reference import load_reference
+
+    return load_reference(ecfg.reference, base_dir, rows=ecfg.reference_rows) if ecfg.reference else None
+
+
+def _evaluation_texts(ecfg: EvaluateConfig, reference: pl.DataFrame | None, base_dir: Path | None
+                      ) -> pl.DataFrame | None:
+    """What no arm may train on besides the held-out rows: every reference row (not only the sample) and
+    the prompts of a benchmark checked by code, as plain texts for the n-gram match."""
+    from evaluation.ifeval import IFEVAL, load_ifeval
+    from evaluation.reference import load_reference
+
+    texts = []
+    if reference is not None:
+        texts += load_reference(ecfg.reference, base_dir)["text"].to_list()
+    if ecfg.benchmark == IFEVAL:
+        texts += load_ifeval()["turns"].list.first().to_list()
+    if not texts:
+        return None
+    return pl.DataFrame({"messages": [[]] * len(texts), "text": texts},
+                        schema={"messages": pl.List(pl.Struct({"role": pl.Utf8, "content": pl.Utf8})), "text": pl.Utf8})
+
+
+def _reference(out_dir: Path, config: ExperimentConfig, ecfg: EvaluateConfig, train_config: TrainConfig,
+               student: Path, results: dict, reference: pl.DataFrame, tokenizer, cache_dir, track) -> dict:
+    """Every arm x seed's (and the base model's) loss on the reference rows; a finished one is read back."""
+    from evaluation.reference import fit, reference_losses
+
+    ref_hash = frame_hash(reference)
+    kw = dict(batch_size=ecfg.batch_size, cache_dir=cache_dir, progress=track)
+
+    def scored(folder: Path, adapter: Path | None) -> pl.DataFrame:
+        key = {"reference": ref_hash, "max_seq_len": ecfg.reference_max_seq_len, "adapter": str(adapter),
+               "trained": (_read_json(folder / "eval.json") or {}).get("key", {}).get("data_hash")}
+        done = _read_json(folder / "reference.json")
+        if done == key and (folder / "reference.parquet").exists():
+            return pl.read_parquet(folder / "reference.parquet")
+        folder.mkdir(parents=True, exist_ok=True)
+        f = reference_losses(student, train_config.method, train_config.compute_dtype, reference,
+                             ecfg.reference_max_seq_len, adapter_dir=adapter, **kw)
+        f.write_parquet(folder / "reference.parquet")
+        _write_json(folder / "reference.json", key)
+        return f
+
+    arms = {arm.name: [scored(out_dir / "arms" / arm.name / f"seed-{s}", Path(results[arm.name, s]["train"]["adapter_dir"]))
+                       for s in config.seeds] for arm in config.arms}
+    return {"name": ecfg.reference, "fit": fit(reference, tokenizer, ecfg.reference_max_seq_len),
+            "base": scored(out_dir / "base", None), "arms": arms}
 
 
 def _headline(summary: dict) -> dict:

@@ -20,6 +20,10 @@ METRIC_INFO = {
     # benchmark metrics come from evaluation.benchmark_eval, not from the held-out rows (no column)
     "benchmark_score": (None, False, "benchmark judge grade (1-10)"),
     "benchmark_win_rate": (None, False, "benchmark win rate vs the baseline arm (ties = half)"),
+    # from evaluation.reference and evaluation.ifeval (their own rows: reference answers, IFEval prompts)
+    "reference_loss": (None, True, "reference loss (strong answers' tokens)"),
+    "ifeval_prompt_strict": (None, False, "IFEval prompt-level strict accuracy (instructions the cap leaves fair)"),
+    "ifeval_instruction_strict": (None, False, "IFEval instruction-level strict accuracy (fair instructions)"),
 }
 
 
@@ -140,6 +144,10 @@ def aggregate(arms: list[dict], base_scores: pl.DataFrame, heldout: pl.DataFrame
 def add_benchmark(summary: dict, bench: dict) -> dict:
     """Put the benchmark figures (evaluation.benchmark_eval.summarise_benchmark) beside the held-out ones:
     each arm's `benchmark_score` and `benchmark_win_rate` with their differences, then the verdict again."""
+    from evaluation.ifeval import IFEVAL
+
+    if bench.get("name") == IFEVAL:
+        return add_ifeval(summary, bench)
     baseline = summary["baseline"]
     groups = bench["groups"]
     for a in summary["arms"]:
@@ -164,6 +172,57 @@ def add_benchmark(summary: dict, bench: dict) -> dict:
             summary["metrics_available"].append(m)
     summary["benchmark"] = bench
     summary["verdict"] = verdict(summary["arms"], summary["metric"], baseline, summary["confidence"])
+    return summary
+
+
+def _put_metric(summary: dict, metric: str, per_arm: dict[str, dict], vs_baseline: dict[str, dict],
+                vs_base: dict[str, dict], base: dict | None) -> None:
+    """A metric measured outside the held-out rows, beside the held-out ones; then the verdict again."""
+    for a in summary["arms"]:
+        if a["name"] in per_arm:
+            a["metrics"][metric] = per_arm[a["name"]]
+        if a["name"] in vs_baseline:
+            a["vs_" + summary["baseline"]][metric] = vs_baseline[a["name"]]
+        if a["name"] in vs_base:
+            a["vs_base_model"][metric] = vs_base[a["name"]]
+    if base is not None:
+        summary["base_model"][metric] = base
+    if per_arm and metric not in summary["metrics_available"]:
+        summary["metrics_available"].append(metric)
+    summary["verdict"] = verdict(summary["arms"], summary["metric"], summary["baseline"], summary["confidence"])
+
+
+def add_reference(summary: dict, ref: dict) -> dict:
+    """Each arm's loss on the reference answers (evaluation.reference), token-weighted over rows and seeds, with
+    its difference from the baseline arm and from the base model, paired on rows."""
+    from evaluation.reference import loss_matrix
+
+    kw = {"resamples": summary["bootstrap_resamples"], "confidence": summary["confidence"]}
+    mats = {name: loss_matrix(frames) for name, frames in ref["arms"].items()}
+    base = loss_matrix([ref["base"]])
+    baseline = summary["baseline"]
+    per_arm = {}
+    for n, m in mats.items():
+        ci = bootstrap_ci(*m, **kw).to_dict()
+        per_arm[n] = {**ci, "per_seed": [float(x) for x in _per_seed(m)]}
+    vs_baseline = {n: paired_difference_ci(m[0], mats[baseline][0], m[1], mats[baseline][1], **kw).to_dict()
+                   for n, m in mats.items() if n != baseline}
+    vs_base = {n: paired_difference_ci(m[0], base[0], m[1], base[1], **kw).to_dict() for n, m in mats.items()}
+    _put_metric(summary, "reference_loss", per_arm, vs_baseline, vs_base, bootstrap_ci(*base, **kw).to_dict())
+    summary["reference"] = {"name": ref["name"], "fit": ref["fit"]}
+    return summary
+
+
+def add_ifeval(summary: dict, bench: dict) -> dict:
+    """IFEval's accuracies on the instructions the cap leaves fair, beside the held-out metrics."""
+    groups, baseline = bench["groups"], summary["baseline"]
+    for metric, level in (("ifeval_prompt_strict", "prompt_strict"), ("ifeval_instruction_strict", "instruction_strict")):
+        arms = [a["name"] for a in summary["arms"] if a["name"] in groups and level in groups[a["name"]]["fair"]]
+        _put_metric(summary, metric, {n: groups[n]["fair"][level] for n in arms},
+                    {n: groups[n]["minus_fair"][baseline][level] for n in arms if n != baseline and baseline in groups},
+                    {n: groups[n]["minus_fair"]["base"][level] for n in arms if "base" in groups},
+                    groups.get("base", {}).get("fair", {}).get(level))
+    summary["benchmark"] = bench
     return summary
 
 
@@ -354,6 +413,13 @@ def write_report(path: Path, summary: dict, *, title: str, heldout_source: str, 
                 b = cell.get("base_model")
                 lines.append(f"| {label} | {cell['rows']} | {b['mean']:.4f} |" if b else f"| {label} | {cell['rows']} | – |")
                 lines[-1] += " " + " | ".join(vals) + " |"
+    if summary.get("reference"):
+        f = summary["reference"]["fit"]
+        lines += ["", f"## Reference loss: {summary['reference']['name']}", "",
+                  f"`reference_loss` (in the table above) is each arm's loss on {f['rows']} strong answers nobody here "
+                  f"wrote, assistant tokens only, paired on rows and seeds. {f['truncated']} rows longer than "
+                  f"{f['max_seq_len']} tokens were scored on their start; {f['unscorable']} had no answer token "
+                  "inside that limit and carry no weight."]
     if summary.get("benchmark"):
         lines += benchmark_lines(summary)
     if notes:
@@ -364,8 +430,14 @@ def write_report(path: Path, summary: dict, *, title: str, heldout_source: str, 
 
 def benchmark_lines(summary: dict) -> list[str]:
     """The report's benchmark section: what was judged, each arm's grade and win rate, per category."""
+    from evaluation.failures import failure_lines
+    from evaluation.ifeval import IFEVAL, ifeval_lines
+
     b, baseline = summary["benchmark"], summary["baseline"]
     pct = f"{summary['confidence']:.0%}"
+    failures = failure_lines(b["failures"], baseline, pct) if b.get("failures") else []
+    if b.get("name") == IFEVAL:
+        return ifeval_lines(b, baseline, pct) + ["", b.get("judged", "")] + failures
     groups = b["groups"]
     lines = ["", f"## Benchmark: {b.get('name', 'benchmark')}", "", b.get("judged", ""), ""]
     goal = goal_sentence(summary, summary["arms"][0]["name"])
@@ -399,7 +471,7 @@ def benchmark_lines(summary: dict) -> list[str]:
                 vals.append("–" if not m else f"{m['mean']:.2f}" + (
                     f" ({d['mean']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}])" if d else ""))
             lines.append(f"| {c} | " + " | ".join(vals) + " |")
-    return lines
+    return lines + failures
 
 
 def write_plot(path: Path, summary: dict, title: str) -> Path:
