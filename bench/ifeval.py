@@ -1,0 +1,70 @@
+"""The IFEval pass of one model (the base student): minutes per model, and its scores.
+
+    python bench/ifeval.py [--prompts 541] [--max-new-tokens 1024] [--generation vllm] [--out DIR]
+
+Answers IFEval's prompts (all 541, or a fixed random sample of --prompts, the one `benchmark_sample`
+draws) with the plain student SmolLM2-135M-Instruct through evaluation.generation.answerer (greedy,
+the project's dtype rule), then checks them with evaluation.ifeval. Timed: generation end to end
+(server start or model load included), then the checking. One JSON line: minutes per model, the four
+accuracies on every instruction and on those the cap leaves fair, the capped instruction types.
+--out keeps answers.parquet and scores.parquet. No response cache: every run generates.
+
+The model card gives SmolLM2-135M-Instruct 29.9 on IFEval (lighteval: the average of prompt- and
+instruction-level strict? see docs/quality_vs_quantity.md, "Instruments", for what was compared).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from figures import emit  # noqa: E402 (bench/ is on sys.path when a bench runs)
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from evaluation.benchmark_eval import generate_all  # noqa: E402
+from evaluation.generation import answerer  # noqa: E402
+from evaluation.ifeval import load_ifeval, score_answers, summarise_ifeval  # noqa: E402
+from training.model import resolve_student, set_threads  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--prompts", type=int, default=541)
+    ap.add_argument("--max-new-tokens", type=int, default=1024)
+    ap.add_argument("--generation", choices=("vllm", "transformers"), default="vllm")
+    ap.add_argument("--batch-size", type=int, default=8, help="transformers: prompts per generate call")
+    ap.add_argument("--dtype", default="auto")
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+    set_threads()
+    student = resolve_student("smollm2-135m-instruct")
+    questions = load_ifeval(sample=args.prompts)
+    t0 = time.perf_counter()
+    with answerer(student, {"base": None}, backend=args.generation, compute_dtype=args.dtype,
+                  max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, log=lambda m: None) as answer:
+        answers = generate_all(questions, {"base": None}, answer, 1)
+        dtype = answer.dtype
+    generated = time.perf_counter()
+    scores = score_answers(questions, answers, args.max_new_tokens)
+    checked = time.perf_counter()
+    s = summarise_ifeval(scores, {"base": ["base"]}, "base", max_new_tokens=args.max_new_tokens, resamples=1000)
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        answers.write_parquet(args.out / "answers.parquet")
+        scores.write_parquet(args.out / "scores.parquet")
+    g = s["groups"]["base"]
+    emit(dtype, figure="ifeval_base_student", model="smollm2-135m-instruct", generation=args.generation,
+         prompts=questions.height, max_new_tokens=args.max_new_tokens,
+         minutes_per_model=round((generated - t0) / 60, 2), check_s=round(checked - generated, 2),
+         **{f"{lv}_{sub}": round(100 * g[sub][lv]["mean"], 1) for sub in ("all", "fair") for lv in g[sub]},
+         intervals={f"{lv}_{sub}": [round(100 * g[sub][lv]["low"], 1), round(100 * g[sub][lv]["high"], 1)]
+                    for sub in ("all", "fair") for lv in g[sub]},
+         capped=s["capped"], capped_prompts=s["capped_prompts"])
+
+
+if __name__ == "__main__":
+    main()
