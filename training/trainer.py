@@ -9,9 +9,10 @@
       merged/            base + adapter merged (with `merge`)
       train-result.json  TrainResult and the full log history; present = finished
 
-Calling train() again with the same arguments resumes from the last checkpoint (same seed, same
-data order, RNG states restored: the final adapter matches an uninterrupted run); once
-train-result.json exists it returns the recorded result without training.
+Calling train() again with the same arguments resumes from the last sealed checkpoint (same seed,
+same data order, RNG states restored: the final adapter matches an uninterrupted run; a checkpoint
+cut off inside its save has no seal and is set aside: training.checkpoints); once train-result.json
+exists (written whole or not at all) it returns the recorded result without training.
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ import torch
 from curation.settings import hardware
 from training.callbacks import CountingSFTTrainer, EarlyStopping, ProgressCallback
 from training.card import TrainResult, write_card
+from training.checkpoints import CheckpointSealed, last_sealed, write_atomic
 from training.config import TrainConfig
 from training.data import IGNORE, tokenize_conversations
 from training.model import (device, load_student, load_tokenizer, max_positions, resolve_dtype, resolve_student,
@@ -124,17 +126,28 @@ def _run_key(config: TrainConfig, seed: int, student: Path, data_hash: str, eval
             "data_hash": data_hash, "eval_hash": eval_hash}
 
 
+def _read_json(path: Path) -> dict | None:
+    """A JSON file pond wrote, or None if absent or unreadable (a write cut short by a kill: it is
+    written again)."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        if path.exists():
+            log.warning("%s is unreadable (a write cut short?): written again", path)
+        return None
+
+
 def _claim(out_dir: Path, key: dict) -> None:
     path = out_dir / "train-key.json"
-    if path.exists():
-        old = json.loads(path.read_text())
+    old = _read_json(path)
+    if old is not None:
         if old != key:
             diff = sorted(k for k in key if old.get(k) != key[k])
             raise ValueError(f"{out_dir} holds a training run with different settings ({', '.join(diff)} differ); "
                              f"use another output folder or delete it")
         return
     out_dir.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(key, indent=2, sort_keys=True))
+    write_atomic(path, json.dumps(key, indent=2, sort_keys=True))
 
 
 def _sort_adapter_config(path: Path) -> None:
@@ -177,7 +190,6 @@ def train(df: pl.DataFrame, config: TrainConfig, out_dir: Path, *, seed: int = 0
     from datasets import Dataset
     from peft import LoraConfig
     from transformers.trainer_callback import PrinterCallback
-    from transformers.trainer_utils import get_last_checkpoint
 
     out_dir = Path(out_dir)
     set_threads(config.threads)
@@ -195,8 +207,8 @@ def train(df: pl.DataFrame, config: TrainConfig, out_dir: Path, *, seed: int = 0
     key = _run_key(config, seed, student, data_hash, eval_examples and _hash_examples(eval_examples))
     result_path = out_dir / "train-result.json"
     _claim(out_dir, key)
-    if result_path.exists():
-        return TrainResult.from_json(json.loads(result_path.read_text())["result"], out_dir)
+    if (done := _read_json(result_path)) is not None and "result" in done:
+        return TrainResult.from_json(done["result"], out_dir)
 
     dtype = resolve_dtype(config.compute_dtype)
     model, tokenizer = load_student(student, config.method, config.compute_dtype, for_training=True)
@@ -208,7 +220,7 @@ def train(df: pl.DataFrame, config: TrainConfig, out_dir: Path, *, seed: int = 0
         peft_config = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
                                  target_modules=config.target_modules, bias="none", task_type="CAUSAL_LM")
 
-    callbacks = [ProgressCallback(progress)] if progress else []
+    callbacks = [CheckpointSealed()] + ([ProgressCallback(progress)] if progress else [])
     stopper = None
     if config.early_stopping_patience:
         stopper = EarlyStopping(config.early_stopping_patience, out_dir / "best")
@@ -235,11 +247,10 @@ def train(df: pl.DataFrame, config: TrainConfig, out_dir: Path, *, seed: int = 0
             if p.requires_grad:
                 p.data = p.data.float()
 
-    ckpt_dir = out_dir / "checkpoints"
-    last = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
+    last = last_sealed(out_dir / "checkpoints")
     if last:
         log.info("resuming from %s", last)
-    trainer.train(resume_from_checkpoint=last)
+    trainer.train(resume_from_checkpoint=str(last) if last else None)
     history = trainer.state.log_history
     if eval_examples and not any("eval_loss" in e and e.get("step") == trainer.state.global_step for e in history):
         trainer.evaluate()  # the held-out loss of the final weights, when no epoch boundary gave it
@@ -277,7 +288,8 @@ def train(df: pl.DataFrame, config: TrainConfig, out_dir: Path, *, seed: int = 0
     if config.merge and config.method != "full":
         result.merged_dir = _merge(student, final_dir, out_dir / "merged", torch.bfloat16 if dtype == torch.bfloat16
                                    else torch.float32)
-    result_path.write_text(json.dumps({"result": result.to_json(), "provenance": provenance or {},
-                                       "hardware": hardware(result.compute_dtype), "log_history": history},
-                                      indent=1, default=str))
+    # train-result.json says "finished": written whole or not at all
+    write_atomic(result_path, json.dumps({"result": result.to_json(), "provenance": provenance or {},
+                                          "hardware": hardware(result.compute_dtype), "log_history": history},
+                                         indent=1, default=str))
     return result
