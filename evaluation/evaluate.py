@@ -137,8 +137,21 @@ def _reference(out_dir: Path, student: Path, adapter_dir: Path, config: Evaluate
     ci = {"resamples": config.bootstrap_resamples, "confidence": config.confidence}
     (xb, wb), (xa, wa) = loss_matrix([frames["base"]]), loss_matrix([frames["adapter"]])
     return {"name": config.reference, "fit": fit(ref, load_tokenizer(student), config.reference_max_seq_len),
+            "training_rows_overlapping": _overlap(out_dir, config, base_dir),
             "base_model": bootstrap_ci(xb, wb, **ci).to_dict(), "adapter": bootstrap_ci(xa, wa, **ci).to_dict(),
             "adapter_minus_base": paired_difference_ci(xa, xb, wa, wb, **ci).to_dict()}
+
+
+def _overlap(out_dir: Path, config: EvaluateConfig, base_dir) -> int | None:
+    """Rows of the run's training set (curated.parquet) sharing a 13-word n-gram with any reference row: a single
+    run trains on what curation kept, so a leak is counted here (an experiment removes such rows from every arm)."""
+    from evaluation.arms import remove_overlap
+    from evaluation.reference import load_reference
+
+    curated = out_dir / "curated.parquet"
+    if not curated.exists():
+        return None
+    return remove_overlap(pl.read_parquet(curated), load_reference(config.reference, base_dir))[1]
 
 
 def _ci(c: dict, sign: bool = False) -> str:
@@ -184,7 +197,10 @@ def _write_eval_report(path: Path, r: dict) -> None:
         lines += ["", f"## Reference loss: {ref['name']}", "",
                   f"Loss on {f['rows']} strong answers nobody here wrote (assistant tokens only; lower is better); "
                   f"{f['truncated']} rows longer than {f['max_seq_len']} tokens scored on their start, "
-                  f"{f['unscorable']} with no answer token inside it not scored.", "",
+                  f"{f['unscorable']} with no answer token inside it not scored." +
+                  ("" if ref.get("training_rows_overlapping") is None else
+                   f" {ref['training_rows_overlapping']} training rows share a 13-word n-gram with a reference row "
+                   "(add the reference file to the `decontaminate` step's `against` to remove them)."), "",
                   "| base model | base + adapter | adapter − base |", "|---|---|---|",
                   f"| {_ci(ref['base_model'])} | {_ci(ref['adapter'])} | {_ci(ref['adapter_minus_base'], True)} |"]
     if r.get("benchmark"):

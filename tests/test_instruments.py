@@ -126,6 +126,10 @@ def test_evaluate_run_with_ifeval_and_a_reference(tiny_llama_dir, tmp_path, shar
     train = TrainConfig(student=str(tiny_llama_dir), method="lora", max_seq_len=64, compute_dtype="fp32", threads=2)
     config = EvaluateConfig(benchmark="ifeval", benchmark_sample=3, generation="transformers", max_new_tokens=4,
                             reference=str(refs), reference_max_seq_len=64, bootstrap_resamples=200)
+    (tmp_path / "run").mkdir()
+    turns = lambda a: [{"role": "user", "content": "Count."}, {"role": "assistant", "content": a}]  # noqa: E731
+    pl.DataFrame({"id": ["a", "b"], "messages": [turns("one " * 30), turns("two")], "text": ["", ""]}).write_parquet(
+        tmp_path / "run" / "curated.parquet")  # row a shares 13-grams with a reference answer
     out = evaluate_run(tmp_path / "run", tmp_path / "adapter", sharegpt_df.slice(300, 6), config, train)
     b = out["benchmark"]
     assert b["name"] == "ifeval" and b["prompts"] == 3 and set(b["groups"]) == {"base", "adapter"}
@@ -134,7 +138,7 @@ def test_evaluate_run_with_ifeval_and_a_reference(tiny_llama_dir, tmp_path, shar
     assert b["max_new_tokens"] == 4 and isinstance(b["capped"], dict)
     assert b["failures"]["groups"]["adapter"]["hit_cap"]["answers"] == 3
     r = out["reference"]
-    assert r["fit"]["rows"] == 3 and r["fit"]["truncated"] == 1
+    assert r["fit"]["rows"] == 3 and r["fit"]["truncated"] == 1 and r["training_rows_overlapping"] == 1
     assert r["adapter"]["low"] <= r["adapter"]["mean"] <= r["adapter"]["high"]
     report = (tmp_path / "run" / "report.md").read_text()
     assert "## IFEval" in report and "## Failure rates" in report and "## Reference loss" in report
