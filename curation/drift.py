@@ -9,15 +9,16 @@ Pure statistics on arrays and lists; `pond.drift_report` gathers the rows and wr
   Exact under the null for any sample size, so the smallest p-value is 1 / (1 + permutations).
 - `length_shift`: two-sample Kolmogorov-Smirnov test on text lengths.
 - `language_mix`: language shares (langid.py) and a chi-square test of homogeneity.
-- `rejection_flags`: each step's rejection rate against the earlier generations' pooled rate, flagged
-  when it falls outside the binomial interval that rate gives for this drop's row count.
+- `rejection_flags`: each comparable step's rejection rate against the earlier generations' pooled
+  rate, by Fisher's exact test (Bonferroni over the steps).
 - `cluster_changes`: k-means (semantic_dedup's spherical k-means) on pond + drop embeddings; clusters
   the drop fills but the pond barely has are new, clusters the pond has and the drop never touches are gone.
 """
 from __future__ import annotations
 
+import functools
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import numpy as np
 
@@ -69,11 +70,17 @@ def length_shift(pond: Sequence[int], drop: Sequence[int]) -> dict:
             "pond_median_chars": float(np.median(pond)), "drop_median_chars": float(np.median(drop))}
 
 
-def languages(texts: Sequence[str], chars: int = 200) -> list[str]:
-    """langid.py's language code of each text (its first `chars` characters); '' for an empty text."""
+@functools.lru_cache(maxsize=1 << 16)
+def _language(snippet: str) -> str:
+    # cached: a growing pond's sample is mostly the same rows from one drop to the next
     import langid
 
-    return [langid.classify(t[:chars])[0] if t and t.strip() else "" for t in texts]
+    return langid.classify(snippet)[0] if snippet.strip() else ""
+
+
+def languages(texts: Sequence[str], chars: int = 200) -> list[str]:
+    """langid.py's language code of each text (its first `chars` characters); '' for an empty text."""
+    return [_language(t[:chars]) if t else "" for t in texts]
 
 
 def language_mix(pond: Sequence[str], drop: Sequence[str], top: int = 8) -> dict:
@@ -96,24 +103,29 @@ def language_mix(pond: Sequence[str], drop: Sequence[str], top: int = 8) -> dict
 
 
 def rejection_flags(current: dict[str, tuple[int, int]], earlier: dict[str, list[tuple[int, int]]],
-                    confidence: float = 0.99) -> dict[str, dict]:
-    """Per step (rejected, in): this drop's rate, the earlier generations' pooled rate, and the central
-    `confidence` binomial interval of the rate a drop of this size would show at the pooled rate."""
-    from scipy.stats import binom
+                    tested: Collection[str], level: float = 0.01) -> dict[str, dict]:
+    """Per step (rejected, in): this drop's rate against the earlier generations' pooled rate.
+
+    Only `tested` steps are tested: those whose input is a sample of the same stage on both sides (a
+    step after a dedup against the pond sees the rows that dedup left, which a fresh sample of the
+    source would not). Fisher's exact test, because the pooled rate is itself an estimate (an
+    interval around it as if it were the true rate fires too often when the pond is not much larger
+    than the drop); Bonferroni over the tested steps, so that any step is flagged at most `level`
+    of the time when nothing changed."""
+    from scipy.stats import fisher_exact
 
     out = {}
-    alpha = (1 - confidence) / 2
+    pooled = {step: (sum(r for r, _ in rows), sum(n for _, n in rows)) for step, rows in earlier.items()}
+    testable = [s for s, (_, n) in current.items() if s in tested and n and pooled.get(s, (0, 0))[1]]
     for step, (rej, n) in current.items():
-        before = earlier.get(step, [])
-        n0 = sum(b for _, b in before)
-        entry = {"rejected": rej, "in": n, "rate": round(rej / n, 4) if n else None}
-        if n and n0:
-            p0 = sum(r for r, _ in before) / n0
-            lo, hi = binom.ppf(alpha, n, p0) / n, binom.ppf(1 - alpha, n, p0) / n
-            entry.update({"earlier_rate": round(p0, 4), "interval": [round(float(lo), 4), round(float(hi), 4)],
-                          "flagged": bool(rej / n < lo or rej / n > hi)})
+        r0, n0 = pooled.get(step, (0, 0))
+        entry = {"rejected": rej, "in": n, "rate": round(rej / n, 4) if n else None,
+                 "earlier_rate": round(r0 / n0, 4) if n0 else None, "tested": step in testable}
+        if step in testable:
+            p = float(fisher_exact([[rej, n - rej], [r0, n0 - r0]]).pvalue)
+            entry.update({"test": "fisher_exact", "p_value": p, "flagged": p < level / len(testable)})
         else:
-            entry.update({"earlier_rate": None, "interval": None, "flagged": False})
+            entry["flagged"] = False
         out[step] = entry
     return out
 

@@ -1,10 +1,12 @@
 """A drop's drift report, `drops/NNN/drift.json` (the statistics: curation.drift).
 
-The drop's kept rows are compared with the pond's (every earlier generation's kept rows): in embedding
-space (the cached embeddings of curation.embed, MMD permutation test), in length and in language mix;
-each step's rejection rate against the earlier generations'; clusters new in the drop and clusters
-it no longer touches; and the current adapter's loss on a sample of the drop's rows against its loss
-on the held-out set. `drifted` is the embedding test's p below `retrain.drift.alpha`.
+The drop's rows are compared with the pond's (every earlier generation's) at the same stage: after
+ingest and the per-row steps that come before the first step whose verdicts depend on other rows
+(`compared_stage`), so before any dedup against the pond. In embedding space (the cached embeddings
+of curation.embed, MMD permutation test), in length and in language mix, each flagged at
+`retrain.drift.alpha`; the compared stage's rejection rates against the earlier generations'; clusters
+new in the drop and clusters it no longer touches; and the current adapter's loss on a sample of the
+drop's kept rows against its loss on the held-out set. `drifted` is the embedding test's p below alpha.
 """
 from __future__ import annotations
 
@@ -52,6 +54,57 @@ def adapter_loss(run: Path, recipe, rows: pl.DataFrame, cache_dir: Path | None, 
     return out
 
 
+def per_row_kinds() -> set[str]:
+    """Step kinds whose verdict on a row needs no other row and is the same in a drop as in the run:
+    the step table's row-wise and actor steps, and the local steps that judge each row alone. Any
+    other kind (dedup, holdout, select, synthesize, a kind added later) ends the compared stage."""
+    from pond.steps import ACTOR, ROWWISE, STEPS
+
+    return {kind for kind, spec in STEPS.items() if spec.distribute in (ROWWISE, ACTOR)} | {"decontaminate", "ifd",
+                                                                                             "judge"}
+
+
+def compared_stage(gen: Path) -> list[str]:
+    """The step folders of the compared stage: ingest and the per-row steps before the first other
+    step. Its last folder's kept rows are what is compared: a sample of the source after the same
+    per-row rules on both sides. Later rows are not: a drop's dedup runs against the pond and removes
+    the drop rows closest to it, so the drop's kept rows are farther from the pond than a fresh
+    sample of the same source (a selection the permutation test reads as drift; docs/continuous-curation.md)."""
+    per_row = per_row_kinds()
+    names = []
+    for d in layout.step_dirs(gen):
+        if names and d.name.split("-", 1)[-1] not in per_row:
+            break
+        names.append(d.name)
+    return names
+
+
+def flag(result: dict, alpha: float) -> dict:
+    p = result.get("p_value")
+    return {**result, "flagged": p is not None and p < alpha}
+
+
+def compare(pond_t: list[str], new_t: list[str], ep: np.ndarray, en: np.ndarray, opts, seed: int) -> dict[str, Any]:
+    """The tests of one drop against the pond, on the two samples' texts and embeddings."""
+    emb = stats.mmd_test(ep, en, permutations=opts.permutations, seed=seed)
+    return {"drifted": emb["p_value"] is not None and emb["p_value"] < opts.alpha, "p_value": emb["p_value"],
+            "embedding": emb,
+            "length": flag(stats.length_shift([len(t) for t in pond_t], [len(t) for t in new_t]), opts.alpha),
+            "language": flag(stats.language_mix(stats.languages(pond_t), stats.languages(new_t)), opts.alpha),
+            "clusters": stats.cluster_changes(ep, en, pond_t, new_t, k=opts.clusters, seed=seed)}
+
+
+def rejections(earlier: list[Path], drop: Path, stage: list[str], confidence: float) -> dict[str, Any]:
+    """Each step's rejection rate against the earlier generations'; only the compared stage's steps are
+    tested (the rows a later step sees passed a dedup against the pond in the drop, not in the pond)."""
+    before: dict[str, list[tuple[int, int]]] = {}
+    for g in earlier:
+        for step, rate in _rates(g).items():
+            before.setdefault(step, []).append(rate)
+    flags = stats.rejection_flags(_rates(drop), before, tested=stage, level=1 - confidence)
+    return {"rejections": flags, "rejections_flagged": [s for s, r in flags.items() if r["flagged"]]}
+
+
 def drift_report(run: Path, drop: Path, recipe, *, cache_dir: Path | None = None) -> dict[str, Any]:
     from pond.retrain import DriftOptions
     from pond.update import curated_generations
@@ -59,31 +112,23 @@ def drift_report(run: Path, drop: Path, recipe, *, cache_dir: Path | None = None
     opts = recipe.retrain.drift if recipe.retrain is not None else DriftOptions()
     seed = recipe.seed
     earlier = [g for g in curated_generations(run) if g != drop]
-    pond = pl.concat([read_output(layout.final_kept(g)).select("id", "text") for g in earlier])
-    new = read_output(layout.final_kept(drop))
+    stage = compared_stage(drop)
+    pond = pl.concat([read_output(layout.step_dir(g, stage[-1]) / layout.KEPT).select("id", "text") for g in earlier])
+    new = read_output(layout.step_dir(drop, stage[-1]) / layout.KEPT).select("id", "text")
+    kept = read_output(layout.final_kept(drop))
     pond_s = pond[stats.stable_sample(pond["id"].to_list(), opts.sample, seed)]
-    new_s = new.select("id", "text")[stats.sample_indices(new.height, opts.sample, seed)]
+    new_s = new[stats.sample_indices(new.height, opts.sample, seed)]
     pond_t = pond_s["text"].fill_null("").to_list()
     new_t = new_s["text"].fill_null("").to_list()
-    report: dict[str, Any] = {"drop": layout.drop_number(drop), "pond_rows": pond.height, "drop_rows": new.height,
-                              "alpha": opts.alpha}
+    report: dict[str, Any] = {"drop": layout.drop_number(drop), "stage": stage[-1], "pond_rows": pond.height,
+                              "drop_rows": new.height, "drop_kept": kept.height, "alpha": opts.alpha}
     if new.height < 2:
-        return {**report, "drifted": False, "p_value": None, "note": "fewer than two new rows kept: nothing to test"}
+        return {**report, "drifted": False, "p_value": None, "note": "fewer than two new rows: nothing to test"}
     ep = embed_texts(pond_t, EmbeddingOptions(), cache_dir)
     en = embed_texts(new_t, EmbeddingOptions(), cache_dir)
-    emb = stats.mmd_test(ep, en, permutations=opts.permutations, seed=seed)
-    report.update({"drifted": emb["p_value"] is not None and emb["p_value"] < opts.alpha, "p_value": emb["p_value"],
-                   "embedding": emb})
-    report["length"] = stats.length_shift([len(t) for t in pond_t], [len(t) for t in new_t])
-    report["language"] = stats.language_mix(stats.languages(pond_t), stats.languages(new_t))
-    before: dict[str, list[tuple[int, int]]] = {}
-    for g in earlier:
-        for step, rate in _rates(g).items():
-            before.setdefault(step, []).append(rate)
-    report["rejections"] = stats.rejection_flags(_rates(drop), before, opts.rejection_confidence)
-    report["rejections_flagged"] = [s for s, r in report["rejections"].items() if r["flagged"]]
-    report["clusters"] = stats.cluster_changes(ep, en, pond_t, new_t, k=opts.clusters, seed=seed)
-    report["adapter_loss"] = adapter_loss(run, recipe, new, cache_dir, opts.loss_rows, seed)
+    report.update(compare(pond_t, new_t, ep, en, opts, seed))
+    report.update(rejections(earlier, drop, stage, opts.rejection_confidence))
+    report["adapter_loss"] = adapter_loss(run, recipe, kept, cache_dir, opts.loss_rows, seed)
     return report
 
 

@@ -29,12 +29,55 @@ def test_mmd_permutation_test_separates_shifted_samples_only():
     assert 0 <= sum(p < 0.05 for p in ps) <= 9
 
 
-def test_rejection_rates_flagged_outside_their_interval():
-    earlier = {"01-heuristics": [(10, 100), (25, 200)]}  # pooled 35 / 300
-    flags = drift.rejection_flags({"01-heuristics": (13, 100)}, earlier)
+def test_rejection_rates_tested_by_fisher_only_for_comparable_steps():
+    earlier = {"01-heuristics": [(10, 100), (25, 200)], "02-exact_dedup": [(5, 300)]}  # pooled 35 / 300
+    flags = drift.rejection_flags({"01-heuristics": (13, 100)}, earlier, tested=["01-heuristics"])
     assert not flags["01-heuristics"]["flagged"] and flags["01-heuristics"]["earlier_rate"] == round(35 / 300, 4)
-    assert drift.rejection_flags({"01-heuristics": (40, 100)}, earlier)["01-heuristics"]["flagged"]
-    assert drift.rejection_flags({"02-new": (5, 10)}, earlier)["02-new"]["flagged"] is False  # nothing to compare
+    assert drift.rejection_flags({"01-heuristics": (40, 100)}, earlier, tested=["01-heuristics"])["01-heuristics"]["flagged"]
+    assert drift.rejection_flags({"03-new": (5, 10)}, earlier, tested=["03-new"])["03-new"]["flagged"] is False
+    # a dedup step's rate depends on how much it is compared against: reported, never tested
+    dedup = drift.rejection_flags({"02-exact_dedup": (60, 100)}, earlier, tested=["01-heuristics"])["02-exact_dedup"]
+    assert dedup["tested"] is False and dedup["flagged"] is False and dedup["rate"] == 0.6
+
+
+def test_rejection_flag_false_alarm_rate_is_at_most_its_level():
+    """Same rate on both sides: a pond of 1200 rows, drops of 500. The interval around the pond's rate
+    taken as exact (before issue 32) flagged ~3% at a nominal 1%; Fisher's test stays under 1%."""
+    rng = np.random.default_rng(0)
+    trials = 400
+    hits = sum(drift.rejection_flags({"s": (int(rng.binomial(500, 0.2)), 500)},
+                                     {"s": [(int(rng.binomial(1200, 0.2)), 1200)]}, tested=["s"])["s"]["flagged"]
+               for _ in range(trials))
+    assert hits <= 9  # binomial(400, 0.01): P(X >= 10) < 0.01
+
+
+def test_language_test_false_alarm_rate_is_at_most_alpha():
+    """Many rare languages, as in real chat data (small expected counts, where chi-square is an
+    approximation): over same-source pairs about 5% fall below 0.05, not more."""
+    rng = np.random.default_rng(0)
+    names = np.array(["en"] * 90 + ["zh", "es", "de", "fr", "ja", "ko", "ru", "pt", "it", "nl"])
+    ps = [drift.language_mix(list(rng.choice(names, 300)), list(rng.choice(names, 150)))["p_value"]
+          for _ in range(200)]
+    assert sum(p < 0.05 for p in ps) <= 18  # binomial(200, 0.05): P(X >= 19) < 0.01
+
+
+def test_the_compared_stage_ends_before_the_first_step_that_needs_other_rows(tmp_path):
+    from pond.drift_report import compared_stage
+
+    def gen(*names):
+        d = tmp_path / "-".join(names)
+        for n in ("00-ingest",) + names:
+            (d / "steps" / n).mkdir(parents=True)
+        return d
+
+    # a drop's dedup runs against the pond: what comes after it is not a sample of the source
+    assert compared_stage(gen("01-heuristics", "02-pii", "03-exact_dedup", "04-judge")) == [
+        "00-ingest", "01-heuristics", "02-pii"]
+    assert compared_stage(gen("01-exact_dedup", "02-minhash_dedup", "03-heuristics")) == ["00-ingest"]
+    # the run draws its held-out rows from the valid ones, a drop draws none
+    assert compared_stage(gen("01-holdout", "02-heuristics")) == ["00-ingest"]
+    assert compared_stage(gen("01-heuristics", "02-select")) == ["00-ingest", "01-heuristics"]
+    assert compared_stage(gen("01-heuristics")) == ["00-ingest", "01-heuristics"]
 
 
 def test_language_and_length_shift():

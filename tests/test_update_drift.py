@@ -125,3 +125,42 @@ def test_a_drop_from_another_source_drifts_and_retrains(tmp_path, conversations,
     assert card["drops"] == [0, 1]
     section = (layout.drops_dir(run) / layout.DROPS_REPORT).read_text()
     assert "## Data drops" in section and "| 001 |" in section and "new cluster" in section and "| v1 |" in section
+
+
+ISSUE_32 = """\
+name: same-source
+input: {path: base.jsonl}
+seed: 0
+steps:
+  - exact_dedup: {}
+  - minhash_dedup: {}
+  - heuristics: {}
+"""
+
+
+@pytest.mark.slow  # ~1-2 min on 2 shared cores: a 1,200-row run, a drop, ~1,700 embeddings (cached after)
+def test_a_same_source_drop_is_not_drift_though_its_dedup_ran_against_the_pond(tmp_path):
+    """Issue 32: 1,200 real conversations, then 500 more from the same shuffled source plus 20 repeats
+    of pond rows. Compared after its dedup against the pond, the drop was flagged (p = 0.008): that
+    dedup removes the drop rows closest to the pond. Compared at the same stage as the pond (ingest,
+    before any dedup), it is not; the repeats are still rejected."""
+    rows = list(iter_sharegpt(limit=2000))
+    random.Random(32).shuffle(rows)
+    base, fresh = rows[:1200], rows[1200:1700]
+    repeats = random.Random(1).sample(base, 20)
+    write_jsonl(tmp_path / "base.jsonl", base)
+    run_pipeline(parse_recipe(ISSUE_32), tmp_path / "run", tmp_path, train=False)
+    result = update(tmp_path / "run", [write_jsonl(tmp_path / "drop.jsonl", fresh + repeats)], retrain=False)
+    drift = result["drift"]
+    run, drop = tmp_path / "run", layout.drop_dir(tmp_path / "run", 1)
+    assert drift["stage"] == "00-ingest"
+    assert drift["pond_rows"] == pl.read_parquet(layout.ingest_output(run)).height > 1000
+    assert drift["drop_rows"] == pl.read_parquet(layout.ingest_output(drop)).height > 400
+    assert drift["drifted"] is False and drift["p_value"] >= 0.01, drift["embedding"]
+    assert not drift["length"]["flagged"] and not drift["language"]["flagged"]
+    assert drift["rejections_flagged"] == []
+    # only ingest is in the compared stage; the dedup and the heuristics after it are reported, not tested
+    assert [s for s, r in drift["rejections"].items() if r["tested"]] == ["00-ingest"]
+    dedup = pl.read_parquet(layout.step_dir(drop, "01-exact_dedup") / layout.REJECTED)
+    pond_ids = pl.read_parquet(layout.ingest_output(run))["id"]
+    assert dedup.filter(pl.col("duplicate_of").is_in(pond_ids.implode())).height >= 20
