@@ -305,7 +305,7 @@ def _user_column(name: str, values: list[Any]) -> pl.Series:
     silently cast."""
     try:
         series = pl.Series(name, values, strict=False)
-        if series.to_list() == values and not _has_empty_struct(series.dtype):
+        if series.to_list() == values and _parquet_writable(series.dtype):
             return series
     except (pl.exceptions.PolarsError, TypeError, ValueError, OverflowError):
         pass
@@ -317,13 +317,13 @@ def as_json_text(name: str, values: list[Any]) -> pl.Series:
                      dtype=pl.Utf8)
 
 
-def _has_empty_struct(dtype: pl.DataType) -> bool:
-    """Parquet cannot write a struct without fields."""
+def _parquet_writable(dtype: pl.DataType) -> bool:
+    """Parquet cannot write a struct without fields, nor polars' Object (values of mixed kinds)."""
     if isinstance(dtype, pl.Struct):
-        return not dtype.fields or any(_has_empty_struct(f.dtype) for f in dtype.fields)
+        return bool(dtype.fields) and all(_parquet_writable(f.dtype) for f in dtype.fields)
     if isinstance(dtype, (pl.List, pl.Array)):
-        return _has_empty_struct(dtype.inner)
-    return False
+        return _parquet_writable(dtype.inner)
+    return dtype != pl.Object
 
 
 def unify_user_columns(frames: list[pl.DataFrame]) -> list[pl.DataFrame]:

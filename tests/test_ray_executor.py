@@ -183,3 +183,51 @@ def test_cli_executor_flag(tmp_path):
     recipe.write_text("name: x\ninput: {path: a.jsonl}\n")
     result = CliRunner().invoke(app, ["run", str(recipe), "--executor", "spark", "--out", str(tmp_path / "o")])
     assert result.exit_code == 2 and "expected local or ray" in result.output
+
+
+def test_ray_ingest_reads_files_as_they_come_like_local(tmp_path, ray_cluster):
+    """Compressed files, a byte-order mark with CRLF, content parts, broken Unicode and the fuzz
+    test's rows: the Ray executor's ingest keeps the same rows and gives the same reasons."""
+    import gzip
+
+    import zstandard
+    from hypothesis import HealthCheck, given, settings
+
+    from tests.fuzz_rows import FILE_LINES
+
+    @settings(max_examples=3, deadline=None, derandomize=True,
+              suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
+                                     HealthCheck.data_too_large])
+    @given(lines=FILE_LINES)
+    def check(lines):
+        case = tmp_path / f"case-{len(list(tmp_path.iterdir()))}"
+        data = case / "data"
+        data.mkdir(parents=True)
+        good = [json.dumps({"prompt": f"question {i} here", "response": f"answer {i} there"}) for i in range(40)]
+        (data / "a.jsonl.gz").write_bytes(gzip.compress(
+            ("\n".join(good[:20] + ['{"text": "half \\ud800 pair"}'] + good[20:]) + "\n").encode()))
+        (data / "b.jsonl").write_bytes(b"\xef\xbb\xbf" + ("\r\n".join(good) + "\r\n").encode())
+        parts = {"messages": [{"role": "user", "content": [{"type": "text", "text": "hi"},
+                                                           {"type": "image_url", "image_url": {}}]},
+                              {"role": "assistant", "content": "hello"}]}
+        (data / "c.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(
+            (json.dumps(parts) + "\n" + "\n".join(good[:5]) + "\n").encode()))
+        (data / "d.jsonl").write_bytes(b"\n".join([g.encode() for g in good[:3]] + lines) + b"\n")
+        text = "name: asis\ninput: {path: data}\nray: {split_bytes: 4096, shard_rows: 100}\n" \
+               "steps:\n  - heuristics: {}\n  - pii: {action: redact}\n"
+        out = {}
+        for executor in ("local", "ray"):
+            recipe = parse_recipe(text)
+            recipe.executor = executor
+            runner = Runner(recipe, case / f"run-{executor}", case, cache_dir=case / "cache")
+            runner.curate()
+            out[executor] = runner.out
+        for step in ("00-ingest", "01-heuristics", "02-pii"):
+            ka, kb = (read_output(out[e] / "steps" / step / "kept.parquet") for e in ("local", "ray"))
+            assert ka["id"].to_list() == kb["id"].to_list(), step
+            ra, rb = (read_output(out[e] / "steps" / step / "rejected.parquet").sort("id") for e in ("local", "ray"))
+            assert ra.select("id", "reason").equals(rb.select("id", "reason")), step
+        rejected = read_output(out["ray"] / "steps" / "00-ingest" / "rejected.parquet")
+        assert {"invalid_unicode", "non_text_part"} <= set(rejected["reason"].to_list())
+
+    check()
