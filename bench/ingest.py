@@ -1,4 +1,5 @@
-"""Ingest throughput and memory: N short JSONL rows through pond's ingest step (as `pond run` does it).
+"""Ingest throughput and memory: N short JSONL rows through pond's ingest step (as `pond run` does it),
+plain and compressed (.jsonl.gz, .jsonl.zst: each beside the plain file's figure).
 
 Prints one JSON line per figure. Baseline in the same run: `json.loads` of every line into a list
 (parsing only — no layout normalisation, no ids, no Parquet), i.e. reading the whole file into
@@ -40,6 +41,21 @@ def make_corpus(path: Path, rows: int) -> None:
                                                  {"role": "assistant", "content": a}], "row": i}) + "\n")
 
 
+def compress(path: Path) -> dict[str, Path]:
+    """The corpus as .jsonl.gz (level 6, gzip's default) and .jsonl.zst (level 3, zstd's default)."""
+    import gzip
+    import shutil
+
+    import zstandard
+
+    out = {"gz": path.with_name(path.name + ".gz"), "zst": path.with_name(path.name + ".zst")}
+    with open(path, "rb") as src, gzip.open(out["gz"], "wb", compresslevel=6) as dst:
+        shutil.copyfileobj(src, dst, 1 << 20)
+    with open(path, "rb") as src, open(out["zst"], "wb") as dst:
+        zstandard.ZstdCompressor(level=3).copy_stream(src, dst)
+    return out
+
+
 def child(mode: str, path: Path, out: Path) -> None:
     t0 = time.perf_counter()
     if mode == "pond":
@@ -77,12 +93,21 @@ def main() -> None:
         data = Path(tmp) / "rows.jsonl"
         make_corpus(data, args.rows)
         size_mb = data.stat().st_size / 2**20
+        packed = compress(data)
         results = {}
-        for mode in ("pond", "json_loads_list"):
-            proc = subprocess.run([sys.executable, __file__, "--child", mode, str(data), str(Path(tmp) / "run")],
+        runs = [("pond", data), ("json_loads_list", data)] + [(f"pond_{ext}", p) for ext, p in packed.items()]
+        for mode, path in runs:
+            proc = subprocess.run([sys.executable, __file__, "--child", mode.split("_")[0] if mode.startswith("pond")
+                                   else mode, str(path), str(Path(tmp) / f"run-{mode}")],
                                   capture_output=True, text=True, check=True)
             results[mode] = json.loads(proc.stdout.strip().splitlines()[-1])
         pond, base = results["pond"], results["json_loads_list"]
+        for ext, path in packed.items():
+            # the same rows, read through the decompressing stream: beside the plain file's figure
+            r = results[f"pond_{ext}"]
+            emit(figure=f"ingest_rows_per_s_jsonl_{ext}", value=round(r["rows"] / r["seconds"]),
+                 input_mb=round(path.stat().st_size / 2**20, 1), peak_rss_mb=round(r["peak_rss_mb"]),
+                 vs_uncompressed=round((r["rows"] / r["seconds"]) / (pond["rows"] / pond["seconds"]), 3))
         emit(figure="ingest_rows_per_s", value=round(pond["rows"] / pond["seconds"]), rows=pond["rows"],
              input_mb=round(size_mb, 1))
         emit(figure="ingest_peak_rss_mb", value=round(pond["peak_rss_mb"]))

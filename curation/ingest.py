@@ -392,7 +392,7 @@ def iter_file_batches(path: Path, fmt: str = "auto", layout: str = "auto", sourc
             try:
                 if isinstance(item, RowError):
                     raise item
-                check_row(item)
+                check_row(item, raw)
                 messages, text, extras = normalise(item, layout, columns)
             except RowError as err:
                 rejected.append(_rejection(path, source, line_no, item, raw, err))

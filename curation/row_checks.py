@@ -21,6 +21,16 @@ MAX_DEPTH = 64
 _INVALID = re.compile("[\x00-\x08\x0e-\x1f\ud800-\udfff]")
 
 
+# In JSON text, a control character or a surrogate half can only be written as a \u escape (a raw
+# one is a JSON error); a line without such an escape, and with fewer brackets than MAX_DEPTH,
+# cannot break the rule. A line with one (a valid surrogate pair too) is walked.
+_RAW_SUSPECT = re.compile(r"\\u(?:00[01]|d[89a-f])|[\x00-\x08\x0e-\x1f]", re.IGNORECASE)
+
+
+def _raw_clean(raw: str) -> bool:
+    return raw.count("[") + raw.count("{") < MAX_DEPTH and _RAW_SUSPECT.search(raw) is None
+
+
 def safe_text(text: str) -> str:
     """`text` with anything UTF-8 cannot hold written as a backslash escape (for previews and details)."""
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
@@ -42,8 +52,11 @@ def _bad_char(text: str, where: str) -> RowError | None:
     return RowError("invalid_unicode", f"{where} holds {what} U+{code:04X} at character {found.start()}")
 
 
-def check_row(row: Any) -> None:
-    """Raise RowError(`invalid_unicode` or `too_deep`) if the row breaks the rule above."""
+def check_row(row: Any, raw: str = "") -> None:
+    """Raise RowError(`invalid_unicode` or `too_deep`) if the row breaks the rule above. `raw`, the
+    row's JSON text where there is one, lets most rows pass without walking them."""
+    if raw and _raw_clean(raw):
+        return
     stack: list[tuple[Any, tuple, int]] = [(row, (), 0)]
     while stack:
         value, path, depth = stack.pop()

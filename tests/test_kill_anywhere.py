@@ -7,6 +7,8 @@ Then the same recipe, in the same run folder path, is started again and killed: 
 curation step, the teacher step, training (after a checkpoint) and evaluation, each at a random
 moment inside that phase; after each kill it is rerun, and the last rerun finishes. Then:
 - curated.parquet and eval.json are byte-identical to the uninterrupted run's;
+- a kill inside a checkpoint save (save_steps 1, killed while a checkpoint folder has no seal yet)
+  leaves a folder the rerun sets aside rather than resumes from (training.checkpoints);
 - the adapter's tensors are equal within the documented resume tolerance (rtol 1e-5, atol 1e-6;
   README, "Re-running the same command resumes"), its config byte-identical;
 - no teacher request whose answer pond had received is sent again: the server saw exactly the
@@ -38,8 +40,8 @@ from tests.test_e2e import scaled_quickstart
 pytestmark = [pytest.mark.slow, pytest.mark.teacher]
 POLL_S = 0.002
 # how long after a phase is seen to begin the kill may come: well inside that phase's length here
-WINDOW_S = {"ingest": 0.05, "curation: embed_quality": 1.0, "teacher: synthesize": 0.5, "training": 0.05,
-            "evaluation": 0.5}
+WINDOW_S = {"ingest": 0.05, "curation: embed_quality": 1.0, "teacher: synthesize": 0.5,
+            "training: inside a checkpoint save": 0.0, "training": 0.05, "evaluation": 0.5}
 
 
 def _recipe(tmp_path: Path, teacher, student: Path) -> Path:
@@ -50,7 +52,7 @@ def _recipe(tmp_path: Path, teacher, student: Path) -> Path:
         f.writelines('{"messages": [ broken line %d\n' % i for i in range(30000))
     for teacher_cfg in recipe["teachers"].values():
         teacher_cfg["max_concurrency"] = 1
-    recipe["train"].update(max_steps=6, save_steps=2)
+    recipe["train"].update(max_steps=6, save_steps=1)  # a save every step: a kill can land inside one
     recipe.pop("experiment", None)
     path = tmp_path / "kill.yaml"
     path.write_text(yaml.safe_dump(recipe, sort_keys=False))
@@ -87,6 +89,12 @@ def _started(out: Path, kind: str) -> bool:
         e["event"] == "done" and e.get("step", "").endswith(kind) for e in events)
 
 
+def _unsealed_checkpoint(out: Path) -> bool:
+    from training.checkpoints import SEAL
+
+    return any(not (p / SEAL).exists() for p in (out / "checkpoints").glob("checkpoint-*"))
+
+
 # (phase, "we are inside it now", "it is over": the kill missed)
 PHASES = [
     ("ingest", lambda o: (o / "steps" / "00-ingest").is_dir() and not (o / "steps" / "00-ingest" / "DONE").exists(),
@@ -95,7 +103,10 @@ PHASES = [
      lambda o: any(e["event"] == "done" and e["step"].endswith("embed_quality") for e in _ledger(o))),
     ("teacher: synthesize", lambda o: _started(o, "synthesize") and _cached_answers(o) >= 1,
      lambda o: any(e["event"] == "done" and e["step"].endswith("synthesize") for e in _ledger(o))),
-    ("training", lambda o: (o / "checkpoints" / "checkpoint-2").is_dir() and not (o / "adapter").exists(),
+    # a checkpoint folder the Trainer is still writing (not sealed yet): the kill lands inside the save
+    ("training: inside a checkpoint save", lambda o: _unsealed_checkpoint(o) and not (o / "adapter").exists(),
+     lambda o: (o / "adapter").exists()),
+    ("training", lambda o: (o / "checkpoints" / "checkpoint-4").is_dir() and not (o / "adapter").exists(),
      lambda o: (o / "adapter").exists()),
     ("evaluation", lambda o: any(e["event"] == "evaluate" for e in _ledger(o)) and not (o / "eval.json").exists(),
      lambda o: (o / "eval.json").exists()),
