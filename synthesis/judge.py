@@ -36,6 +36,7 @@ from pydantic import Field, field_validator
 from curation.ifd import distribution
 from curation.records import CORE_COLUMNS, REJECT_COLUMNS
 from curation.step import StepContext, StepOptions, reject
+from synthesis import calibration
 from synthesis.budget import prompt_tokens_upper
 from synthesis.cache import ResponseCache, cached_keys, shared_cache_path
 from synthesis.client import ChatRequest, Completion, TeacherClient, TeacherSession, resolve_teacher
@@ -78,6 +79,18 @@ class JudgeOptions(StepOptions):
                                                                          "only the real ones; the others pass "
                                                                          "through unjudged (keeping any "
                                                                          "score an earlier step wrote).")
+
+    calibrate: bool = Field(True, description="score mode: before judging, measure the judge on a calibration set "
+                                              "made from the step's real rows (synthesis.calibration: each row "
+                                              "and six corruptions of it) and refuse a judge below "
+                                              "`min_calibration`; the figures go to stats.json and the report.")
+    calibration_rows: int = Field(8, ge=2, description="Positives in the calibration set (each brings one negative of "
+                                                       "every corruption type): about 7 calls per row, cached.")
+    min_calibration: float = Field(0.75, ge=0.5, le=1.0, description="The lowest AUC the judge may have on any "
+                                                                    "corruption type (positives against that type's "
+                                                                    "negatives; 0.5 is chance).")
+    calibration: str | None = Field(None, description="A gold file (any input layout) whose rows are the calibration "
+                                                      "positives instead of the step's own real rows.")
 
     best_of: str | None = Field(None, description="score mode: among rows sharing a value in this column "
                                                   "(`candidate_of`: the answers synthesize wrote to one edge case "
@@ -216,13 +229,57 @@ def _inputs(df: pl.DataFrame, opts: JudgeOptions) -> tuple[list[str], list[str],
     return prompts, answers, others
 
 
+def _request_options(opts: JudgeOptions, resolve=Path) -> tuple[str, dict]:
+    """The rubric's text and the request options every call of the step uses (calibration's too)."""
+    return rubric_text(opts.rubric, resolve), {
+        "template": template_text(opts, resolve), "max_reason_chars": opts.max_reason_chars,
+        "max_input_chars": opts.max_input_chars, "temperature": opts.temperature}
+
+
+def calibration_items(df: pl.DataFrame, opts: JudgeOptions, ctx: StepContext | None) -> list[calibration.Item]:
+    """The calibration set of this step (none in pairwise mode or with `calibrate: false`)."""
+    if not opts.calibrate or opts.mode != "score":
+        return []
+    gold = None
+    if opts.calibration:
+        from curation.ingest import read_records
+
+        gold = read_records(ctx.resolve(opts.calibration) if ctx else Path(opts.calibration))[0]
+    return calibration.build(df, opts.calibration_rows, seed=ctx.seed if ctx else 0, gold=gold)
+
+
+def calibration_requests(items: list[calibration.Item], opts: JudgeOptions, resolve=Path) -> list[ChatRequest]:
+    rubric, kw = _request_options(opts, resolve)
+    return [score_request(it.prompt, it.answer, rubric, **kw) for it in items]
+
+
+def _calibrate(df: pl.DataFrame, opts: JudgeOptions, ctx: StepContext, session: TeacherSession, model: str) -> dict:
+    """Score the calibration set with the step's own rubric; refuse a judge that cannot tell."""
+    items = calibration_items(df, opts, ctx)
+    results = session.run(calibration_requests(items, opts, ctx.resolve), ctx.track, "judge: calibration")
+    scores = []
+    for r in results:
+        try:
+            scores.append(None if isinstance(r, BaseException) else parse_score(r)[0])
+        except ValueError:
+            scores.append(None)
+    if ctx.step_dir is not None:
+        pl.DataFrame({"kind": [it.kind for it in items], "prompt": [it.prompt for it in items],
+                      "answer": [it.answer for it in items], "score": scores},
+                     schema={"kind": pl.Utf8, "prompt": pl.Utf8, "answer": pl.Utf8, "score": pl.Int64}
+                     ).write_parquet(ctx.step_dir / "calibration.parquet")
+    summary = calibration.summarise(items, scores, opts.min_score) | {"min_calibration": opts.min_calibration,
+                                                                       "judge": model, "rubric": opts.rubric}
+    ctx.stats["calibration"] = summary
+    calibration.check(summary, opts.min_calibration, model, opts.rubric)
+    return summary
+
+
 def plan(df: pl.DataFrame, opts: JudgeOptions, resolve=Path) -> tuple[list[bool], list[int], list[ChatRequest]]:
     """What the step sends, for the step and `--estimate` alike: which rows are in `rows:`, which of
     them are judged (a non-empty answer, and a non-empty rival in pairwise mode), and their calls in
     row order (pairwise: both orders of a row, one after the other)."""
-    rubric = rubric_text(opts.rubric, resolve)
-    kw = {"template": template_text(opts, resolve), "max_reason_chars": opts.max_reason_chars,
-          "max_input_chars": opts.max_input_chars, "temperature": opts.temperature}
+    rubric, kw = _request_options(opts, resolve)
     prompts, answers, others = _inputs(df, opts)
     scope = _in_scope(df, opts.rows)
     todo = [i for i, a in enumerate(answers) if scope[i] and a.strip() and (others is None or others[i].strip())]
@@ -283,6 +340,8 @@ def judge(df: pl.DataFrame, opts: JudgeOptions, ctx: StepContext) -> tuple[pl.Da
     cache = ResponseCache(shared_cache_path(ctx.cache_dir))
     session = TeacherSession(config, cache)
     try:
+        if opts.calibrate and opts.mode == "score":
+            _calibrate(df, opts, ctx, session, config.model)
         what = f"scoring by {opts.rubric}" if opts.mode == "score" else f"pairwise vs {opts.against}"
         results = session.run(calls, ctx.track, f"judge: {what}")
     finally:
@@ -371,6 +430,11 @@ def estimate(df: pl.DataFrame | None, opts: JudgeOptions, ctx: StepContext | Non
     answers are counted in `cached` and left out of the rest (free); without it none is cached.
     """
     calls = plan(df, opts, ctx.resolve if ctx else Path)[2] if df is not None and len(df) else []
+    try:
+        items = calibration_items(df, opts, ctx) if df is not None and len(df) else []
+    except calibration.CalibrationFailed:
+        items = []  # too few rows: the run says so in one line; the estimate counts what can be sent
+    calls += calibration_requests(items, opts, ctx.resolve if ctx else Path)
     planned = len(calls)
     if ctx is not None and calls:
         model = resolve_teacher(ctx.teachers, opts.teacher).model

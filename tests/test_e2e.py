@@ -47,6 +47,8 @@ def scaled_quickstart(tmp_path: Path, teacher_url: str, teacher_model: str, stud
         if kind == "judge":
             opts["min_score"] = 1  # the tiny teacher judges here: protocol and bookkeeping, not wisdom
             opts["rows"] = "all"  # three synthetic rows may all be rejected upstream; judge every row
+            # SmolLM2-135M cannot judge: calibration refuses it (tests/test_calibration.py shows it does)
+            opts["calibrate"] = False
         steps.append({kind: opts})
     recipe["steps"] = steps
     # both teachers are the test session's vLLM server (no `serve:`: it is already running)

@@ -177,12 +177,12 @@ def test_judge_picks_the_best_answer_of_each_case(fake_teacher, short_chats, tmp
     judge_fake.reply = lambda body, i: json.dumps({"reason": "r", "score": scores[
         "First" if "First answer" in _last_user(body) else "Second"]})
     jctx = ctx_for(judge_fake.config(), tmp_path / "j")
-    jkept, jrej = judge(new, JudgeOptions(min_score=5, rows="synthetic", best_of="candidate_of"), jctx)
+    jkept, jrej = judge(new, JudgeOptions(calibrate=False, min_score=5, rows="synthetic", best_of="candidate_of"), jctx)
     assert len(jkept) == 2 and set(jkept["candidate_of"]) == set(new["candidate_of"])
     assert all("Second answer" in m[-1]["content"] for m in jkept["messages"])
     assert jrej["reason"].str.starts_with("not the best of its case: judge score 6 <= 9").all()
     with pytest.raises(ValueError, match="no column 'nope'"):
-        judge(new, JudgeOptions(min_score=5, best_of="nope"), ctx_for(judge_fake.config(), tmp_path / "k"))
+        judge(new, JudgeOptions(calibrate=False, min_score=5, best_of="nope"), ctx_for(judge_fake.config(), tmp_path / "k"))
 
 
 def test_reject_copies_keeps_no_two_rows_above_the_threshold():
@@ -230,7 +230,7 @@ def test_judge_reports_per_kind_and_real_against_synthetic(fake_teacher, short_c
     scores = iter([3, 8, 9, 2])
     fake_teacher.reply = lambda body, i: json.dumps({"reason": "ok", "score": next(scores)})
     ctx = ctx_for(fake_teacher.config(max_concurrency=1), tmp_path)
-    kept, rejected = judge(df, JudgeOptions(min_score=5, rows="synthetic"), ctx)
+    kept, rejected = judge(df, JudgeOptions(calibrate=False, min_score=5, rows="synthetic"), ctx)
     assert ctx.stats["by_kind"] == {"ambiguous": {"rows": 2, "judged": 2, "kept": 1},
                                     "typos": {"rows": 2, "judged": 2, "kept": 1}}
     origin = ctx.stats["score_by_origin"]

@@ -47,7 +47,7 @@ def test_score_mode_threshold_failures_and_alignment(fake_teacher, short_chats, 
     fake_teacher.reply = reply
     fake_teacher.rule = lambda body: "500" if doomed in body["messages"][0]["content"] else "ok"
     ctx = ctx_for(fake_teacher.config(max_retries=0), tmp_path)
-    kept, rejected = judge(df, JudgeOptions(min_score=6, teacher="judge"), ctx)
+    kept, rejected = judge(df, JudgeOptions(calibrate=False, min_score=6, teacher="judge"), ctx)
     assert len(kept) + len(rejected) == len(df)
     assert set(kept.columns) == set(df.columns) | {"judge_score", "judge_reason"}
     expected = {r["id"]: score_for(" ".join(a.split())) for r, a in zip(df.to_dicts(), answers)}
@@ -78,14 +78,14 @@ def test_pairwise_step_on_fake(fake_teacher, short_chats, tmp_path):
 
     fake_teacher.reply = reply
     ctx = ctx_for(fake_teacher.config(), tmp_path)
-    kept, rejected = judge(df, JudgeOptions(mode="pairwise", against="other"), ctx)
+    kept, rejected = judge(df, JudgeOptions(calibrate=False, mode="pairwise", against="other"), ctx)
     winners = dict(zip(kept["id"], kept["judge_winner"])) | dict(zip(rejected["id"], rejected["judge_winner"]))
     assert [winners[i] for i in df["id"]] == ["tie", "a", "b", "tie", "a", "tie"]
     assert rejected["id"].to_list() == [df["id"][2]]
     assert rejected["reason"][0].startswith("lost pairwise to other")
     assert len(fake_teacher.bodies) == 12  # both orders for every row
     with pytest.raises(ValueError, match="against"):
-        judge(df, JudgeOptions(mode="pairwise"), ctx)
+        judge(df, JudgeOptions(calibrate=False, mode="pairwise"), ctx)
 
 
 def test_judge_only_synthetic_rows(fake_teacher, short_chats, tmp_path):
@@ -94,14 +94,14 @@ def test_judge_only_synthetic_rows(fake_teacher, short_chats, tmp_path):
                              "synthetic:evolve", "a.jsonl"]))
     fake_teacher.reply = lambda body, i: json.dumps({"reason": "weak", "score": 2})
     ctx = ctx_for(fake_teacher.config(), tmp_path)
-    kept, rejected = judge(df, JudgeOptions(min_score=5, rows="synthetic"), ctx)
+    kept, rejected = judge(df, JudgeOptions(calibrate=False, min_score=5, rows="synthetic"), ctx)
     assert len(fake_teacher.bodies) == 3  # only the synthetic rows were sent
     assert kept["id"].to_list() == [df["id"][i] for i in (0, 2, 5)]  # real rows pass through, in order
     assert kept["judge_score"].null_count() == 3
     assert sorted(rejected["id"]) == sorted(df["id"][i] for i in (1, 3, 4))
     assert ctx.stats["judged"] == 3 and ctx.stats["passed_unjudged"] == 3
-    assert estimate(df, JudgeOptions(rows="synthetic"))["requests"] == 3
-    assert estimate(df, JudgeOptions(rows="real"))["requests"] == 3
+    assert estimate(df, JudgeOptions(calibrate=False, rows="synthetic"))["requests"] == 3
+    assert estimate(df, JudgeOptions(calibrate=False, rows="real"))["requests"] == 3
 
 
 def test_position_biased_judge_gives_ties(fake_teacher, tmp_path):
@@ -111,9 +111,9 @@ def test_position_biased_judge_gives_ties(fake_teacher, tmp_path):
 
 
 def test_judge_estimate(short_chats):
-    score = estimate(short_chats, JudgeOptions())
+    score = estimate(short_chats, JudgeOptions(calibrate=False))
     pair = estimate(short_chats.with_columns(pl.col("text").alias("other")),
-                    JudgeOptions(mode="pairwise", against="other"))
+                    JudgeOptions(calibrate=False, mode="pairwise", against="other"))
     assert score["requests"] == len(short_chats) and pair["requests"] == 2 * len(short_chats)
     assert pair["max_tokens"] > score["max_tokens"] > len(short_chats) * 100
 
@@ -129,7 +129,7 @@ def test_scorer_keeps_every_judged_row_and_rejects_the_unreadable(fake_teacher, 
     fake_teacher.reply = reply
     fake_teacher.rule = lambda body: "500" if failed in body["messages"][0]["content"] else "ok"
     ctx = ctx_for(fake_teacher.config(max_retries=0), tmp_path)
-    kept, rejected = judge(df, JudgeOptions(min_score=None), ctx)
+    kept, rejected = judge(df, JudgeOptions(calibrate=False, min_score=None), ctx)
     assert sorted(rejected["id"]) == sorted([df["id"][3], df["id"][5]])  # nothing dropped for its score
     reasons = dict(zip(rejected["id"], rejected["reason"]))
     assert reasons[df["id"][3]].startswith("unusable judge reply")
@@ -145,9 +145,9 @@ def test_scorer_keeps_every_judged_row_and_rejects_the_unreadable(fake_teacher, 
 def test_complexity_in_a_second_column(fake_teacher, short_chats, tmp_path):
     df = short_chats.head(5)
     ctx = ctx_for(fake_teacher.config(), tmp_path)
-    quality, _ = judge(df, JudgeOptions(min_score=None), ctx)
+    quality, _ = judge(df, JudgeOptions(calibrate=False, min_score=None), ctx)
     fake_teacher.bodies.clear()
-    both, rejected = judge(quality, JudgeOptions(min_score=None, rubric="complexity", column="complexity"), ctx)
+    both, rejected = judge(quality, JudgeOptions(calibrate=False, min_score=None, rubric="complexity", column="complexity"), ctx)
     assert len(both) == 5 and rejected.is_empty()
     assert both["judge_score"].to_list() == quality["judge_score"].to_list()  # the first column untouched
     assert {"judge_reason", "complexity", "complexity_reason"} <= set(both.columns)
@@ -165,9 +165,9 @@ def test_rows_outside_scope_keep_an_earlier_score(fake_teacher, short_chats, tmp
     df = short_chats.head(4).with_columns(pl.Series("source", ["a", "synthetic:x", "a", "synthetic:x"]))
     fake_teacher.reply = lambda body, i: json.dumps({"reason": "r", "score": 3})
     ctx = ctx_for(fake_teacher.config(), tmp_path)
-    first, _ = judge(df, JudgeOptions(min_score=None, rows="synthetic"), ctx)
+    first, _ = judge(df, JudgeOptions(calibrate=False, min_score=None, rows="synthetic"), ctx)
     fake_teacher.reply = lambda body, i: json.dumps({"reason": "r", "score": 9})
-    second, _ = judge(first, JudgeOptions(min_score=None, rows="real"), ctx)
+    second, _ = judge(first, JudgeOptions(calibrate=False, min_score=None, rows="real"), ctx)
     assert second["judge_score"].to_list() == [9, 3, 9, 3]
 
 
@@ -175,7 +175,7 @@ RECIPE = """\
 name: {name}
 input: {{path: rows.jsonl}}
 steps:
-  - judge: {{min_score: null, teacher: judge}}
+  - judge: {{min_score: null, teacher: judge, calibrate: false}}
 {extra}teachers:
   judge: {{base_url: "{url}", model: fake, backoff_s: 0.01}}
 """
@@ -215,15 +215,15 @@ def test_a_second_run_folder_and_recipe_send_nothing(fake_teacher, short_chats, 
 def test_estimate_counts_cached_calls_as_free(fake_teacher, short_chats, tmp_path):
     ctx = ctx_for(fake_teacher.config(), tmp_path)
     df = short_chats.head(6)
-    before = estimate(df, JudgeOptions(), ctx)
+    before = estimate(df, JudgeOptions(calibrate=False), ctx)
     assert before["requests"] == 6 and before["cached"] == 0 and not (tmp_path / "cache").exists()  # creates nothing
     assert before["max_tokens"] == before["prompt_tokens"] + before["completion_tokens"]
-    judge(df.head(4), JudgeOptions(), ctx)
-    after = estimate(df, JudgeOptions(), ctx)
+    judge(df.head(4), JudgeOptions(calibrate=False), ctx)
+    after = estimate(df, JudgeOptions(calibrate=False), ctx)
     assert after["requests"] == 2 and after["cached"] == 4 and after["prompt_tokens"] < before["prompt_tokens"]
     # the cache is keyed by the full request: another rubric or temperature is not a hit
-    assert estimate(df, JudgeOptions(rubric="correctness"), ctx)["cached"] == 0
-    assert estimate(df, JudgeOptions(temperature=0.5), ctx)["cached"] == 0
+    assert estimate(df, JudgeOptions(calibrate=False, rubric="correctness"), ctx)["cached"] == 0
+    assert estimate(df, JudgeOptions(calibrate=False, temperature=0.5), ctx)["cached"] == 0
 
 
 # ------------------------------------------------------------------------------ real vLLM
@@ -234,7 +234,7 @@ def test_score_mode_against_vllm(teacher_server, short_chats, tmp_path):
     df = short_chats.head(4)
     before = teacher_server.metrics()
     ctx = ctx_for(teacher_server.config(), tmp_path)
-    kept, rejected = judge(df, JudgeOptions(min_score=8, max_reason_chars=60), ctx)
+    kept, rejected = judge(df, JudgeOptions(calibrate=False, min_score=8, max_reason_chars=60), ctx)
     after = teacher_server.metrics()
     assert after["http_chat_requests"] - before["http_chat_requests"] == len(df) == ctx.stats["teacher"]["sent"]
     assert len(kept) + len(rejected) == len(df)

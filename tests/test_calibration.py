@@ -1,0 +1,111 @@
+"""Judge calibration: the set built from real rows, the per-corruption figures, and the refusal of a
+judge that cannot tell (a fake that grades everything 8, and the real SmolLM2-135M on vLLM)."""
+from __future__ import annotations
+
+import json
+import re
+
+import polars as pl
+import pytest
+
+from synthesis import calibration
+from synthesis.calibration import CORRUPTIONS, POSITIVE, CalibrationFailed, build
+from synthesis.judge import JudgeOptions, estimate, judge
+from synthesis.rows import clip, row_answer, row_prompt
+from tests.test_judge import ctx_for
+
+
+@pytest.fixture(scope="module")
+def pool(sharegpt_df) -> pl.DataFrame:
+    return sharegpt_df.head(120)
+
+
+def test_the_set_holds_each_row_and_its_corruptions(pool):
+    items = build(pool, rows=6, seed=0)
+    kinds = [it.kind for it in items]
+    assert kinds.count(POSITIVE) == 6
+    for kind in CORRUPTIONS[:4] + ("fluent_nonsense",):
+        assert kinds.count(kind) == 6, kind
+    assert build(pool, rows=6, seed=0) == items  # seeded
+    by_kind = {}
+    for it in items:
+        by_kind.setdefault(it.kind, []).append(it)
+    for pos, cut, other, shuffled, repeat, nonsense in zip(*(by_kind[k] for k in (
+            POSITIVE, "cut_mid_sentence", "answer_from_another_row", "shuffled_prompt", "repeats_prompt",
+            "fluent_nonsense"))):
+        assert pos.answer.startswith(cut.answer) and len(cut.answer) < len(pos.answer)
+        assert not re.search(r"[.!?:]$", cut.answer)  # cut inside a sentence
+        assert other.prompt == pos.prompt and other.answer != pos.answer
+        assert sorted(shuffled.prompt.split()) == sorted(pos.prompt.split()) and shuffled.prompt != pos.prompt
+        assert repeat.answer == pos.prompt
+        assert nonsense.answer != pos.answer and nonsense.prompt == pos.prompt
+    for it in by_kind.get("other_language", []):  # ShareGPT holds answers in other languages
+        from curation.answer_faults import language
+
+        assert language(it.answer) != language(it.prompt)
+
+
+def test_too_few_rows_is_one_line_with_the_count_needed(pool):
+    with pytest.raises(CalibrationFailed, match=r"needs 16 real rows .* has 3"):
+        build(pool.head(3), rows=8)
+
+
+def _fake_judge(fake_teacher, pool, good: bool):
+    """A fake judge: `good` scores the real (prompt, answer) pairs 9 and anything else 2; the bad one
+    grades everything 8, as the 1.5B judge of the last experiment nearly did."""
+    real = {(clip(row_prompt(r), 10**6), clip(row_answer(r), 10**6)) for r in pool.select("messages", "text").to_dicts()}
+
+    def reply(body, i):
+        text = body["messages"][0]["content"]
+        user = text.split("[User message]\n", 1)[1].split("\n\n[Assistant answer]\n", 1)
+        answer = user[1].rsplit("\n\nReply in JSON", 1)[0]
+        score = 9 if (user[0], answer) in real else 2
+        return json.dumps({"reason": "r", "score": score if good else 8})
+
+    fake_teacher.reply = reply
+
+
+def test_a_judge_that_can_tell_passes_and_its_figures_are_kept(fake_teacher, pool, tmp_path):
+    _fake_judge(fake_teacher, pool, good=True)
+    ctx = ctx_for(fake_teacher.config(), tmp_path)
+    ctx.step_dir = tmp_path / "step"
+    ctx.step_dir.mkdir()
+    opts = JudgeOptions(min_score=5, calibration_rows=4, max_input_chars=10**6)  # unclipped: the fake compares whole texts
+    kept, rejected = judge(pool.head(30), opts, ctx)
+    figures = ctx.stats["calibration"]
+    assert figures["positives"] == 4 and figures["worst_auc"] == 1.0 and figures["positives_kept"] == 1.0
+    assert all(v["rejected"] == 1.0 for v in figures["by_corruption"].values() if v["negatives"])
+    saved = pl.read_parquet(ctx.step_dir / "calibration.parquet")
+    assert saved.height == sum(v["negatives"] for v in figures["by_corruption"].values()) + 4
+    assert len(kept) + len(rejected) == 30
+    # the estimate counts the calibration calls beside the rows' own
+    assert estimate(pool.head(30), opts)["requests"] == 30 + saved.height
+
+
+def test_a_judge_that_grades_everything_8_is_refused_in_one_line(fake_teacher, pool, tmp_path):
+    _fake_judge(fake_teacher, pool, good=False)
+    ctx = ctx_for(fake_teacher.config(), tmp_path)
+    with pytest.raises(CalibrationFailed) as err:
+        judge(pool.head(30), JudgeOptions(min_score=5, calibration_rows=4), ctx)
+    message = str(err.value)
+    assert "\n" not in message and "AUC 0.5" in message and "min_calibration 0.75" in message
+    assert "bigger judge" in message
+    assert ctx.stats["calibration"]["worst_auc"] == 0.5
+
+
+def test_summary_counts_unreadable_replies_and_thresholds():
+    items = [calibration.Item("p", "a", POSITIVE), calibration.Item("p", "b", POSITIVE),
+             calibration.Item("p", "x", "repeats_prompt"), calibration.Item("p", "y", "repeats_prompt")]
+    summary = calibration.summarise(items, [9, None, 3, 8], min_score=5)
+    assert summary["unreadable"] == 1 and summary["positives"] == 1
+    assert summary["by_corruption"]["repeats_prompt"] == {"negatives": 2, "auc": 1.0, "mean": 5.5, "rejected": 0.5}
+    assert summary["by_corruption"]["cut_mid_sentence"]["auc"] is None
+
+
+@pytest.mark.teacher
+def test_smollm2_cannot_judge_and_is_refused(teacher_server, pool, tmp_path):
+    """The real vLLM SmolLM2-135M as a judge: calibration measures it and refuses it."""
+    ctx = ctx_for(teacher_server.config(), tmp_path)
+    with pytest.raises(CalibrationFailed, match="failed calibration"):
+        judge(pool.head(40), JudgeOptions(min_score=5, calibration_rows=4, max_reason_chars=32), ctx)
+    assert ctx.stats["calibration"]["worst_auc"] < 0.75
