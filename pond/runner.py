@@ -106,6 +106,7 @@ class Runner:
             return step_dir, fingerprint
         shutil.rmtree(step_dir, ignore_errors=True)
         step_dir.mkdir(parents=True)
+        self.log(f"{INGEST_DIR}: started, reading {self.recipe.input.path}")
         t0 = time.time()
         parts = step_dir / "parts"
         parts.mkdir()
@@ -129,7 +130,8 @@ class Runner:
         rejected_reasons = pl.scan_parquet(step_dir / layout.REJECTED).select("reason").collect()
         self.step_stats.append(_finish_step(step_dir, None, rejected_reasons, stats))
         shutil.rmtree(parts)
-        self.log(f"ingest: {stats['in']} rows -> {stats['out']} kept, {stats['rejected']} rejected")
+        self.log(f"{INGEST_DIR}: {stats['in']} rows -> {stats['out']} kept, {stats['rejected']} rejected "
+                 f"({stats['seconds']:.1f}s)")
         return step_dir, fingerprint
 
     def _ingest_local(self, parts: Path, step_dir: Path) -> tuple[int, int]:
@@ -212,6 +214,7 @@ class Runner:
         fn = self.step_function(index, step)
         ctx = self.context(step_dir, index)
         ledger.append(self.out, "start", step=step_dir.name, rows=len(df))
+        self.log(f"{step_dir.name}: started, {len(df)} rows in")
         t0 = time.time()
         try:
             kept, rejected = fn(df, step.options, ctx)
@@ -240,6 +243,7 @@ class Runner:
         prev = prev_dir / layout.KEPT
         ctx = self.context(step_dir)
         ledger.append(self.out, "start", step=step_dir.name, rows=count_rows(prev), executor="ray")
+        self.log(f"{step_dir.name}: started on ray")
         t0 = time.time()
         try:
             figures = self.executor.run_step(step.kind, step.options, prev, step_dir, ctx)
