@@ -69,7 +69,8 @@ def compared_stage(gen: Path) -> list[str]:
     step. Its last folder's kept rows are what is compared: a sample of the source after the same
     per-row rules on both sides. Later rows are not: a drop's dedup runs against the pond and removes
     the drop rows closest to it, so the drop's kept rows are farther from the pond than a fresh
-    sample of the same source (a selection the permutation test reads as drift; docs/continuous-curation.md)."""
+    sample of the same source: not exchangeable with it, as the permutation test needs
+    (docs/continuous-curation.md)."""
     per_row = per_row_kinds()
     names = []
     for d in layout.step_dirs(gen):
