@@ -67,14 +67,10 @@ class Recipe(BaseModel):
     def warnings(self) -> list[str]:
         """Legal but doubtful choices, printed by `pond validate` and `pond run`."""
         out = []
-        writers = {self.teachers[s.options.teacher].model for s in self.steps
-                   if s.kind == "synthesize" and s.options.teacher in self.teachers}
         for s in self.steps:
-            if s.kind == "judge" and s.options.teacher in self.teachers:
-                model = self.teachers[s.options.teacher].model
-                if model in writers:
-                    out.append(f"judge teacher {s.options.teacher!r} is the model that wrote the synthetic rows "
-                               f"({model}); a model judging its own output is biased — use another judge")
+            if s.kind == "judge" and s.options.self_judge:
+                out.append(f"judge teacher {s.options.teacher!r} judges rows its own model wrote (self_judge: true): "
+                           f"a calibrated filter only; the report states it")
         scorers = [s.options for s in self.steps if s.kind == "judge" and s.options.mode == "score"]
         for i, a in enumerate(scorers):
             for b in scorers[i + 1:]:
@@ -199,11 +195,34 @@ def parse_recipe(text: str, source: str = "<recipe>") -> Recipe:
         if recipe is not None and teacher is not None and teacher not in recipe.teachers:
             problems.append(f"{source}:{_line_of(root, ('steps', i))}: steps[{i}].{step.kind}.teacher: "
                             f"unknown teacher {teacher!r} (define it under `teachers:`)")
+    if recipe is not None:
+        problems += _self_judging(steps, recipe.teachers, source, root)
     if problems:
         raise RecipeError("\n".join(problems))
     assert recipe is not None
     recipe.steps = steps
     return recipe
+
+
+def _self_judging(steps: list[Step], teachers: dict[str, TeacherConfig], source: str, root) -> list[str]:
+    """A judge whose model writes the rows it judges must say `self_judge: true`, and be calibrated."""
+    model = {name: t.model for name, t in teachers.items()}
+    writers = {model[s.options.teacher]: s.options.teacher for s in steps
+               if s.kind == "synthesize" and s.options.teacher in model}
+    problems = []
+    for i, s in enumerate(steps):
+        if s.kind != "judge" or model.get(s.options.teacher) not in writers:
+            continue
+        where = f"{source}:{_line_of(root, ('steps', i))}: steps[{i}].judge"
+        writer = writers[model[s.options.teacher]]
+        if not s.options.self_judge:
+            problems.append(f"{where}: teacher {s.options.teacher!r} is the model ({model[writer]}) that teacher "
+                            f"{writer!r} writes the synthetic rows with; a model judging its own rows needs "
+                            f"`self_judge: true` (a calibrated filter), or use another judge")
+        elif not s.options.calibrate:
+            problems.append(f"{where}: self_judge needs `calibrate: true`: a model judging its own rows must "
+                            f"pass calibration first")
+    return problems
 
 
 def load_recipe(path: str | Path) -> Recipe:

@@ -84,6 +84,9 @@ class JudgeOptions(StepOptions):
                                               "made from the step's real rows (synthesis.calibration: each row "
                                               "and six corruptions of it) and refuse a judge below "
                                               "`min_calibration`; the figures go to stats.json and the report.")
+    self_judge: bool = Field(False, description="The judge is the model that wrote the rows it judges (a recipe "
+                                                "error otherwise). Allowed only as a calibrated filter "
+                                                "(`calibrate: true`); the report says so.")
     calibration_rows: int = Field(8, ge=2, description="Positives in the calibration set (each brings one negative of "
                                                        "every corruption type): about 7 calls per row, cached.")
     min_calibration: float = Field(0.75, ge=0.5, le=1.0, description="The lowest AUC the judge may have on any "

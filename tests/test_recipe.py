@@ -67,15 +67,23 @@ def test_shipped_recipes_validate():
         load_recipe(path)
 
 
-def test_judge_of_its_own_output_is_warned():
+def test_judge_of_its_own_output_needs_self_judge_and_calibration():
     text = GOOD + """  - synthesize: {generator: edge_cases, n: 2, teacher: t}
-  - judge: {teacher: t}
+  - judge: {teacher: j%s}
 teachers:
   t: {model: m}
+  j: {model: m}
 """
-    warnings = parse_recipe(text, "r.yaml").warnings()
-    assert len(warnings) == 1 and "judging its own output" in warnings[0]
-    assert parse_recipe(text.replace("judge: {teacher: t}", "judge: {teacher: u}") + "  u: {model: other}\n").warnings() == []
+    with pytest.raises(RecipeError) as err:
+        parse_recipe(text % "", "r.yaml")
+    assert str(err.value).count("\n") == 0
+    assert "teacher 'j' is the model (m) that teacher 't' writes" in str(err.value) and "self_judge: true" in str(err.value)
+    with pytest.raises(RecipeError, match="self_judge needs `calibrate: true`"):
+        parse_recipe(text % ", self_judge: true, calibrate: false", "r.yaml")
+    warnings = parse_recipe(text % ", self_judge: true", "r.yaml").warnings()
+    assert len(warnings) == 1 and "self_judge: true" in warnings[0]
+    other = text.replace("  j: {model: m}", "  j: {model: other}")
+    assert parse_recipe(other % "", "r.yaml").warnings() == []
 
 
 def test_two_judges_into_one_column_are_warned():
