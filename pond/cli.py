@@ -7,7 +7,8 @@ from typing import Optional
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                           TimeRemainingColumn)
 
 from pond import __version__
 
@@ -46,8 +47,11 @@ def _load(recipe: Path):
 
 
 def _progress() -> Progress:
+    """Bars with a count, the time so far and an ETA (rich's, from the speed so far); on a terminal,
+    or anywhere with POND_PROGRESS=1."""
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=console, transient=False, disable=not console.is_terminal and not _force_bars())
+                    TextColumn("eta"), TimeRemainingColumn(), console=console, transient=False,
+                    disable=not console.is_terminal and not _force_bars())
 
 
 def _force_bars() -> bool:
@@ -80,7 +84,9 @@ def validate(recipe: Path = typer.Argument(..., help="recipe YAML")):
 def run(recipe: Path = typer.Argument(..., help="recipe YAML"),
         out: Optional[Path] = typer.Option(None, "--out", help="run directory (default runs/<recipe name>)"),
         fresh: bool = typer.Option(False, "--fresh", help="delete the run directory first instead of resuming"),
-        estimate: bool = typer.Option(False, "--estimate", help="print teacher calls and a token bound, and rows a local scorer would score; send nothing"),
+        estimate: bool = typer.Option(False, "--estimate", help="print teacher requests, a token bound, rows a local "
+                                                                "scorer would score and a time per stage on this "
+                                                                "machine; send nothing, write nothing"),
         no_train: bool = typer.Option(False, "--no-train", help="stop after curation and synthesis"),
         executor: Optional[str] = typer.Option(None, "--executor",
                                                help="local or ray: where curation steps run (overrides the recipe)")):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ import polars as pl
 from pond import __version__, layout, ledger
 from pond.recipe import Recipe
 from pond.report_html import write_report_html
+from pond.estimate import estimate_run  # noqa: F401  (`pond run --estimate`; its old home)
 from pond.runner import Runner, file_digest, write_manifest
 
 Log = Callable[[str], None]
@@ -43,32 +44,51 @@ def _heldout(runner: Runner, recipe: Recipe, source: str | None) -> tuple[pl.Dat
 
 def run_pipeline(recipe: Recipe, out: Path, base_dir: Path, *, fresh: bool = False, train: bool = True,
                  track: Callable | None = None, log: Log = lambda m: None) -> str:
-    """`pond run`: curate; then train, evaluate and run the experiment if the recipe has them."""
+    """`pond run`: curate; then train, evaluate and run the experiment if the recipe has them.
+    The first line logged is the plan (what the run will do, and about how long it takes here)."""
+    log(_plan(recipe, out, base_dir, fresh, train))
     runner = Runner(recipe, out, base_dir, fresh=fresh, track=track, log=log)
     extra: dict[str, Any] = {}
     timings: dict[str, float] = {}
-    t0 = time.perf_counter()
-    curated = runner.curate()
-    timings["curation_and_synthesis"] = time.perf_counter() - t0
+    with _stage("curation and synthesis", log, timings, "curation_and_synthesis"):
+        curated = runner.curate()
     write_manifest(runner, {"timings": timings})
     if train and recipe.train is not None:
-        t0 = time.perf_counter()
-        extra["train"] = _train(runner, curated, recipe, track, log)
-        timings["train"] = time.perf_counter() - t0
+        with _stage("training", log, timings, "train"):
+            extra["train"] = _train(runner, curated, recipe, track, log)
         if recipe.evaluate is not None:
-            t0 = time.perf_counter()
-            with ExitStack() as stack:
+            with _stage("evaluation", log, timings, "evaluate"), ExitStack() as stack:
                 extra["evaluate"] = _evaluate(runner, recipe, stack, log, track)
-            timings["evaluate"] = time.perf_counter() - t0
         if recipe.experiment is not None:
-            t0 = time.perf_counter()
-            extra["experiment"] = _experiment(runner, curated, recipe, track, log)
-            timings["experiment"] = time.perf_counter() - t0
+            with _stage("experiment", log, timings, "experiment"):
+                extra["experiment"] = _experiment(runner, curated, recipe, track, log)
     extra["timings"] = {k: round(v, 1) for k, v in timings.items()}
     write_manifest(runner, extra)
     ledger.append(runner.out, "finished")
     write_report_html(runner.out)
     return summary(runner.out)
+
+
+def _plan(recipe: Recipe, out: Path, base_dir: Path, fresh: bool, train: bool) -> str:
+    """The plan line from `--estimate`'s counts and costs; a run folder about to be deleted (`--fresh`)
+    counts as empty. An input the estimate cannot read is the run's own error to report."""
+    from pond.estimate import estimate, plan_line
+
+    try:
+        est = estimate(recipe, None if fresh else out, base_dir, train=train)
+    except Exception as exc:  # noqa: BLE001 - the plan is advice; ingest reports a bad input in its own words
+        return f"plan: {recipe.name}: no estimate ({type(exc).__name__}: {exc})"
+    return plan_line(recipe, est)
+
+
+@contextmanager
+def _stage(name: str, log: Log, timings: dict[str, float], key: str):
+    """One line as a stage starts and one as it ends, with its time (kept in the manifest's timings)."""
+    log(f"── {name}: started")
+    t0 = time.perf_counter()
+    yield
+    timings[key] = time.perf_counter() - t0
+    log(f"── {name}: done in {timings[key]:.0f} s")
 
 
 def _train(runner: Runner, curated: Path, recipe: Recipe, track, log: Log) -> dict[str, Any]:
@@ -130,64 +150,6 @@ def _experiment(runner: Runner, curated: Path, recipe: Recipe, track, log: Log) 
                             heldout_source=_heldout_sentence(source), base_dir=runner.base_dir,
                             title=recipe.name, serving=runner.teachers.serving, log_fn=log)
     return {"dir": str(runner.out / layout.EXPERIMENT), **{k: v for k, v in result.items() if k in ("summary", "headline")}}
-
-
-def estimate_run(recipe: Recipe, out: Path, base_dir: Path, print_fn: Callable = print) -> dict[str, int]:
-    """Teacher calls and an upper bound on tokens per synthesis/judge step, without sending any; for a
-    step that scores rows with a local model (`estimate_compute`: ifd), the rows and forward passes
-    still to compute and how many are cached. The returned totals count teacher work only.
-
-    Rows reaching a teacher step are bounded by the rows entering curation, so the estimate reads
-    the input (not the teacher) and charges every step as if all rows reached it. A judge's calls
-    that the shared teacher cache already answers are counted apart, as free (looked up on the
-    ingested rows: a step before the judge that rewrites text, `pii: {action: redact}`, can make a
-    row the judge sees differ from its cached form).
-    """
-    import importlib
-
-    from pond.steps import STEPS
-
-    runner = Runner(recipe, out, base_dir, log=lambda m: None)
-    step_dir, _ = runner.ingest()
-    rows = pl.read_parquet(step_dir / layout.KEPT)
-    total = {"requests": 0, "max_tokens": 0}
-    added = 0  # rows generators may add before a later teacher step sees them
-    for i, step in enumerate(recipe.steps, start=1):
-        module = importlib.import_module(STEPS[step.kind].module)
-        if hasattr(module, "estimate_compute"):  # a local model scores rows: forward passes, not teacher calls
-            est = module.estimate_compute(rows, step.options, runner.cache_dir)
-            print_fn(f"{i:02d}-{step.kind}: {est['to_score']} rows to score ({est['forward_passes']} forward passes "
-                     f"of {est['model']}), {est['cached']} already cached, "
-                     f"{est['rows'] - est['with_answer']} without an answer")
-            continue
-        if not hasattr(module, "estimate"):  # only teacher steps cost calls
-            continue
-        if step.kind == "synthesize":
-            est = module.estimate(rows, step.options)
-            added += step.options.n
-        else:
-            est = _judge_estimate(module, rows, step.options, added, runner.context(None))
-        tokens = (f"{est['prompt_tokens']} prompt + {est['completion_tokens']} completion tokens"
-                  if "prompt_tokens" in est else f"{est['max_tokens']} tokens")
-        cached = f", {est['cached']} more already cached (free)" if "cached" in est else ""
-        print_fn(f"{i:02d}-{step.kind}: {est['requests']} requests, at most {tokens}{cached}")
-        total["requests"] += est["requests"]
-        total["max_tokens"] += est["max_tokens"]
-    print_fn(f"total: {total['requests']} requests, at most {total['max_tokens']} tokens")
-    return total
-
-
-def _judge_estimate(module, rows: pl.DataFrame, opts, added: int, ctx) -> dict[str, int]:
-    """A judge step's calls: the ingested rows' own requests, those the shared cache answers free;
-    rows a generator adds cannot be looked up before they exist, so each costs what an average
-    ingested row does (judge inputs are clipped to max_input_chars)."""
-    est = module.estimate(rows if opts.rows != "synthetic" else None, opts, ctx)
-    if added and opts.rows != "real" and len(rows):
-        proxy = module.estimate(rows, opts.model_copy(update={"rows": "all"}))
-        for k in ("requests", "prompt_tokens", "completion_tokens"):
-            est[k] += int(proxy[k] * added / len(rows) + 0.999)
-        est["max_tokens"] = est["prompt_tokens"] + est["completion_tokens"]
-    return est
 
 
 def train_only(data: Path, out: Path, config, track=None) -> str:

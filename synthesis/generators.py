@@ -495,6 +495,13 @@ def estimate(df: pl.DataFrame | None, opts: SynthesizeOptions) -> dict[str, int]
     return {"requests": calls + opts.n, "max_tokens": calls * ask + opts.n * answer_upper}
 
 
+def rows_added_upper(opts: SynthesizeOptions) -> int:
+    """The most rows the step adds: one per case, or with `judge_picks` every distinct complete answer
+    of a case (`_expand_candidates`), up to `answer_candidates` each. A later judge step is charged
+    for each of them (`pond run --estimate`)."""
+    return opts.n * (opts.answer_candidates if opts.by_kind and opts.judge_picks else 1)
+
+
 def _estimate_by_kind(prompts: list[str], opts: SynthesizeOptions, answer_upper: int) -> dict[str, int]:
     """Every slot may take a first call (or its share of a list call), `retries` more (each showing the
     rejected message back), and one answer call; each reply is `candidates` (`answer_candidates`) long."""

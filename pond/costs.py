@@ -1,0 +1,132 @@
+"""What a run costs in time on this machine: per-unit costs measured on 2-core CPUs of this machine
+kind, keyed by CPU class, so that `pond run --estimate` and the plan line of `pond run` can give a
+time per stage.
+
+The class follows the dtype rule (curation.settings.pick_dtype), because the dtype decides the speed:
+
+- `cpu-bf16`: a CPU with native bf16 (AVX-512 BF16 / AMX): every part computes in bf16;
+- `cpu-fp32`: a CPU without it (AVX2 only): every part computes in float32;
+- a GPU: nothing was measured on one here, so stages get no time rather than a made-up one.
+
+Every figure below names where it comes from. All were measured on 2 cores; a machine with more
+cores is faster, which is not modelled (there the times are upper bounds). Teacher figures are per
+request *as `--estimate` counts them* at the demo's concurrency (writer 16, judge 8), so the
+estimate of the demo's stage equals the time measured for it.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+# Reference sizes the figures were measured at (recipes/quickstart.yaml)
+REF_PARAMS = {"small": 135e6, "large": 1.5e9}  # SmolLM2-135M (writer, student), Qwen2.5-Coder-1.5B (judge)
+REF_TOKENS_PER_STEP = 4 * 256                   # train: batch_size 4 x max_seq_len 256
+REF_HELDOUT_ROWS = 60                           # evaluate: holdout n 60, n_generate 0
+
+
+@dataclass(frozen=True)
+class Costs:
+    """Seconds per unit for one CPU class (see the module docstring for where each comes from)."""
+
+    label: str
+    rows_per_s: dict[str, float]      # curation steps (local executor) by kind, and "ingest"
+    default_rows_per_s: float         # a step kind not measured: the slowest measured row-wise rate
+    embed_s: float                    # one text through all-MiniLM-L6-v2 (256 tokens), cold cache
+    serve_start_s: dict[str, float]   # start of a vLLM server: "small" (135M) and "large" (1.5B)
+    request_s: dict[str, float]       # one teacher request as --estimate counts them
+    train_step_s: float               # one QLoRA step of 4 x 256 tokens of the 135M student
+    train_load_s: float               # loading the student and writing the adapter, once per training run
+    evaluate_s: float                 # held-out loss of base and adapter on 60 rows
+    arm_step_s: float                 # one experiment step (4 x 256), its arm's held-out scoring included
+    ifd_pass_s: float                 # one forward pass of the `ifd` scorer (the 135M student)
+    sources: tuple[str, ...] = field(default=())
+
+
+# Curation rates measured on this machine kind: `pond run` of recipes/quickstart.yaml's curation steps
+# (2,000 ShareGPT rows, an empty embedding cache), AMD EPYC family 25 model 17, 2 cores, native bf16,
+# 2026-12-07, the machine shared with three other jobs (load average ~10, so these are slow figures):
+# each step's stats.json rows in / seconds. The same rates serve both classes (no model in them).
+CURATION_ROWS_PER_S = {
+    "ingest": 1043.0,        # 2,000 rows in 1.92 s
+    "holdout": 150000.0,     # 1,980 rows in 0.013 s
+    "exact_dedup": 2339.0,   # 1,920 rows in 0.82 s
+    "minhash_dedup": 2904.0,  # 1,902 rows in 0.66 s
+    "heuristics": 213.0,     # 1,899 rows in 8.9 s
+    "pii": 1195.0,           # 1,089 rows in 0.91 s
+    "decontaminate": 1606.0,  # 1,089 rows in 0.68 s
+    "semantic_dedup": 4010.0,  # 405 rows in 0.10 s, its embeddings cached by embed_quality
+    "select": 4563.0,        # 397 rows in 0.087 s
+}
+SLOWEST_ROWWISE = min(CURATION_ROWS_PER_S.values())
+
+CPU_BF16 = Costs(
+    label="2-core CPU with native bf16",
+    rows_per_s=CURATION_ROWS_PER_S,
+    default_rows_per_s=SLOWEST_ROWWISE,
+    embed_s=174.1 / 1051,  # the same run: embed_quality, 1,051 rows in 174.1 s (model load included; under
+    # load ~10, so slower than DESIGN.md's 220 sentences/s with bf16 weights on an idle 2-core Intel)
+    serve_start_s={"small": 51.0, "large": 70.0},  # README demo table, AMD EPYC fam 25 model 17, 2026-12-02
+    request_s={"small": 151 / 72, "large": 179 / 58},  # docs/edge-cases.md (Intel, AMX, 2026-12-02):
+    # synthesize 151 s for the quickstart's 72 counted writer requests; judge 179 s for 58 calls
+    train_step_s=110 / 16,  # README demo table (EPYC fam 25 model 17): 110 s in 16 steps of 4 x 256
+    train_load_s=2.3 * 60 - 110,  # the same row: 2.3 min for training, 110 s of it in steps
+    evaluate_s=0.7 * 60,  # the same table: evaluation, base vs adapter, 0.7 min
+    arm_step_s=4.9 * 60 / 32,  # the same table: 2 arms x 16 steps + scoring, 4.9 min
+    ifd_pass_s=1 / (2 * 4.8),  # docs/quality_vs_quantity.md (Intel, bf16): IFD 4.8 rows/s, two passes a row
+    sources=("README.md demo table (AMD EPYC family 25 model 17, 2 cores, AVX-512 BF16, 2026-12-02)",
+             "docs/edge-cases.md figures (Intel Xeon family 6 model 167, 2 cores, AMX, 2026-12-02)",
+             "curation steps and embeddings measured 2026-12-07 (see pond/costs.py)"),
+)
+
+CPU_FP32 = Costs(
+    label="2-core CPU without native bf16 (float32)",
+    rows_per_s=CURATION_ROWS_PER_S,
+    default_rows_per_s=SLOWEST_ROWWISE,
+    embed_s=73 / 1051,  # issue 28's demo (AMD EPYC fam 25 model 1, AVX2, 2026-12-06): embeddings 73 s;
+    # the quickstart embeds 1,051 rows (the rows entering embed_quality, measured in the run above)
+    serve_start_s={"small": 63.0, "large": 100.0},  # issue 28: writer start 63 s, judge start 100 s
+    request_s={"small": 185 / 72, "large": 651 / 54},  # issue 28: 24 edge cases (72 counted requests) 185 s;
+    # judging 54 answers 651 s
+    train_step_s=237 / 16,  # issue 28: QLoRA training, 16 steps of 4 x 256, 237 s (loading included)
+    train_load_s=0.0,
+    evaluate_s=76.0,  # issue 28: evaluation, base vs adapter, 76 s
+    arm_step_s=742 / 64,  # issue 28: experiment, 4 arms x 16 steps + scoring, 742 s
+    ifd_pass_s=2.0,  # recipes/quickstart.yaml's note (AVX2 EPYC): ~4 s a row at 512 tokens, two passes a row
+    sources=("issue 28's demo breakdown (AMD EPYC family 25 model 1, 2 cores, AVX2 only, 2026-12-06)",
+             "curation steps measured 2026-12-07 (see pond/costs.py)"),
+)
+
+
+def machine_costs() -> Costs | None:
+    """This machine's class: None on a GPU (no figure measured there)."""
+    from curation.settings import cpu_native_bf16, gpu
+
+    if gpu():
+        return None
+    return CPU_BF16 if cpu_native_bf16() else CPU_FP32
+
+
+def model_params(name: str | None) -> float | None:
+    """Parameters from a model's name (`smollm2-135m-instruct` -> 135e6, `qwen2.5-coder-1.5b` -> 1.5e9)."""
+    m = re.search(r"(?<![\d.])(\d+(?:\.\d+)?)([mb])(?![a-z])", (name or "").lower())
+    if not m:
+        return None
+    return float(m.group(1)) * (1e6 if m.group(2) == "m" else 1e9)
+
+
+def by_size(figures: dict[str, float], params: float | None) -> float:
+    """A figure measured for the 135M and the 1.5B model, for a model of `params` parameters: linear
+    in parameters through the two measured points (a rule, not a measurement); unknown size: the 1.5B's."""
+    if params is None:
+        return figures["large"]
+    small, large = REF_PARAMS["small"], REF_PARAMS["large"]
+    slope = (figures["large"] - figures["small"]) / (large - small)
+    return max(figures["small"], figures["small"] + slope * (params - small))
+
+
+def student_scale(student: str, batch_size: int, grad_accum: int, max_seq_len: int | None) -> float:
+    """How much one step of this student costs against the measured one (135M, 4 x 256 tokens):
+    proportional to tokens per step and to parameters (a rule, not a measurement)."""
+    tokens = batch_size * grad_accum * (max_seq_len or 512)
+    params = model_params(student) or REF_PARAMS["small"]
+    return tokens / REF_TOKENS_PER_STEP * params / REF_PARAMS["small"]

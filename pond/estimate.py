@@ -1,0 +1,260 @@
+"""`pond run --estimate`, and the plan line that opens `pond run`: what a recipe will do and roughly
+how long each stage takes on this machine, sending nothing and writing nothing.
+
+Counts: every teacher request (a step module's `estimate`), every forward pass of a local scorer
+(`estimate_compute`). Rows reaching a step are bounded by the rows entering curation (every row is
+charged at every step, `holdout` and `select` aside), so request and token counts are upper
+bounds. A generator's new rows are charged to later judge steps (`rows_added_upper`: with
+`judge_picks`, every answer candidate). Times: those counts times the per-unit costs of this
+machine's class (pond.costs, each figure naming where it was measured).
+"""
+from __future__ import annotations
+
+import importlib
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from pond import costs as cost_model
+from pond import layout
+from pond.recipe import Recipe
+
+STAGES = ("curation", "teacher", "training", "evaluation", "experiment")
+EMBEDDING_STEPS = frozenset({"embed_quality", "semantic_dedup"})  # share the embedding cache: the first pays
+
+
+@dataclass
+class Estimate:
+    """What `estimate` found: per-step lines, teacher totals, and seconds per stage (None: not timed)."""
+
+    lines: list[str] = field(default_factory=list)
+    requests: int = 0
+    max_tokens: int = 0
+    rows: int = 0
+    seconds: dict[str, float | None] = field(default_factory=dict)
+    notes: dict[str, str] = field(default_factory=dict)
+    costs: cost_model.Costs | None = None
+
+    def total(self) -> dict[str, int]:
+        return {"requests": self.requests, "max_tokens": self.max_tokens}
+
+
+def input_rows(recipe: Recipe, out: Path | None, base_dir: Path) -> pl.DataFrame:
+    """The rows entering curation: the run's finished ingest (read, not touched), else the input read
+    in memory with ingest's own reader. Nothing is written anywhere."""
+    from curation.ingest import IngestError, concat_frames, iter_batches
+
+    if _done(out, layout.STEPS, layout.INGEST, layout.DONE):
+        from pond.executors.shards import read_output
+
+        return read_output(layout.ingest_output(out))
+    kept = concat_frames([k for k, _ in iter_batches(recipe.input, base_dir) if len(k)])
+    if kept.is_empty():
+        raise IngestError(f"{recipe.input.path}: no usable rows")
+    return kept
+
+
+def estimate(recipe: Recipe, out: Path | None, base_dir: Path, *, train: bool = True,
+             cache_dir: Path | None = None) -> Estimate:
+    """Count and time every stage of `recipe` run into `out` (see the module docstring); what the run
+    folder already holds costs no time (a resume skips it). `out` None: a run from scratch."""
+    from curation.settings import default_cache_dir
+    from curation.step import StepContext
+
+    cache_dir = cache_dir or default_cache_dir()
+    rows = input_rows(recipe, out, base_dir)
+    ctx = StepContext(seed=recipe.seed, cache_dir=cache_dir, run_dir=None, step_dir=None, base_dir=base_dir,
+                      teachers=dict(recipe.teachers))
+    est = Estimate(rows=len(rows), costs=cost_model.machine_costs())
+    c = est.costs
+    curation = len(rows) / c.rows_per_s["ingest"] if c else None
+    teacher_s, served = 0.0, {}
+    flowing, added, embedded = len(rows), 0, False
+    for i, step in enumerate(recipe.steps, start=1):
+        name = layout.step_name(i, step.kind)
+        done = _done(out, layout.STEPS, name, layout.DONE)
+        module = importlib.import_module(_module(step.kind))
+        if hasattr(module, "estimate_compute"):  # a local model scores rows: forward passes
+            work = module.estimate_compute(rows, step.options, cache_dir)
+            est.lines.append(f"{name}: {work['to_score']} rows to score ({work['forward_passes']} forward passes "
+                             f"of {work['model']}), {work['cached']} already cached, "
+                             f"{work['rows'] - work['with_answer']} without an answer")
+            if c and not done:
+                curation += work["forward_passes"] * c.ifd_pass_s
+        elif hasattr(module, "estimate"):  # a teacher step: requests
+            work = _teacher_work(module, step, rows, added, ctx)
+            tokens = (f"{work['prompt_tokens']} prompt + {work['completion_tokens']} completion tokens"
+                      if "prompt_tokens" in work else f"{work['max_tokens']} tokens")
+            cached = f", {work['cached']} more already cached (free)" if "cached" in work else ""
+            est.lines.append(f"{name}: {work['requests']} requests, at most {tokens}{cached}")
+            est.requests += work["requests"]
+            est.max_tokens += work["max_tokens"]
+            if not done:
+                teacher_s = _add_teacher(teacher_s, served, recipe, step, work["requests"], c)
+        elif c and not done:
+            if step.kind in EMBEDDING_STEPS:
+                curation += 0.0 if embedded else flowing * c.embed_s
+                embedded = True
+            else:
+                curation += flowing / c.rows_per_s.get(step.kind, c.default_rows_per_s)
+        if step.kind == "synthesize":
+            from synthesis.generators import rows_added_upper
+
+            added += rows_added_upper(step.options)
+        flowing = _rows_after(step, flowing, added)
+    if c:
+        est.seconds["curation"] = curation
+        est.seconds["teacher"] = teacher_s + sum(served.values())
+    else:
+        est.notes["all"] = "no per-unit costs measured on a GPU: stages not timed"
+    if served:
+        est.notes["teacher"] = ", ".join(f"{t} start {s:.0f} s" if s else f"{t}: not timed"
+                                         for t, s in served.items())
+    if train and recipe.train is not None:
+        _time_training(est, recipe, out, flowing, c)
+    return est
+
+
+def _done(out: Path | None, *parts: str) -> bool:
+    """Whether the run folder already holds this output (a resume reuses it)."""
+    return out is not None and Path(out, *parts).exists()
+
+
+def _module(kind: str) -> str:
+    from pond.steps import STEPS
+
+    return STEPS[kind].module
+
+
+def _rows_after(step, rows: int, added: int) -> int:
+    """Rows after a step, as an upper bound: only holdout and select are known to remove rows."""
+    n = getattr(step.options, "n", None)
+    if step.kind == "holdout":
+        return max(rows - n, 0)
+    if step.kind == "select":
+        return min(rows, n)
+    if step.kind == "synthesize":
+        from synthesis.generators import rows_added_upper
+
+        return rows + rows_added_upper(step.options)
+    return rows
+
+
+def _teacher_work(module, step, rows: pl.DataFrame, added: int, ctx) -> dict[str, int]:
+    if step.kind == "synthesize":
+        return module.estimate(rows, step.options)
+    return _judge_estimate(module, rows, step.options, added, ctx)
+
+
+def _judge_estimate(module, rows: pl.DataFrame, opts, added: int, ctx) -> dict[str, int]:
+    """A judge step's calls: the ingested rows' own requests (those in `rows:`; a calibration set
+    drawn from them), those the shared cache answers free; rows a generator adds cannot be looked up
+    before they exist, so each costs what an average ingested row does (judge inputs are clipped to
+    max_input_chars), without the calibration set, which is sent once."""
+    est = module.estimate(rows, opts, ctx)
+    if added and opts.rows != "real" and len(rows):
+        per_row = {"rows": "all"} | ({"calibrate": False} if "calibrate" in type(opts).model_fields else {})
+        proxy = module.estimate(rows, opts.model_copy(update=per_row))
+        for k in ("requests", "prompt_tokens", "completion_tokens"):
+            est[k] += math.ceil(proxy[k] * added / len(rows))
+        est["max_tokens"] = est["prompt_tokens"] + est["completion_tokens"]
+    return est
+
+
+def _add_teacher(seconds: float, served: dict[str, float], recipe: Recipe, step, requests: int,
+                 c: cost_model.Costs | None) -> float:
+    """Seconds of a teacher step's requests; a served teacher's start is counted once in `served`."""
+    if c is None:
+        return seconds
+    name = getattr(step.options, "teacher", "default")
+    teacher = recipe.teachers.get(name)
+    if teacher is None or teacher.serve is None:
+        served.setdefault(f"{name} (your server)", 0.0)  # its speed is not this machine's: not timed
+        return seconds
+    params = cost_model.model_params(teacher.serve.model or teacher.model)
+    served.setdefault(name, cost_model.by_size(c.serve_start_s, params))
+    return seconds + requests * cost_model.by_size(c.request_s, params)
+
+
+def _time_training(est: Estimate, recipe: Recipe, out: Path | None, rows: int, c: cost_model.Costs | None) -> None:
+    """Training, evaluation and the experiment: steps times the measured cost of a step."""
+    t = recipe.train
+    scale = cost_model.student_scale(t.student, t.batch_size, t.grad_accum, t.max_seq_len)
+    steps = t.max_steps or math.ceil(t.epochs * rows / (t.batch_size * t.grad_accum))
+    est.notes["training"] = f"{steps} steps of {t.batch_size * t.grad_accum} x {t.max_seq_len} tokens"
+    trained = _done(out, layout.ADAPTER, "adapter_config.json")
+    if c:
+        est.seconds["training"] = 0.0 if trained else c.train_load_s + steps * c.train_step_s * scale
+    if recipe.evaluate is not None:
+        heldout = recipe.evaluate.limit or _holdout_rows(recipe) or cost_model.REF_HELDOUT_ROWS
+        untimed = recipe.evaluate.n_generate > 0 or recipe.evaluate.judge is not None
+        est.notes["evaluation"] = f"{heldout} held-out rows" + (", answers and judging not timed" if untimed else "")
+        if c:
+            done = _done(out, layout.EVAL)
+            est.seconds["evaluation"] = 0.0 if done else c.evaluate_s * heldout / cost_model.REF_HELDOUT_ROWS * scale
+    x = recipe.experiment
+    if x is not None:
+        arm_steps = x.steps or steps
+        jobs = len(x.arms) * len(x.seeds)
+        est.notes["experiment"] = f"{len(x.arms)} arms x {len(x.seeds)} seeds x {arm_steps} steps"
+        if c:
+            done = _done(out, layout.EXPERIMENT, layout.REPORT)
+            est.seconds["experiment"] = 0.0 if done else jobs * arm_steps * c.arm_step_s * scale
+
+
+def _holdout_rows(recipe: Recipe) -> int | None:
+    return next((s.options.n for s in recipe.steps if s.kind == "holdout"), None)
+
+
+# -- what is printed ----------------------------------------------------------------------------------
+
+def minutes(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
+
+
+def stage_lines(est: Estimate) -> list[str]:
+    """One line per stage with its time on this machine, then the total and where the costs come from."""
+    from curation.settings import describe_cpu
+
+    if est.costs is None:
+        return [f"time: {est.notes['all']}"]
+    lines = [f"time on this machine ({describe_cpu()}; per-unit costs of a {est.costs.label}, pond/costs.py):"]
+    details = {"curation": f"{est.rows} rows in, each charged at every step (an upper bound)",
+               "teacher": f"{est.requests} requests" + (f"; {est.notes['teacher']}" if "teacher" in est.notes else "")}
+    for stage in STAGES:
+        if stage in est.seconds:
+            note = details.get(stage) or est.notes.get(stage, "")
+            lines.append(f"  {stage:<11} {minutes(est.seconds[stage]):>9}  {note}")
+    lines.append(f"  {'total':<11} {minutes(sum(est.seconds.values())):>9}")
+    return lines
+
+
+def plan_line(recipe: Recipe, est: Estimate) -> str:
+    """The first line of `pond run`: what the whole run will do and roughly how long it takes here."""
+    parts = [f"{est.rows} rows through {len(recipe.steps)} steps"]
+    if est.requests:
+        parts.append(f"up to {est.requests} teacher requests")
+    for stage in ("training", "evaluation", "experiment"):
+        if stage in est.notes:
+            parts.append(f"{stage} ({est.notes[stage]})")
+    what = f"plan: {recipe.name}: " + ", ".join(parts)
+    if est.costs is None:
+        return f"{what}; {est.notes['all']}"
+    timed = ", ".join(f"{s} {minutes(est.seconds[s])}" for s in STAGES if est.seconds.get(s))
+    return f"{what}; about {minutes(sum(est.seconds.values()))} on this machine ({timed or 'all done earlier'})"
+
+
+def estimate_run(recipe: Recipe, out: Path, base_dir: Path, print_fn: Callable = print,
+                 cache_dir: Path | None = None) -> dict[str, Any]:
+    """`pond run --estimate`: every step's requests and compute, the totals, and a time per stage."""
+    est = estimate(recipe, out, base_dir, cache_dir=cache_dir)
+    for line in est.lines:
+        print_fn(line)
+    print_fn(f"total: {est.requests} requests, at most {est.max_tokens} tokens")
+    for line in stage_lines(est):
+        print_fn(line)
+    return est.total() | {"seconds": {k: round(v, 1) for k, v in est.seconds.items()}}

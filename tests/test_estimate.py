@@ -1,0 +1,127 @@
+"""`pond run --estimate` and the plan line: every request counted, a time per stage, nothing written."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from pond import costs
+from pond.estimate import estimate, estimate_run, plan_line
+from pond.pipeline import run_pipeline
+from pond.recipe import parse_recipe
+
+CURATION = """\
+name: est
+input: {path: rows.jsonl}
+seed: 0
+steps:
+  - holdout: {n: 3}
+  - exact_dedup: {}
+"""
+
+TEACHER = """\
+name: est
+input: {{path: rows.jsonl}}
+seed: 0
+steps:
+  - synthesize: {{generator: edge_cases, n: 4, per_call: 1, answer_candidates: {candidates}, judge_picks: true,
+                 teacher: writer}}
+  - judge: {{rubric: helpfulness, min_score: 5, teacher: judge, rows: synthetic, best_of: candidate_of}}
+teachers:
+  writer: {{model: smollm2-135m-instruct, serve: {{port: 8000}}}}
+  judge: {{model: qwen2.5-coder-1.5b-instruct, serve: {{model: qwen2.5-coder-1.5b-instruct, port: 8001}}}}
+train: {{student: smollm2-135m-instruct, max_steps: 5, batch_size: 2, max_seq_len: 128}}
+evaluate: {{heldout: "run:heldout.parquet", n_generate: 0}}
+experiment: {{arms: [{{name: a, data: curated}}, {{name: b, data: random_n}}], baseline: b, steps: 3, seeds: [0]}}
+"""
+
+
+@pytest.fixture()
+def workdir(tmp_path, short_chats, monkeypatch):
+    monkeypatch.setenv("POND_CACHE_DIR", str(tmp_path / "cache"))
+    with open(tmp_path / "rows.jsonl", "w") as f:
+        for m in short_chats["messages"].to_list():
+            f.write(json.dumps({"messages": m}) + "\n")
+    return tmp_path
+
+
+def _tree(root: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(root.rglob("*"))}
+
+
+def test_estimate_writes_nothing(workdir):
+    recipe = parse_recipe(CURATION, "r.yaml")
+    out = workdir / "run"
+    estimate_run(recipe, out, workdir, print_fn=lambda m: None)
+    assert not out.exists()  # not even steps/00-ingest or DONE
+    run_pipeline(recipe, out, workdir)
+    before = _tree(out)
+    lines: list[str] = []
+    estimate_run(recipe, out, workdir, print_fn=lines.append)
+    assert _tree(out) == before
+    assert any(line.strip().startswith("curation") for line in lines), lines
+
+
+def test_cli_estimate_writes_nothing(workdir):
+    from typer.testing import CliRunner
+
+    from pond.cli import app
+
+    (workdir / "r.yaml").write_text(CURATION)
+    result = CliRunner().invoke(app, ["run", str(workdir / "r.yaml"), "--out", str(workdir / "run"), "--estimate"])
+    assert result.exit_code == 0, result.output
+    assert "total: 0 requests" in result.output
+    assert not (workdir / "run").exists()
+
+
+def test_every_answer_candidate_is_a_judge_request(workdir):
+    """judge_picks writes up to answer_candidates rows per case, and the judge scores each."""
+    def judge_requests(candidates: int) -> int:
+        est = estimate(parse_recipe(TEACHER.format(candidates=candidates), "r.yaml"), None, workdir)
+        line = next(x for x in est.lines if x.startswith("02-judge"))
+        return int(re.match(r"02-judge: (\d+) requests", line).group(1))
+
+    one, three = judge_requests(1), judge_requests(3)
+    assert three - one == 4 * (3 - 1)  # n cases x the extra candidates
+    assert three >= 4 * 3
+
+
+def test_a_time_for_every_stage(workdir, monkeypatch):
+    monkeypatch.setattr(costs, "machine_costs", lambda: costs.CPU_FP32)
+    est = estimate(parse_recipe(TEACHER.format(candidates=3), "r.yaml"), None, workdir)
+    assert set(est.seconds) == {"curation", "teacher", "training", "evaluation", "experiment"}
+    assert all(v > 0 for v in est.seconds.values())
+    # the writer and the judge are served here: each start is counted once
+    starts = costs.CPU_FP32.serve_start_s["small"] + costs.CPU_FP32.serve_start_s["large"]
+    assert est.seconds["teacher"] > starts
+    # 2 arms x 1 seed x 3 steps at 2 x 128 tokens: an eighth of the measured step each
+    assert est.seconds["experiment"] == pytest.approx(6 * costs.CPU_FP32.arm_step_s / 4)
+    line = plan_line(parse_recipe(TEACHER.format(candidates=3), "r.yaml"), est)
+    assert re.search(r"about [\d.]+ (s|min) on this machine \(curation .*experiment", line), line
+
+
+def test_no_time_without_measured_costs(workdir, monkeypatch):
+    monkeypatch.setattr(costs, "machine_costs", lambda: None)  # a GPU: nothing measured there
+    est = estimate(parse_recipe(TEACHER.format(candidates=3), "r.yaml"), None, workdir)
+    assert est.seconds == {} and "not timed" in plan_line(parse_recipe(TEACHER.format(candidates=3), "r.yaml"), est)
+
+
+def test_model_sizes_and_scaling():
+    assert costs.model_params("smollm2-135m-instruct") == 135e6
+    assert costs.model_params("qwen2.5-coder-1.5b-instruct") == 1.5e9
+    assert costs.model_params("my-model") is None
+    figures = {"small": 2.0, "large": 12.0}
+    assert costs.by_size(figures, 135e6) == 2.0 and costs.by_size(figures, 1.5e9) == 12.0
+    assert costs.by_size(figures, 7e9) > 12.0 and costs.by_size(figures, None) == 12.0
+    assert costs.student_scale("smollm2-135m-instruct", 4, 1, 256) == 1.0
+
+
+def test_plan_is_the_first_line_and_stages_say_their_time(workdir):
+    lines: list[str] = []
+    run_pipeline(parse_recipe(CURATION, "r.yaml"), workdir / "run", workdir, log=lines.append)
+    assert re.match(r"plan: est: \d+ rows through 2 steps; about [\d.]+ (s|min) on this machine", lines[0]), lines[0]
+    assert "── curation and synthesis: started" in lines
+    assert any(re.fullmatch(r"── curation and synthesis: done in \d+ s", x) for x in lines), lines
+    assert any(re.match(r"01-holdout: started, \d+ rows in", x) for x in lines), lines
