@@ -211,8 +211,8 @@ def _self_judging(steps: list[Step], teachers: dict[str, TeacherConfig], source:
                if s.kind == "synthesize" and s.options.teacher in model}
     problems = []
     for i, s in enumerate(steps):
-        if s.kind != "judge" or model.get(s.options.teacher) not in writers:
-            continue
+        if s.kind != "judge" or model.get(s.options.teacher) not in writers or s.options.rows == "real":
+            continue  # judging only real rows is not judging one's own
         where = f"{source}:{_line_of(root, ('steps', i))}: steps[{i}].judge"
         writer = writers[model[s.options.teacher]]
         if not s.options.self_judge:

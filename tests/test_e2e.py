@@ -46,8 +46,10 @@ def scaled_quickstart(tmp_path: Path, teacher_url: str, teacher_model: str, stud
             opts.update(n=3, max_tokens=64)
         if kind == "judge":
             opts["min_score"] = 1  # the tiny teacher judges here: protocol and bookkeeping, not wisdom
-            opts["rows"] = "all"  # three synthetic rows may all be rejected upstream; judge every row
-            # SmolLM2-135M cannot judge: calibration refuses it (tests/test_calibration.py shows it does)
+            # the writer's own model judges here, so only the real rows (a model judging the rows it wrote
+            # must be a calibrated self_judge), and uncalibrated: SmolLM2-135M cannot judge, and calibration
+            # refuses it (tests/test_calibration.py)
+            opts["rows"] = "real"
             opts["calibrate"] = False
         steps.append({kind: opts})
     recipe["steps"] = steps

@@ -82,6 +82,7 @@ teachers:
         parse_recipe(text % ", self_judge: true, calibrate: false", "r.yaml")
     warnings = parse_recipe(text % ", self_judge: true", "r.yaml").warnings()
     assert len(warnings) == 1 and "self_judge: true" in warnings[0]
+    assert parse_recipe(text % ", rows: real", "r.yaml").warnings() == []  # only real rows: not its own
     other = text.replace("  j: {model: m}", "  j: {model: other}")
     assert parse_recipe(other % "", "r.yaml").warnings() == []
 
