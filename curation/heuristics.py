@@ -11,16 +11,22 @@ Text rules read the *answer* (all assistant turns joined; the text itself for pl
 whole `text` with `apply_to: text`. Words are whitespace tokens; "symbol-only" tokens
 (punctuation/symbols only) are not counted as words (Gopher):
   too_few_words / too_many_words   word count outside [min_words, max_words]
+The web-text rules (Gopher's) read the answer's *prose* (`prose_only`, the default): code blocks and
+code lines, formulas, calculator notes, table and heading markup left out (curation.prose), so math
+and code are not junk. In prose a word holds a letter, and numbers and bare operators (18, $3, 3/4,
+-, =) count neither as words nor as symbols:
   mean_word_length                 mean word length outside [min_mean_word_length, max_mean_word_length]
   symbol_ratio                     ('#' + '...' + '…') per word above max_symbol_ratio
   non_alpha_ratio                  share of tokens without any letter above max_non_alpha_ratio
-                                   (both only from `ratio_min_words` words on)
-  repeated_lines                   duplicate lines: share of lines or of characters too high
+                                   (the three only from `ratio_min_words` prose words on)
+  repeated_lines                   duplicate lines: share of lines or of characters too high (whole turn)
   repeated_paragraphs              the same for paragraphs (blank-line separated)
-  top_ngram_fraction               characters in the most frequent 2/3/4-gram too high
-  duplicate_ngram_fraction         characters in repeated 5…10-grams too high
-The two n-gram rules only apply to texts of at least `ngram_min_words` words (in short texts one
-repeated phrase is a large share by construction).
+  top_ngram_fraction               characters in the most frequent 2/3/4-gram of the prose, as a share of
+                                   the turn's characters, too high
+  duplicate_ngram_fraction         characters in the prose's repeated 5…10-grams, likewise
+The two n-gram rules only apply to prose of at least `ngram_min_words` words (in short texts one
+repeated phrase is a large share by construction). `prose_only: false` gives Gopher's rules on the
+whole text (GSM8K's test split then loses half its rows, mostly to `#### 18` in symbol_ratio).
 
 A row failing several rules is rejected with the first in the order above as `reason`; all its
 failed rules are listed in `failed_rules`, and `ctx.stats` counts both. Set a threshold to null to
@@ -34,11 +40,13 @@ import polars as pl
 from pydantic import Field
 
 from curation.answer_faults import BOILERPLATE_PATTERNS, REFUSAL_PATTERNS, REFUSAL_WINDOW, any_of
+from curation.prose import NUMBER_OR_OPERATOR, WORD, prose_expr
 from curation.records import answer_text_expr
 from curation.repetition import DUP_NGRAM_LIMITS, TOP_NGRAM_LIMITS, repetition_stats
 from curation.step import StepContext, StepOptions, reject
 
 STAGE = "heuristics"
+GOPHER_WORD = r"[^\p{P}\p{S}]"  # Gopher: a token of punctuation and symbols alone is not a word
 # the patterns live with the other answer faults; the names stay for recipes and tests that import them
 DEFAULT_REFUSALS = REFUSAL_PATTERNS
 DEFAULT_BOILERPLATE = BOILERPLATE_PATTERNS
@@ -71,10 +79,14 @@ class HeuristicsOptions(StepOptions):
         default_factory=lambda: dict(DUP_NGRAM_LIMITS),
         description="n -> largest character share of word n-grams repeating earlier ones (Gopher: 0.15 … 0.10, "
                     "which rejects ~13% of ShareGPT answers with parallel list items; these reject ~3%)")
-    ngram_min_words: int = Field(50, ge=0, description="the n-gram rules apply to texts of at least this many words")
+    prose_only: bool = Field(
+        True, description="the web-text rules (mean_word_length, symbol_ratio, non_alpha_ratio, the n-gram rules) "
+                          "read the prose only: code, formulas, tables and markup left out (curation.prose), so "
+                          "math and code are not junk; false: the whole text, as Gopher")
+    ngram_min_words: int = Field(50, ge=0, description="the n-gram rules apply to texts (prose) of at least this many words")
     ratio_min_words: int = Field(
-        10, ge=0, description="symbol_ratio and non_alpha_ratio apply to texts of at least this many words "
-                              "(one ellipsis in a five-word quote is not junk)")
+        10, ge=0, description="symbol_ratio and non_alpha_ratio (and, on prose, mean_word_length) apply to texts "
+                              "of at least this many words (one ellipsis in a five-word quote is not junk)")
     require_assistant: bool = Field(True, description="reject conversations without an assistant turn (no_assistant_turn)")
     require_user_first: bool = Field(True, description="reject conversations whose first non-system turn is not the user's")
     reject_empty_turns: bool = Field(True, description="reject conversations with a blank turn (empty_turn)")
@@ -121,18 +133,25 @@ def _measures(df: pl.DataFrame, opts: HeuristicsOptions) -> pl.DataFrame:
     """Per-row measurements the rules compare with their thresholds (columns prefixed `__`)."""
     text = answer_text_expr() if opts.apply_to == "answer" else pl.col("text")
     m = df.select(text.fill_null("").alias("__t"), pl.col("messages"), pl.col("text"))
-    tokens = pl.col("__t").str.replace_all(r"\s+", " ").str.strip_chars().str.split(" ").list.eval(
-        pl.element().filter(pl.element() != ""))
-    words = tokens.list.eval(pl.element().filter(pl.element().str.contains(r"[^\p{P}\p{S}]")))
+    m = m.with_columns(_web_text(pl.col("__t"), opts).alias("__p"))
+    words = _tokens(pl.col("__t")).list.eval(pl.element().filter(pl.element().str.contains(GOPHER_WORD)))
+    prose = _tokens(pl.col("__p"))
+    # prose_only: a word holds a letter, and numbers and operators count neither as words nor as junk
+    word, uncounted = (WORD, NUMBER_OR_OPERATOR) if opts.prose_only else (GOPHER_WORD, None)
+    prose_words = prose.list.eval(pl.element().filter(pl.element().str.contains(word)))
+    junk = ~pl.element().str.contains(r"\p{L}")
+    if uncounted:
+        junk = junk & ~pl.element().str.contains(uncounted)
     roles = pl.col("messages").list.eval(pl.element().struct.field("role"))
     first_turn = roles.list.eval(pl.element().filter(pl.element() != "system")).list.first()
     cols = [
-        tokens.list.len().alias("__tokens"),
         words.list.len().alias("__words"),
-        words.list.eval(pl.element().str.len_chars()).list.mean().fill_null(0.0).alias("__mean_len"),
-        (pl.col("__t").str.count_matches("#", literal=True) + pl.col("__t").str.count_matches(r"\.\.\.|…"))
+        prose.list.len().alias("__prose_tokens"),
+        prose_words.list.len().alias("__prose_words"),
+        prose_words.list.eval(pl.element().str.len_chars()).list.mean().fill_null(0.0).alias("__mean_len"),
+        (pl.col("__p").str.count_matches("#", literal=True) + pl.col("__p").str.count_matches(r"\.\.\.|…"))
         .alias("__symbols"),
-        tokens.list.eval(pl.element().str.contains(r"\p{L}").not_()).list.sum().alias("__non_alpha"),
+        prose.list.eval(junk.cast(pl.Int64)).list.sum().alias("__non_alpha"),
         (pl.col("messages").list.len() > 0).alias("__conv"),
         pl.col("messages").list.eval(_is_blank(pl.element().struct.field("content"))).list.any().fill_null(False)
         .alias("__empty_turn"),
@@ -145,6 +164,21 @@ def _measures(df: pl.DataFrame, opts: HeuristicsOptions) -> pl.DataFrame:
         cols.append(_turn_match(any_of(opts.boilerplate_patterns), None).alias("__boilerplate"))
     m = m.with_columns(cols)
     return pl.concat([m, _repetition_flags(df, opts)], how="horizontal")
+
+
+def _tokens(text: pl.Expr) -> pl.Expr:
+    return text.str.replace_all(r"\s+", " ").str.strip_chars().str.split(" ").list.eval(
+        pl.element().filter(pl.element() != ""))
+
+
+def _web_text(text: pl.Expr, opts: HeuristicsOptions) -> pl.Expr:
+    """What the web-text rules read: the prose (curation.prose), or the whole text with prose_only off."""
+    return prose_expr(text) if opts.prose_only else text
+
+
+def _visible_chars(text: pl.Expr) -> pl.Expr:
+    """Characters that are not whitespace (what Gopher's n-gram fractions are shares of)."""
+    return (text.str.len_chars() - text.str.count_matches(r"\s")).cast(pl.Float64)
 
 
 def _units(opts: HeuristicsOptions) -> pl.Expr:
@@ -164,15 +198,21 @@ def _repetition_flags(df: pl.DataFrame, opts: HeuristicsOptions) -> pl.DataFrame
     """
     units = (df.select(pl.int_range(pl.len()).alias("__row"), _units(opts).alias("__u"))
              .explode("__u").with_columns(pl.col("__u").fill_null("")))
+    # Repeated lines and paragraphs read the whole turn (a repeated code block is a repeat too). The
+    # n-gram rules count repeats in the prose only (code and formulas repeat their n-grams by design),
+    # as a share of the whole turn's characters: prose between code blocks is not judged on its own.
+    units = units.with_columns(_web_text(pl.col("__u"), opts).alias("__p"))
+    units = units.with_columns((_visible_chars(pl.col("__p")) / _visible_chars(pl.col("__u")))
+                               .fill_nan(0.0).fill_null(0.0).alias("__share"))
     line_frac, line_chars = _dup_fractions(pl.col("__u"), "\n")
     para_frac, para_chars = _dup_fractions(pl.col("__u").str.replace_all(r"\n[ \t]*\n\s*", "\u0000"), "\u0000")
     top = opts.max_top_ngram_fraction or {}
     dup = opts.max_duplicate_ngram_fraction or {}
     units = units.with_columns(pl.int_range(pl.len()).alias("__uid"),
-                               (pl.col("__u").str.count_matches(r"\S+") >= opts.ngram_min_words).alias("__long"))
+                               (pl.col("__p").str.count_matches(r"\S+") >= opts.ngram_min_words).alias("__long"))
     # n-gram statistics only where the n-gram rules apply (the costly part)
     long_units = units.filter("__long")
-    stats = repetition_stats(long_units["__u"], tuple(sorted(top)), tuple(sorted(dup)))
+    stats = repetition_stats(long_units["__p"], tuple(sorted(top)), tuple(sorted(dup)))
     measured = units.join(pl.concat([long_units.select("__uid"), stats], how="horizontal"), on="__uid",
                           how="left", maintain_order="left")
     long_enough = pl.col("__long")
@@ -182,9 +222,11 @@ def _repetition_flags(df: pl.DataFrame, opts: HeuristicsOptions) -> pl.DataFrame
          | _over(line_chars, opts.max_duplicate_line_char_fraction)).alias("__repeated_lines"),
         (_over(para_frac, opts.max_duplicate_paragraph_fraction)
          | _over(para_chars, opts.max_duplicate_paragraph_char_fraction)).alias("__repeated_paragraphs"),
-        (long_enough & pl.any_horizontal([pl.lit(False)] + [pl.col(f"top_{n}") > t for n, t in top.items()]))
+        (long_enough & pl.any_horizontal(
+            [pl.lit(False)] + [pl.col(f"top_{n}") * pl.col("__share") > t for n, t in top.items()]))
         .alias("__top_ngram"),
-        (long_enough & pl.any_horizontal([pl.lit(False)] + [pl.col(f"dup_{n}") > t for n, t in dup.items()]))
+        (long_enough & pl.any_horizontal(
+            [pl.lit(False)] + [pl.col(f"dup_{n}") * pl.col("__share") > t for n, t in dup.items()]))
         .alias("__dup_ngram"),
     )
     per_row = flags.group_by("__row").agg(pl.exclude("__row").fill_null(False).any())
@@ -211,16 +253,17 @@ def _rules(opts: HeuristicsOptions) -> list[tuple[str, pl.Expr]]:
         rules.append(("too_few_words", c("__words") < opts.min_words))
     if opts.max_words is not None:
         rules.append(("too_many_words", c("__words") > opts.max_words))
-    has_words = c("__words") > 0
+    enough = c("__prose_words") >= opts.ratio_min_words
     if opts.min_mean_word_length is not None or opts.max_mean_word_length is not None:
         lo = opts.min_mean_word_length if opts.min_mean_word_length is not None else 0.0
         hi = opts.max_mean_word_length if opts.max_mean_word_length is not None else float("inf")
-        rules.append(("mean_word_length", has_words & ((c("__mean_len") < lo) | (c("__mean_len") > hi))))
-    enough = c("__words") >= opts.ratio_min_words
+        # on prose, a few words left between code blocks say nothing about their mean length
+        measured = enough if opts.prose_only else c("__prose_words") > 0
+        rules.append(("mean_word_length", measured & ((c("__mean_len") < lo) | (c("__mean_len") > hi))))
     if opts.max_symbol_ratio is not None:
-        rules.append(("symbol_ratio", enough & (c("__symbols") > opts.max_symbol_ratio * c("__words"))))
+        rules.append(("symbol_ratio", enough & (c("__symbols") > opts.max_symbol_ratio * c("__prose_words"))))
     if opts.max_non_alpha_ratio is not None:
-        rules.append(("non_alpha_ratio", enough & (c("__non_alpha") > opts.max_non_alpha_ratio * c("__tokens"))))
+        rules.append(("non_alpha_ratio", enough & (c("__non_alpha") > opts.max_non_alpha_ratio * c("__prose_tokens"))))
     rules.append(("repeated_lines", c("__repeated_lines")))
     rules.append(("repeated_paragraphs", c("__repeated_paragraphs")))
     rules.append(("top_ngram_fraction", c("__top_ngram")))
