@@ -118,7 +118,8 @@ def run(recipe: Path = typer.Argument(..., help="recipe YAML"),
 
 @app.command()
 def inspect(run_dir: Path = typer.Argument(..., help="a run directory"),
-            id: Optional[str] = typer.Option(None, "--id", help="say what happened to this row id"),
+            id: Optional[str] = typer.Option(None, "--id", help="what happened to this row: its pond id or your own "
+                                                                 "id (orig_id); exits 1 if there is none"),
             html: bool = typer.Option(False, "--html", help="write RUN/report.html (charts, one self-contained file)")):
     """Show a run: counts per step, rejection reasons with examples, teacher cost, adapter card."""
     from pond import inspect as insp
@@ -127,7 +128,12 @@ def inspect(run_dir: Path = typer.Argument(..., help="a run directory"),
     if not is_run(run_dir):
         _fail(f"{run_dir}: not a pond run directory (no steps/)")
     if id:
-        print(insp.find_id(run_dir, id))
+        found = insp.find_id(run_dir, id)
+        if found is None:
+            console.print(f"{id}: not found in {run_dir} (neither a row id nor an orig_id)", highlight=False,
+                          soft_wrap=True)
+            raise typer.Exit(1)
+        print(found)
         return
     if html:
         from pond.report_html import write_report_html

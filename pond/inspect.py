@@ -9,22 +9,72 @@ import polars as pl
 from rich.console import Console
 from rich.table import Table
 
-from pond.layout import (ADAPTER, CURATED, EVAL, MANIFEST, REJECTED, REPORT, REPORT_HTML, funnel, is_run, reason_tag,
-                         step_dirs)
+from pond.layout import (ADAPTER, CURATED, EVAL, KEPT, MANIFEST, REJECTED, REPORT, REPORT_HTML, funnel, generations,
+                         is_run, reason_tag, step_dirs)
 
 
-def find_id(run: Path, row_id: str) -> str:
-    """Which step dropped `row_id` and why, or that it survived into curated.parquet."""
-    for d in step_dirs(run):
-        rejected = d / REJECTED
-        if rejected.exists():
-            hit = pl.scan_parquet(rejected).filter(pl.col("id") == row_id).select("reason").collect()
-            if len(hit):
-                return f"{row_id}: rejected by {d.name}: {hit['reason'][0]}"
-    curated = run / CURATED
-    if curated.exists() and len(pl.scan_parquet(curated).filter(pl.col("id") == row_id).select("id").collect()):
-        return f"{row_id}: survived (in {CURATED})"
-    return f"{row_id}: not found in this run"
+MAX_TEXT = 2000  # characters of a row's text `--id` prints; the rest is counted, not shown
+MAX_HITS = 20  # rows shown for one user id (a user's own ids need not be unique)
+USER_ID = "orig_id"  # where ingest keeps a user's own `id` (curation.layouts)
+
+
+def _matches(path: Path, key: str) -> pl.DataFrame:
+    """Rows of one Parquet file whose pond id or user id (`orig_id`, any type, compared as text) is `key`."""
+    lazy = pl.scan_parquet(path)
+    names = lazy.collect_schema().names()
+    hit = pl.col("id") == key
+    if USER_ID in names:
+        hit = hit | (pl.col(USER_ID).cast(pl.Utf8, strict=False) == key)
+    keep = [c for c in ("id", USER_ID, "source", "line", "reason", "detail", "text") if c in names]
+    return lazy.filter(hit).select(keep).head(MAX_HITS).collect()
+
+
+def _places(run: Path) -> list[tuple[str, Path]]:
+    """Where a row can be, with what finding it there means: every step's rejected rows (ingest's
+    too), then the curated set; a run that has not finished yet: its last step's kept rows."""
+    dirs = [d for gen in generations(run) for d in step_dirs(gen)]
+    places = [(f"rejected by {_step_label(run, d)}", d / REJECTED) for d in dirs]
+    if (run / CURATED).exists():
+        places.append((f"survived (in {CURATED})", run / CURATED))
+    elif dirs:
+        places.append((f"kept so far by {_step_label(run, dirs[-1])} (the run has not finished)", dirs[-1] / KEPT))
+    return [(what, p) for what, p in places if p.exists()]
+
+
+def _step_label(run: Path, step: Path) -> str:
+    gen = step.parent.parent
+    return step.name if gen == Path(run) else f"drop {gen.name}, {step.name}"
+
+
+def find_rows(run: Path, key: str) -> list[tuple[str, dict]]:
+    """(what happened, the row's stored fields) for every row whose pond id or user id is `key`."""
+    found = []
+    for what, path in _places(run):
+        for row in _matches(path, key).to_dicts():
+            found.append((what, row))
+            if len(found) >= MAX_HITS:
+                return found
+    return found
+
+
+def describe_row(what: str, row: dict) -> str:
+    """A found row: its ids, what happened to it and why, where it came from, and its text."""
+    ids = row["id"] + (f" (your id {row[USER_ID]})" if row.get(USER_ID) is not None else "")
+    lines = [f"{ids}: {what}" + (f": {row['reason']}" if row.get("reason") else "")]
+    if row.get("detail"):
+        lines.append(f"  detail: {row['detail']}")
+    if row.get("source"):
+        lines.append(f"  source: {row['source']}" + (f", line {row['line']}" if row.get("line") is not None else ""))
+    text = row.get("text") or ""
+    more = f"\n  … ({len(text) - MAX_TEXT} more characters)" if len(text) > MAX_TEXT else ""
+    lines.append("  text: " + (text[:MAX_TEXT].replace("\n", "\n        ") if text else "(none)") + more)
+    return "\n".join(lines)
+
+
+def find_id(run: Path, key: str) -> str | None:
+    """What happened to the row(s) with pond id or user id `key`, or None where there is none."""
+    found = find_rows(run, key)
+    return "\n".join(describe_row(what, row) for what, row in found) if found else None
 
 
 def _example(d: Path, reason: str) -> str:
