@@ -1,5 +1,5 @@
-"""The synthetic part of `pond inspect`: edge cases by kind through synthesize and the judge, and
-each batch's synthetic-vs-real report (synthesis/realism.py), read from the steps' stats.json."""
+"""The synthetic part of `pond inspect`: each judge's calibration, edge cases by kind through synthesize
+and the judge, and each batch's synthetic-vs-real report (synthesis/realism.py), read from the steps' stats.json."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -14,8 +14,28 @@ def _fmt(v) -> str:
     return "–" if v is None else f"{v:.3g}" if isinstance(v, float) else str(v)
 
 
+def show_calibration(rows: list[dict], console: Console) -> None:
+    """Each judge's calibration (synthesis.calibration): AUC and threshold rejection per corruption."""
+    for r in rows:
+        cal = r.get("calibration")
+        if not r["step"].endswith("-judge") or not cal:
+            continue
+        verdict = "passed" if (cal.get("worst_auc") or 0) >= cal["min_calibration"] else "refused"
+        if (r.get("options") or {}).get("self_judge"):
+            verdict += "; SELF-JUDGING: this model also wrote the rows it judges"
+        t = Table(title=f"{r['step']}: judge calibration ({cal['judge']}, rubric {cal['rubric']}): {verdict}, worst "
+                        f"AUC {_fmt(cal.get('worst_auc'))} (min {cal['min_calibration']}); {cal['positives']} real "
+                        f"rows kept at the threshold: {_fmt(cal.get('positives_kept'))}")
+        for col in ("corruption", "negatives", "AUC", "mean score", "rejected at min_score"):
+            t.add_column(col, justify="left" if col == "corruption" else "right")
+        for kind, v in cal["by_corruption"].items():
+            t.add_row(kind, str(v["negatives"]), _fmt(v["auc"]), _fmt(v.get("mean")), _fmt(v.get("rejected")))
+        console.print(t)
+
+
 def show_synthetic(run: Path, console: Console) -> None:
     rows = funnel(run)
+    show_calibration(rows, console)
     judged: dict[str, dict] = {}
     for r in rows:
         if r["step"].endswith("-judge") and "by_kind" in r:
