@@ -111,6 +111,23 @@ def test_rejected_and_a_steps_kept_set(run_dir):
         export_run(run_dir, "alpaca", rows="nosuch")
 
 
+@pytest.mark.parametrize("fmt", ["alpaca", "llama-factory", "lm-eval"])
+def test_counts_agree_everywhere(run_dir, fmt):
+    """A row that breaks the format's rules is left out of the data file and listed in problems.jsonl:
+    the summary, .pond-export, the data file and problems.jsonl agree on the counts."""
+    result = export_run(run_dir, fmt)
+    data = result.files[0]
+    written = len(data.read_text().splitlines())
+    listed = len(listed_ids(result.out))
+    assert (written, listed) == (result.rows, result.problems)
+    marker = json.loads((result.out / ".pond-export").read_text())
+    assert marker["written"] == written and marker["problems"] == listed
+    assert marker["n_rows"] == written + listed == result.selected
+    assert result.summary().startswith(f"exported {written} of {written + listed} rows to ")
+    if fmt == "alpaca":  # ShareGPT's multi-turn rows cannot be alpaca rows
+        assert listed > 0 and f"{listed} rows break alpaca's rules: left out of the data file" in result.summary()
+
+
 def test_openai_rules_list_the_rows_that_break_them(tmp_path):
     ok = [{"role": "system", "content": "s"}, {"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
     rows = [("ok", ok),
@@ -211,7 +228,7 @@ def test_cli_export_and_bad_input(run_dir, tmp_path):
 
     res = pond(run_dir, "--to", "alpaca", "--out", tmp_path / "alp")
     assert res.returncode == 0, res.stderr
-    assert res.stdout.startswith("exported ") and "listed in" in res.stdout  # multi-turn rows: not alpaca
+    assert res.stdout.startswith("exported ") and "left out of the data file and listed" in res.stdout  # multi-turn
     res = pond(run_dir, "--to", "csv")
     assert res.returncode == 2 and "unknown export format 'csv'" in res.stderr and "Traceback" not in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1

@@ -9,8 +9,10 @@
     lm-eval        the held-out set as lm-evaluation-harness tasks                    (lm_eval.py)
 
 Rows (`--rows`): curated (default; lm-eval: heldout), synthetic, rejected, heldout, or a step's kept
-set (its folder name, `03-heuristics`, or its kind). Rows a format cannot hold are listed in
-`problems.jsonl` beside the data, never dropped silently.
+set (its folder name, `03-heuristics`, or its kind). A row a format cannot hold is left out of the
+data file (a trainer would reject it, or the whole file) and listed in `problems.jsonl` beside it
+with the rule it breaks: the set's rows = rows written + rows listed, and both counts are printed and
+recorded in `.pond-export`.
 """
 from __future__ import annotations
 
@@ -36,15 +38,22 @@ __all__ = ["FORMATS", "ROW_SETS", "ExportError", "ExportResult", "export_run"]
 class ExportResult:
     out: Path
     files: list[Path] = field(default_factory=list)
-    rows: int = 0
-    problems: int = 0
+    rows: int = 0  # rows written to the data file
+    problems: int = 0  # rows left out of it, listed in problems.jsonl
+    selected: int = 0  # rows of the row set: rows + problems
+    fmt: str = ""
 
     def summary(self) -> str:
-        lines = [f"exported {self.rows} rows to {self.out}"]
+        lines = [f"exported {self.rows} of {self.selected} rows to {self.out}"]
         if self.problems:
-            lines.append(f"{self.problems} rows break the format's rules and are listed in {self.out / PROBLEMS}")
+            lines.append(f"{self.problems} rows break {self.fmt}'s rules: left out of the data file and listed, "
+                         f"with the rule each breaks, in {self.out / PROBLEMS}")
         lines += [f"  {p}" for p in self.files]
         return "\n".join(lines)
+
+    def counts(self) -> dict[str, int]:
+        """What `.pond-export` and the config comments record: the set's rows, written and listed."""
+        return {"n_rows": self.selected, "written": self.rows, "problems": self.problems}
 
 
 def _prepare(out: Path) -> None:
@@ -68,7 +77,7 @@ def export_run(run: Path, fmt: str, out: Path | None = None, rows: str | None = 
     _prepare(out)
     name = dataset_name(run, rows)
     info = lineage(run, rows, source, df.height)
-    result = ExportResult(out)
+    result = ExportResult(out, selected=df.height, fmt=fmt)
     if fmt == "hf":
         from pond.export.hub import write_hf
 
@@ -82,6 +91,7 @@ def export_run(run: Path, fmt: str, out: Path | None = None, rows: str | None = 
         data = out / DATA
         result.rows, result.problems = write_rows(df.select("id", "messages").iter_rows(), fmt, data, out / PROBLEMS)
         result.files = [data]
+        info |= result.counts()  # the config comments say how many rows the data file holds
         if fmt == "axolotl":
             from pond.export.trainers import axolotl_config
 
@@ -94,6 +104,6 @@ def export_run(run: Path, fmt: str, out: Path | None = None, rows: str | None = 
             result.files.append(out / "dataset_info.json")
     if result.problems:
         result.files.append(out / PROBLEMS)
-    (out / MARKER).write_text(json.dumps({k: info[k] for k in ("run", "recipe", "recipe_hash", "rows", "n_rows",
-                                                               "source_hash")} | {"format": fmt}) + "\n")
+    (out / MARKER).write_text(json.dumps({k: info[k] for k in ("run", "recipe", "recipe_hash", "rows", "source_hash")}
+                                         | result.counts() | {"format": fmt}) + "\n")
     return result

@@ -52,5 +52,12 @@ def comment_block(info: dict[str, Any]) -> str:
     """The lineage as `#` comment lines, for the config files trainers read (they allow no extra keys)."""
     lines = [f"pond export of run {info['run']}", f"recipe {info['recipe']} (hash {info['recipe_hash']}), "
              f"seed {info['seed']}, pond {info['pond_version']}",
-             f"rows: {info['rows']} ({info['n_rows']}) from {info['source_file']} (hash {info['source_hash']})"]
+             f"rows: {info['rows']} ({_written(info)}) from {info['source_file']} (hash {info['source_hash']})"]
     return "".join(f"# {line}\n" for line in lines)
+
+
+def _written(info: dict[str, Any]) -> str:
+    """`179`, or `177 of 179 written; 2 listed in problems.jsonl` once the data file is written."""
+    if not info.get("problems"):
+        return str(info["n_rows"])
+    return f"{info['written']} of {info['n_rows']} written; {info['problems']} listed in problems.jsonl"

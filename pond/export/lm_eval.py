@@ -64,6 +64,7 @@ def write_lm_eval(df: pl.DataFrame, out: Path, name: str, info: dict[str, Any]) 
     written, listed = write_checked(df.select("id", "messages").iter_rows(), (*BASE, has_assistant), task_doc,
                                     data, problems)
     files = [data]
+    info = info | {"n_rows": written + listed, "written": written, "problems": listed}
     for task, config in task_configs(name, data).items():
         path = out / f"{task}.yaml"
         path.write_text(comment_block(info) + yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
