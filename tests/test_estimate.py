@@ -125,3 +125,19 @@ def test_plan_is_the_first_line_and_stages_say_their_time(workdir):
     assert "── curation and synthesis: started" in lines
     assert any(re.fullmatch(r"── curation and synthesis: done in \d+ s", x) for x in lines), lines
     assert any(re.match(r"01-holdout: started, \d+ rows in", x) for x in lines), lines
+
+
+def test_cli_run_prints_the_plan_first_and_bars_with_an_eta(workdir):
+    import os
+    import subprocess
+    import sys
+
+    (workdir / "r.yaml").write_text(CURATION.replace("exact_dedup: {}", "heuristics: {min_words: 1}"))
+    env = {**os.environ, "POND_PROGRESS": "1", "COLUMNS": "120"}
+    res = subprocess.run([sys.executable, "-m", "pond.cli", "run", "r.yaml", "--out", "run"], cwd=workdir,
+                         capture_output=True, text=True, env=env)
+    assert res.returncode == 0, res.stderr
+    lines = res.stderr.splitlines()
+    assert re.match(r"plan: est: \d+ rows through 2 steps; about [\d.]+ (s|min) on this machine", lines[0]), lines
+    bar = next(x for x in lines if x.startswith("heuristics"))
+    assert re.search(r"\d+/\d+ +\d+:\d\d:\d\d eta +\d+:\d\d:\d\d", bar), bar  # count, time so far, ETA
