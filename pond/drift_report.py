@@ -128,6 +128,15 @@ def drift_report(run: Path, drop: Path, recipe, *, cache_dir: Path | None = None
     ep = embed_texts(pond_t, EmbeddingOptions(), cache_dir)
     en = embed_texts(new_t, EmbeddingOptions(), cache_dir)
     report.update(compare(pond_t, new_t, ep, en, opts, seed))
+    # clusters describe what the pond gains, so they are drawn on kept rows (no test: selection is
+    # no harm here, and the ingest stage's repeated fragments would sit in a new source's clusters)
+    pond_k = pl.concat([read_output(layout.final_kept(g)).select("id", "text") for g in earlier])
+    pond_k = pond_k[stats.stable_sample(pond_k["id"].to_list(), opts.sample, seed)]["text"].fill_null("").to_list()
+    new_k = kept["text"].fill_null("")[stats.sample_indices(kept.height, opts.sample, seed)].to_list()
+    if pond_k and new_k:
+        report["clusters"] = stats.cluster_changes(embed_texts(pond_k, EmbeddingOptions(), cache_dir),
+                                                   embed_texts(new_k, EmbeddingOptions(), cache_dir), pond_k, new_k,
+                                                   k=opts.clusters, seed=seed)
     report.update(rejections(earlier, drop, stage, opts.rejection_confidence))
     report["adapter_loss"] = adapter_loss(run, recipe, kept, cache_dir, opts.loss_rows, seed)
     return report
