@@ -18,6 +18,10 @@ from __future__ import annotations
 import functools
 import re
 
+import numpy as np
+
+from curation.prose import is_code_line
+from curation.prose import prose as text_prose
 from curation.repetition import DUP_NGRAM_LIMITS, TOP_NGRAM_LIMITS, exceeds_limits
 
 _APOS = "['’]"
@@ -77,10 +81,6 @@ _ENDS_SENTENCE = re.compile(r"[.!?。！？…:;)\]}\"'”’»`*>|~_=\-–—/\
 _LONG_LINE_WORDS = 12
 
 
-def _last_line(text: str) -> str:
-    return text.rstrip().rsplit("\n", 1)[-1].strip()
-
-
 def _table_cut(text: str) -> bool:
     """The last line is a table row that stops before its closing pipe (the rows above close theirs)."""
     lines = [ln.strip() for ln in text.rstrip().split("\n")]
@@ -115,7 +115,10 @@ def truncated(answer: str) -> str | None:
         return "open code fence"
     if _table_cut(text):
         return "unfinished table row"
-    last = _last_line(text)
+    raw_last = text.rsplit("\n", 1)[-1]
+    if is_code_line(raw_last):
+        return None  # code ends where it ends: a fence-less snippet or source file
+    last = raw_last.strip()
     if _LIST_MARKER.fullmatch(last):
         return "empty list item"
     if last.endswith(":") and not last.startswith("|"):
@@ -134,32 +137,42 @@ def _shingles(text: str, n: int = 3) -> set[tuple[str, ...]]:
 
 
 def repeats_prompt(prompt: str, answer: str, share: float = 0.8) -> bool:
-    """Most (`share`) of the answer's word 3-grams occur in the prompt: the answer echoes it.
-    Answers of under three words are echoes only when equal to the prompt (case and punctuation aside)."""
-    ans = _shingles(answer)
+    """Most (`share`) of the answer's prose word 3-grams occur in the prompt: the answer echoes it.
+    Code is left out of the answer's side (a function's docstring restating the request is no echo);
+    an answer with under three prose words echoes only when it equals the prompt (case and punctuation aside)."""
+    ans = _shingles(text_prose(answer))
     if not ans:
-        return bool(_WORD.findall(answer.lower())) and _WORD.findall(answer.lower()) == _WORD.findall(prompt.lower())
+        words = _WORD.findall(answer.lower())
+        return bool(words) and words == _WORD.findall(prompt.lower())
     return len(ans & _shingles(prompt)) >= share * len(ans)
 
 
 # --- language_mismatch ---------------------------------------------------------------------------------
 
-_NOT_LANGUAGE = re.compile(r"```.*?(?:```|$)|`[^`\n]*`|https?://\S+|\S+@\S+", re.S)
 _TRANSLATION = re.compile(r"(?i)translat|tradu|übersetz|перев|翻[译譯]|번역|翻訳|ترجم|अनुवाद")
 MIN_LETTERS = 20
 MIN_CONFIDENCE = 0.99
+LANGUAGE_CHARS = 2000
 
 
 @functools.cache
 def _identifier():
     from langid.langid import LanguageIdentifier, model
 
-    return LanguageIdentifier.from_modelstring(model, norm_probs=True)
+    class SparseIdentifier(LanguageIdentifier):
+        """langid's model and answer; only the rows of the features a text has take part in the product
+        (a text has a few hundred of 7,480: a dense product through a busy BLAS took up to 30 s a text)."""
+
+        def nb_classprobs(self, fv):
+            present = np.flatnonzero(fv)
+            return fv[present] @ self.nb_ptc[present] + self.nb_pc
+
+    return SparseIdentifier.from_modelstring(model, norm_probs=True)
 
 
 def language(text: str) -> str | None:
-    """langid's language of `text` (code, URLs and addresses left out) when it is confident, else None."""
-    prose = _NOT_LANGUAGE.sub(" ", text or "")
+    """langid's language of `text` (its prose: code, formulas and URLs left out) when it is confident, else None."""
+    prose = text_prose(text or "")[:LANGUAGE_CHARS]  # enough to tell; langid reads every byte
     if sum(ch.isalpha() for ch in prose) < MIN_LETTERS:
         return None
     lang, p = _identifier().classify(prose)
@@ -179,16 +192,32 @@ def language_mismatch(prompt: str, answer: str) -> tuple[str, str] | None:
 
 # --- degenerate_repetition -----------------------------------------------------------------------------
 
-# One phrase of one to eight words (underscores split words too) five times or more in a row.
-_LOOP = re.compile(r"(?i)(?<![^\W_])([^\W\d_]+(?:[\s_,]+[^\W\d_]+){0,7})(?:[\s_,.;:!-]+\1(?![^\W_])){4,}")
+_TOKEN = re.compile(r"[^\W_]+")  # letters and digits; underscores split (`wins_wins_wins`)
+LOOP_UNIT_WORDS = 8
+LOOP_REPEATS = 5
 REPETITION_MIN_WORDS = 50
+
+
+def _loops(text: str) -> bool:
+    """One phrase of 1..LOOP_UNIT_WORDS words LOOP_REPEATS times or more in a row (a phrase with a letter)."""
+    words = [w.lower() for w in _TOKEN.findall(text)]
+    if len(words) < LOOP_REPEATS:
+        return False
+    codes = np.unique(np.array(words), return_inverse=True)[1]
+    for k in range(1, LOOP_UNIT_WORDS + 1):
+        same = np.concatenate(([0], (codes[:-k] == codes[k:]).astype(np.int8), [0]))
+        edges = np.flatnonzero(np.diff(same))  # starts and ends of runs of "word i equals word i+k"
+        for start, end in zip(edges[::2], edges[1::2]):
+            if end - start >= (LOOP_REPEATS - 1) * k and any(not w.isdigit() for w in words[start:start + k]):
+                return True
+    return False
 
 
 def degenerate_repetition(answer: str) -> bool:
     """A loop (one phrase five times in a row), or Gopher's n-gram repetition above heuristics' defaults
     (texts of REPETITION_MIN_WORDS words or more)."""
     text = answer or ""
-    if _LOOP.search(text):
+    if _loops(text):
         return True
     return len(text.split()) >= REPETITION_MIN_WORDS and exceeds_limits(text, TOP_NGRAM_LIMITS, DUP_NGRAM_LIMITS)
 

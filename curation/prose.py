@@ -6,7 +6,7 @@ notes `<<16-3-4=9>>` and final `#### 18`, a `#include`, CSS colours `#3d7b7b`, a
 So those rules read the prose alone (curation.heuristics), and so does language identification
 (curation.answer_faults). Taken out:
 - fenced code blocks (``` or ~~~; an unclosed fence runs to the end), display math ($$...$$, \\[...\\]),
-- inline code, inline math (\\(...\\), $...$ holding a backslash, ^, _ or {), calculator notes <<...>>,
+- inline code, inline math (\\(...\\), $...$ holding a backslash, ^, _ or {), calculator notes <<...>>, URLs,
 - table markup: the separator row (| --- | --- |) and the pipes (a table's cells are prose or numbers),
 - code and formula lines: indented by four spaces or a tab (list items aside), holding '=', a call
   `name(`, '->', '::', '&&', '||' or '++', ending in ';', '{' or '}', or opening with a keyword
@@ -38,12 +38,19 @@ PROSE_PATTERNS: list[tuple[str, str]] = [
     (r"\\\(.*?\\\)", " "),
     (r"\$[^$\n]*[\\^_{][^$\n]*\$", " "),
     (r"<<[^<>\n]*>>", " "),
+    (r"https?://[^\s)>\]]+", " "),
     (_CODE_LINE, ""),
     (r"(?m)^[ \t]*\|?[ \t]*:?-{3,}:?[ \t]*(?:\|[ \t]*:?-{3,}:?[ \t]*)*\|?[ \t]*$", ""),
     (r"\|", " "),
     (r"(?m)^[ \t]*#{1,6}[ \t]+", ""),
 ]
 _COMPILED = [(re.compile(p), r) for p, r in PROSE_PATTERNS]
+_CODE_LINE_RE = re.compile(_CODE_LINE)
+
+
+def is_code_line(line: str) -> bool:
+    """Does one line (indentation included) read as code or a formula?"""
+    return bool(_CODE_LINE_RE.fullmatch(line.rstrip("\n")))
 
 
 def prose(text: str) -> str:

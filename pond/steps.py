@@ -63,6 +63,9 @@ STEPS: dict[str, StepSpec] = {
                               "pond.executors.ray_dedup:minhash_dedup_ray"),
     "heuristics": StepSpec("curation.heuristics", "heuristics", "HeuristicsOptions",
                            "Gopher/C4-style quality rules and conversation rules", ROWWISE),
+    "answer_faults": StepSpec("curation.answer_faults_step", "answer_faults", "AnswerFaultsOptions",
+                              "drop answers cut off, echoing the prompt or in another language, and "
+                              "conversations ending on the user", ROWWISE),
     "pii": StepSpec("curation.pii", "pii", "PiiOptions", "redact, drop or flag personal data and secrets", ROWWISE),
     "decontaminate": StepSpec("curation.decontaminate", "decontaminate", "DecontaminateOptions",
                               "drop rows sharing an n-gram with an eval set"),
