@@ -87,11 +87,11 @@ def test_quickstart_scaled_down_end_to_end(tmp_path, teacher_server, tiny_llama_
         prev = stats["out"]
 
     # the teacher really wrote and judged rows
-    synth = json.loads((out / "steps" / "10-synthesize" / "stats.json").read_text())
+    synth = json.loads((next((out / "steps").glob("*-synthesize")) / "stats.json").read_text())
     # 3 cases; with `judge_picks` each case may write up to `answer_candidates` rows for the judge to pick from
-    assert synth["teacher"]["sent"] > 0 and 3 <= synth["attempted"] <= 3 * recipe.steps[9].options.answer_candidates
+    assert synth["teacher"]["sent"] > 0 and 3 <= synth["attempted"] <= 3 * next(s for s in recipe.steps if s.kind == "synthesize").options.answer_candidates
     curated = pl.read_parquet(out / "curated.parquet")
-    judge_stats = json.loads((out / "steps" / "11-judge" / "stats.json").read_text())
+    judge_stats = json.loads((next((out / "steps").glob("*-judge")) / "stats.json").read_text())
     # judge replies live in the cache every run shares: an earlier session may have answered them all
     teacher = judge_stats["teacher"]
     assert teacher.get("sent", 0) + teacher.get("cache_hits", 0) >= judge_stats["judged"] > 0
