@@ -44,11 +44,11 @@ class Estimate:
 
 
 def input_rows(recipe: Recipe, out: Path | None, base_dir: Path) -> pl.DataFrame:
-    """The rows entering curation: the run's finished ingest (read, not touched), else the input read
-    in memory with ingest's own reader. Nothing is written anywhere."""
+    """The rows entering curation: the run's finished ingest (read, not touched) if it read the same
+    input, else the input read in memory with ingest's own reader. Nothing is written anywhere."""
     from curation.ingest import IngestError, concat_frames, iter_batches
 
-    if _done(out, layout.STEPS, layout.INGEST, layout.DONE):
+    if _same_ingest(recipe, out, base_dir):
         from pond.executors.shards import read_output
 
         return read_output(layout.ingest_output(out))
@@ -56,6 +56,23 @@ def input_rows(recipe: Recipe, out: Path | None, base_dir: Path) -> pl.DataFrame
     if kept.is_empty():
         raise IngestError(f"{recipe.input.path}: no usable rows")
     return kept
+
+
+def _same_ingest(recipe: Recipe, out: Path | None, base_dir: Path) -> bool:
+    """A finished ingest of the same input options and the same files (their recorded hashes)."""
+    from curation.ingest import expand_paths
+    from pond.recipe import RecipeError, parse_recipe
+    from pond.runner import file_digest
+
+    if not _done(out, layout.STEPS, layout.INGEST, layout.DONE) or not _done(out, layout.RECIPE):
+        return False
+    try:
+        earlier = parse_recipe(Path(out, layout.RECIPE).read_text(), str(Path(out, layout.RECIPE)))
+    except (RecipeError, OSError):
+        return False
+    recorded = layout.read_json(layout.step_dir(out, layout.INGEST) / layout.STATS).get("inputs")
+    files = expand_paths(recipe.input.path, base_dir, recipe.input.format)
+    return earlier.input == recipe.input and recorded == {str(p): file_digest(p) for p in files}
 
 
 def estimate(recipe: Recipe, out: Path | None, base_dir: Path, *, train: bool = True,

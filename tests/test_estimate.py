@@ -5,6 +5,7 @@ import json
 import re
 from pathlib import Path
 
+import polars as pl
 import pytest
 
 from pond import costs
@@ -141,3 +142,18 @@ def test_cli_run_prints_the_plan_first_and_bars_with_an_eta(workdir):
     assert re.match(r"plan: est: \d+ rows through 2 steps; about [\d.]+ (s|min) on this machine", lines[0]), lines
     bar = next(x for x in lines if x.startswith("heuristics"))
     assert re.search(r"\d+/\d+ +\d+:\d\d:\d\d eta +\d+:\d\d:\d\d", bar), bar  # count, time so far, ETA
+
+
+def test_a_finished_ingest_is_reused_only_for_the_same_input(workdir):
+    from pond.estimate import input_rows
+
+    recipe = parse_recipe(CURATION, "r.yaml")
+    run_pipeline(recipe, workdir / "run", workdir)
+    ingested = pl.read_parquet(workdir / "run/steps/00-ingest/kept.parquet")
+    assert input_rows(recipe, workdir / "run", workdir).equals(ingested)
+    limited = parse_recipe(CURATION.replace("rows.jsonl}", "rows.jsonl, limit: 5}"), "r.yaml")
+    assert len(input_rows(limited, workdir / "run", workdir)) == 5  # other input options: read again
+    with open(workdir / "rows.jsonl", "a") as f:
+        f.write(json.dumps({"messages": [{"role": "user", "content": "one more"},
+                                         {"role": "assistant", "content": "row"}]}) + "\n")
+    assert len(input_rows(recipe, workdir / "run", workdir)) == len(ingested) + 1  # the file changed
