@@ -44,7 +44,7 @@ class Costs:
 
 # Curation rates measured on this machine kind: `pond run` of recipes/quickstart.yaml's curation steps
 # (2,000 ShareGPT rows, an empty embedding cache), AMD EPYC family 25 model 17, 2 cores, native bf16,
-# 2026-12-07, the machine shared with three other jobs (load average ~10, so these are slow figures):
+# 2026-12-06, the machine shared with three other jobs (load average ~10, so these are slow figures):
 # each step's stats.json rows in / seconds. The same rates serve both classes (no model in them).
 CURATION_ROWS_PER_S = {
     "ingest": 1043.0,        # 2,000 rows in 1.92 s
@@ -75,7 +75,7 @@ CPU_BF16 = Costs(
     ifd_pass_s=1 / (2 * 4.8),  # docs/quality_vs_quantity.md (Intel, bf16): IFD 4.8 rows/s, two passes a row
     sources=("README.md demo table (AMD EPYC family 25 model 17, 2 cores, AVX-512 BF16, 2026-12-02)",
              "docs/edge-cases.md figures (Intel Xeon family 6 model 167, 2 cores, AMX, 2026-12-02)",
-             "curation steps and embeddings measured 2026-12-07 (see pond/costs.py)"),
+             "curation steps and embeddings measured 2026-12-06 (see pond/costs.py)"),
 )
 
 CPU_FP32 = Costs(
@@ -93,7 +93,7 @@ CPU_FP32 = Costs(
     arm_step_s=742 / 64,  # issue 28: experiment, 4 arms x 16 steps + scoring, 742 s
     ifd_pass_s=2.0,  # recipes/quickstart.yaml's note (AVX2 EPYC): ~4 s a row at 512 tokens, two passes a row
     sources=("issue 28's demo breakdown (AMD EPYC family 25 model 1, 2 cores, AVX2 only, 2026-12-06)",
-             "curation steps measured 2026-12-07 (see pond/costs.py)"),
+             "curation steps measured 2026-12-06 (see pond/costs.py)"),
 )
 
 

@@ -217,7 +217,8 @@ def _time_training(est: Estimate, recipe: Recipe, out: Path | None, rows: int, c
     if x is not None:
         arm_steps = x.steps or steps
         jobs = len(x.arms) * len(x.seeds)
-        est.notes["experiment"] = f"{len(x.arms)} arms x {len(x.seeds)} seeds x {arm_steps} steps"
+        est.notes["experiment"] = (f"{len(x.arms)} arms x {len(x.seeds)} seed{'s' * (len(x.seeds) != 1)} x "
+                                   f"{arm_steps} steps")
         if c:
             done = _done(out, layout.EXPERIMENT, layout.REPORT)
             est.seconds["experiment"] = 0.0 if done else jobs * arm_steps * c.arm_step_s * scale
