@@ -375,7 +375,12 @@ def _headline(summary: dict) -> dict:
         arms[a["name"]] = {"rows": a["rows"], metric: m.get("mean"), "ci": [m.get("low"), m.get("high")],
                            f"vs_{baseline}": None if d is None else [d["mean"], d["low"], d["high"]]}
     out = {"metric": metric, "arms": arms, "verdict": summary["verdict"]["sentence"]}
-    if summary.get("benchmark"):
+    bench = summary.get("benchmark")
+    if bench and bench.get("name") == "ifeval":
+        from evaluation.ifeval import headline
+
+        out["benchmark"] = headline(bench, summary["arms"][0]["name"], baseline)
+    elif bench:
         out["benchmark"] = goal_sentence(summary, summary["arms"][0]["name"])
     return out
 

@@ -274,6 +274,18 @@ def summarise_ifeval(scores: pl.DataFrame, groups: dict[str, list[str]], baselin
     return out
 
 
+def headline(bench: dict, arm: str, baseline: str) -> str | None:
+    """One sentence: `arm`'s prompt-level strict accuracy on the fair instructions against the baseline arm."""
+    g = bench["groups"].get(arm, {})
+    d = g.get("minus_fair", {}).get(baseline, {}).get("prompt_strict")
+    if not d:
+        return None
+    a, b = g["fair"]["prompt_strict"]["mean"], bench["groups"][baseline]["fair"]["prompt_strict"]["mean"]
+    return (f"IFEval ({bench['prompts']} prompts, prompt-level strict on the instructions the cap leaves fair): "
+            f"`{arm}` {100 * a:.1f}% vs `{baseline}` {100 * b:.1f}%, difference {100 * d['mean']:+.1f} points "
+            f"[{100 * d['low']:+.1f}, {100 * d['high']:+.1f}].")
+
+
 def ifeval_lines(bench: dict, baseline: str, pct: str) -> list[str]:
     """Markdown: what was checked, each group's four accuracies (all and fair), per instruction type."""
     capped_s = ", ".join(f"`{t}` ({n})" for t, n in bench["capped"].items()) or "none"

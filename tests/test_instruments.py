@@ -186,6 +186,9 @@ def test_experiment_report_carries_reference_ifeval_and_failures(tmp_path):
     assert cur["metrics"]["ifeval_prompt_strict"]["mean"] == 1.0
     assert cur["vs_random_n"]["ifeval_prompt_strict"]["mean"] == pytest.approx(0.5)
     assert "ifeval_instruction_strict" in summary["metrics_available"]
+    from evaluation.ifeval import headline
+
+    assert "difference +50.0 points" in headline(bench, "curated", "random_n")
     write_report(tmp_path / "report.md", summary, title="t", heldout_source="x", notes=[])
     text = (tmp_path / "report.md").read_text()
     for part in ("## Reference loss: alpaca_eval", "4 rows longer than 512", "## IFEval", "## Failure rates",
