@@ -9,9 +9,11 @@ The class follows the dtype rule (curation.settings.pick_dtype), because the dty
 - a GPU: nothing was measured on one here, so stages get no time rather than a made-up one.
 
 Every figure below names where it comes from. All were measured on 2 cores; a machine with more
-cores is faster, which is not modelled (there the times are upper bounds). Teacher figures are per
-request *as `--estimate` counts them* at the demo's concurrency (writer 16, judge 8), so the
-estimate of the demo's stage equals the time measured for it.
+cores is faster, which is not modelled (there the times are upper bounds). Teacher figures are
+seconds per request at the demo's concurrency (writer 16, judge 8): the writer's per request as
+`--estimate` counts them (so the demo's writing stage comes out as measured), the judge's per
+request sent (`--estimate` counts an upper bound, so its judging time is one too). Sizes other than
+the measured ones are scaled by rules (`by_size`, `student_scale`), not measurements.
 """
 from __future__ import annotations
 

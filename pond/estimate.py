@@ -248,6 +248,7 @@ def stage_lines(est: Estimate) -> list[str]:
             note = details.get(stage) or est.notes.get(stage, "")
             lines.append(f"  {stage:<11} {minutes(est.seconds[stage]):>9}  {note}")
     lines.append(f"  {'total':<11} {minutes(sum(est.seconds.values())):>9}")
+    lines.append("  costs from: " + "; ".join(est.costs.sources))
     return lines
 
 
