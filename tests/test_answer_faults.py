@@ -54,20 +54,32 @@ def test_repeats_prompt():
     assert af.repeats_prompt(PROMPT, "Sure! " + PROMPT)
     assert not af.repeats_prompt(PROMPT, ANSWER)
     assert af.repeats_prompt("Hi there", "hi there!") and not af.repeats_prompt("Hi there", "Hello!")
+    # a task done on pasted text repeats the text, not the request: no echo
+    pasted = "Once upon a time I had a talk with a friend of mine who were a master of mathematics and music."
+    assert not af.repeats_prompt("Correct the grammar of this text:\n\n" + pasted, pasted.replace("were", "was"))
     # a function whose docstring restates the request is no echo: code is left out of the answer's side
     doc = "Return the area of a circle of radius r, using pi to five decimal places."
     assert not af.repeats_prompt(f"Write `area`: {doc}",
                                  f'def area(r):\n    """{doc}"""\n    return 3.14159 * r * r')
 
 
+LONG_PROMPT = PROMPT + (" I water it every few days, but the lower leaves keep turning yellow and the stems look thin "
+                        "and pale, so I wonder whether it needs more light, less water or a bigger pot.")
+FRENCH = ("Donnez au basilic autant de lumière que possible : une fenêtre orientée au sud, ou une petite lampe de "
+          "culture allumée douze heures par jour. Arrosez seulement quand la surface de la terre est sèche, et "
+          "pincez les boutons de fleurs pour que la plante garde ses feuilles.")
+RUSSIAN = "Поставьте базилик на самое светлое окно и поливайте, только когда земля сверху высохла."
+
+
 def test_language_mismatch():
-    french = ("Donnez au basilic autant de lumière que possible : une fenêtre au sud, ou une petite lampe de "
-              "culture douze heures par jour. Arrosez seulement quand la terre est sèche.")
-    assert af.language_mismatch(PROMPT, french) == ("en", "fr")
-    assert af.language_mismatch(PROMPT, ANSWER) is None
-    assert af.language_mismatch("Translate into French: " + ANSWER, french) is None  # asked for
-    assert af.language_mismatch("ok", french) is None  # too short to tell
-    assert af.language_mismatch(PROMPT, french) == af.language_mismatch(PROMPT, french)  # deterministic
+    assert af.language_mismatch(LONG_PROMPT, FRENCH) == ("en", "fr")
+    assert af.language_mismatch(PROMPT, RUSSIAN) == ("en", "ru")  # another script: short texts suffice
+    assert af.language_mismatch(PROMPT, FRENCH) is None  # one script: a short prompt is not enough to tell
+    assert af.language_mismatch(LONG_PROMPT, ANSWER) is None
+    assert af.language_mismatch("Translate into French: " + LONG_PROMPT, FRENCH) is None  # asked for
+    assert af.language_mismatch(PROMPT + " Answer in Russian, please.", RUSSIAN) is None  # asked for
+    assert af.language_mismatch("ok", RUSSIAN) is None  # too short to tell
+    assert af.language_mismatch(LONG_PROMPT, FRENCH) == af.language_mismatch(LONG_PROMPT, FRENCH)  # deterministic
 
 
 def test_refusal_empty_and_degenerate_repetition():
@@ -100,10 +112,8 @@ STEP_CASES = {  # reason -> (bad row, fixed twin)
     "truncated": (conv(("user", PROMPT), ("assistant", TRUNCATED["ends on 'the'"][0])),
                   conv(("user", PROMPT), ("assistant", TRUNCATED["ends on 'the'"][1]))),
     "repeats_prompt": (conv(("user", PROMPT), ("assistant", PROMPT)), conv(("user", PROMPT), ("assistant", ANSWER))),
-    "language_mismatch": (
-        conv(("user", PROMPT), ("assistant", "Donnez au basilic autant de lumière que possible : une fenêtre au "
-                                             "sud, ou une petite lampe de culture douze heures par jour.")),
-        conv(("user", PROMPT), ("assistant", ANSWER))),
+    "language_mismatch": (conv(("user", LONG_PROMPT), ("assistant", FRENCH)),
+                          conv(("user", LONG_PROMPT), ("assistant", ANSWER))),
 }
 
 
@@ -127,7 +137,7 @@ def test_step_rejects_each_fault_with_its_reason_and_keeps_the_twin(reason):
 def test_step_details_switches_and_plain_rows():
     df = frame([STEP_CASES["truncated"][0], STEP_CASES["language_mismatch"][0]])
     _, rejected = answer_faults(df, AnswerFaultsOptions(), StepContext())
-    assert rejected["detail"].to_list() == ["ends on 'the'", "en -> fr"]
+    assert rejected["detail"].to_list() == ["ends on 'the'", "en -> fr"]  # how it stops; which languages
     kept, _ = answer_faults(df, AnswerFaultsOptions(truncated=False, language_mismatch=False), StepContext())
     assert len(kept) == 2
     plain = pl.DataFrame({"id": ["p"], "messages": [[]], "text": ["Some plain text that stops with the"],
