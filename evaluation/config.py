@@ -27,6 +27,22 @@ def _known_or_file(value: str | None, known: tuple[str, ...], what: str) -> str 
     return value
 
 
+def _installed(benchmark: str | None, reference: str | None) -> None:
+    """A benchmark or reference set that ships in a package, or checkers that need one, fail at recipe load
+    with what to install, not after curation and training (imported only when named)."""
+    try:
+        if benchmark == "ifeval":
+            from evaluation.ifeval import require_checkers
+
+            require_checkers()
+        if reference in REFERENCES:
+            from evaluation.reference import reference_path
+
+            reference_path(reference)
+    except (ImportError, FileNotFoundError) as e:
+        raise ValueError(str(e)) from None
+
+
 class EvaluateConfig(BaseModel):
     """Evaluate a trained adapter against its base model on a held-out set."""
 
@@ -124,6 +140,7 @@ class EvaluateConfig(BaseModel):
             raise ValueError("judge needs generated answers: set n_generate (e.g. 50) or a benchmark")
         _known_or_file(self.benchmark, BENCHMARKS, "benchmark")
         _known_or_file(self.reference, REFERENCES, "reference")
+        _installed(self.benchmark, self.reference)
         if self.benchmark and self.benchmark not in CHECKED_BENCHMARKS and not self.judge:
             raise ValueError("benchmark needs a judge: set evaluate.judge to a teacher that is not the student")
         return self

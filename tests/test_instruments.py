@@ -80,6 +80,7 @@ def test_arms_lose_rows_that_overlap_an_evaluation_set():
 
 
 def test_failure_detectors_are_curations():
+    from curation import answer_faults as faults
     from evaluation.failures import detect
 
     f = detect("What is the capital of France?", "I'm sorry, but I cannot help with that.", 12, 64)
@@ -88,10 +89,10 @@ def test_failure_detectors_are_curations():
     assert detect("Why is the sky blue?", "The sky is blue because", 64, 64)["hit_cap"]
     loop = " ".join(["the cat sat on the mat"] * 20)
     assert detect("Tell me about cats.", loop, 120, 256)["repetition"]
-    fr = detect("Explain in two sentences why the sky looks blue during the day.",
-                "Le ciel est bleu parce que la lumière du soleil est diffusée par les molécules de l'air, et la "
-                "lumière bleue est diffusée beaucoup plus que la rouge.", 40, 256)
-    assert fr["wrong_language"]
+    prompt = "Explain in two sentences why the sky looks blue during the day."
+    ru = ("Небо голубое, потому что солнечный свет рассеивается молекулами воздуха, и синий свет рассеивается "
+          "гораздо сильнее, чем красный.")
+    assert detect(prompt, ru, 40, 256)["wrong_language"] == (faults.language_mismatch(prompt, ru) is not None) is True
     assert detect("Hi", "Hello", None, 64)["hit_cap"] is None
 
 
