@@ -1,7 +1,14 @@
 """Writing edge cases by kind (synthesis/edge_kinds.py), with the yield levers the options turn on.
 
-Every slot (one new row) has a kind (the kinds take turns), one real prompt of the pond it is built
-on (`$seed`) and a few more shown as examples (`$examples`, few-shot). Then:
+Every slot (one new row) has a kind (the kinds take turns) and one real prompt of the pond it is
+built on. A transformed kind (typos, long_input, prompt_injection) is that prompt changed by
+synthesis/edge_transforms.py, with no call to the writer; its answer is written to the real prompt
+(`answer_to`: the answer that prompt deserves is the one its case expects). A seed of a transformed
+kind is a prompt of at most `max_prompt_chars` where there is one (a question a person types), and
+no two transformed cases share a seed while unused ones are left.
+
+A model-written kind shows the real prompt (`$seed`) and a few more as examples (`$examples`,
+few-shot), and the writer rewrites it. Then:
 - `per_call: 1` asks for one message per call (schema: one string of min_prompt_chars to
   max_prompt_chars); `per_call > 1` asks for a schema'd list of that many messages of one kind;
 - `candidates: k` samples k replies per call (vLLM `n`: the prompt is read once) and keeps the first
@@ -17,8 +24,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from curation import answer_faults
 from synthesis.client import ChatRequest, Completion
-from synthesis.edge_kinds import DEFAULT_KINDS, kind_name, kind_template
+from synthesis.edge_kinds import DEFAULT_KINDS, kind_name, kind_template, transformed
+from synthesis.edge_transforms import TRANSFORMS
 from synthesis.prompts import render
 from synthesis.near_copies import SeedCopies
 from synthesis.rows import Draft, clip
@@ -90,21 +99,65 @@ def kind_plan(opts, n_slots: int) -> list:
     return [specs[k % len(specs)] for k in range(n_slots)]
 
 
+def answer_fault(prompt: str, answer: str) -> str | None:
+    """Why an answer is not worth a row (curation/answer_faults.py's detectors), or None."""
+    if answer_faults.empty(answer):
+        return "empty answer from the teacher"
+    if (why := answer_faults.truncated(answer)) is not None:
+        return f"answer stops partway: {why}"
+    if answer_faults.repeats_prompt(prompt, answer):
+        return "answer repeats the prompt"
+    if answer_faults.degenerate_repetition(answer):
+        return "answer loops: degenerate repetition"
+    if (langs := answer_faults.language_mismatch(prompt, answer)) is not None:
+        return f"answer in another language: {langs[0]} prompt, {langs[1]} answer"
+    return None
+
+
+def _transformed_draft(slot: int, spec: str, seed_i: int, ids: list[str], prompts: list[str],
+                       answers: list[str], opts, ctx) -> Draft:
+    """A case made from the real prompt `seed_i` by its kind's transformation (no writer call); the
+    answer is written to the real prompt. long_input pastes other rows' answers as background."""
+    rng = np.random.default_rng([ctx.seed, 12, slot])
+    others = [i for i in range(len(answers)) if i != seed_i and answers[i].strip()]
+    case = TRANSFORMS[spec](prompts[seed_i], [answers[i] for i in others], rng, opts)
+    return Draft(slot, [{"role": "user", "content": case}], [ids[seed_i]],
+                 extra={"edge_kind": spec, "calls": 0, "candidates": 0,
+                        "answer_to": [{"role": "user", "content": prompts[seed_i]}]})
+
+
+def _transform_seed(mine: list[int], prompts: list[str], used: set[int], rng: np.random.Generator, max_chars: int) -> int:
+    """A seed for a transformed case: a prompt a person types (short enough), not used yet if possible."""
+    short = [i for i in mine if len(prompts[i]) <= max_chars] or mine
+    fresh = [i for i in short if i not in used] or short
+    return int(rng.choice(fresh))
+
+
 def edge_case_drafts(ids: list[str], prompts: list[str], opts, ctx, session, seed_fn, embed,
-                     seed_pools: list[list[int]] | None = None) -> list[Draft]:
+                     seed_pools: list[list[int]] | None = None, answers: list[str] | None = None) -> list[Draft]:
     """Drafts (prompt chosen, not yet answered) for `opts.n` edge cases; `extra` holds the kind, the
-    calls it took and the candidates it saw. `seed_pools[slot]`: the rows that case's seed and
-    examples are drawn from (target: gaps), default any row with a prompt."""
+    calls it took and the candidates it saw (and `answer_to`, for a transformed kind). `seed_pools[slot]`:
+    the rows that case's seed and examples are drawn from (target: gaps), default any row with a
+    prompt. `answers`: the rows' answers, long_input's background (default: none, the prompts)."""
     usable = [i for i, p in enumerate(prompts) if p.strip()]
     if not usable:
         raise ValueError("edge_cases needs seed rows with a prompt")
+    answers = answers if answers is not None else prompts
     rng = np.random.default_rng([ctx.seed, 11])
     plan = kind_plan(opts, opts.n)
     templates = {kind_name(s): kind_template(s, ctx.resolve) for s in plan}
     drafts: list[Draft] = []
-    asks: list[list[dict]] = []  # per slot: the messages of its last request
+    asks: list[list[dict]] = []  # per slot: the messages of its last request (none for a transformed kind)
+    used: set[int] = set()
     for slot, spec in enumerate(plan):
         mine = [i for i in seed_pools[slot] if prompts[i].strip()] or usable if seed_pools else usable
+        if transformed(spec):
+            seed_i = _transform_seed(mine, prompts, used, np.random.default_rng([ctx.seed, 13, slot]),
+                                     opts.max_prompt_chars)
+            used.add(seed_i)
+            drafts.append(_transformed_draft(slot, spec, seed_i, ids, prompts, answers, opts, ctx))
+            asks.append([])
+            continue
         seed_i = int(rng.choice(mine))
         others = [i for i in mine if i != seed_i] or [i for i in usable if i != seed_i] or usable
         shown = rng.choice(others, size=min(opts.seeds_per_call, len(others)), replace=False) if opts.seeds_per_call else []
@@ -118,7 +171,11 @@ def edge_case_drafts(ids: list[str], prompts: list[str], opts, ctx, session, see
     index = NoveltyIndex()
     for row_id, p in zip(ids, prompts):
         index.add(p, row_id)
+    for d in drafts:
+        if d.context:  # a transformed case is its seed by design: it is not checked, only kept from the writer's
+            index.add(d.prompt, f"new slot {d.slot}")
     copies = SeedCopies(ids, prompts, opts.max_cosine, embed)
+    written = [s for s, ask in enumerate(asks) if ask]
     errors: dict[int, str] = {}
     replies: dict[int, str] = {}  # slot -> a rejected message, shown back on a retry
 
@@ -143,12 +200,12 @@ def edge_case_drafts(ids: list[str], prompts: list[str], opts, ctx, session, see
         calls = [ChatRequest(asks[s], max_tokens=_reply_tokens(1, opts.max_prompt_chars), temperature=opts.temperature,
                              n=opts.candidates, seed=seed_fn(ctx.seed, "edge_cases", s),
                              schema=_one_schema(opts.min_prompt_chars, opts.max_prompt_chars), schema_name=KEY)
-                 for s in range(len(drafts))]
-        groups = [[s] for s in range(len(drafts))]
+                 for s in written]
+        groups = [[s] for s in written]
     else:
         by_kind: dict[str, list[int]] = {}
-        for d in drafts:
-            by_kind.setdefault(d.extra["edge_kind"], []).append(d.slot)
+        for s in written:
+            by_kind.setdefault(drafts[s].extra["edge_kind"], []).append(s)
         groups = [slots[i:i + opts.per_call] for slots in by_kind.values() for i in range(0, len(slots), opts.per_call)]
         calls = []
         for g in groups:

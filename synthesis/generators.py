@@ -41,8 +41,8 @@ from curation.embed import EmbeddingOptions
 from curation.records import render_text
 from curation.settings import warn_once
 from synthesis.client import ChatRequest, Completion, TeacherSession, resolve_teacher
-from synthesis.edge_kinds import EdgeKind, check_kinds
-from synthesis.edge_cases import edge_case_drafts
+from synthesis.edge_kinds import EdgeKind, check_kinds, translation_error
+from synthesis.edge_cases import answer_fault, edge_case_drafts
 from synthesis.near_copies import reject_copies
 from synthesis.prompts import load_text, render
 from synthesis.realism import synthetic_vs_real
@@ -87,8 +87,15 @@ class SynthesizeOptions(StepOptions):
     kinds: list[str | EdgeKind] | None = Field(
         None, description="edge_cases: the kinds to write, taking turns over the n rows: built-in names "
                           "(ambiguous, missing_information, contradictory, out_of_scope, prompt_injection, "
-                          "long_input, typos, other_language; see docs/edge-cases.md) and/or your own as "
-                          "{name, description} or {name, prompt}; default: every built-in kind.")
+                          "long_input, typos; other_language with writer_translates; see docs/edge-cases.md) "
+                          "and/or your own as {name, description} or {name, prompt}; default: every built-in "
+                          "kind but other_language.")
+    typo_rate: float = Field(0.05, gt=0, le=0.5, description="edge_cases, kind typos: the share of the real "
+                             "prompt's prose letters turned into a typo (a keyboard neighbour or dropped).")
+    long_input_words: int = Field(150, ge=20, le=2000, description="edge_cases, kind long_input: words of other "
+                                  "rows' answers pasted before the real prompt.")
+    writer_translates: bool = Field(False, description="edge_cases: the writer really translates, so the kind "
+                                    "other_language is offered (the CPU writers here do not; see docs/edge-cases.md).")
     candidates: int = Field(1, ge=1, le=16, description="edge_cases: replies sampled per prompt-writing call "
                                                        "(vLLM `n`, the prompt read once); the first that passes "
                                                        "the validity checks is kept.")
@@ -127,6 +134,8 @@ class SynthesizeOptions(StepOptions):
             raise ValueError(f"kinds: only the edge_cases generator has kinds (generator is {self.generator})")
         if self.kinds is not None and self.prompt is not None:
             raise ValueError("kinds and prompt: each kind has its own prompt; give a kind {name, prompt} instead")
+        if (error := translation_error(self.kinds, self.writer_translates)) is not None:
+            raise ValueError(error)
         if self.min_prompt_chars > self.max_prompt_chars:
             raise ValueError(f"min_prompt_chars={self.min_prompt_chars} > max_prompt_chars={self.max_prompt_chars}")
         return self
@@ -168,6 +177,10 @@ def _json_tokens(count: int, max_chars: int) -> int:
 def _pool(df: pl.DataFrame) -> tuple[list[str], list[str]]:
     rows = df.select("id", "messages", "text").to_dicts()
     return [r["id"] for r in rows], [row_prompt(r) for r in rows]
+
+
+def _answers(df: pl.DataFrame) -> list[str]:
+    return [row_answer(r) for r in df.select("messages", "text").to_dicts()]
 
 
 def _examples(prompts: list[str], picks: np.ndarray, limit: int) -> str:
@@ -274,19 +287,28 @@ def _novelty(drafts: list[Draft], df: pl.DataFrame, max_similarity: float | None
 
 
 def _answer(drafts: list[Draft], opts: SynthesizeOptions, ctx: StepContext, session: TeacherSession) -> None:
+    """Answer each draft (a transformed edge case: its real prompt, `answer_to`). An answer cut off at
+    max_tokens is never kept; edge_cases also drops answers with a fault (`answer_fault`), so a row
+    holds the first sound candidate (judge_picks: every sound one)."""
     todo = [d for d in drafts if d.error is None]
     system = [{"role": "system", "content": opts.system}] if opts.system else []
-    calls = [ChatRequest(system + d.context, max_tokens=opts.max_tokens, temperature=opts.answer_temperature,
-                         n=opts.answer_candidates, seed=_seed(ctx.seed, opts.generator, "answer", d.slot)) for d in todo]
+    calls = [ChatRequest(system + d.extra.get("answer_to", d.context), max_tokens=opts.max_tokens,
+                         temperature=opts.answer_temperature, n=opts.answer_candidates,
+                         seed=_seed(ctx.seed, opts.generator, "answer", d.slot)) for d in todo]
     for d, result in zip(todo, session.run(calls, ctx.track, f"{opts.generator}: answering")):
         if (error := _failure(result)) is not None:
             d.error = error
             continue
+        asked = d.extra.get("answer_to", d.context)[-1]["content"]
         complete = [t.strip() for i, t in enumerate(result.texts) if not result.truncated(i) and t.strip()]
-        if complete:
-            d.answer = complete[0]
+        faults = [answer_fault(asked, t) if opts.by_kind else None for t in complete]
+        sound = [t for t, f in zip(complete, faults) if f is None]
+        if sound:
+            d.answer = sound[0]
             if opts.judge_picks:
-                d.extra["answers"] = list(dict.fromkeys(complete))
+                d.extra["answers"] = list(dict.fromkeys(sound))
+        elif complete:
+            d.error = faults[0]
         elif all(result.truncated(i) for i in range(len(result.texts))):
             d.error = f"answer cut off at max_tokens={opts.max_tokens}"
         else:
@@ -326,7 +348,7 @@ def _gap_drafts(df: pl.DataFrame, opts: SynthesizeOptions, ctx: StepContext, ses
     cols = ["id", "messages", "text"]
     seeds_df = pl.concat([df.select(cols), pool.select(cols)], how="vertical_relaxed")
     drafts = edge_case_drafts(*_pool(seeds_df), opts, ctx, session, _seed, embed,
-                              seed_pools=[[len(df) + i for i in c] for c in per_case])
+                              seed_pools=[[len(df) + i for i in c] for c in per_case], answers=_answers(seeds_df))
     for d, c in zip(drafts, case_cluster):
         d.extra["gap_cluster"] = c
     ctx.stats["_gap_report"] = report
@@ -405,7 +427,7 @@ def synthesize(df: pl.DataFrame, opts: SynthesizeOptions, ctx: StepContext) -> t
         if opts.by_kind and opts.target == "gaps":
             seeds_df, drafts = _gap_drafts(df, opts, ctx, session, embed)
         elif opts.by_kind:
-            drafts = edge_case_drafts(*_pool(df), opts, ctx, session, _seed, embed)
+            drafts = edge_case_drafts(*_pool(df), opts, ctx, session, _seed, embed, answers=_answers(df))
         elif opts.generator == "edge_cases":
             drafts = _list_drafts(df, opts, ctx, session, "edge_cases", "inputs")
             _novelty(drafts, df, opts.max_similarity, opts.min_prompt_words)

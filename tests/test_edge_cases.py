@@ -51,8 +51,8 @@ FRESH = ["Can you plan a three day hiking trip in the Alps for a family with a d
 
 
 def _fresh_reply(body: dict, i: int) -> str:
-    if not _is_writing(body):
-        return f"Here is a short, helpful answer to: {_last_user(body)[:40]}"
+    if not _is_writing(body):  # a complete answer (answers that stop partway are rejected)
+        return f"Here is a short, helpful answer about {_last_user(body)[:40]!r}, in a few plain words."
     # the slot is named by the seed shown in the prompt, so replies differ between slots
     k = sum(map(ord, _last_user(body))) % len(FRESH)
     return _message(FRESH[k] + f" (case {k}-{i})")
@@ -75,23 +75,26 @@ def test_unknown_kind_is_a_recipe_error_naming_the_known_ones():
 
 def test_kinds_take_turns_and_are_reported(fake_teacher, short_chats, tmp_path):
     fake_teacher.reply = _fresh_reply
-    kinds = ["typos", "prompt_injection", {"name": "rude", "description": "rude and impatient"}]
+    kinds = ["typos", "ambiguous", {"name": "rude", "description": "rude and impatient"}]
     opts = SynthesizeOptions(n=6, kinds=kinds, per_call=1, seeds_per_call=2, max_similarity=1.0, min_prompt_words=0)
     ctx = ctx_for(fake_teacher.config(), tmp_path)
     kept, rejected = synthesize(short_chats, opts, ctx)
     new = check_bookkeeping(short_chats, kept, rejected, ctx, "edge_cases")
     by_kind = ctx.stats["by_kind"]
-    assert {k: v["asked"] for k, v in by_kind.items()} == {"typos": 2, "prompt_injection": 2, "rude": 2}
+    assert {k: v["asked"] for k, v in by_kind.items()} == {"typos": 2, "ambiguous": 2, "rude": 2}
     assert sum(v["valid"] for v in by_kind.values()) == len(new) == ctx.stats["new_rows"]
     assert sorted(new["edge_kind"].unique()) == sorted(k for k, v in by_kind.items() if v["valid"])
-    # each kind has its own prompt; the custom kind's description is in its prompt; few-shot examples shown
+    # each model-written kind has its own prompt; the custom kind's description is in its prompt; few-shot
+    # examples shown; typos is a transformation: no writer call
     writing = [b for b in fake_teacher.bodies if _is_writing(b)]
     prompts = [b["messages"][0]["content"] for b in writing]
+    assert len(prompts) == 4 and by_kind["typos"]["calls"] == 0
     assert sum("rude and impatient" in p for p in prompts) == 2
-    assert sum("ignore all previous instructions" in p for p in prompts) == 2
+    assert sum("readable in two different ways" in p for p in prompts) == 2
     assert all(p.count("\n- ") == 2 for p in prompts)
     seeds = set(short_chats["id"])
-    assert all(len(s) == 3 and set(s) <= seeds for s in new["seed_ids"])  # the seed and the 2 examples
+    written = new.filter(pl.col("edge_kind") != "typos")
+    assert all(len(s) == 3 and set(s) <= seeds for s in written["seed_ids"])  # the seed and the 2 examples
     # the step's synthetic-vs-real report
     report = ctx.stats["synthetic_vs_real"]
     assert report["rows"] == {"real": len(short_chats), "synthetic": len(new)}
@@ -139,7 +142,7 @@ def test_copies_of_seed_rows_are_rejected_by_embedding(fake_teacher, short_chats
         return _message(seed_prompts[1] + " please")  # a near-copy (cosine 0.99) ROUGE-L is told to ignore
 
     fake_teacher.reply = reply
-    opts = SynthesizeOptions(n=2, kinds=["typos"], per_call=1, max_similarity=1.0, min_prompt_words=0)
+    opts = SynthesizeOptions(n=2, kinds=["ambiguous"], per_call=1, max_similarity=1.0, min_prompt_words=0)
     ctx = ctx_for(fake_teacher.config(), tmp_path)
     _, rejected = synthesize(short_chats, opts, ctx)
     assert ctx.stats["new_rows"] == 0
@@ -161,13 +164,13 @@ def test_judge_picks_the_best_answer_of_each_case(fake_teacher, short_chats, tmp
         return answers[i]
 
     fake_teacher.reply = reply
-    opts = SynthesizeOptions(n=2, kinds=["typos"], per_call=1, answer_candidates=2, judge_picks=True,
+    opts = SynthesizeOptions(n=2, kinds=["ambiguous"], per_call=1, answer_candidates=2, judge_picks=True,
                              max_similarity=1.0, min_prompt_words=0)
     ctx = ctx_for(fake_teacher.config(), tmp_path)
     kept, rejected = synthesize(short_chats, opts, ctx)
     new = kept.filter(pl.col("source").str.starts_with("synthetic:"))
     assert len(kept) + len(rejected) == len(short_chats) + ctx.stats["attempted"]
-    assert ctx.stats["by_kind"]["typos"]["valid"] == 2 and ctx.stats["by_kind"]["typos"]["rows"] == len(new) == 4
+    assert ctx.stats["by_kind"]["ambiguous"]["valid"] == 2 and ctx.stats["by_kind"]["ambiguous"]["rows"] == len(new) == 4
     assert new["candidate_of"].n_unique() == 2 and new["id"].is_unique().all()
     # siblings share a prompt, yet are not near-copies of each other (the judge keeps one of them)
     assert not rejected["reason"].str.starts_with("near_copy").any()

@@ -158,7 +158,7 @@ def test_unparsable_teacher_reply(fake_teacher, short_chats, tmp_path):
     ctx = ctx_for(fake_teacher.config(), tmp_path)
     # a schema'd list holds cases of one kind: one kind, so two calls for five cases
     kept, rejected = synthesize(short_chats, SynthesizeOptions(generator="edge_cases", n=5, per_call=3,
-                                                               kinds=["typos"]), ctx)
+                                                               kinds=["ambiguous"]), ctx)
     assert len(kept) == len(short_chats) and len(rejected) == 5
     assert rejected["reason"].str.starts_with("unusable teacher reply: teacher reply is not valid JSON").all()
     assert ctx.stats["teacher"]["sent"] == 2  # two calls for five prompts; nothing to answer
@@ -170,15 +170,15 @@ def test_estimate_counts():
                                     [{"role": "user", "content": "what is up"}]]})
     assert estimate(df, SynthesizeOptions(generator="respond", n=5))["requests"] == 2
     assert estimate(df, SynthesizeOptions(generator="evolve", n=5))["requests"] == 10
-    e = estimate(df, SynthesizeOptions(generator="edge_cases", n=7, per_call=3, max_tokens=100, kinds=["typos"]))
+    e = estimate(df, SynthesizeOptions(generator="edge_cases", n=7, per_call=3, max_tokens=100, kinds=["ambiguous"]))
     assert e["requests"] == 3 + 7 and e["max_tokens"] > 7 * 100
     # lists are of one kind: 7 cases over the 8 built-in kinds are 7 calls; each retry may add one a case
     assert estimate(df, SynthesizeOptions(generator="edge_cases", n=7, per_call=3))["requests"] == 7 + 7
     assert estimate(df, SynthesizeOptions(generator="edge_cases", n=7, per_call=1, retries=2))["requests"] == 7 * 4
     # more tokens allowed per answer, or more candidates, a larger bound
-    bigger = estimate(df, SynthesizeOptions(generator="edge_cases", n=7, per_call=3, max_tokens=200, kinds=["typos"]))
+    bigger = estimate(df, SynthesizeOptions(generator="edge_cases", n=7, per_call=3, max_tokens=200, kinds=["ambiguous"]))
     assert bigger["max_tokens"] > e["max_tokens"]
-    more = estimate(df, SynthesizeOptions(generator="edge_cases", n=7, per_call=3, max_tokens=100, kinds=["typos"],
+    more = estimate(df, SynthesizeOptions(generator="edge_cases", n=7, per_call=3, max_tokens=100, kinds=["ambiguous"],
                                           candidates=4, answer_candidates=3))
     assert more["requests"] == e["requests"] and more["max_tokens"] > e["max_tokens"]
 
