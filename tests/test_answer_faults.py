@@ -72,14 +72,14 @@ RUSSIAN = "Поставьте базилик на самое светлое ок
 
 
 def test_language_mismatch():
-    assert af.language_mismatch(LONG_PROMPT, FRENCH) == ("en", "fr")
-    assert af.language_mismatch(PROMPT, RUSSIAN) == ("en", "ru")  # another script: short texts suffice
-    assert af.language_mismatch(PROMPT, FRENCH) is None  # one script: a short prompt is not enough to tell
-    assert af.language_mismatch(LONG_PROMPT, ANSWER) is None
-    assert af.language_mismatch("Translate into French: " + LONG_PROMPT, FRENCH) is None  # asked for
+    assert af.language_mismatch(PROMPT, RUSSIAN) == ("en", "ru")
+    assert af.language_mismatch(PROMPT, ANSWER) is None
+    # within one script langid is not trusted (English requests over pasted French text, short English read as Finnish)
+    assert af.language_mismatch(LONG_PROMPT, FRENCH) is None
     assert af.language_mismatch(PROMPT + " Answer in Russian, please.", RUSSIAN) is None  # asked for
+    assert af.language_mismatch("Translate into Russian: " + PROMPT, RUSSIAN) is None  # asked for
     assert af.language_mismatch("ok", RUSSIAN) is None  # too short to tell
-    assert af.language_mismatch(LONG_PROMPT, FRENCH) == af.language_mismatch(LONG_PROMPT, FRENCH)  # deterministic
+    assert af.language_mismatch(PROMPT, RUSSIAN) == af.language_mismatch(PROMPT, RUSSIAN)  # deterministic
 
 
 def test_refusal_empty_and_degenerate_repetition():
@@ -112,8 +112,7 @@ STEP_CASES = {  # reason -> (bad row, fixed twin)
     "truncated": (conv(("user", PROMPT), ("assistant", TRUNCATED["ends on 'the'"][0])),
                   conv(("user", PROMPT), ("assistant", TRUNCATED["ends on 'the'"][1]))),
     "repeats_prompt": (conv(("user", PROMPT), ("assistant", PROMPT)), conv(("user", PROMPT), ("assistant", ANSWER))),
-    "language_mismatch": (conv(("user", LONG_PROMPT), ("assistant", FRENCH)),
-                          conv(("user", LONG_PROMPT), ("assistant", ANSWER))),
+    "language_mismatch": (conv(("user", PROMPT), ("assistant", RUSSIAN)), conv(("user", PROMPT), ("assistant", ANSWER))),
 }
 
 
@@ -137,7 +136,7 @@ def test_step_rejects_each_fault_with_its_reason_and_keeps_the_twin(reason):
 def test_step_details_switches_and_plain_rows():
     df = frame([STEP_CASES["truncated"][0], STEP_CASES["language_mismatch"][0]])
     _, rejected = answer_faults(df, AnswerFaultsOptions(), StepContext())
-    assert rejected["detail"].to_list() == ["ends on 'the'", "en -> fr"]  # how it stops; which languages
+    assert rejected["detail"].to_list() == ["ends on 'the'", "en -> ru"]  # how it stops; which languages
     kept, _ = answer_faults(df, AnswerFaultsOptions(truncated=False, language_mismatch=False), StepContext())
     assert len(kept) == 2
     plain = pl.DataFrame({"id": ["p"], "messages": [[]], "text": ["Some plain text that stops with the"],
