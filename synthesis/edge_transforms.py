@@ -9,11 +9,13 @@ the real prompt, `answer_to`), which is what each kind asks of the assistant:
     typos             the real prompt typed in a hurry: each letter of its prose becomes a typo with
                       probability `rate` (a QWERTY neighbour, or dropped; at least one typo), then
                       lowercased, apostrophes dropped and the last full stop dropped. Code (fenced
-                      blocks, inline `code`, code lines) is left as it is.
+                      blocks, inline `code`, code lines), quoted text and words that are not plain
+                      letters (`snake_case`, `{place}`, `v2`, URLs) are left as they are.
                       -> the assistant understands it anyway
-    long_input        paragraphs of other pool rows' answers pasted first, as background, until
-                      `words` words, then the real prompt after a lead-in line ("Anyway, my actual
-                      question:"). One paragraph from each row, so no one other row dominates.
+    long_input        a document pasted first: the prose paragraphs of another pool row's answer
+                      (two sentences or more, no code, no "Sure, here is" preamble; the next row's
+                      where it is short) up to `words` words, then the real prompt after a lead-in
+                      line ("Anyway, my actual question:").
                       -> the assistant finds the question and answers it
     prompt_injection  one line of INJECTIONS inserted into the real prompt: before it, after it, or
                       between two of its sentences.
@@ -57,13 +59,19 @@ INJECTIONS = [
 ]
 
 # long_input: what a user writes around text they pasted
-PASTE_LEADS = ["Some background first, I copied this from my notes:",
-               "Here is some context I pasted from a document I was reading:",
-               "Pasting what I have so far so you have the full picture:"]
-QUESTION_LEADS = ["Anyway, my actual question:", "OK, so here is what I need:", "With all that said, my question is:"]
+PASTE_LEADS = ["I was reading this earlier, pasting it here in case it matters:",
+               "Some context first, copied from a document I have open:",
+               "Here is a text I saved from earlier today:"]
+QUESTION_LEADS = ["Anyway, my actual question:", "OK, unrelated to that, here is what I need:",
+                  "With all that said, my question is:"]
+_PREAMBLE = re.compile(r"(?i)^(?:sure|certainly|of course|absolutely|here(?:'s| is| are)|yes|no problem|"
+                       r"i(?:'m| am) sorry|as an ai|great question|thank you)\b")
 LONG_INPUT_WORDS = 150  # background words: long next to a typical prompt, and inside a 1024-token context
 
-_FENCE = re.compile(r"```.*?(?:```|$)|`[^`\n]*`", re.S)
+# left as typed: fenced and inline code, and quoted text (a string, a name, an error message the user copied)
+_FENCE = re.compile(r"```.*?(?:```|$)|`[^`\n]*`|\"[^\"\n]{1,200}\"|“[^”\n]{1,200}”", re.S)
+# a word a hurried typist mistypes: letters only (not `snake_case`, `{place}`, `a.b`, `v2`, a URL)
+_PLAIN_WORD = re.compile(r"(?<![^\s(])[A-Za-z'’]+(?=[.,!?;:)]*(?:\s|$))")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
 
 
@@ -94,7 +102,10 @@ def typos(prompt: str, rng: np.random.Generator, rate: float = TYPO_RATE) -> str
     prose = np.zeros(len(prompt), dtype=bool)
     for start, end in _prose_spans(prompt):
         prose[start:end] = True
-    letters = [i for i, ch in enumerate(prompt) if prose[i] and ch.lower() in KEYBOARD_NEIGHBOURS]
+    plain = np.zeros(len(prompt), dtype=bool)
+    for m in _PLAIN_WORD.finditer(prompt):
+        plain[m.start():m.end()] = True
+    letters = [i for i, ch in enumerate(prompt) if prose[i] and plain[i] and ch.lower() in KEYBOARD_NEIGHBOURS]
     hit = rng.random(len(letters)) < rate
     if letters and not hit.any():  # a short prompt drew none: one typo, so the case differs from the prompt
         hit[int(rng.integers(len(letters)))] = True
@@ -106,7 +117,8 @@ def typos(prompt: str, rng: np.random.Generator, rate: float = TYPO_RATE) -> str
             out.append(ch)
         elif i in slip:
             dropped, pick = slip[i]
-            if not dropped:
+            alone = (i == 0 or not prompt[i - 1].isalpha()) and (i + 1 == len(prompt) or not prompt[i + 1].isalpha())
+            if not dropped or alone:  # a one-letter word ("I", "a") is mistyped, not dropped
                 near = KEYBOARD_NEIGHBOURS[ch.lower()]
                 out.append(near[int(pick) % len(near)])
         elif ch not in "'’":
@@ -117,32 +129,41 @@ def typos(prompt: str, rng: np.random.Generator, rate: float = TYPO_RATE) -> str
 # --- long_input -----------------------------------------------------------------------------------
 
 
-def _first_paragraph(text: str, max_words: int) -> str:
-    """The first paragraph of prose of `text` (no code), clipped to whole sentences within max_words."""
+def _paragraphs(text: str) -> list[str]:
+    """The paragraphs of `text` that read as pasted prose: no code, two sentences or more, not an
+    assistant's preamble ("Sure, here is...") or a line announcing a list."""
+    out = []
     for para in re.split(r"\n\s*\n", text):
         para = " ".join(ln for ln in para.splitlines() if not is_code_line(ln)).strip()
-        if len(para.split()) < 8 or "```" in para:
+        if ("```" in para or para.endswith(":") or _PREAMBLE.match(para)
+                or len(_SENTENCE_END.split(para)) < 2 or len(para.split()) < 15):
             continue
-        kept: list[str] = []
-        for sentence in _SENTENCE_END.split(para):
-            if kept and len(" ".join(kept + [sentence]).split()) > max_words:
-                break
-            kept.append(sentence)
-        return " ".join(kept) if len(" ".join(kept).split()) <= max_words else " ".join(para.split()[:max_words])
-    return ""
+        out.append(para)
+    return out
+
+
+def _clip_sentences(para: str, max_words: int) -> str:
+    kept: list[str] = []
+    for sentence in _SENTENCE_END.split(para):
+        if kept and len(" ".join(kept + [sentence]).split()) > max_words:
+            break
+        kept.append(sentence)
+    return " ".join(kept)
 
 
 def long_input(prompt: str, background: list[str], rng: np.random.Generator, words: int = LONG_INPUT_WORDS) -> str:
-    """Background paragraphs (one from each text of `background`, in a seeded order) until `words`
-    words, then the real prompt after a lead-in line."""
+    """A pasted document (the prose paragraphs of one text of `background`, drawn with `rng`, the next
+    ones where it is short) up to `words` words, then the real prompt after a lead-in line."""
     paras, total = [], 0
     for i in rng.permutation(len(background)):
-        if total >= words:
-            break
-        para = _first_paragraph(background[int(i)], max(words - total, 40))
-        if para:
+        for para in _paragraphs(background[int(i)]):
+            if total >= words:
+                break
+            para = _clip_sentences(para, max(words - total, 30))
             paras.append(para)
             total += len(para.split())
+        if total >= words:
+            break
     if not paras:
         raise ValueError("long_input needs other rows with a paragraph of prose to paste as background")
     lead, ask = PASTE_LEADS[int(rng.integers(len(PASTE_LEADS)))], QUESTION_LEADS[int(rng.integers(len(QUESTION_LEADS)))]

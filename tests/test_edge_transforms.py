@@ -56,6 +56,10 @@ def test_typos_are_seeded_keep_code_and_always_change_something():
     a, b = typos(prompt, np.random.default_rng(1)), typos(prompt, np.random.default_rng(1))
     assert a == b and a != typos(prompt, np.random.default_rng(2))
     assert "```python\nprint('Hello World')\n```" in a  # code is untouched, capitals and quotes too
+    quoted = 'Replace "This is {object}" in my_var with the config value, then tell me what happens next please'
+    for seed in range(10):  # quoted text and words that are not plain letters are typed as they are
+        out = typos(quoted, np.random.default_rng(seed), 0.3)
+        assert '"This is {object}"' in out and "my_var" in out
     short = "Hi there"
     assert all(typos(short, np.random.default_rng(s), 0.01) != _hurried_only(short) for s in range(20))
     # every changed letter is a keyboard neighbour or a drop: the same length or shorter, per word
