@@ -145,15 +145,14 @@ OPENING_WORDS = 12
 
 
 def repeats_prompt(prompt: str, answer: str, share: float = 0.8) -> bool:
-    """The answer echoes the prompt: most (`share`) of its prose word 3-grams occur in the prompt, and it
+    """The answer echoes the prompt: most (`share`) of its word 3-grams occur in the prompt, and it
     repeats the prompt's opening (its first OPENING_WORDS words, where the request usually is).
 
     The opening tells an echo from a task done on pasted text: a grammar fix, a reformatted list or an
     answer picked from a multiple choice repeats the text, not the request (read on ShareGPT: without
-    it, 23 of 25 sampled hits were such tasks). Code is left out of the answer's side (a docstring
-    restating the request is no echo); an answer with under three prose words echoes only when it
-    equals the prompt (case and punctuation aside)."""
-    ans = _shingles(text_prose(answer))
+    it, 23 of 25 sampled hits were such tasks, and a function whose docstring restates the request was
+    one). An answer of under three words echoes only when it equals the prompt (case and punctuation aside)."""
+    ans = _shingles(answer)
     if not ans:
         words = _WORD.findall(answer.lower())
         return bool(words) and words == _WORD.findall(prompt.lower())
