@@ -37,6 +37,10 @@ class CalibrationFailed(ValueError):
     """The judge cannot tell good answers from broken ones well enough (one line: what to do)."""
 
 
+class CalibrationImpossible(CalibrationFailed):
+    """Too few rows to build the calibration set (one line: the count needed)."""
+
+
 @dataclass(frozen=True)
 class Item:
     prompt: str
@@ -92,14 +96,14 @@ def build(df: pl.DataFrame, rows: int, seed: int = 0, gold: pl.DataFrame | None 
     rng = random.Random(seed)
     if positives is None:
         if len(pool) < needed(rows):
-            raise CalibrationFailed(f"judge calibration needs {needed(rows)} real rows with a prompt and an answer of "
+            raise CalibrationImpossible(f"judge calibration needs {needed(rows)} real rows with a prompt and an answer of "
                                     f"{MIN_WORDS}+ words ({rows} positives and as many donors); the step has "
                                     f"{len(pool)}: lower calibration_rows or give a `calibration:` gold file")
         picked = rng.sample(range(len(pool)), needed(rows))
         positives, donors = [pool[i] for i in picked[:rows]], [pool[i][1] for i in picked[rows:]]
     else:
         if len(positives) < rows or len(pool) < rows:
-            raise CalibrationFailed(f"judge calibration needs {rows} usable rows in the gold file and {rows} in the "
+            raise CalibrationImpossible(f"judge calibration needs {rows} usable rows in the gold file and {rows} in the "
                                     f"step's input; found {len(positives)} and {len(pool)}")
         positives = rng.sample(positives, rows)
         donors = [a for _, a in rng.sample(pool, rows)]

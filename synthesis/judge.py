@@ -92,6 +92,11 @@ class JudgeOptions(StepOptions):
     min_calibration: float = Field(0.75, ge=0.5, le=1.0, description="The lowest AUC the judge may have on any "
                                                                     "corruption type (positives against that type's "
                                                                     "negatives; 0.5 is chance).")
+    on_failed_calibration: Literal["stop", "pass"] = Field(
+        "stop", description="A judge below `min_calibration`: `stop` fails the step in one line; `pass` keeps the "
+                            "judge from deciding anything (every row passes unjudged; with `best_of`, the first "
+                            "candidate of each case stays), and stats.json, the run's log and `pond inspect` say "
+                            "the judge was refused.")
     calibration: str | None = Field(None, description="A gold file (any input layout) whose rows are the calibration "
                                                       "positives instead of the step's own real rows.")
 
@@ -344,7 +349,12 @@ def judge(df: pl.DataFrame, opts: JudgeOptions, ctx: StepContext) -> tuple[pl.Da
     session = TeacherSession(config, cache)
     try:
         if opts.calibrate and opts.mode == "score":
-            _calibrate(df, opts, ctx, session, config.model)
+            try:
+                _calibrate(df, opts, ctx, session, config.model)
+            except calibration.CalibrationFailed as refused:
+                if opts.on_failed_calibration == "stop" or isinstance(refused, calibration.CalibrationImpossible):
+                    raise  # too few rows to calibrate is never passed over
+                return _refused(df, opts, ctx, str(refused), session, t0)
         what = f"scoring by {opts.rubric}" if opts.mode == "score" else f"pairwise vs {opts.against}"
         results = session.run(calls, ctx.track, f"judge: {what}")
     finally:
@@ -377,6 +387,28 @@ def judge(df: pl.DataFrame, opts: JudgeOptions, ctx: StepContext) -> tuple[pl.Da
     if EDGE_KIND in df.columns:
         ctx.stats["by_kind"] = _kind_figures(df[EDGE_KIND].to_list(), scope, todo, keep)
     return kept, rejected
+
+
+def _refused(df: pl.DataFrame, opts: JudgeOptions, ctx: StepContext, why: str, session: TeacherSession,
+             t0: float) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """`on_failed_calibration: pass`: the judge decides nothing. Rows pass unjudged; of a `best_of` case's
+    candidates the first stays (a fixed rule, not a judgment), the others are rejected saying so."""
+    import logging
+
+    logging.getLogger(__name__).warning("judge refused by calibration, rows pass unjudged: %s", why)
+    keep = [True] * len(df)
+    if opts.best_of is not None and opts.best_of in df.columns:
+        seen: set = set()
+        for i, g in enumerate(df[opts.best_of].cast(pl.Utf8).to_list()):
+            if g is not None:
+                keep[i] = g not in seen
+                seen.add(g)
+    mask = pl.Series(keep, dtype=pl.Boolean)
+    rejected = reject(df.filter(~mask), STAGE, "judge refused by calibration: not the first candidate of its case")
+    ctx.stats.update({"mode": opts.mode, "rubric": opts.rubric, "rows": opts.rows, "judged": 0, "refused": why,
+                      "kept": int(mask.sum()), "teacher": session.summary(),
+                      "seconds": round(time.perf_counter() - t0, 3)})
+    return df.filter(mask), rejected
 
 
 def _keep_best_of(df: pl.DataFrame, column: str, scores: list, keep: list[bool], errors: list) -> None:

@@ -109,3 +109,21 @@ def test_smollm2_cannot_judge_and_is_refused(teacher_server, pool, tmp_path):
     with pytest.raises(CalibrationFailed, match="failed calibration"):
         judge(pool.head(40), JudgeOptions(min_score=5, calibration_rows=4, max_reason_chars=32), ctx)
     assert ctx.stats["calibration"]["worst_auc"] < 0.75
+
+
+def test_a_refused_judge_can_be_passed_over_and_says_so(fake_teacher, pool, tmp_path):
+    """on_failed_calibration: pass: nothing is judged, every row passes (of a best_of case, the first),
+    and stats.json says the judge was refused."""
+    _fake_judge(fake_teacher, pool, good=False)
+    ctx = ctx_for(fake_teacher.config(), tmp_path)
+    df = pool.head(30).with_columns(pl.Series("candidate_of", [None] * 27 + ["c1", "c1", "c2"]))
+    opts = JudgeOptions(min_score=5, calibration_rows=4, on_failed_calibration="pass", best_of="candidate_of")
+    sent = len(fake_teacher.bodies)
+    kept, rejected = judge(df, opts, ctx)
+    assert len(kept) == 29 and rejected["reason"].to_list() == [
+        "judge refused by calibration: not the first candidate of its case"]
+    assert "failed calibration" in ctx.stats["refused"] and ctx.stats["judged"] == 0
+    assert len(fake_teacher.bodies) - sent == ctx.stats["calibration"]["positives"] + sum(
+        v["negatives"] for v in ctx.stats["calibration"]["by_corruption"].values())  # calibration only
+    with pytest.raises(CalibrationFailed, match="needs 8 real rows"):  # too few rows is never passed over
+        judge(df.head(5), opts, ctx)
