@@ -69,12 +69,21 @@ def run_pipeline(recipe: Recipe, out: Path, base_dir: Path, *, fresh: bool = Fal
     return summary(runner.out)
 
 
+PLAN_MAX_INPUT_BYTES = 64 << 20
+
+
 def _plan(recipe: Recipe, out: Path, base_dir: Path, fresh: bool, train: bool) -> str:
     """The plan line from `--estimate`'s counts and costs; a run folder about to be deleted (`--fresh`)
     counts as empty. An input the estimate cannot read is the run's own error to report."""
+    from curation.ingest import expand_paths
     from pond.estimate import estimate, plan_line
 
     try:
+        size = sum(p.stat().st_size for p in expand_paths(recipe.input.path, base_dir, recipe.input.format))
+        if size > PLAN_MAX_INPUT_BYTES and recipe.input.limit is None:
+            # the estimate reads the input in memory; a big corpus is read once, by ingest, in batches
+            return (f"plan: {recipe.name}: {size / 2**20:.0f} MB of input; `pond run --estimate` counts and times "
+                    f"it (the plan line reads inputs under {PLAN_MAX_INPUT_BYTES >> 20} MB only)")
         est = estimate(recipe, None if fresh else out, base_dir, train=train)
     except Exception as exc:  # noqa: BLE001 - the plan is advice; ingest reports a bad input in its own words
         return f"plan: {recipe.name}: no estimate ({type(exc).__name__}: {exc})"

@@ -128,6 +128,17 @@ def test_plan_is_the_first_line_and_stages_say_their_time(workdir):
     assert any(re.match(r"01-holdout: started, \d+ rows in", x) for x in lines), lines
 
 
+def test_plan_line_does_not_read_a_big_input_into_memory(workdir, monkeypatch):
+    import pond.estimate
+    import pond.pipeline
+
+    monkeypatch.setattr(pond.pipeline, "PLAN_MAX_INPUT_BYTES", 10)  # every input is "big" now
+    monkeypatch.setattr(pond.estimate, "input_rows", lambda *a, **k: pytest.fail("the plan read the input"))
+    lines: list[str] = []
+    run_pipeline(parse_recipe(CURATION, "r.yaml"), workdir / "run", workdir, log=lines.append)
+    assert re.match(r"plan: est: \d+ MB of input; `pond run --estimate` counts and times it", lines[0]), lines[0]
+
+
 def test_cli_run_prints_the_plan_first_and_bars_with_an_eta(workdir):
     import os
     import subprocess
