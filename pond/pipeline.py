@@ -189,6 +189,23 @@ def run_experiment_recipe(recipe: Recipe, out: Path, base_dir: Path, *, track=No
 BENCHMARK_COMMAND = "pond experiment recipes/quality_vs_quantity.yaml"
 
 
+def _calibration_lines(steps: list[dict]) -> list[str]:
+    """Each judge's calibration in one line: passed or refused, the worst corruption, self-judging said."""
+    out = []
+    for stats in steps:
+        cal = stats.get("calibration")
+        if not cal:
+            continue
+        verdict = ("REFUSED, rows passed unjudged" if stats.get("refused") else
+                   "passed" if (cal.get("worst_auc") or 0) >= cal["min_calibration"] else "refused")
+        own = "; self-judging (this model wrote the rows it judges)" if (stats.get("options") or {}).get(
+            "self_judge") else ""
+        out.append(f"judge calibration ({cal['judge']}, {cal['rubric']}): {verdict}: worst AUC {cal['worst_auc']} on "
+                   f"{cal['worst']} (min {cal['min_calibration']}; {cal['positives']} real rows and their "
+                   f"corruptions){own}")
+    return out
+
+
 def _summary_details(run: Path, manifest: dict) -> list[str]:
     """Rejections by reason, teacher calls and tokens, held-out metrics of the adapter and of every arm."""
     lines: list[str] = []
@@ -205,6 +222,7 @@ def _summary_details(run: Path, manifest: dict) -> list[str]:
     if reasons:
         top = sorted(reasons.items(), key=lambda kv: -kv[1])[:6]
         lines.append("rejected: " + ", ".join(f"{k} {v}" for k, v in top) + (" …" if len(reasons) > 6 else ""))
+    lines += _calibration_lines(layout.funnel(run))
     if any(teacher.values()):
         lines.append(f"teacher: {teacher['requests']} requests sent ({teacher['cache_hits']} answered from cache, "
                      f"{teacher['failed']} failed), {teacher['prompt_tokens']} prompt + "

@@ -127,3 +127,15 @@ def test_a_refused_judge_can_be_passed_over_and_says_so(fake_teacher, pool, tmp_
         v["negatives"] for v in ctx.stats["calibration"]["by_corruption"].values())  # calibration only
     with pytest.raises(CalibrationFailed, match="needs 8 real rows"):  # too few rows is never passed over
         judge(df.head(5), opts, ctx)
+
+
+def test_the_run_summary_states_the_calibration():
+    from pond.pipeline import _calibration_lines
+
+    cal = {"judge": "q", "rubric": "helpfulness", "min_calibration": 0.75, "worst_auc": 0.5,
+           "worst": "shuffled_prompt", "positives": 8}
+    [refused] = _calibration_lines([{"calibration": cal, "refused": "...", "options": {"self_judge": True}}])
+    assert "REFUSED, rows passed unjudged" in refused and "worst AUC 0.5 on shuffled_prompt" in refused
+    assert "self-judging" in refused
+    [passed] = _calibration_lines([{"calibration": cal | {"worst_auc": 0.9}, "options": {}}, {"kind": "pii"}])
+    assert "passed" in passed and "self-judging" not in passed
