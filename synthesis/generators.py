@@ -330,11 +330,13 @@ def _embedder(opts: SynthesizeOptions, ctx: StepContext):
 
 def _reject_row_copies(drafts: list[Draft], df: pl.DataFrame, opts: SynthesizeOptions, embed) -> None:
     """The whole new row (prompt and answer, as `text`) against the seed rows and the new rows kept
-    before it: the invariant holds for what the step keeps, not only for the prompts."""
+    before it: the invariant holds for what the step keeps, not only for the prompts. A transformed
+    case (it has `answer_to`) is not compared with its own seed row: it is that request, by design."""
     ok = [d for d in drafts if d.error is None]
     texts = [render_text(d.messages()) for d in ok]
     errors = reject_copies(texts, [f"new slot {d.slot}" for d in ok], df["text"].fill_null("").to_list(),
-                           df["id"].to_list(), opts.max_cosine, embed, groups=[d.slot for d in ok])
+                           df["id"].to_list(), opts.max_cosine, embed, groups=[d.slot for d in ok],
+                           own_seed=[d.seed_ids[0] if "answer_to" in d.extra else None for d in ok])
     for d, e in zip(ok, errors):
         d.error = e
 

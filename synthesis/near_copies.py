@@ -41,20 +41,25 @@ class SeedCopies:
 
 
 def reject_copies(texts: list[str], ids: list[str], seed_texts: list[str], seed_ids: list[str],
-                  max_cosine: float | None, embed, groups: list | None = None) -> list[str | None]:
+                  max_cosine: float | None, embed, groups: list | None = None,
+                  own_seed: list[str | None] | None = None) -> list[str | None]:
     """Walk new rows in order: each is rejected if it is a near-copy of a seed row or of a new row
     kept before it; so no two kept rows, nor a kept row and a seed row, sit above the threshold.
     `groups`: rows of one group (answers to one case, of which the judge keeps one) are not
-    compared with each other, only with the seeds and the other groups."""
+    compared with each other, only with the seeds and the other groups. `own_seed[i]`: the one seed
+    row new row i is not compared with (a transformed edge case is its seed's request, by design)."""
     if max_cosine is None or not texts:
         return [None] * len(texts)
     groups = groups if groups is not None else list(range(len(texts)))
+    seed_at = {sid: j for j, sid in enumerate(seed_ids)}
     seed_vecs = embed(seed_texts) if seed_texts else np.zeros((0, 0), dtype=np.float32)
     vecs = embed(texts)
     kept: list[int] = []
     out: list[str | None] = []
     for i, v in enumerate(vecs):
         s = seed_vecs @ v if len(seed_vecs) else np.zeros(0)
+        if own_seed is not None and own_seed[i] in seed_at:
+            s[seed_at[own_seed[i]]] = -1.0
         j = int(s.argmax()) if len(s) else -1
         if j >= 0 and s[j] > max_cosine:
             out.append(f"copies_seed: cosine {s[j]:.3f} > {max_cosine} with {seed_ids[j]}")

@@ -168,3 +168,18 @@ def test_other_language_needs_a_writer_that_translates():
         parse_recipe(text, "r.yaml")
     assert "r.yaml:4" in str(err.value) and "writer_translates: true" in str(err.value)
     assert len(str(err.value).splitlines()) == 1
+
+
+def test_a_transformed_case_is_not_a_copy_of_its_own_seed_row_only():
+    from synthesis.near_copies import reject_copies
+
+    vectors = {"seed": np.array([1.0, 0.0]), "case": np.array([0.999, 0.045]), "other": np.array([0.0, 1.0])}
+
+    def embed(texts):
+        return np.array([vectors[t] / np.linalg.norm(vectors[t]) for t in texts], dtype=np.float32)
+
+    assert reject_copies(["case"], ["n"], ["seed", "other"], ["s1", "s2"], 0.93, embed)[0].startswith("copies_seed")
+    assert reject_copies(["case"], ["n"], ["seed", "other"], ["s1", "s2"], 0.93, embed, own_seed=["s1"]) == [None]
+    # another seed row still counts
+    assert reject_copies(["case"], ["n"], ["other", "seed"], ["s2", "s3"], 0.93, embed,
+                         own_seed=["s2"])[0].startswith("copies_seed")
