@@ -35,6 +35,12 @@ SETUPS = {
     "helpfulness-reason16": {"rubric": "helpfulness", "max_reason_chars": 16},
     # an anchored scale that names each fault calibration checks for
     "anchored-reason60": {"rubric": "helpfulness", "prompt": "judge_score_anchored", "max_reason_chars": 60},
+    # one question per call, yes (10) or no (1): does the answer respond to this message, whole?
+    "question-responds": {"prompt": "judge_score_question", "max_reason_chars": 100,
+                          "rubric": "Is the user's message a sensible request, and does the assistant's answer "
+                                    "respond to exactly that request, completely, in the same language?"},
+    # the correctness rubric, a reason first
+    "correctness-reason160": {"rubric": "correctness", "max_reason_chars": 160},
 }
 
 
