@@ -27,7 +27,7 @@ import numpy as np
 from curation import answer_faults
 from synthesis.client import ChatRequest, Completion
 from synthesis.edge_kinds import DEFAULT_KINDS, kind_name, kind_template, transformed
-from synthesis.edge_transforms import TRANSFORMS
+from synthesis.edge_transforms import TRANSFORMS, applies
 from synthesis.prompts import render
 from synthesis.near_copies import SeedCopies
 from synthesis.rows import Draft, clip
@@ -126,8 +126,11 @@ def _transformed_draft(slot: int, spec: str, seed_i: int, ids: list[str], prompt
                         "answer_to": [{"role": "user", "content": prompts[seed_i]}]})
 
 
-def _transform_seed(mine: list[int], prompts: list[str], used: set[int], rng: np.random.Generator, max_chars: int) -> int:
-    """A seed for a transformed case: a prompt a person types (short enough), not used yet if possible."""
+def _transform_seed(spec: str, mine: list[int], prompts: list[str], used: set[int], rng: np.random.Generator,
+                    max_chars: int) -> int:
+    """A seed for a transformed case: a prompt the transformation changes, one a person types (short
+    enough), not used yet, each where there is one."""
+    mine = [i for i in mine if applies(spec, prompts[i])] or mine
     short = [i for i in mine if len(prompts[i]) <= max_chars] or mine
     fresh = [i for i in short if i not in used] or short
     return int(rng.choice(fresh))
@@ -152,7 +155,7 @@ def edge_case_drafts(ids: list[str], prompts: list[str], opts, ctx, session, see
     for slot, spec in enumerate(plan):
         mine = [i for i in seed_pools[slot] if prompts[i].strip()] or usable if seed_pools else usable
         if transformed(spec):
-            seed_i = _transform_seed(mine, prompts, used, np.random.default_rng([ctx.seed, 13, slot]),
+            seed_i = _transform_seed(spec, mine, prompts, used, np.random.default_rng([ctx.seed, 13, slot]),
                                      opts.max_prompt_chars)
             used.add(seed_i)
             drafts.append(_transformed_draft(slot, spec, seed_i, ids, prompts, answers, opts, ctx))

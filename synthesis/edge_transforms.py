@@ -187,6 +187,15 @@ def prompt_injection(prompt: str, rng: np.random.Generator) -> str:
     return f"{text[:cut]}\n{line}\n{text[cut:].lstrip()}"
 
 
+def applies(kind: str, prompt: str) -> bool:
+    """Whether `kind`'s transformation changes `prompt`: typos needs a plain word outside code and quotes
+    (a prompt in Chinese, or all code, has none)."""
+    if kind != "typos":
+        return True
+    spans = _prose_spans(prompt)
+    return any(start < m.start() < end for m in _PLAIN_WORD.finditer(prompt) for start, end in spans)
+
+
 # name -> (case from (prompt, background texts, rng, options)); the kinds no model writes
 Transform = Callable[[str, list[str], np.random.Generator, object], str]
 TRANSFORMS: dict[str, Transform] = {

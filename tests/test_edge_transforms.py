@@ -60,6 +60,11 @@ def test_typos_are_seeded_keep_code_and_always_change_something():
     for seed in range(10):  # quoted text and words that are not plain letters are typed as they are
         out = typos(quoted, np.random.default_rng(seed), 0.3)
         assert '"This is {object}"' in out and "my_var" in out
+    # a prompt without a plain word outside code and quotes is no typos seed (the case would be the prompt)
+    from synthesis.edge_transforms import applies
+
+    assert not applies("typos", "我需要建立一個powerpoint") and not applies("typos", '```\nx = 1\n```')
+    assert applies("typos", prompt) and applies("long_input", "我需要")
     short = "Hi there"
     assert all(typos(short, np.random.default_rng(s), 0.01) != _hurried_only(short) for s in range(20))
     # every changed letter is a keyboard neighbour or a drop: the same length or shorter, per word
