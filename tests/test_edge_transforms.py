@@ -188,3 +188,21 @@ def test_a_transformed_case_is_not_a_copy_of_its_own_seed_row_only():
     # another seed row still counts
     assert reject_copies(["case"], ["n"], ["other", "seed"], ["s2", "s3"], 0.93, embed,
                          own_seed=["s2"])[0].startswith("copies_seed")
+
+
+def test_the_quickstart_writes_no_prompt_with_a_model(fake_teacher, short_chats, tmp_path):
+    """The demo's synthesize step, as the recipe says it (n scaled down): every case a transformation."""
+    from pathlib import Path
+
+    from pond.recipe import load_recipe
+
+    recipe = load_recipe(Path(__file__).resolve().parents[1] / "recipes" / "quickstart.yaml")
+    opts = next(s.options for s in recipe.steps if s.kind == "synthesize").model_copy(update={"n": 6, "teacher": "default"})
+    fake_teacher.reply = lambda body, i: _sound_answer(body, i).replace("Sure.", "Yes.").replace("好的", "是的") if i \
+        else _sound_answer(body, i)  # two distinct sound candidates
+    ctx = ctx_for(fake_teacher.config(), tmp_path)
+    kept, rejected = synthesize(short_chats, opts, ctx)
+    new = check_bookkeeping(short_chats, kept, rejected, ctx, "edge_cases")
+    assert not [b for b in fake_teacher.bodies if _is_writing(b)]
+    assert new["candidate_of"].n_unique() == 6 and len(new) == 6 * opts.answer_candidates  # judge_picks
+    assert next(s.options for s in recipe.steps if s.kind == "judge").self_judge
