@@ -73,6 +73,7 @@ _FENCE = re.compile(r"```.*?(?:```|$)|`[^`\n]*`|\"[^\"\n]{1,200}\"|“[^”\n]{1
 # a word a hurried typist mistypes: letters only (not `snake_case`, `{place}`, `a.b`, `v2`, a URL)
 _PLAIN_WORD = re.compile(r"(?<![^\s(])[A-Za-z'’]+(?=[.,!?;:)]*(?:\s|$))")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
+_LIST_MARKER_END = re.compile(r"(?:\s+\d{1,3}[.)])+\s*$")
 
 
 # --- typos -----------------------------------------------------------------------------------------
@@ -135,6 +136,7 @@ def _paragraphs(text: str) -> list[str]:
     out = []
     for para in re.split(r"\n\s*\n", text):
         para = " ".join(ln for ln in para.splitlines() if not is_code_line(ln)).strip()
+        para = _LIST_MARKER_END.sub("", para)  # "... step three. 4." once step four's code is gone
         if ("```" in para or para.endswith(":") or _PREAMBLE.match(para)
                 or len(_SENTENCE_END.split(para)) < 2 or len(para.split()) < 15):
             continue

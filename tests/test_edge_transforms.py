@@ -87,6 +87,8 @@ def test_long_input_pastes_background_then_the_real_prompt():
     assert "never pasted" not in case
     assert case == long_input(prompt, background, np.random.default_rng(0), words=60)
     assert case != long_input(prompt, background, np.random.default_rng(1), words=60)
+    listed = ["1. Install the package first and check the version it reports. 2. Run the setup script twice. 3."]
+    assert long_input(prompt, listed, np.random.default_rng(0), words=10).split("\n\n")[1].endswith("twice.")
     with pytest.raises(ValueError, match="background"):
         long_input(prompt, ["too short"], np.random.default_rng(0))
 
