@@ -9,6 +9,7 @@ a training curve, an experiment and an adapter card is the slow test at the end 
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import subprocess
@@ -47,14 +48,20 @@ def pond(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 def fast_run(tmp_path_factory) -> Path:
     """A real `pond run --no-train` folder (curation + synthesis), ~20 s."""
     from curation.sources import iter_sharegpt
-    from tests.fixtures_teacher import FakeTeacher
+    from tests.fixtures_teacher import FakeTeacher, schema_instance
 
     work = tmp_path_factory.mktemp("report")
     with open(work / "raw.jsonl", "w") as f:
         for row in [XSS_ROW, XSS_ROW, *iter_sharegpt(limit=90)]:  # the second copy is an exact duplicate
             f.write(json.dumps(row) + "\n")
         f.write("{not json\n")
-    fake = FakeTeacher().start()
+    def reply(body, i):  # the default fake's answers end mid-phrase, which the answer checks now reject
+        fmt, last = body.get("response_format") or {}, body["messages"][-1]["content"]
+        if fmt.get("type") == "json_schema":
+            return json.dumps(schema_instance(fmt["json_schema"]["schema"], f"{last}/{i}"))
+        return f"Here is a complete answer, number {i}, to request {hashlib.sha1(last.encode()).hexdigest()[:8]}."
+
+    fake = FakeTeacher(reply=reply).start()
     try:
         recipe = {**RECIPE, "teachers": {"writer": {"base_url": fake.base_url, "model": "fake-writer",
                                                     "max_concurrency": 4}}}
