@@ -26,7 +26,7 @@ from curation.settings import default_cache_dir  # noqa: E402
 from curation.step import StepContext  # noqa: E402
 from synthesis import calibration, server  # noqa: E402
 from synthesis.client import TeacherConfig, TeacherSession  # noqa: E402
-from synthesis.judge import JudgeOptions, calibration_requests, parse_score  # noqa: E402
+from synthesis.judge import JudgeOptions, calibration_requests, calibration_scores  # noqa: E402
 
 SETUPS = {
     # the quickstart's judge as it was: helpfulness rubric, a reason of up to 160 characters first
@@ -69,13 +69,7 @@ def main() -> None:
         for name in a.setups.split(","):
             opts = JudgeOptions(min_score=5, **SETUPS[name])
             t = time.perf_counter()
-            results = session.run(calibration_requests(items, opts))
-            scores = []
-            for r in results:
-                try:
-                    scores.append(None if isinstance(r, BaseException) else parse_score(r)[0])
-                except ValueError:
-                    scores.append(None)
+            scores = calibration_scores(session.run(calibration_requests(items, opts)))
             summary = calibration.summarise(items, scores, opts.min_score)
             emit(dtype=h.dtype, figure="judge_calibration", setup=name, model=a.judge, items=len(items),
                  seconds=round(time.perf_counter() - t, 1), passes_0_75=(summary["worst_auc"] or 0) >= 0.75,

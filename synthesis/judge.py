@@ -261,16 +261,22 @@ def calibration_requests(items: list[calibration.Item], opts: JudgeOptions, reso
     return [score_request(it.prompt, it.answer, rubric, **kw) for it in items]
 
 
-def _calibrate(df: pl.DataFrame, opts: JudgeOptions, ctx: StepContext, session: TeacherSession, model: str) -> dict:
-    """Score the calibration set with the step's own rubric; refuse a judge that cannot tell."""
-    items = calibration_items(df, opts, ctx)
-    results = session.run(calibration_requests(items, opts, ctx.resolve), ctx.track, "judge: calibration")
-    scores = []
+def calibration_scores(results: list) -> list[int | None]:
+    """Each calibration reply's score; None for a failed call or an unreadable reply (counted, not guessed)."""
+    scores: list[int | None] = []
     for r in results:
         try:
             scores.append(None if isinstance(r, BaseException) else parse_score(r)[0])
         except ValueError:
             scores.append(None)
+    return scores
+
+
+def _calibrate(df: pl.DataFrame, opts: JudgeOptions, ctx: StepContext, session: TeacherSession, model: str) -> dict:
+    """Score the calibration set with the step's own rubric; refuse a judge that cannot tell."""
+    items = calibration_items(df, opts, ctx)
+    scores = calibration_scores(session.run(calibration_requests(items, opts, ctx.resolve), ctx.track,
+                                            "judge: calibration"))
     if ctx.step_dir is not None:
         pl.DataFrame({"kind": [it.kind for it in items], "prompt": [it.prompt for it in items],
                       "answer": [it.answer for it in items], "score": scores},
