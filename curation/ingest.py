@@ -17,7 +17,7 @@ from __future__ import annotations
 import glob
 import os
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -326,16 +326,24 @@ def _parquet_writable(dtype: pl.DataType) -> bool:
     return dtype != pl.Object
 
 
-def unify_user_columns(frames: list[pl.DataFrame]) -> list[pl.DataFrame]:
-    """Batches whose user column has different types in different batches (an integer here, an object
-    there): that column as JSON text in every batch, so the batches concatenate without a cast."""
+def mixed_user_columns(schemas: list[Mapping[str, pl.DataType]]) -> list[str]:
+    """User columns typed differently in different batches (an integer here, an object there), where
+    polars' relaxed concatenation would fail or cast values away (it turns 0 into {"k": 0} beside a
+    struct); numbers of different widths are not mixed: they widen without loss."""
     types: dict[str, set] = {}
-    for frame in frames:
-        for name, dtype in frame.schema.items():
+    for schema in schemas:
+        for name, dtype in schema.items():
             if dtype != pl.Null:
                 types.setdefault(name, set()).add(dtype)
-    mixed = [c for c, ts in types.items() if len(ts) > 1 and c not in _REJECT_SCHEMA]
-    return [f.with_columns(as_json_text(c, f[c].to_list()) for c in mixed if c in f.columns) for f in frames]
+    return [c for c, ts in types.items()
+            if len(ts) > 1 and c not in _REJECT_SCHEMA and not all(t.is_numeric() for t in ts)]
+
+
+def as_json_columns(frame: pl.DataFrame, columns: list[str]) -> pl.DataFrame:
+    """`frame` with `columns` (those it has) as JSON text, so batches concatenate without a cast."""
+    if not any(c in frame.columns for c in columns):
+        return frame
+    return frame.with_columns(as_json_text(c, frame[c].to_list()) for c in columns if c in frame.columns)
 
 
 _REJECT_SCHEMA = {"id": pl.Utf8, "messages": MESSAGES, "text": pl.Utf8, "source": pl.Utf8, "line": pl.Int64,
@@ -454,10 +462,8 @@ def concat_frames(frames: list[pl.DataFrame]) -> pl.DataFrame:
     frames = [f for f in frames if f.width]
     if not frames:
         return pl.DataFrame()
-    try:
-        return pl.concat(frames, how="diagonal_relaxed")
-    except pl.exceptions.PolarsError:
-        return pl.concat(unify_user_columns(frames), how="diagonal_relaxed")
+    mixed = mixed_user_columns([f.schema for f in frames])
+    return pl.concat([as_json_columns(f, mixed) for f in frames], how="diagonal_relaxed")
 
 
 def read_records(path: str | Path | list[str], fmt: str = "auto", layout: str = "auto",

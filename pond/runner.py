@@ -19,8 +19,8 @@ from typing import Any
 
 import polars as pl
 
-from curation.ingest import (IngestError, expand_paths, ingest_kept_schema, ingest_rejected_schema, iter_batches,
-                             source_names, unify_user_columns)
+from curation.ingest import (IngestError, as_json_columns, expand_paths, ingest_kept_schema, ingest_rejected_schema,
+                             iter_batches, mixed_user_columns, source_names)
 from curation.settings import default_cache_dir, gpu, hardware, pick_dtype
 from curation.step import StepContext
 from pond import __version__
@@ -158,14 +158,12 @@ class Runner:
         if not parts:
             empty.write_parquet(tmp, compression="zstd", statistics=False)
         else:
-            try:
-                lazy = pl.concat([pl.scan_parquet(p) for p in parts], how="diagonal_relaxed")
-                lazy.sink_parquet(tmp, compression="zstd", statistics=False)
-            except pl.exceptions.PolarsError:  # a user column typed differently in two batches
-                for part, frame in zip(parts, unify_user_columns([pl.read_parquet(p) for p in parts])):
-                    frame.write_parquet(part)
-                pl.concat([pl.scan_parquet(p) for p in parts], how="diagonal_relaxed").sink_parquet(
-                    tmp, compression="zstd", statistics=False)
+            mixed = mixed_user_columns([pl.read_parquet_schema(p) for p in parts])
+            if mixed:  # a user column typed differently in two batches: JSON text in each, one part at a time
+                for part in parts:
+                    as_json_columns(pl.read_parquet(part), mixed).write_parquet(part)
+            lazy = pl.concat([pl.scan_parquet(p) for p in parts], how="diagonal_relaxed")
+            lazy.sink_parquet(tmp, compression="zstd", statistics=False)
         tmp.replace(dest)
         return pl.scan_parquet(dest).select(pl.len()).collect().item()
 

@@ -187,3 +187,22 @@ def test_pond_run_goes_on_past_a_lone_surrogate(tmp_path):
     rejected = pl.read_parquet(next((tmp_path / "run" / "steps").glob("*ingest*")) / "rejected.parquet")
     assert rejected["reason"].to_list() == ["invalid_unicode"] and rejected["line"].to_list() == [11]
     assert pl.read_parquet(tmp_path / "run" / "curated.parquet").height == 20
+
+
+def test_a_user_column_typed_differently_in_two_batches(tmp_path, monkeypatch):
+    """Batch 1 holds `meta` as integers, batch 2 as objects: the run joins them as JSON text, part by part."""
+    import curation.ingest
+
+    monkeypatch.setattr(curation.ingest, "BATCH_ROWS", 3)
+    rows = [{"text": f"row {i}", "meta": i} for i in range(3)] + [{"text": f"row {i}", "meta": {"k": i}}
+                                                                  for i in range(3, 6)]
+    (tmp_path / "raw.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    from pond.recipe import parse_recipe
+    from pond.runner import Runner
+
+    runner = Runner(parse_recipe("name: t\ninput: {path: raw.jsonl}\n"), tmp_path / "run", tmp_path,
+                    cache_dir=tmp_path / "cache")
+    step_dir, _ = runner.ingest()
+    kept = pl.read_parquet(step_dir / "kept.parquet")
+    assert [json.loads(v) for v in kept["meta"].to_list()] == [0, 1, 2, {"k": 3}, {"k": 4}, {"k": 5}]
+    assert read_records(tmp_path / "raw.jsonl")[0]["meta"].to_list() == kept["meta"].to_list()
