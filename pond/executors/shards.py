@@ -16,6 +16,8 @@ from pathlib import Path
 
 import polars as pl
 
+from curation.ingest import concat_frames
+
 POS = "__pos"
 WIDTH = 15
 
@@ -48,7 +50,8 @@ def read_output(path: Path) -> pl.DataFrame:
     shards = list_shards(path)
     if len(shards) == 1:
         return pl.read_parquet(shards[0])
-    return pl.concat([pl.read_parquet(p) for p in shards], how="diagonal_relaxed")
+    # shards written by different workers may type a user column differently: ingest's join rule
+    return concat_frames([pl.read_parquet(p) for p in shards])
 
 
 def scan_output(path: Path, columns: list[str]) -> pl.DataFrame:
