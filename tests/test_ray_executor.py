@@ -42,19 +42,25 @@ def ray_cluster():
         cluster.shutdown()
 
 
-def run_both(tmp_path: Path, steps: str, rows: int, base_limit: int, shared_cache: bool = True) -> tuple[Path, Path]:
-    write_corpus(tmp_path / "data", rows, files=2, base_limit=base_limit)
-    text = (f"name: eq\ninput: {{path: data/*.jsonl}}\nseed: 3\n"
-            f"ray: {{shard_rows: 400, shuffle_partitions: 2}}\nsteps:\n{steps}")
+def curate_both(text: str, work: Path, shared_cache: bool = True) -> dict[str, Path]:
+    """The recipe curated by each executor in `work`: {executor: its run folder} (with its manifest)."""
     out = {}
     for executor in ("local", "ray"):
         recipe = parse_recipe(text)
         recipe.executor = executor
-        cache = tmp_path / ("cache" if shared_cache else f"cache-{executor}")
-        runner = Runner(recipe, tmp_path / f"run-{executor}", tmp_path, cache_dir=cache)
+        cache = work / ("cache" if shared_cache else f"cache-{executor}")
+        runner = Runner(recipe, work / f"run-{executor}", work, cache_dir=cache)
         runner.curate()
         write_manifest(runner)
         out[executor] = runner.out
+    return out
+
+
+def run_both(tmp_path: Path, steps: str, rows: int, base_limit: int, shared_cache: bool = True) -> tuple[Path, Path]:
+    write_corpus(tmp_path / "data", rows, files=2, base_limit=base_limit)
+    text = (f"name: eq\ninput: {{path: data/*.jsonl}}\nseed: 3\n"
+            f"ray: {{shard_rows: 400, shuffle_partitions: 2}}\nsteps:\n{steps}")
+    out = curate_both(text, tmp_path, shared_cache)
     return out["local"], out["ray"]
 
 
@@ -124,13 +130,7 @@ def test_big_input_files_are_read_in_parts_with_the_local_ids(tmp_path, ray_clus
     assert sum(p["index"] == 0 for p in parts) >= 5 and sum(p["index"] == 1 for p in parts) >= 2
 
     text = "name: split\ninput: {path: [data/a.jsonl, data/b.parquet]}\nray: {split_bytes: 4096, shard_rows: 100}\n"
-    out = {}
-    for executor in ("local", "ray"):
-        recipe = parse_recipe(text)
-        recipe.executor = executor
-        runner = Runner(recipe, tmp_path / f"run-{executor}", tmp_path, cache_dir=tmp_path / "cache")
-        runner.curate()
-        out[executor] = runner.out / "steps" / "00-ingest"
+    out = {e: run / "steps" / "00-ingest" for e, run in curate_both(text, tmp_path).items()}
     ka, kb = (read_output(out[e] / "kept.parquet") for e in ("local", "ray"))
     assert ka["id"].to_list() == kb["id"].to_list() and len(ka) == 400 + 350 - 3
     ra, rb = (read_output(out[e] / "rejected.parquet").sort("id") for e in ("local", "ray"))
@@ -215,13 +215,7 @@ def test_ray_ingest_reads_files_as_they_come_like_local(tmp_path, ray_cluster):
         (data / "d.jsonl").write_bytes(b"\n".join([g.encode() for g in good[:3]] + lines) + b"\n")
         text = "name: asis\ninput: {path: data}\nray: {split_bytes: 4096, shard_rows: 100}\n" \
                "steps:\n  - heuristics: {}\n  - pii: {action: redact}\n"
-        out = {}
-        for executor in ("local", "ray"):
-            recipe = parse_recipe(text)
-            recipe.executor = executor
-            runner = Runner(recipe, case / f"run-{executor}", case, cache_dir=case / "cache")
-            runner.curate()
-            out[executor] = runner.out
+        out = curate_both(text, case)
         for step in ("00-ingest", "01-heuristics", "02-pii"):
             ka, kb = (read_output(out[e] / "steps" / step / "kept.parquet") for e in ("local", "ray"))
             assert ka["id"].to_list() == kb["id"].to_list(), step
