@@ -22,6 +22,7 @@ evaluation.judge shares.
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import time
 from collections import Counter
@@ -45,6 +46,7 @@ from synthesis.prompts import PROMPT_DIR, RUBRIC_DIR, load_text, render
 from synthesis.rows import EDGE_KIND, clip, row_answer, row_prompt
 
 STAGE = "judge"
+log = logging.getLogger(__name__)
 
 
 class JudgeOptions(StepOptions):
@@ -399,9 +401,7 @@ def _refused(df: pl.DataFrame, opts: JudgeOptions, ctx: StepContext, why: str, s
              t0: float) -> tuple[pl.DataFrame, pl.DataFrame]:
     """`on_failed_calibration: pass`: the judge decides nothing. Rows pass unjudged; of a `best_of` case's
     candidates the first stays (a fixed rule, not a judgment), the others are rejected saying so."""
-    import logging
-
-    logging.getLogger(__name__).warning("judge refused by calibration, rows pass unjudged: %s", why)
+    log.warning("judge refused by calibration, rows pass unjudged: %s", why)
     keep = [True] * len(df)
     if opts.best_of is not None and opts.best_of in df.columns:
         seen: set = set()
@@ -473,7 +473,7 @@ def estimate(df: pl.DataFrame | None, opts: JudgeOptions, ctx: StepContext | Non
     calls = plan(df, opts, ctx.resolve if ctx else Path)[2] if df is not None and len(df) else []
     try:
         items = calibration_items(df, opts, ctx) if df is not None and len(df) else []
-    except calibration.CalibrationFailed:
+    except calibration.CalibrationImpossible:
         items = []  # too few rows: the run says so in one line; the estimate counts what can be sent
     calls += calibration_requests(items, opts, ctx.resolve if ctx else Path)
     planned = len(calls)
