@@ -91,8 +91,19 @@ def cpu() -> dict:
     return info
 
 
+# oneDNN instruction-set caps below which torch computes bf16 by emulation, whatever the CPU has
+# (ONEDNN_MAX_CPU_ISA=AVX2 runs the slowest machine's code paths on a faster one)
+_ISA_WITHOUT_BF16 = frozenset({"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX512_CORE", "AVX512_CORE_VNNI"})
+
+
 def cpu_native_bf16(flags: Iterable[str] | None = None) -> bool:
-    """Whether the CPU computes bf16 natively (AVX-512 BF16, AMX, or Arm BF16)."""
+    """Whether torch computes bf16 natively here: the CPU has AVX-512 BF16, AMX or Arm BF16, and the
+    oneDNN/ATen instruction set is not capped below them."""
+    if flags is None:
+        capped = (os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper() in _ISA_WITHOUT_BF16
+                  or os.environ.get("ATEN_CPU_CAPABILITY", "").lower() in {"default", "avx2"})
+        if capped:
+            return False
     return bool(BF16_FLAGS & set(cpu()["flags"] if flags is None else flags))
 
 

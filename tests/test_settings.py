@@ -119,3 +119,17 @@ def test_this_machine_is_read():
     rec = settings.hardware()
     assert rec["cpu"] and rec["cpu_cores"] >= 1
     assert rec["cpu_native_bf16"] == settings.cpu_native_bf16()
+
+
+def test_an_instruction_set_cap_turns_native_bf16_off(monkeypatch):
+    # the slowest machine's code paths on a faster CPU: oneDNN capped at AVX2 emulates bf16
+    monkeypatch.setattr(settings, "cpu", lambda: {"flags": {"avx2", "avx512_bf16"}})
+    monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    assert settings.cpu_native_bf16()
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "avx2")
+    assert not settings.cpu_native_bf16()
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16")
+    assert settings.cpu_native_bf16()
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
+    assert not settings.cpu_native_bf16()
