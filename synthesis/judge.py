@@ -69,7 +69,9 @@ class JudgeOptions(StepOptions):
     mode: Literal["score", "pairwise"] = Field("score", description="score: rate each row 1-10; pairwise: "
                                                                    "compare with the answer in `against`.")
     against: str | None = Field(None, description="pairwise: the column holding the competing answer.")
-    max_reason_chars: int = Field(160, ge=16, description="Longest reason the judge may give (a schema bound).")
+    max_reason_chars: int = Field(
+        160, ge=0, description="Longest reason the judge may give (a schema bound); 0: the verdict alone, no reason "
+                               "(on a CPU every reply token is a full pass over the judge's weights).")
     max_input_chars: int = Field(1200, ge=50, description="The prompt and each answer are clipped to this "
                                                           "many characters before judging (keep the whole "
                                                           "request within the judge's context length).")
@@ -125,6 +127,14 @@ def _reply_tokens(max_reason_chars: int) -> int:
     return max_reason_chars // 2 + 40  # the reason (~2+ chars a token) and the JSON around it
 
 
+REASON_FIELD = '"reason": "<one short sentence>", '
+
+
+def _reply_format(text: str, max_reason_chars: int) -> str:
+    """The prompt asks for what the schema allows: the verdict alone when no reason is wanted."""
+    return text.replace(REASON_FIELD, "") if max_reason_chars == 0 else text
+
+
 def rubric_text(rubric: str, resolve=Path) -> str:
     return load_text(rubric, RUBRIC_DIR, resolve)
 
@@ -142,6 +152,7 @@ def score_request(prompt: str, answer: str, rubric: str, *, template: str | None
                   max_input_chars: int = 1200, temperature: float = 0.0) -> ChatRequest:
     text = render(template or load_text("judge_score"), rubric=rubric, prompt=clip(prompt, max_input_chars) or "(none)",
                   answer=clip(answer, max_input_chars))
+    text = _reply_format(text, max_reason_chars)
     return ChatRequest([{"role": "user", "content": text}], max_tokens=_reply_tokens(max_reason_chars),
                        temperature=temperature, seed=0, schema=score_schema(max_reason_chars), schema_name="score")
 
@@ -155,6 +166,7 @@ def pairwise_requests(prompt: str, answer_a: str, answer_b: str, rubric: str, *,
     def req(first: str, second: str) -> ChatRequest:
         text = render(template, rubric=rubric, prompt=clip(prompt, max_input_chars) or "(none)",
                       answer_a=clip(first, max_input_chars), answer_b=clip(second, max_input_chars))
+        text = _reply_format(text, max_reason_chars)
         return ChatRequest([{"role": "user", "content": text}], max_tokens=_reply_tokens(max_reason_chars),
                            temperature=temperature, seed=0, schema=pairwise_schema(max_reason_chars),
                            schema_name="verdict")

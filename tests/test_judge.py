@@ -256,3 +256,16 @@ def test_pairwise_judge_against_vllm(teacher_server):
 
     assert asyncio.run(main()) in ("a", "b", "tie")
     assert teacher_server.metrics()["http_chat_requests"] - before["http_chat_requests"] == 2
+
+
+def test_the_verdict_alone_asks_for_no_reason_and_allows_none():
+    from synthesis.judge import pairwise_requests, score_request
+
+    with_reason = score_request("What is 2+2?", "4", "helpfulness", max_reason_chars=160)
+    alone = score_request("What is 2+2?", "4", "helpfulness", max_reason_chars=0)
+    assert '"reason"' in with_reason.messages[0]["content"]
+    assert '"reason"' not in alone.messages[0]["content"] and '{"score": <1-10>}' in alone.messages[0]["content"]
+    assert alone.schema["required"] == ["score"] and alone.max_tokens < with_reason.max_tokens
+    a, b = pairwise_requests("Q", "x", "y", "helpfulness", max_reason_chars=0)
+    assert a.schema["required"] == ["winner"] and '"reason"' not in a.messages[0]["content"]
+    assert JudgeOptions(max_reason_chars=0).max_reason_chars == 0
