@@ -48,6 +48,12 @@ BOILERPLATE_PATTERNS = [
     r"\bmy (?:knowledge|training data) (?:cutoff|cut-off)\b",
     rf"\bI (?:do not|don{_APOS}t) have (?:access to|the ability to (?:access|browse)) (?:the internet|real-time)",
     r"\blorem ipsum\b",
+    # the chat service's own error pages, saved as if they were answers (ShareGPT)
+    r"\btoo many requests in 1 hour\b",
+    r"\ban error occurred\. if this issue persists please contact us\b",
+    r"\bsomething went wrong(?:,|\.) please try reloading the conversation\b",
+    r"\bchatgpt is at capacity\b",
+    r"^\W*network error\W*$",
 ]
 
 
@@ -269,3 +275,42 @@ def ends_with_user(messages: list[dict]) -> bool:
     """The last turn is the user's: the conversation ends on a question nobody answered."""
     turns = [m for m in messages if m.get("role") != "system"]
     return bool(turns) and turns[-1].get("role") == "user"
+
+
+# A conversation's first message that only makes sense after turns the row does not hold (ShareGPT
+# conversations were often saved from the middle). Case-insensitive, on the first user turn alone.
+FOLLOW_UP_PATTERNS = [
+    # the whole message is a nudge or an acknowledgement
+    r"^\s*(?:please |pls |ok(?:ay)?,? |now,? )?(?:continue|contiune|cont|go on|keep going|more|explain more|explane more|"
+    r"tell me more|elaborate|expand(?: on (?:it|that|this))?|next|again|try again|do it again|one more|another one|"
+    r"more please|same|perfect|great|thanks|thank you|thx|ok|okay|yes|no|sure|good|nice|awesome|cool|correct|wrong|"
+    r"exactly|how about now|what about now|and now)\s*[.!?]*\s*$",
+    # opens by pointing back
+    r"^\s*(?:and|also|but|so)\b[ ,]",
+    r"^\s*(?:what|how) about (?:now|it|this|that|these|those|them)\b",
+    r"^\s*(?:remove|delete|drop) (?:the )?(?:points?|items?|numbers?|steps?|options?)? ?#?\d",
+    # announces what it is about and ends there: "Rewrite the following script in C++"
+    r"\bthe following(?: [\w+#-]+){0,4}\s*[:.]?\s*$",
+]
+# names an earlier turn; looked for in the message's opening words only, since text a user pastes
+# further down ("as you said", "the previous one") is its own and says nothing about this chat
+BACK_REFERENCE_PATTERNS = [
+    r"\b(?:the|your) (?:previous|earlier) (?:answer|response|reply|message|code|list|example|output|points?|"
+    r"version|story|essay|prompt|table)\b",
+    r"\byour (?:last|previous) (?:answer|response|reply|message|one)\b",
+    r"\b(?:you|u) (?:just )?(?:said|wrote|mentioned|suggested|gave me|listed)\b",
+    r"\b(?:as|like) (?:i|we) (?:said|mentioned|discussed|agreed)\b",
+    r"\byour (?:\d+|two|three|four|five|six|seven|eight|nine|ten) (?:points|ideas|suggestions|steps|options|tips)\b",
+]
+BACK_REFERENCE_CHARS = 200
+_FOLLOW_UP = re.compile(any_of(FOLLOW_UP_PATTERNS))
+_BACK_REFERENCE = re.compile(any_of(BACK_REFERENCE_PATTERNS))
+
+
+def starts_mid_conversation(messages: list[dict]) -> str | None:
+    """The words of the first user turn that point back to turns the row does not hold, or None."""
+    first = next((m.get("content") or "" for m in messages if m.get("role") == "user"), None)
+    if first is None:
+        return None
+    m = _FOLLOW_UP.search(first) or _BACK_REFERENCE.search(first[:BACK_REFERENCE_CHARS])
+    return " ".join(m.group(0).split())[:60] if m else None

@@ -4,6 +4,9 @@ Reads the *last* assistant turn and the user turn before it (its prompt). Earlie
 in real chats a cut-off answer followed by "continue" is how the user got the rest, and it is the last
 answer that ends the row. Rules, in reporting order (curation.answer_faults holds each one):
   last_turn_user     the conversation ends on the user's turn (nothing answers it)
+  mid_conversation   its first message points back to turns the row does not hold ("continue", "Remove 3
+                     and 4", "your five points", "Rewrite the following script" with no script);
+                     `detail` holds the words
   truncated          the last answer stops partway (open code fence, unfinished table row, empty list
                      item, a colon announcing nothing, a trailing fragment); `detail` says which
   repeats_prompt     most of the last answer's word 3-grams are its prompt's
@@ -21,11 +24,13 @@ from curation import answer_faults as faults
 from curation.step import StepContext, StepOptions, reject
 
 STAGE = "answer_faults"
-RULES = ("last_turn_user", "truncated", "repeats_prompt", "language_mismatch")
+RULES = ("last_turn_user", "mid_conversation", "truncated", "repeats_prompt", "language_mismatch")
 
 
 class AnswerFaultsOptions(StepOptions):
     last_turn_user: bool = Field(True, description="reject conversations whose last turn is the user's")
+    mid_conversation: bool = Field(True, description="reject conversations whose first message points back to "
+                                                      "turns the row does not hold (detail: the words)")
     truncated: bool = Field(True, description="reject a last answer that stops partway (detail: how)")
     repeats_prompt: float | None = Field(
         0.8, gt=0, le=1, description="reject a last answer when this share of its word 3-grams is in its prompt "
@@ -51,6 +56,8 @@ def row_faults(messages: list[dict], opts: AnswerFaultsOptions) -> list[tuple[st
         return found
     if opts.last_turn_user and faults.ends_with_user(messages):
         found.append(("last_turn_user", ""))
+    if opts.mid_conversation and (words := faults.starts_mid_conversation(messages)):
+        found.append(("mid_conversation", words))
     prompt, answer = _last_exchange(messages)
     if answer is None or faults.empty(answer):
         return found  # no answer to judge: heuristics' no_assistant_turn / empty_turn

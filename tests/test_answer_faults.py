@@ -3,6 +3,8 @@
 pass both `heuristics` and `answer_faults`."""
 from __future__ import annotations
 
+import re
+
 import polars as pl
 import pytest
 
@@ -93,6 +95,51 @@ def test_refusal_empty_and_degenerate_repetition():
     assert not af.degenerate_repetition("row 1, row 2, row 3, row 4, row 5, row 6")  # numbers differ
 
 
+MID_CONVERSATION = {  # a first message that points back to turns the row does not hold -> the words found
+    "continue": "continue",
+    "please continue.": "please continue.",
+    "Perfect !": "Perfect !",
+    "What about now? Here is the new list:\n1. apples": "What about now",
+    "so should I start?": "so ",
+    "Remove 3 and 4 as they only mention one person.": "Remove 3",
+    "Now revisit your five points with the extra information below.": "your five points",
+    "Rewrite the following script in C++": "the following script in C++",
+    "The code runs with the latest commands you gave me, but the loss is NaN.": "you gave me",
+}
+STANDALONE = [
+    "Explain quantum computing in simple terms",
+    "Suggest thesis topics on the following: sustainable development goals in urban planning",
+    "Summarise this text in three bullet points: the council met on Monday and agreed the budget.",
+    "Continue this story for two paragraphs: The door opened, and a cat walked in.",
+    "Here is an essay a friend wrote.\n\n" + "Words of the essay. " * 20 + "As you said before, it is long.\n\n"
+    "Is the argument sound?",  # a back-reference deep inside pasted text is the text's own
+    "hi",
+    "What is the difference between so and such in English?",
+    "Two groups are equal and the last one is 10 less than each of the others. How many are in it?",  # GSM8K
+]
+
+
+@pytest.mark.parametrize("first, words", list(MID_CONVERSATION.items()))
+def test_a_first_message_from_the_middle_of_a_chat_is_found(first, words):
+    assert af.starts_mid_conversation([{"role": "user", "content": first}, {"role": "assistant", "content": "x"}]) \
+        == words.strip()
+
+
+@pytest.mark.parametrize("first", STANDALONE)
+def test_a_first_message_that_stands_alone_is_not(first):
+    assert af.starts_mid_conversation([{"role": "user", "content": first}, {"role": "assistant", "content": "x"}]) \
+        is None
+    # a follow-up later in the conversation has its context
+    assert af.starts_mid_conversation([{"role": "user", "content": first}, {"role": "assistant", "content": "x"},
+                                       {"role": "user", "content": "continue"}]) is None
+
+
+def test_a_service_error_saved_as_an_answer_is_boilerplate():
+    assert re.search(af.any_of(af.BOILERPLATE_PATTERNS), "Too many requests in 1 hour. Try again later.")
+    assert re.search(af.any_of(af.BOILERPLATE_PATTERNS), "network error")
+    assert not re.search(af.any_of(af.BOILERPLATE_PATTERNS), "A network error can drop packets; retry with backoff.")
+
+
 def test_ends_with_user():
     assert af.ends_with_user([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
                               {"role": "user", "content": "c"}])
@@ -109,6 +156,8 @@ def conv(*turns: tuple[str, str]) -> list[dict]:
 STEP_CASES = {  # reason -> (bad row, fixed twin)
     "last_turn_user": (conv(("user", PROMPT), ("assistant", ANSWER), ("user", "And in summer?")),
                        conv(("user", PROMPT), ("assistant", ANSWER))),
+    "mid_conversation": (conv(("user", "Remove 3 and 4, they say the same."), ("assistant", ANSWER)),
+                         conv(("user", PROMPT), ("assistant", ANSWER))),
     "truncated": (conv(("user", PROMPT), ("assistant", TRUNCATED["ends on 'the'"][0])),
                   conv(("user", PROMPT), ("assistant", TRUNCATED["ends on 'the'"][1]))),
     "repeats_prompt": (conv(("user", PROMPT), ("assistant", PROMPT)), conv(("user", PROMPT), ("assistant", ANSWER))),
