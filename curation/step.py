@@ -26,6 +26,10 @@ class StepOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    def teacher_needed(self) -> str | None:
+        """The teacher this step calls, if any: its `teacher` option, unless the options say it calls none."""
+        return getattr(self, "teacher", None)
+
 
 @dataclass
 class StepContext:

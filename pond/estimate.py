@@ -187,7 +187,9 @@ def _add_teacher(seconds: float, served: dict[str, float], recipe: Recipe, step,
     """Seconds of a teacher step's requests; a served teacher's start is counted once in `served`."""
     if c is None:
         return seconds
-    name = getattr(step.options, "teacher", "default")
+    name = step.options.teacher_needed()
+    if name is None:
+        return seconds  # no row of this step needs a model
     teacher = recipe.teachers.get(name)
     if teacher is None or teacher.serve is None:
         served.setdefault(f"{name} (your server)", 0.0)  # its speed is not this machine's: not timed

@@ -191,7 +191,7 @@ def parse_recipe(text: str, source: str = "<recipe>") -> Recipe:
         problems = _errors(source, root, exc) + problems
         recipe = None
     for i, step in enumerate(steps):
-        teacher = getattr(step.options, "teacher", None)
+        teacher = step.options.teacher_needed()
         if recipe is not None and teacher is not None and teacher not in recipe.teachers:
             problems.append(f"{source}:{_line_of(root, ('steps', i))}: steps[{i}].{step.kind}.teacher: "
                             f"unknown teacher {teacher!r} (define it under `teachers:`)")
@@ -208,7 +208,7 @@ def _self_judging(steps: list[Step], teachers: dict[str, TeacherConfig], source:
     """A judge whose model writes the rows it judges must say `self_judge: true`, and be calibrated."""
     model = {name: t.model for name, t in teachers.items()}
     writers = {model[s.options.teacher]: s.options.teacher for s in steps
-               if s.kind == "synthesize" and s.options.teacher in model}
+               if s.kind == "synthesize" and s.options.teacher_needed() in model}
     problems = []
     for i, s in enumerate(steps):
         if s.kind != "judge" or model.get(s.options.teacher) not in writers or s.options.rows == "real":

@@ -307,8 +307,8 @@ class Runner:
     def teachers_for(self, remaining: list[Step], step: Step | None) -> None:
         """Keep served teachers up exactly while steps still need them (pond.teachers): stop those no
         remaining step names, start the one the current step needs. A step already done needs none."""
-        self.teachers.keep_only(getattr(s.options, "teacher", None) for s in remaining)
-        self.teachers.need(getattr(step.options, "teacher", None) if step is not None else None)
+        self.teachers.keep_only(s.options.teacher_needed() for s in remaining)
+        self.teachers.need(step.options.teacher_needed() if step is not None else None)
 
 
 def run_dtypes(recipe: Any) -> dict[str, Any]:

@@ -3,7 +3,9 @@
 Every slot (one new row) has a kind (the kinds take turns) and one real prompt of the pond it is
 built on. A transformed kind (typos, long_input, prompt_injection) is that prompt changed by
 synthesis/edge_transforms.py, with no call to the writer; its answer is written to the real prompt
-(`answer_to`: the answer that prompt deserves is the one its case expects). A seed of a transformed
+(`answer_to`: the answer that prompt deserves is the one its case expects), or with `answer_from: seed`
+it is the seed row's own answer to that prompt (`seed_answer`): the transformation leaves the request as
+it was, so that answer is what the case expects, and no model writes it. A seed of a transformed
 kind is a prompt of at most `max_prompt_chars` where there is one (a question a person types), and
 no two transformed cases share a seed while unused ones are left.
 
@@ -115,21 +117,24 @@ def answer_fault(prompt: str, answer: str) -> str | None:
 
 
 def _transformed_draft(slot: int, spec: str, seed_i: int, ids: list[str], prompts: list[str],
-                       answers: list[str], opts, ctx) -> Draft:
+                       answers: list[str], opts, ctx, first_answers: list[str] | None = None) -> Draft:
     """A case made from the real prompt `seed_i` by its kind's transformation (no writer call); the
     answer is written to the real prompt. long_input pastes other rows' answers as background."""
     rng = np.random.default_rng([ctx.seed, 12, slot])
     others = [i for i in range(len(answers)) if i != seed_i and answers[i].strip()]
     case = TRANSFORMS[spec](prompts[seed_i], [answers[i] for i in others], rng, opts)
-    return Draft(slot, [{"role": "user", "content": case}], [ids[seed_i]],
-                 extra={"edge_kind": spec, "calls": 0, "candidates": 0,
-                        "answer_to": [{"role": "user", "content": prompts[seed_i]}]})
+    extra = {"edge_kind": spec, "calls": 0, "candidates": 0, "answer_to": [{"role": "user", "content": prompts[seed_i]}]}
+    if first_answers is not None:
+        extra["seed_answer"] = first_answers[seed_i]
+    return Draft(slot, [{"role": "user", "content": case}], [ids[seed_i]], extra=extra)
 
 
 def _transform_seed(spec: str, mine: list[int], prompts: list[str], used: set[int], rng: np.random.Generator,
-                    max_chars: int) -> int:
-    """A seed for a transformed case: a prompt the transformation changes, one a person types (short
-    enough), not used yet, each where there is one."""
+                    max_chars: int, first_answers: list[str] | None = None) -> int:
+    """A seed for a transformed case: a prompt the transformation changes (with seed answers: one the row
+    answers), one a person types (short enough), not used yet, each where there is one."""
+    if first_answers is not None:
+        mine = [i for i in mine if first_answers[i].strip()] or mine
     mine = [i for i in mine if applies(spec, prompts[i])] or mine
     short = [i for i in mine if len(prompts[i]) <= max_chars] or mine
     fresh = [i for i in short if i not in used] or short
@@ -137,11 +142,13 @@ def _transform_seed(spec: str, mine: list[int], prompts: list[str], used: set[in
 
 
 def edge_case_drafts(ids: list[str], prompts: list[str], opts, ctx, session, seed_fn, embed,
-                     seed_pools: list[list[int]] | None = None, answers: list[str] | None = None) -> list[Draft]:
+                     seed_pools: list[list[int]] | None = None, answers: list[str] | None = None,
+                     first_answers: list[str] | None = None) -> list[Draft]:
     """Drafts (prompt chosen, not yet answered) for `opts.n` edge cases; `extra` holds the kind, the
     calls it took and the candidates it saw (and `answer_to`, for a transformed kind). `seed_pools[slot]`:
     the rows that case's seed and examples are drawn from (target: gaps), default any row with a
-    prompt. `answers`: the rows' answers, long_input's background (default: none, the prompts)."""
+    prompt. `answers`: the rows' answers, long_input's background (default: none, the prompts);
+    `first_answers`: each row's answer to its first prompt, the answer of a transformed case (answer_from: seed)."""
     usable = [i for i, p in enumerate(prompts) if p.strip()]
     if not usable:
         raise ValueError("edge_cases needs seed rows with a prompt")
@@ -156,9 +163,9 @@ def edge_case_drafts(ids: list[str], prompts: list[str], opts, ctx, session, see
         mine = [i for i in seed_pools[slot] if prompts[i].strip()] or usable if seed_pools else usable
         if transformed(spec):
             seed_i = _transform_seed(spec, mine, prompts, used, np.random.default_rng([ctx.seed, 13, slot]),
-                                     opts.max_prompt_chars)
+                                     opts.max_prompt_chars, first_answers)
             used.add(seed_i)
-            drafts.append(_transformed_draft(slot, spec, seed_i, ids, prompts, answers, opts, ctx))
+            drafts.append(_transformed_draft(slot, spec, seed_i, ids, prompts, answers, opts, ctx, first_answers))
             asks.append([])
             continue
         seed_i = int(rng.choice(mine))

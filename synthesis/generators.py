@@ -40,14 +40,14 @@ from synthesis.cache import ResponseCache, run_cache_path
 from curation.embed import EmbeddingOptions
 from curation.records import render_text
 from curation.settings import warn_once
-from synthesis.client import ChatRequest, Completion, TeacherSession, resolve_teacher
-from synthesis.edge_kinds import EdgeKind, check_kinds, translation_error
+from synthesis.client import ChatRequest, Completion, TeacherConfig, TeacherSession, resolve_teacher
+from synthesis.edge_kinds import EdgeKind, check_kinds, transformed, translation_error
 from synthesis.edge_cases import answer_fault, edge_case_drafts
 from synthesis.near_copies import reject_copies
 from synthesis.prompts import load_text, render
 from synthesis.realism import synthetic_vs_real
-from synthesis.rows import (CANDIDATE_OF, EDGE_KIND, Draft, clip, concat_like, context_for_answer, row_answer, row_prompt, split_drafts,
-                            with_seed_ids)
+from synthesis.rows import (CANDIDATE_OF, EDGE_KIND, Draft, clip, concat_like, context_for_answer, first_answer,
+                            row_answer, row_prompt, split_drafts, with_seed_ids)
 from synthesis.similarity import NoveltyIndex, novelty_error
 
 STAGE = "synthesize"
@@ -102,6 +102,13 @@ class SynthesizeOptions(StepOptions):
     retries: int = Field(0, ge=0, le=5, description="edge_cases: ask again, up to this many times, for a case "
                                                    "that failed the validity checks, showing the writer its "
                                                    "message and the reason.")
+    answer_from: Literal["teacher", "seed"] = Field(
+        "teacher", description="edge_cases, transformed kinds (typos, long_input, prompt_injection): who answers. "
+                               "teacher: the teacher writes the answer to the real prompt the case is built on. "
+                               "seed: that prompt's own answer in the seed row (the transformation leaves the "
+                               "request as it was, so it is the answer the case expects; no teacher call), "
+                               "checked for the same answer faults. Model-written kinds are always answered by "
+                               "the teacher.")
     answer_candidates: int = Field(1, ge=1, le=16, description="Answers sampled per new prompt (vLLM `n`); the "
                                                               "first complete, non-empty one is kept.")
     target: Literal["all", "gaps"] = Field("all", description="edge_cases: all: seeds drawn from every input "
@@ -145,6 +152,13 @@ class SynthesizeOptions(StepOptions):
         """edge_cases by kind (the default), not the older single-template form (`prompt:` given)."""
         return self.generator == "edge_cases" and self.prompt is None
 
+    def teacher_needed(self) -> str | None:
+        """None when no row needs a model: rule-built kinds only, answered by their seed rows."""
+        if self.by_kind and self.answer_from == "seed" and self.kinds is not None \
+                and all(transformed(k) for k in self.kinds):
+            return None
+        return self.teacher
+
 
 def _seed(*parts: object) -> int:
     """A request seed from the recipe seed and a position: same run, same sampling."""
@@ -181,6 +195,13 @@ def _pool(df: pl.DataFrame) -> tuple[list[str], list[str]]:
 
 def _answers(df: pl.DataFrame) -> list[str]:
     return [row_answer(r) for r in df.select("messages", "text").to_dicts()]
+
+
+def _first_answers(df: pl.DataFrame, opts: SynthesizeOptions) -> list[str] | None:
+    """Each row's answer to its first prompt, where transformed cases take the seed's answer."""
+    if opts.answer_from != "seed":
+        return None
+    return [first_answer(r) for r in df.select("messages", "text").to_dicts()]
 
 
 def _examples(prompts: list[str], picks: np.ndarray, limit: int) -> str:
@@ -290,7 +311,13 @@ def _answer(drafts: list[Draft], opts: SynthesizeOptions, ctx: StepContext, sess
     """Answer each draft (a transformed edge case: its real prompt, `answer_to`). An answer cut off at
     max_tokens is never kept; edge_cases also drops answers with a fault (`answer_fault`), so a row
     holds the first sound candidate (judge_picks: every sound one)."""
-    todo = [d for d in drafts if d.error is None]
+    for d in drafts:
+        if d.error is None and "seed_answer" in d.extra:  # answer_from: seed, no call
+            seed_answer = d.extra.pop("seed_answer").strip()
+            d.error = (answer_fault(d.extra["answer_to"][-1]["content"], seed_answer) if seed_answer
+                       else "the seed row has no answer to its first prompt")
+            d.answer = seed_answer if d.error is None else None
+    todo = [d for d in drafts if d.error is None and d.answer is None]
     system = [{"role": "system", "content": opts.system}] if opts.system else []
     calls = [ChatRequest(system + d.extra.get("answer_to", d.context), max_tokens=opts.max_tokens,
                          temperature=opts.answer_temperature, n=opts.answer_candidates,
@@ -350,7 +377,8 @@ def _gap_drafts(df: pl.DataFrame, opts: SynthesizeOptions, ctx: StepContext, ses
     cols = ["id", "messages", "text"]
     seeds_df = pl.concat([df.select(cols), pool.select(cols)], how="vertical_relaxed")
     drafts = edge_case_drafts(*_pool(seeds_df), opts, ctx, session, _seed, embed,
-                              seed_pools=[[len(df) + i for i in c] for c in per_case], answers=_answers(seeds_df))
+                              seed_pools=[[len(df) + i for i in c] for c in per_case], answers=_answers(seeds_df),
+                              first_answers=_first_answers(seeds_df, opts))
     for d, c in zip(drafts, case_cluster):
         d.extra["gap_cluster"] = c
     ctx.stats["_gap_report"] = report
@@ -420,7 +448,9 @@ def _realism(df: pl.DataFrame, new: pl.DataFrame, embed, seed: int) -> dict:
 def synthesize(df: pl.DataFrame, opts: SynthesizeOptions, ctx: StepContext) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Add teacher-written rows to `df` (see the module docstring)."""
     t0 = time.perf_counter()
-    config = resolve_teacher(ctx.teachers, opts.teacher)
+    name = opts.teacher_needed()
+    # no row needs a model (rule-built kinds answered by their seeds): a session that is never called
+    config = resolve_teacher(ctx.teachers, name) if name else TeacherConfig(model="none")
     embed = _embedder(opts, ctx)
     cache = ResponseCache(run_cache_path(ctx.run_dir, ctx.cache_dir))
     session = TeacherSession(config, cache)
@@ -429,7 +459,8 @@ def synthesize(df: pl.DataFrame, opts: SynthesizeOptions, ctx: StepContext) -> t
         if opts.by_kind and opts.target == "gaps":
             seeds_df, drafts = _gap_drafts(df, opts, ctx, session, embed)
         elif opts.by_kind:
-            drafts = edge_case_drafts(*_pool(df), opts, ctx, session, _seed, embed, answers=_answers(df))
+            drafts = edge_case_drafts(*_pool(df), opts, ctx, session, _seed, embed, answers=_answers(df),
+                                      first_answers=_first_answers(df, opts))
         elif opts.generator == "edge_cases":
             drafts = _list_drafts(df, opts, ctx, session, "edge_cases", "inputs")
             _novelty(drafts, df, opts.max_similarity, opts.min_prompt_words)
@@ -527,21 +558,26 @@ def rows_added_upper(opts: SynthesizeOptions) -> int:
 
 
 def _estimate_by_kind(prompts: list[str], opts: SynthesizeOptions, answer_upper: int) -> dict[str, int]:
-    """Every slot may take a first call (or its share of a list call), `retries` more (each showing the
-    rejected message back), and one answer call; each reply is `candidates` (`answer_candidates`) long."""
+    """Every model-written slot may take a first call (or its share of a list call) and `retries` more
+    (each showing the rejected message back); a transformed slot takes none. Every slot takes one answer
+    call, each reply `answer_candidates` long, but a transformed one with `answer_from: seed`."""
     from synthesis.edge_cases import _reply_tokens, kind_plan
-    from synthesis.edge_kinds import kind_name, kind_template
+    from synthesis.edge_kinds import kind_name, kind_template, transformed
 
     plan = kind_plan(opts, opts.n)
-    longest_tpl = max(len(kind_template(s)[0].encode()) + len(kind_template(s)[1].encode()) for s in plan)
+    written = [s for s in plan if not transformed(s)]
+    answered = len(written) if opts.answer_from == "seed" else opts.n
+    answers = answered * (answer_upper + opts.max_tokens * (opts.answer_candidates - 1))
+    if not written:
+        return {"requests": answered, "max_tokens": answers}
+    longest_tpl = max(len(kind_template(s)[0].encode()) + len(kind_template(s)[1].encode()) for s in written)
     examples = sorted((len(clip(p, opts.max_example_chars).encode()) + 3 for p in prompts if p.strip()), reverse=True)
     ask_chars = longest_tpl + sum(examples[: opts.seeds_per_call + 1]) + 64
-    per_kind = Counter(kind_name(s) for s in plan)
-    first_calls = opts.n if opts.per_call == 1 else sum(math.ceil(c / opts.per_call) for c in per_kind.values())
+    per_kind = Counter(kind_name(s) for s in written)
+    first_calls = len(written) if opts.per_call == 1 else sum(math.ceil(c / opts.per_call) for c in per_kind.values())
     first = first_calls * prompt_tokens_upper([{"role": "user", "content": "x" * ask_chars}])
-    first += opts.n * _reply_tokens(1, opts.max_prompt_chars) * opts.candidates + first_calls * 24 * opts.candidates
+    first += len(written) * _reply_tokens(1, opts.max_prompt_chars) * opts.candidates + first_calls * 24 * opts.candidates
     retry_ask = prompt_tokens_upper([{"role": "user", "content": "x" * (ask_chars + 3 * opts.max_prompt_chars
                                                                          * BYTES_PER_CHAR)}])
-    retry = opts.retries * opts.n * (retry_ask + _reply_tokens(1, opts.max_prompt_chars) * opts.candidates)
-    answers = opts.n * (answer_upper + opts.max_tokens * (opts.answer_candidates - 1))
-    return {"requests": first_calls + opts.retries * opts.n + opts.n, "max_tokens": first + retry + answers}
+    retry = opts.retries * len(written) * (retry_ask + _reply_tokens(1, opts.max_prompt_chars) * opts.candidates)
+    return {"requests": first_calls + opts.retries * len(written) + answered, "max_tokens": first + retry + answers}

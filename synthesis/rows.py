@@ -27,6 +27,15 @@ def row_answer(row: dict) -> str:
     return last_assistant_answer(msgs) if msgs else (row.get("text") or "")
 
 
+def first_answer(row: dict) -> str:
+    """The answer to the row's first prompt: the assistant turn right after its first user turn ('' if none)."""
+    msgs = row.get("messages") or []
+    first = next((i for i, m in enumerate(msgs) if m["role"] == "user"), None)
+    if first is None or first + 1 >= len(msgs) or msgs[first + 1]["role"] != "assistant":
+        return ""
+    return msgs[first + 1]["content"] or ""
+
+
 def context_for_answer(messages: list[dict]) -> list[dict]:
     """The conversation up to and including its last user turn (what a new answer replies to)."""
     last_user = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=-1)

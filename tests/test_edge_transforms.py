@@ -6,8 +6,10 @@ from __future__ import annotations
 import re
 
 import numpy as np
+import polars as pl
 import pytest
 
+from curation.step import StepContext
 from pond.recipe import RecipeError, parse_recipe
 from synthesis.edge_kinds import DEFAULT_KINDS, TRANSLATED
 from synthesis.edge_transforms import INJECTIONS, KEYBOARD_NEIGHBOURS, long_input, prompt_injection, typos
@@ -143,6 +145,42 @@ def test_transformed_kinds_ask_the_writer_for_no_prompt_and_answer_the_real_one(
     assert again["messages"].to_list() == kept["messages"].to_list()  # seeded
 
 
+def test_answer_from_seed_takes_the_seed_rows_own_answer_and_calls_no_teacher(fake_teacher, short_chats, tmp_path):
+    fake_teacher.reply = _sound_answer
+    opts = SynthesizeOptions(n=6, kinds=["typos", "long_input", "prompt_injection"], long_input_words=40,
+                             answer_from="seed")
+    ctx = ctx_for(fake_teacher.config(), tmp_path)
+    kept, rejected = synthesize(short_chats, opts, ctx)
+    new = check_bookkeeping(short_chats, kept, rejected, ctx, "edge_cases")
+    assert fake_teacher.bodies == []  # neither a prompt nor an answer from a model
+    seeds = {r["id"]: r["messages"] for r in short_chats.to_dicts()}
+    assert new.height + rejected.height >= 1 and new.height >= 1
+    for row in new.to_dicts():
+        seed = seeds[row["seed_ids"][0]]
+        first = next(i for i, m in enumerate(seed) if m["role"] == "user")
+        # the case's answer is the seed's answer to the very prompt the case transforms
+        assert row["messages"][-1] == {"role": "assistant", "content": seed[first + 1]["content"].strip()}
+        assert row["messages"][0]["content"] != seed[first]["content"]
+    for reason in rejected["reason"].to_list():  # a seed answer with a fault is a rejection that says so
+        assert reason.startswith(("answer stops partway", "answer repeats", "answer loops", "answer in another",
+                                  "the seed row has no answer", "empty answer"))
+
+
+def test_a_seed_answer_with_a_fault_is_rejected_with_its_reason(short_chats, tmp_path):
+    cut = short_chats.with_columns(pl.col("messages").list.eval(
+        pl.when(pl.element().struct.field("role") == "assistant")
+        .then(pl.struct(pl.element().struct.field("role"), pl.lit("To get there, first you need to").alias("content")))
+        .otherwise(pl.element())))
+    opts = SynthesizeOptions(n=3, kinds=["typos"], answer_from="seed")
+    assert opts.teacher_needed() is None  # no model needed: the run starts no teacher for this step
+    assert SynthesizeOptions(n=3, kinds=["typos", "ambiguous"], answer_from="seed").teacher_needed() == "default"
+    assert SynthesizeOptions(n=3, kinds=["typos"]).teacher_needed() == "default"
+    ctx = StepContext(seed=0, run_dir=tmp_path, cache_dir=tmp_path / "cache", teachers={})  # none defined
+    kept, rejected = synthesize(cut, opts, ctx)
+    assert ctx.stats["new_rows"] == 0 and rejected.height == 3
+    assert all(r.startswith("answer stops partway") for r in rejected["reason"].to_list())
+
+
 def test_answers_with_a_fault_are_dropped_and_a_sound_candidate_kept(fake_teacher, short_chats, tmp_path):
     def reply(body, i):
         prompt = _last_user(body)
@@ -192,19 +230,22 @@ def test_a_transformed_case_is_not_a_copy_of_its_own_seed_row_only():
                          own_seed=["s2"])[0].startswith("copies_seed")
 
 
-def test_the_quickstart_writes_no_prompt_with_a_model(fake_teacher, short_chats, tmp_path):
-    """The demo's synthesize step, as the recipe says it (n scaled down): every case a transformation."""
+def test_the_quickstart_asks_no_model_for_its_edge_cases(fake_teacher, short_chats, tmp_path):
+    """The demo's synthesize step, as the recipe says it (n scaled down): every case a transformation of a
+    real prompt, answered by that prompt's own answer; the judge that follows wrote none of them."""
     from pathlib import Path
 
     from pond.recipe import load_recipe
 
     recipe = load_recipe(Path(__file__).resolve().parents[1] / "recipes" / "quickstart.yaml")
-    opts = next(s.options for s in recipe.steps if s.kind == "synthesize").model_copy(update={"n": 6, "teacher": "default"})
-    fake_teacher.reply = lambda body, i: _sound_answer(body, i).replace("Sure.", "Yes.").replace("好的", "是的") if i \
-        else _sound_answer(body, i)  # two distinct sound candidates
+    opts = next(s.options for s in recipe.steps if s.kind == "synthesize").model_copy(update={"n": 6})
+    assert opts.teacher_needed() is None
+    fake_teacher.reply = _sound_answer
     ctx = ctx_for(fake_teacher.config(), tmp_path)
     kept, rejected = synthesize(short_chats, opts, ctx)
     new = check_bookkeeping(short_chats, kept, rejected, ctx, "edge_cases")
-    assert not [b for b in fake_teacher.bodies if _is_writing(b)]
-    assert new["candidate_of"].n_unique() == 6 and len(new) == 6 * opts.answer_candidates  # judge_picks
-    assert next(s.options for s in recipe.steps if s.kind == "judge").self_judge
+    assert fake_teacher.bodies == [] and len(new) >= 1
+    firsts = {r["id"]: r["messages"][1]["content"].strip() for r in short_chats.to_dicts()}
+    assert all(m[-1]["content"] == firsts[ids[0]] for m, ids in zip(new["messages"], new["seed_ids"]))
+    judge = next(s.options for s in recipe.steps if s.kind == "judge")
+    assert judge.calibrate and not judge.self_judge and judge.teacher_needed() == "judge"

@@ -172,9 +172,15 @@ def test_estimate_counts():
     assert estimate(df, SynthesizeOptions(generator="evolve", n=5))["requests"] == 10
     e = estimate(df, SynthesizeOptions(generator="edge_cases", n=7, per_call=3, max_tokens=100, kinds=["ambiguous"]))
     assert e["requests"] == 3 + 7 and e["max_tokens"] > 7 * 100
-    # lists are of one kind: 7 cases over the 8 built-in kinds are 7 calls; each retry may add one a case
-    assert estimate(df, SynthesizeOptions(generator="edge_cases", n=7, per_call=3))["requests"] == 7 + 7
-    assert estimate(df, SynthesizeOptions(generator="edge_cases", n=7, per_call=1, retries=2))["requests"] == 7 * 4
+    # lists are of one kind: 7 cases over the 7 default kinds are 4 writer calls (typos, long_input and
+    # prompt_injection are rule-built: no writer call) and 7 answers; each retry may add one a written case
+    assert estimate(df, SynthesizeOptions(generator="edge_cases", n=7, per_call=3))["requests"] == 4 + 7
+    assert estimate(df, SynthesizeOptions(generator="edge_cases", n=7, per_call=1, retries=2))["requests"] == 4 * 3 + 7
+    # rule-built kinds answered by their seed rows: no call at all
+    seeded = SynthesizeOptions(generator="edge_cases", n=6, kinds=["typos", "long_input"], answer_from="seed")
+    assert estimate(df, seeded) == {"requests": 0, "max_tokens": 0}
+    assert estimate(df, SynthesizeOptions(generator="edge_cases", n=6, kinds=["typos", "ambiguous"],
+                                          answer_from="seed"))["requests"] == 1 + 3  # one list call, 3 answers
     # more tokens allowed per answer, or more candidates, a larger bound
     bigger = estimate(df, SynthesizeOptions(generator="edge_cases", n=7, per_call=3, max_tokens=200, kinds=["ambiguous"]))
     assert bigger["max_tokens"] > e["max_tokens"]
