@@ -127,10 +127,12 @@ class EvaluateConfig(BaseModel):
     benchmark_seeds: list[int] | None = Field(
         None, description="Experiment seeds whose adapters answer the benchmark (default: all of them). "
                           "Held-out loss always runs on every seed.")
-    generation: Literal["vllm", "transformers"] = Field(
+    generation: Literal["merged", "vllm", "transformers"] = Field(
         "vllm", description="How benchmark answers are generated: one vLLM server with every adapter loaded "
                             "(--enable-lora, batched; 1.87x transformers generating on a 2-core CPU, "
-                            "bench/lora_generate.py), or transformers `generate`, one model at a time.")
+                            "bench/lora_generate.py); merged: each adapter merged into a copy of the student, "
+                            "served by vLLM without LoRA, one model at a time; or transformers `generate`, one "
+                            "model at a time.")
     bootstrap_resamples: int = Field(2000, ge=100, description="Bootstrap resamples for each interval.")
     confidence: float = Field(0.95, gt=0.5, lt=1, description="Confidence level of the intervals.")
 

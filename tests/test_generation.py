@@ -175,3 +175,130 @@ def test_bad_adapter_folders_and_names(student_dir, tmp_path):
     with pytest.raises(GenerationError, match="backend"):
         with answerer(student_dir, {"a": None}, backend="onnx"):  # type: ignore[arg-type]
             pass
+
+
+# --------------------------------------------------------------------------- the merged backend
+
+
+def test_a_merged_adapter_gives_the_logits_of_base_plus_adapter(tiny_llama_dir, tmp_path):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from evaluation.generation import merge_adapter
+
+    adapter = make_adapter(tiny_llama_dir, tmp_path / "lora")
+    merged = merge_adapter(tiny_llama_dir, adapter, tmp_path / "merged", "fp32")
+    ids = torch.tensor([[1, 5, 9, 33, 70, 101, 7, 2]])
+    with torch.no_grad():
+        base = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32).eval()
+        plain = base(input_ids=ids).logits
+        lora = PeftModel.from_pretrained(base, str(adapter)).eval()(input_ids=ids).logits
+        one = AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32).eval()(input_ids=ids).logits
+    assert (lora - plain).abs().max() > 0.05  # the adapter moves the logits ...
+    torch.testing.assert_close(one, lora, atol=1e-4, rtol=1e-4)  # ... and the merge moves them the same
+    assert not any(merged.glob("adapter_*"))  # a plain model: no LoRA left for vLLM to load
+    assert AutoTokenizer.from_pretrained(merged).chat_template == AutoTokenizer.from_pretrained(tiny_llama_dir).chat_template
+    # bf16: the merged sum rounded once; close to peft on the bf16 student, not equal
+    merged16 = merge_adapter(tiny_llama_dir, adapter, tmp_path / "merged16", "bf16")
+    with torch.no_grad():
+        m16 = AutoModelForCausalLM.from_pretrained(merged16, dtype=torch.bfloat16).eval()
+        assert m16.model.layers[0].self_attn.q_proj.weight.dtype == torch.bfloat16
+        torch.testing.assert_close(m16(input_ids=ids).logits.float(), lora, atol=0.1, rtol=0.05)
+
+
+def test_served_names_follow_the_adapter_content_not_its_folder(tiny_llama_dir, tmp_path):
+    import shutil
+
+    from evaluation.generation import served_names
+
+    a = make_adapter(tiny_llama_dir, tmp_path / "a")
+    names = served_names(tiny_llama_dir, {"base": None, "tuned": a}, "fp32")
+    merged = served_names(tiny_llama_dir, {"base": None, "tuned": a}, "fp32", merged=True)
+    assert names["base"] == merged["base"] and names["base"].startswith(tiny_llama_dir.name)
+    assert names["tuned"].startswith("tuned-") and merged["tuned"] != names["tuned"]
+    shutil.copytree(a, tmp_path / "copy")
+    assert served_names(tiny_llama_dir, {"tuned": tmp_path / "copy"}, "fp32", merged=True)["tuned"] == merged["tuned"]
+    assert served_names(tiny_llama_dir, {"tuned": a}, "bf16", merged=True)["tuned"] != merged["tuned"]
+    make_adapter(tiny_llama_dir, a, seed=1)  # retrained in place: same folder, same name, new weights
+    assert served_names(tiny_llama_dir, {"tuned": a}, "fp32", merged=True)["tuned"] != merged["tuned"]
+
+
+def test_the_merged_backend_serves_one_model_at_a_time_and_merges_once(tiny_llama_dir, tmp_path, monkeypatch,
+                                                                        fake_teacher):
+    """The orchestration, with a fake OpenAI server standing in for each vLLM server."""
+    from evaluation import generation
+    from synthesis import server
+
+    adapter = make_adapter(tiny_llama_dir, tmp_path / "lora")
+    started: list[tuple] = []
+    stopped: list[str] = []
+
+    class Handle:
+        def __init__(self, name):
+            self.name, self.base_url, self.log_path = name, fake_teacher.base_url, tmp_path / "log"
+
+        def stop(self):
+            stopped.append(self.name)
+
+    def fake_serve(_server, model_dir, port, name, loras, **kw):
+        assert port == fake_teacher.port and loras == [] and kw["max_model_len"] <= 256
+        started.append((Path(model_dir), name, kw["eager"], len(stopped)))
+        return Handle(name), True
+
+    monkeypatch.setattr(server, "teacher_python", lambda log=None, cache_dir=None: (Path("/py"), True))
+    monkeypatch.setattr(generation, "_serve", fake_serve)
+    merges = tmp_path / "merges"
+    kw = {"backend": "merged", "compute_dtype": "fp32", "max_new_tokens": 8, "max_prompt_tokens": 64,
+          "cache_path": tmp_path / "cache.sqlite", "merge_dir": merges, "port": fake_teacher.port,
+          "log": lambda m: None}
+    with answerer(tiny_llama_dir, {"tuned": adapter, "base": None}, eager=False, **kw) as answer:
+        out = answer({"tuned": chats(), "base": chats()[:2]})
+        served = answer.served
+        assert answer.backend == "merged" and answer.dtype == "fp32"
+        # the plain student first (no merge), then the merged copy, once the first server stopped
+        assert [(s[0], s[1], s[2], s[3]) for s in started] == [
+            (tiny_llama_dir, served["base"], False, 0), (merges / served["tuned"], served["tuned"], False, 1)]
+        assert (merges / served["tuned"] / "config.json").is_file()
+        assert list(out) == ["tuned", "base"] and len(out["tuned"]) == len(PROMPTS) and len(out["base"]) == 2
+        assert out["tuned"][0] == f"answer 0 to: {PROMPTS[0]}"
+        assert {b["model"] for b in fake_teacher.bodies} == {served["base"], served["tuned"]}
+        assert all(b["temperature"] == 0.0 and b["truncation_side"] == "left" for b in fake_teacher.bodies)
+        sent = fake_teacher.chat_requests()
+        again = answer({"base": chats()[:2], "tuned": chats()})  # all cached: no server, nothing sent
+        assert again == {"base": out["base"], "tuned": out["tuned"]}
+        assert len(started) == 2 and fake_teacher.chat_requests() == sent
+        answer({"base": chats()[2:]})  # the held server is the merged one: the student's starts anew
+        assert started[-1][1] == served["base"] and stopped == [served["base"], served["tuned"]]
+    assert stopped[-1] == served["base"]  # stopped with the block
+    # merged once: a new answerer of the same adapter finds the copy; a retrained adapter gets its own
+    monkeypatch.setattr(generation, "merge_adapter", lambda *a, **k: pytest.fail("merged again"))
+    with answerer(tiny_llama_dir, {"tuned": adapter}, **kw) as answer:
+        answer({"tuned": chats()[:1] + [[{"role": "user", "content": "new"}]]})
+        assert started[-1][2] is generation.MERGED_EAGER
+    monkeypatch.undo()
+    monkeypatch.setattr(server, "teacher_python", lambda log=None, cache_dir=None: (Path("/py"), True))
+    monkeypatch.setattr(generation, "_serve", fake_serve)
+    make_adapter(tiny_llama_dir, adapter, seed=1)
+    with answerer(tiny_llama_dir, {"tuned": adapter}, **kw) as answer:
+        answer({"tuned": chats()[:1]})
+        assert answer.served["tuned"] != served["tuned"] and started[-1][0] == merges / answer.served["tuned"]
+    assert sorted(p.name for p in merges.iterdir()) == sorted([served["tuned"], answer.served["tuned"]])
+
+
+def test_the_merged_backend_refuses_full_models(student_dir, tmp_path):
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "config.json").write_text("{}")
+    with pytest.raises(GenerationError, match="method full .* backend merged"):
+        with answerer(student_dir, {"x": tmp_path / "full"}, backend="merged", method="full"):
+            pass
+
+
+def test_the_server_command_compiles_only_when_asked(tmp_path):
+    from synthesis import server
+
+    eager = server.server_command(tmp_path / "python", tmp_path, 8010, "m", cpu=True)
+    compiled = server.server_command(tmp_path / "python", tmp_path, 8010, "m", cpu=True, eager=False)
+    assert "--enforce-eager" in eager and "--enforce-eager" not in compiled
+    assert [a for a in eager if a != "--enforce-eager"] == compiled  # chunked prefill stays off either way
+    assert "--no-enable-chunked-prefill" in compiled
