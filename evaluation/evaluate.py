@@ -15,6 +15,7 @@ import polars as pl
 
 from evaluation.bootstrap import bootstrap_ci, paired_difference_ci
 from evaluation.config import EvaluateConfig
+from evaluation.generation import adapter_fingerprint
 from evaluation.report import METRIC_INFO, metric_matrix, slice_masks
 from evaluation.scoring import frame_hash, load_heldout, make_judges, prepare_heldout, score_model, summarise
 from training.config import TrainConfig
@@ -37,9 +38,17 @@ def evaluate_run(out_dir: Path, adapter_dir: Path, heldout: pl.DataFrame | str |
         heldout, where = load_heldout(str(heldout or config.heldout), run_dir=out_dir)
         heldout_source = heldout_source or where
     held = prepare_heldout(heldout, config)
-    set_threads(train_config.threads)
     student = resolve_student(train_config.student, cache_dir)
     max_seq_len = config.max_seq_len or train_config.max_seq_len
+    # a rerun with the same adapter, rows and settings finds its finished evaluation
+    key = {"adapter": adapter_fingerprint(Path(adapter_dir)), "heldout_hash": frame_hash(held), "student": str(student),
+           "evaluate": config.model_dump(mode="json"), "max_seq_len": max_seq_len, "method": train_config.method,
+           "compute_dtype": train_config.compute_dtype}
+    done = _finished(out_dir, key)
+    if done is not None:
+        log("evaluation: finished earlier with this adapter and these rows, reused")
+        return done
+    set_threads(train_config.threads)
     ask, grade = make_judges(config, teachers, out_dir / "teacher-cache.sqlite", progress)
     common = dict(method=train_config.method, compute_dtype=train_config.compute_dtype, heldout=held, config=config,
                   max_seq_len=max_seq_len, cache_dir=cache_dir, progress=progress)
@@ -57,7 +66,7 @@ def evaluate_run(out_dir: Path, adapter_dir: Path, heldout: pl.DataFrame | str |
     result: dict = {"heldout_source": heldout_source or "the given held-out frame", "heldout_rows": held.height,
                     "heldout_hash": frame_hash(held), "adapter_dir": str(adapter_dir), "student": str(student),
                     "base_model": summarise(base), "adapter": summarise(tuned), "intervals": {},
-                    "evaluate": config.model_dump(mode="json")}
+                    "evaluate": config.model_dump(mode="json"), "key": key}
     for metric in METRIC_INFO:
         t = metric_matrix([tuned], metric)
         if t is None:
@@ -91,6 +100,15 @@ def evaluate_run(out_dir: Path, adapter_dir: Path, heldout: pl.DataFrame | str |
     tmp.replace(out_dir / "eval.json")
     _write_eval_report(out_dir / "report.md", result)
     return result
+
+
+def _finished(out_dir: Path, key: dict) -> dict | None:
+    """eval.json of an evaluation with the same key, its report beside it; else None."""
+    try:
+        result = json.loads((out_dir / "eval.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return result if result.get("key") == key and (out_dir / "report.md").is_file() else None
 
 
 def _benchmark(out_dir: Path, student: Path, adapter_dir: Path, config: EvaluateConfig, train_config: TrainConfig,

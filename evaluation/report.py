@@ -364,8 +364,8 @@ def write_report(path: Path, summary: dict, *, title: str, heldout_source: str, 
     extra = [m for m in summary["metrics_available"] if m != metric]
     lines = [f"# {title}", "", f"**{summary['verdict']['sentence']}**", ""]
     lines += [f"Held-out set: {heldout_source} — {summary['heldout_rows']} rows. Intervals: {pct} two-level "
-              f"bootstrap over held-out rows and seeds ({summary['bootstrap_resamples']} resamples); "
-              f"differences are paired on held-out rows.", ""]
+              f"bootstrap over the scored rows (held-out rows; for reference_loss the reference rows) and seeds "
+              f"({summary['bootstrap_resamples']} resamples); differences are paired on those rows.", ""]
     head = ["arm", "data", "rows", "steps", "epochs", "answer tokens seen", "train time",
             f"{metric} [{pct} CI]", f"Δ vs {baseline} [{pct} CI]"] + extra
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -393,7 +393,8 @@ def write_report(path: Path, summary: dict, *, title: str, heldout_source: str, 
         lines.append(f"| `{a['name']}` | {p['rows']} | {p.get('trainable_rows', '–')} | {p['answer_chars_mean']:.0f} | "
                      f"{p.get('answer_tokens_per_row', float('nan')):.0f} | {p['structured_share']:.0%} |")
     if summary["slices"]:
-        lines += ["", "## Slices", "", f"{metric} on parts of the held-out set, with each arm's difference from "
+        lines += ["", "## Slices", "", f"{summary.get('slice_metric', metric)} on parts of the held-out set, with each "
+                  f"arm's difference from "
                   f"`{baseline}`. A win that appears only in the slice curation favoured reflects the selection, "
                   "not general quality.", ""]
         names = [a["name"] for a in summary["arms"]]

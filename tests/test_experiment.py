@@ -214,6 +214,22 @@ def test_evaluate_run_with_judge(split, tiny_llama_dir, tmp_path, fake_teacher):
     assert "Judge (j, both orders asked" in (tmp_path / "report.md").read_text()
     # random (non-zero) LoRA weights change the model: the loss differs from the base model's
     assert out["adapter"]["heldout_loss"] != out["base_model"]["heldout_loss"]
+    # a rerun with the same adapter and rows reuses the finished evaluation: nothing scored, nothing asked
+    import evaluation.evaluate as ev
+
+    real, ev.score_model = ev.score_model, None
+    try:
+        assert evaluate_run(tmp_path, tmp_path / "adapter", None, config, train,
+                            teachers={"j": fake_teacher.config()}) == out
+    finally:
+        ev.score_model = real
+    assert fake_teacher.chat_requests() == 6
+    # another adapter is evaluated again
+    get_peft_model(load_for_eval(tiny_llama_dir, "lora", "fp32")[0],
+                   LoraConfig(r=2, target_modules="all-linear", init_lora_weights=False)).save_pretrained(
+        tmp_path / "adapter")
+    again = evaluate_run(tmp_path, tmp_path / "adapter", None, config, train, teachers={"j": fake_teacher.config()})
+    assert again["key"]["adapter"] != out["key"]["adapter"] and again["adapter"] != out["adapter"]
 
 
 def _fake_scores(ids, loss_per_token, judge=None, tokens=10):
