@@ -16,15 +16,9 @@ from curation.chat import assistant_spans, split_last_turn
 from curation.records import MESSAGES
 from training.data import IGNORE, tokenize_conversations
 from tests.fixtures_models import build_tiny_tokenizer
+from tests.test_training_data import CONVO
 
 ROOT = Path(__file__).resolve().parents[1]
-CONVO = [
-    {"role": "system", "content": "Be brief."},
-    {"role": "user", "content": "what is the capital of france?"},
-    {"role": "assistant", "content": "paris"},
-    {"role": "user", "content": "count to three"},
-    {"role": "assistant", "content": "one two three"},
-]
 
 
 def _prepare_models():
