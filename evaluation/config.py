@@ -128,11 +128,14 @@ class EvaluateConfig(BaseModel):
         None, description="Experiment seeds whose adapters answer the benchmark (default: all of them). "
                           "Held-out loss always runs on every seed.")
     generation: Literal["merged", "vllm", "transformers"] = Field(
-        "vllm", description="How benchmark answers are generated: one vLLM server with every adapter loaded "
-                            "(--enable-lora, batched; 1.87x transformers generating on a 2-core CPU, "
-                            "bench/lora_generate.py); merged: each adapter merged into a copy of the student, "
-                            "served by vLLM without LoRA, one model at a time; or transformers `generate`, one "
-                            "model at a time.")
+        "merged", description="How benchmark answers are generated. merged (the default): each adapter merged "
+                              "into a copy of the student and served by vLLM without LoRA, one server per "
+                              "model in turn; the fastest whose greedy answers equal transformers' "
+                              "(bench/lora_generate.py, 2-core AMD EPYC, fp32: 32 of 32 identical, ~2x "
+                              "vllm's tokens/s, as LoRA ops cost every step; a server start, ~35 s, per model). "
+                              "vllm: one server with every adapter loaded (--enable-lora; one start, slower "
+                              "steps: better only for a few short answers per model). transformers: "
+                              "`generate`, one model at a time (the reference; no vLLM needed).")
     bootstrap_resamples: int = Field(2000, ge=100, description="Bootstrap resamples for each interval.")
     confidence: float = Field(0.95, gt=0.5, lt=1, description="Confidence level of the intervals.")
 

