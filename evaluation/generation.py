@@ -44,6 +44,7 @@ import json
 import re
 import struct
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Literal
@@ -200,7 +201,8 @@ def adapter_fingerprint(adapter: Path) -> str:
     return _fingerprint((adapter / ADAPTER_CONFIG).read_bytes(), weights)
 
 
-def served_names(student: Path, adapters: dict[str, Path | None], dtype: str, *, merged: bool = False) -> dict[str, str]:
+def served_names(student: Path, adapters: dict[str, Path | None], dtype: str, *,
+                 merged: bool = False) -> dict[str, str]:
     """Model name -> the name vLLM serves it under: `<student>-<its fingerprint>-<dtype>` for the
     plain student, `<name>-<hash>` for an adapter, the hash over the student's fingerprint, the
     served dtype, the adapter's content (`adapter_fingerprint`) and, for the `merged` backend, that
@@ -234,7 +236,6 @@ def merge_adapter(student: Path, adapter: Path, out: Path, dtype: str, *, cache_
     """
     import gc
     import shutil
-    import tempfile
 
     import torch
     from peft import PeftModel
@@ -298,8 +299,9 @@ def answerer(student: Path, adapters: dict[str, Path | None], *, backend: Backen
     the end of the block; answers cached in `cache_path` (SQLite, pond's teacher cache) if given;
     up to VLLM_IN_FLIGHT (or `batch_size`, if larger) requests per model in flight, batched by vLLM.
     `merged`: each adapter merged into a copy of the student under `merge_dir` (default: `merged/`
-    beside `cache_path`, the run's own cache, else `<cache>/merged`; one copy per served name,
-    ~270 MB in bf16, 540 MB in fp32 for SmolLM2-135M), then one server per model on `port` in
+    beside `cache_path`, the run's own cache, kept for reruns; without a `cache_path`, a temporary
+    folder under `<cache>/merged` removed when the block ends; one copy per served name, ~270 MB
+    in bf16, 540 MB in fp32 for SmolLM2-135M), then one server per model on `port` in
     turn, all of its prompts in flight at once (up to MERGED_IN_FLIGHT); the last server stays up
     for the next call and stops at the end of the block. `eager`: vLLM's --enforce-eager for the
     merged servers (default MERGED_EAGER, the faster here; the `vllm` backend is always eager).
@@ -335,14 +337,18 @@ def answerer(student: Path, adapters: dict[str, Path | None], *, backend: Backen
     configs = {name: check_adapter(Path(p), student, cache_dir=cache_dir)
                for name, p in adapters.items() if p is not None}
     if backend == "merged":
-        if merge_dir is None:
-            merge_dir = (Path(cache_path).parent if cache_path is not None
-                         else (cache_dir or _default_cache_dir())) / "merged"
-        with _merged_answerer(student, adapters, method=method, compute_dtype=compute_dtype,
+        with contextlib.ExitStack() as stack:
+            if merge_dir is None and cache_path is not None:
+                merge_dir = Path(cache_path).parent / "merged"
+            elif merge_dir is None:  # no run folder to keep them in: merged for this block only
+                root = (cache_dir or _default_cache_dir()) / "merged"
+                root.mkdir(parents=True, exist_ok=True)
+                merge_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="answerer-", dir=root)))
+            answer = stack.enter_context(_merged_answerer(student, adapters, method=method, compute_dtype=compute_dtype,
                               max_new_tokens=max_new_tokens, max_prompt_tokens=max_prompt_tokens,
                               batch_size=batch_size, cache_path=cache_path, cache_dir=cache_dir,
                               merge_dir=Path(merge_dir), progress=progress, log=log, port=port,
-                              eager=MERGED_EAGER if eager is None else eager) as answer:
+                              eager=MERGED_EAGER if eager is None else eager))
             yield answer
         return
     with _vllm_answerer(student, adapters, configs, method=method, compute_dtype=compute_dtype,

@@ -198,7 +198,8 @@ def test_a_merged_adapter_gives_the_logits_of_base_plus_adapter(tiny_llama_dir, 
     assert (lora - plain).abs().max() > 0.05  # the adapter moves the logits ...
     torch.testing.assert_close(one, lora, atol=1e-4, rtol=1e-4)  # ... and the merge moves them the same
     assert not any(merged.glob("adapter_*"))  # a plain model: no LoRA left for vLLM to load
-    assert AutoTokenizer.from_pretrained(merged).chat_template == AutoTokenizer.from_pretrained(tiny_llama_dir).chat_template
+    template = AutoTokenizer.from_pretrained(tiny_llama_dir).chat_template
+    assert AutoTokenizer.from_pretrained(merged).chat_template == template
     # bf16: the merged sum rounded once; close to peft on the bf16 student, not equal
     merged16 = merge_adapter(tiny_llama_dir, adapter, tmp_path / "merged16", "bf16")
     with torch.no_grad():
@@ -327,3 +328,26 @@ def test_merged_and_transformers_give_the_same_greedy_answer(student_dir, adapte
             compared += safe
     assert got["base"] != got["tuned"]
     assert compared >= 2 * len(PROMPTS) * NEW_TOKENS // 2
+
+
+def test_without_a_run_folder_the_merges_last_for_the_block(tiny_llama_dir, tmp_path, monkeypatch, fake_teacher):
+    from evaluation import generation
+    from synthesis import server
+
+    class Handle:
+        base_url, log_path = fake_teacher.base_url, tmp_path / "log"
+
+        def stop(self):
+            pass
+
+    seen: list[Path] = []
+    monkeypatch.setattr(server, "teacher_python", lambda log=None, cache_dir=None: (Path("/py"), True))
+    monkeypatch.setattr(generation, "_serve",
+                        lambda _s, model_dir, *a, **k: (seen.append(Path(model_dir)), (Handle(), True))[1])
+    adapter = make_adapter(tiny_llama_dir, tmp_path / "lora")
+    with answerer(tiny_llama_dir, {"tuned": adapter}, backend="merged", compute_dtype="fp32", max_new_tokens=4,
+                  max_prompt_tokens=32, cache_dir=tmp_path / "cache", port=fake_teacher.port,
+                  log=lambda m: None) as answer:
+        answer({"tuned": chats()[:1]})
+        assert seen[0].parent.parent == tmp_path / "cache" / "merged" and (seen[0] / "config.json").is_file()
+    assert not seen[0].exists() and not any((tmp_path / "cache" / "merged").iterdir())
