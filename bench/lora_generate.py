@@ -26,7 +26,8 @@ Measured 2026-12-06, CPU: AMD EPYC family 25 model 17, 2 cores, avx512_bf16 pres
 SHARED: another session's test suite (run 1) and a `pond experiment` (run 2) ran beside it (load
 average 3.6-4.2 on 2 cores), and it fell mostly on the transformers runs, so transformers' figures
 here are contended ones and the ratios against them are high (this CPU gave transformers 19.9
-tokens/s in bf16 on a short quieter check, 4 prompts x 16 tokens); the vLLM ways against each other are the fair comparison.
+tokens/s in bf16 on a short quieter check, 4 prompts x 16 tokens); the vLLM ways against each
+other are the fair comparison.
 
 Run 1, `python bench/lora_generate.py --dtype fp32 --cold-compile` (32 prompts x 128 tokens, 3,478
 answer tokens, fp32):
