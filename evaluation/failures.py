@@ -90,8 +90,8 @@ def failure_lines(summary: dict, baseline: str, pct: str) -> list[str]:
     fs = summary["faults"]
     lines = ["", "## Failure rates of generated answers", "",
              f"First-turn benchmark answers ({summary['prompts']} prompts per model), checked with curation's own "
-             f"detectors (`curation.answer_faults`). Rate in % [{pct} CI over prompts and seeds]; in brackets "
-             f"the difference from `{baseline}`, paired on prompts.", "",
+             f"detectors (`curation.answer_faults`). Rate in % [{pct} CI over prompts and seeds]; in parentheses "
+             f"the difference from `{baseline}` in points, paired on prompts, with its {pct} CI.", "",
              "| model | " + " | ".join(fs) + " |", "|" + "---|" * (1 + len(fs))]
     for g, e in summary["groups"].items():
         cells = []
@@ -100,7 +100,8 @@ def failure_lines(summary: dict, baseline: str, pct: str) -> list[str]:
             r = c["rate"]
             s = f"{100 * r['mean']:.1f} [{100 * r['low']:.1f}, {100 * r['high']:.1f}]"
             if "minus_baseline" in c:
-                s += f" ({100 * c['minus_baseline']['mean']:+.1f})"
+                d = c["minus_baseline"]
+                s += f" ({100 * d['mean']:+.1f} [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}])"
             cells.append(s)
         lines.append(f"| `{g}` | " + " | ".join(cells) + " |")
     return lines

@@ -106,6 +106,12 @@ def test_failure_summary_rates_and_differences():
     assert s["groups"]["a"]["refusal"]["rate"]["mean"] == 0.5 and s["groups"]["a"]["refusal"]["count"] == 2
     assert s["groups"]["a"]["refusal"]["minus_baseline"]["mean"] == 0.5
     assert s["groups"]["b"]["empty"]["rate"]["mean"] == 0.0
+    from evaluation.failures import failure_lines
+
+    s["prompts"] = 4
+    row = next(line for line in failure_lines(s, "b", "95%") if line.startswith("| `a`"))
+    d = s["groups"]["a"]["refusal"]["minus_baseline"]
+    assert f"(+50.0 [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}])" in row  # the difference and its interval
 
 
 # --------------------------------------------------------------------------- in a run and an experiment
