@@ -41,6 +41,9 @@ class Costs:
     evaluate_s: float                 # held-out loss of base and adapter on 60 rows
     arm_step_s: float                 # one experiment step (4 x 256), its arm's held-out scoring included
     ifd_pass_s: float                 # one forward pass of the `ifd` scorer (the 135M student)
+    score_row_s: float = 0.0          # one model's loss on one row of <= 256 tokens (reference, held-out)
+    generate_tok_s: float = 0.0       # benchmark answers: tokens/s of the merged-adapter vLLM server
+    generation_start_s: float = 0.0   # merging an adapter and starting its server, once per model
     sources: tuple[str, ...] = field(default=())
 
 
@@ -75,6 +78,9 @@ CPU_BF16 = Costs(
     evaluate_s=0.7 * 60,  # the same table: evaluation, base vs adapter, 0.7 min
     arm_step_s=4.9 * 60 / 32,  # the same table: 2 arms x 16 steps + scoring, 4.9 min
     ifd_pass_s=1 / (2 * 4.8),  # docs/quality_vs_quantity.md (Intel, bf16): IFD 4.8 rows/s, two passes a row
+    score_row_s=54 / 160,  # the demo's evaluation, 2026-12-06 (EPYC fam 25 model 17, shared): 54 s for base
+    # and adapter on 40 held-out + 40 reference rows each, model loads included
+    generate_tok_s=399.0, generation_start_s=25.3,  # bench/lora_generate.py, merged eager, bf16 (shared)
     sources=("README.md demo table (AMD EPYC family 25 model 17, 2 cores, AVX-512 BF16, 2026-12-02)",
              "docs/edge-cases.md figures (Intel Xeon family 6 model 167, 2 cores, AMX, 2026-12-02)",
              "curation steps and embeddings measured 2026-12-06 (see pond/costs.py)"),
@@ -94,6 +100,9 @@ CPU_FP32 = Costs(
     evaluate_s=76.0,  # issue 28: evaluation, base vs adapter, 76 s
     arm_step_s=742 / 64,  # issue 28: experiment, 4 arms x 16 steps + scoring, 742 s
     ifd_pass_s=2.0,  # recipes/quickstart.yaml's note (AVX2 EPYC): ~4 s a row at 512 tokens, two passes a row
+    score_row_s=76 / 120,  # issue 28: evaluation, base and adapter on 60 held-out rows each, 76 s
+    generate_tok_s=98.2, generation_start_s=35.5,  # bench/lora_generate.py, merged eager, fp32 (EPYC fam 25
+    # model 17, shared: the float32 path the AVX2 machine takes)
     sources=("issue 28's demo breakdown (AMD EPYC family 25 model 1, 2 cores, AVX2 only, 2026-12-06)",
              "curation steps measured 2026-12-06 (see pond/costs.py)"),
 )

@@ -223,7 +223,28 @@ def _time_training(est: Estimate, recipe: Recipe, out: Path | None, rows: int, c
                                    f"{arm_steps} steps")
         if c:
             done = _done(out, layout.EXPERIMENT, layout.REPORT)
-            est.seconds["experiment"] = 0.0 if done else jobs * arm_steps * c.arm_step_s * scale
+            scoring = _instrument_seconds(recipe, jobs + 1, c)
+            est.seconds["experiment"] = 0.0 if done else jobs * arm_steps * c.arm_step_s * scale + scoring
+            if scoring:
+                est.notes["experiment"] += f" + reference and benchmark answers {minutes(scoring)}"
+
+
+def _instrument_seconds(recipe: Recipe, models: int, c: cost_model.Costs) -> float:
+    """The experiment's instruments beyond held-out loss: every model's loss on the reference rows, and
+    benchmark answers (at most max_new_tokens each) of the seeds that answer, plus the base model."""
+    e = recipe.evaluate
+    if e is None:
+        return 0.0
+    seconds = 0.0
+    if e.reference:
+        rows = e.reference_rows or 805
+        seconds += models * rows * c.score_row_s * e.reference_max_seq_len / 256
+    if e.benchmark and c.generate_tok_s:
+        x = recipe.experiment
+        answering = len(x.arms) * len(e.benchmark_seeds or x.seeds) + 1
+        prompts = e.benchmark_sample or (541 if e.benchmark == "ifeval" else 80)
+        seconds += answering * (c.generation_start_s + prompts * e.max_new_tokens / c.generate_tok_s)
+    return seconds
 
 
 def _holdout_rows(recipe: Recipe) -> int | None:

@@ -103,6 +103,22 @@ def test_a_time_for_every_stage(workdir, monkeypatch):
     assert re.search(r"about [\d.]+ (s|min) on this machine \(curation .*experiment", line), line
 
 
+def test_the_experiments_instruments_are_timed(workdir, monkeypatch):
+    """Reference loss for every model and benchmark answers of the answering seeds are in the experiment's time."""
+    monkeypatch.setattr(costs, "machine_costs", lambda: costs.CPU_FP32)
+    plain = estimate(parse_recipe(TEACHER.format(candidates=1), "r.yaml"), None, workdir)
+    text = TEACHER.format(candidates=1).replace(
+        'evaluate: {heldout: "run:heldout.parquet", n_generate: 0}',
+        'evaluate: {heldout: "run:heldout.parquet", n_generate: 0, reference: alpaca_eval, reference_rows: 10, '
+        'reference_max_seq_len: 256, benchmark: ifeval, benchmark_sample: 20, max_new_tokens: 64}')
+    est = estimate(parse_recipe(text, "r.yaml"), None, workdir)
+    c = costs.CPU_FP32
+    models = 2 * 1 + 1  # arms x seeds, and the base model
+    extra = models * 10 * c.score_row_s + models * (c.generation_start_s + 20 * 64 / c.generate_tok_s)
+    assert est.seconds["experiment"] - plain.seconds["experiment"] == pytest.approx(extra)
+    assert "reference and benchmark answers" in est.notes["experiment"]
+
+
 def test_no_time_without_measured_costs(workdir, monkeypatch):
     monkeypatch.setattr(costs, "machine_costs", lambda: None)  # a GPU: nothing measured there
     est = estimate(parse_recipe(TEACHER.format(candidates=3), "r.yaml"), None, workdir)
