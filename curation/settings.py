@@ -22,6 +22,11 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Literal, TypeVar
 
+# bitsandbytes on an AVX-512 BF16 CPU asks for a kernel from the Hugging Face hub (package `kernels`),
+# which nothing here may download, and warns when it is imported; its built-in fallback is what runs.
+# Set here, before anything imports it (every part of pond imports this module first).
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+
 T = TypeVar("T")
 Dtype = Literal["bf16", "fp32"]
 DTYPE_CHOICES = ("auto", "bf16", "fp32")
@@ -50,7 +55,9 @@ def resolve_model(name_or_path: str, cache_dir: Path | None = None, option: str 
     cached = cache / "models" / name_or_path
     if (cached / "config.json").is_file():
         return cached
-    raise FileNotFoundError(
+    from curation.errors import ModelNotFound
+
+    raise ModelNotFound(
         f"{option} {name_or_path!r} not found: it is neither a model folder (with config.json) nor "
         f"{cached}; run `python scripts/prepare_models.py` for the default student, or point `{option}:` at a "
         f"local Hugging Face causal-LM folder")

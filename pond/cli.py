@@ -279,10 +279,15 @@ def teacher_stop(port: int = typer.Option(8000, "--port", help="port the teacher
 
 
 def entry() -> None:  # console script
+    from curation.errors import PondError
+
     try:
         app()
     except KeyboardInterrupt:
         sys.exit(130)
+    except PondError as exc:  # what the user can fix: its message, one line, no traceback
+        console.print(f"[red]error:[/red] {' '.join(str(exc).split())}", highlight=False, soft_wrap=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

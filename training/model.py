@@ -13,9 +13,6 @@ import torch
 from curation.settings import pick_dtype, resolve_model
 
 log = logging.getLogger(__name__)
-# bitsandbytes on an AVX-512 BF16 CPU asks for a kernel from the Hugging Face hub (package `kernels`),
-# which nothing here may download, and warns on every run; its built-in fallback is what runs
-logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 METHODS = ("qlora", "lora", "full")
 

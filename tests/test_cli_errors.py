@@ -1,0 +1,49 @@
+"""What the user can fix is one line and a non-zero exit, never a traceback (curation.errors.PondError,
+caught once in pond.cli.entry): a student that does not exist, a teacher that cannot start."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROWS = [{"messages": [{"role": "user", "content": f"question {i}: why do cats purr when they are content?"},
+                      {"role": "assistant", "content": f"answer {i}: cats purr to signal comfort and to soothe."}]}
+        for i in range(12)]
+RECIPES = {
+    "student": """name: bad_student
+input: {path: rows.jsonl}
+steps:
+  - exact_dedup: {}
+train: {student: no-such-student-anywhere, max_steps: 1, batch_size: 2, max_seq_len: 64}
+""",
+    "teacher": """name: bad_teacher
+input: {path: rows.jsonl}
+steps:
+  - judge: {rubric: helpfulness, min_score: 5, teacher: judge, calibrate: false}
+teachers:
+  judge: {model: no-such-model-anywhere, serve: {model: no-such-model-anywhere, port: 8099}}
+""",
+}
+
+
+def _pond_cli(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    # the console script's own entry point, where the one-line rule lives
+    code = "import sys; from pond.cli import entry; sys.argv = ['pond', *sys.argv[1:]]; entry()"
+    return subprocess.run([sys.executable, "-c", code, *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=600)
+
+
+@pytest.mark.parametrize("what, says", [("student", "student 'no-such-student-anywhere' not found"),
+                                        ("teacher", "no-such-model-anywhere: not a model folder")])
+def test_a_problem_the_user_can_fix_is_one_line(tmp_path, what, says):
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    (tmp_path / "r.yaml").write_text(RECIPES[what])
+    res = _pond_cli(tmp_path, "run", "r.yaml", "--out", "run")
+    out = res.stdout + res.stderr
+    assert res.returncode == 1, out
+    assert "Traceback" not in out and "╭" not in out, out
+    errors = [line for line in out.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and says in errors[0], out
