@@ -1,6 +1,6 @@
 """The IFEval pass of one model (the base student): minutes per model, and its scores.
 
-    python bench/ifeval.py [--prompts 541] [--max-new-tokens 1024] [--generation vllm] [--out DIR]
+    python bench/ifeval.py [--prompts 541] [--max-new-tokens 1024] [--generation merged] [--out DIR]
 
 Answers IFEval's prompts (all 541, or a fixed random sample of --prompts, the one `benchmark_sample`
 draws) with the plain student SmolLM2-135M-Instruct through evaluation.generation.answerer (greedy,
@@ -31,7 +31,7 @@ import polars as pl  # noqa: E402
 
 from evaluation.benchmark_eval import generate_all  # noqa: E402
 from evaluation.failures import fault_table, summarise_failures  # noqa: E402
-from evaluation.generation import answerer  # noqa: E402
+from evaluation.generation import BACKENDS, answerer  # noqa: E402
 from evaluation.ifeval import load_ifeval, score_answers, summarise_ifeval  # noqa: E402
 from training.model import load_tokenizer, resolve_student, set_threads  # noqa: E402
 
@@ -40,7 +40,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--prompts", type=int, default=541)
     ap.add_argument("--max-new-tokens", type=int, default=1024)
-    ap.add_argument("--generation", choices=("vllm", "transformers"), default="vllm")
+    ap.add_argument("--generation", choices=BACKENDS, default="merged")
     ap.add_argument("--batch-size", type=int, default=8, help="transformers: prompts per generate call")
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--out", type=Path, default=None)
