@@ -64,7 +64,7 @@ def evaluate_run(out_dir: Path, adapter_dir: Path, heldout: pl.DataFrame | str |
 
     kw = {"resamples": config.bootstrap_resamples, "confidence": config.confidence}
     result: dict = {"heldout_source": heldout_source or "the given held-out frame", "heldout_rows": held.height,
-                    "heldout_hash": frame_hash(held), "adapter_dir": str(adapter_dir), "student": str(student),
+                    "heldout_hash": key["heldout_hash"], "adapter_dir": str(adapter_dir), "student": str(student),
                     "base_model": summarise(base), "adapter": summarise(tuned), "intervals": {},
                     "evaluate": config.model_dump(mode="json"), "key": key}
     for metric in METRIC_INFO:

@@ -482,7 +482,13 @@ def _requests(chats_by_model: dict[str, list[list[dict]]], served: dict[str, str
 def _ask(session, chats_by_model: dict[str, list[list[dict]]], served: dict[str, str], max_new_tokens: int,
          prompt_tokens: int, progress: Callable | None, description: str, started) -> dict[str, list[str]]:
     """Every prompt of `chats_by_model` sent at once through `session`; answers by model, in order."""
-    slots, requests = _requests(chats_by_model, served, max_new_tokens, prompt_tokens)
+    return _send(session, chats_by_model, *_requests(chats_by_model, served, max_new_tokens, prompt_tokens),
+                 progress, description, started)
+
+
+def _send(session, chats_by_model: dict[str, list[list[dict]]], slots: list[tuple[str, int]], requests: list,
+          progress: Callable | None, description: str, started) -> dict[str, list[str]]:
+    """`requests` (one per slot: model name, prompt index) through `session`; answers by model, in order."""
     results = session.run(requests, track=progress, description=description)
     out: dict[str, list[str]] = {name: [""] * len(chats) for name, chats in chats_by_model.items()}
     for (name, i), r in zip(slots, results, strict=True):
@@ -544,12 +550,11 @@ def _merged_answerer(student: Path, adapters: dict[str, Path | None], *, method:
             out.update({n: [] for n in chats_by_model if not chats_by_model[n]})
             for name in order:
                 one = {name: chats_by_model[name]}
-                _, requests = _requests(one, served, max_new_tokens, prompt_tokens)
+                slots, requests = _requests(one, served, max_new_tokens, prompt_tokens)
                 # every answer already cached: no merge, no server
                 cached = cache is not None and all(r.key(config.model) in cache for r in requests)
                 started = None if cached else start(name)
-                out.update(_ask(session, one, served, max_new_tokens, prompt_tokens, progress,
-                                f"generate {name} (vLLM, merged)", started))
+                out.update(_send(session, one, slots, requests, progress, f"generate {name} (vLLM, merged)", started))
             return {n: out[n] for n in chats_by_model}
 
         answer.backend = "merged"  # type: ignore[attr-defined]

@@ -562,7 +562,7 @@ def _estimate_by_kind(prompts: list[str], opts: SynthesizeOptions, answer_upper:
     (each showing the rejected message back); a transformed slot takes none. Every slot takes one answer
     call, each reply `answer_candidates` long, but a transformed one with `answer_from: seed`."""
     from synthesis.edge_cases import _reply_tokens, kind_plan
-    from synthesis.edge_kinds import kind_name, kind_template, transformed
+    from synthesis.edge_kinds import kind_name, kind_template
 
     plan = kind_plan(opts, opts.n)
     written = [s for s in plan if not transformed(s)]
