@@ -47,6 +47,9 @@ class StepContext:
     # (kind, the rows it read) of every earlier step of the run, in order (synthesize `target: gaps`
     # finds the raw pool an embedding step saw here); empty outside a run
     earlier_inputs: list[tuple[str, Path]] = field(default_factory=list)
+    # rows a dedup step compares against and never drops (datatrove's `index_folder`): `pond update`
+    # hands it the pond's rows; a new row that duplicates one is rejected, naming it in `duplicate_of`
+    reference: Any = None  # a polars DataFrame, or None
 
     def resolve(self, path: str | Path) -> Path:
         """Options' paths: absolute, `run:NAME` (inside the run directory) or relative to the recipe."""

@@ -32,6 +32,11 @@ class StepSpec:
     distribute: str = LOCAL
     # figures one shard reports that do not add up across shards (percentiles, per-file figures)
     shard_figures: tuple[str, ...] = ()
+    # its rejected rows are the run's held-out set (heldout.parquet); a `pond update` drop draws none
+    writes_heldout: bool = False
+    # a dedup step: takes reference rows (StepContext.reference) that it never drops and that new rows
+    # duplicate; `pond update` hands it the pond's rows
+    dedups_against_reference: bool = False
 
     def load(self) -> tuple[type[StepOptions], Callable]:
         mod = importlib.import_module(self.module)
@@ -54,13 +59,13 @@ class StepSpec:
 
 STEPS: dict[str, StepSpec] = {
     "holdout": StepSpec("curation.holdout", "holdout", "HoldoutOptions",
-                        "set aside n valid raw rows as the held-out set, before any curation"),
+                        "set aside n valid raw rows as the held-out set, before any curation", writes_heldout=True),
     "exact_dedup": StepSpec("curation.exact_dedup", "exact_dedup", "ExactDedupOptions",
                             "drop rows whose normalised text equals an earlier row's",
-                            "pond.executors.ray_dedup:exact_dedup_ray"),
+                            "pond.executors.ray_dedup:exact_dedup_ray", dedups_against_reference=True),
     "minhash_dedup": StepSpec("curation.minhash", "minhash_dedup", "MinhashDedupOptions",
                               "near-duplicate removal: MinHash LSH candidates verified by exact Jaccard",
-                              "pond.executors.ray_dedup:minhash_dedup_ray"),
+                              "pond.executors.ray_dedup:minhash_dedup_ray", dedups_against_reference=True),
     "heuristics": StepSpec("curation.heuristics", "heuristics", "HeuristicsOptions",
                            "Gopher/C4-style quality rules and conversation rules", ROWWISE),
     "answer_faults": StepSpec("curation.answer_faults_step", "answer_faults", "AnswerFaultsOptions",
@@ -74,7 +79,7 @@ STEPS: dict[str, StepSpec] = {
                               shard_figures=("score", "reference", "classifier", "rows_per_second")),
     "semantic_dedup": StepSpec("curation.semantic_dedup", "semantic_dedup", "SemanticDedupOptions",
                                "SemDeDup: drop near-identical meanings within k-means clusters",
-                               "pond.executors.ray_embed:semantic_dedup_ray"),
+                               "pond.executors.ray_embed:semantic_dedup_ray", dedups_against_reference=True),
     "ifd": StepSpec("curation.ifd", "ifd", "IfdOptions",
                     "score rows by Instruction-Following Difficulty (loss with / without the prompt) under a "
                     "small causal LM"),
