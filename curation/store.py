@@ -1,0 +1,114 @@
+"""How pond writes a file that a resume will trust, and how it marks work finished.
+
+Every part writes through these (the runner, training, evaluation, the experiment, `pond update`), so
+the rules are written once:
+
+- a file is written whole or not at all: a temporary name beside it, then a rename (atomic on
+  POSIX), so a kill leaves the old file or none, never half of one;
+- a folder's work is finished when its marker holds the key of that work (a fingerprint or a hash of
+  the inputs and options); the marker is written last, so everything it vouches for is already in
+  place. A changed key means the work is redone.
+
+It sits at the bottom (beside `records.py` and `settings.py`) so that training and evaluation can use it
+without reaching up into pond; the run folder's file names are `pond.layout`'s.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+MARKER = "DONE"
+
+
+def _temporary(path: Path) -> Path:
+    # unique, so two writers of the same file never share a temporary; hidden, so no glob of the
+    # folder's outputs sees a half-written one
+    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+
+
+def write_bytes(data: bytes, path: Path) -> None:
+    path = Path(path)
+    tmp = _temporary(path)
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text(text: str, path: Path) -> None:
+    write_bytes(text.encode("utf-8"), path)
+
+
+def write_json(data: Any, path: Path, *, indent: int = 2, sort_keys: bool = False) -> None:
+    write_text(json.dumps(data, indent=indent, sort_keys=sort_keys, default=str) + "\n", path)
+
+
+def write_parquet(df: pl.DataFrame, path: Path) -> None:
+    """Deterministic Parquet (no statistics timestamps, fixed compression): the same rows give the same bytes."""
+    path = Path(path)
+    tmp = _temporary(path)
+    try:
+        df.write_parquet(tmp, compression="zstd", statistics=False)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def read_json(path: Path) -> dict:
+    """A JSON file's object, or {} when it is missing or unreadable (a resume treats both as not there)."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def file_digest(path: Path) -> str:
+    """blake2b of a file, or of a folder (its files' names and digests, in name order: a shard folder)."""
+    h = hashlib.blake2b(digest_size=16)
+    path = Path(path)
+    if path.is_dir():
+        for p in sorted(q for q in path.iterdir() if q.is_file() and not q.name.startswith(".")):
+            h.update(p.name.encode() + b"\0" + file_digest(p).encode())
+        return h.hexdigest()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def mark_finished(folder: Path, key: str, **facts: Any) -> None:
+    """Say that `folder`'s work with this key is finished; write it after everything it vouches for.
+    The marker's first line is the key (so older markers holding only a fingerprint still read);
+    `facts` follow as one JSON line."""
+    text = key + "\n" + (json.dumps(facts, sort_keys=True, default=str) + "\n" if facts else "")
+    write_text(text, Path(folder) / MARKER)
+
+
+def finished(folder: Path, key: str | None = None) -> bool:
+    """Whether `folder`'s work is finished, with this key when one is given."""
+    marker = Path(folder) / MARKER
+    try:
+        first = marker.read_text().split("\n", 1)[0]
+    except OSError:
+        return False
+    return key is None or first == key
+
+
+def finished_facts(folder: Path) -> dict:
+    """The facts a marker was written with ({} when none or not finished)."""
+    try:
+        lines = (Path(folder) / MARKER).read_text().split("\n")
+    except OSError:
+        return {}
+    try:
+        return json.loads(lines[1]) if len(lines) > 1 and lines[1] else {}
+    except ValueError:
+        return {}
