@@ -13,6 +13,8 @@ from functools import lru_cache
 
 import numpy as np
 
+from curation.shingles import fmix
+
 EMPTY = np.uint32(0xFFFFFFFF)  # signature value of a document without shingles
 
 
@@ -25,14 +27,8 @@ def permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def fmix32(h: np.ndarray) -> np.ndarray:
-    """MurmurHash3's 32-bit finaliser (datasketch pre-mixes every input hash with it)."""
-    h = h.astype(np.uint32, copy=True)
-    h ^= h >> np.uint32(16)
-    h *= np.uint32(0x85EBCA6B)
-    h ^= h >> np.uint32(13)
-    h *= np.uint32(0xC2B2AE35)
-    h ^= h >> np.uint32(16)
-    return h
+    """MurmurHash3's 32-bit finaliser (datasketch pre-mixes every input hash with it), on a copy."""
+    return fmix(h.astype(np.uint32, copy=True), 32)
 
 
 def hash32(shingle_hashes64: np.ndarray) -> np.ndarray:

@@ -39,13 +39,20 @@ def normalised_tokens(texts: pl.Series, kind: ShingleKind) -> pl.Series:
     return pl.select(pl.when(folded == "").then(pl.lit([], dtype=pl.List(pl.Utf8))).otherwise(tokens)).to_series()
 
 
-def _fmix64(h: np.ndarray) -> np.ndarray:
-    """MurmurHash3's 64-bit finaliser: spreads the polynomial combination over all bits."""
-    h ^= h >> np.uint64(33)
-    h *= np.uint64(0xFF51AFD7ED558CCD)
-    h ^= h >> np.uint64(33)
-    h *= np.uint64(0xC4CEB9FE1A85EC53)
-    h ^= h >> np.uint64(33)
+# MurmurHash3's finalisers, one shape for both word sizes: (word type, the three shifts, the two multipliers)
+_FMIX = {32: (np.uint32, (16, 13, 16), (0x85EBCA6B, 0xC2B2AE35)),
+         64: (np.uint64, (33, 33, 33), (0xFF51AFD7ED558CCD, 0xC4CEB9FE1A85EC53))}
+
+
+def fmix(h: np.ndarray, bits: int) -> np.ndarray:
+    """MurmurHash3's `bits`-bit finaliser (32 or 64), in place on an array of that word size: spreads
+    every input bit over all the output bits."""
+    word, (s1, s2, s3), (m1, m2) = _FMIX[bits]
+    h ^= h >> word(s1)
+    h *= word(m1)
+    h ^= h >> word(s2)
+    h *= word(m2)
+    h ^= h >> word(s3)
     return h
 
 
@@ -99,7 +106,7 @@ def shingle_hashes(texts: pl.Series, ngram: int, kind: ShingleKind = "word", see
                 acc = np.where(inside, acc * _MUL + words[np.where(inside, s0 + k, s0)], acc)
             g[s0] = acc
             valid[s0] = True
-        hashes = _fmix64(g[valid])
+        hashes = fmix(g[valid], 64)
     counts = np.where(lens >= ngram, lens - ngram + 1, np.minimum(lens, 1) if short_texts else 0)
     offsets = np.concatenate(([0], np.cumsum(counts))).astype(np.int64)
     return hashes, offsets
