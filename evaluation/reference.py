@@ -50,7 +50,7 @@ def load_reference(spec: str, base_dir: Path | None = None, *, rows: int | None 
     """Canonical records (id, messages, text) whose last turn is an assistant answer to a user prompt;
     `rows`: a fixed random sample of that many (kept in file order)."""
     from evaluation.metrics import prompt_and_reference
-    from evaluation.scoring import read_any
+    from evaluation.files import read_any
 
     path = reference_path(spec, base_dir)
     try:

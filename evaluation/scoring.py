@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from curation.ingest import read_records
 from curation.step import recipe_path
 from evaluation import judge as judging
 from evaluation.config import EvaluateConfig
+from evaluation.files import read_any
 from evaluation.metrics import (exact_match, generate_answers, is_structured, load_for_eval, prompt_and_reference,
                                 references_are_short, row_losses, token_f1)
 
@@ -40,16 +40,6 @@ def load_heldout(spec: str, run_dir: Path | None = None, base_dir: Path | None =
     if not path.exists():
         raise FileNotFoundError(f"held-out set {path} not found (evaluate.heldout: {spec!r})")
     return read_any(path), str(path)
-
-
-def read_any(path: Path) -> pl.DataFrame:
-    """Canonical records from a file: pond's own parquet as is (ids kept), anything else via ingest."""
-    if path.suffix == ".parquet":
-        df = pl.read_parquet(path)
-        if {"id", "messages", "text"} <= set(df.columns):
-            return df
-    df, _rejected = read_records(str(path))
-    return df
 
 
 def prepare_heldout(df: pl.DataFrame, config: EvaluateConfig) -> pl.DataFrame:

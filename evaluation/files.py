@@ -1,0 +1,22 @@
+"""Canonical records from a file evaluation reads (a held-out set, a reference set, an arm's data).
+
+Light on purpose: it imports curation only, so the held-out loader (evaluation.scoring), the reference
+sets (evaluation.reference) and the arms (evaluation.arms) share it without importing each other.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+
+from curation.ingest import read_records
+
+
+def read_any(path: Path) -> pl.DataFrame:
+    """Canonical records from a file: pond's own parquet as is (ids kept), anything else via ingest."""
+    if path.suffix == ".parquet":
+        df = pl.read_parquet(path)
+        if {"id", "messages", "text"} <= set(df.columns):
+            return df
+    df, _rejected = read_records(str(path))
+    return df
