@@ -16,38 +16,29 @@ instruction-level strict? see docs/quality_vs_quantity.md, "Instruments", for wh
 """
 from __future__ import annotations
 
-import argparse
-import os
-import sys
 import time
 from pathlib import Path
 
-from figures import emit  # noqa: E402 (bench/ is on sys.path when a bench runs)
+import polars as pl
+from figures import emit  # bench/ is on sys.path when a bench runs
+from plain_student import STUDENT, plain_student, student_parser  # first: the repository on sys.path, the Hub offline
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-import polars as pl  # noqa: E402
-
-from evaluation.benchmark_eval import generate_all  # noqa: E402
-from evaluation.failures import fault_table, summarise_failures  # noqa: E402
-from evaluation.generation import BACKENDS, answerer  # noqa: E402
-from evaluation.ifeval import load_ifeval, score_answers, summarise_ifeval  # noqa: E402
-from training.model import load_tokenizer, resolve_student, set_threads  # noqa: E402
+from evaluation.benchmark_eval import generate_all
+from evaluation.failures import fault_table, summarise_failures
+from evaluation.generation import BACKENDS, answerer
+from evaluation.ifeval import load_ifeval, score_answers, summarise_ifeval
+from training.model import load_tokenizer
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = student_parser(__doc__, batch_help="transformers: prompts per generate call")
     ap.add_argument("--prompts", type=int, default=541)
     ap.add_argument("--max-new-tokens", type=int, default=1024)
     ap.add_argument("--generation", choices=BACKENDS, default="merged")
-    ap.add_argument("--batch-size", type=int, default=8, help="transformers: prompts per generate call")
-    ap.add_argument("--dtype", default="auto")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--answers", type=Path, default=None, help="a DIR an earlier --out wrote: check its answers")
     args = ap.parse_args()
-    set_threads()
-    student = resolve_student("smollm2-135m-instruct")
+    student = plain_student()
     questions = load_ifeval(sample=args.prompts)
     t0 = time.perf_counter()
     if args.answers:
@@ -66,7 +57,7 @@ def main() -> None:
         answers.write_parquet(args.out / "answers.parquet")
         scores.write_parquet(args.out / "scores.parquet")
     g = s["groups"]["base"]
-    emit(dtype, figure="ifeval_base_student", model="smollm2-135m-instruct", generation=args.generation,
+    emit(dtype, figure="ifeval_base_student", model=STUDENT, generation=args.generation,
          prompts=questions.height, max_new_tokens=args.max_new_tokens,
          minutes_per_model=None if args.answers else round((generated - t0) / 60, 2), check_s=round(checked - generated, 2),
          **{f"{lv}_{sub}": round(100 * g[sub][lv]["mean"], 1) for sub in ("all", "fair") for lv in g[sub]},

@@ -11,32 +11,22 @@ An experiment costs (arms x seeds + 1) such passes.
 """
 from __future__ import annotations
 
-import argparse
-import os
-import sys
 import time
-from pathlib import Path
 
-from figures import emit  # noqa: E402 (bench/ is on sys.path when a bench runs)
+from figures import emit  # bench/ is on sys.path when a bench runs
+from plain_student import STUDENT, plain_student, student_parser  # first: the repository on sys.path, the Hub offline
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-from curation.settings import pick_dtype  # noqa: E402
-from evaluation.metrics import load_for_eval, row_losses  # noqa: E402
-from evaluation.reference import fit, load_reference  # noqa: E402
-from training.model import resolve_student, set_threads  # noqa: E402
+from curation.settings import pick_dtype
+from evaluation.metrics import load_for_eval, row_losses
+from evaluation.reference import fit, load_reference
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = student_parser(__doc__)
     ap.add_argument("--rows", type=int, default=64)
     ap.add_argument("--max-seq-len", type=int, default=512)
-    ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--dtype", default="auto")
     args = ap.parse_args()
-    set_threads()
-    student = resolve_student("smollm2-135m-instruct")
+    student = plain_student()
     ref = load_reference("alpaca_eval", rows=args.rows)
     t0 = time.perf_counter()
     model, tok = load_for_eval(student, "lora", args.dtype)
@@ -46,7 +36,7 @@ def main() -> None:
     f = fit(ref, tok, args.max_seq_len)
     secs = done - loaded
     emit(str(pick_dtype(args.dtype)), figure="reference_loss_rows_per_s", reference="alpaca_eval",
-         model="smollm2-135m-instruct", rows=ref.height, max_seq_len=args.max_seq_len, batch_size=args.batch_size,
+         model=STUDENT, rows=ref.height, max_seq_len=args.max_seq_len, batch_size=args.batch_size,
          rows_per_s=round(ref.height / secs, 2), answer_tokens_per_s=round(int(tokens.sum()) / secs, 1),
          score_s=round(secs, 2), load_s=round(loaded - t0, 2), answer_tokens=int(tokens.sum()),
          loss=round(float(nll.sum() / tokens.sum()), 4), truncated_rows=f["truncated"],
