@@ -25,6 +25,7 @@ import polars as pl
 from pydantic import Field, field_validator
 
 from curation import hf_folders, input_stream
+from curation.errors import InputError
 from curation.input_stream import UTF8_BOM, EncodingProblem
 from curation.layouts import LAYOUTS, MAPPABLE, RowError, mapped_keys_present, normalise
 from curation.records import MESSAGES, make_id
@@ -38,7 +39,7 @@ RAW_PREVIEW = 2000  # characters of a bad row kept in rejected.parquet for the a
 BATCH_ROWS = 50_000
 
 
-class IngestError(ValueError):
+class IngestError(InputError):
     """A file (not a row) is unusable: the message is one line naming the file."""
 
 

@@ -23,6 +23,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from curation.errors import InputError
+
 COMPRESSIONS = {".gz": "gzip", ".gzip": "gzip", ".zst": "zstd", ".zstd": "zstd", ".bz2": "bzip2", ".xz": "xz"}
 _MAGIC = ((b"\x1f\x8b", "gzip"), (b"\x28\xb5\x2f\xfd", "zstd"), (b"BZh", "bzip2"), (b"\xfd7zXZ\x00", "xz"))
 UTF8_BOM = b"\xef\xbb\xbf"
@@ -32,7 +34,7 @@ SNIFF_BYTES = 1 << 16  # what the encoding is judged on: the first 64 KiB of (de
 LATIN1_LINES = 3  # fewer broken lines than this are broken rows (each rejected), not a Latin-1 file
 
 
-class EncodingProblem(ValueError):
+class EncodingProblem(InputError):
     """The file's text is not UTF-8; the message names the encoding found and what to do."""
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from curation.errors import ConfigError, DataNotFound
 from curation.records import answer_text_expr
 from curation.step import recipe_path
 from evaluation.config import ArmConfig, ExperimentConfig
@@ -63,7 +64,7 @@ def arm_rows(arm: ArmConfig, pool: pl.DataFrame, curated: pl.DataFrame, *, seed:
     elif arm.data in ("random_n", "longest_n"):
         n = arm.n or curated.height
         if n > pool.height:
-            raise ValueError(f"arm {arm.name!r}: n={n} is larger than the pool ({pool.height} rows)")
+            raise ConfigError(f"arm {arm.name!r}: n={n} is larger than the pool ({pool.height} rows)")
         if arm.data == "random_n":
             rng = np.random.default_rng([*(seed if isinstance(seed, tuple) else (seed,)), 0x5EED])
             return pool[np.sort(rng.choice(pool.height, size=n, replace=False)).tolist()]
@@ -73,10 +74,10 @@ def arm_rows(arm: ArmConfig, pool: pl.DataFrame, curated: pl.DataFrame, *, seed:
     else:
         path = recipe_path(arm.data, base_dir)
         if not path.exists():
-            raise FileNotFoundError(f"arm {arm.name!r}: data file {path} not found")
+            raise DataNotFound(f"arm {arm.name!r}: data file {path} not found")
         df = read_any(path)
     if df.height == 0:
-        raise ValueError(f"arm {arm.name!r} ({arm.data}) has no rows")
+        raise ConfigError(f"arm {arm.name!r} ({arm.data}) has no rows")
     return df.head(arm.n) if arm.n is not None else df
 
 
@@ -110,7 +111,7 @@ def plan_budget(config: ExperimentConfig, train: TrainConfig, profiles: dict[str
     """Per arm: the training settings the budget rule gives (max_steps/epochs) and why."""
     steps = config.steps or train.max_steps
     if config.budget in ("equal_steps", "equal_tokens") and steps is None:
-        raise ValueError(f"budget {config.budget} needs a step count: set experiment.steps or train.max_steps")
+        raise ConfigError(f"budget {config.budget} needs a step count: set experiment.steps or train.max_steps")
     rows_per_step = train.batch_size * train.grad_accum
     plans: dict[str, dict] = {}
     if config.budget == "equal_epochs":

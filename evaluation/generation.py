@@ -49,6 +49,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Literal
 
+from curation.errors import PondError
+
 Backend = Literal["merged", "vllm", "transformers"]
 BACKENDS = ("merged", "vllm", "transformers")
 # Teachers serve on 8000 and up (`ServeSpec.port`); generation keeps off their ports.
@@ -72,7 +74,7 @@ MERGED_EAGER = True
 SERVER_START_S = 900.0
 
 
-class GenerationError(ValueError):
+class GenerationError(PondError, ValueError):
     """Bad input to `answerer` (an adapter folder, a name, a prompt), or a request that failed."""
 
 

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from curation.errors import PondError
 from curation.settings import default_cache_dir
 from evaluation.bootstrap import bootstrap_ci, paired_difference_ci
 
@@ -46,7 +47,7 @@ SCHEMA = {"question_id": pl.Utf8, "category": pl.Utf8, "turns": pl.List(pl.Utf8)
           "instructions": pl.List(pl.Utf8), "kwargs": pl.Utf8}
 
 
-class CheckerDependencyError(ImportError):
+class CheckerDependencyError(PondError, ImportError):
     """A module IFEval's checkers need is missing; the message says what to install."""
 
 

@@ -9,10 +9,25 @@ import typer
 from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                            TimeRemainingColumn)
+from typer.core import TyperGroup
 
+from curation.errors import PondError
 from pond import __version__
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="pond: curate, synthesise, train, evaluate.")
+
+class _Commands(TyperGroup):
+    """Every command runs inside this: what the user can fix (PondError) is one line and exit 2, never a
+    traceback. The one place it is caught, for the console script and for CliRunner alike."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except PondError as exc:
+            _fail(" ".join(str(exc).split()))
+
+
+app = typer.Typer(cls=_Commands, add_completion=False, no_args_is_help=True,
+                  help="pond: curate, synthesise, train, evaluate.")
 teacher_app = typer.Typer(no_args_is_help=True, help="start and stop a local vLLM teacher")
 app.add_typer(teacher_app, name="teacher")
 console = Console(stderr=True)
@@ -152,13 +167,9 @@ def export(run_dir: Path = typer.Argument(..., help="a run directory"),
            heldout: Optional[Path] = typer.Option(None, "--heldout", help="held-out file for --rows heldout "
                                                                            "(default RUN/heldout.parquet)")):
     """Write a run's rows for a trainer, the Hub or lm-evaluation-harness (see docs/in-and-out.md)."""
-    from pond.export import ExportError, export_run
+    from pond.export import export_run
 
-    try:
-        result = export_run(run_dir, to, out, rows, heldout)
-    except ExportError as exc:
-        _fail(str(exc))
-    print(result.summary())
+    print(export_run(run_dir, to, out, rows, heldout).summary())
 
 
 @app.command()
@@ -206,16 +217,13 @@ def serve(run_dir: Path = typer.Argument(..., help="a run directory with a train
     """Serve the run's adapter on an OpenAI-compatible vLLM server; the model name is the run's name."""
     from pond import serve as srv
 
-    try:
-        if stop:
-            ports = srv.stop_run(run_dir)
-            print(f"stopped the server of {run_dir} on port {', '.join(map(str, ports))}" if ports
-                  else f"no server of {run_dir} started by `pond serve`")
-            return
-        served = srv.serve_run(run_dir, port=port or srv.DEFAULT_PORT, cpu_cores=cpu_cores, dtype=dtype,
-                               max_model_len=max_model_len, log=console.print)
-    except srv.ServeError as exc:
-        _fail(str(exc))
+    if stop:
+        ports = srv.stop_run(run_dir)
+        print(f"stopped the server of {run_dir} on port {', '.join(map(str, ports))}" if ports
+              else f"no server of {run_dir} started by `pond serve`")
+        return
+    served = srv.serve_run(run_dir, port=port or srv.DEFAULT_PORT, cpu_cores=cpu_cores, dtype=dtype,
+                           max_model_len=max_model_len, log=console.print)
     print(served.describe())
 
 
@@ -263,10 +271,7 @@ def teacher_serve(model: Optional[str] = typer.Option(None, "--model", help="HF 
     """Start a vLLM OpenAI-compatible server (creates its virtual environment once)."""
     from synthesis import server
 
-    try:
-        handle = server.serve(model, port=port, cpu_cores=cpu_cores, dtype=dtype, log=console.print)
-    except server.TeacherServerError as exc:
-        _fail(str(exc))
+    handle = server.serve(model, port=port, cpu_cores=cpu_cores, dtype=dtype, log=console.print)
     print(f"teacher ready: {handle.base_url} (model {handle.model}, dtype {handle.dtype}; log {handle.log_path})")
 
 
@@ -279,15 +284,10 @@ def teacher_stop(port: int = typer.Option(8000, "--port", help="port the teacher
 
 
 def entry() -> None:  # console script
-    from curation.errors import PondError
-
     try:
         app()
     except KeyboardInterrupt:
         sys.exit(130)
-    except PondError as exc:  # what the user can fix: its message, one line, no traceback
-        console.print(f"[red]error:[/red] {' '.join(str(exc).split())}", highlight=False, soft_wrap=True)
-        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from typing import Any
 
 import polars as pl
 
+from curation.errors import DataNotFound
 from pond import __version__, layout, ledger
 from pond.recipe import Recipe
 from pond.report_html import write_report_html
@@ -120,7 +121,7 @@ def _evaluate(runner: Runner, recipe: Recipe, stack: ExitStack, log: Log, track=
 
     heldout, source = _heldout(runner, recipe, recipe.evaluate.heldout)
     if heldout is None:
-        raise FileNotFoundError(f"held-out set {source} not found (add a `holdout` step or set evaluate.heldout)")
+        raise DataNotFound(f"held-out set {source} not found (add a `holdout` step or set evaluate.heldout)")
     runner.teachers.keep_only(())  # the judge is served only while evaluation judges
     log(f"evaluate: {len(heldout)} held-out rows from {source}")
     ledger.append(runner.out, "evaluate", rows=len(heldout))
@@ -145,7 +146,7 @@ def _experiment(runner: Runner, curated: Path, recipe: Recipe, track, log: Log) 
 
     heldout, source = _heldout(runner, recipe, recipe.evaluate.heldout if recipe.evaluate else None)
     if heldout is None:
-        raise FileNotFoundError(f"held-out set {source} not found (add a `holdout` step first)")
+        raise DataNotFound(f"held-out set {source} not found (add a `holdout` step first)")
     # the noisy pool: every row that entered curation (after ingest's validity checks), minus the held-out draw
     pool = pl.read_parquet(layout.ingest_output(runner.out))
     pool = pool.filter(~pl.col("id").is_in(heldout["id"].implode()))

@@ -15,13 +15,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from curation.errors import PondError
 from pond import layout
 
 OWNER = "serve"
 DEFAULT_PORT = 8020  # teachers serve on 8000 and up, the evaluation's generation server on 8010
 
 
-class ServeError(ValueError):
+class ServeError(PondError, ValueError):
     """A run that cannot be served (no adapter, a bad adapter, a busy port), in one line."""
 
 

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import threading
 
+from curation.errors import PondError
+
 TEMPLATE_TOKENS_PER_MESSAGE = 8  # <|im_start|>role\n ... <|im_end|>\n, with room to spare
 TEMPLATE_TOKENS_FIXED = 64  # a default system prompt some chat templates insert
 
 
-class BudgetExceeded(RuntimeError):
+class BudgetExceeded(PondError, RuntimeError):
     """Sending this call could exceed the teacher's request or token budget."""
 
 

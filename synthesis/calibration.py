@@ -24,6 +24,7 @@ import polars as pl
 from sklearn.metrics import roc_auc_score
 
 from curation.answer_faults import language
+from curation.errors import PondError
 from synthesis.rows import row_answer, row_prompt
 
 CORRUPTIONS = ("answer_from_another_row", "cut_mid_sentence", "shuffled_prompt", "repeats_prompt",
@@ -33,7 +34,7 @@ MIN_WORDS = 12  # an answer shorter than this cannot be cut mid-sentence, nor st
 _SENTENCE = re.compile(r"(?<=[.!?])\s+")
 
 
-class CalibrationFailed(ValueError):
+class CalibrationFailed(PondError, ValueError):
     """The judge cannot tell good answers from broken ones well enough (one line: what to do)."""
 
 

@@ -34,6 +34,7 @@ from typing import Any, Literal
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from curation.errors import PondError
 from curation.settings import no_progress
 from synthesis.budget import Budget, BudgetExceeded, call_tokens_upper
 from synthesis.cache import ResponseCache, request_key
@@ -129,7 +130,7 @@ def resolve_teacher(teachers: dict[str, Any], name: str) -> TeacherConfig:
     return t if isinstance(t, TeacherConfig) else TeacherConfig.model_validate(t)
 
 
-class TeacherError(RuntimeError):
+class TeacherError(PondError, RuntimeError):
     """A call that failed for good (after its retries, or on a non-retryable answer)."""
 
 

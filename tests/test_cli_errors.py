@@ -1,5 +1,5 @@
 """What the user can fix is one line and a non-zero exit, never a traceback (curation.errors.PondError,
-caught once in pond.cli.entry): a student that does not exist, a teacher that cannot start."""
+caught once, by pond.cli's command group): a student that does not exist, a teacher that cannot start."""
 from __future__ import annotations
 
 import json
@@ -43,7 +43,7 @@ def test_a_problem_the_user_can_fix_is_one_line(tmp_path, what, says):
     (tmp_path / "r.yaml").write_text(RECIPES[what])
     res = _pond_cli(tmp_path, "run", "r.yaml", "--out", "run")
     out = res.stdout + res.stderr
-    assert res.returncode == 1, out
+    assert res.returncode == 2, out
     assert "Traceback" not in out and "╭" not in out, out
     errors = [line for line in out.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and says in errors[0], out

@@ -15,6 +15,7 @@ from __future__ import annotations
 import polars as pl
 
 from curation.chat import assistant_spans
+from curation.errors import ConfigError
 
 IGNORE = -100
 
@@ -56,7 +57,7 @@ def tokenize_conversations(df: pl.DataFrame, tokenizer, max_seq_len: int) -> lis
     (the untruncated token count). Rows without any assistant token have all labels -100."""
     has_messages = "messages" in df.columns
     if has_messages and getattr(tokenizer, "chat_template", None) is None and df["messages"].list.len().max():
-        raise ValueError("the student's tokenizer has no chat template; conversations need one "
+        raise ConfigError("the student's tokenizer has no chat template; conversations need one "
                          "(add chat_template.jinja to the model folder)")
     out = []
     messages_col = df["messages"].to_list() if has_messages else [None] * df.height

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from curation.errors import ConfigError
 from curation.settings import pick_dtype, resolve_model
 
 log = logging.getLogger(__name__)
@@ -96,7 +97,7 @@ def load_student(path: str | Path, method: str = "qlora", compute_dtype: str = "
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     if method not in METHODS:
-        raise ValueError(f"method must be one of {', '.join(METHODS)}, not {method!r}")
+        raise ConfigError(f"train.method must be one of {', '.join(METHODS)}, not {method!r}")
     path = resolve_student(str(path), cache_dir)
     dev = device()
     dtype = resolve_dtype(compute_dtype, dev)

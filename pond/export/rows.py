@@ -6,13 +6,14 @@ from pathlib import Path
 
 import polars as pl
 
+from curation.errors import PondError
 from pond import layout
 from pond.executors.shards import read_output
 
 ROW_SETS = ("curated", "synthetic", "rejected", "heldout")
 
 
-class ExportError(ValueError):
+class ExportError(PondError, ValueError):
     """`pond export` cannot do what was asked: str() is one line naming the run, file or option."""
 
 
