@@ -84,28 +84,33 @@ def file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def mark_finished(folder: Path, key: str, **facts: Any) -> None:
+def key_of(settings: Any) -> str:
+    """A work's key from what decides its result (options, input digests, …): equal settings, equal key."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+def mark_finished(folder: Path, key: str, facts: dict | None = None, *, name: str = MARKER) -> None:
     """Say that `folder`'s work with this key is finished; write it after everything it vouches for.
-    The marker's first line is the key (so older markers holding only a fingerprint still read);
-    `facts` follow as one JSON line."""
+    The marker's first line is the key (so the runner's older markers, a fingerprint alone, still read);
+    `facts` follow as one JSON line. `name`: where a folder holds more than one work's results (the run
+    folder: curation's steps have their own folders, the evaluation does not)."""
     text = key + "\n" + (json.dumps(facts, sort_keys=True, default=str) + "\n" if facts else "")
-    write_text(text, Path(folder) / MARKER)
+    write_text(text, Path(folder) / name)
 
 
-def finished(folder: Path, key: str | None = None) -> bool:
+def finished(folder: Path, key: str | None = None, *, name: str = MARKER) -> bool:
     """Whether `folder`'s work is finished, with this key when one is given."""
-    marker = Path(folder) / MARKER
     try:
-        first = marker.read_text().split("\n", 1)[0]
+        first = (Path(folder) / name).read_text().split("\n", 1)[0]
     except OSError:
         return False
     return key is None or first == key
 
 
-def finished_facts(folder: Path) -> dict:
+def finished_facts(folder: Path, *, name: str = MARKER) -> dict:
     """The facts a marker was written with ({} when none or not finished)."""
     try:
-        lines = (Path(folder) / MARKER).read_text().split("\n")
+        lines = (Path(folder) / name).read_text().split("\n")
     except OSError:
         return {}
     try:

@@ -30,7 +30,7 @@ def test_the_same_rows_give_the_same_parquet_bytes(tmp_path):
 
 def test_a_marker_vouches_for_its_key_only(tmp_path):
     assert not store.finished(tmp_path)
-    store.mark_finished(tmp_path, "fp-1", kept=3)
+    store.mark_finished(tmp_path, "fp-1", {"kept": 3})
     assert store.finished(tmp_path) and store.finished(tmp_path, "fp-1")
     assert not store.finished(tmp_path, "fp-2")
     assert store.finished_facts(tmp_path) == {"kept": 3}
@@ -44,3 +44,10 @@ def test_a_marker_written_by_an_older_pond_still_reads(tmp_path):
 def test_read_json_of_a_missing_or_broken_file_is_empty(tmp_path):
     (tmp_path / "broken.json").write_text('{"a": ')
     assert store.read_json(tmp_path / "missing.json") == {} and store.read_json(tmp_path / "broken.json") == {}
+
+
+def test_two_works_in_one_folder_have_their_own_markers(tmp_path):
+    store.mark_finished(tmp_path, store.key_of({"adapter": "a", "rows": 40}), name="eval.DONE")
+    assert store.finished(tmp_path, store.key_of({"rows": 40, "adapter": "a"}), name="eval.DONE")
+    assert not store.finished(tmp_path, store.key_of({"adapter": "b", "rows": 40}), name="eval.DONE")
+    assert not store.finished(tmp_path)  # the folder's own marker is another work's
