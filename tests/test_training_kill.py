@@ -60,14 +60,13 @@ elif where == "seal":  # every file written, the seal not
     kill_in(checkpoints.CheckpointSealed, "on_save")
 elif where == "step":  # in the middle of the step after `at`
     kill_in(Trainer, "training_step")
-elif where == "result":  # train-result.json's temporary file written, not yet renamed
-    original = checkpoints.write_atomic
-    def write_atomic(path, text):
-        if path.name == "train-result.json":
-            path.with_name(path.name + ".tmp").write_text(text[: len(text) // 2])
+elif where == "result":  # train-result.json's temporary file written (curation.store), not yet renamed
+    replace = os.replace
+    def replace_or_die(src, dst):
+        if Path(dst).name == "train-result.json":
             die()
-        original(path, text)
-    trainer_module.write_atomic = write_atomic
+        replace(src, dst)
+    os.replace = replace_or_die
 
 rows = pl.read_parquet(sys.argv[1])
 config = TrainConfig.model_validate_json(Path(sys.argv[2]).read_text())
@@ -97,6 +96,8 @@ def test_killed_anywhere_in_training_resumes_to_the_uninterrupted_adapter(tiny_l
         assert done.returncode == -signal.SIGKILL, (kill, done.stderr[-3000:])
         if kill == "optimizer:1":  # the only checkpoint is half written: it must not be resumed from
             assert not (out / "checkpoints" / "checkpoint-1" / "trainer_state.json").exists()
+        if kill == "result:6":  # its temporary file is whole, the rename never came: not finished
+            assert not (out / "train-result.json").exists() and list(out.glob(".train-result.json.*.tmp"))
     last = _start(rows, config, out, None)
     assert last.returncode == 0 and "finished" in last.stdout, last.stderr[-3000:]
     aside = sorted(p.name for p in (out / SET_ASIDE).iterdir())

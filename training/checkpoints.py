@@ -17,17 +17,12 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
+from curation.store import write_text
+
 log = logging.getLogger(__name__)
 SEAL = "pond-checkpoint.json"
 SET_ASIDE = "checkpoints-incomplete"  # beside checkpoints/, so neither resume nor rotation sees them
 _NAME = re.compile(r"checkpoint-(\d+)")
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write `text` whole or not at all: a temporary file, then a rename."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 class CheckpointSealed(TrainerCallback):
@@ -36,7 +31,7 @@ class CheckpointSealed(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         if folder.is_dir():
-            write_atomic(folder / SEAL, json.dumps({"step": state.global_step}))
+            write_text(json.dumps({"step": state.global_step}), folder / SEAL)
         return control
 
 

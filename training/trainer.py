@@ -21,6 +21,7 @@ import json
 import logging
 import shutil
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,9 +29,10 @@ import polars as pl
 import torch
 
 from curation.settings import hardware
+from curation.store import write_json
 from training.callbacks import CountingSFTTrainer, EarlyStopping, ProgressCallback
 from training.card import TrainResult, write_card
-from training.checkpoints import CheckpointSealed, last_sealed, write_atomic
+from training.checkpoints import CheckpointSealed, last_sealed
 from training.config import TrainConfig
 from training.data import IGNORE, tokenize_conversations
 from training.model import (device, load_student, load_tokenizer, max_positions, resolve_dtype, resolve_student,
@@ -38,6 +40,7 @@ from training.model import (device, load_student, load_tokenizer, max_positions,
 
 __all__ = ["TrainResult", "train", "resolve_student", "load_student", "tokenize_conversations"]
 log = logging.getLogger(__name__)
+RESULT = "train-result.json"  # present = finished
 
 
 def _examples(df: pl.DataFrame, tokenizer, max_seq_len: int, what: str) -> tuple[list[dict], int, int]:
@@ -147,7 +150,7 @@ def _claim(out_dir: Path, key: dict) -> None:
                              f"use another output folder or delete it")
         return
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, json.dumps(key, indent=2, sort_keys=True))
+    write_json(key, path, indent=2, sort_keys=True)
 
 
 def _sort_adapter_config(path: Path) -> None:
@@ -177,22 +180,21 @@ def _merge(student: Path, adapter_dir: Path, out: Path, dtype: torch.dtype) -> P
     return out
 
 
-def train(df: pl.DataFrame, config: TrainConfig, out_dir: Path, *, seed: int = 0,
-          eval_df: pl.DataFrame | None = None, cache_dir: Path | None = None,
-          provenance: dict | None = None, progress: Callable | None = None) -> TrainResult:
-    """Fine-tune `config.student` on `df` (canonical records) and save the adapter under `out_dir`.
+@dataclass
+class _Data:
+    """The tokenized training rows (and held-out rows, when given), with what the key and the card record."""
 
-    `progress(iterable, description, total)` is a progress wrapper (StepContext.track's contract)
-    advanced once per optimizer step.
-    `provenance` (dataset_hash, recipe_hash, pond_version, ...) goes into the adapter card.
-    """
-    import datasets
-    from datasets import Dataset
-    from peft import LoraConfig
-    from transformers.trainer_callback import PrinterCallback
+    examples: list[dict]
+    eval_examples: list[dict] | None
+    truncated: int
+    dropped: int
+    hash: str
+    eval_hash: str | None
 
-    out_dir = Path(out_dir)
-    set_threads(config.threads)
+
+def _setup_student(config: TrainConfig, cache_dir: Path | None, eval_df: pl.DataFrame | None) -> Path:
+    """The student's folder, after the checks that need no data: the sequence fits its positions, and early
+    stopping has a held-out set."""
     student = resolve_student(config.student, cache_dir)
     positions = max_positions(student)
     if positions is not None and config.max_seq_len > positions:
@@ -200,25 +202,37 @@ def train(df: pl.DataFrame, config: TrainConfig, out_dir: Path, *, seed: int = 0
                          f"({positions}, max_position_embeddings of {student})")
     if config.early_stopping_patience and eval_df is None:
         raise ValueError("early_stopping_patience needs a held-out set (eval_df)")
+    return student
+
+
+def _setup_data(df: pl.DataFrame, eval_df: pl.DataFrame | None, student: Path, config: TrainConfig) -> _Data:
     tokenizer = load_tokenizer(student)
     examples, truncated, dropped = _examples(df, tokenizer, config.max_seq_len, "training")
     eval_examples = _examples(eval_df, tokenizer, config.max_seq_len, "held-out")[0] if eval_df is not None else None
-    data_hash = _hash_examples(examples)
-    key = _run_key(config, seed, student, data_hash, eval_examples and _hash_examples(eval_examples))
-    result_path = out_dir / "train-result.json"
-    _claim(out_dir, key)
-    if (done := _read_json(result_path)) is not None and "result" in done:
-        return TrainResult.from_json(done["result"], out_dir)
+    return _Data(examples, eval_examples, truncated, dropped, _hash_examples(examples),
+                 eval_examples and _hash_examples(eval_examples))
 
-    dtype = resolve_dtype(config.compute_dtype)
+
+def _setup_model(student: Path, config: TrainConfig):
+    """(model, tokenizer, peft_config): the student loaded for training; peft_config None for method `full`."""
+    from peft import LoraConfig
+
     model, tokenizer = load_student(student, config.method, config.compute_dtype, for_training=True)
-    peft_config = None
     if config.method == "full":
         model.requires_grad_(True)
-    else:
-        _check_targets(model, config.target_modules)
-        peft_config = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                                 target_modules=config.target_modules, bias="none", task_type="CAUSAL_LM")
+        return model, tokenizer, None
+    _check_targets(model, config.target_modules)
+    peft_config = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                             target_modules=config.target_modules, bias="none", task_type="CAUSAL_LM")
+    return model, tokenizer, peft_config
+
+
+def _setup_trainer(model, tokenizer, peft_config, config: TrainConfig, out_dir: Path, seed: int, dtype: torch.dtype,
+                   data: _Data, progress: Callable | None) -> tuple[CountingSFTTrainer, EarlyStopping | None]:
+    """TRL's trainer with pond's callbacks (seal, progress, early stopping), and the early stopper if any."""
+    import datasets
+    from datasets import Dataset
+    from transformers.trainer_callback import PrinterCallback
 
     callbacks = [CheckpointSealed()] + ([ProgressCallback(progress)] if progress else [])
     stopper = None
@@ -229,9 +243,9 @@ def train(df: pl.DataFrame, config: TrainConfig, out_dir: Path, *, seed: int = 0
     datasets.disable_progress_bars()  # TRL's dataset preparation bars; the step bar is `progress`
     trainer = CountingSFTTrainer(
         model=model,
-        args=_sft_config(config, out_dir, seed, dtype, eval_examples is not None),
-        train_dataset=Dataset.from_list(examples),
-        eval_dataset=Dataset.from_list(eval_examples) if eval_examples else None,
+        args=_sft_config(config, out_dir, seed, dtype, data.eval_examples is not None),
+        train_dataset=Dataset.from_list(data.examples),
+        eval_dataset=Dataset.from_list(data.eval_examples) if data.eval_examples else None,
         processing_class=tokenizer,
         peft_config=peft_config,
         callbacks=callbacks,
@@ -246,50 +260,85 @@ def train(df: pl.DataFrame, config: TrainConfig, out_dir: Path, *, seed: int = 0
         for p in trainer.model.parameters():
             if p.requires_grad:
                 p.data = p.data.float()
+    return trainer, stopper
 
+
+def _run(trainer: CountingSFTTrainer, out_dir: Path, has_eval: bool) -> list[dict]:
+    """Train from the last sealed checkpoint (or the start); the log history, with the final held-out loss."""
     last = last_sealed(out_dir / "checkpoints")
     if last:
         log.info("resuming from %s", last)
     trainer.train(resume_from_checkpoint=str(last) if last else None)
     history = trainer.state.log_history
-    if eval_examples and not any("eval_loss" in e and e.get("step") == trainer.state.global_step for e in history):
+    if has_eval and not any("eval_loss" in e and e.get("step") == trainer.state.global_step for e in history):
         trainer.evaluate()  # the held-out loss of the final weights, when no epoch boundary gave it
-    history = trainer.state.log_history
+    return trainer.state.log_history
 
-    final_name = "model" if config.method == "full" else "adapter"
-    final_dir = out_dir / final_name
-    tmp = out_dir / (final_name + ".tmp")
+
+def _save_final(trainer: CountingSFTTrainer, tokenizer, stopper: EarlyStopping | None, tmp: Path) -> None:
+    """The final weights (the best ones, with early stopping) and the tokenizer, into the folder `tmp`."""
     shutil.rmtree(tmp, ignore_errors=True)
-    if stopper is not None and (out_dir / "best").is_dir():
-        shutil.copytree(out_dir / "best", tmp)
+    if stopper is not None and stopper.best_dir.is_dir():
+        shutil.copytree(stopper.best_dir, tmp)
     else:
         trainer.model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     _sort_adapter_config(tmp / "adapter_config.json")
 
+
+def _result(trainer: CountingSFTTrainer, history: list[dict], final_dir: Path, data: _Data, config: TrainConfig,
+            student: Path, dtype: torch.dtype, stopper: EarlyStopping | None) -> TrainResult:
     losses = [e["loss"] for e in history if "loss" in e]
     evals = [(e["step"], e["eval_loss"]) for e in history if "eval_loss" in e]
     totals = next((e for e in reversed(history) if "tokens_seen" in e), {})
     tail = losses[-max(1, len(losses) // 10):]
-    result = TrainResult(
+    return TrainResult(
         adapter_dir=final_dir, steps=trainer.state.global_step,
         train_loss=float(sum(tail) / len(tail)), first_loss=float(losses[0]),
         eval_losses=[x for _, x in evals], tokens_seen=int(totals.get("tokens_seen", 0)),
         answer_tokens_seen=int(totals.get("answer_tokens_seen", 0)),
-        train_seconds=float(totals.get("train_seconds", 0.0)), rows=len(examples),
+        train_seconds=float(totals.get("train_seconds", 0.0)), rows=len(data.examples),
         method=config.method, base_model=str(student), compute_dtype=str(dtype).removeprefix("torch."),
         losses=losses, eval_steps=[s for s, _ in evals],
         stopped_early=bool(stopper and trainer.state.global_step < trainer.state.max_steps),
-        truncated_rows=truncated, dropped_rows=dropped,
+        truncated_rows=data.truncated, dropped_rows=data.dropped,
     )
-    write_card(tmp, result, config.model_dump(mode="json"), seed, provenance or {}, data_hash)
+
+
+def train(df: pl.DataFrame, config: TrainConfig, out_dir: Path, *, seed: int = 0,
+          eval_df: pl.DataFrame | None = None, cache_dir: Path | None = None,
+          provenance: dict | None = None, progress: Callable | None = None) -> TrainResult:
+    """Fine-tune `config.student` on `df` (canonical records) and save the adapter under `out_dir`.
+
+    `progress(iterable, description, total)` is a progress wrapper (StepContext.track's contract)
+    advanced once per optimizer step.
+    `provenance` (dataset_hash, recipe_hash, pond_version, ...) goes into the adapter card.
+    """
+    out_dir = Path(out_dir)
+    set_threads(config.threads)
+    student = _setup_student(config, cache_dir, eval_df)
+    data = _setup_data(df, eval_df, student, config)
+    result_path = out_dir / RESULT
+    _claim(out_dir, _run_key(config, seed, student, data.hash, data.eval_hash))
+    if (done := _read_json(result_path)) is not None and "result" in done:
+        return TrainResult.from_json(done["result"], out_dir)
+
+    dtype = resolve_dtype(config.compute_dtype)
+    model, tokenizer, peft_config = _setup_model(student, config)
+    trainer, stopper = _setup_trainer(model, tokenizer, peft_config, config, out_dir, seed, dtype, data, progress)
+    history = _run(trainer, out_dir, data.eval_examples is not None)
+
+    final_name = "model" if config.method == "full" else "adapter"
+    final_dir, tmp = out_dir / final_name, out_dir / (final_name + ".tmp")
+    _save_final(trainer, tokenizer, stopper, tmp)
+    result = _result(trainer, history, final_dir, data, config, student, dtype, stopper)
+    write_card(tmp, result, config.model_dump(mode="json"), seed, provenance or {}, data.hash)
     shutil.rmtree(final_dir, ignore_errors=True)
-    tmp.rename(final_dir)
+    tmp.rename(final_dir)  # a folder: written beside, then renamed whole
     if config.merge and config.method != "full":
         result.merged_dir = _merge(student, final_dir, out_dir / "merged", torch.bfloat16 if dtype == torch.bfloat16
                                    else torch.float32)
-    # train-result.json says "finished": written whole or not at all
-    write_atomic(result_path, json.dumps({"result": result.to_json(), "provenance": provenance or {},
-                                          "hardware": hardware(result.compute_dtype), "log_history": history},
-                                         indent=1, default=str))
+    # train-result.json says "finished": written last, whole or not at all
+    write_json({"result": result.to_json(), "provenance": provenance or {},
+                "hardware": hardware(result.compute_dtype), "log_history": history}, result_path, indent=1)
     return result
