@@ -1,9 +1,14 @@
-"""Exact deduplication: rows whose normalised text is identical to an earlier row's are dropped."""
+"""Exact deduplication: rows whose normalised text is identical to an earlier row's are dropped.
+
+Reference rows (`ctx.reference`) count as earlier than every row of the step's input: a row equal
+to one is rejected naming it; they are never in the output.
+"""
 from __future__ import annotations
 
 import polars as pl
 from pydantic import Field
 
+from curation.keep import against_reference, has_reference, with_reference
 from curation.step import StepContext, StepOptions, reject
 
 STAGE = "exact_dedup"
@@ -47,7 +52,11 @@ def duplicate_groups(duplicate_of_column: pl.Series) -> int:
 
 def exact_dedup(df: pl.DataFrame, opts: ExactDedupOptions, ctx: StepContext) -> tuple[pl.DataFrame, pl.DataFrame]:
     key = normalised_text(opts.column, opts.lowercase, opts.strip_punctuation).alias("__key")
-    marked = df.with_columns(key).with_columns(duplicate_of("__key").alias("duplicate_of")).drop("__key")
-    kept, rejected = split_exact(marked)
+    # the reference rows lead, so a group's first row is a reference row whenever it has one
+    rows, n_ref = with_reference(df, ctx.reference, ["id", opts.column])
+    marks = rows.with_columns(key).select(duplicate_of("__key").alias("duplicate_of")).slice(n_ref)
+    kept, rejected = split_exact(df.with_columns(marks["duplicate_of"]))
     ctx.stats["duplicate_groups"] = duplicate_groups(rejected["duplicate_of"])
+    if has_reference(ctx.reference):
+        ctx.stats["against_reference"] = against_reference(ctx.reference, rejected, len(df))
     return kept, rejected

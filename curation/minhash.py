@@ -13,6 +13,8 @@
 4. Clusters: connected components of the verified pairs. A cluster's id is its smallest row id,
    so the same rows give the same clusters and ids whatever their order in the input. One row per
    cluster is kept (`keep`); the others are rejected with `duplicate_of` = the kept row's id.
+   Reference rows (`ctx.reference`) join the comparison and are never in the output; a cluster
+   holding one keeps a reference row, whatever `keep` says.
 
 Documents are processed in id order internally, which is what makes every tie-break independent
 of the input's row order. Clusters are transitive: A~B and B~C put A, B, C together even when
@@ -29,7 +31,7 @@ from pydantic import Field, model_validator
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from curation.keep import Keep, check_score_column, keeper
+from curation.keep import Keep, against_reference, check_score_column, keeper, with_reference
 from curation.minhash_signatures import (band_hashes, hash32, optimal_bands, pair_jaccard, permutations, signatures,
                                          sorted_sets)
 from curation.shingles import shingle_hashes
@@ -182,46 +184,66 @@ def split_near_duplicates(marked: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFr
     return kept, reject(marked.filter(~is_kept), STAGE, "near_duplicate")
 
 
+def _cluster_info(rows: pl.DataFrame, order: np.ndarray, edges: pl.DataFrame, opts: MinhashDedupOptions,
+                  n_ref: int) -> pl.DataFrame:
+    """One small row per document (no text), in row order: dup_cluster, duplicate_of (the kept row
+    of its cluster: a reference row, of the first `n_ref` rows, if the cluster has one), dup_jaccard."""
+    n = len(rows)
+    comp = _components(n, edges["a"].to_numpy(), edges["b"].to_numpy())
+    best = (pl.concat([edges.select(pl.col("a").alias("__doc"), "jaccard"),
+                       edges.select(pl.col("b").alias("__doc"), "jaccard")])
+            .group_by("__doc").agg(pl.col("jaccard").max().alias("dup_jaccard")))
+    # in internal order
+    info = pl.DataFrame({
+        "__doc": np.arange(n, dtype=np.int64), "__row": order.astype(np.int64), "__comp": comp,
+        "id": rows["id"].gather(order),
+        "__len": rows[opts.column].fill_null("").str.len_chars().cast(pl.Int64).gather(order),
+    })
+    if opts.keep == "quality":
+        info = info.with_columns(rows[opts.score_column].gather(order).alias("__score"))
+    if n_ref:
+        info = info.with_columns((pl.col("__row") < n_ref).alias("__ref"))
+    in_cluster = pl.len().over("__comp") > 1
+    return (info.with_columns(
+        # the smallest internal doc has the smallest id
+        pl.when(in_cluster).then(pl.col("id").first().over("__comp")).alias("dup_cluster"),
+        keeper(opts.keep, "__comp", position="__row", length="__len", score="__score", tiebreak="__doc",
+               first="__ref" if n_ref else None).alias("duplicate_of"),
+        in_cluster.alias("__in"),
+    ).join(best, on="__doc", how="left", maintain_order="left").sort("__row"))
+
+
+def _write_pairs(info: pl.DataFrame, verified: pl.DataFrame, threshold: float, ctx: StepContext) -> None:
+    """Every verified candidate pair, for audits."""
+    ids = info.sort("__doc")["id"]
+    ctx.step_dir.mkdir(parents=True, exist_ok=True)
+    verified.select(ids.gather(verified["a"]).alias("id_a"), ids.gather(verified["b"]).alias("id_b"), "jaccard",
+                    (pl.col("jaccard") >= threshold).alias("duplicate")).write_parquet(ctx.step_dir / "pairs.parquet")
+
+
 def minhash_dedup(df: pl.DataFrame, opts: MinhashDedupOptions, ctx: StepContext) -> tuple[pl.DataFrame, pl.DataFrame]:
     check_score_column(STAGE, opts.keep, opts.score_column, df.columns)
     seed = ctx.seed if opts.seed is None else opts.seed
-    n = len(df)
+    # the reference rows lead and are compared like any row; only df's rows get verdicts
+    columns = ["id", opts.column] + ([opts.score_column] if opts.keep == "quality" else [])
+    rows, n_ref = with_reference(df, ctx.reference, columns)
+    n = len(rows)
     # internal document number = rank of the row's id: results do not depend on row order.
     # (The text column itself is never reordered: a gather would copy every string.)
-    order = df["id"].arg_sort().to_numpy()
+    order = rows["id"].arg_sort().to_numpy()
     rank = np.empty(n, dtype=np.int64)
     rank[order] = np.arange(n)
-    texts = df[opts.column]
+    texts = rows[opts.column]
     pairs, figures = candidate_pairs(texts, rank, opts, seed, ctx)
     t0 = time.perf_counter()
     verified = verify_pairs(texts, order, pairs, opts, ctx)
     edges = verified.filter(pl.col("jaccard") >= opts.threshold)
     t1 = time.perf_counter()
-    comp = _components(n, edges["a"].to_numpy(), edges["b"].to_numpy())
-    best = (pl.concat([edges.select(pl.col("a").alias("__doc"), "jaccard"),
-                       edges.select(pl.col("b").alias("__doc"), "jaccard")])
-            .group_by("__doc").agg(pl.col("jaccard").max().alias("dup_jaccard")))
-    # one small row per document (no text), in internal order
-    info = pl.DataFrame({
-        "__doc": np.arange(n, dtype=np.int64), "__row": order.astype(np.int64), "__comp": comp,
-        "id": df["id"].gather(order), "__len": texts.fill_null("").str.len_chars().cast(pl.Int64).gather(order),
-    })
-    if opts.keep == "quality" and opts.score_column in df.columns:
-        info = info.with_columns(df[opts.score_column].gather(order).alias("__score"))
-    in_cluster = pl.len().over("__comp") > 1
-    info = (info.with_columns(
-        # the smallest internal doc has the smallest id
-        pl.when(in_cluster).then(pl.col("id").first().over("__comp")).alias("dup_cluster"),
-        keeper(opts.keep, "__comp", position="__row", length="__len", score="__score", tiebreak="__doc")
-        .alias("duplicate_of"),
-        in_cluster.alias("__in"),
-    ).join(best, on="__doc", how="left", maintain_order="left").sort("__row"))
-    if ctx.step_dir is not None:  # every verified candidate pair, for audits
-        ids = info.sort("__doc")["id"]
-        ctx.step_dir.mkdir(parents=True, exist_ok=True)
-        verified.select(ids.gather(verified["a"]).alias("id_a"), ids.gather(verified["b"]).alias("id_b"), "jaccard",
-                        (pl.col("jaccard") >= opts.threshold).alias("duplicate")).write_parquet(ctx.step_dir / "pairs.parquet")
-    kept, rejected = split_near_duplicates(df.with_columns(info.select("dup_cluster", "duplicate_of", "dup_jaccard")))
+    info = _cluster_info(rows, order, edges, opts, n_ref)
+    if ctx.step_dir is not None:
+        _write_pairs(info, verified, opts.threshold, ctx)
+    marks = info.select("dup_cluster", "duplicate_of", "dup_jaccard").slice(n_ref)
+    kept, rejected = split_near_duplicates(df.with_columns(marks))
     figures.update({
         "docs": n,
         "verified_pairs": len(edges),
@@ -231,5 +253,8 @@ def minhash_dedup(df: pl.DataFrame, opts: MinhashDedupOptions, ctx: StepContext)
         "verify_seconds": round(t1 - t0, 3),
         "cluster_seconds": round(time.perf_counter() - t1, 3),
     })
+    if n_ref:
+        figures["against_reference"] = against_reference(ctx.reference, rejected, len(df), opts.keep, column=opts.column,
+                                                         score_column=opts.score_column, tiebreak="id")
     ctx.stats.update(figures)
     return kept, rejected

@@ -9,6 +9,9 @@
    `semantic_duplicate_of:<id>`). Unlike MinHash this catches paraphrases with few shared words;
    like SemDeDup it misses pairs that k-means put in different clusters (fewer, larger clusters
    miss less and cost more: `cluster_size`).
+
+Reference rows (`ctx.reference`) are embedded, clustered and walked with the step's rows, ahead of
+them whatever `keep` says, and are never in the output.
 """
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ from pydantic import Field
 from scipy.sparse import csr_matrix
 
 from curation.embed import EmbeddingOptions, embed_column
-from curation.keep import Keep, check_score_column, keep_rank
+from curation.keep import Keep, against_reference, check_score_column, keep_rank, with_reference
 from curation.step import StepContext, StepOptions, reject
 
 STAGE = "semantic_dedup"
@@ -43,11 +46,13 @@ class SemanticDedupOptions(StepOptions):
     embedding: EmbeddingOptions = Field(default_factory=EmbeddingOptions, description="embedding model settings")
 
 
-def keep_priority(df: pl.DataFrame, keep: str, score_column: str, column: str) -> np.ndarray:
-    """Rank of every row (0 = kept first) under the keep rule (curation.keep); ties: input order."""
+def keep_priority(df: pl.DataFrame, keep: str, score_column: str, column: str, n_ref: int = 0) -> np.ndarray:
+    """Rank of every row (0 = kept first) under the keep rule (curation.keep); ties: input order;
+    the first `n_ref` rows (reference rows) before all others."""
     check_score_column(STAGE, keep, score_column, df.columns)
     score = df[score_column].cast(pl.Float64) if keep == "quality" else None
-    return keep_rank(keep, df[column].fill_null("").str.len_chars(), score)
+    first = np.arange(len(df)) < n_ref if n_ref else None
+    return keep_rank(keep, df[column].fill_null("").str.len_chars(), score, first)
 
 
 def split_semantic(marked: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -175,24 +180,35 @@ def default_clusters(n: int, cluster_size: int) -> int:
 
 
 def semantic_dedup(df: pl.DataFrame, opts: SemanticDedupOptions, ctx: StepContext) -> tuple[pl.DataFrame, pl.DataFrame]:
-    n = len(df)
-    priority = keep_priority(df, opts.keep, opts.score_column, opts.column)  # fail fast before embedding
-    if n == 0:
+    check_score_column(STAGE, opts.keep, opts.score_column, df.columns)  # fail fast before embedding
+    if df.is_empty():
         return df, reject(df.with_columns(pl.lit(None, pl.Utf8).alias("duplicate_of"),
                                           pl.lit(None, pl.Float32).alias("dup_cosine")), STAGE, "")
-    emb = embed_column(df, opts.column, opts.embedding, ctx)
+    # the reference rows lead and are walked first; only df's rows get verdicts
+    columns = ["id", opts.column] + ([opts.score_column] if opts.keep == "quality" else [])
+    rows, n_ref = with_reference(df, ctx.reference, columns)
+    priority = keep_priority(rows, opts.keep, opts.score_column, opts.column, n_ref)
+    n = len(rows)
+    emb = embed_column(rows, opts.column, opts.embedding, ctx)
     k = opts.n_clusters or default_clusters(n, opts.cluster_size)
     seed = ctx.seed if opts.seed is None else opts.seed
     res = semdedup(emb, priority, opts.eps, k, seed, opts.kmeans_iter, ctx.track)
-    is_dup = res["dup_of"] >= 0
+    dup_of = res["dup_of"][n_ref:]
+    is_dup = dup_of >= 0
     kept, rejected = split_semantic(df.with_columns(
-        pl.when(pl.Series(is_dup)).then(df["id"].gather(np.maximum(res["dup_of"], 0))).alias("duplicate_of"),
-        pl.Series("dup_cosine", res["dup_cosine"], dtype=pl.Float32),
+        pl.when(pl.Series(is_dup)).then(rows["id"].gather(np.maximum(dup_of, 0))).alias("duplicate_of"),
+        pl.Series("dup_cosine", res["dup_cosine"][n_ref:], dtype=pl.Float32),
     ))
-    sizes = np.bincount(res["cluster"])
-    ctx.stats.update({
-        "rows": n, "clusters": int(k), "largest_cluster": int(sizes.max()), "duplicates": len(rejected),
-        "threshold_cosine": round(1.0 - opts.eps, 6),
-        "kmeans_seconds": round(float(res["seconds"][0]), 3), "compare_seconds": round(float(res["seconds"][1]), 3),
-    })
+    ctx.stats.update(semdedup_figures(res, n, k, len(rejected), opts.eps))
+    if n_ref:
+        ctx.stats["against_reference"] = against_reference(ctx.reference, rejected, len(df), opts.keep,
+                                                           column=opts.column, score_column=opts.score_column)
     return kept, rejected
+
+
+def semdedup_figures(res: dict[str, np.ndarray], rows: int, k: int, duplicates: int, eps: float) -> dict:
+    """The step's figures, on both executors."""
+    sizes = np.bincount(res["cluster"])
+    return {"rows": rows, "clusters": int(k), "largest_cluster": int(sizes.max()), "duplicates": duplicates,
+            "threshold_cosine": round(1.0 - eps, 6),
+            "kmeans_seconds": round(float(res["seconds"][0]), 3), "compare_seconds": round(float(res["seconds"][1]), 3)}
