@@ -18,16 +18,17 @@ checkpoint. The held-out set never reaches training (no early stopping on it, no
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
 from curation.settings import no_progress
+from curation.store import read_json, write_json
 from evaluation.arms import arm_rows, plan_budget, profile, remove_heldout, remove_overlap, varies_by_seed
 from evaluation.config import EvaluateConfig, ExperimentConfig
 from evaluation.evaluate import evaluate_run
@@ -35,21 +36,90 @@ from evaluation.report import add_benchmark, add_reference, aggregate, goal_sent
 from evaluation.scoring import frame_hash, make_judges, prepare_heldout, score_model, summarise
 from training.config import TrainConfig
 
-__all__ = ["run_experiment", "evaluate_run"]
+__all__ = ["ExperimentContext", "run_experiment", "evaluate_run"]
 log = logging.getLogger(__name__)
 
 
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
+@dataclass(frozen=True)
+class ExperimentContext:
+    """The run-level context of one experiment: where its inputs live and what it may use; run_experiment's
+    keywords besides `evaluate_config` (see there)."""
+
+    seed: int = 0
+    cache_dir: Path | None = None
+    teachers: dict | None = None
+    provenance: dict | None = None
+    progress: Callable | None = None
+    heldout_source: str | None = None
+    base_dir: Path | None = None
+    title: str | None = None
+    serving: Callable | None = None
+    log_fn: Callable[[str], None] = lambda m: None
+
+
+@dataclass
+class _Run:
+    """What every part of an experiment shares: its folder, its settings, the student and the context."""
+
+    out_dir: Path
+    config: ExperimentConfig
+    train: TrainConfig
+    ecfg: EvaluateConfig
+    ctx: ExperimentContext
+    student: Path
+    tokenizer: Any
+    max_seq_len: int
+
+    @property
+    def track(self) -> Callable:
+        return self.ctx.progress or no_progress
+
+    @property
+    def serving(self) -> Callable:
+        return self.ctx.serving or (lambda name: contextlib.nullcontext())
+
+    @property
+    def cache_path(self) -> Path | None:
+        return (self.out_dir / "teacher-cache.sqlite") if self.ecfg.judge else None
+
+    @property
+    def name(self) -> str:
+        # `pond experiment` writes into runs/NAME/experiment: name the MLflow experiment after the run.
+        return self.ctx.title or (self.out_dir.resolve().parent.name if self.out_dir.name == "experiment"
+                                  else self.out_dir.name)
+
+
+@dataclass
+class _Plan:
+    """What the arms train on and for how long, and what the report says about it."""
+
+    held: pl.DataFrame  # the held-out rows every model is scored on
+    held_hash: str
+    pool: pl.DataFrame
+    curated: pl.DataFrame
+    leaked: int  # pool rows equal to held-out rows, removed
+    reference: pl.DataFrame | None
+    data: dict[tuple[str, int], pl.DataFrame]  # each arm x seed's rows
+    profiles: dict[str, dict]
+    plans: dict[str, dict]  # each arm's budget (max_steps, epochs)
+    heldout_source: str
+    notes: list[str]
+
+
+@dataclass
+class _Scoring:
+    """How each model is scored: the judges, the key a finished score must match, the base model's scores and
+    the answers a pairwise judge compares with."""
+
+    ask: Callable | None
+    grade: Callable | None
+    key: dict
+    base: pl.DataFrame
+    compare: list
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, default=str))
-    tmp.replace(path)
+    write_json(obj, path, indent=1, sort_keys=True)
 
 
 def _train_summary(result) -> dict:
@@ -65,46 +135,36 @@ def _heldout_source(heldout: pl.DataFrame) -> str:
     return "rows from " + ", ".join(sources[:3]) + (" …" if len(sources) > 3 else "")
 
 
-def _base_scores(out_dir: Path, student: Path, train_config: TrainConfig, held: pl.DataFrame, ecfg: EvaluateConfig,
-                 max_seq_len: int, key: dict, grade, cache_dir, progress) -> pl.DataFrame:
-    d = out_dir / "base"
-    done = _read_json(d / "eval.json")
-    if done and done.get("key") == key and (d / "scores.parquet").exists():
-        return pl.read_parquet(d / "scores.parquet")
-    d.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    scores = score_model(student, train_config.method, train_config.compute_dtype, held, ecfg, max_seq_len,
-                         grade=grade, cache_dir=cache_dir, progress=progress)
-    scores.write_parquet(d / "scores.parquet")
-    _write_json(d / "eval.json", {"key": key, "metrics": summarise(scores),
-                                  "eval_seconds": time.perf_counter() - t0})
-    return scores
-
-
 def run_experiment(out_dir: Path, pool: pl.DataFrame, curated: pl.DataFrame, heldout: pl.DataFrame,
-                   config: ExperimentConfig, train_config: TrainConfig, *, seed: int = 0,
-                   cache_dir: Path | None = None, teachers: dict | None = None, provenance: dict | None = None,
-                   progress: Callable | None = None, evaluate_config: EvaluateConfig | None = None,
-                   heldout_source: str | None = None, base_dir: Path | None = None,
-                   title: str | None = None, serving: Callable | None = None,
-                   log_fn: Callable[[str], None] = lambda m: None) -> dict:
+                   config: ExperimentConfig, train_config: TrainConfig, *,
+                   evaluate_config: EvaluateConfig | None = None, context: ExperimentContext | None = None,
+                   **context_fields) -> dict:
     """Train and score every arm x seed, then write experiment.json, report.md and plot.png.
 
     pool: the noisy pool the `full`, `random_n` and `longest_n` arms draw from (held-out rows are
     removed from every arm); curated: the run's curated set; heldout: canonical records to score on.
-    progress: a `track(iterable, description, total)` wrapper for progress bars; serving(name): a
-    context manager in which teacher `name` answers (pond.teachers.Teachers.serving) — the judge is
-    started only for the parts that judge, so it never shares the cores with training or generation.
-    evaluate_config: the recipe's `evaluate:` section (judge, generation); heldout_source: a
-    sentence for the report saying where the held-out rows came from.
+    evaluate_config: the recipe's `evaluate:` section (judge, generation). `context` (or its fields one by
+    one as keywords: seed, cache_dir, teachers, provenance, progress, heldout_source, base_dir, title,
+    serving, log_fn): progress is a `track(iterable, description, total)` wrapper for progress bars;
+    serving(name) a context manager in which teacher `name` answers (pond.teachers.Teachers.serving) — the
+    judge is started only for the parts that judge, so it never shares the cores with training or
+    generation; heldout_source a sentence for the report saying where the held-out rows came from.
     """
-    from training.model import load_tokenizer, resolve_student, set_threads
-    from training.trainer import train
+    if context is not None and context_fields:
+        raise TypeError(f"run_experiment takes a context or its fields, not both ({', '.join(context_fields)})")
+    run = _open(Path(out_dir), config, train_config, evaluate_config or EvaluateConfig(),
+                context or ExperimentContext(**context_fields))
+    plan = _plan(run, pool, curated, heldout)
+    scoring, results, mlflow_uri, mlflow_errors = _train_and_score_all(run, plan)
+    return _report(run, plan, scoring, results, mlflow_uri, mlflow_errors)
 
-    out_dir = Path(out_dir)
+
+def _open(out_dir: Path, config: ExperimentConfig, train_config: TrainConfig, ecfg: EvaluateConfig,
+          ctx: ExperimentContext) -> _Run:
+    """The experiment's folder, its metric checked against the evaluation it needs, and the student."""
+    from training.model import load_tokenizer, resolve_student, set_threads
+
     out_dir.mkdir(parents=True, exist_ok=True)
-    track = progress or no_progress
-    ecfg = evaluate_config or EvaluateConfig()
     if config.metric in ("judge_win_rate", "judge_score") and not ecfg.judge:
         raise ValueError(f"experiment.metric {config.metric} needs a judge: set evaluate.judge and n_generate")
     if config.metric in ("exact_match", "token_f1") and (ecfg.n_generate == 0 or ecfg.task_metrics == "never"):
@@ -115,153 +175,193 @@ def run_experiment(out_dir: Path, pool: pl.DataFrame, curated: pl.DataFrame, hel
         raise ValueError(f"experiment.metric {config.metric} needs evaluate.benchmark: ifeval")
     max_seq_len = ecfg.max_seq_len or train_config.max_seq_len
     set_threads(train_config.threads)
-    student = resolve_student(train_config.student, cache_dir)
-    tokenizer = load_tokenizer(student)
+    student = resolve_student(train_config.student, ctx.cache_dir)
+    return _Run(out_dir, config, train_config, ecfg, ctx, student, load_tokenizer(student), max_seq_len)
 
-    held = prepare_heldout(heldout, ecfg)
-    held_hash = frame_hash(held)
+
+def _plan(run: _Run, pool: pl.DataFrame, curated: pl.DataFrame, heldout: pl.DataFrame) -> _Plan:
+    """The held-out rows; the pool and curated set without them and without what the reference answers or the
+    benchmark share with them; each arm x seed's rows, each arm's profile and its budget."""
+    held = prepare_heldout(heldout, run.ecfg)
     pool, leaked = remove_heldout(pool, heldout)
     notes = []
     if leaked:
         notes.append(f"{leaked} pool rows equal to held-out rows were removed before building the arms.")
-
-    reference = _reference_rows(ecfg, base_dir)
-    evals = _evaluation_texts(ecfg, reference, base_dir)
+    reference = _reference_rows(run.ecfg, run.ctx.base_dir)
+    evals = _evaluation_texts(run.ecfg, reference, run.ctx.base_dir)
     if evals is not None:
         pool, n = remove_overlap(pool, evals)
         curated, m = remove_overlap(curated, evals)
         notes.append(f"{n} pool rows and {m} curated rows sharing a 13-word n-gram with the reference answers or "
                      "the benchmark prompts were removed before building the arms.")
-    # Each arm's rows for every seed (only random_n differs between seeds).
+    data = _arm_data(run, pool, curated, heldout, notes)
+    profiles = _profiles(run, data)
+    return _Plan(held, frame_hash(held), pool, curated, leaked, reference, data, profiles,
+                 plan_budget(run.config, run.train, profiles),
+                 run.ctx.heldout_source or _heldout_source(heldout), notes)
+
+
+def _arm_data(run: _Run, pool: pl.DataFrame, curated: pl.DataFrame, heldout: pl.DataFrame, notes: list[str]
+              ) -> dict[tuple[str, int], pl.DataFrame]:
+    """Each arm's rows for every seed (only random_n differs between seeds), held-out rows removed."""
+    config = run.config
     data: dict[tuple[str, int], pl.DataFrame] = {}
     for arm in config.arms:
         for s in config.seeds:
             if varies_by_seed(arm) or s == config.seeds[0]:
-                df, n = remove_heldout(arm_rows(arm, pool, curated, seed=(seed, s), base_dir=base_dir), heldout)
+                rows = arm_rows(arm, pool, curated, seed=(run.ctx.seed, s), base_dir=run.ctx.base_dir)
+                df, n = remove_heldout(rows, heldout)
                 if n:
                     notes.append(f"arm `{arm.name}`: {n} rows equal to held-out rows were removed.")
                 data[arm.name, s] = df
             else:
                 data[arm.name, s] = data[arm.name, config.seeds[0]]
+    return data
 
+
+def _profiles(run: _Run, data: dict[tuple[str, int], pl.DataFrame]) -> dict[str, dict]:
+    """Each arm's profile (of its first seed's rows); a profile.json of the same rows is read back."""
     profiles = {}
-    for arm in config.arms:
-        df = data[arm.name, config.seeds[0]]
+    max_seq_len = run.train.max_seq_len
+    for arm in run.config.arms:
+        df = data[arm.name, run.config.seeds[0]]
         h = frame_hash(df)
-        cached = _read_json(out_dir / "arms" / arm.name / "profile.json")
-        if cached and cached.get("data_hash") == h and cached.get("max_seq_len") == train_config.max_seq_len:
+        path = run.out_dir / "arms" / arm.name / "profile.json"
+        cached = read_json(path)
+        if cached and cached.get("data_hash") == h and cached.get("max_seq_len") == max_seq_len:
             profiles[arm.name] = cached["profile"]
             continue
-        profiles[arm.name] = profile(df, tokenizer, train_config.max_seq_len)
-        (out_dir / "arms" / arm.name).mkdir(parents=True, exist_ok=True)
-        _write_json(out_dir / "arms" / arm.name / "profile.json",
-                    {"data_hash": h, "max_seq_len": train_config.max_seq_len, "profile": profiles[arm.name]})
-    plans = plan_budget(config, train_config, profiles)
+        profiles[arm.name] = profile(df, run.tokenizer, max_seq_len)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write_json(path, {"data_hash": h, "max_seq_len": max_seq_len, "profile": profiles[arm.name]})
+    return profiles
 
-    serving = serving or (lambda name: contextlib.nullcontext())
-    cache_path = (out_dir / "teacher-cache.sqlite") if ecfg.judge else None
-    ask, grade = make_judges(ecfg, teachers, cache_path, track)
+
+def _train_and_score_all(run: _Run, plan: _Plan) -> tuple[_Scoring, dict[tuple[str, int], dict], str | None,
+                                                          list[str]]:
+    """The base model's scores, then every arm x seed trained and scored (and logged to MLflow), the judge
+    served meanwhile where held-out answers are judged. Returns the scoring, each arm x seed's result, the
+    MLflow store and the MLflow errors."""
+    ask, grade = make_judges(run.ecfg, run.ctx.teachers, run.cache_path, run.track)
     stack = contextlib.ExitStack()
-    if ecfg.n_generate and ecfg.judge:  # held-out answers are judged as each arm finishes
-        stack.enter_context(serving(ecfg.judge))
-    eval_key = {"heldout_hash": held_hash, "evaluate": ecfg.model_dump(mode="json"), "max_seq_len": max_seq_len,
-                "student": str(student), "method": train_config.method, "compute_dtype": train_config.compute_dtype}
-    base = _base_scores(out_dir, student, train_config, held, ecfg, max_seq_len, eval_key, grade, cache_dir, track)
-    if ecfg.judge_against == "reference":
-        compare = held["reference"].to_list()
-    else:
-        compare = base["answer"].to_list()
+    if run.ecfg.n_generate and run.ecfg.judge:  # held-out answers are judged as each arm finishes
+        stack.enter_context(run.serving(run.ecfg.judge))
+    key = {"heldout_hash": plan.held_hash, "evaluate": run.ecfg.model_dump(mode="json"),
+           "max_seq_len": run.max_seq_len, "student": str(run.student), "method": run.train.method,
+           "compute_dtype": run.train.compute_dtype}
+    base = _base_scores(run, plan.held, key, grade)
+    compare = plan.held["reference"].to_list() if run.ecfg.judge_against == "reference" else base["answer"].to_list()
+    scoring = _Scoring(ask, grade, key, base, compare)
 
     mlflow_uri = None
     mlflow_errors: list[str] = []
-    if config.mlflow:
+    if run.config.mlflow:
         from evaluation.tracking import tracking_uri
 
-        mlflow_uri = tracking_uri(out_dir, config.mlflow_uri)
-    # `pond experiment` writes into runs/NAME/experiment: name the MLflow experiment after the run.
-    exp_name = title or (out_dir.resolve().parent.name if out_dir.name == "experiment" else out_dir.name)
-
-    arms_out = []
-    jobs = [(arm, s) for arm in config.arms for s in config.seeds]
+        mlflow_uri = tracking_uri(run.out_dir, run.config.mlflow_uri)
+    jobs = [(arm, s) for arm in run.config.arms for s in run.config.seeds]
     results: dict[tuple[str, int], dict] = {}
-    for arm, s in track(jobs, "experiment: arms x seeds", len(jobs)):
-        seed_dir = out_dir / "arms" / arm.name / f"seed-{s}"
-        df = data[arm.name, s]
-        data_hash = frame_hash(df)
-        arm_train = train_config.model_copy(update={"max_steps": plans[arm.name]["max_steps"],
-                                                    "epochs": plans[arm.name]["epochs"]})
-        key = {"arm": arm.model_dump(mode="json"), "seed": s, "data_hash": data_hash,
-               "train": arm_train.model_dump(mode="json"), **eval_key}
-        done = _read_json(seed_dir / "eval.json")
-        if done and done.get("key") == key and (seed_dir / "scores.parquet").exists():
-            log.info("%s seed %d: finished earlier", arm.name, s)
-            results[arm.name, s] = {"seed": s, "train": done["train"],
-                                    "scores": pl.read_parquet(seed_dir / "scores.parquet")}
-        else:
-            log.info("%s seed %d: training on %d rows (max_steps=%s)", arm.name, s, df.height, arm_train.max_steps)
-            seed_dir.mkdir(parents=True, exist_ok=True)
-            df.select("id").write_parquet(seed_dir / "ids.parquet")
-            _write_json(seed_dir / "dataset.json", {"dataset_hash": data_hash, "rows": df.height, "arm": arm.name,
-                                                    "data": arm.data, "seed": s})
-            prov = {**(provenance or {}), "dataset_hash": data_hash, "experiment_arm": arm.name}
-            result = train(df, arm_train, seed_dir, seed=s, cache_dir=cache_dir, provenance=prov)
-            t0 = time.perf_counter()
-            scores = score_model(student, train_config.method, train_config.compute_dtype, held, ecfg, max_seq_len,
-                                 adapter_dir=result.adapter_dir, compare_answers=compare, ask=ask, grade=grade,
-                                 cache_dir=cache_dir, progress=track)
-            scores.write_parquet(seed_dir / "scores.parquet")
-            summary = {"key": key, "train": _train_summary(result), "metrics": summarise(scores),
-                       "eval_seconds": time.perf_counter() - t0}
-            _write_json(seed_dir / "eval.json", summary)
-            results[arm.name, s] = {"seed": s, "train": summary["train"], "scores": scores}
-        if config.mlflow:
-            err = _track(out_dir, config, exp_name, arm, s, key, plans[arm.name], results[arm.name, s], seed_dir)
+    for arm, s in run.track(jobs, "experiment: arms x seeds", len(jobs)):
+        seed_key, results[arm.name, s] = _arm_seed(run, plan, scoring, arm, s)
+        if run.config.mlflow:
+            err = _track(run, arm, s, seed_key, plan.plans[arm.name], results[arm.name, s])
             if err:
                 mlflow_errors.append(err)
-
     stack.close()
-    for arm in config.arms:
-        rows = [data[arm.name, s].height for s in config.seeds]
-        arms_out.append({"name": arm.name, "data": arm.data, "profile": profiles[arm.name], "plan": plans[arm.name],
-                         "rows": rows[0] if len(set(rows)) == 1 else rows,
-                         "seeds": [results[arm.name, s] for s in config.seeds]})
+    return scoring, results, mlflow_uri, mlflow_errors
 
-    summary = aggregate(arms_out, base, held, metric=config.metric, baseline=config.baseline,
+
+def _base_scores(run: _Run, held: pl.DataFrame, key: dict, grade) -> pl.DataFrame:
+    d = run.out_dir / "base"
+    done = read_json(d / "eval.json")
+    if done and done.get("key") == key and (d / "scores.parquet").exists():
+        return pl.read_parquet(d / "scores.parquet")
+    d.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    scores = score_model(run.student, run.train.method, run.train.compute_dtype, held, run.ecfg, run.max_seq_len,
+                         grade=grade, cache_dir=run.ctx.cache_dir, progress=run.track)
+    scores.write_parquet(d / "scores.parquet")
+    _write_json(d / "eval.json", {"key": key, "metrics": summarise(scores),
+                                  "eval_seconds": time.perf_counter() - t0})
+    return scores
+
+
+def _arm_seed(run: _Run, plan: _Plan, scoring: _Scoring, arm, s: int) -> tuple[dict, dict]:
+    """Train and score one arm x seed, or read it back when eval.json holds the same key. Returns (key, result)."""
+    from training.trainer import train
+
+    seed_dir = run.out_dir / "arms" / arm.name / f"seed-{s}"
+    df = plan.data[arm.name, s]
+    data_hash = frame_hash(df)
+    arm_train = run.train.model_copy(update={"max_steps": plan.plans[arm.name]["max_steps"],
+                                             "epochs": plan.plans[arm.name]["epochs"]})
+    key = {"arm": arm.model_dump(mode="json"), "seed": s, "data_hash": data_hash,
+           "train": arm_train.model_dump(mode="json"), **scoring.key}
+    done = read_json(seed_dir / "eval.json")
+    if done and done.get("key") == key and (seed_dir / "scores.parquet").exists():
+        log.info("%s seed %d: finished earlier", arm.name, s)
+        return key, {"seed": s, "train": done["train"], "scores": pl.read_parquet(seed_dir / "scores.parquet")}
+    log.info("%s seed %d: training on %d rows (max_steps=%s)", arm.name, s, df.height, arm_train.max_steps)
+    seed_dir.mkdir(parents=True, exist_ok=True)
+    df.select("id").write_parquet(seed_dir / "ids.parquet")
+    _write_json(seed_dir / "dataset.json", {"dataset_hash": data_hash, "rows": df.height, "arm": arm.name,
+                                            "data": arm.data, "seed": s})
+    prov = {**(run.ctx.provenance or {}), "dataset_hash": data_hash, "experiment_arm": arm.name}
+    result = train(df, arm_train, seed_dir, seed=s, cache_dir=run.ctx.cache_dir, provenance=prov)
+    t0 = time.perf_counter()
+    scores = score_model(run.student, run.train.method, run.train.compute_dtype, plan.held, run.ecfg,
+                         run.max_seq_len, adapter_dir=result.adapter_dir, compare_answers=scoring.compare,
+                         ask=scoring.ask, grade=scoring.grade, cache_dir=run.ctx.cache_dir, progress=run.track)
+    scores.write_parquet(seed_dir / "scores.parquet")
+    summary = {"key": key, "train": _train_summary(result), "metrics": summarise(scores),
+               "eval_seconds": time.perf_counter() - t0}
+    _write_json(seed_dir / "eval.json", summary)
+    return key, {"seed": s, "train": summary["train"], "scores": scores}
+
+
+def _report(run: _Run, plan: _Plan, scoring: _Scoring, results: dict[tuple[str, int], dict],
+            mlflow_uri: str | None, mlflow_errors: list[str]) -> dict:
+    """Every arm's figures with intervals (and the reference loss and the benchmark, when asked), written as
+    experiment.json, report.md and plot.png; returns the summary."""
+    config, train_config = run.config, run.train
+    arms_out = []
+    for arm in config.arms:
+        rows = [plan.data[arm.name, s].height for s in config.seeds]
+        arms_out.append({"name": arm.name, "data": arm.data, "profile": plan.profiles[arm.name],
+                         "plan": plan.plans[arm.name], "rows": rows[0] if len(set(rows)) == 1 else rows,
+                         "seeds": [results[arm.name, s] for s in config.seeds]})
+    summary = aggregate(arms_out, scoring.base, plan.held, metric=config.metric, baseline=config.baseline,
                         slices=list(config.slices), resamples=config.bootstrap_resamples,
                         confidence=config.confidence)
-    if reference is not None:
-        add_reference(summary, _reference(out_dir, config, ecfg, train_config, student, results, reference, tokenizer,
-                                          cache_dir, track))
-    if ecfg.benchmark:
-        add_benchmark(summary, _benchmark(out_dir, config, ecfg, train_config, student, results, teachers, serving,
-                                          cache_path, cache_dir, base_dir, track, log_fn, tokenizer))
-    source = heldout_source or _heldout_source(heldout)
+    if plan.reference is not None:
+        add_reference(summary, _reference(run, results, plan.reference))
+    if run.ecfg.benchmark:
+        add_benchmark(summary, _benchmark(run, results))
     summary.update({
-        "heldout_source": source, "heldout_hash": held_hash, "budget": config.budget, "seeds": config.seeds,
-        "experiment": config.model_dump(mode="json"), "train": train_config.model_dump(mode="json"),
-        "evaluate": ecfg.model_dump(mode="json"), "student": str(student), "pool_rows": pool.height,
-        "curated_rows": curated.height, "leaked_rows_removed": leaked, "mlflow_uri": mlflow_uri,
-        "mlflow_errors": mlflow_errors, "provenance": provenance or {}, "notes": notes,
+        "heldout_source": plan.heldout_source, "heldout_hash": plan.held_hash, "budget": config.budget,
+        "seeds": config.seeds, "experiment": config.model_dump(mode="json"),
+        "train": train_config.model_dump(mode="json"), "evaluate": run.ecfg.model_dump(mode="json"),
+        "student": str(run.student), "pool_rows": plan.pool.height, "curated_rows": plan.curated.height,
+        "leaked_rows_removed": plan.leaked, "mlflow_uri": mlflow_uri, "mlflow_errors": mlflow_errors,
+        "provenance": run.ctx.provenance or {}, "notes": plan.notes,
     })
     summary["summary"] = _headline(summary)
-    _write_json(out_dir / "experiment.json", summary)
-    heading = title or f"Quality vs quantity: {exp_name}"
+    _write_json(run.out_dir / "experiment.json", summary)
+    heading = run.ctx.title or f"Quality vs quantity: {run.name}"
     budget_note = {"equal_steps": "every arm ran the same number of optimizer steps",
                    "equal_epochs": f"every arm made {train_config.epochs:g} pass(es) over its own rows",
                    "equal_tokens": "steps were set so every arm saw about the same number of answer tokens"}
     notes = [f"Budget `{config.budget}`: {budget_note[config.budget]}; seeds {config.seeds}; student "
              f"`{train_config.student}` ({train_config.method}, lr {train_config.lr:g}, batch "
-             f"{train_config.batch_size}×{train_config.grad_accum}, {train_config.max_seq_len} tokens)."] + notes
+             f"{train_config.batch_size}×{train_config.grad_accum}, {train_config.max_seq_len} tokens)."] + plan.notes
     if mlflow_errors:
         notes.append(f"MLflow logging failed: {mlflow_errors[0]}")
-    write_report(out_dir / "report.md", summary, title=heading, heldout_source=source, notes=notes)
-    write_plot(out_dir / "plot.png", summary, heading)
+    write_report(run.out_dir / "report.md", summary, title=heading, heldout_source=plan.heldout_source, notes=notes)
+    write_plot(run.out_dir / "plot.png", summary, heading)
     return summary
 
 
-def _benchmark(out_dir: Path, config: ExperimentConfig, ecfg: EvaluateConfig, train_config: TrainConfig,
-               student: Path, results: dict, teachers, serving, cache_path, cache_dir, base_dir, track, log,
-               tokenizer) -> dict:
+def _benchmark(run: _Run, results: dict) -> dict:
     """Every judged seed's adapter (and the base model) answers the benchmark; IFEval's checkers score the answers,
     or the judge grades them and compares each arm with the baseline arm of the same seed."""
     from evaluation.benchmark_eval import benchmark_figures
@@ -269,11 +369,12 @@ def _benchmark(out_dir: Path, config: ExperimentConfig, ecfg: EvaluateConfig, tr
     from evaluation.generation import answerer
     from evaluation.ifeval import IFEVAL
 
+    config, ecfg, train_config, track, log = run.config, run.ecfg, run.train, run.track, run.ctx.log_fn
     seeds = ecfg.benchmark_seeds or config.seeds
     missing = sorted(set(seeds) - set(config.seeds))
     if missing:
         raise ValueError(f"evaluate.benchmark_seeds {missing} are not experiment seeds {config.seeds}")
-    questions = load_benchmark(ecfg.benchmark, base_dir, per_category=ecfg.benchmark_per_category,
+    questions = load_benchmark(ecfg.benchmark, run.ctx.base_dir, per_category=ecfg.benchmark_per_category,
                                sample=ecfg.benchmark_sample)
     models: dict[str, Path | None] = {"base": None}
     groups: dict[str, list[str]] = {"base": ["base"]}
@@ -285,14 +386,15 @@ def _benchmark(out_dir: Path, config: ExperimentConfig, ecfg: EvaluateConfig, tr
              for s in seeds]
 
     def make_answerer(ms):
-        return answerer(student, ms, backend=ecfg.generation, method=train_config.method,
+        return answerer(run.student, ms, backend=ecfg.generation, method=train_config.method,
                         compute_dtype=train_config.compute_dtype, max_new_tokens=ecfg.max_new_tokens,
-                        batch_size=ecfg.batch_size, cache_path=cache_path, cache_dir=cache_dir, progress=track, log=log)
+                        batch_size=ecfg.batch_size, cache_path=run.cache_path, cache_dir=run.ctx.cache_dir,
+                        progress=track, log=log)
 
-    bench = benchmark_figures(out_dir / "benchmark", questions, models, groups, config.baseline, ecfg,
-                              answerer=make_answerer, pairs=pairs, teachers=teachers, serving=serving,
-                              cache_path=cache_path,
-                              count_tokens=lambda a: len(tokenizer(a, add_special_tokens=False)["input_ids"]),
+    bench = benchmark_figures(run.out_dir / "benchmark", questions, models, groups, config.baseline, ecfg,
+                              answerer=make_answerer, pairs=pairs, teachers=run.ctx.teachers, serving=run.serving,
+                              cache_path=run.cache_path,
+                              count_tokens=lambda a: len(run.tokenizer(a, add_special_tokens=False)["input_ids"]),
                               resamples=config.bootstrap_resamples, confidence=config.confidence, track=track, log=log)
     if ecfg.benchmark == IFEVAL:
         bench["judged"] = (f"Checked by code: {bench['prompts']} IFEval prompts, seeds {seeds} of each arm plus the "
@@ -338,31 +440,32 @@ def _evaluation_texts(ecfg: EvaluateConfig, reference: pl.DataFrame | None, base
                         schema={"messages": pl.List(pl.Struct({"role": pl.Utf8, "content": pl.Utf8})), "text": pl.Utf8})
 
 
-def _reference(out_dir: Path, config: ExperimentConfig, ecfg: EvaluateConfig, train_config: TrainConfig,
-               student: Path, results: dict, reference: pl.DataFrame, tokenizer, cache_dir, track) -> dict:
+def _reference(run: _Run, results: dict, reference: pl.DataFrame) -> dict:
     """Every arm x seed's (and the base model's) loss on the reference rows; a finished one is read back."""
     from evaluation.reference import fit, reference_losses
 
     ref_hash = frame_hash(reference)
-    kw = dict(batch_size=ecfg.batch_size, cache_dir=cache_dir, progress=track)
+    ecfg = run.ecfg
+    kw = dict(batch_size=ecfg.batch_size, cache_dir=run.ctx.cache_dir, progress=run.track)
 
     def scored(folder: Path, adapter: Path | None) -> pl.DataFrame:
         key = {"reference": ref_hash, "max_seq_len": ecfg.reference_max_seq_len, "adapter": str(adapter),
-               "trained": (_read_json(folder / "eval.json") or {}).get("key", {}).get("data_hash")}
-        done = _read_json(folder / "reference.json")
+               "trained": read_json(folder / "eval.json").get("key", {}).get("data_hash")}
+        done = read_json(folder / "reference.json")
         if done == key and (folder / "reference.parquet").exists():
             return pl.read_parquet(folder / "reference.parquet")
         folder.mkdir(parents=True, exist_ok=True)
-        f = reference_losses(student, train_config.method, train_config.compute_dtype, reference,
+        f = reference_losses(run.student, run.train.method, run.train.compute_dtype, reference,
                              ecfg.reference_max_seq_len, adapter_dir=adapter, **kw)
         f.write_parquet(folder / "reference.parquet")
         _write_json(folder / "reference.json", key)
         return f
 
-    arms = {arm.name: [scored(out_dir / "arms" / arm.name / f"seed-{s}", Path(results[arm.name, s]["train"]["adapter_dir"]))
-                       for s in config.seeds] for arm in config.arms}
-    return {"name": ecfg.reference, "fit": fit(reference, tokenizer, ecfg.reference_max_seq_len),
-            "base": scored(out_dir / "base", None), "arms": arms}
+    arms = {arm.name: [scored(run.out_dir / "arms" / arm.name / f"seed-{s}",
+                              Path(results[arm.name, s]["train"]["adapter_dir"]))
+                       for s in run.config.seeds] for arm in run.config.arms}
+    return {"name": ecfg.reference, "fit": fit(reference, run.tokenizer, ecfg.reference_max_seq_len),
+            "base": scored(run.out_dir / "base", None), "arms": arms}
 
 
 def _headline(summary: dict) -> dict:
@@ -385,12 +488,12 @@ def _headline(summary: dict) -> dict:
     return out
 
 
-def _track(out_dir: Path, config: ExperimentConfig, exp_name: str, arm, s: int, key: dict, plan: dict,
-           result: dict, seed_dir: Path) -> str | None:
+def _track(run: _Run, arm, s: int, key: dict, plan: dict, result: dict) -> str | None:
     """Log one arm x seed to MLflow once (mlflow.json remembers it); returns an error message or None."""
     from evaluation.tracking import log_arm_seed
 
-    marker = _read_json(seed_dir / "mlflow.json")
+    config, seed_dir = run.config, run.out_dir / "arms" / arm.name / f"seed-{s}"
+    marker = read_json(seed_dir / "mlflow.json")
     if marker and marker.get("key") == key:
         return None
     train = result["train"]
@@ -401,7 +504,7 @@ def _track(out_dir: Path, config: ExperimentConfig, exp_name: str, arm, s: int, 
                                                  if isinstance(v, (int, float))}}
     card = Path(train["adapter_dir"]) / "README.md"
     try:
-        rid = log_arm_seed(out_dir, config.mlflow_uri, exp_name, f"{arm.name}-seed{s}", params, metrics,
+        rid = log_arm_seed(run.out_dir, config.mlflow_uri, run.name, f"{arm.name}-seed{s}", params, metrics,
                            [card, seed_dir / "dataset.json", seed_dir / "eval.json"],
                            tags={"pond.arm": arm.name, "pond.seed": str(s)})
     except Exception as e:  # noqa: BLE001 — tracking must not lose a finished experiment

@@ -106,6 +106,21 @@ def test_judge_metric_without_judge_fails_before_training(tmp_path):
     assert not any(tmp_path.iterdir())
 
 
+def test_run_experiment_takes_its_context_whole_or_field_by_field(tmp_path):
+    from evaluation.experiment import ExperimentContext, run_experiment
+
+    empty, config = pl.DataFrame(), ExperimentConfig(metric="judge_win_rate")
+    with pytest.raises(ValueError, match="needs a judge"):  # one keyword a field, as pond/pipeline.py passes them
+        run_experiment(tmp_path, empty, empty, empty, config, TrainConfig(), seed=1, title="t", log_fn=print,
+                       evaluate_config=EvaluateConfig())
+    with pytest.raises(ValueError, match="needs a judge"):
+        run_experiment(tmp_path, empty, empty, empty, config, TrainConfig(), context=ExperimentContext(seed=1))
+    with pytest.raises(TypeError, match="not both"):
+        run_experiment(tmp_path, empty, empty, empty, config, TrainConfig(), context=ExperimentContext(), seed=1)
+    with pytest.raises(TypeError, match="sead"):
+        run_experiment(tmp_path, empty, empty, empty, config, TrainConfig(), sead=1)
+
+
 def test_profile_counts_answer_tokens(split, tiny_llama_dir):
     from training.model import load_tokenizer
 
