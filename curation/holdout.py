@@ -17,6 +17,10 @@ class HoldoutOptions(StepOptions):
     n: int = Field(200, ge=1, description="rows to set aside for evaluation")
     min_answer_chars: int = Field(1, ge=1, description="an answer shorter than this is not a valid held-out row")
 
+    def estimated_rows_out(self, rows: int) -> int:
+        """The rows left for curation, as `pond run --estimate` counts them: all but the n drawn."""
+        return max(rows - self.n, 0)
+
 
 def valid_for_heldout(min_answer_chars: int = 1) -> pl.Expr:
     roles = pl.col("messages").list.eval(pl.element().struct.field("role"))

@@ -60,6 +60,10 @@ class SelectOptions(StepOptions):
             raise ValueError("score: give at least one {column: weight}")
         return v
 
+    def estimated_rows_out(self, rows: int) -> int:
+        """The rows it keeps, as `pond run --estimate` counts them: n, or all when there are fewer."""
+        return min(rows, self.n)
+
 
 def _has_score(df: pl.DataFrame, score: str | dict[str, float]) -> bool:
     return all(c in df.columns for c in ([score] if isinstance(score, str) else score))

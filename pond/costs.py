@@ -8,7 +8,8 @@ The class follows the dtype rule (curation.settings.pick_dtype), because the dty
 - `cpu-fp32`: a CPU without it (AVX2 only): every part computes in float32;
 - a GPU: nothing was measured on one here, so stages get no time rather than a made-up one.
 
-Every figure below names where it comes from. All were measured on 2 cores; a machine with more
+Every figure below names where it comes from; a curation step's rows per second stands beside the
+step, in its line of pond/steps.py (`rows_per_s`). All were measured on 2 cores; a machine with more
 cores is faster, which is not modelled (there the times are upper bounds). Teacher figures are
 seconds per request at the demo's concurrency (writer 16, judge 8): the writer's per request as
 `--estimate` counts them (so the demo's writing stage comes out as measured), the judge's per
@@ -31,8 +32,7 @@ class Costs:
     """Seconds per unit for one CPU class (see the module docstring for where each comes from)."""
 
     label: str
-    rows_per_s: dict[str, float]      # curation steps (local executor) by kind, and "ingest"
-    default_rows_per_s: float         # a step kind not measured: the slowest measured row-wise rate
+    ingest_rows_per_s: float          # ingest (the steps' rates are in pond/steps.py: `step_rows_per_s`)
     embed_s: float                    # one text through all-MiniLM-L6-v2 (256 tokens), cold cache
     serve_start_s: dict[str, float]   # start of a vLLM server: "small" (135M) and "large" (1.5B)
     request_s: dict[str, float]       # one teacher request as --estimate counts them
@@ -47,28 +47,27 @@ class Costs:
     sources: tuple[str, ...] = field(default=())
 
 
-# Curation rates measured on this machine kind: `pond run` of recipes/quickstart.yaml's curation steps
-# (2,000 ShareGPT rows, an empty embedding cache), AMD EPYC family 25 model 17, 2 cores, native bf16,
-# 2026-12-06, the machine shared with three other jobs (load average ~10, so these are slow figures):
-# each step's stats.json rows in / seconds. The same rates serve both classes (no model in them).
-CURATION_ROWS_PER_S = {
-    "ingest": 1043.0,        # 2,000 rows in 1.92 s
-    "holdout": 150000.0,     # 1,980 rows in 0.013 s
-    "exact_dedup": 2339.0,   # 1,920 rows in 0.82 s
-    "minhash_dedup": 2904.0,  # 1,902 rows in 0.66 s
-    "heuristics": 213.0,     # 1,899 rows in 8.9 s
-    "pii": 1195.0,           # 1,089 rows in 0.91 s
-    "decontaminate": 1606.0,  # 1,089 rows in 0.68 s
-    "semantic_dedup": 4010.0,  # 405 rows in 0.10 s, its embeddings cached by embed_quality
-    "select": 4563.0,        # 397 rows in 0.087 s
-}
-SLOWEST_ROWWISE = min(CURATION_ROWS_PER_S.values())
+# Ingest's rate, measured with the steps' (each step's figure is its `rows_per_s` in pond/steps.py, where
+# the run it comes from is described): `pond run` of recipes/quickstart.yaml, 2,000 ShareGPT rows in 1.92 s.
+INGEST_ROWS_PER_S = 1043.0
+
+
+def slowest_rows_per_s() -> float:
+    """A step with no measured rate is charged the slowest measured one (ingest's among them)."""
+    from pond.steps import STEPS
+
+    return min([INGEST_ROWS_PER_S] + [s.rows_per_s for s in STEPS.values() if s.rows_per_s is not None])
+
+
+def step_rows_per_s(spec) -> float:
+    """Rows per second of a step on the local executor: its measured rate, else the slowest measured one."""
+    return spec.rows_per_s if spec.rows_per_s is not None else slowest_rows_per_s()
+
 
 CPU_BF16 = Costs(
     label="2-core CPU with native bf16",
-    rows_per_s=CURATION_ROWS_PER_S,
-    default_rows_per_s=SLOWEST_ROWWISE,
-    embed_s=174.1 / 1051,  # the same run: embed_quality, 1,051 rows in 174.1 s (model load included; under
+    ingest_rows_per_s=INGEST_ROWS_PER_S,
+    embed_s=174.1 / 1051,  # the run of the steps' rates (pond/steps.py): embed_quality, 1,051 rows in 174.1 s (model load included; under
     # load ~10, so slower than DESIGN.md's 220 sentences/s with bf16 weights on an idle 2-core Intel)
     serve_start_s={"small": 51.0, "large": 70.0},  # README demo table, AMD EPYC fam 25 model 17, 2026-12-02
     request_s={"small": 151 / 72, "large": 179 / 58},  # docs/edge-cases.md (Intel, AMX, 2026-12-02):
@@ -83,15 +82,14 @@ CPU_BF16 = Costs(
     generate_tok_s=399.0, generation_start_s=25.3,  # bench/lora_generate.py, merged eager, bf16 (shared)
     sources=("README.md demo table (AMD EPYC family 25 model 17, 2 cores, AVX-512 BF16, 2026-12-02)",
              "docs/edge-cases.md figures (Intel Xeon family 6 model 167, 2 cores, AMX, 2026-12-02)",
-             "curation steps and embeddings measured 2026-12-06 (see pond/costs.py)"),
+             "curation steps and embeddings measured 2026-12-06 (see pond/steps.py and pond/costs.py)"),
 )
 
 CPU_FP32 = Costs(
     label="2-core CPU without native bf16 (float32)",
-    rows_per_s=CURATION_ROWS_PER_S,
-    default_rows_per_s=SLOWEST_ROWWISE,
+    ingest_rows_per_s=INGEST_ROWS_PER_S,
     embed_s=73 / 1051,  # issue 28's demo (AMD EPYC fam 25 model 1, AVX2, 2026-12-06): embeddings 73 s;
-    # the quickstart embeds 1,051 rows (the rows entering embed_quality, measured in the run above)
+    # the quickstart embeds 1,051 rows (the rows entering embed_quality in the run of the steps' rates)
     serve_start_s={"small": 63.0, "large": 100.0},  # issue 28: writer start 63 s, judge start 100 s
     request_s={"small": 185 / 72, "large": 651 / 54},  # issue 28: 24 edge cases (72 counted requests) 185 s;
     # judging 54 answers 651 s
@@ -104,7 +102,7 @@ CPU_FP32 = Costs(
     generate_tok_s=98.2, generation_start_s=35.5,  # bench/lora_generate.py, merged eager, fp32 (EPYC fam 25
     # model 17, shared: the float32 path the AVX2 machine takes)
     sources=("issue 28's demo breakdown (AMD EPYC family 25 model 1, 2 cores, AVX2 only, 2026-12-06)",
-             "curation steps measured 2026-12-06 (see pond/costs.py)"),
+             "curation steps measured 2026-12-06 (see pond/steps.py)"),
 )
 
 

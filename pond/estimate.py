@@ -2,15 +2,15 @@
 how long each stage takes on this machine, sending nothing and writing nothing.
 
 Counts: every teacher request (a step module's `estimate`), every forward pass of a local scorer
-(`estimate_compute`). Rows reaching a step are bounded by the rows entering curation (every row is
-charged at every step, `holdout` and `select` aside), so request and token counts are upper
-bounds. A generator's new rows are charged to later judge steps (`rows_added_upper`: with
-`judge_picks`, every answer candidate). Times: those counts times the per-unit costs of this
+(`estimate_compute`), looked up through the step table (pond.steps). Rows reaching a step are
+bounded by the rows entering curation (every row is charged at every step, but where a step's
+options say how many rows it passes on: `estimated_rows_out`, a draw, a selection, a generator),
+so request and token counts are upper bounds. A generator's new rows are charged to later teacher
+steps (their `estimate`'s `added`: with `judge_picks`, every answer candidate). Times: those counts times the per-unit costs of this
 machine's class (pond.costs, each figure naming where it was measured).
 """
 from __future__ import annotations
 
-import importlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,7 +24,6 @@ from pond import layout
 from pond.recipe import Recipe
 
 STAGES = ("curation", "teacher", "training", "evaluation", "experiment")
-EMBEDDING_STEPS = frozenset({"embed_quality", "semantic_dedup"})  # share the embedding cache: the first pays
 
 
 @dataclass
@@ -38,9 +37,23 @@ class Estimate:
     seconds: dict[str, float | None] = field(default_factory=dict)
     notes: dict[str, str] = field(default_factory=dict)
     costs: cost_model.Costs | None = None
+    heldout: int | None = None  # rows the recipe sets aside as the held-out set (an upper bound)
 
     def total(self) -> dict[str, int]:
         return {"requests": self.requests, "max_tokens": self.max_tokens}
+
+
+@dataclass
+class _Flow:
+    """What the estimate carries from step to step: the rows reaching the next step (an upper bound),
+    the rows generators added so far, whether the shared embeddings are paid, and the seconds so far."""
+
+    rows: int
+    added: int = 0
+    embedded: bool = False
+    curation: float = 0.0
+    teacher: float = 0.0
+    served: dict[str, float] = field(default_factory=dict)  # a served teacher's start, counted once
 
 
 def input_rows(recipe: Recipe, out: Path | None, base_dir: Path) -> pl.DataFrame:
@@ -87,53 +100,71 @@ def estimate(recipe: Recipe, out: Path | None, base_dir: Path, *, train: bool = 
     ctx = StepContext(seed=recipe.seed, cache_dir=cache_dir, run_dir=None, step_dir=None, base_dir=base_dir,
                       teachers=dict(recipe.teachers))
     est = Estimate(rows=len(rows), costs=cost_model.machine_costs())
-    c = est.costs
-    curation = len(rows) / c.rows_per_s["ingest"] if c else None
-    teacher_s, served = 0.0, {}
-    flowing, added, embedded = len(rows), 0, False
+    flow = _Flow(rows=len(rows), curation=len(rows) / est.costs.ingest_rows_per_s if est.costs else 0.0)
     for i, step in enumerate(recipe.steps, start=1):
-        name = layout.step_name(i, step.kind)
-        done = _done(out, layout.STEPS, name, layout.DONE)
-        module = importlib.import_module(_module(step.kind))
-        if hasattr(module, "estimate_compute"):  # a local model scores rows: forward passes
-            work = module.estimate_compute(rows, step.options, cache_dir)
-            est.lines.append(f"{name}: {work['to_score']} rows to score ({work['forward_passes']} forward passes "
-                             f"of {work['model']}), {work['cached']} already cached, "
-                             f"{work['rows'] - work['with_answer']} without an answer")
-            if c and not done:
-                curation += work["forward_passes"] * c.ifd_pass_s
-        elif hasattr(module, "estimate"):  # a teacher step: requests
-            work = _teacher_work(module, step, rows, added, ctx)
-            tokens = (f"{work['prompt_tokens']} prompt + {work['completion_tokens']} completion tokens"
-                      if "prompt_tokens" in work else f"{work['max_tokens']} tokens")
-            cached = f", {work['cached']} more already cached (free)" if "cached" in work else ""
-            est.lines.append(f"{name}: {work['requests']} requests, at most {tokens}{cached}")
-            est.requests += work["requests"]
-            est.max_tokens += work["max_tokens"]
-            if not done:
-                teacher_s = _add_teacher(teacher_s, served, recipe, step, work["requests"], c)
-        elif c and not done:
-            if step.kind in EMBEDDING_STEPS:
-                curation += 0.0 if embedded else flowing * c.embed_s
-                embedded = True
-            else:
-                curation += flowing / c.rows_per_s.get(step.kind, c.default_rows_per_s)
-        if step.kind == "synthesize":
-            from synthesis.generators import rows_added_upper
-
-            added += rows_added_upper(step.options)
-        flowing = _rows_after(step, flowing, added)
-    if c:
-        est.seconds["curation"] = curation
-        est.seconds["teacher"] = teacher_s + sum(served.values())
+        _estimate_step(est, flow, recipe, i, step, rows, ctx, out)
+    if est.costs:
+        est.seconds["curation"] = flow.curation
+        est.seconds["teacher"] = flow.teacher + sum(flow.served.values())
     else:
         est.notes["all"] = "no per-unit costs measured on a GPU: stages not timed"
-    if served:
+    if flow.served:
         est.notes["teacher"] = ", ".join(f"{t} start {s:.0f} s" if s else f"{t}: not timed"
-                                         for t, s in served.items())
+                                         for t, s in flow.served.items())
     if train and recipe.train is not None:
-        _time_training(est, recipe, out, flowing, c)
+        _time_training(est, recipe, out, flow.rows, est.costs)
     return est
+
+
+def _estimate_step(est: Estimate, flow: _Flow, recipe: Recipe, index: int, step, rows: pl.DataFrame, ctx,
+                   out: Path | None) -> None:
+    """One step's line and seconds (none for a step the run folder holds), then the rows it passes on."""
+    from pond.steps import STEPS
+
+    spec = STEPS[step.kind]
+    name = layout.step_name(index, step.kind)
+    c = None if _done(out, layout.STEPS, name, layout.DONE) else est.costs  # the costs of work still to do
+    compute, requests = spec.module_function("estimate_compute"), spec.module_function("estimate")
+    if compute is not None:  # a local model scores rows: forward passes
+        _forward_passes(est, flow, name, compute(rows, step.options, ctx.cache_dir), c)
+    elif requests is not None:  # a teacher step: requests
+        _teacher_requests(est, flow, recipe, name, step, requests(rows, step.options, ctx, flow.added), c)
+    elif c:
+        _rows_through(flow, spec, c)
+    after = _rows_after(step.options, flow.rows)
+    flow.added += max(after - flow.rows, 0)
+    if spec.writes_heldout:
+        est.heldout = flow.rows - after
+    flow.rows = after
+
+
+def _forward_passes(est: Estimate, flow: _Flow, name: str, work: dict[str, Any], c: cost_model.Costs | None) -> None:
+    est.lines.append(f"{name}: {work['to_score']} rows to score ({work['forward_passes']} forward passes "
+                     f"of {work['model']}), {work['cached']} already cached, "
+                     f"{work['rows'] - work['with_answer']} without an answer")
+    if c:
+        flow.curation += work["forward_passes"] * c.ifd_pass_s
+
+
+def _teacher_requests(est: Estimate, flow: _Flow, recipe: Recipe, name: str, step, work: dict[str, int],
+                      c: cost_model.Costs | None) -> None:
+    tokens = (f"{work['prompt_tokens']} prompt + {work['completion_tokens']} completion tokens"
+              if "prompt_tokens" in work else f"{work['max_tokens']} tokens")
+    cached = f", {work['cached']} more already cached (free)" if "cached" in work else ""
+    est.lines.append(f"{name}: {work['requests']} requests, at most {tokens}{cached}")
+    est.requests += work["requests"]
+    est.max_tokens += work["max_tokens"]
+    flow.teacher = _add_teacher(flow.teacher, flow.served, recipe, step, work["requests"], c)
+
+
+def _rows_through(flow: _Flow, spec, c: cost_model.Costs) -> None:
+    """A step without a model of its own: its rows at its measured rate; an embedding step embeds them,
+    once for the run (the embedding cache serves the later embedding steps)."""
+    if spec.embeds_rows:
+        flow.curation += 0.0 if flow.embedded else flow.rows * c.embed_s
+        flow.embedded = True
+    else:
+        flow.curation += flow.rows / cost_model.step_rows_per_s(spec)
 
 
 def _done(out: Path | None, *parts: str) -> bool:
@@ -141,45 +172,11 @@ def _done(out: Path | None, *parts: str) -> bool:
     return out is not None and Path(out, *parts).exists()
 
 
-def _module(kind: str) -> str:
-    from pond.steps import STEPS
-
-    return STEPS[kind].module
-
-
-def _rows_after(step, rows: int, added: int) -> int:
-    """Rows after a step, as an upper bound: only holdout and select are known to remove rows."""
-    n = getattr(step.options, "n", None)
-    if step.kind == "holdout":
-        return max(rows - n, 0)
-    if step.kind == "select":
-        return min(rows, n)
-    if step.kind == "synthesize":
-        from synthesis.generators import rows_added_upper
-
-        return rows + rows_added_upper(step.options)
-    return rows
-
-
-def _teacher_work(module, step, rows: pl.DataFrame, added: int, ctx) -> dict[str, int]:
-    if step.kind == "synthesize":
-        return module.estimate(rows, step.options)
-    return _judge_estimate(module, rows, step.options, added, ctx)
-
-
-def _judge_estimate(module, rows: pl.DataFrame, opts, added: int, ctx) -> dict[str, int]:
-    """A judge step's calls: the ingested rows' own requests (those in `rows:`; a calibration set
-    drawn from them), those the shared cache answers free; rows a generator adds cannot be looked up
-    before they exist, so each costs what an average ingested row does (judge inputs are clipped to
-    max_input_chars), without the calibration set, which is sent once."""
-    est = module.estimate(rows, opts, ctx)
-    if added and opts.rows != "real" and len(rows):
-        per_row = {"rows": "all"} | ({"calibrate": False} if "calibrate" in type(opts).model_fields else {})
-        proxy = module.estimate(rows, opts.model_copy(update=per_row))
-        for k in ("requests", "prompt_tokens", "completion_tokens"):
-            est[k] += math.ceil(proxy[k] * added / len(rows))
-        est["max_tokens"] = est["prompt_tokens"] + est["completion_tokens"]
-    return est
+def _rows_after(options, rows: int) -> int:
+    """Rows a step passes on, as an upper bound: its options' `estimated_rows_out` where the step draws,
+    chooses or adds a known number of rows, else the rows it read (a filter may keep them all)."""
+    rows_out = getattr(options, "estimated_rows_out", None)
+    return rows if rows_out is None else rows_out(rows)
 
 
 def _add_teacher(seconds: float, served: dict[str, float], recipe: Recipe, step, requests: int,
@@ -209,7 +206,7 @@ def _time_training(est: Estimate, recipe: Recipe, out: Path | None, rows: int, c
     if c:
         est.seconds["training"] = 0.0 if trained else c.train_load_s + steps * c.train_step_s * scale
     if recipe.evaluate is not None:
-        heldout = recipe.evaluate.limit or _holdout_rows(recipe) or cost_model.REF_HELDOUT_ROWS
+        heldout = recipe.evaluate.limit or est.heldout or cost_model.REF_HELDOUT_ROWS
         untimed = recipe.evaluate.n_generate > 0 or recipe.evaluate.judge is not None
         est.notes["evaluation"] = f"{heldout} held-out rows" + (", answers and judging not timed" if untimed else "")
         if c:
@@ -245,10 +242,6 @@ def _instrument_seconds(recipe: Recipe, models: int, c: cost_model.Costs) -> flo
         prompts = e.benchmark_sample or (541 if e.benchmark == "ifeval" else 80)
         seconds += answering * (c.generation_start_s + prompts * e.max_new_tokens / c.generate_tok_s)
     return seconds
-
-
-def _holdout_rows(recipe: Recipe) -> int | None:
-    return next((s.options.n for s in recipe.steps if s.kind == "holdout"), None)
 
 
 # -- what is printed ----------------------------------------------------------------------------------

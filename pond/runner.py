@@ -227,7 +227,7 @@ class Runner:
                  "in": len(df), "out": len(kept), "rejected": len(rejected),
                  "seconds": round(time.time() - t0, 3), **ctx.stats}
         self.step_stats.append(_finish_step(step_dir, kept, rejected, stats))
-        if step.kind == "holdout":
+        if STEPS[step.kind].writes_heldout:
             write_parquet(rejected.drop("stage", "reason"), self.out / layout.HELDOUT)
         ledger.append(self.out, "done", step=step_dir.name, **{k: stats[k] for k in ("in", "out", "rejected", "seconds")})
         self.log(f"{step_dir.name}: {stats['in']} -> {stats['out']} kept, {stats['rejected']} rejected "
@@ -287,7 +287,7 @@ class Runner:
         else:
             shutil.copyfile(prev_dir / layout.KEPT, tmp)
         tmp.replace(curated)
-        if not any(s.kind == "holdout" for s in self.recipe.steps):
+        if not any(STEPS[s.kind].writes_heldout for s in self.recipe.steps):
             (self.out / layout.HELDOUT).unlink(missing_ok=True)
         return curated
 

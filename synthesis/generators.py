@@ -159,6 +159,10 @@ class SynthesizeOptions(StepOptions):
             return None
         return self.teacher
 
+    def estimated_rows_out(self, rows: int) -> int:
+        """The rows it passes on, as `pond run --estimate` counts them: its input and every row it may add."""
+        return rows + rows_added_upper(self)
+
 
 def _seed(*parts: object) -> int:
     """A request seed from the recipe seed and a position: same run, same sampling."""
@@ -519,8 +523,12 @@ def synthesize(df: pl.DataFrame, opts: SynthesizeOptions, ctx: StepContext) -> t
 # ---------------------------------------------------------------------------------- estimate
 
 
-def estimate(df: pl.DataFrame | None, opts: SynthesizeOptions) -> dict[str, int]:
-    """Upper bounds before sending anything: {"requests", "max_tokens"} (prompt + completion)."""
+def estimate(df: pl.DataFrame | None, opts: SynthesizeOptions, ctx: StepContext | None = None,
+             added: int = 0) -> dict[str, int]:
+    """Upper bounds before sending anything: {"requests", "max_tokens"} (prompt + completion). The
+    signature every step's `estimate` has (pond.steps); `ctx` is not needed here (nothing is looked up
+    in the cache), and rows earlier generators add (`added`) are left out: the requests follow `n`,
+    and the examples are drawn from `df`."""
     df = df if df is not None else pl.DataFrame(schema={"id": pl.Utf8, "messages": pl.List(pl.Struct(
         {"role": pl.Utf8, "content": pl.Utf8})), "text": pl.Utf8})
     system = [{"role": "system", "content": opts.system}] if opts.system else []

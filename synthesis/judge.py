@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import re
 import time
 from collections import Counter
@@ -121,6 +122,10 @@ class JudgeOptions(StepOptions):
     @property
     def reason_column(self) -> str:
         return self.column.removesuffix("_score") + "_reason"
+
+    def score_columns(self) -> list[str]:
+        """The column its scores go to in score mode (the report draws its histogram); pairwise writes none."""
+        return [self.column] if self.mode == "score" else []
 
 
 def _reply_tokens(max_reason_chars: int) -> int:
@@ -475,13 +480,29 @@ def _kind_figures(kinds: list, scope: list[bool], todo: list[int], keep: list[bo
     return dict(sorted(out.items()))
 
 
-def estimate(df: pl.DataFrame | None, opts: JudgeOptions, ctx: StepContext | None = None) -> dict[str, int]:
+def estimate(df: pl.DataFrame | None, opts: JudgeOptions, ctx: StepContext | None = None,
+             added: int = 0) -> dict[str, int]:
     """What the step would send, before sending anything: {"requests", "prompt_tokens",
     "completion_tokens", "max_tokens" (their sum), "cached"}, token counts being upper bounds.
 
     With the run's `ctx`, paths resolve against the recipe and calls the shared cache already
     answers are counted in `cached` and left out of the rest (free); without it none is cached.
+    `added`: rows earlier generators write (with `judge_picks`, every answer candidate). They cannot
+    be looked up before they exist, so each costs what an average row of `df` does (judge inputs are
+    clipped to max_input_chars), without the calibration set, which is sent once; with `rows: real`
+    none is judged.
     """
+    est = _estimate_rows(df, opts, ctx)
+    if added and opts.rows != "real" and df is not None and len(df):
+        proxy = _estimate_rows(df, opts.model_copy(update={"rows": "all", "calibrate": False}), None)
+        for k in ("requests", "prompt_tokens", "completion_tokens"):
+            est[k] += math.ceil(proxy[k] * added / len(df))
+        est["max_tokens"] = est["prompt_tokens"] + est["completion_tokens"]
+    return est
+
+
+def _estimate_rows(df: pl.DataFrame | None, opts: JudgeOptions, ctx: StepContext | None) -> dict[str, int]:
+    """`estimate` for the rows of `df` alone."""
     calls = plan(df, opts, ctx.resolve if ctx else Path)[2] if df is not None and len(df) else []
     try:
         items = calibration_items(df, opts, ctx) if df is not None and len(df) else []
