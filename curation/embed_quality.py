@@ -66,6 +66,10 @@ class EmbedQualityOptions(StepOptions):
             raise ValueError("embed_quality mode=classifier needs `labelled`: a file with a label or score column")
         return self
 
+    def score_columns(self) -> list[str]:
+        """The column its score goes to (the report draws its histogram)."""
+        return [self.score_column]
+
 
 def _read(path: str, ctx: StepContext, what: str) -> pl.DataFrame:
     from curation.ingest import read_records

@@ -80,6 +80,10 @@ class IfdOptions(StepOptions):
     device: str | None = Field(None, description="torch device; default: cuda when available, else cpu")
     cache: bool = Field(True, description="read and write the on-disk score cache")
 
+    def score_columns(self) -> list[str]:
+        """The columns its scores go to (the report draws their histograms)."""
+        return ["ifd", "answer_ppl"]
+
 
 def check_causal_lm(path: Path) -> None:
     """One clear line when `path` cannot be a causal-LM scorer (read from config.json, no weights loaded)."""

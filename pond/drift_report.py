@@ -26,9 +26,15 @@ Log = Callable[[str], None]
 
 
 def _rates(gen: Path) -> dict[str, tuple[int, int]]:
-    """(rejected, in) per step folder; holdout is left out (a drop draws nothing)."""
+    """(rejected, in) per step folder; the held-out draw is left out (a drop draws nothing)."""
     return {row["step"]: (int(row.get("rejected", 0)), int(row.get("in", 0)))
-            for row in layout.funnel(gen) if row.get("status") == "done" and row.get("kind") != "holdout"}
+            for row in layout.funnel(gen) if row.get("status") == "done" and not _writes_heldout(row.get("kind"))}
+
+
+def _writes_heldout(kind: str | None) -> bool:
+    from pond.steps import STEPS
+
+    return kind in STEPS and STEPS[kind].writes_heldout
 
 
 def adapter_loss(run: Path, recipe, rows: pl.DataFrame, cache_dir: Path | None, n: int, seed: int) -> dict[str, Any]:
@@ -55,13 +61,12 @@ def adapter_loss(run: Path, recipe, rows: pl.DataFrame, cache_dir: Path | None, 
 
 
 def per_row_kinds() -> set[str]:
-    """Step kinds whose verdict on a row needs no other row and is the same in a drop as in the run:
-    the step table's row-wise and actor steps, and the local steps that judge each row alone. Any
-    other kind (dedup, holdout, select, synthesize, a kind added later) ends the compared stage."""
-    from pond.steps import ACTOR, ROWWISE, STEPS
+    """Step kinds whose verdict on a row needs no other row and is the same in a drop as in the run
+    (the step table's `per_row`). Any other kind (a dedup, the held-out draw, a selection, a generator,
+    a kind added without the trait) ends the compared stage."""
+    from pond.steps import STEPS
 
-    return {kind for kind, spec in STEPS.items() if spec.distribute in (ROWWISE, ACTOR)} | {"decontaminate", "ifd",
-                                                                                             "judge"}
+    return {kind for kind, spec in STEPS.items() if spec.per_row}
 
 
 def compared_stage(gen: Path) -> list[str]:

@@ -66,18 +66,17 @@ class Recipe(BaseModel):
 
     def warnings(self) -> list[str]:
         """Legal but doubtful choices, printed by `pond validate` and `pond run`."""
-        out = []
-        for s in self.steps:
-            if s.kind == "judge" and s.options.self_judge:
-                out.append(f"judge teacher {s.options.teacher!r} judges rows its own model wrote (self_judge: true): "
-                           f"a calibrated filter only; the report states it")
-        scorers = [s.options for s in self.steps if s.kind == "judge" and s.options.mode == "score"]
-        for i, a in enumerate(scorers):
-            for b in scorers[i + 1:]:
+        judges = [s.options for s in self.steps if STEPS[s.kind].teacher_judges_rows]
+        out = [f"judge teacher {j.teacher_needed()!r} judges rows its own model wrote (self_judge: true): a "
+               f"calibrated filter only; the report states it" for j in judges if j.self_judge]
+        for i, a in enumerate(judges):
+            for b in judges[i + 1:]:
                 # rows: synthetic then rows: real into one column is legal: each keeps the other's scores
-                if a.column == b.column and (a.rows == b.rows or "all" in (a.rows, b.rows)):
-                    out.append(f"two judge steps write the column {a.column!r} for the same rows: the second "
-                               f"overwrites the first's scores — give one `column:` another name")
+                shared = set(a.score_columns()) & set(b.score_columns())
+                if shared and (a.rows == b.rows or "all" in (a.rows, b.rows)):
+                    out += [f"two judge steps write the column {column!r} for the same rows: the second "
+                            f"overwrites the first's scores — give one `column:` another name"
+                            for column in sorted(shared)]
         return out
 
     def dump(self) -> dict[str, Any]:
@@ -207,16 +206,17 @@ def parse_recipe(text: str, source: str = "<recipe>") -> Recipe:
 def _self_judging(steps: list[Step], teachers: dict[str, TeacherConfig], source: str, root) -> list[str]:
     """A judge whose model writes the rows it judges must say `self_judge: true`, and be calibrated."""
     model = {name: t.model for name, t in teachers.items()}
-    writers = {model[s.options.teacher]: s.options.teacher for s in steps
-               if s.kind == "synthesize" and s.options.teacher_needed() in model}
+    writers = {model[s.options.teacher_needed()]: s.options.teacher_needed() for s in steps
+               if STEPS[s.kind].teacher_writes_rows and s.options.teacher_needed() in model}
     problems = []
     for i, s in enumerate(steps):
-        if s.kind != "judge" or model.get(s.options.teacher) not in writers or s.options.rows == "real":
+        judge = s.options.teacher_needed()
+        if not STEPS[s.kind].teacher_judges_rows or model.get(judge) not in writers or s.options.rows == "real":
             continue  # judging only real rows is not judging one's own
-        where = f"{source}:{_line_of(root, ('steps', i))}: steps[{i}].judge"
-        writer = writers[model[s.options.teacher]]
+        where = f"{source}:{_line_of(root, ('steps', i))}: steps[{i}].{s.kind}"
+        writer = writers[model[judge]]
         if not s.options.self_judge:
-            problems.append(f"{where}: teacher {s.options.teacher!r} is the model ({model[writer]}) that teacher "
+            problems.append(f"{where}: teacher {judge!r} is the model ({model[writer]}) that teacher "
                             f"{writer!r} writes the synthetic rows with; a model judging its own rows needs "
                             f"`self_judge: true` (a calibrated filter), or use another judge")
         elif not s.options.calibrate:

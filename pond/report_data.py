@@ -17,13 +17,6 @@ import polars as pl
 
 from pond import layout
 
-# The columns a step writes its scores to, from its stats.json `options` (its resolved options).
-# A judge's and embed_quality's column is configurable; ifd writes two.
-SCORE_COLUMNS = {
-    "embed_quality": lambda o: [o.get("score_column") or "quality"],
-    "ifd": lambda o: ["ifd", "answer_ppl"],
-    "judge": lambda o: [o.get("column") or "judge_score"],
-}
 SYNTHETIC_PREFIX = "synthetic:"  # `source` of a row a generator wrote (DESIGN.md: synthetic:<generator>)
 EXAMPLE_CHARS = 300
 TRAIN_RESULT = "train-result.json"
@@ -84,16 +77,31 @@ def reasons(run: Path, top: int = 5, examples: int = 3) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------- scores
 
 
+def step_score_columns(kind: str | None, options: dict[str, Any]) -> list[str]:
+    """The columns a step wrote its scores to: its options' `score_columns()`, from the options its
+    stats.json recorded; none for a step that scores nothing or a kind the step table lacks."""
+    from pond.steps import STEPS
+
+    if kind not in STEPS:
+        return []
+    model = STEPS[kind].options_model()
+    if not hasattr(model, "score_columns"):
+        return []
+    # not validated again: the recorded options were valid when the step ran (an older run's may not
+    # be now); missing ones take their defaults
+    return model.model_construct(**options).score_columns()
+
+
 def score_columns(run: Path) -> list[dict[str, Any]]:
     """Every score column a step of the run wrote: the step, the column, and its values on the rows the step
     scored (numpy arrays), split into the rows it kept and the rows it (or its threshold) rejected."""
     out = []
     for d, stats in zip(layout.step_dirs(run), layout.funnel(run), strict=True):
-        rule = SCORE_COLUMNS.get(stats.get("kind", ""))
-        if rule is None:
+        columns = step_score_columns(stats.get("kind"), stats.get("options") or {})
+        if not columns:
             continue
         kept, rejected = _scan(d / layout.KEPT), _scan(d / layout.REJECTED)
-        for col in rule(stats.get("options") or {}):
+        for col in columns:
             values = {}
             for name, lf in (("kept", kept), ("rejected", rejected)):
                 if col in _columns(lf):
