@@ -1,14 +1,15 @@
 """`pond update RUN --input NEW...`: a data drop joins an existing run's pond (docs/continuous-curation.md).
 
 A drop is a numbered generation, `drops/NNN/`, run by the runner's own step machinery (its steps
-resume through DONE files and fingerprints, like `pond run`) with the run's own recipe, on the new
-rows only. Two things differ from a plain run:
+resume through DONE files and fingerprints, like `pond run`) with the run's own recipe and executor,
+on the new rows only. Two things differ from a plain run, both read from the step table:
 
-- the dedup steps (exact, MinHash, semantic) see the pond too: each runs on the rows that entered the
-  same step in every earlier generation (after the held-out set) followed by the drop's rows, and only
-  the drop's verdicts count. An earlier row always wins ("the pond wins"): nothing already curated is
-  redone, and a drop row that duplicates a pond row is rejected with `duplicate_of` naming it;
-- `holdout` draws nothing: the held-out set was fixed by the run, and drops are deduplicated against it.
+- a dedup step (`dedups_against_reference`) gets the pond as its reference rows (`ctx.reference`):
+  the held-out set, then the rows that entered the same step in every earlier generation. The step
+  itself never drops them and rejects a drop row that duplicates one, naming it in `duplicate_of`,
+  whatever its keep rule prefers ("the pond wins"): nothing already curated is redone;
+- the step that draws the held-out set (`writes_heldout`) draws nothing: the set was fixed by the
+  run, and drops are deduplicated against it.
 
 Then `curated.parquet` is rebuilt as the union of every generation's own kept rows, oldest first, and
 `lineage.parquet` names each row's drop (0: the run itself). The drift report and the retrain rule run
@@ -31,8 +32,8 @@ from pond import layout, ledger
 from pond.executors.shards import read_output
 from pond.recipe import Recipe, Step, load_recipe
 from pond.runner import Runner, file_digest, write_json, write_parquet
+from pond.steps import STEPS
 
-DEDUP_STEPS = ("exact_dedup", "minhash_dedup", "semantic_dedup")
 Log = Callable[[str], None]
 
 
@@ -148,51 +149,13 @@ def pond_reference(run: Path, drop: Path, index: int, step: Step) -> pl.DataFram
     return pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()
 
 
-def against_pond(fn: Callable, reference: pl.DataFrame) -> Callable:
-    """Run a dedup step on the pond's rows followed by the drop's, and return the drop's verdicts.
-
-    The keep rule may prefer a drop row over a pond row (keep: longest/quality); the pond wins
-    anyway: that drop row is rejected as a duplicate of the pond row, with the pond row's reason
-    written for it. Pond rows' own verdicts are dropped (they were curated already).
-    """
+def holdout_fixed(stage: str) -> Callable:
+    """A drop's held-out step draws nothing: the run's held-out set stays the one it evaluates on."""
     def step(df: pl.DataFrame, opts, ctx: StepContext) -> tuple[pl.DataFrame, pl.DataFrame]:
-        if reference.is_empty():
-            return fn(df, opts, ctx)
-        ref_ids = reference["id"].implode()
-        joint = pl.concat([reference, df], how="diagonal_relaxed")
-        kept, rejected = fn(joint, opts, ctx)
-        from_pond = pl.col("id").is_in(ref_ids)
-        lost = (rejected.filter(from_pond & pl.col("duplicate_of").is_not_null()
-                                & ~pl.col("duplicate_of").is_in(ref_ids))
-                .unique("duplicate_of", keep="first", maintain_order=True))
-        winners = kept.filter(~from_pond).join(lost.select(pl.col("duplicate_of").alias("id"),
-                                                           pl.col("id").alias("__pond"),
-                                                           pl.col("reason").alias("__reason")),
-                                               on="id", how="inner", maintain_order="left")
-        reasons = [r.replace(d, p) for r, d, p in zip(winners["__reason"], winners["id"], winners["__pond"])]
-        moved = winners.with_columns(
-            pl.lit(rejected["stage"][0] if len(rejected) else "").alias("stage"),
-            pl.Series("reason", reasons, dtype=pl.Utf8),
-            pl.col("__pond").alias("duplicate_of"),
-        ).drop("__pond", "__reason")
-        kept_out = kept.filter(~from_pond & ~pl.col("id").is_in(moved["id"].implode()))
-        rejected_out = pl.concat([rejected.filter(~from_pond), moved], how="diagonal_relaxed")
-        columns = [c for c in kept.columns if c in kept_out.columns]
-        kept_out = kept_out.select(columns)
-        against = rejected_out.filter(pl.col("duplicate_of").is_in(ref_ids)) if "duplicate_of" in rejected_out.columns \
-            else rejected_out.clear()
-        # figures of the joint call describe pond + drop; these say what the drop met
-        ctx.stats["against_pond"] = {"pond_rows": len(reference), "drop_rows": len(df),
-                                     "duplicates_of_pond_rows": len(against), "pond_wins_over_keep_rule": len(moved)}
-        return kept_out, rejected_out
+        ctx.stats["held_out_fixed_by_run"] = True
+        return split(df, pl.lit(True), stage, "held_out")
 
     return step
-
-
-def holdout_fixed(df: pl.DataFrame, opts, ctx: StepContext) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """A drop's holdout step draws nothing: the run's held-out set stays the one it evaluates on."""
-    ctx.stats["held_out_fixed_by_run"] = True
-    return split(df, pl.lit(True), "holdout", "held_out")
 
 
 class DropRunner(Runner):
@@ -202,23 +165,29 @@ class DropRunner(Runner):
         # a drop may come in another format or layout than the run's files: ingest detects both
         drop_input = recipe.input.model_copy(update={"path": [str(f) for f in files], "limit": None,
                                                      "format": "auto", "layout": "auto"})
-        # the ray executor's distributed dedup forms do not take a reference set: drops run locally
-        super().__init__(recipe.model_copy(update={"input": drop_input, "executor": "local"}), drop, base_dir,
-                         **kwargs)
+        super().__init__(recipe.model_copy(update={"input": drop_input}), drop, base_dir, **kwargs)
         self.run = Path(run)
+        self.current: tuple[int, Step] | None = None  # the step being run, for context()
+
+    def run_step(self, index: int, step: Step, prev_dir: Path, prev_fp: str) -> tuple[Path, str]:
+        # the runner builds a step's context without its index on the ray executor: remember it here
+        self.current = (index, step)
+        try:
+            return super().run_step(index, step, prev_dir, prev_fp)
+        finally:
+            self.current = None
 
     def context(self, step_dir: Path, index: int | None = None) -> StepContext:
         ctx = super().context(step_dir, index)
         ctx.run_dir = self.run
+        if self.current is not None and STEPS[self.current[1].kind].dedups_against_reference:
+            ctx.reference = pond_reference(self.run, self.out, *self.current)
         return ctx
 
     def step_function(self, index: int, step: Step) -> Callable:
-        if step.kind == "holdout":
-            return holdout_fixed
-        fn = super().step_function(index, step)
-        if step.kind in DEDUP_STEPS:
-            return against_pond(fn, pond_reference(self.run, self.out, index, step))
-        return fn
+        if STEPS[step.kind].writes_heldout:
+            return holdout_fixed(step.kind)
+        return super().step_function(index, step)
 
 
 # -- the pond's union ------------------------------------------------------------------------------

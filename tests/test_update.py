@@ -109,16 +109,16 @@ def test_rows_duplicated_across_drops_name_the_earlier_row(drops):
     drop = layout.drop_dir(run, 1)
     rej = pl.read_parquet(drop / "steps" / "01-exact_dedup" / layout.REJECTED)
     pond_ids = set(ingest["id"])
-    against_pond = rej.filter(pl.col("duplicate_of").is_in(list(pond_ids)))
-    assert against_pond.height == len(exact)
-    for row in against_pond.iter_rows(named=True):
+    pond_copies = rej.filter(pl.col("duplicate_of").is_in(list(pond_ids)))
+    assert pond_copies.height == len(exact)
+    for row in pond_copies.iter_rows(named=True):
         assert row["duplicate_of"] == text_to_id[row["text"]]  # the earlier row, by id
         assert row["reason"] == f"exact_duplicate_of:{row['duplicate_of']}"
     assert rej.height == len(exact) + 3  # plus the rows repeated inside the drop
     near_rej = pl.read_parquet(drop / "steps" / "02-minhash_dedup" / layout.REJECTED)
     assert near_rej.filter(pl.col("duplicate_of").is_in(list(pond_ids))).height == len(near)
     stats = json.loads((drop / "steps" / "01-exact_dedup" / layout.STATS).read_text())
-    assert stats["against_pond"]["duplicates_of_pond_rows"] == len(exact)
+    assert stats["against_reference"]["duplicates_of_reference_rows"] == len(exact)
 
 
 def test_drop_is_deduplicated_against_the_heldout_set(drops):
