@@ -149,6 +149,20 @@ def edge_case_drafts(ids: list[str], prompts: list[str], opts, ctx, session, see
     the rows that case's seed and examples are drawn from (target: gaps), default any row with a
     prompt. `answers`: the rows' answers, long_input's background (default: none, the prompts);
     `first_answers`: each row's answer to its first prompt, the answer of a transformed case (answer_from: seed)."""
+    drafts, asks = _seeded_drafts(ids, prompts, opts, ctx, seed_pools, answers, first_answers)
+    writing = _Writing(drafts, ids, prompts, opts, embed)
+    _first_round(writing, asks, opts, ctx, session, seed_fn)
+    _retry_rounds(writing, asks, opts, ctx, session, seed_fn)
+    for slot, error in writing.errors.items():
+        drafts[slot].error = error
+    return drafts
+
+
+def _seeded_drafts(ids: list[str], prompts: list[str], opts, ctx, seed_pools: list[list[int]] | None,
+                   answers: list[str] | None, first_answers: list[str] | None
+                   ) -> tuple[list[Draft], list[list[dict]]]:
+    """Every slot's draft on its seed rows: a transformed kind's case already made, a written kind's prompt
+    still empty; and per slot the messages of its request to the writer (none for a transformed kind)."""
     usable = [i for i, p in enumerate(prompts) if p.strip()]
     if not usable:
         raise ValueError("edge_cases needs seed rows with a prompt")
@@ -157,7 +171,7 @@ def edge_case_drafts(ids: list[str], prompts: list[str], opts, ctx, session, see
     plan = kind_plan(opts, opts.n)
     templates = {kind_name(s): kind_template(s, ctx.resolve) for s in plan}
     drafts: list[Draft] = []
-    asks: list[list[dict]] = []  # per slot: the messages of its last request (none for a transformed kind)
+    asks: list[list[dict]] = []
     used: set[int] = set()
     for slot, spec in enumerate(plan):
         mine = [i for i in seed_pools[slot] if prompts[i].strip()] or usable if seed_pools else usable
@@ -168,44 +182,64 @@ def edge_case_drafts(ids: list[str], prompts: list[str], opts, ctx, session, see
             drafts.append(_transformed_draft(slot, spec, seed_i, ids, prompts, answers, opts, ctx, first_answers))
             asks.append([])
             continue
-        seed_i = int(rng.choice(mine))
-        others = [i for i in mine if i != seed_i] or [i for i in usable if i != seed_i] or usable
-        shown = rng.choice(others, size=min(opts.seeds_per_call, len(others)), replace=False) if opts.seeds_per_call else []
-        template, description = templates[kind_name(spec)]
-        text = render(template, examples="\n".join(f"- {clip(prompts[i], opts.max_example_chars)}" for i in shown)
-                      or "(none)", seed=clip(prompts[seed_i], opts.max_example_chars), description=description)
-        drafts.append(Draft(slot, [], [ids[seed_i], *(ids[i] for i in shown)],
-                            extra={"edge_kind": kind_name(spec), "calls": 0, "candidates": 0}))
-        asks.append([{"role": "user", "content": text}])
+        draft, ask = _written_draft(slot, spec, mine, usable, ids, prompts, opts, rng, templates[kind_name(spec)])
+        drafts.append(draft)
+        asks.append(ask)
+    return drafts, asks
 
-    index = NoveltyIndex()
-    for row_id, p in zip(ids, prompts):
-        index.add(p, row_id)
-    for d in drafts:
-        if d.context:  # a transformed case is its seed by design: it is not checked, only kept from the writer's
-            index.add(d.prompt, f"new slot {d.slot}")
-    copies = SeedCopies(ids, prompts, opts.max_cosine, embed)
-    written = [s for s, ask in enumerate(asks) if ask]
-    errors: dict[int, str] = {}
-    replies: dict[int, str] = {}  # slot -> a rejected message, shown back on a retry
 
-    def settle(slot: int, texts: list[str], error: str | None) -> None:
-        d = drafts[slot]
+def _written_draft(slot: int, spec, mine: list[int], usable: list[int], ids: list[str], prompts: list[str], opts,
+                   rng: np.random.Generator, template: tuple[str, str]) -> tuple[Draft, list[dict]]:
+    """A model-written case's draft (its seed row and the example rows shown) and its request: the kind's
+    template with the seed prompt (`$seed`) and the examples (`$examples`)."""
+    seed_i = int(rng.choice(mine))
+    others = [i for i in mine if i != seed_i] or [i for i in usable if i != seed_i] or usable
+    shown = rng.choice(others, size=min(opts.seeds_per_call, len(others)), replace=False) if opts.seeds_per_call else []
+    text, description = template
+    text = render(text, examples="\n".join(f"- {clip(prompts[i], opts.max_example_chars)}" for i in shown)
+                  or "(none)", seed=clip(prompts[seed_i], opts.max_example_chars), description=description)
+    draft = Draft(slot, [], [ids[seed_i], *(ids[i] for i in shown)],
+                  extra={"edge_kind": kind_name(spec), "calls": 0, "candidates": 0})
+    return draft, [{"role": "user", "content": text}]
+
+
+class _Writing:
+    """The slots while the writer works: the novelty index and the seed copies every accepted prompt joins,
+    and per unsettled slot its error and its last rejected message (shown back on a retry)."""
+
+    def __init__(self, drafts: list[Draft], ids: list[str], prompts: list[str], opts, embed):
+        self.drafts, self.opts = drafts, opts
+        self.index = NoveltyIndex()
+        for row_id, p in zip(ids, prompts):
+            self.index.add(p, row_id)
+        for d in drafts:
+            if d.context:  # a transformed case is its seed by design: it is not checked, only kept from the writer's
+                self.index.add(d.prompt, f"new slot {d.slot}")
+        self.copies = SeedCopies(ids, prompts, opts.max_cosine, embed)
+        self.errors: dict[int, str] = {}
+        self.replies: dict[int, str] = {}  # slot -> a rejected message, shown back on a retry
+
+    def settle(self, slot: int, texts: list[str], error: str | None) -> None:
+        """Count a call's candidates for `slot`; accept the first valid one, or record why none was."""
+        d = self.drafts[slot]
         d.extra["calls"] += 1
         d.extra["candidates"] += len(texts)
         if not texts:
-            errors[slot] = error or "the writer returned no candidate"
+            self.errors[slot] = error or "the writer returned no candidate"
             return
-        chosen, rejected, last = _first_valid(texts, index, copies, opts)
+        chosen, rejected, last = _first_valid(texts, self.index, self.copies, self.opts)
         if chosen is None:
-            errors[slot], replies[slot] = last, rejected
+            self.errors[slot], self.replies[slot] = last, rejected
             return
-        errors.pop(slot, None)
+        self.errors.pop(slot, None)
         d.context = [{"role": "user", "content": chosen}]
-        index.add(chosen, f"new slot {slot}")
-        copies.add(chosen, f"new slot {slot}")
+        self.index.add(chosen, f"new slot {slot}")
+        self.copies.add(chosen, f"new slot {slot}")
 
-    # first round: one call per slot, or schema'd lists of `per_call` slots of one kind
+
+def _first_round(writing: _Writing, asks: list[list[dict]], opts, ctx, session, seed_fn) -> None:
+    """One call per written slot, or schema'd lists of `per_call` slots of one kind."""
+    written = [s for s, ask in enumerate(asks) if ask]
     if opts.per_call == 1:
         calls = [ChatRequest(asks[s], max_tokens=_reply_tokens(1, opts.max_prompt_chars), temperature=opts.temperature,
                              n=opts.candidates, seed=seed_fn(ctx.seed, "edge_cases", s),
@@ -213,39 +247,46 @@ def edge_case_drafts(ids: list[str], prompts: list[str], opts, ctx, session, see
                  for s in written]
         groups = [[s] for s in written]
     else:
-        by_kind: dict[str, list[int]] = {}
-        for s in written:
-            by_kind.setdefault(drafts[s].extra["edge_kind"], []).append(s)
-        groups = [slots[i:i + opts.per_call] for slots in by_kind.values() for i in range(0, len(slots), opts.per_call)]
-        calls = []
-        for g in groups:
-            ask = [{"role": "user", "content": asks[g[0]][0]["content"] + f"\nWrite {len(g)} different such messages."}]
-            calls.append(ChatRequest(ask, max_tokens=_reply_tokens(len(g), opts.max_prompt_chars),
-                                     temperature=opts.temperature, n=opts.candidates,
-                                     seed=seed_fn(ctx.seed, "edge_cases", "list", g[0]),
-                                     schema=_list_schema(len(g), opts.min_prompt_chars, opts.max_prompt_chars),
-                                     schema_name="messages"))
+        calls, groups = _list_calls(writing.drafts, asks, written, opts, ctx, seed_fn)
     results = session.run(calls, ctx.track, "edge_cases: writing prompts")
     for g, result in zip(groups, results):
         choices, error = _parse(result, KEY if opts.per_call == 1 else "messages")
         for k, slot in enumerate(g):
             # slot k of the call takes item k of every choice: its candidates
-            settle(slot, [c[k] for c in choices if k < len(c)], error)
+            writing.settle(slot, [c[k] for c in choices if k < len(c)], error)
 
-    # retries: show the writer what it wrote and why it was rejected
+
+def _list_calls(drafts: list[Draft], asks: list[list[dict]], written: list[int], opts, ctx, seed_fn
+                ) -> tuple[list[ChatRequest], list[list[int]]]:
+    """Requests for `per_call` messages of one kind each, and the slots each one fills."""
+    by_kind: dict[str, list[int]] = {}
+    for s in written:
+        by_kind.setdefault(drafts[s].extra["edge_kind"], []).append(s)
+    groups = [slots[i:i + opts.per_call] for slots in by_kind.values() for i in range(0, len(slots), opts.per_call)]
+    calls = []
+    for g in groups:
+        ask = [{"role": "user", "content": asks[g[0]][0]["content"] + f"\nWrite {len(g)} different such messages."}]
+        calls.append(ChatRequest(ask, max_tokens=_reply_tokens(len(g), opts.max_prompt_chars),
+                                 temperature=opts.temperature, n=opts.candidates,
+                                 seed=seed_fn(ctx.seed, "edge_cases", "list", g[0]),
+                                 schema=_list_schema(len(g), opts.min_prompt_chars, opts.max_prompt_chars),
+                                 schema_name="messages"))
+    return calls, groups
+
+
+def _retry_rounds(writing: _Writing, asks: list[list[dict]], opts, ctx, session, seed_fn) -> None:
+    """Up to `retries` more calls for each slot still without a prompt, showing the writer what it wrote and
+    why it was rejected."""
     for attempt in range(1, opts.retries + 1):
-        todo = sorted(errors)
+        todo = sorted(writing.errors)
         if not todo:
             break
-        calls = [ChatRequest(_retry_messages(asks[s], replies.get(s), errors[s]),
+        calls = [ChatRequest(_retry_messages(asks[s], writing.replies.get(s), writing.errors[s]),
                              max_tokens=_reply_tokens(1, opts.max_prompt_chars), temperature=opts.temperature,
                              n=opts.candidates, seed=seed_fn(ctx.seed, "edge_cases", "retry", attempt, s),
                              schema=_one_schema(opts.min_prompt_chars, opts.max_prompt_chars), schema_name=KEY)
                  for s in todo]
         for s, result in zip(todo, session.run(calls, ctx.track, f"edge_cases: retry {attempt}")):
             choices, error = _parse(result, KEY)
-            replies.pop(s, None)
-            settle(s, [c[0] for c in choices if c], error)
-    for slot, error in errors.items():
-        drafts[slot].error = error
-    return drafts
+            writing.replies.pop(s, None)
+            writing.settle(s, [c[0] for c in choices if c], error)
