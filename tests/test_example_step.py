@@ -1,13 +1,17 @@
-"""docs/architecture.md's worked example: a new row-wise step is one file plus one line in the
-step table, and it runs on both executors with the same rows and reasons."""
+"""docs/architecture.md's worked examples: a new row-wise step is one file plus one line in the
+step table, and it runs on both executors with the same rows and reasons; a new step that asks a
+teacher is one file plus one line too, and the recipe checks its teacher and the runner serves it."""
 from __future__ import annotations
 
+import contextlib
 import json
 
 import polars as pl
 import pytest
 
 from curation.step import StepContext
+from pond.recipe import RecipeError, parse_recipe
+from pond.runner import Runner
 from pond.steps import ROWWISE, STEPS, StepSpec
 from tests import limits
 from tests.example_step import MaxCharsOptions, max_chars
@@ -38,3 +42,52 @@ def test_runs_locally_and_on_ray_with_the_same_rows(tmp_path, registered, ray_cl
     stats = json.loads((ray_run / "steps" / "01-max_chars" / "stats.json").read_text())
     assert stats["executor"] == "ray" and stats["rejected"] > 0 and stats["too_long"] == stats["rejected"]
     assert (ray_run / "steps" / "01-max_chars" / "kept.parquet").is_dir()  # sharded by the workers
+
+
+# -- a step that asks a teacher: one file (tests/example_step.py's `title`) and one line -------------------
+
+# the one line it adds to pond.steps.STEPS: local (its rows go to the teacher together), no trait needed
+TITLE = StepSpec("tests.example_step", "title", "TitleOptions", "the teacher writes a short title for each row")
+
+
+@pytest.fixture
+def title_registered(monkeypatch):
+    monkeypatch.setitem(STEPS, "title", TITLE)
+
+
+def _title_recipe(teacher: str, port: int) -> str:
+    # `serve:` makes the teacher one pond runs while a step needs it; here the fake already answers on
+    # that port, so pond uses it as it would a server someone else started
+    return (f"name: titles\ninput: {{path: rows.jsonl}}\nsteps:\n  - title: {{teacher: {teacher}}}\n"
+            f"teachers:\n  writer: {{model: fake, serve: {{port: {port}}}, max_retries: 0}}\n")
+
+
+def test_the_recipe_checks_the_teacher_a_new_step_names(title_registered):
+    with pytest.raises(RecipeError, match=r"r.yaml:4: steps\[0\]\.title\.teacher: unknown teacher 'editor'"):
+        parse_recipe(_title_recipe("editor", 8000), "r.yaml")
+    assert parse_recipe(_title_recipe("writer", 8000), "r.yaml").steps[0].options.teacher_needed() == "writer"
+
+
+def test_the_runner_serves_the_teacher_while_the_new_step_asks_it(tmp_path, title_registered, fake_teacher,
+                                                                    short_chats, monkeypatch):
+    from synthesis import server
+
+    events, running = [], server.running_teacher
+
+    @contextlib.contextmanager
+    def watched(config, **kw):
+        events.append(("start", config.model, len(fake_teacher.bodies)))
+        with running(config, **kw) as handle:
+            yield handle
+        events.append(("stop", config.model, len(fake_teacher.bodies)))
+
+    monkeypatch.setattr(server, "running_teacher", watched)
+    short_chats.select("messages").write_ndjson(tmp_path / "rows.jsonl")
+    runner = Runner(parse_recipe(_title_recipe("writer", fake_teacher.port), "r.yaml"), tmp_path / "run", tmp_path,
+                    cache_dir=tmp_path / "cache")
+    runner.curate()
+    kept = pl.read_parquet(tmp_path / "run" / "steps" / "01-title" / "kept.parquet")
+    assert events == [("start", "fake", 0), ("stop", "fake", len(short_chats))]  # up for the step, then stopped
+    assert len(kept) == len(short_chats) and all(t.startswith("answer 0 to: A title") for t in kept["title"])
+    stats = json.loads((tmp_path / "run" / "steps" / "01-title" / "stats.json").read_text())
+    assert stats["titled"] == len(short_chats) and stats["teacher"]["sent"] == len(short_chats)
