@@ -21,6 +21,7 @@ from curation import drift as stats
 from curation.embed import EmbeddingOptions, embed_texts
 from pond import layout
 from pond.executors.shards import read_output
+from pond.steps import STEPS
 
 Log = Callable[[str], None]
 
@@ -32,8 +33,7 @@ def _rates(gen: Path) -> dict[str, tuple[int, int]]:
 
 
 def _writes_heldout(kind: str | None) -> bool:
-    from pond.steps import STEPS
-
+    """A step of this kind drew the held-out set (ingest, or a kind the table no longer has, did not)."""
     return kind in STEPS and STEPS[kind].writes_heldout
 
 
@@ -64,8 +64,6 @@ def per_row_kinds() -> set[str]:
     """Step kinds whose verdict on a row needs no other row and is the same in a drop as in the run
     (the step table's `per_row`). Any other kind (a dedup, the held-out draw, a selection, a generator,
     a kind added without the trait) ends the compared stage."""
-    from pond.steps import STEPS
-
     return {kind for kind, spec in STEPS.items() if spec.per_row}
 
 

@@ -6,8 +6,9 @@ Counts: every teacher request (a step module's `estimate`), every forward pass o
 bounded by the rows entering curation (every row is charged at every step, but where a step's
 options say how many rows it passes on: `estimated_rows_out`, a draw, a selection, a generator),
 so request and token counts are upper bounds. A generator's new rows are charged to later teacher
-steps (their `estimate`'s `added`: with `judge_picks`, every answer candidate). Times: those counts times the per-unit costs of this
-machine's class (pond.costs, each figure naming where it was measured).
+steps (their `estimate`'s `added`: with `judge_picks`, every answer candidate). Times: those
+counts times the per-unit costs of this machine's class (pond.costs, each figure naming where it
+was measured).
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import polars as pl
 from pond import costs as cost_model
 from pond import layout
 from pond.recipe import Recipe
+from pond.steps import STEPS
 
 STAGES = ("curation", "teacher", "training", "evaluation", "experiment")
 
@@ -119,8 +121,6 @@ def estimate(recipe: Recipe, out: Path | None, base_dir: Path, *, train: bool = 
 def _estimate_step(est: Estimate, flow: _Flow, recipe: Recipe, index: int, step, rows: pl.DataFrame, ctx,
                    out: Path | None) -> None:
     """One step's line and seconds (none for a step the run folder holds), then the rows it passes on."""
-    from pond.steps import STEPS
-
     spec = STEPS[step.kind]
     name = layout.step_name(index, step.kind)
     c = None if _done(out, layout.STEPS, name, layout.DONE) else est.costs  # the costs of work still to do

@@ -16,6 +16,7 @@ import numpy as np
 import polars as pl
 
 from pond import layout
+from pond.steps import STEPS
 
 SYNTHETIC_PREFIX = "synthetic:"  # `source` of a row a generator wrote (DESIGN.md: synthetic:<generator>)
 EXAMPLE_CHARS = 300
@@ -80,8 +81,6 @@ def reasons(run: Path, top: int = 5, examples: int = 3) -> list[dict[str, Any]]:
 def step_score_columns(kind: str | None, options: dict[str, Any]) -> list[str]:
     """The columns a step wrote its scores to: its options' `score_columns()`, from the options its
     stats.json recorded; none for a step that scores nothing or a kind the step table lacks."""
-    from pond.steps import STEPS
-
     if kind not in STEPS:
         return []
     model = STEPS[kind].options_model()
