@@ -30,7 +30,7 @@ def normalised_text(column: str, lowercase: bool = True, strip_punctuation: bool
     return expr.str.replace_all(r"\s+", " ").str.strip_chars()
 
 
-def duplicate_of(key: str | list[str], order: str | None = None) -> pl.Expr:
+def duplicate_of(key: str | list[str], order: str | list[pl.Expr] | None = None) -> pl.Expr:
     """Per row: the id of its key group's representative (the first row, in input order or by
     `order`), or null for the representative itself."""
     ids = pl.col("id") if order is None else pl.col("id").sort_by(order)

@@ -254,7 +254,8 @@ def minhash_dedup(df: pl.DataFrame, opts: MinhashDedupOptions, ctx: StepContext)
         "cluster_seconds": round(time.perf_counter() - t1, 3),
     })
     if n_ref:
-        figures["against_reference"] = against_reference(ctx.reference, rejected, len(df), opts.keep, column=opts.column,
-                                                         score_column=opts.score_column, tiebreak="id")
+        figures["against_reference"] = against_reference(ctx.reference, rejected, len(df), opts.keep,
+                                                         column=opts.column, score_column=opts.score_column,
+                                                         tiebreak="id")
     ctx.stats.update(figures)
     return kept, rejected

@@ -225,3 +225,88 @@ def test_ray_ingest_reads_files_as_they_come_like_local(tmp_path, ray_cluster):
         assert {"invalid_unicode", "non_text_part"} <= set(rejected["reason"].to_list())
 
     check()
+
+
+def _steps_with_reference(tmp_path: Path) -> tuple[pl.DataFrame, pl.DataFrame, list]:
+    """Reference rows and new rows with copies of them (tests/test_dedup_reference.py), more new rows
+    than one shard holds; the three dedup steps with keep: longest where they have a keep rule."""
+    from curation.exact_dedup import ExactDedupOptions
+    from curation.ingest import records_from_dicts
+    from curation.minhash import MinhashDedupOptions
+    from curation.semantic_dedup import SemanticDedupOptions
+    from tests.test_dedup_reference import NEW, POND
+
+    filler = [f"note {i}: " + " ".join(f"w{(i * 7 + j) % 53}" for j in range(12)) for i in range(150)]
+    pond = records_from_dicts([{"text": t} for t in POND], source="pond")
+    new = records_from_dicts([{"text": t} for t in NEW + filler + NEW[:2]], source="drop")
+    steps = [("exact_dedup", ExactDedupOptions()),
+             ("minhash_dedup", MinhashDedupOptions(threshold=0.7, ngram=3, keep="longest")),
+             ("semantic_dedup", SemanticDedupOptions(eps=0.1, keep="longest", cluster_size=50))]
+    return pond, new, steps
+
+
+@pytest.mark.timeout(limits.RAY_STALL_S)
+def test_ray_dedup_with_reference_rows_equals_local(tmp_path, ray_cluster):
+    """Each distributed dedup form with ctx.reference: the local step's kept ids, reasons,
+    duplicate_of and against_reference figures; the reference rows' shards are gone after."""
+    from curation.step import StepContext
+    from pond.executors.config import RayConfig
+    from pond.executors.ray_exec import RayExecutor
+    from pond.executors.shards import POS, write_shard
+    from pond.steps import STEPS
+
+    pond, new, steps = _steps_with_reference(tmp_path)
+    prev = tmp_path / "prev"
+    for s in range(0, len(new), 100):  # two shards
+        write_shard(new.slice(s, 100).with_columns((pl.int_range(pl.len()) + s).alias(POS)), prev)
+    ex = RayExecutor(RayConfig(shard_rows=100, shuffle_partitions=2))
+    ex.start()
+    for kind, opts in steps:
+        local = StepContext(cache_dir=tmp_path / "cache", reference=pond)
+        kept, rejected = STEPS[kind].load()[1](new, opts, local)
+        ctx = StepContext(cache_dir=tmp_path / "cache", reference=pond)
+        step_dir = tmp_path / kind
+        figures = ex.run_step(kind, opts, prev, step_dir, ctx)
+        ray_kept, ray_rej = read_output(step_dir / "kept.parquet"), read_output(step_dir / "rejected.parquet")
+        assert ray_kept["id"].to_list() == kept["id"].to_list(), kind
+        assert sorted(ray_rej.select("id", "reason", "duplicate_of").rows()) == \
+            sorted(rejected.select("id", "reason", "duplicate_of").rows()), kind
+        assert figures["against_reference"] == local.stats["against_reference"], kind
+        assert local.stats["against_reference"]["duplicates_of_reference_rows"] >= 1, kind
+        assert not (step_dir / "_reference").exists()
+
+
+@pytest.mark.slow  # ~1 min: two runs and their drops, each curated on both executors
+@pytest.mark.timeout(limits.RAY_STALL_S)
+def test_pond_update_on_ray_equals_local(tmp_path, ray_cluster, sharegpt_df):
+    """A `pond update` drop of a run made with `executor: ray` runs on Ray, dedups against the pond
+    (keep: longest loses to it) and gives the local drop's kept ids, reasons and curated set."""
+    from pond.update import update
+    from tests.test_update import conversations, near_copy, write_jsonl
+
+    rows = conversations(sharegpt_df.filter(pl.col("messages").list.len() >= 2).head(200))
+    base, new = rows[:120], rows[120:]
+    longer = [{"messages": r["messages"][:-1] + [{"role": "assistant",
+                                                  "content": r["messages"][-1]["content"] + " Thanks, and more."}]}
+              for r in base[20:24]]
+    write_jsonl(tmp_path / "a.jsonl", base)
+    write_jsonl(tmp_path / "b.jsonl", new + base[:6] + [near_copy(r) for r in base[10:14]] + longer + new[:3])
+    steps = ("  - holdout: {n: 10}\n  - exact_dedup: {}\n  - minhash_dedup: {threshold: 0.7, keep: longest}\n"
+             "  - heuristics: {min_words: 3}\n")
+    text = (f"name: drops\ninput: {{path: a.jsonl}}\nseed: 0\nray: {{shard_rows: 100, shuffle_partitions: 2}}\n"
+            f"steps:\n{steps}")
+    runs = curate_both(text, tmp_path)
+    for run in runs.values():
+        update(run, [tmp_path / "b.jsonl"], cache_dir=tmp_path / "cache", retrain=False)
+    drops = {e: run / "drops" / "001" for e, run in runs.items()}
+    for name in sorted(p.name for p in (drops["local"] / "steps").iterdir()):
+        a, b = drops["local"] / "steps" / name, drops["ray"] / "steps" / name
+        assert read_output(a / "kept.parquet")["id"].to_list() == read_output(b / "kept.parquet")["id"].to_list()
+        ra, rb = (read_output(d / "rejected.parquet") for d in (a, b))
+        assert sorted(zip(ra["id"], ra["reason"])) == sorted(zip(rb["id"], rb["reason"])), name
+    assert (drops["ray"] / "steps" / "02-exact_dedup" / "kept.parquet").is_dir()  # the drop ran on Ray
+    mh = [json.loads((d / "steps" / "03-minhash_dedup" / "stats.json").read_text())["against_reference"]
+          for d in drops.values()]
+    assert mh[0] == mh[1] and mh[0]["reference_wins_over_keep_rule"] >= 1
+    curated = [pl.read_parquet(run / "curated.parquet") for run in runs.values()]
+    assert curated[0]["id"].to_list() == curated[1]["id"].to_list()

@@ -7,6 +7,10 @@ every row of one hash partition, which polars then groups exactly like the local
 exact_dedup: normalised-text key (two 64-bit polars hashes) -> shuffle by key -> per key the row
 with the smallest position stays -> verdicts (position, duplicate_of) -> joined back per shard.
 
+Reference rows (`ctx.reference`) travel as shards of their own after the input's
+(`RayExecutor.write_reference`): they are keyed, banded and compared like input rows, come first
+in every group (the local step's rule), and get no verdicts applied, so they are never output.
+
 minhash_dedup (curation.minhash, same signatures, bands and rules):
   1. per shard: band keys of every row (`band_keys`, the local batch function);
   2. shuffle on band hash -> per (band, key) bucket: candidate pairs (ids a < b; a bucket over
@@ -19,6 +23,7 @@ minhash_dedup (curation.minhash, same signatures, bands and rules):
 """
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +39,8 @@ from curation.minhash_signatures import pair_jaccard, sorted_sets
 from curation.shingles import shingle_hashes
 from curation.step import StepContext
 from pond.executors.config import AGGREGATOR_CPUS
-from pond.executors.shards import POS, count_rows, output_columns, read_shard
+from pond.executors.ray_exec import is_reference, reference_figures, reference_first
+from pond.executors.shards import POS, count_rows, output_columns, read_shard, scan_output
 from pond.executors.verdicts import verdicts_for
 
 PART = "__part"
@@ -57,26 +63,28 @@ def _exact_keys(batch, column: str, lowercase: bool, strip: bool, parts: int) ->
     return pl.concat(out).to_arrow()
 
 
-def _exact_group(table: pa.Table) -> pa.Table:
-    """One hash partition of keys -> verdicts (position, duplicate_of) for its duplicates."""
-    df = pl.from_arrow(table).with_columns(duplicate_of(["k1", "k2"], order=POS).alias("duplicate_of"))
+def _exact_group(table: pa.Table, base: int | None) -> pa.Table:
+    """One hash partition of keys -> verdicts (position, duplicate_of) for its duplicates; reference
+    rows (from position `base`) before the input's, as the local step has them."""
+    df = pl.from_arrow(table).with_columns(
+        duplicate_of(["k1", "k2"], order=reference_first(base)).alias("duplicate_of"))
     dups = df.filter(pl.col("duplicate_of").is_not_null())
     return dups.select(pl.col(POS).cast(pl.Int64), pl.col("duplicate_of").cast(pl.Utf8)).to_arrow()
 
 
 def exact_dedup_ray(ex, opts, prev: Path, step_dir: Path, ctx: StepContext):
     p = ex.partitions
-    keys = ex.shards(prev).map_batches(_exact_keys, batch_size=1, batch_format="numpy", fn_kwargs={
+    ref, base = ex.write_reference(ctx, prev, step_dir, ["id", opts.column])
+    keys = ex.shards(prev, ref).map_batches(_exact_keys, batch_size=1, batch_format="numpy", fn_kwargs={
         "column": opts.column, "lowercase": opts.lowercase, "strip": opts.strip_punctuation, "parts": p})
-    verdicts = keys.groupby(PART, num_partitions=p).map_groups(_exact_group, batch_format="pyarrow")
+    verdicts = keys.groupby(PART, num_partitions=p).map_groups(_exact_group, batch_format="pyarrow",
+                                                               fn_kwargs={"base": base})
     vdir = step_dir / "_verdicts"
     ex.write_verdicts(verdicts, vdir)
     rows = ex.apply_verdicts(prev, step_dir, vdir, split_exact, {}, {"duplicate_of": "Utf8"})
-    from pond.executors.shards import scan_output
-
     rej = scan_output(step_dir / "rejected.parquet", ["duplicate_of"]) if (step_dir / "rejected.parquet").exists() \
         else pl.DataFrame({"duplicate_of": []})
-    return rows, {"duplicate_groups": duplicate_groups(rej["duplicate_of"])}
+    return rows, {"duplicate_groups": duplicate_groups(rej["duplicate_of"]), **reference_figures(ctx, prev, step_dir)}
 
 
 # --- minhash: candidates ----------------------------------------------------------------------------
@@ -203,10 +211,14 @@ def _labels(table: pa.Table) -> pa.Table:
     return pl.from_arrow(table).select(pl.col(POS).alias("src"), "label").to_arrow()
 
 
-def _keepers(table: pa.Table, keep: str) -> pa.Table:
-    """One partition of component labels -> verdicts, by the local keep rule."""
-    df = pl.from_arrow(table).with_columns(
-        keeper(keep, "label", position=POS, length="len", score="score", tiebreak="id").alias("duplicate_of"))
+def _keepers(table: pa.Table, keep: str, base: int | None) -> pa.Table:
+    """One partition of component labels -> verdicts, by the local keep rule (a reference row, from
+    position `base`, first)."""
+    df = pl.from_arrow(table)
+    if base is not None:
+        df = df.with_columns(is_reference(base).alias("__ref"))
+    df = df.with_columns(keeper(keep, "label", position=POS, length="len", score="score", tiebreak="id",
+                                first=None if base is None else "__ref").alias("duplicate_of"))
     return df.select(pl.col(POS), pl.col("label").alias("dup_cluster"), "duplicate_of",
                      pl.col("jac").alias("dup_jaccard")).to_arrow()
 
@@ -220,73 +232,98 @@ def _pairs_out(table: pa.Table, threshold: float) -> pa.Table:
                                        (pl.col("jaccard") >= threshold).alias("duplicate")).to_arrow()
 
 
-def minhash_dedup_ray(ex, opts: MinhashDedupOptions, prev: Path, step_dir: Path, ctx: StepContext):
-    import time
-
-    seed = ctx.seed if opts.seed is None else opts.seed
+def _mh_candidates(ex, opts: MinhashDedupOptions, inputs, seed: int) -> tuple[Any, dict[str, Any]]:
+    """Candidate pairs of the input (and reference) rows, and figures about how they were found."""
     bands, rows = lsh_params(opts)
     p = ex.partitions
-    score = opts.score_column if opts.keep == "quality" else None
-    check_score_column(MH_STAGE, opts.keep, opts.score_column, output_columns(prev))
     t0 = time.perf_counter()
-    band_rows = ex.shards(prev).map_batches(_mh_bands, batch_size=1, batch_format="numpy", fn_kwargs={
+    band_rows = inputs.map_batches(_mh_bands, batch_size=1, batch_format="numpy", fn_kwargs={
         "opts": opts, "seed": seed, "bands": bands, "rows": rows, "parts": p}).materialize()
     nosh = int(band_rows.sum("nosh") or 0) if band_rows.count() else 0
     t1 = time.perf_counter()
     pairs = (band_rows.groupby(PART, num_partitions=p)
              .map_groups(_mh_pairs, batch_format="pyarrow", fn_kwargs={"max_bucket": opts.max_bucket_size, "parts": p})
              .groupby(PART, num_partitions=p).map_groups(_unique_pairs, batch_format="pyarrow")).materialize()
-    n_pairs = pairs.count()
+    return pairs, {"bands": bands, "rows": rows, "docs_without_shingles": nosh, "candidate_pairs": pairs.count(),
+                   "signature_seconds": round(t1 - t0, 3), "candidate_seconds": round(time.perf_counter() - t1, 3)}
+
+
+def _mh_verified(ex, opts: MinhashDedupOptions, pairs, inputs, step_dir: Path):
+    """Candidate pairs with their exact Jaccard (pairs.parquet written for audits)."""
+    p = ex.partitions
+    cdir = step_dir / "_candidates"
+    ex.write_verdicts(pairs.map_batches(_endpoints, batch_format="pyarrow"), cdir)
+    score = opts.score_column if opts.keep == "quality" else None
+    docs = {s: inputs.map_batches(_docs, batch_size=1, batch_format="numpy", fn_kwargs={
+                "column": opts.column, "score": score, "side": s, "candidates": str(cdir)})
+            for s in ("a", "b")}
+    agg = {"num_cpus": AGGREGATOR_CPUS}
+    with_a = pairs.join(docs["a"], "inner", p, on=("pos_a",), aggregator_ray_remote_args=agg).materialize()
+    verified = (with_a.join(docs["b"], "inner", p, on=("pos_b",), aggregator_ray_remote_args=agg)
+                .map_batches(_verify, batch_format="pyarrow",
+                             fn_kwargs={"ngram": opts.ngram, "shingle": opts.shingle})).materialize()
+    verified.map_batches(_pairs_out, batch_format="pyarrow", fn_kwargs={"threshold": opts.threshold}) \
+        .write_parquet(str(step_dir / "pairs.parquet"))
+    return verified
+
+
+def _mh_components(ex, verified, threshold: float) -> tuple[Any, int, int]:
+    """Connected components of the verified edges by min-label propagation: (nodes with their
+    label, or None without edges; edges; rounds)."""
+    p = ex.partitions
+    edges = verified.map_batches(_directed, batch_format="pyarrow", fn_kwargs={"threshold": threshold}).materialize()
+    n_edges = edges.count() // 2
+    if not n_edges:
+        return None, 0, 0
+    agg = {"num_cpus": AGGREGATOR_CPUS}
+    nodes = (verified.map_batches(_seed_nodes, batch_format="pyarrow", fn_kwargs={"threshold": threshold, "parts": p})
+             .groupby(PART, num_partitions=p).map_groups(_reduce_nodes, batch_format="pyarrow")).materialize()
+    for rnd in range(1, ex.config.max_cc_iterations + 1):
+        msgs = (edges.join(nodes.map_batches(_labels, batch_format="pyarrow"), "inner", p, on=("src",),
+                           aggregator_ray_remote_args=agg)
+                .map_batches(_messages, batch_format="pyarrow", fn_kwargs={"parts": p}))
+        own = nodes.map_batches(_as_own, batch_format="pyarrow", fn_kwargs={"parts": p})
+        nodes = (own.union(msgs).groupby(PART, num_partitions=p)
+                 .map_groups(_reduce_nodes, batch_format="pyarrow")).materialize()
+        if not nodes.sum("changed"):
+            return nodes, n_edges, rnd
+    raise RuntimeError(f"minhash_dedup: connected components did not converge in "
+                       f"{ex.config.max_cc_iterations} rounds (raise ray.max_cc_iterations)")
+
+
+def _mh_write_verdicts(ex, nodes, keep: str, base: int | None, vdir: Path) -> int:
+    """Each component's keeper, as verdicts; returns how many clusters there are."""
+    p = ex.partitions
+    verdicts = (nodes.map_batches(_with_part, batch_format="pyarrow", fn_kwargs={"column": "label", "parts": p})
+                .groupby(PART, num_partitions=p)
+                .map_groups(_keepers, batch_format="pyarrow", fn_kwargs={"keep": keep, "base": base})).materialize()
+    ex.write_verdicts(verdicts, vdir)
+    return len(verdicts.unique("dup_cluster"))
+
+
+def minhash_dedup_ray(ex, opts: MinhashDedupOptions, prev: Path, step_dir: Path, ctx: StepContext):
+    seed = ctx.seed if opts.seed is None else opts.seed
+    check_score_column(MH_STAGE, opts.keep, opts.score_column, output_columns(prev))
+    score = [opts.score_column] if opts.keep == "quality" else []
+    ref, base = ex.write_reference(ctx, prev, step_dir, ["id", opts.column] + score)
+    inputs = ex.shards(prev, ref)
+    pairs, figures = _mh_candidates(ex, opts, inputs, seed)
     t2 = time.perf_counter()
-    figures: dict[str, Any] = {"bands": bands, "rows": rows, "docs_without_shingles": nosh, "candidate_pairs": n_pairs,
-                               "signature_seconds": round(t1 - t0, 3), "candidate_seconds": round(t2 - t1, 3)}
     vdir = step_dir / "_verdicts"
     n_edges = n_clusters = 0
-    if n_pairs:
-        cdir = step_dir / "_candidates"
-        ex.write_verdicts(pairs.map_batches(_endpoints, batch_format="pyarrow"), cdir)
-        docs = {s: ex.shards(prev).map_batches(_docs, batch_size=1, batch_format="numpy", fn_kwargs={
-                    "column": opts.column, "score": score, "side": s, "candidates": str(cdir)})
-                for s in ("a", "b")}
-        agg = {"num_cpus": AGGREGATOR_CPUS}
-        with_a = pairs.join(docs["a"], "inner", p, on=("pos_a",), aggregator_ray_remote_args=agg).materialize()
-        verified = (with_a.join(docs["b"], "inner", p, on=("pos_b",), aggregator_ray_remote_args=agg)
-                    .map_batches(_verify, batch_format="pyarrow",
-                                 fn_kwargs={"ngram": opts.ngram, "shingle": opts.shingle})).materialize()
-        verified.map_batches(_pairs_out, batch_format="pyarrow", fn_kwargs={"threshold": opts.threshold}) \
-            .write_parquet(str(step_dir / "pairs.parquet"))
-        edges = verified.map_batches(_directed, batch_format="pyarrow",
-                                     fn_kwargs={"threshold": opts.threshold}).materialize()
-        n_edges = edges.count() // 2
-        if n_edges:
-            nodes = (verified.map_batches(_seed_nodes, batch_format="pyarrow",
-                                          fn_kwargs={"threshold": opts.threshold, "parts": p})
-                     .groupby(PART, num_partitions=p).map_groups(_reduce_nodes, batch_format="pyarrow")).materialize()
-            for rnd in range(1, ex.config.max_cc_iterations + 1):
-                msgs = (edges.join(nodes.map_batches(_labels, batch_format="pyarrow"), "inner", p, on=("src",),
-                                   aggregator_ray_remote_args=agg)
-                        .map_batches(_messages, batch_format="pyarrow", fn_kwargs={"parts": p}))
-                own = nodes.map_batches(_as_own, batch_format="pyarrow", fn_kwargs={"parts": p})
-                nodes = (own.union(msgs).groupby(PART, num_partitions=p)
-                         .map_groups(_reduce_nodes, batch_format="pyarrow")).materialize()
-                if not nodes.sum("changed"):
-                    figures["cc_rounds"] = rnd
-                    break
-            else:
-                raise RuntimeError(f"minhash_dedup: connected components did not converge in "
-                                   f"{ex.config.max_cc_iterations} rounds (raise ray.max_cc_iterations)")
-            verdicts = (nodes.map_batches(_with_part, batch_format="pyarrow",
-                                          fn_kwargs={"column": "label", "parts": p})
-                        .groupby(PART, num_partitions=p)
-                        .map_groups(_keepers, batch_format="pyarrow", fn_kwargs={"keep": opts.keep})).materialize()
-            n_clusters = verdicts.unique("dup_cluster").__len__()
-            ex.write_verdicts(verdicts, vdir)
-        figures["candidate_pairs_below_threshold"] = n_pairs - n_edges
+    if figures["candidate_pairs"]:
+        verified = _mh_verified(ex, opts, pairs, inputs, step_dir)
+        nodes, n_edges, rounds = _mh_components(ex, verified, opts.threshold)
+        if nodes is not None:
+            figures["cc_rounds"] = rounds
+            n_clusters = _mh_write_verdicts(ex, nodes, opts.keep, base, vdir)
     t3 = time.perf_counter()
     result = ex.apply_verdicts(prev, step_dir, vdir, split_near_duplicates, {},
                                {"dup_cluster": "Utf8", "duplicate_of": "Utf8", "dup_jaccard": "Float64"})
-    dups = sum(r["n_rej"] for r in result)
-    figures.update({"docs": count_rows(prev), "verified_pairs": n_edges,
-                    "candidate_pairs_below_threshold": n_pairs - n_edges, "clusters": n_clusters,
-                    "duplicates": dups, "verify_and_cluster_seconds": round(t3 - t2, 3)})
+    figures.update({"docs": count_rows(prev) + (0 if base is None else len(ctx.reference)),
+                    "verified_pairs": n_edges, "candidate_pairs_below_threshold": figures["candidate_pairs"] - n_edges,
+                    "clusters": n_clusters, "duplicates": sum(r["n_rej"] for r in result),
+                    "verify_and_cluster_seconds": round(t3 - t2, 3),
+                    **reference_figures(ctx, prev, step_dir, opts.keep, column=opts.column,
+                                        score_column=opts.score_column, tiebreak="id")})
     return result, figures

@@ -10,6 +10,11 @@ What runs where (docs/architecture.md, "How a step is distributed"):
   keep a model loaded between shards; a named distributed form (ray_dedup, ray_embed) wires
   shuffles and joins around the step's curation functions; `local` steps are gathered on the
   driver and run by the local runner (see docs/scale-out.md for this limit).
+- reference rows (`StepContext.reference`, given by `pond update` to the dedup steps) are written
+  by the driver as shards of their own (`write_reference`), placed after every input position;
+  the distributed forms read them with the input's shards, put them ahead of the input's rows as
+  the local step does (curation.keep), and apply verdicts to the input's shards only, so they are
+  never output.
 
 The run directory is the local executor's, except that distributed steps write `kept.parquet/`
 and `rejected.parquet/` as shard folders (pond.executors.shards); the runner writes stats.json,
@@ -20,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -28,12 +34,15 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
+from curation.keep import against_reference, has_reference, reference_rows
 from curation.step import StepContext
 from pond.executors.config import AGGREGATOR_CPUS, RayConfig
-from pond.executors.shards import POS, ensure_nonempty, list_shards, read_output, read_shard, write_shard
+from pond.executors.shards import (POS, count_rows, ensure_nonempty, list_shards, read_output, read_shard, scan_output,
+                                   shard_offset, write_shard)
 from pond.executors.verdicts import apply_verdicts_batch, shard_summary, summaries_table, write_sorted_block
 from pond.steps import ACTOR, ROWWISE, STEPS, StepSpec
 
+REFERENCE_DIR = "_reference"  # in a step folder: the reference rows' shards while the step runs
 
 
 def quiet_env() -> None:
@@ -173,12 +182,27 @@ class RayExecutor:
 
         return self.config.shuffle_partitions or max(1, int(ray.cluster_resources().get("CPU", 1)))
 
-    def shards(self, path: Path):
-        """A Ray dataset of shard paths: one row (and one block) per shard."""
+    def shards(self, path: Path, reference: Path | None = None):
+        """A Ray dataset of shard paths: one row (and one block) per shard; then the reference's."""
         import ray.data
 
-        paths = [str(p) for p in list_shards(path)]
+        paths = [str(p) for p in list_shards(path) + (list_shards(reference) if reference else [])]
         return ray.data.from_items([{"path": p} for p in paths], override_num_blocks=max(1, len(paths)))
+
+    def write_reference(self, ctx: StepContext, prev: Path, step_dir: Path,
+                        columns: list[str]) -> tuple[Path | None, int | None]:
+        """ctx.reference's `columns` (typed as the input's) as shards in `step_dir/_reference`, at
+        positions after every input row: (their folder, their first position), or (None, None)."""
+        if not has_reference(ctx.reference):
+            return None, None
+        last = list_shards(prev)[-1]
+        base = shard_offset(last) + count_rows(last)
+        rows = reference_rows(ctx.reference, pl.read_parquet_schema(last), columns)
+        folder = step_dir / REFERENCE_DIR
+        for s in range(0, len(rows), self.config.shard_rows):
+            part = rows.slice(s, self.config.shard_rows)
+            write_shard(part.with_columns((pl.int_range(pl.len(), dtype=pl.Int64) + base + s).alias(POS)), folder)
+        return folder, base
 
     def collect(self, ds) -> list[dict[str, Any]]:
         try:
@@ -217,6 +241,7 @@ class RayExecutor:
                 stats.pop(key, None)
         elif spec.distributed:
             rows, stats = spec.distributed_form()(self, options, prev, step_dir, ctx)
+            shutil.rmtree(step_dir / REFERENCE_DIR, ignore_errors=True)  # a copy of rows kept elsewhere
         else:
             raise ValueError(f"the ray executor has no distributed form of {kind!r}")
         empty = read_output(prev).clear() if not list_shards(step_dir / "kept.parquet") else None
@@ -253,6 +278,28 @@ class RayExecutor:
             fn_kwargs={"finish": finish, "kwargs": kwargs, "verdict_dir": str(verdict_dir), "out": str(step_dir),
                        "columns": columns})
         return self.collect(ds)
+
+
+def is_reference(base: int) -> pl.Expr:
+    """Per row of a distributed dedup step: whether it is a reference row (see write_reference)."""
+    return pl.col(POS) >= base
+
+
+def reference_first(base: int | None) -> list[pl.Expr]:
+    """Sort keys for the local step's row order: the reference rows (if any), then the input's."""
+    return [pl.col(POS)] if base is None else [~is_reference(base), pl.col(POS)]
+
+
+def reference_figures(ctx: StepContext, prev: Path, step_dir: Path, keep: str = "first", **kwargs) -> dict:
+    """The local step's `against_reference` figures, from the rejected shards (empty without a reference)."""
+    if not has_reference(ctx.reference):
+        return {}
+    rejected_dir = step_dir / "rejected.parquet"
+    columns = ["id", "duplicate_of"] + ([] if keep == "first" else [kwargs["column"]])
+    columns += [kwargs["score_column"]] if keep == "quality" else []
+    rejected = scan_output(rejected_dir, columns) if rejected_dir.is_dir() and list_shards(rejected_dir) \
+        else pl.DataFrame(schema={"id": pl.Utf8, "duplicate_of": pl.Utf8})
+    return {"against_reference": against_reference(ctx.reference, rejected, count_rows(prev), keep, **kwargs)}
 
 
 def unify_schema(folder: Path) -> None:
