@@ -184,3 +184,20 @@ def test_a_finished_ingest_is_reused_only_for_the_same_input(workdir):
         f.write(json.dumps({"messages": [{"role": "user", "content": "one more"},
                                          {"role": "assistant", "content": "row"}]}) + "\n")
     assert len(input_rows(recipe, workdir / "run", workdir)) == len(ingested) + 1  # the file changed
+
+
+def test_a_steps_rate_is_its_own_or_the_slowest_measured(workdir, monkeypatch):
+    """A step's rows per second stand beside it in the step table; one not measured is charged the slowest."""
+    import dataclasses
+
+    from pond.steps import STEPS
+
+    monkeypatch.setattr(costs, "machine_costs", lambda: costs.CPU_FP32)
+    measured = estimate(parse_recipe(CURATION, "r.yaml"), None, workdir)
+    assert measured.heldout == 3  # the held-out step's draw, read for the evaluation's time
+    own = STEPS["exact_dedup"].rows_per_s
+    monkeypatch.setitem(STEPS, "exact_dedup", dataclasses.replace(STEPS["exact_dedup"], rows_per_s=None))
+    unmeasured = estimate(parse_recipe(CURATION, "r.yaml"), None, workdir)
+    rows = measured.rows - 3  # what reaches exact_dedup after the draw
+    extra = rows / costs.slowest_rows_per_s() - rows / own
+    assert unmeasured.seconds["curation"] - measured.seconds["curation"] == pytest.approx(extra)

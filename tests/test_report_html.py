@@ -220,3 +220,14 @@ def test_histogram_bins_every_value_once():
     assert shares["a"] == pytest.approx([66.667, 33.333])
     _, _, one = histogram({"a": [7.0, 7.0]}, bins=3)  # one value: a range around it, not a division by zero
     assert sum(one["a"]) == 2
+
+
+def test_a_steps_score_columns_come_from_its_options():
+    """The options' score_columns(), read from the options stats.json recorded, an older run's too."""
+    assert report_data.step_score_columns("judge", {"column": "complexity", "mode": "score"}) == ["complexity"]
+    assert report_data.step_score_columns("judge", {}) == ["judge_score"]  # recorded before the option: its default
+    assert report_data.step_score_columns("judge", {"mode": "pairwise", "against": "b"}) == []
+    assert report_data.step_score_columns("embed_quality", {"score_column": "q", "gone": 1}) == ["q"]
+    assert report_data.step_score_columns("ifd", {}) == ["ifd", "answer_ppl"]
+    assert report_data.step_score_columns("heuristics", {}) == []
+    assert report_data.step_score_columns("a_kind_since_removed", {}) == []

@@ -15,6 +15,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from curation.step import StepOptions
 from pond.steps import STEPS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -96,3 +97,15 @@ def test_the_scan_reads_plain_and_f_string_literals(tmp_path):
     path = tmp_path / "x.py"
     path.write_text(f"a = '{kind}'\nb = f'{{a}}{kind}'\nc = '{kind}-not'\n")
     assert sorted(kind_literals(path)) == [(1, kind), (2, kind)]
+
+
+def test_a_judging_step_has_the_options_the_recipe_checks_read():
+    """`teacher_judges_rows` promises the options pond.recipe reads (which rows, self-judging, calibration,
+    the score columns); a step given the trait without them would fail only when a recipe used it."""
+    for kind, spec in STEPS.items():
+        model = spec.options_model()
+        if spec.teacher_judges_rows:
+            assert {"rows", "self_judge", "calibrate"} <= set(model.model_fields), kind
+            assert callable(getattr(model, "score_columns", None)), kind
+        if spec.teacher_writes_rows or spec.teacher_judges_rows:
+            assert model.teacher_needed is not StepOptions.teacher_needed or "teacher" in model.model_fields, kind
