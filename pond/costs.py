@@ -67,8 +67,9 @@ def step_rows_per_s(spec) -> float:
 CPU_BF16 = Costs(
     label="2-core CPU with native bf16",
     ingest_rows_per_s=INGEST_ROWS_PER_S,
-    embed_s=174.1 / 1051,  # the run of the steps' rates (pond/steps.py): embed_quality, 1,051 rows in 174.1 s (model load included; under
-    # load ~10, so slower than DESIGN.md's 220 sentences/s with bf16 weights on an idle 2-core Intel)
+    embed_s=174.1 / 1051,  # the run of the steps' rates (pond/steps.py): embed_quality, 1,051 rows in 174.1 s
+    # (model load included; under load ~10, so slower than DESIGN.md's 220 sentences/s with bf16 weights on an
+    # idle 2-core Intel)
     serve_start_s={"small": 51.0, "large": 70.0},  # README demo table, AMD EPYC fam 25 model 17, 2026-12-02
     request_s={"small": 151 / 72, "large": 179 / 58},  # docs/edge-cases.md (Intel, AMX, 2026-12-02):
     # synthesize 151 s for the quickstart's 72 counted writer requests; judge 179 s for 58 calls
