@@ -7,7 +7,14 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from pond.layout import funnel
+from pond.layout import funnel, step_kind
+from pond.steps import STEPS
+
+
+def _is(row: dict, trait: str) -> bool:
+    """Whether a step folder's step has this trait of the step table (a kind it no longer has: no)."""
+    spec = STEPS.get(row.get("kind") or step_kind(row["step"]))
+    return bool(spec is not None and getattr(spec, trait))
 
 
 def _fmt(v) -> str:
@@ -18,7 +25,7 @@ def show_calibration(rows: list[dict], console: Console) -> None:
     """Each judge's calibration (synthesis.calibration): AUC and threshold rejection per corruption."""
     for r in rows:
         cal = r.get("calibration")
-        if not r["step"].endswith("-judge") or not cal:
+        if not _is(r, "teacher_judges_rows") or not cal:
             continue
         verdict = "passed" if (cal.get("worst_auc") or 0) >= cal["min_calibration"] else "refused"
         if (r.get("options") or {}).get("self_judge"):
@@ -38,11 +45,11 @@ def show_synthetic(run: Path, console: Console) -> None:
     show_calibration(rows, console)
     judged: dict[str, dict] = {}
     for r in rows:
-        if r["step"].endswith("-judge") and "by_kind" in r:
+        if _is(r, "teacher_judges_rows") and "by_kind" in r:
             for k, v in r["by_kind"].items():
                 judged.setdefault(k, v)  # the first judge after the generator
     for r in rows:
-        if not r["step"].endswith("-synthesize") or "by_kind" not in r:
+        if not _is(r, "teacher_writes_rows") or "by_kind" not in r:
             continue
         t = Table(title=f"{r['step']}: edge cases by kind")
         for col in ("kind", "asked", "valid", "judged", "kept", "top rejection"):

@@ -45,6 +45,11 @@ def step_name(index: int, kind: str) -> str:
     return f"{index:02d}-{kind}"
 
 
+def step_kind(name: str) -> str:
+    """The kind of a step folder's step (`07-pii` -> `pii`)."""
+    return name.partition("-")[2]
+
+
 def steps_dir(run: Path) -> Path:
     return Path(run) / STEPS
 
