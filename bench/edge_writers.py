@@ -40,6 +40,7 @@ from synthesis import server  # noqa: E402
 from synthesis.client import TeacherConfig  # noqa: E402
 from synthesis.generators import SynthesizeOptions, synthesize  # noqa: E402
 from synthesis.rows import row_answer, row_prompt  # noqa: E402
+from synthesis.teachers import Teachers
 
 WRITERS = {"smollm2-135m-instruct": 8021, "qwen2.5-coder-1.5b-instruct": 8022}
 WRITTEN = ["ambiguous", "missing_information", "contradictory", "out_of_scope", "other_language"]
@@ -90,7 +91,7 @@ def run_writer(model: str, port: int, pool_df: pl.DataFrame, a, work: Path) -> l
             if part not in a.parts.split(","):
                 continue
             ctx = StepContext(seed=a.seed, run_dir=work / model / part, cache_dir=work / "cache",
-                              teachers={"writer": config})
+                              teachers=Teachers({"writer": config}))
             ctx.run_dir.mkdir(parents=True, exist_ok=True)
             t0 = time.perf_counter()
             kept, rejected = synthesize(pool_df, SynthesizeOptions(n=n, kinds=kinds, teacher="writer", **OPTIONS), ctx)

@@ -41,6 +41,7 @@ from synthesis import server  # noqa: E402
 from synthesis.client import TeacherConfig  # noqa: E402
 from synthesis.generators import SynthesizeOptions, synthesize  # noqa: E402
 from synthesis.judge import JudgeOptions, judge  # noqa: E402
+from synthesis.teachers import Teachers
 
 WRITER, JUDGE = "smollm2-135m-instruct", "qwen2.5-coder-1.5b-instruct"
 BASELINE = "before"
@@ -98,7 +99,7 @@ def main() -> None:
             opts = SynthesizeOptions(n=a.n, **CONFIGS[name])
             run_dir = work / name
             run_dir.mkdir()
-            ctx = StepContext(seed=a.seed, run_dir=run_dir, cache_dir=work / "cache", teachers={"writer": writer})
+            ctx = StepContext(seed=a.seed, run_dir=run_dir, cache_dir=work / "cache", teachers=Teachers({"writer": writer}))
             t0 = time.perf_counter()
             kept, _ = synthesize(pool, opts, ctx)
             wall = time.perf_counter() - t0
@@ -124,7 +125,7 @@ def main() -> None:
                     r.update(judged=0, judge_seconds=0.0, judge_tokens=0)
                     continue
                 ctx = StepContext(seed=a.seed, run_dir=work / name, cache_dir=work / "cache" / name,
-                                  teachers={"judge": jcfg})
+                                  teachers=Teachers({"judge": jcfg}))
                 t0 = time.perf_counter()
                 picks = "candidate_of" if CONFIGS[name].get("judge_picks") else None
                 kept, _ = judge(r["new"], JudgeOptions(rubric="helpfulness", min_score=5, teacher="judge",

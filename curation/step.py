@@ -40,7 +40,8 @@ class StepContext:
     run_dir: Path | None = None  # the run directory (teacher cache lives here)
     step_dir: Path | None = None  # this step's folder, for side files
     base_dir: Path = field(default_factory=Path.cwd)  # relative paths in options resolve here
-    teachers: dict[str, Any] = field(default_factory=dict)  # name -> synthesis.client.TeacherConfig
+    # the run's teachers (synthesis.teachers.Teachers): `teachers.session(name)` is a ready client
+    teachers: Any = None
     # track(iterable, description, total) wraps a loop in a progress bar (rich in the CLI).
     track: Callable[..., Iterator[Any]] = no_progress
     stats: dict[str, Any] = field(default_factory=dict)  # a step may add figures for stats.json

@@ -11,7 +11,6 @@ cores. Judge calls go through the teacher cache: a rerun asks nothing twice.
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 from collections.abc import Callable
@@ -24,6 +23,7 @@ from evaluation import judge as judging
 from evaluation.benchmarks import EARLIER_CHARS, REFERENCE_CHARS, TURN_CHARS, chats, clip, judge_question
 from evaluation.bootstrap import bootstrap_ci, paired_difference_ci
 from evaluation.config import EvaluateConfig
+from synthesis.teachers import Teachers
 
 ANSWER_SCHEMA = {"model": pl.Utf8, "question_id": pl.Utf8, "category": pl.Utf8, "turn": pl.Int64, "answer": pl.Utf8}
 
@@ -100,19 +100,19 @@ def pairwise_all(questions: pl.DataFrame, answers: pl.DataFrame, pairs: list[tup
 
 
 def run_benchmark(out_dir: Path, questions: pl.DataFrame, models: dict[str, Path | None], config: EvaluateConfig,
-                  *, answerer: Callable, teachers: dict | None, pairs: list[tuple[str, str]],
-                  serving: Callable = lambda name: contextlib.nullcontext(), cache_path: Path | None = None,
+                  *, answerer: Callable, teachers: Teachers | None, pairs: list[tuple[str, str]],
+                  cache_path: Path | None = None,
                   track: Callable | None = None, log: Callable[[str], None] = lambda m: None
                   ) -> tuple[pl.DataFrame, pl.DataFrame | None]:
-    """Answers (with grades) and pairwise scores; `answerer(models)` is a context manager yielding answer()."""
-    from synthesis.client import resolve_teacher
-
+    """Answers (with grades) and pairwise scores; `answerer(models)` is a context manager yielding answer().
+    The judge (`teachers`' `config.judge`) is served only while it judges."""
     answers = answer_benchmark(out_dir, questions, models, config, answerer=answerer, log=log)
-    teacher = resolve_teacher(teachers or {}, config.judge)
+    teachers = teachers or Teachers()
+    teacher = teachers.config(config.judge)
     kw = {"cache_path": cache_path, "max_tokens": config.judge_max_tokens, "track": track,
           "reason_chars": config.judge_reason_chars}
     pairwise = None
-    with serving(config.judge):
+    with teachers.serving(config.judge):
         if "single" in config.benchmark_judge:
             prompt = judging.load_prompt("single", config.judge_prompt, benchmark=True)
             answers = grade_all(questions, answers, judging.teacher_grade(teacher, prompt=prompt, **kw))
@@ -220,8 +220,7 @@ def summarise_benchmark(answers: pl.DataFrame, pairwise: pl.DataFrame | None, gr
 
 def benchmark_figures(out_dir: Path, questions: pl.DataFrame, models: dict[str, Path | None],
                       groups: dict[str, list[str]], baseline: str, config: EvaluateConfig, *, answerer: Callable,
-                      pairs: list[tuple[str, str]], teachers: dict | None = None,
-                      serving: Callable = lambda name: contextlib.nullcontext(), cache_path: Path | None = None,
+                      pairs: list[tuple[str, str]], teachers: Teachers | None = None, cache_path: Path | None = None,
                       count_tokens: Callable[[str], int] | None = None, resamples: int = 2000,
                       confidence: float = 0.95, track: Callable | None = None,
                       log: Callable[[str], None] = lambda m: None) -> dict:
@@ -238,7 +237,7 @@ def benchmark_figures(out_dir: Path, questions: pl.DataFrame, models: dict[str, 
         bench = summarise_ifeval(scores, groups, baseline, max_new_tokens=config.max_new_tokens, **kw)
     else:
         answers, pairwise = run_benchmark(out_dir, questions, models, config, answerer=answerer, teachers=teachers,
-                                          pairs=pairs, serving=serving, cache_path=cache_path, track=track, log=log)
+                                          pairs=pairs, cache_path=cache_path, track=track, log=log)
         bench = summarise_benchmark(answers, pairwise, groups, baseline, **kw)
     faults = fault_table(questions, answers, config.max_new_tokens, count_tokens)
     faults.write_parquet(out_dir / "faults.parquet")

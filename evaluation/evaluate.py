@@ -18,18 +18,19 @@ from evaluation.config import EvaluateConfig
 from evaluation.generation import adapter_fingerprint
 from evaluation.report import METRIC_INFO, metric_matrix, slice_masks
 from evaluation.scoring import frame_hash, load_heldout, make_judges, prepare_heldout, score_model, summarise
+from synthesis.teachers import Teachers
 from training.config import TrainConfig
 
 
 def evaluate_run(out_dir: Path, adapter_dir: Path, heldout: pl.DataFrame | str | Path | None,
-                 config: EvaluateConfig, train_config: TrainConfig, *, teachers: dict | None = None,
+                 config: EvaluateConfig, train_config: TrainConfig, *, teachers: Teachers | None = None,
                  cache_dir: Path | None = None, progress: Callable | None = None,
-                 heldout_source: str | None = None, serving: Callable | None = None,
+                 heldout_source: str | None = None,
                  base_dir: Path | None = None, log: Callable[[str], None] = lambda m: None) -> dict:
     """Score base and base + adapter on the held-out set; the judge compares them if configured.
 
     heldout: records, a file path, or None to read `config.heldout` (`run:` = inside out_dir).
-    serving(name): a context manager in which teacher `name` answers; the judge runs only inside it.
+    teachers: the run's teachers (synthesis.teachers); the judge is served only while it judges.
     """
     from training.model import resolve_student, set_threads
 
@@ -52,8 +53,8 @@ def evaluate_run(out_dir: Path, adapter_dir: Path, heldout: pl.DataFrame | str |
     ask, grade = make_judges(config, teachers, out_dir / "teacher-cache.sqlite", progress)
     common = dict(method=train_config.method, compute_dtype=train_config.compute_dtype, heldout=held, config=config,
                   max_seq_len=max_seq_len, cache_dir=cache_dir, progress=progress)
-    serving = serving or (lambda name: contextlib.nullcontext())
-    with serving(config.judge) if config.n_generate else contextlib.nullcontext():
+    teachers = teachers or Teachers()
+    with teachers.serving(config.judge) if config.n_generate else contextlib.nullcontext():
         base = score_model(student, grade=grade, **common)
         compare = held["reference"].to_list() if config.judge_against == "reference" else base["answer"].to_list()
         tuned = score_model(student, adapter_dir=Path(adapter_dir), compare_answers=compare, ask=ask, grade=grade,
@@ -79,7 +80,7 @@ def evaluate_run(out_dir: Path, adapter_dir: Path, heldout: pl.DataFrame | str |
         result["intervals"][metric] = entry
     if config.benchmark:
         result["benchmark"] = _benchmark(out_dir, student, Path(adapter_dir), config, train_config, teachers,
-                                         serving, cache_dir, base_dir, progress, log)
+                                         cache_dir, base_dir, progress, log)
     if config.reference:
         result["reference"] = _reference(out_dir, student, Path(adapter_dir), config, train_config, cache_dir,
                                          base_dir, progress)
@@ -112,7 +113,7 @@ def _finished(out_dir: Path, key: dict) -> dict | None:
 
 
 def _benchmark(out_dir: Path, student: Path, adapter_dir: Path, config: EvaluateConfig, train_config: TrainConfig,
-               teachers, serving, cache_dir, base_dir, progress, log) -> dict:
+               teachers, cache_dir, base_dir, progress, log) -> dict:
     """The adapter and the base model answer the benchmark; the judge or IFEval's checkers score both."""
     from evaluation.benchmark_eval import benchmark_figures
     from evaluation.benchmarks import load_benchmark
@@ -132,7 +133,7 @@ def _benchmark(out_dir: Path, student: Path, adapter_dir: Path, config: Evaluate
 
     return benchmark_figures(out_dir / "benchmark", questions, {"base": None, "adapter": adapter_dir},
                              {"base": ["base"], "adapter": ["adapter"]}, "base", config, answerer=make_answerer,
-                             pairs=[("adapter", "base")], teachers=teachers, serving=serving, cache_path=cache_path,
+                             pairs=[("adapter", "base")], teachers=teachers, cache_path=cache_path,
                              count_tokens=lambda a: len(tok(a, add_special_tokens=False)["input_ids"]),
                              resamples=config.bootstrap_resamples, confidence=config.confidence, track=progress,
                              log=log)

@@ -34,6 +34,7 @@ from evaluation.config import EvaluateConfig, ExperimentConfig
 from evaluation.evaluate import evaluate_run
 from evaluation.report import add_benchmark, add_reference, aggregate, goal_sentence, write_plot, write_report
 from evaluation.scoring import frame_hash, make_judges, prepare_heldout, score_model, summarise
+from synthesis.teachers import Teachers
 from training.config import TrainConfig
 
 __all__ = ["ExperimentContext", "run_experiment", "evaluate_run"]
@@ -47,13 +48,12 @@ class ExperimentContext:
 
     seed: int = 0
     cache_dir: Path | None = None
-    teachers: dict | None = None
+    teachers: Teachers | None = None  # the judge's; it is served only while the experiment judges
     provenance: dict | None = None
     progress: Callable | None = None
     heldout_source: str | None = None
     base_dir: Path | None = None
     title: str | None = None
-    serving: Callable | None = None
     log_fn: Callable[[str], None] = lambda m: None
 
 
@@ -75,8 +75,8 @@ class _Run:
         return self.ctx.progress or no_progress
 
     @property
-    def serving(self) -> Callable:
-        return self.ctx.serving or (lambda name: contextlib.nullcontext())
+    def teachers(self) -> Teachers:
+        return self.ctx.teachers or Teachers()
 
     @property
     def cache_path(self) -> Path | None:
@@ -137,23 +137,19 @@ def _heldout_source(heldout: pl.DataFrame) -> str:
 
 def run_experiment(out_dir: Path, pool: pl.DataFrame, curated: pl.DataFrame, heldout: pl.DataFrame,
                    config: ExperimentConfig, train_config: TrainConfig, *,
-                   evaluate_config: EvaluateConfig | None = None, context: ExperimentContext | None = None,
-                   **context_fields) -> dict:
+                   evaluate_config: EvaluateConfig | None = None, context: ExperimentContext | None = None) -> dict:
     """Train and score every arm x seed, then write experiment.json, report.md and plot.png.
 
     pool: the noisy pool the `full`, `random_n` and `longest_n` arms draw from (held-out rows are
     removed from every arm); curated: the run's curated set; heldout: canonical records to score on.
-    evaluate_config: the recipe's `evaluate:` section (judge, generation). `context` (or its fields one by
-    one as keywords: seed, cache_dir, teachers, provenance, progress, heldout_source, base_dir, title,
-    serving, log_fn): progress is a `track(iterable, description, total)` wrapper for progress bars;
-    serving(name) a context manager in which teacher `name` answers (pond.teachers.Teachers.serving) — the
-    judge is started only for the parts that judge, so it never shares the cores with training or
-    generation; heldout_source a sentence for the report saying where the held-out rows came from.
+    evaluate_config: the recipe's `evaluate:` section (judge, generation). `context`: progress is a
+    `track(iterable, description, total)` wrapper for progress bars; teachers the run's teachers
+    (synthesis.teachers), whose judge is served only for the parts that judge, so it never shares the
+    cores with training or generation; heldout_source a sentence for the report saying where the
+    held-out rows came from.
     """
-    if context is not None and context_fields:
-        raise TypeError(f"run_experiment takes a context or its fields, not both ({', '.join(context_fields)})")
     run = _open(Path(out_dir), config, train_config, evaluate_config or EvaluateConfig(),
-                context or ExperimentContext(**context_fields))
+                context or ExperimentContext())
     plan = _plan(run, pool, curated, heldout)
     scoring, results, mlflow_uri, mlflow_errors = _train_and_score_all(run, plan)
     return _report(run, plan, scoring, results, mlflow_uri, mlflow_errors)
@@ -242,10 +238,10 @@ def _train_and_score_all(run: _Run, plan: _Plan) -> tuple[_Scoring, dict[tuple[s
     """The base model's scores, then every arm x seed trained and scored (and logged to MLflow), the judge
     served meanwhile where held-out answers are judged. Returns the scoring, each arm x seed's result, the
     MLflow store and the MLflow errors."""
-    ask, grade = make_judges(run.ecfg, run.ctx.teachers, run.cache_path, run.track)
+    ask, grade = make_judges(run.ecfg, run.teachers, run.cache_path, run.track)
     stack = contextlib.ExitStack()
     if run.ecfg.n_generate and run.ecfg.judge:  # held-out answers are judged as each arm finishes
-        stack.enter_context(run.serving(run.ecfg.judge))
+        stack.enter_context(run.teachers.serving(run.ecfg.judge))
     key = {"heldout_hash": plan.held_hash, "evaluate": run.ecfg.model_dump(mode="json"),
            "max_seq_len": run.max_seq_len, "student": str(run.student), "method": run.train.method,
            "compute_dtype": run.train.compute_dtype}
@@ -392,7 +388,7 @@ def _benchmark(run: _Run, results: dict) -> dict:
                         progress=track, log=log)
 
     bench = benchmark_figures(run.out_dir / "benchmark", questions, models, groups, config.baseline, ecfg,
-                              answerer=make_answerer, pairs=pairs, teachers=run.ctx.teachers, serving=run.serving,
+                              answerer=make_answerer, pairs=pairs, teachers=run.teachers,
                               cache_path=run.cache_path,
                               count_tokens=lambda a: len(run.tokenizer(a, add_special_tokens=False)["input_ids"]),
                               resamples=config.bootstrap_resamples, confidence=config.confidence, track=track, log=log)

@@ -26,6 +26,7 @@ from curation.step import recipe_path
 from evaluation import judge as judging
 from evaluation.config import EvaluateConfig
 from evaluation.files import read_any
+from synthesis.teachers import Teachers
 from evaluation.metrics import (exact_match, generate_answers, is_structured, load_for_eval, prompt_and_reference,
                                 references_are_short, row_losses, token_f1)
 
@@ -125,14 +126,12 @@ def add_judgements(scores: pl.DataFrame, heldout: pl.DataFrame, config: Evaluate
                                exact_match=pl.Series(em), token_f1=pl.Series(f1))
 
 
-def make_judges(config: EvaluateConfig, teachers: dict | None, cache_path: Path | None,
+def make_judges(config: EvaluateConfig, teachers: Teachers | None, cache_path: Path | None,
                 track: Callable | None = None) -> tuple[judging.Ask | None, judging.Grade | None]:
     """The teacher-backed judge functions the config asks for (none without `judge`)."""
     if not config.judge:
         return None, None
-    from synthesis.client import resolve_teacher
-
-    teacher = resolve_teacher(teachers or {}, config.judge)
+    teacher = (teachers or Teachers()).config(config.judge)
     prompt = judging.load_prompt(config.judge_mode, config.judge_prompt) if config.judge_prompt else None
     kw = {"cache_path": cache_path, "prompt": prompt, "max_tokens": config.judge_max_tokens, "track": track}
     if config.judge_mode == "pairwise":

@@ -96,11 +96,12 @@ def estimate(recipe: Recipe, out: Path | None, base_dir: Path, *, train: bool = 
     folder already holds costs no time (a resume skips it). `out` None: a run from scratch."""
     from curation.settings import default_cache_dir
     from curation.step import StepContext
+    from synthesis.teachers import Teachers
 
     cache_dir = cache_dir or default_cache_dir()
     rows = input_rows(recipe, out, base_dir)
     ctx = StepContext(seed=recipe.seed, cache_dir=cache_dir, run_dir=None, step_dir=None, base_dir=base_dir,
-                      teachers=dict(recipe.teachers))
+                      teachers=Teachers(recipe.teachers))
     est = Estimate(rows=len(rows), costs=cost_model.machine_costs())
     flow = _Flow(rows=len(rows), curation=len(rows) / est.costs.ingest_rows_per_s if est.costs else 0.0)
     for i, step in enumerate(recipe.steps, start=1):

@@ -126,9 +126,8 @@ def _evaluate(runner: Runner, recipe: Recipe, stack: ExitStack, log: Log, track=
     log(f"evaluate: {len(heldout)} held-out rows from {source}")
     ledger.append(runner.out, "evaluate", rows=len(heldout))
     result = evaluate_run(runner.out, runner.out / layout.ADAPTER, heldout, recipe.evaluate, recipe.train,
-                          teachers=dict(recipe.teachers), cache_dir=runner.cache_dir, progress=track,
-                          heldout_source=_heldout_sentence(source), serving=runner.teachers.serving,
-                          base_dir=runner.base_dir, log=log)
+                          teachers=runner.teachers, cache_dir=runner.cache_dir, progress=track,
+                          heldout_source=_heldout_sentence(source), base_dir=runner.base_dir, log=log)
     result = result if isinstance(result, dict) else {}
     return {"eval": str(runner.out / layout.EVAL), "report": str(runner.out / layout.REPORT),
             "headline": {k: v for k, v in result.items() if isinstance(v, (int, float, str))}}
@@ -142,7 +141,7 @@ def _heldout_sentence(source: str) -> str:
 
 
 def _experiment(runner: Runner, curated: Path, recipe: Recipe, track, log: Log) -> dict[str, Any]:
-    from evaluation.experiment import run_experiment
+    from evaluation.experiment import ExperimentContext, run_experiment
 
     heldout, source = _heldout(runner, recipe, recipe.evaluate.heldout if recipe.evaluate else None)
     if heldout is None:
@@ -151,14 +150,14 @@ def _experiment(runner: Runner, curated: Path, recipe: Recipe, track, log: Log) 
     pool = pl.read_parquet(layout.ingest_output(runner.out))
     pool = pool.filter(~pl.col("id").is_in(heldout["id"].implode()))
     log(f"experiment: {len(recipe.experiment.arms)} arms x {len(recipe.experiment.seeds)} seeds")
-    # the judge is served only while the experiment judges (runner.teachers.serving), not while it trains
+    # the judge is served only while the experiment judges (runner.teachers), not while it trains
     runner.teachers.keep_only(())
+    context = ExperimentContext(seed=recipe.seed, cache_dir=runner.cache_dir, teachers=runner.teachers,
+                                provenance=_provenance(runner, curated), progress=track,
+                                heldout_source=_heldout_sentence(source), base_dir=runner.base_dir, title=recipe.name,
+                                log_fn=log)
     result = run_experiment(runner.out / layout.EXPERIMENT, pool, pl.read_parquet(curated), heldout, recipe.experiment,
-                            recipe.train, seed=recipe.seed, cache_dir=runner.cache_dir,
-                            teachers=dict(recipe.teachers), provenance=_provenance(runner, curated),
-                            progress=track, evaluate_config=recipe.evaluate,
-                            heldout_source=_heldout_sentence(source), base_dir=runner.base_dir,
-                            title=recipe.name, serving=runner.teachers.serving, log_fn=log)
+                            recipe.train, evaluate_config=recipe.evaluate, context=context)
     return {"dir": str(runner.out / layout.EXPERIMENT), **{k: v for k, v in result.items() if k in ("summary", "headline")}}
 
 

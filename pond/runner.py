@@ -28,7 +28,7 @@ from pond import layout, ledger
 from pond.executors.shards import output_digest, read_output
 from pond.recipe import Recipe, Step
 from pond.steps import STEPS
-from pond.teachers import Teachers
+from synthesis.teachers import Teachers
 
 INGEST_DIR = layout.INGEST
 
@@ -183,7 +183,7 @@ class Runner:
         if index is not None:
             kwargs["earlier_inputs"] = self.earlier_inputs(index)
         return StepContext(seed=self.recipe.seed, cache_dir=self.cache_dir, run_dir=self.out, step_dir=step_dir,
-                           base_dir=self.base_dir, teachers=dict(self.recipe.teachers), **kwargs)
+                           base_dir=self.base_dir, teachers=self.teachers, **kwargs)
 
     def step_function(self, index: int, step: Step) -> Callable:
         """The function that runs step `index` (pond.update wraps the dedup steps of a drop)."""
@@ -305,7 +305,7 @@ class Runner:
         return prev_dir
 
     def teachers_for(self, remaining: list[Step], step: Step | None) -> None:
-        """Keep served teachers up exactly while steps still need them (pond.teachers): stop those no
+        """Keep served teachers up exactly while steps still need them (synthesis.teachers): stop those no
         remaining step names, start the one the current step needs. A step already done needs none."""
         self.teachers.keep_only(s.options.teacher_needed() for s in remaining)
         self.teachers.need(step.options.teacher_needed() if step is not None else None)

@@ -2,6 +2,7 @@
 
 - server.py      start/stop a local vLLM teacher (its own virtual environment on CPU machines)
 - client.py      TeacherConfig and the async OpenAI-compatible client (retries, budget, cache)
+- teachers.py    the one teacher handle: a run's teachers, `session(name)` a served, ready client
 - cache.py       the SQLite response cache keyed by hash(model, messages, params, schema)
 - budget.py      request/token budget and token upper bounds
 - estimate.py    `pond run --estimate`: calls and a token bound per step, before sending any

@@ -121,15 +121,6 @@ class TeacherConfig(BaseModel):
         return key
 
 
-def resolve_teacher(teachers: dict[str, Any], name: str) -> TeacherConfig:
-    """Look up a recipe teacher by name (values may be TeacherConfig or plain dicts)."""
-    if name not in teachers:
-        known = ", ".join(sorted(teachers)) or "none"
-        raise ValueError(f"teacher {name!r} is not defined in the recipe's `teachers:` (defined: {known})")
-    t = teachers[name]
-    return t if isinstance(t, TeacherConfig) else TeacherConfig.model_validate(t)
-
-
 class TeacherError(PondError, RuntimeError):
     """A call that failed for good (after its retries, or on a non-retryable answer)."""
 

@@ -28,9 +28,9 @@ def estimate_step(kind: str, df: Any, options: Any, teachers: dict[str, Any] | N
     opts = options if isinstance(options, options_class) else options_class.model_validate(
         options.model_dump() if isinstance(options, BaseModel) else (options or {}))
     if teachers is not None:
-        from synthesis.client import resolve_teacher
+        from synthesis.teachers import Teachers
 
-        resolve_teacher(teachers, opts.teacher)
+        Teachers(teachers).config(opts.teacher)
     return module.estimate(df, opts)
 
 

@@ -22,6 +22,7 @@ originals are rejections too, and count as input rows).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import time
@@ -40,7 +41,7 @@ from synthesis.cache import ResponseCache, run_cache_path
 from curation.embed import EmbeddingOptions
 from curation.records import render_text
 from curation.settings import warn_once
-from synthesis.client import ChatRequest, Completion, TeacherConfig, TeacherSession, resolve_teacher
+from synthesis.client import ChatRequest, Completion, TeacherSession
 from synthesis.edge_kinds import EdgeKind, check_kinds, transformed, translation_error
 from synthesis.edge_cases import answer_fault, edge_case_drafts
 from synthesis.near_copies import reject_copies
@@ -49,6 +50,7 @@ from synthesis.realism import synthetic_vs_real
 from synthesis.rows import (CANDIDATE_OF, EDGE_KIND, Draft, clip, concat_like, context_for_answer, first_answer,
                             row_answer, row_prompt, split_drafts, with_seed_ids)
 from synthesis.similarity import NoveltyIndex, novelty_error
+from synthesis.teachers import teachers_of
 
 STAGE = "synthesize"
 EVOLUTIONS = ("deepen", "constraints", "concretise", "reasoning")
@@ -452,13 +454,10 @@ def _realism(df: pl.DataFrame, new: pl.DataFrame, embed, seed: int) -> dict:
 def synthesize(df: pl.DataFrame, opts: SynthesizeOptions, ctx: StepContext) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Add teacher-written rows to `df` (see the module docstring)."""
     t0 = time.perf_counter()
-    name = opts.teacher_needed()
-    # no row needs a model (rule-built kinds answered by their seeds): a session that is never called
-    config = resolve_teacher(ctx.teachers, name) if name else TeacherConfig(model="none")
     embed = _embedder(opts, ctx)
     cache = ResponseCache(run_cache_path(ctx.run_dir, ctx.cache_dir))
-    session = TeacherSession(config, cache)
-    try:
+    # teacher_needed() is None where no row needs a model (rule-built kinds answered by their seeds)
+    with contextlib.closing(cache), teachers_of(ctx).session(opts.teacher_needed(), cache) as session:
         seeds_df = df
         if opts.by_kind and opts.target == "gaps":
             seeds_df, drafts = _gap_drafts(df, opts, ctx, session, embed)
@@ -480,8 +479,6 @@ def synthesize(df: pl.DataFrame, opts: SynthesizeOptions, ctx: StepContext) -> t
         if opts.by_kind:
             drafts = _expand_candidates(drafts)
             _reject_row_copies(drafts, seeds_df, opts, embed)
-    finally:
-        cache.close()
 
     base = with_seed_ids(df)
     originals = base if opts.generator == "respond" else None

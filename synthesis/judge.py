@@ -22,6 +22,7 @@ evaluation.judge shares.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import re
@@ -41,10 +42,11 @@ from curation.step import StepContext, StepOptions, reject
 from synthesis import calibration
 from synthesis.budget import prompt_tokens_upper
 from synthesis.cache import ResponseCache, cached_keys, shared_cache_path
-from synthesis.client import ChatRequest, Completion, TeacherClient, TeacherSession, resolve_teacher
+from synthesis.client import ChatRequest, Completion, TeacherClient, TeacherSession
 from synthesis.judge_core import Winner, combine_orders, pairwise_schema, parse_verdict, score_schema
 from synthesis.prompts import PROMPT_DIR, RUBRIC_DIR, load_text, render
 from synthesis.rows import EDGE_KIND, clip, row_answer, row_prompt
+from synthesis.teachers import teachers_of
 
 STAGE = "judge"
 log = logging.getLogger(__name__)
@@ -365,25 +367,21 @@ def _pairwise_verdicts(results: list, todo: list[int], opts: JudgeOptions, error
 
 def judge(df: pl.DataFrame, opts: JudgeOptions, ctx: StepContext) -> tuple[pl.DataFrame, pl.DataFrame]:
     t0 = time.perf_counter()
-    config = resolve_teacher(ctx.teachers, opts.teacher)
     scope, todo, calls = plan(df, opts, ctx.resolve)
     # Rows outside `rows:` pass through unjudged (kept, no score); judged rows are decided below.
     errors: list[str | None] = ["nothing to judge: empty answer" if s else None for s in scope]
     keep = [not s for s in scope]
     cache = ResponseCache(shared_cache_path(ctx.cache_dir))
-    session = TeacherSession(config, cache)
-    try:
+    with contextlib.closing(cache), teachers_of(ctx).session(opts.teacher, cache) as session:
         if opts.calibrate and opts.mode == "score":
             try:
-                _calibrate(df, opts, ctx, session, config.model)
+                _calibrate(df, opts, ctx, session, session.config.model)
             except calibration.CalibrationFailed as refused:
                 if opts.on_failed_calibration == "stop" or isinstance(refused, calibration.CalibrationImpossible):
                     raise  # too few rows to calibrate is never passed over
                 return _refused(df, opts, ctx, str(refused), session, t0)
         what = f"scoring by {opts.rubric}" if opts.mode == "score" else f"pairwise vs {opts.against}"
         results = session.run(calls, ctx.track, f"judge: {what}")
-    finally:
-        cache.close()
     if opts.mode == "score":
         scores, reasons = _score_verdicts(results, todo, opts, errors, keep)
         if opts.best_of is not None:
@@ -511,7 +509,7 @@ def _estimate_rows(df: pl.DataFrame | None, opts: JudgeOptions, ctx: StepContext
     calls += calibration_requests(items, opts, ctx.resolve if ctx else Path)
     planned = len(calls)
     if ctx is not None and calls:
-        model = resolve_teacher(ctx.teachers, opts.teacher).model
+        model = teachers_of(ctx).config(opts.teacher).model
         keys = [r.key(model) for r in calls]
         hits = cached_keys(shared_cache_path(ctx.cache_dir), keys)
         calls = [r for r, k in zip(calls, keys) if k not in hits]

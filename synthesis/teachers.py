@@ -42,10 +42,11 @@ class Teachers:
         return self.configs[name]
 
     @contextlib.contextmanager
-    def session(self, name: str, cache: ResponseCache | Path | None = None) -> Iterator[TeacherSession]:
+    def session(self, name: str | None, cache: ResponseCache | Path | None = None) -> Iterator[TeacherSession]:
         """A ready client for teacher `name` while the block runs; a server started here stops at its end.
-        `cache`: the response cache (or its file) its answers are kept in."""
-        config = self.config(name)
+        `cache`: the response cache (or its file) its answers are kept in. `name` None: work that needs no
+        model (rule-built edge cases answered by their seed rows) gets a client it never calls."""
+        config = self.config(name) if name is not None else TeacherConfig(model="none")
         if isinstance(cache, (str, Path)):
             cache = ResponseCache(Path(cache))
         with self.serving(name):
@@ -80,3 +81,8 @@ class Teachers:
 
     def close(self) -> None:
         self.keep_only(())
+
+
+def teachers_of(ctx: Any) -> Teachers:
+    """A step's teachers: the run's (StepContext.teachers), or none defined for a step called on its own."""
+    return ctx.teachers if ctx is not None and ctx.teachers is not None else Teachers()

@@ -7,13 +7,16 @@ recipe surface stays as it is.
 """
 from __future__ import annotations
 
+import contextlib
+
 import polars as pl
 from pydantic import Field
 
 from curation.step import StepContext, StepOptions, reject, split
 from synthesis.cache import ResponseCache, shared_cache_path
-from synthesis.client import ChatRequest, TeacherSession, resolve_teacher
+from synthesis.client import ChatRequest
 from synthesis.rows import row_prompt
+from synthesis.teachers import teachers_of
 
 STAGE = "max_chars"
 
@@ -38,7 +41,8 @@ TITLE_STAGE = "title"
 
 class TitleOptions(StepOptions):
     # StepOptions.teacher_needed() returns this option: the recipe checks that `teachers:` defines it, and
-    # the runner starts a served teacher of that name before the step and stops it when no step needs it
+    # the runner keeps a served teacher of that name up across the steps that need it; the step's
+    # `ctx.teachers.session(name)` is then a ready client
     teacher: str = Field("default", description="the recipe teacher (`teachers:`) that writes the titles")
     column: str = Field("title", description="column the title goes to")
     max_tokens: int = Field(16, ge=1, description="longest title, in tokens")
@@ -48,16 +52,12 @@ def title(df: pl.DataFrame, opts: TitleOptions, ctx: StepContext) -> tuple[pl.Da
     """The teacher writes a short title for each row's prompt into `column`; a row whose call fails is
     rejected as `no_title` with the error. Replies go to the cache every run shares, as the judge's do:
     a rerun sends nothing."""
-    config = resolve_teacher(ctx.teachers, opts.teacher)
     requests = [ChatRequest([{"role": "user", "content": f"A title of at most six words for:\n{row_prompt(row)}"}],
                             max_tokens=opts.max_tokens, temperature=0.0, seed=ctx.seed)
                 for row in df.iter_rows(named=True)]
     cache = ResponseCache(shared_cache_path(ctx.cache_dir))
-    try:
-        session = TeacherSession(config, cache)
+    with contextlib.closing(cache), teachers_of(ctx).session(opts.teacher, cache) as session:
         results = session.run(requests, ctx.track, "titles")
-    finally:
-        cache.close()
     answered = pl.Series([not isinstance(r, BaseException) for r in results], dtype=pl.Boolean)
     titles = [r.text.strip() if ok else None for r, ok in zip(results, answered)]
     titled = df.with_columns(pl.Series(opts.column, titles, dtype=pl.Utf8))

@@ -19,12 +19,13 @@ from synthesis.judge import JudgeOptions, judge
 from synthesis.near_copies import reject_copies
 from synthesis.realism import mean_pairwise_distance, two_sample
 from synthesis.rows import row_prompt
+from synthesis.teachers import Teachers
 
 from tests.test_generators import check_bookkeeping
 
 
 def ctx_for(config, tmp_path, seed=0) -> StepContext:
-    return StepContext(seed=seed, run_dir=tmp_path, cache_dir=tmp_path / "cache", teachers={"default": config})
+    return StepContext(seed=seed, run_dir=tmp_path, cache_dir=tmp_path / "cache", teachers=Teachers({"default": config}))
 
 
 def _last_user(body: dict) -> str:

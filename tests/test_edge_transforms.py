@@ -15,6 +15,7 @@ from synthesis.edge_kinds import DEFAULT_KINDS, TRANSLATED
 from synthesis.edge_transforms import INJECTIONS, KEYBOARD_NEIGHBOURS, long_input, prompt_injection, typos
 from synthesis.generators import SynthesizeOptions, synthesize
 from synthesis.rows import row_prompt
+from synthesis.teachers import Teachers
 
 from tests.test_edge_cases import _is_writing, _last_user, ctx_for
 from tests.test_generators import check_bookkeeping
@@ -175,7 +176,7 @@ def test_a_seed_answer_with_a_fault_is_rejected_with_its_reason(short_chats, tmp
     assert opts.teacher_needed() is None  # no model needed: the run starts no teacher for this step
     assert SynthesizeOptions(n=3, kinds=["typos", "ambiguous"], answer_from="seed").teacher_needed() == "default"
     assert SynthesizeOptions(n=3, kinds=["typos"]).teacher_needed() == "default"
-    ctx = StepContext(seed=0, run_dir=tmp_path, cache_dir=tmp_path / "cache", teachers={})  # none defined
+    ctx = StepContext(seed=0, run_dir=tmp_path, cache_dir=tmp_path / "cache", teachers=Teachers({}))  # none defined
     kept, rejected = synthesize(cut, opts, ctx)
     assert ctx.stats["new_rows"] == 0 and rejected.height == 3
     assert all(r.startswith("answer stops partway") for r in rejected["reason"].to_list())

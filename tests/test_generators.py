@@ -12,6 +12,7 @@ from curation.records import render_text
 from curation.step import StepContext
 from synthesis.generators import SynthesizeOptions, estimate, synthesize
 from synthesis.rows import row_prompt
+from synthesis.teachers import Teachers
 
 # The tiny teacher rambles: a brevity system prompt and 128 tokens let most answers finish.
 SMALL = {"max_tokens": 128, "max_prompt_chars": 80, "max_example_chars": 60, "min_prompt_words": 0,
@@ -19,7 +20,7 @@ SMALL = {"max_tokens": 128, "max_prompt_chars": 80, "max_example_chars": 60, "mi
 
 
 def ctx_for(config, tmp_path, track=None, seed=0) -> StepContext:
-    ctx = StepContext(seed=seed, run_dir=tmp_path, teachers={"default": config})
+    ctx = StepContext(seed=seed, run_dir=tmp_path, teachers=Teachers({"default": config}))
     if track is not None:
         ctx.track = track
     return ctx

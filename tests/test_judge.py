@@ -15,12 +15,13 @@ from pond.runner import Runner
 from synthesis.client import TeacherClient, TeacherSession
 from synthesis.judge import JudgeOptions, combine_orders, estimate, judge, pairwise_judge, pairwise_many
 from synthesis.rows import row_answer
+from synthesis.teachers import Teachers
 
 
 def ctx_for(config, tmp_path, run: str = "run") -> StepContext:
     # the shared teacher cache goes to the test's own folder: replies of an earlier test session must not answer
     return StepContext(seed=0, run_dir=tmp_path / run, cache_dir=tmp_path / "cache",
-                       teachers={"default": config, "judge": config})
+                       teachers=Teachers({"default": config, "judge": config}))
 
 
 def test_combine_orders():

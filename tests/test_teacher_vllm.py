@@ -17,6 +17,7 @@ from synthesis.estimate import estimate_step
 from synthesis.cache import ResponseCache
 from synthesis.client import ChatRequest, TeacherClient, TeacherSession
 from synthesis.generators import SynthesizeOptions
+from synthesis.teachers import Teachers
 
 pytestmark = pytest.mark.teacher
 
@@ -118,7 +119,7 @@ def test_estimate_bounds_a_real_step(teacher_server, short_chats, tmp_path):
     # a list holds cases of one kind, so two cases of two default kinds are two list calls, then one answer each
     assert est["requests"] == 2 + 2
     before = teacher_server.metrics()
-    ctx = StepContext(seed=0, run_dir=tmp_path, teachers={"default": teacher_server.config()})
+    ctx = StepContext(seed=0, run_dir=tmp_path, teachers=Teachers({"default": teacher_server.config()}))
     synthesize(short_chats, opts, ctx)
     d = delta(before, teacher_server.metrics())
     spent = ctx.stats["teacher"]
