@@ -45,9 +45,9 @@ class StepContext:
     # track(iterable, description, total) wraps a loop in a progress bar (rich in the CLI).
     track: Callable[..., Iterator[Any]] = no_progress
     stats: dict[str, Any] = field(default_factory=dict)  # a step may add figures for stats.json
-    # (kind, the rows it read) of every earlier step of the run, in order (synthesize `target: gaps`
-    # finds the raw pool an embedding step saw here); empty outside a run
-    earlier_inputs: list[tuple[str, Path]] = field(default_factory=list)
+    # the rows each earlier step that embeds its rows (the step table's `embeds_rows`) read, in order:
+    # synthesize `target: gaps` finds the raw pool whose vectors are cached here; empty outside a run
+    embedded_inputs: list[Path] = field(default_factory=list)
     # rows a dedup step compares against and never drops (datatrove's `index_folder`): `pond update`
     # hands it the pond's rows; a new row that duplicates one is rejected, naming it in `duplicate_of`
     reference: Any = None  # a polars DataFrame, or None

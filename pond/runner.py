@@ -181,7 +181,7 @@ class Runner:
         if self.track:
             kwargs["track"] = self.track
         if index is not None:
-            kwargs["earlier_inputs"] = self.earlier_inputs(index)
+            kwargs["embedded_inputs"] = self.embedded_inputs(index)
         return StepContext(seed=self.recipe.seed, cache_dir=self.cache_dir, run_dir=self.out, step_dir=step_dir,
                            base_dir=self.base_dir, teachers=self.teachers, **kwargs)
 
@@ -189,11 +189,12 @@ class Runner:
         """The function that runs step `index` (pond.update wraps the dedup steps of a drop)."""
         return STEPS[step.kind].load()[1]
 
-    def earlier_inputs(self, index: int) -> list[tuple[str, Path]]:
-        """(kind, the rows it read) of every step before step `index` (1-based), in order."""
+    def embedded_inputs(self, index: int) -> list[Path]:
+        """The rows each step before step `index` (1-based) that embeds its rows read, in order."""
         out, prev = [], layout.step_dir(self.out, INGEST_DIR)
         for i, s in enumerate(self.recipe.steps[: index - 1], start=1):
-            out.append((s.kind, prev / layout.KEPT))
+            if STEPS[s.kind].embeds_rows:
+                out.append(prev / layout.KEPT)
             prev = layout.step_dir(self.out, layout.step_name(i, s.kind))
         return out
 

@@ -18,12 +18,10 @@ import polars as pl
 
 from curation.semantic_dedup import cluster
 
-EMBEDDING_STEPS = ("embed_quality", "semantic_dedup")
-
 
 def raw_pool(ctx) -> pl.DataFrame:
     """The rows the run's first embedding step read, minus the held-out rows; a clear error if none ran."""
-    source = next((path for kind, path in ctx.earlier_inputs if kind in EMBEDDING_STEPS), None)
+    source = next(iter(ctx.embedded_inputs), None)
     if source is None:
         raise ValueError("synthesize target: gaps needs embeddings of the raw pool: add an `embed_quality` or "
                          "`semantic_dedup` step before synthesize (it embeds the pool the gaps are measured in)")

@@ -342,7 +342,7 @@ def test_target_gaps_seeds_from_under_represented_clusters(fake_teacher, tmp_pat
     with pytest.raises(ValueError, match="add an `embed_quality` or `semantic_dedup` step before synthesize"):
         synthesize(curated, opts, ctx)
     ctx = ctx_for(fake_teacher.config(), tmp_path / "run")
-    ctx.earlier_inputs = [("heuristics", tmp_path / "x.parquet"), ("embed_quality", tmp_path / "embed_in.parquet")]
+    ctx.embedded_inputs = [tmp_path / "embed_in.parquet"]
     kept, rejected = synthesize(curated, opts, ctx)
     gaps = ctx.stats["gaps"]
     assert sum(c["cases"] for c in gaps["seeded"]) == 6 and gaps["pool_rows"] == pool.height - curated.height

@@ -30,10 +30,6 @@ ALLOWED = {
     ("pond/pipeline.py", "judge"): "the judging model's name in a judge step's calibration figures "
                                    "(stats.json, synthesis.calibration)",
     ("pond/inspect_synthetic.py", "judge"): "the same calibration figure",
-    # which earlier step embedded the pool: StepContext.earlier_inputs carries kinds, and synthesis cannot
-    # import the step table; needs a StepContext field the runner fills from `embeds_rows` (curation/step.py)
-    ("synthesis/gaps.py", "embed_quality"): "an embedding step, until StepContext carries the trait",
-    ("synthesis/gaps.py", "semantic_dedup"): "an embedding step, until StepContext carries the trait",
 }
 
 
