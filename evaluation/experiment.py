@@ -27,6 +27,7 @@ from typing import Any
 
 import polars as pl
 
+from curation.errors import ConfigError
 from curation.settings import no_progress
 from curation.store import read_json, write_json
 from evaluation.arms import arm_rows, plan_budget, profile, remove_heldout, remove_overlap, varies_by_seed
@@ -162,13 +163,13 @@ def _open(out_dir: Path, config: ExperimentConfig, train_config: TrainConfig, ec
 
     out_dir.mkdir(parents=True, exist_ok=True)
     if config.metric in ("judge_win_rate", "judge_score") and not ecfg.judge:
-        raise ValueError(f"experiment.metric {config.metric} needs a judge: set evaluate.judge and n_generate")
+        raise ConfigError(f"experiment.metric {config.metric} needs a judge: set evaluate.judge and n_generate")
     if config.metric in ("exact_match", "token_f1") and (ecfg.n_generate == 0 or ecfg.task_metrics == "never"):
-        raise ValueError(f"experiment.metric {config.metric} needs generated answers: set evaluate.n_generate")
+        raise ConfigError(f"experiment.metric {config.metric} needs generated answers: set evaluate.n_generate")
     if config.metric == "reference_loss" and not ecfg.reference:
-        raise ValueError("experiment.metric reference_loss needs evaluate.reference (e.g. alpaca_eval)")
+        raise ConfigError("experiment.metric reference_loss needs evaluate.reference (e.g. alpaca_eval)")
     if config.metric.startswith("ifeval_") and ecfg.benchmark != "ifeval":
-        raise ValueError(f"experiment.metric {config.metric} needs evaluate.benchmark: ifeval")
+        raise ConfigError(f"experiment.metric {config.metric} needs evaluate.benchmark: ifeval")
     max_seq_len = ecfg.max_seq_len or train_config.max_seq_len
     set_threads(train_config.threads)
     student = resolve_student(train_config.student, ctx.cache_dir)
@@ -369,7 +370,7 @@ def _benchmark(run: _Run, results: dict) -> dict:
     seeds = ecfg.benchmark_seeds or config.seeds
     missing = sorted(set(seeds) - set(config.seeds))
     if missing:
-        raise ValueError(f"evaluate.benchmark_seeds {missing} are not experiment seeds {config.seeds}")
+        raise ConfigError(f"evaluate.benchmark_seeds {missing} are not experiment seeds {config.seeds}")
     questions = load_benchmark(ecfg.benchmark, run.ctx.base_dir, per_category=ecfg.benchmark_per_category,
                                sample=ecfg.benchmark_sample)
     models: dict[str, Path | None] = {"base": None}

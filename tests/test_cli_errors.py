@@ -1,5 +1,6 @@
 """What the user can fix is one line and a non-zero exit, never a traceback (curation.errors.PondError,
-caught once, by pond.cli's command group): a student that does not exist, a teacher that cannot start."""
+caught once, by pond.cli's command group): a student that does not exist, a teacher that cannot start, a
+training configuration that cannot train."""
 from __future__ import annotations
 
 import json
@@ -19,6 +20,13 @@ steps:
   - exact_dedup: {}
 train: {student: no-such-student-anywhere, max_steps: 1, batch_size: 2, max_seq_len: 64}
 """,
+    "training": """name: bad_training
+input: {path: rows.jsonl}
+steps:
+  - exact_dedup: {}
+train: {student: smollm2-135m-instruct, method: lora, target_modules: [no_such_module], max_steps: 1, batch_size: 2,
+        max_seq_len: 64}
+""",
     "teacher": """name: bad_teacher
 input: {path: rows.jsonl}
 steps:
@@ -37,6 +45,7 @@ def _pond_cli(cwd: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize("what, says", [("student", "student 'no-such-student-anywhere' not found"),
+                                        ("training", "target_modules ['no_such_module'] match no linear module"),
                                         ("teacher", "no-such-model-anywhere: not a model folder")])
 def test_a_problem_the_user_can_fix_is_one_line(tmp_path, what, says):
     (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ROWS))

@@ -28,6 +28,7 @@ import numpy as np
 import polars as pl
 import torch
 
+from curation.errors import ConfigError
 from curation.settings import hardware
 from curation.store import write_json
 from training.callbacks import CountingSFTTrainer, EarlyStopping, ProgressCallback
@@ -46,15 +47,15 @@ RESULT = "train-result.json"  # present = finished
 def _examples(df: pl.DataFrame, tokenizer, max_seq_len: int, what: str) -> tuple[list[dict], int, int]:
     """Tokenized rows with at least one assistant token, plus (truncated, dropped) counts."""
     if df.height == 0:
-        raise ValueError(f"the {what} set is empty: nothing to train on" if what == "training"
-                         else f"the {what} set is empty")
+        raise ConfigError(f"the {what} set is empty: nothing to train on" if what == "training"
+                          else f"the {what} set is empty")
     rows = tokenize_conversations(df, tokenizer, max_seq_len)
     kept = [{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows
             if any(x != IGNORE for x in r["labels"][1:])]
     truncated = sum(r["length"] > max_seq_len for r in rows)
     if not kept:
-        raise ValueError(f"none of the {df.height} {what} rows has an assistant answer within max_seq_len="
-                         f"{max_seq_len} tokens (conversations need an assistant turn; plain rows a text)")
+        raise ConfigError(f"none of the {df.height} {what} rows has an assistant answer within max_seq_len="
+                          f"{max_seq_len} tokens (conversations need an assistant turn; plain rows a text)")
     return kept, truncated, len(rows) - len(kept)
 
 
@@ -74,8 +75,8 @@ def _check_targets(model, targets: list[str] | str) -> None:
                      if isinstance(m, torch.nn.Linear) or type(m).__name__.startswith("Linear")})
     unknown = [t for t in targets if t not in linear]
     if unknown or not targets:
-        raise ValueError(f"target_modules {unknown or targets} match no linear module of the student; "
-                         f"its linear modules are: {', '.join(linear)}")
+        raise ConfigError(f"target_modules {unknown or targets} match no linear module of the student; "
+                          f"its linear modules are: {', '.join(linear)}")
 
 
 def _sft_config(config: TrainConfig, out_dir: Path, seed: int, dtype: torch.dtype, has_eval: bool):
@@ -146,8 +147,8 @@ def _claim(out_dir: Path, key: dict) -> None:
     if old is not None:
         if old != key:
             diff = sorted(k for k in key if old.get(k) != key[k])
-            raise ValueError(f"{out_dir} holds a training run with different settings ({', '.join(diff)} differ); "
-                             f"use another output folder or delete it")
+            raise ConfigError(f"{out_dir} holds a training run with different settings ({', '.join(diff)} differ); "
+                              f"use another output folder or delete it")
         return
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(key, path, indent=2, sort_keys=True)
@@ -198,10 +199,10 @@ def _setup_student(config: TrainConfig, cache_dir: Path | None, eval_df: pl.Data
     student = resolve_student(config.student, cache_dir)
     positions = max_positions(student)
     if positions is not None and config.max_seq_len > positions:
-        raise ValueError(f"max_seq_len={config.max_seq_len} is longer than the student's maximum positions "
-                         f"({positions}, max_position_embeddings of {student})")
+        raise ConfigError(f"max_seq_len={config.max_seq_len} is longer than the student's maximum positions "
+                          f"({positions}, max_position_embeddings of {student})")
     if config.early_stopping_patience and eval_df is None:
-        raise ValueError("early_stopping_patience needs a held-out set (eval_df)")
+        raise ConfigError("early_stopping_patience needs a held-out set (eval_df)")
     return student
 
 
