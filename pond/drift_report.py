@@ -21,6 +21,7 @@ from curation import drift as stats
 from curation.embed import EmbeddingOptions, embed_texts
 from pond import layout
 from pond.executors.shards import read_output
+from pond.retrain_config import DriftOptions
 from pond.steps import STEPS
 
 Log = Callable[[str], None]
@@ -110,7 +111,6 @@ def rejections(earlier: list[Path], drop: Path, stage: list[str], confidence: fl
 
 
 def drift_report(run: Path, drop: Path, recipe, *, cache_dir: Path | None = None) -> dict[str, Any]:
-    from pond.retrain import DriftOptions
     from pond.update import curated_generations
 
     opts = recipe.retrain.drift if recipe.retrain is not None else DriftOptions()

@@ -18,18 +18,19 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from curation.errors import PondError
 from curation.ingest import InputOptions
 from curation.settings import default_cache_dir
 from curation.step import StepOptions
 from evaluation.config import EvaluateConfig, ExperimentConfig
 from pond.executors.config import RayConfig
-from pond.retrain import RetrainConfig
+from pond.retrain_config import RetrainConfig
 from pond.steps import STEPS
 from synthesis.client import TeacherConfig
 from training.config import TrainConfig
 
 
-class RecipeError(ValueError):
+class RecipeError(PondError, ValueError):
     """One or more problems in a recipe; str() is one line per problem."""
 
 

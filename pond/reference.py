@@ -45,7 +45,7 @@ def render() -> str:
     from curation.ingest import InputOptions
     from evaluation.config import EvaluateConfig, ExperimentConfig
     from pond.recipe import Recipe
-    from pond.retrain import DriftOptions, RetrainConfig, RetrainWhen
+    from pond.retrain_config import DriftOptions, RetrainConfig, RetrainWhen
     from synthesis.client import TeacherConfig
     from training.config import TrainConfig
 

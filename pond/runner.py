@@ -19,6 +19,7 @@ from typing import Any
 
 import polars as pl
 
+from curation.errors import PondError
 from curation.ingest import (IngestError, as_json_columns, expand_paths, ingest_kept_schema, ingest_rejected_schema,
                              iter_batches, mixed_user_columns, source_names)
 from curation.settings import default_cache_dir, gpu, hardware, pick_dtype
@@ -33,7 +34,7 @@ from synthesis.teachers import Teachers
 INGEST_DIR = layout.INGEST
 
 
-class StepFailed(RuntimeError):
+class StepFailed(PondError, RuntimeError):
     """A step raised or broke the kept + rejected = input contract."""
 
 

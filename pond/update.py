@@ -26,6 +26,7 @@ from typing import Any
 
 import polars as pl
 
+from curation.errors import PondError
 from curation.ingest import IngestError, expand_paths
 from curation.step import StepContext, split
 from pond import layout, ledger
@@ -37,7 +38,7 @@ from pond.steps import STEPS
 Log = Callable[[str], None]
 
 
-class UpdateError(ValueError):
+class UpdateError(PondError, ValueError):
     """A drop that cannot join this run; str() is one line naming the files or the run."""
 
 

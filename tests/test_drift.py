@@ -7,7 +7,8 @@ import pytest
 
 from curation import drift
 from pond.recipe import RecipeError, parse_recipe
-from pond.retrain import RetrainConfig, rule
+from pond.retrain import rule
+from pond.retrain_config import RetrainConfig
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
