@@ -14,6 +14,9 @@ Strategies (all deterministic for a seed; exactly n rows, or every row if there 
 
 Ties break by input order. Rows not chosen are rejected with reason `not_selected`, so they stay
 auditable and usable as a baseline pool. Kept rows get `select_rank` (0 = chosen first).
+
+With `mix` (curation.mixing) the step fills each source's share of `budget_tokens` answer tokens
+instead of taking n rows, walking each source in the strategy's order.
 """
 from __future__ import annotations
 
@@ -21,18 +24,26 @@ from typing import Literal
 
 import numpy as np
 import polars as pl
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, field_validator, model_serializer, model_validator
 
+from curation.answer_tokens import STUDENT, TRAIN_MAX_SEQ_LEN
 from curation.embed import EmbeddingOptions, embed_column
+from curation.mixing import MixOptions, mix_select
 from curation.records import answer_text_expr
 from curation.step import StepContext, StepOptions, reject
 
 STAGE = "select"
 _BLOCK = 256  # candidates compared with the admitted set at once (quality_diverse)
+# Strategies whose first k rows are the same whatever n is asked (each row's place is decided before
+# the next, n only says when to stop), so mixing may ask for a few rows and then more. Not random:
+# numpy's sample of k is not the start of its sample of n.
+_GROWS = {"longest", "quality", "quality_diverse", "kcenter"}
+_COUNTING = ("budget_tokens", "model", "max_seq_len")  # what counts a mix's answer tokens
 
 
 class SelectOptions(StepOptions):
-    n: int = Field(..., ge=0, description="rows to keep (all rows when there are fewer)")
+    n: int | None = Field(None, ge=0, description="rows to keep (all rows when there are fewer); required "
+                                                   "unless mix is set")
     strategy: Literal["random", "longest", "quality", "quality_diverse", "kcenter"] = Field(
         "random", description="how rows are chosen: random (seeded), longest answers, top quality, "
                               "quality then diversity (Deita), or k-center (greedy farthest point)")
@@ -51,7 +62,21 @@ class SelectOptions(StepOptions):
     column: str = Field("text", description="column embedded for quality_diverse and kcenter")
     seed: int | None = Field(None, description="seed for random and kcenter; default: the run's seed")
     embedding: EmbeddingOptions = Field(default_factory=EmbeddingOptions, description="embedding model settings")
-
+    mix: MixOptions | None = Field(
+        None, description="mix sources by answer tokens instead of taking n rows: `{by: source, weights: {a: 0.7, "
+                          "b: 0.3}, allow_short: false}`; each source (a value of column `by`) gets weight x "
+                          "budget_tokens answer tokens, its rows taken in the strategy's order while the next "
+                          "row leaves its total at least as close to its share; weights sum to 1; a source with "
+                          "fewer tokens than its share fails the step unless allow_short (docs/mixing.md)")
+    budget_tokens: int | None = Field(
+        None, ge=1, description="with mix: the answer tokens to select, counted as training and the experiment's "
+                                "equal_tokens count them (model's tokenizer, cut to max_seq_len)")
+    model: str | None = Field(
+        None, description=f"with mix: whose tokenizer counts answer tokens: a local Hugging Face folder or a "
+                          f"model name under $POND_CACHE_DIR/models/; default: the student ({STUDENT})")
+    max_seq_len: int = Field(
+        TRAIN_MAX_SEQ_LEN, ge=8, description="with mix: the training truncation (train.max_seq_len): tokens past "
+                                             "it are not counted, as training does not train on them")
 
     @field_validator("score_column")
     @classmethod
@@ -60,9 +85,34 @@ class SelectOptions(StepOptions):
             raise ValueError("score: give at least one {column: weight}")
         return v
 
+    @model_validator(mode="after")
+    def _rows_or_tokens(self):
+        if self.mix is None:
+            if self.n is None:
+                raise ValueError("n: required (the rows to keep), unless mix selects by budget_tokens")
+            counting = [k for k in _COUNTING if k in self.model_fields_set]
+            if counting:
+                raise ValueError(f"{', '.join(counting)}: only with mix (they count its answer tokens)")
+        elif self.budget_tokens is None:
+            raise ValueError("mix needs budget_tokens, the answer tokens its weights share")
+        elif self.n is not None:
+            raise ValueError("n and mix exclude each other: mix selects by budget_tokens")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _as_before_mix(self, handler):
+        # The runner's fingerprint chains the options' JSON: a select without mix dumps as it did before
+        # mix existed, so the runs it made still resume instead of selecting (and training) again.
+        out = handler(self)
+        if self.mix is None:
+            for key in ("mix", *_COUNTING):
+                out.pop(key, None)
+        return out
+
     def estimated_rows_out(self, rows: int) -> int:
-        """The rows it keeps, as `pond run --estimate` counts them: n, or all when there are fewer."""
-        return min(rows, self.n)
+        """The rows it keeps, as `pond run --estimate` counts them: n, or all when there are fewer; with
+        mix at most all of them (how many fill the budget is known only once their tokens are counted)."""
+        return rows if self.mix is not None else min(rows, self.n)
 
 
 def _has_score(df: pl.DataFrame, score: str | dict[str, float]) -> bool:
@@ -179,6 +229,11 @@ def choose(df: pl.DataFrame, opts: SelectOptions, ctx: StepContext) -> tuple[np.
 
 
 def select(df: pl.DataFrame, opts: SelectOptions, ctx: StepContext) -> tuple[pl.DataFrame, pl.DataFrame]:
+    if opts.mix is not None:
+        def order(rows: pl.DataFrame, n: int) -> tuple[np.ndarray, dict]:
+            return choose(rows, opts.model_copy(update={"n": n}), ctx)
+
+        return mix_select(df, opts, ctx, order, opts.strategy in _GROWS, STAGE)
     chosen, figures = choose(df, opts, ctx)
     rank = np.full(len(df), -1, dtype=np.int64)
     rank[chosen] = np.arange(len(chosen))
