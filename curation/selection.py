@@ -64,10 +64,11 @@ class SelectOptions(StepOptions):
     embedding: EmbeddingOptions = Field(default_factory=EmbeddingOptions, description="embedding model settings")
     mix: MixOptions | None = Field(
         None, description="mix sources by answer tokens instead of taking n rows: `{by: source, weights: {a: 0.7, "
-                          "b: 0.3}, allow_short: false}`; each source (a value of column `by`) gets weight x "
-                          "budget_tokens answer tokens, its rows taken in the strategy's order while the next "
-                          "row leaves its total at least as close to its share; weights sum to 1; a source with "
-                          "fewer tokens than its share fails the step unless allow_short (docs/mixing.md)")
+                          "b: 0.3}, allow_short: false}` (by: the column whose values are the sources, default "
+                          "source); each source gets weight x budget_tokens answer tokens, its rows taken in the "
+                          "strategy's order while the next row leaves its total at least as close to its share; "
+                          "weights sum to 1 and a source not named is not selected; a source with fewer tokens "
+                          "than its share fails the step unless allow_short: true (docs/mixing.md)")
     budget_tokens: int | None = Field(
         None, ge=1, description="with mix: the answer tokens to select, counted as training and the experiment's "
                                 "equal_tokens count them (model's tokenizer, cut to max_seq_len)")
