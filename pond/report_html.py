@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from curation import store
 from pond import layout
 from pond import report_data as data
 
@@ -234,12 +235,10 @@ def render(run: Path) -> str:
 
 
 def write_report_html(run: Path, out: Path | None = None) -> Path:
-    """Write the run's report.html (atomically: a temporary name, then renamed into place)."""
+    """Write the run's report.html, whole or not at all (curation.store)."""
     run = Path(run)
     if not layout.is_run(run):
         raise FileNotFoundError(f"{run}: not a pond run directory (no {layout.STEPS}/)")
     path = Path(out) if out else run / layout.REPORT_HTML
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(render(run), encoding="utf-8")
-    tmp.replace(path)
+    store.write_text(render(run), path)
     return path

@@ -34,6 +34,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
+from curation import store
 from curation.keep import against_reference, has_reference, reference_rows
 from curation.step import StepContext
 from pond.executors.config import AGGREGATOR_CPUS, RayConfig
@@ -314,9 +315,7 @@ def unify_schema(folder: Path) -> None:
         if s != target:
             df = pl.read_parquet(p)
             df = df.select([(pl.col(c) if c in df.columns else pl.lit(None)).cast(t).alias(c) for c, t in target.items()])
-            tmp = p.with_name(p.name + ".tmp")
-            df.write_parquet(tmp, compression="zstd", statistics=False)
-            os.replace(tmp, p)
+            store.write_parquet(df, p)
 
 
 def iter_output(path: Path, columns: list[str] | None = None) -> Iterator[pl.DataFrame]:

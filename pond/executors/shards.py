@@ -10,12 +10,11 @@ executors and resume.
 from __future__ import annotations
 
 import hashlib
-import os
-import uuid
 from pathlib import Path
 
 import polars as pl
 
+from curation import store
 from curation.ingest import concat_frames
 
 POS = "__pos"
@@ -83,9 +82,7 @@ def write_shard(df: pl.DataFrame, folder: Path, *, force: bool = False) -> Path 
     first = int(df[POS][0]) if len(df) else 0
     folder.mkdir(parents=True, exist_ok=True)
     dest = folder / shard_name(first)
-    tmp = folder / f".{dest.name}.{uuid.uuid4().hex}.tmp"
-    df.drop(POS, strict=False).write_parquet(tmp, compression="zstd", statistics=False)
-    os.replace(tmp, dest)
+    store.write_parquet(df.drop(POS, strict=False), dest)
     return dest
 
 
@@ -97,13 +94,11 @@ def ensure_nonempty(folder: Path, empty: pl.DataFrame) -> None:
 
 
 def output_digest(path: Path) -> str:
-    """blake2b of a file, or of a shard folder (its shards' digests in order)."""
+    """A step output's digest: curation.store's of a file; of a shard folder, store's folder rule over its
+    shards alone (what else a worker left there is not the output)."""
+    if not Path(path).is_dir():
+        return store.file_digest(path)
     h = hashlib.blake2b(digest_size=16)
-    if Path(path).is_dir():
-        for p in list_shards(path):
-            h.update(p.name.encode() + b"\0" + output_digest(p).encode())
-        return h.hexdigest()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
+    for p in list_shards(path):
+        h.update(p.name.encode() + b"\0" + store.file_digest(p).encode())
     return h.hexdigest()

@@ -6,7 +6,6 @@ worker returns for the shards it wrote.
 from __future__ import annotations
 
 import json
-import os
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +15,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
+from curation import store
 from pond.executors.shards import POS, read_shard, write_shard
 
 
@@ -35,9 +35,7 @@ def write_sorted_block(batch: pa.Table, out: str) -> pa.Table:
         folder = Path(out)
         folder.mkdir(parents=True, exist_ok=True)
         name = f"v-{int(df[POS][0]):015d}-{uuid.uuid4().hex[:8]}.parquet"  # equal starts must not collide
-        tmp = folder / f".{name}.tmp"
-        df.write_parquet(tmp)
-        os.replace(tmp, folder / name)
+        store.write_parquet(df, folder / name)
     return pa.table({"n": [len(df)]})
 
 

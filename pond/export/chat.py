@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from curation import store
 from curation.records import ROLES
 
 Messages = list[dict[str, Any]]
@@ -132,23 +133,18 @@ def write_rows(rows: Iterable[tuple[str, Messages]], fmt: str, data: Path, probl
 def write_checked(rows: Iterable[tuple[str, Messages]], checks: tuple[Check, ...],
                   record: Callable[[str, Messages], dict[str, Any]], data: Path, problems: Path) -> tuple[int, int]:
     """Write `record(id, messages)` per row to `data` (JSONL); rows that break one of `checks` go to
-    `problems` as {id, reason}. Both files are written under a temporary name first.
-    Returns (rows written, rows listed as problems)."""
-    written = listed = 0
-    data_tmp, problems_tmp = data.with_name(data.name + ".tmp"), problems.with_name(problems.name + ".tmp")
-    with open(data_tmp, "w", encoding="utf-8") as out, open(problems_tmp, "w", encoding="utf-8") as bad:
-        for row_id, messages in rows:
-            problem = first_problem(messages or [], checks)
-            if problem:
-                bad.write(json.dumps({"id": row_id, "reason": problem}, ensure_ascii=False) + "\n")
-                listed += 1
-                continue
-            out.write(json.dumps(record(row_id, messages), ensure_ascii=False) + "\n")
-            written += 1
-    data_tmp.replace(data)
-    if listed:
-        problems_tmp.replace(problems)
+    `problems` as {id, reason}, a file left out (an older one removed) when no row breaks one. Each is
+    written whole or not at all (curation.store). Returns (rows written, rows listed as problems)."""
+    good, bad = [], []
+    for row_id, messages in rows:
+        problem = first_problem(messages or [], checks)
+        if problem:
+            bad.append(json.dumps({"id": row_id, "reason": problem}, ensure_ascii=False) + "\n")
+        else:
+            good.append(json.dumps(record(row_id, messages), ensure_ascii=False) + "\n")
+    store.write_text("".join(good), data)
+    if bad:
+        store.write_text("".join(bad), problems)
     else:
-        problems_tmp.unlink()
         problems.unlink(missing_ok=True)
-    return written, listed
+    return len(good), len(bad)
