@@ -18,9 +18,11 @@ import numpy as np
 import polars as pl
 
 from curation import drift as stats
+from curation import store
 from curation.embed import EmbeddingOptions, embed_texts
 from pond import layout
 from pond.executors.shards import read_output
+from pond.retrain import current_adapter, heldout_rows, loss_rows, scorable
 from pond.retrain_config import DriftOptions
 from pond.steps import STEPS
 
@@ -41,7 +43,6 @@ def _writes_heldout(kind: str | None) -> bool:
 def adapter_loss(run: Path, recipe, rows: pl.DataFrame, cache_dir: Path | None, n: int, seed: int) -> dict[str, Any]:
     """Mean answer-token loss of the current adapter on up to n drop rows and n held-out rows."""
     from evaluation.bootstrap import bootstrap_ci
-    from pond.retrain import current_adapter, heldout_rows, loss_rows, scorable
 
     name, adapter = current_adapter(run)
     if name is None or recipe.train is None:
@@ -111,11 +112,9 @@ def rejections(earlier: list[Path], drop: Path, stage: list[str], confidence: fl
 
 
 def drift_report(run: Path, drop: Path, recipe, *, cache_dir: Path | None = None) -> dict[str, Any]:
-    from pond.update import curated_generations
-
     opts = recipe.retrain.drift if recipe.retrain is not None else DriftOptions()
     seed = recipe.seed
-    earlier = [g for g in curated_generations(run) if g != drop]
+    earlier = [g for g in layout.curated_generations(run) if g != drop]
     stage = compared_stage(drop)
     pond = pl.concat([read_output(layout.step_dir(g, stage[-1]) / layout.KEPT).select("id", "text") for g in earlier])
     new = read_output(layout.step_dir(drop, stage[-1]) / layout.KEPT).select("id", "text")
@@ -147,14 +146,12 @@ def drift_report(run: Path, drop: Path, recipe, *, cache_dir: Path | None = None
 
 def write_drift(run: Path, drop: Path, recipe, *, cache_dir: Path | None = None, log: Log = lambda m: None) -> dict:
     """drift.json of the drop (kept if already written: a resumed update does not redo it)."""
-    from pond.runner import write_json
-
     path = Path(drop) / layout.DRIFT
     done = layout.read_json(path)
     if done:
         return done
     report = drift_report(run, drop, recipe, cache_dir=cache_dir)
-    write_json(report, path)
+    store.write_json(report, path)
     c = report.get("clusters") or {}
     log(f"drift: p = {report.get('p_value')} ({'drifted' if report['drifted'] else 'no drift'}), "
         f"{len(c.get('new', []))} new clusters, {len(c.get('gone', []))} gone, "

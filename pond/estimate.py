@@ -77,7 +77,7 @@ def _same_ingest(recipe: Recipe, out: Path | None, base_dir: Path) -> bool:
     """A finished ingest of the same input options and the same files (their recorded hashes)."""
     from curation.ingest import expand_paths
     from pond.recipe import RecipeError, parse_recipe
-    from pond.runner import file_digest
+    from curation.store import file_digest
 
     if not _done(out, layout.STEPS, layout.INGEST, layout.DONE) or not _done(out, layout.RECIPE):
         return False

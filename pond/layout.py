@@ -5,23 +5,29 @@
     experiment/, manifest.json, ledger.jsonl, report.html, export/FORMAT[-ROWS]/ (pond export)
 
 The runner writes this layout, and the pipeline's summary and `pond inspect` read it; none of them
-spells a folder or file name of its own. A step output (kept/rejected) is a Parquet file, or a
-folder of shards written by the ray executor (pond.executors.shards); polars reads either.
+spells a folder or file name of its own. A name another module writes (the ledger's, the teacher
+cache's) is defined there and named here. A step output (kept/rejected) is a Parquet file, or a
+folder of shards written by the ray executor (pond.executors.shards); polars reads either. What a
+resume trusts is written and marked through curation.store.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import polars as pl
+
+from curation import store
+from curation.store import read_json  # the run folder's readers call it layout.read_json
+from pond.ledger import LEDGER, read as read_ledger
+from synthesis.cache import CACHE_FILE as TEACHER_CACHE
 
 STEPS = "steps"
 INGEST = "00-ingest"
 KEPT = "kept.parquet"
 REJECTED = "rejected.parquet"
 STATS = "stats.json"
-DONE = "DONE"
+DONE = store.MARKER  # a step's (and a drop's) finished marker
 RECIPE = "recipe.yaml"
 CURATED = "curated.parquet"
 HELDOUT = "heldout.parquet"
@@ -73,33 +79,18 @@ def step_dirs(run: Path) -> list[Path]:
     return sorted(d for d in steps.iterdir() if d.is_dir()) if steps.is_dir() else []
 
 
-def read_json(path: Path) -> dict:
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return {}
-
-
 def is_done(step: Path, fingerprint: str) -> bool:
-    """A finished step: DONE exists and stats.json has the same fingerprint (resume skips it)."""
-    if not (step / DONE).exists():
-        return False
-    try:
-        return json.loads((step / STATS).read_text()).get("fingerprint") == fingerprint
-    except (OSError, json.JSONDecodeError):
-        return False
+    """A finished step: its DONE holds this fingerprint (resume skips it)."""
+    return store.finished(step, fingerprint)
 
 
 def funnel(run: Path) -> list[dict[str, Any]]:
     """One row per step folder: its name, done or unfinished, and its stats.json."""
     rows = []
     for d in step_dirs(run):
-        try:
-            stats = json.loads((d / STATS).read_text())
-        except (OSError, json.JSONDecodeError):
-            rows.append({"step": d.name, "status": "unfinished"})
-            continue
-        rows.append({"step": d.name, "status": "done" if (d / DONE).exists() else "unfinished", **stats})
+        stats = read_json(d / STATS)
+        done = bool(stats) and store.finished(d)
+        rows.append({"step": d.name, "status": "done" if done else "unfinished", **stats})
     return rows
 
 
@@ -157,6 +148,20 @@ def drop_dirs(run: Path) -> list[Path]:
     """The run's drop folders, oldest first."""
     d = drops_dir(run)
     return sorted(p for p in d.iterdir() if p.is_dir() and p.name.isdigit()) if d.is_dir() else []
+
+
+def curated_generations(run: Path) -> list[Path]:
+    """Generations whose curation finished: the run, then every drop with its own curated.parquet."""
+    return [Path(run)] + [d for d in drop_dirs(run) if (d / CURATED).exists()]
+
+
+def run_base_dir(run: Path) -> Path:
+    """The folder the run's recipe paths are relative to, as `pond run` recorded it in the ledger
+    (older runs did not: then the current folder)."""
+    for event in reversed(read_ledger(run)):
+        if event.get("event") == "run" and event.get("base_dir"):
+            return Path(event["base_dir"])
+    return Path.cwd()
 
 
 def generations(run: Path) -> list[Path]:

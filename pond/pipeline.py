@@ -14,11 +14,12 @@ from typing import Any
 import polars as pl
 
 from curation.errors import DataNotFound
+from curation.store import file_digest
 from pond import __version__, layout, ledger
 from pond.recipe import Recipe
 from pond.report_html import write_report_html
 from pond.estimate import estimate_run  # noqa: F401  (`pond run --estimate`; its old home)
-from pond.runner import Runner, file_digest, write_manifest
+from pond.runner import Runner, write_manifest
 
 Log = Callable[[str], None]
 

@@ -24,7 +24,8 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from pond import layout, ledger
+from curation import store
+from pond import __version__, layout, ledger
 from pond.retrain_config import RetrainConfig
 
 Log = Callable[[str], None]
@@ -106,11 +107,10 @@ def scorable(df: pl.DataFrame) -> pl.DataFrame:
 def heldout_rows(run: Path, recipe) -> pl.DataFrame | None:
     """The run's held-out set: `evaluate.heldout`, else the holdout step's `heldout.parquet`."""
     from evaluation.scoring import load_heldout
-    from pond.update import run_base_dir
 
     spec = recipe.evaluate.heldout if recipe.evaluate is not None else f"run:{layout.HELDOUT}"
     try:
-        df, _ = load_heldout(spec, run_dir=Path(run), base_dir=run_base_dir(run))
+        df, _ = load_heldout(spec, run_dir=Path(run), base_dir=layout.run_base_dir(run))
     except FileNotFoundError:
         return None
     held = scorable(df)
@@ -166,9 +166,7 @@ def register(run: Path, recipe, card: dict, card_path: Path, adapter: Path) -> d
 def train_version(run: Path, recipe, version: int, trigger: dict, *, cache_dir: Path | None = None,
                   track: Callable | None = None, log: Log = lambda m: None) -> dict[str, Any]:
     """Train adapters/v<version> on the pond's curated union; write its card; register it."""
-    from pond.runner import file_digest, write_json
     from training.trainer import train
-    from pond import __version__
 
     run = Path(run)
     vdir = layout.version_dir(run, version)
@@ -178,7 +176,7 @@ def train_version(run: Path, recipe, version: int, trigger: dict, *, cache_dir: 
     drops = sorted(pl.read_parquet(run / layout.LINEAGE)["drop"].unique().to_list())
     prev_name, prev_dir = current_adapter(run)
     held = heldout_rows(run, recipe)
-    provenance = {"dataset_hash": file_digest(curated), "dataset_path": str(curated), "recipe_hash": recipe.digest(),
+    provenance = {"dataset_hash": store.file_digest(curated), "dataset_path": str(curated), "recipe_hash": recipe.digest(),
                   "recipe": recipe.name, "pond_version": __version__, "drops": drops,
                   "previous_version": prev_name, "adapter_version": f"v{version}"}
     log(f"retrain: v{version} on {data.height} curated rows (drops {drops}), previous {prev_name or 'none'}")
@@ -204,7 +202,7 @@ def train_version(run: Path, recipe, version: int, trigger: dict, *, cache_dir: 
         except Exception as exc:  # tracking is a record, not the result: the version stands without it
             card["mlflow"] = {"error": f"{type(exc).__name__}: {exc}"}
             log(f"retrain: MLflow failed ({type(exc).__name__}: {exc}); the version is kept")
-    write_json(card, card_path)  # last: a version with a card is finished
+    store.write_json(card, card_path)  # last: a version with a card is finished
     ledger.append(run, "retrained", version=f"v{version}")
     return card
 
@@ -213,8 +211,6 @@ def maybe_retrain(run: Path, drop: Path, recipe, drift: dict, *, cache_dir: Path
                   track: Callable | None = None, log: Log = lambda m: None, allowed: bool = True) -> dict[str, Any]:
     """Check the rule after a drop (the decision is written once, so a resumed update keeps it) and
     train the version it calls for."""
-    from pond.runner import write_json
-
     path = Path(drop) / layout.RETRAIN
     decision = layout.read_json(path)
     if not decision:
@@ -228,7 +224,7 @@ def maybe_retrain(run: Path, drop: Path, recipe, drift: dict, *, cache_dir: Path
             else:
                 done = [v for v in layout.version_dirs(run) if (v / layout.VERSION_CARD).exists()]
                 decision["version"] = int(done[-1].name[1:]) + 1 if done else 1
-        write_json(decision, path)
+        store.write_json(decision, path)
     if decision.get("version") is not None and not (layout.version_dir(run, decision["version"])
                                                    / layout.VERSION_CARD).exists():
         decision["card"] = train_version(run, recipe, decision["version"], decision, cache_dir=cache_dir,

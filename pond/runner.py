@@ -3,8 +3,9 @@ its layout: pond.layout).
 
 Each step's fingerprint chains the previous one's with its own kind and options, so a step whose
 options changed re-runs together with everything after it, and a finished step (DONE + same
-fingerprint) is skipped. Every file is written to a temporary name and renamed into place, and
-DONE is written last, so a killed run never leaves a file that a resume would trust.
+fingerprint) is skipped. Files are written through curation.store (a temporary name, then a rename),
+and DONE (store.mark_finished, holding the fingerprint) is written last, so a killed run never leaves
+a step that a resume would trust.
 """
 from __future__ import annotations
 
@@ -14,11 +15,13 @@ import shutil
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
+from curation import store
 from curation.errors import PondError
 from curation.ingest import (IngestError, as_json_columns, expand_paths, ingest_kept_schema, ingest_rejected_schema,
                              iter_batches, mixed_user_columns, source_names)
@@ -26,7 +29,7 @@ from curation.settings import default_cache_dir, gpu, hardware, pick_dtype
 from curation.step import StepContext
 from pond import __version__
 from pond import layout, ledger
-from pond.executors.shards import output_digest, read_output
+from pond.executors.shards import count_rows, output_digest, read_output, scan_output
 from pond.recipe import Recipe, Step
 from pond.steps import STEPS
 from synthesis.teachers import Teachers
@@ -38,38 +41,21 @@ class StepFailed(PondError, RuntimeError):
     """A step raised or broke the kept + rejected = input contract."""
 
 
-def file_digest(path: Path) -> str:
-    """blake2b of a file (or of a shard folder written by the ray executor)."""
-    return output_digest(path)
-
-
 def _chain(*parts: str) -> str:
+    # not store.key_of: a step's fingerprint must stay what earlier runs recorded, or none would resume
     return hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:24]
-
-
-def write_parquet(df: pl.DataFrame, path: Path) -> None:
-    """Atomic, deterministic Parquet write (no statistics timestamps; fixed compression)."""
-    tmp = path.with_name(path.name + ".tmp")
-    df.write_parquet(tmp, compression="zstd", statistics=False)
-    tmp.replace(path)
-
-
-def write_json(data: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
-    tmp.replace(path)
 
 
 def _finish_step(step_dir: Path, kept: pl.DataFrame | None, rejected: pl.DataFrame,
                  stats: dict[str, Any]) -> dict[str, Any]:
     """Write a step's frames (kept=None: already written), stats.json, then DONE."""
     if kept is not None:
-        write_parquet(kept, step_dir / layout.KEPT)
-        write_parquet(rejected, step_dir / layout.REJECTED)
+        store.write_parquet(kept, step_dir / layout.KEPT)
+        store.write_parquet(rejected, step_dir / layout.REJECTED)
     stats["reasons"] = layout.reason_counts(rejected)
-    stats["outputs"] = {n: file_digest(step_dir / n) for n in (layout.KEPT, layout.REJECTED)}
-    write_json(stats, step_dir / layout.STATS)
-    (step_dir / layout.DONE).write_text(stats["fingerprint"] + "\n")
+    stats["outputs"] = {n: output_digest(step_dir / n) for n in (layout.KEPT, layout.REJECTED)}
+    store.write_json(stats, step_dir / layout.STATS)
+    store.mark_finished(step_dir, stats["fingerprint"])
     return stats
 
 
@@ -99,7 +85,7 @@ class Runner:
 
     def ingest(self) -> tuple[Path, str]:
         files = self.input_files()
-        input_hashes = {str(p): file_digest(p) for p in files}
+        input_hashes = {str(p): store.file_digest(p) for p in files}
         fingerprint = _chain(__version__, "ingest", self.recipe.input.model_dump_json(), json.dumps(input_hashes))
         step_dir = layout.step_dir(self.out, INGEST_DIR)
         if layout.is_done(step_dir, fingerprint):
@@ -155,21 +141,21 @@ class Runner:
 
     @staticmethod
     def _combine(parts: list[Path], dest: Path, empty: pl.DataFrame) -> int:
-        tmp = dest.with_name(dest.name + ".tmp")
         if not parts:
-            empty.write_parquet(tmp, compression="zstd", statistics=False)
+            store.write_parquet(empty, dest)
         else:
             mixed = mixed_user_columns([pl.read_parquet_schema(p) for p in parts])
             if mixed:  # a user column typed differently in two batches: JSON text in each, one part at a time
                 for part in parts:
                     as_json_columns(pl.read_parquet(part), mixed).write_parquet(part)
             lazy = pl.concat([pl.scan_parquet(p) for p in parts], how="diagonal_relaxed")
-            lazy.sink_parquet(tmp, compression="zstd", statistics=False)
-        tmp.replace(dest)
+            # streamed straight to its place (the store writes whole frames, which a multi-GB input is not):
+            # ingest's DONE comes after it, and a rerun without DONE clears the folder
+            lazy.sink_parquet(dest, compression="zstd", statistics=False)
         return pl.scan_parquet(dest).select(pl.len()).collect().item()
 
     def _skipped(self, step_dir: Path) -> None:
-        stats = json.loads((step_dir / layout.STATS).read_text())
+        stats = store.read_json(step_dir / layout.STATS)
         stats["skipped"] = True
         self.step_stats.append(stats)
         self.log(f"{step_dir.name}: done earlier, skipped")
@@ -230,7 +216,7 @@ class Runner:
                  "seconds": round(time.time() - t0, 3), **ctx.stats}
         self.step_stats.append(_finish_step(step_dir, kept, rejected, stats))
         if STEPS[step.kind].writes_heldout:
-            write_parquet(rejected.drop("stage", "reason"), self.out / layout.HELDOUT)
+            store.write_parquet(rejected.drop("stage", "reason"), self.out / layout.HELDOUT)
         ledger.append(self.out, "done", step=step_dir.name, **{k: stats[k] for k in ("in", "out", "rejected", "seconds")})
         self.log(f"{step_dir.name}: {stats['in']} -> {stats['out']} kept, {stats['rejected']} rejected "
                  f"({stats['seconds']:.1f}s)")
@@ -238,8 +224,6 @@ class Runner:
 
     def _run_distributed(self, step: Step, step_dir: Path, prev_dir: Path, fingerprint: str) -> tuple[Path, str]:
         """A step on the ray executor: shard folders written by the workers, then stats and DONE."""
-        from pond.executors.shards import count_rows, scan_output
-
         prev = prev_dir / layout.KEPT
         ctx = self.context(step_dir)
         ledger.append(self.out, "start", step=step_dir.name, rows=count_rows(prev), executor="ray")
@@ -270,7 +254,7 @@ class Runner:
 
     def curate(self) -> Path:
         """Ingest and run every step; returns the path of curated.parquet."""
-        (self.out / layout.RECIPE).write_text(self.recipe.to_yaml())
+        store.write_text(self.recipe.to_yaml(), self.out / layout.RECIPE)
         ledger.append(self.out, "run", recipe=self.recipe.name, version=__version__, executor=self.recipe.executor,
                       base_dir=str(Path(self.base_dir).resolve()))
         with ExitStack() as stack:
@@ -282,13 +266,11 @@ class Runner:
                 prev_dir = self._curate_steps()
             finally:
                 self.executor = None
-        curated = self.out / layout.CURATED
-        tmp = curated.with_name(layout.CURATED + ".tmp")
-        if (prev_dir / layout.KEPT).is_dir():  # shards of the ray executor: the final set is one file
-            write_parquet(read_output(prev_dir / layout.KEPT), tmp)
-        else:
-            shutil.copyfile(prev_dir / layout.KEPT, tmp)
-        tmp.replace(curated)
+        curated, final = self.out / layout.CURATED, prev_dir / layout.KEPT
+        if final.is_dir():  # shards of the ray executor: the final set is one file
+            store.write_parquet(read_output(final), curated)
+        else:  # the last step's file, byte for byte (the next step would have read it whole too)
+            store.write_bytes(final.read_bytes(), curated)
         if not any(STEPS[s.kind].writes_heldout for s in self.recipe.steps):
             (self.out / layout.HELDOUT).unlink(missing_ok=True)
         return curated
@@ -328,8 +310,6 @@ def run_dtypes(recipe: Any) -> dict[str, Any]:
 
 def write_manifest(runner: Runner, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     out = runner.out
-    from importlib.metadata import PackageNotFoundError, version
-
     versions = {}
     for pkg in ("polars", "pydantic", "datasketch", "sentence-transformers", "torch", "transformers", "peft",
                 "bitsandbytes", "trl", "httpx"):
@@ -341,12 +321,13 @@ def write_manifest(runner: Runner, extra: dict[str, Any] | None = None) -> dict[
     for s in runner.step_stats:
         steps.append({k: s.get(k) for k in ("kind", "in", "out", "rejected", "seconds", "skipped", "fingerprint")})
     outputs = {}
-    for name in ("curated.parquet", "heldout.parquet", "teacher-cache.sqlite", "eval.json", "report.md"):
+    for name in (layout.CURATED, layout.HELDOUT, layout.TEACHER_CACHE, layout.EVAL, layout.REPORT):
         if (out / name).exists():
-            outputs[name] = file_digest(out / name)
-    adapter = out / "adapter"
+            outputs[name] = store.file_digest(out / name)
+    adapter = out / layout.ADAPTER
     if adapter.is_dir():
-        outputs.update({f"adapter/{p.name}": file_digest(p) for p in sorted(adapter.iterdir()) if p.is_file()})
+        outputs.update({f"{layout.ADAPTER}/{p.name}": store.file_digest(p) for p in sorted(adapter.iterdir())
+                        if p.is_file()})
     manifest = {
         "pond_version": __version__,
         "hardware": hardware(),
@@ -360,5 +341,5 @@ def write_manifest(runner: Runner, extra: dict[str, Any] | None = None) -> dict[
         "outputs": outputs,
         **(extra or {}),
     }
-    write_json(manifest, out / "manifest.json")
+    store.write_json(manifest, out / layout.MANIFEST)
     return manifest

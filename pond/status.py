@@ -6,6 +6,7 @@ from pathlib import Path
 
 import polars as pl
 
+from curation import store
 from pond import layout
 
 
@@ -39,7 +40,7 @@ def status_lines(run: Path) -> list[str]:
         fired = [k for k, c in (decision.get("checks") or {}).items() if c.get("met")]
         retrain = (f"v{decision['version']} ({', '.join(fired)})" if decision.get("version")
                    else ("fired, not trained" if decision.get("fired") else "no")) if decision else "-"
-        state = "" if (gen / layout.DONE).exists() else "  [unfinished]"
+        state = "" if store.finished(gen) else "  [unfinished]"
         lines.append(f"  {n:03d}   {rows_in:>8} {kept:>8}  {_p(drift.get('p_value')):>8}  "
                      f"{str(drift.get('drifted', '-')).lower():<7}  {cl:<17}  {flagged:<20}  {retrain}{state}")
     versions = [v for v in layout.version_dirs(run) if (v / layout.VERSION_CARD).exists()]

@@ -13,11 +13,10 @@ on the new rows only. Two things differ from a plain run, both read from the ste
 
 Then `curated.parquet` is rebuilt as the union of every generation's own kept rows, oldest first, and
 `lineage.parquet` names each row's drop (0: the run itself). The drift report and the retrain rule run
-last; `DONE` in the drop folder comes after them.
+last; the drop folder's `DONE` (curation.store's marker, keyed by the drop's files) comes after them.
 """
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from collections.abc import Callable
@@ -26,13 +25,17 @@ from typing import Any
 
 import polars as pl
 
+from curation import store
 from curation.errors import PondError
 from curation.ingest import IngestError, expand_paths
 from curation.step import StepContext, split
 from pond import layout, ledger
+from pond.drift_report import write_drift
 from pond.executors.shards import read_output
 from pond.recipe import Recipe, Step, load_recipe
-from pond.runner import Runner, file_digest, write_json, write_parquet
+from pond.retrain import maybe_retrain
+from pond.runner import Runner
+from pond.status import report_section
 from pond.steps import STEPS
 
 Log = Callable[[str], None]
@@ -47,24 +50,6 @@ class UpdateError(PondError, ValueError):
 def run_recipe(run: Path) -> Recipe:
     """The recipe the run was made with (its resolved `recipe.yaml`)."""
     return load_recipe(Path(run) / layout.RECIPE)
-
-
-def run_base_dir(run: Path) -> Path:
-    """The folder the run's recipe paths are relative to, as `pond run` recorded it in the ledger
-    (older runs did not: then the current folder)."""
-    for event in reversed(ledger.read(run)):
-        if event.get("event") == "run" and event.get("base_dir"):
-            return Path(event["base_dir"])
-    return Path.cwd()
-
-
-def is_finished(drop: Path) -> bool:
-    return (Path(drop) / layout.DONE).exists()
-
-
-def curated_generations(run: Path) -> list[Path]:
-    """Generations whose curation finished: the run, then every drop with its own curated.parquet."""
-    return [run] + [d for d in layout.drop_dirs(run) if (d / layout.CURATED).exists()]
 
 
 def _generation_inputs(gen: Path) -> dict[str, str]:
@@ -88,7 +73,7 @@ def check_new_files(run: Path, files: list[Path], pending: Path | None) -> None:
             seen.setdefault(digest, (path, layout.generation_number(run, gen)))
     clashes = []
     for f in files:
-        hit = seen.get(file_digest(f))
+        hit = seen.get(store.file_digest(f))
         if hit is not None:
             where = "the run itself (drop 000)" if hit[1] == 0 else f"drop {hit[1]:03d}"
             same = "" if Path(hit[0]) == f else f", as {hit[0]}"
@@ -102,7 +87,7 @@ def plan_drop(run: Path, files: list[Path]) -> Path:
     drop of other files must be finished first; else the next number."""
     drops = layout.drop_dirs(run)
     wanted = sorted(str(f) for f in files)
-    pending = drops[-1] if drops and not is_finished(drops[-1]) else None
+    pending = drops[-1] if drops and not store.finished(drops[-1]) else None
     if pending is not None:
         recorded = layout.read_json(pending / layout.DROP_INPUTS).get("files", [])
         if recorded == wanted:
@@ -114,7 +99,8 @@ def plan_drop(run: Path, files: list[Path]) -> Path:
     n = layout.drop_number(pending) if pending is not None else (layout.drop_number(drops[-1]) + 1 if drops else 1)
     drop = layout.drop_dir(run, n)
     drop.mkdir(parents=True, exist_ok=True)
-    write_json({"files": wanted, "hashes": {str(f): file_digest(f) for f in files}}, drop / layout.DROP_INPUTS)
+    store.write_json({"files": wanted, "hashes": {str(f): store.file_digest(f) for f in files}},
+                     drop / layout.DROP_INPUTS)
     return drop
 
 
@@ -127,7 +113,7 @@ def step_input(gen: Path, index: int, step: Step) -> pl.DataFrame | None:
     this = layout.step_dir(gen, layout.step_name(index, step.kind))
     dirs = layout.step_dirs(gen)
     names = [d.name for d in dirs]
-    if this.name not in names or not (this / layout.DONE).exists():
+    if this.name not in names or not store.finished(this):
         return None
     return read_output(dirs[names.index(this.name) - 1] / layout.KEPT)
 
@@ -139,7 +125,7 @@ def pond_reference(run: Path, drop: Path, index: int, step: Step) -> pl.DataFram
     heldout = Path(run) / layout.HELDOUT
     if heldout.exists():
         frames.append(pl.read_parquet(heldout))
-    for gen in curated_generations(run):
+    for gen in layout.curated_generations(run):
         if gen == drop:
             continue
         rows = step_input(gen, index, step)
@@ -196,13 +182,13 @@ class DropRunner(Runner):
 def write_union(run: Path) -> pl.DataFrame:
     """curated.parquet = every generation's own kept rows, oldest first; lineage.parquet: id -> drop."""
     frames, lineage = [], []
-    for gen in curated_generations(run):
+    for gen in layout.curated_generations(run):
         rows = read_output(layout.final_kept(gen))
         frames.append(rows)
         lineage.append(rows.select("id", "source", pl.lit(layout.generation_number(run, gen), pl.Int64).alias("drop")))
     union = pl.concat(frames, how="diagonal_relaxed")
-    write_parquet(union, Path(run) / layout.CURATED)
-    write_parquet(pl.concat(lineage), Path(run) / layout.LINEAGE)
+    store.write_parquet(union, Path(run) / layout.CURATED)
+    store.write_parquet(pl.concat(lineage), Path(run) / layout.LINEAGE)
     return union
 
 
@@ -214,9 +200,6 @@ def resolve_inputs(inputs: list[str | Path]) -> list[Path]:
 def update(run: Path, inputs: list[str | Path], *, cache_dir: Path | None = None, track: Callable | None = None,
            log: Log = lambda m: None, retrain: bool = True) -> dict[str, Any]:
     """Add one drop to the run's pond; returns what happened (drop, rows, drift, retraining)."""
-    from pond.drift_report import write_drift
-    from pond.retrain import maybe_retrain
-
     run = Path(run)
     check_run(run)
     recipe = run_recipe(run)
@@ -225,7 +208,7 @@ def update(run: Path, inputs: list[str | Path], *, cache_dir: Path | None = None
     ledger.append(run, "update", drop=drop.name, files=[str(f) for f in files])
     log(f"drop {drop.name}: {len(files)} file(s)")
     t0 = time.perf_counter()
-    runner = DropRunner(recipe, run, drop, files, run_base_dir(run), cache_dir=cache_dir, track=track, log=log)
+    runner = DropRunner(recipe, run, drop, files, layout.run_base_dir(run), cache_dir=cache_dir, track=track, log=log)
     try:
         runner.curate()
     except IngestError as exc:
@@ -242,12 +225,9 @@ def update(run: Path, inputs: list[str | Path], *, cache_dir: Path | None = None
     decision = maybe_retrain(run, drop, recipe, drift, cache_dir=runner.cache_dir, track=track, log=log,
                              allowed=retrain)
     seconds = {"curation": round(t1 - t0, 3), "drift": round(t2 - t1, 3), "retrain": round(time.perf_counter() - t2, 3)}
-    from pond.status import report_section
-
-    report = layout.drops_dir(run) / layout.DROPS_REPORT
-    report.with_name(report.name + ".tmp").write_text(report_section(run))
-    report.with_name(report.name + ".tmp").replace(report)
-    (drop / layout.DONE).write_text(json.dumps({"kept": kept}) + "\n")
+    store.write_text(report_section(run), layout.drops_dir(run) / layout.DROPS_REPORT)
+    # the drop's work is its files: the marker is keyed by them (inputs.json), written after all else
+    store.mark_finished(drop, store.key_of(layout.read_json(drop / layout.DROP_INPUTS)), {"kept": kept})
     ledger.append(run, "updated", drop=drop.name, kept=kept, pond_rows=len(union),
                   drifted=drift.get("drifted"), retrained=decision.get("version"))
     return {"drop": drop.name, "in": stats[0].get("in") if stats else 0, "kept": kept, "pond_rows": len(union),

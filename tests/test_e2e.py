@@ -14,9 +14,9 @@ import polars as pl
 import pytest
 import yaml
 
+from curation.store import file_digest
 from pond.pipeline import run_pipeline
 from pond.recipe import parse_recipe
-from pond.runner import file_digest
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.teacher

@@ -10,7 +10,8 @@ import polars as pl
 import pytest
 
 from pond.recipe import parse_recipe
-from pond.runner import Runner, StepFailed, file_digest, write_manifest
+from curation.store import file_digest
+from pond.runner import Runner, StepFailed, write_manifest
 
 RECIPE = """\
 name: t

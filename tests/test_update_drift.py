@@ -10,10 +10,10 @@ import polars as pl
 import pytest
 
 from curation.sources import FORTUNES_DIR, iter_fortunes, iter_sharegpt
+from curation.store import file_digest
 from pond import layout
 from pond.pipeline import run_pipeline
 from pond.recipe import parse_recipe
-from pond.runner import file_digest
 from pond.status import status_lines
 from pond.update import update
 

@@ -25,7 +25,7 @@ def dataset_name(run: Path, rows: str) -> str:
 
 
 def lineage(run: Path, rows: str, source: Path, n_rows: int) -> dict[str, Any]:
-    from pond.runner import file_digest
+    from curation.store import file_digest
 
     manifest = layout.read_json(run / layout.MANIFEST)
     steps = []
