@@ -50,12 +50,9 @@ def main(version: bool = typer.Option(False, "--version", callback=_version, is_
 
 
 def _load(recipe: Path):
-    from pond.recipe import RecipeError, load_recipe
+    from pond.recipe import load_recipe
 
-    try:
-        loaded = load_recipe(recipe)
-    except RecipeError as exc:
-        _fail(str(exc))
+    loaded = load_recipe(recipe)
     for warning in loaded.warnings():
         console.print(f"[yellow]warning:[/yellow] {recipe}: {warning}", highlight=False, soft_wrap=True)
     return loaded
@@ -106,9 +103,7 @@ def run(recipe: Path = typer.Argument(..., help="recipe YAML"),
         executor: Optional[str] = typer.Option(None, "--executor",
                                                help="local or ray: where curation steps run (overrides the recipe)")):
     """Run a recipe: curation, synthesis, training and evaluation as the recipe says. Re-running resumes."""
-    from curation.ingest import IngestError
     from pond.pipeline import estimate_run, run_pipeline
-    from pond.runner import StepFailed
 
     r = _load(recipe)
     if executor is not None:
@@ -117,17 +112,11 @@ def run(recipe: Path = typer.Argument(..., help="recipe YAML"),
         r.executor = executor
     out = out or Path("runs") / r.name
     if estimate:
-        try:
-            estimate_run(r, out, recipe.parent.resolve(), print_fn=print)
-        except (IngestError, StepFailed) as exc:
-            _fail(str(exc))
+        estimate_run(r, out, recipe.parent.resolve(), print_fn=print)
         return
     with _progress() as progress:
-        try:
-            summary = run_pipeline(r, out, recipe.parent.resolve(), fresh=fresh, train=not no_train,
-                                   track=_tracker(progress), log=lambda m: progress.console.print(m, highlight=False))
-        except (IngestError, StepFailed) as exc:
-            _fail(str(exc))
+        summary = run_pipeline(r, out, recipe.parent.resolve(), fresh=fresh, train=not no_train,
+                               track=_tracker(progress), log=lambda m: progress.console.print(m, highlight=False))
     print(summary)
 
 
@@ -191,19 +180,14 @@ def train(source: Path = typer.Argument(..., help="a run directory (uses curated
 def experiment(recipe: Path = typer.Argument(..., help="recipe YAML with an `experiment:` section"),
                out: Optional[Path] = typer.Option(None, "--out", help="run directory (default runs/<name>)")):
     """Quality vs quantity: train every arm x seed with the same budget and compare on held-out data."""
-    from curation.ingest import IngestError
     from pond.pipeline import run_experiment_recipe
-    from pond.runner import StepFailed
 
     r = _load(recipe)
     if r.experiment is None:
         _fail(f"{recipe}: has no `experiment:` section")
     with _progress() as progress:
-        try:
-            print(run_experiment_recipe(r, out or Path("runs") / r.name, recipe.parent.resolve(),
-                                        track=_tracker(progress), log=lambda m: progress.console.print(m)))
-        except (IngestError, StepFailed) as exc:
-            _fail(str(exc))
+        print(run_experiment_recipe(r, out or Path("runs") / r.name, recipe.parent.resolve(),
+                                    track=_tracker(progress), log=lambda m: progress.console.print(m)))
 
 
 @app.command()
@@ -233,17 +217,11 @@ def update(run_dir: Path = typer.Argument(..., help="a run directory with curate
            more: Optional[list[Path]] = typer.Argument(None, help="more files of the drop (`--input a b c`)"),
            no_train: bool = typer.Option(False, "--no-train", help="check the retrain rule but train nothing")):
     """Add a data drop to a run's pond: its recipe on the new rows, dedup against the pond, drift, retrain rule."""
-    from curation.ingest import IngestError
-    from pond.recipe import RecipeError
-    from pond.runner import StepFailed
-    from pond.update import UpdateError, update as add_drop
+    from pond.update import update as add_drop
 
     with _progress() as progress:
-        try:
-            result = add_drop(run_dir, [*input, *(more or [])], track=_tracker(progress), retrain=not no_train,
-                              log=lambda m: progress.console.print(m, highlight=False))
-        except (UpdateError, IngestError, StepFailed, RecipeError) as exc:
-            _fail(str(exc))
+        result = add_drop(run_dir, [*input, *(more or [])], track=_tracker(progress), retrain=not no_train,
+                          log=lambda m: progress.console.print(m, highlight=False))
     r = result["retrain"]
     print(f"drop {result['drop']}: {result['in']} rows in, {result['kept']} kept; pond {result['pond_rows']} rows; "
           f"drift p = {result['drift'].get('p_value')} ({'drifted' if result['drift'].get('drifted') else 'no drift'}); "
