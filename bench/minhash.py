@@ -1,16 +1,29 @@
-"""MinHash near-duplicate removal: pond vs datasketch on one generated corpus, in one process.
+"""MinHash near-duplicate removal: pond vs datasketch, as a kernel on a generated corpus and end to end on a real file.
 
     python bench/minhash.py [--docs 50000] [--words 300] [--no-baseline]
+    python bench/minhash.py --e2e [FILE] [--rounds 3] [--phases] [--exact]
 
-Corpus: random Zipf-distributed "words"; a fraction of documents are planted near-duplicates
-(groups of 2-5 variants of one base document, each variant with 0-20 random word edits, so exact
-Jaccard of 5-gram sets spreads from ~0.5 to 1 around the 0.8 threshold).
+**End to end** (`--e2e`; FILE defaults to $POND_CACHE_DIR/data/sharegpt.jsonl, the real ShareGPT dump): the
+whole command a user waits for, each in its own process, timed from outside (wall clock; CPU seconds of the
+child from getrusage): `pond run` of a one-step recipe (`steps: [minhash_dedup: {threshold, num_perm, ngram}]`,
+`--no-train --fresh`), and a datasketch MinHashLSH script on the same file (bench/minhash_datasketch.py: read,
+render, shingle as pond does, insert/query, write the kept line numbers), with the same threshold, num_perm and
+ngram. The two alternate, `--rounds` times each (who goes first alternates too). One JSON line per run, then
+medians, minimums and ratios; each line carries the load average before and after (the machine may be shared:
+the CPU-seconds ratio is the steadier one then) and the digests of pond's kept/rejected Parquet (the same
+output, byte for byte, from run to run and before/after a change). `--phases`: one more pond run with its
+phases timed (bench/minhash_phases.py), one line per phase. `--exact`: precision/recall of pond's duplicate
+pairs against the exact Jaccard of every pair in the file (a prefix-filter self-join on reference shingles:
+no pair at or above the threshold is missed).
 
-Prints one JSON line per figure:
+**Kernel** (default): corpus of random Zipf-distributed "words"; a fraction of documents are planted
+near-duplicates (groups of 2-5 variants of one base document, each variant with 0-20 random word edits, so
+exact Jaccard of 5-gram sets spreads from ~0.5 to 1 around the 0.8 threshold). In one process, one JSON
+line per figure:
 - signatures_per_s_per_core: documents hashed to a MinHash signature per CPU-second (shingling
   included; CPU time over all threads, so it is a per-core figure whatever polars' thread count);
-- e2e_docs_per_s: documents per wall second for the whole dedup (signatures, LSH, clustering;
-  pond also verifies candidates exactly), its CPU seconds, and the ratios pond / datasketch (wall
+- e2e_docs_per_s: documents per wall second for the whole dedup in memory (signatures, LSH, clustering;
+  pond also verifies candidates exactly; no process start, reading or writing: see --e2e), its CPU seconds, and the ratios pond / datasketch (wall
   and CPU: on a shared machine the CPU ratio is the steadier one);
 - precision / recall of duplicate *pairs* (Jaccard >= threshold) against exact Jaccard of the
   reference 5-gram sets, on a 5k-document sample made of whole planted groups plus random
@@ -23,6 +36,7 @@ import argparse
 import json
 import os
 import resource
+import subprocess
 import sys
 import tempfile
 import time
@@ -189,24 +203,174 @@ def run_datasketch(texts: list[str], opts: MinhashDedupOptions, seed: int) -> di
             "bands": lsh.b, "rows": lsh.r}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--docs", type=int, default=50_000)
-    ap.add_argument("--words", type=int, default=300)
-    ap.add_argument("--sample", type=int, default=5_000)
-    ap.add_argument("--threshold", type=float, default=0.8)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--no-baseline", action="store_true", help="skip datasketch (for very large --docs)")
-    args = ap.parse_args()
-    common = {"docs": args.docs, "words": args.words, "cpus": os.cpu_count(),
-              "polars_threads": pl.thread_pool_size()}
+# --- end to end: whole commands on a real file ----------------------------------------------------
 
+BENCH = Path(__file__).resolve().parent
+
+
+def default_input() -> Path:
+    return Path(os.environ.get("POND_CACHE_DIR", Path.home() / ".cache" / "pond")) / "data" / "sharegpt.jsonl"
+
+
+def load() -> float:
+    return round(os.getloadavg()[0], 2)
+
+
+def timed_child(cmd: list[str]) -> dict:
+    """Run a command to its end: wall seconds, its CPU seconds (user + system, children included), load."""
+    before, l0 = resource.getrusage(resource.RUSAGE_CHILDREN), load()
+    w0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.perf_counter() - w0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode:
+        raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return {"wall_s": round(wall, 2), "cpu_s": round(cpu, 2), "load_before": l0, "load_after": load(),
+            "stdout": proc.stdout}
+
+
+def pond_recipe(folder: Path, data: Path, opts: MinhashDedupOptions) -> Path:
+    recipe = folder / "minhash-only.yaml"
+    recipe.write_text(f"name: minhash-only\ninput: {{path: {json.dumps(str(data))}}}\nseed: 0\nsteps:\n"
+                      f"  - minhash_dedup: {{threshold: {opts.threshold}, num_perm: {opts.num_perm}, "
+                      f"ngram: {opts.ngram}}}\n")
+    return recipe
+
+
+def pond_command(recipe: Path, run_dir: Path) -> list[str]:
+    script = Path(sys.executable).with_name("pond")  # the console script a user types, where there is one
+    head = [str(script)] if script.exists() else [sys.executable, "-m", "pond.cli"]
+    return head + ["run", str(recipe), "--out", str(run_dir), "--no-train", "--fresh"]
+
+
+def datasketch_command(data: Path, kept: Path, opts: MinhashDedupOptions, seed: int) -> list[str]:
+    return [sys.executable, str(BENCH / "minhash_datasketch.py"), str(data), str(kept), "--threshold",
+            str(opts.threshold), "--num-perm", str(opts.num_perm), "--ngram", str(opts.ngram), "--seed", str(seed)]
+
+
+def step_dir(run_dir: Path) -> Path:
+    return next((run_dir / "steps").glob("*-minhash_dedup"))
+
+
+def output_digests(run_dir: Path) -> dict:
+    """md5 of the step's kept and rejected Parquet: equal digests, byte-identical outputs."""
+    import hashlib
+
+    return {name: hashlib.md5((step_dir(run_dir) / name).read_bytes()).hexdigest()
+            for name in ("kept.parquet", "rejected.parquet")}
+
+
+def e2e_round(tool: str, cmd: list[str], rnd: int, common: dict, after=None) -> dict:
+    r = timed_child(cmd)
+    extra = after() if after else {}
+    emit(figure="e2e_command_seconds", tool=tool, round=rnd, wall_s=r["wall_s"], cpu_s=r["cpu_s"],
+         load_before=r["load_before"], load_after=r["load_after"], **extra, **common)
+    return r
+
+
+def median(values: list[float]) -> float:
+    return float(np.median(values))
+
+
+def run_e2e(args: argparse.Namespace, opts: MinhashDedupOptions, common: dict) -> Path:
+    """Alternating whole-command runs of pond and datasketch; returns pond's last run folder."""
+    data = Path(args.e2e).expanduser().resolve()
+    work = Path(tempfile.mkdtemp(prefix="pond-minhash-e2e-"))
+    recipe, run_dir, kept = pond_recipe(work, data, opts), work / "run", work / "datasketch-kept.txt"
+    common = {**common, "input": str(data), "input_mb": round(data.stat().st_size / 2**20, 1),
+              "threshold": opts.threshold, "num_perm": opts.num_perm, "ngram": opts.ngram}
+    pond_after = lambda: {"kept": pl.scan_parquet(run_dir / "curated.parquet").select(pl.len()).collect().item(),  # noqa: E731
+                          "outputs_md5": output_digests(run_dir)}
+    ds_after = lambda: {"kept": sum(1 for _ in open(kept))}  # noqa: E731
+    runs = {"pond": [], "datasketch": []}
+    for rnd in range(args.rounds):
+        order = [("pond", pond_command(recipe, run_dir), pond_after),
+                 ("datasketch", datasketch_command(data, kept, opts, args.seed), ds_after)]
+        for tool, cmd, after in order if rnd % 2 == 0 else order[::-1]:
+            runs[tool].append(e2e_round(tool, cmd, rnd, common, after))
+    wall = {t: [r["wall_s"] for r in rs] for t, rs in runs.items()}
+    cpu = {t: [r["cpu_s"] for r in rs] for t, rs in runs.items()}
+    emit(figure="e2e_ratio_datasketch_to_pond", rounds=args.rounds,
+         median_wall_s={t: median(v) for t, v in wall.items()}, min_wall_s={t: min(v) for t, v in wall.items()},
+         median_cpu_s={t: median(v) for t, v in cpu.items()},
+         wall_ratio_of_medians=round(median(wall["datasketch"]) / median(wall["pond"]), 2),
+         wall_ratio_of_minimums=round(min(wall["datasketch"]) / min(wall["pond"]), 2),
+         cpu_ratio_of_medians=round(median(cpu["datasketch"]) / median(cpu["pond"]), 2), load_now=load(), **common)
+    if args.phases:
+        run_phases(recipe, work / "run-phases", common)
+    return run_dir
+
+
+def run_phases(recipe: Path, run_dir: Path, common: dict) -> None:
+    """One more pond run with its phases timed: one line per phase (wall and CPU seconds)."""
+    out = run_dir.with_suffix(".json")
+    cmd = [sys.executable, str(BENCH / "minhash_phases.py"), str(out), *pond_command(recipe, run_dir)[-6:]]
+    r = timed_child(cmd)
+    for phase, (wall, cpu) in json.loads(out.read_text()).items():
+        emit(figure="pond_run_phase", phase=phase, wall_s=wall, cpu_s=cpu, load_before=r["load_before"],
+             load_after=r["load_after"], **common)
+    emit(figure="pond_run_phase", phase="whole command (outside)", wall_s=r["wall_s"], cpu_s=r["cpu_s"],
+         load_before=r["load_before"], load_after=r["load_after"], **common)
+
+
+def shingle_ids(texts: list[str], ngram: int) -> list[np.ndarray]:
+    """Each text's distinct reference shingles as sorted 64-bit ids (Python's hash of the n-gram tuple;
+    two different shingles collide with probability ~2^-64)."""
+    return [np.unique(np.fromiter((hash(s) for s in reference_shingles(t, ngram)), dtype=np.int64)) for t in texts]
+
+
+def prefix_candidates(sets: list[np.ndarray], threshold: float) -> pl.DataFrame:
+    """Every pair (a < b) that can reach Jaccard >= threshold shares a token of both prefixes, where a set's
+    prefix is its |x| - ceil(t |x|) + 1 rarest tokens (prefix filtering, Chaudhuri et al. 2006): exact."""
+    sizes = np.array([len(x) for x in sets])
+    doc = np.repeat(np.arange(len(sets)), sizes)
+    tok = np.concatenate(sets) if sets else np.zeros(0, np.int64)
+    uniq, inverse, freq = np.unique(tok, return_inverse=True, return_counts=True)
+    order = np.lexsort((tok, freq[inverse], doc))  # by doc, then rarest first
+    doc, tok = doc[order], tok[order]
+    starts = np.concatenate(([0], np.cumsum(sizes)[:-1]))
+    rank = np.arange(len(doc)) - starts[doc]
+    keep = rank < (sizes - np.ceil(threshold * sizes - 1e-9).astype(np.int64) + 1)[doc]
+    entries = pl.DataFrame({"tok": tok[keep], "doc": doc[keep]})
+    return (entries.join(entries, on="tok", suffix="_b").filter(pl.col("doc") < pl.col("doc_b"))
+            .select(pl.col("doc").alias("a"), pl.col("doc_b").alias("b")).unique())
+
+
+def exact_duplicate_pairs(texts: list[str], ids: list[str], threshold: float, ngram: int) -> set[tuple[str, str]]:
+    """Every pair of texts whose reference shingle sets have Jaccard >= threshold, as sorted id pairs."""
+    sets = shingle_ids(texts, ngram)
+    cand = prefix_candidates(sets, threshold)
+    out = set()
+    for a, b in cand.iter_rows():
+        inter = len(np.intersect1d(sets[a], sets[b], assume_unique=True))
+        if inter / (len(sets[a]) + len(sets[b]) - inter) >= threshold:
+            out.add(tuple(sorted((ids[a], ids[b]))))
+    return out
+
+
+def run_exact(run_dir: Path, opts: MinhashDedupOptions, common: dict) -> None:
+    """Precision/recall of pond's duplicate pairs (pairs.parquet) against exact Jaccard of every pair of
+    the rows the step compared (the ingested rows)."""
+    t0 = time.perf_counter()
+    rows = pl.read_parquet(run_dir / "steps" / "00-ingest" / "kept.parquet", columns=["id", "text"])
+    truth = exact_duplicate_pairs(rows["text"].to_list(), rows["id"].to_list(), opts.threshold, opts.ngram)
+    found = pl.read_parquet(step_dir(run_dir) / "pairs.parquet").filter("duplicate")
+    pred = {tuple(sorted(p)) for p in found.select("id_a", "id_b").iter_rows()}
+    p, r = precision_recall(pred, truth)
+    emit(figure="pair_precision_recall_whole_file", tool="pond", precision=round(p, 4), recall=round(r, 4),
+         true_pairs=len(truth), predicted_pairs=len(pred), rows=len(rows), threshold=opts.threshold,
+         seconds=round(time.perf_counter() - t0, 1), **common)
+
+
+def run_kernel(args: argparse.Namespace, opts: MinhashDedupOptions, common: dict) -> None:
+    """Generated corpus, the step function and datasketch's loop in this process."""
+    common = {**common, "docs": args.docs, "words": args.words}
     t0 = time.perf_counter()
     df, groups = make_corpus(args.docs, args.words, args.seed)
     emit(figure="corpus", seconds=round(time.perf_counter() - t0, 1), planted_groups=int(len(np.unique(groups[groups >= 0]))),
          text_mb=round(df["text"].str.len_bytes().sum() / 2**20, 1), peak_rss_mb=round(peak_rss_mb()), **common)
 
-    opts = MinhashDedupOptions(threshold=args.threshold, num_perm=128, ngram=5)
     pond = run_pond(df, opts, args.seed)
     emit(figure="signatures_per_s_per_core", tool="pond", value=round(args.docs / pond["sig_cpu"]),
          wall_per_s=round(args.docs / pond["sig_wall"]), **common)
@@ -217,39 +381,64 @@ def main() -> None:
              "candidate_seconds", "verify_seconds")}, **common)
     emit(figure="peak_rss_mb", tool="pond", value=round(peak_rss_mb()), **common)
 
-    sample = sample_docs(groups, min(args.sample, args.docs), args.seed) 
-    if sample is not None:
-        ids = df["id"]
-        pos = {ids[int(d)]: k for k, d in enumerate(sample)}
-        sample_texts = df["text"].gather(sample).to_list()
-        truth = exact_pairs(sample_texts, args.threshold, opts.ngram)
-        pp = {tuple(sorted((pos[a], pos[b]))) for a, b in pond["pairs"].select("id_a", "id_b").iter_rows()
-              if a in pos and b in pos}
-        p, r = precision_recall(pp, truth)
-        emit(figure="pair_precision_recall", tool="pond", precision=round(p, 4), recall=round(r, 4),
-             true_pairs=len(truth), predicted_pairs=len(pp), sample=len(sample), threshold=args.threshold, **common)
-
+    sample = sample_docs(groups, min(args.sample, args.docs), args.seed)
+    ids = df["id"]
+    pos = {ids[int(d)]: k for k, d in enumerate(sample)}
+    truth = exact_pairs(df["text"].gather(sample).to_list(), args.threshold, opts.ngram)
+    pp = {tuple(sorted((pos[a], pos[b]))) for a, b in pond["pairs"].select("id_a", "id_b").iter_rows()
+          if a in pos and b in pos}
+    p, r = precision_recall(pp, truth)
+    emit(figure="pair_precision_recall", tool="pond", precision=round(p, 4), recall=round(r, 4),
+         true_pairs=len(truth), predicted_pairs=len(pp), sample=len(sample), threshold=args.threshold, **common)
     if not args.no_baseline:
-        texts = df["text"].to_list()
-        ds = run_datasketch(texts, opts, args.seed)
-        del texts
-        emit(figure="signatures_per_s_per_core", tool="datasketch", value=round(args.docs / ds["sig_cpu"]),
-             wall_per_s=round(args.docs / ds["sig_wall"]), **common)
-        emit(figure="e2e_docs_per_s", tool="datasketch", value=round(args.docs / ds["e2e"]), seconds=round(ds["e2e"], 2),
-             cpu_seconds=round(ds["e2e_cpu"], 2),
-             kept=ds["kept"], bands=ds["bands"], rows=ds["rows"], candidate_pairs=len(ds["a"]), **common)
-        emit(figure="ratio_pond_to_datasketch", signatures_per_core=round(ds["sig_cpu"] / pond["sig_cpu"], 2),
-             e2e=round(ds["e2e"] / pond["e2e"], 2), e2e_cpu=round(ds["e2e_cpu"] / pond["e2e_cpu"], 2), **common)
-        if sample is not None:
-            where = np.full(args.docs, -1)
-            where[sample] = np.arange(len(sample))
-            sa, sb = where[ds["a"]], where[ds["b"]]
-            both = (sa >= 0) & (sb >= 0)
-            dp = {tuple(sorted((int(x), int(y)))) for x, y in zip(sa[both], sb[both])}
-            p, r = precision_recall(dp, truth)
-            emit(figure="pair_precision_recall", tool="datasketch", precision=round(p, 4), recall=round(r, 4),
-                 true_pairs=len(truth), predicted_pairs=len(dp), sample=len(sample), threshold=args.threshold, **common)
+        kernel_baseline(args, df, opts, pond, sample, truth, common)
     emit(figure="peak_rss_mb", tool="all", value=round(peak_rss_mb()), **common)
+
+
+def kernel_baseline(args: argparse.Namespace, df: pl.DataFrame, opts: MinhashDedupOptions, pond: dict,
+                    sample: np.ndarray, truth: set, common: dict) -> None:
+    texts = df["text"].to_list()
+    ds = run_datasketch(texts, opts, args.seed)
+    del texts
+    emit(figure="signatures_per_s_per_core", tool="datasketch", value=round(args.docs / ds["sig_cpu"]),
+         wall_per_s=round(args.docs / ds["sig_wall"]), **common)
+    emit(figure="e2e_docs_per_s", tool="datasketch", value=round(args.docs / ds["e2e"]), seconds=round(ds["e2e"], 2),
+         cpu_seconds=round(ds["e2e_cpu"], 2),
+         kept=ds["kept"], bands=ds["bands"], rows=ds["rows"], candidate_pairs=len(ds["a"]), **common)
+    emit(figure="ratio_pond_to_datasketch", signatures_per_core=round(ds["sig_cpu"] / pond["sig_cpu"], 2),
+         e2e=round(ds["e2e"] / pond["e2e"], 2), e2e_cpu=round(ds["e2e_cpu"] / pond["e2e_cpu"], 2), **common)
+    where = np.full(args.docs, -1)
+    where[sample] = np.arange(len(sample))
+    sa, sb = where[ds["a"]], where[ds["b"]]
+    both = (sa >= 0) & (sb >= 0)
+    dp = {tuple(sorted((int(x), int(y)))) for x, y in zip(sa[both], sb[both])}
+    p, r = precision_recall(dp, truth)
+    emit(figure="pair_precision_recall", tool="datasketch", precision=round(p, 4), recall=round(r, 4),
+         true_pairs=len(truth), predicted_pairs=len(dp), sample=len(sample), threshold=args.threshold, **common)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--docs", type=int, default=50_000)
+    ap.add_argument("--words", type=int, default=300)
+    ap.add_argument("--sample", type=int, default=5_000)
+    ap.add_argument("--threshold", type=float, default=0.8)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-baseline", action="store_true", help="skip datasketch (for very large --docs)")
+    ap.add_argument("--e2e", nargs="?", const=str(default_input()), default=None, metavar="FILE",
+                    help="whole commands on FILE (default: $POND_CACHE_DIR/data/sharegpt.jsonl)")
+    ap.add_argument("--rounds", type=int, default=3, help="--e2e: runs of each command")
+    ap.add_argument("--phases", action="store_true", help="--e2e: one more pond run with its phases timed")
+    ap.add_argument("--exact", action="store_true", help="--e2e: precision/recall against exact Jaccard, whole file")
+    args = ap.parse_args()
+    common = {"cpus": os.cpu_count(), "polars_threads": pl.thread_pool_size()}
+    opts = MinhashDedupOptions(threshold=args.threshold, num_perm=128, ngram=5)
+    if args.e2e is None:
+        run_kernel(args, opts, common)
+        return
+    run_dir = run_e2e(args, opts, common)
+    if args.exact:
+        run_exact(run_dir, opts, common)
 
 
 if __name__ == "__main__":
