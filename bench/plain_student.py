@@ -11,9 +11,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from curation.settings import DEFAULT_STUDENT as STUDENT  # noqa: E402
 from training.model import resolve_student, set_threads  # noqa: E402
-
-STUDENT = "smollm2-135m-instruct"
 
 
 def student_parser(doc: str | None, batch_help: str | None = None) -> argparse.ArgumentParser:

@@ -28,9 +28,9 @@ import numpy as np
 import polars as pl
 from pydantic import Field, field_validator
 
-from curation.answer_tokens import STUDENT, answer_tokens, load_tokenizer
+from curation.answer_tokens import answer_tokens, load_tokenizer
 from curation.errors import ConfigError
-from curation.settings import resolve_model
+from curation.settings import DEFAULT_STUDENT, resolve_model
 from curation.step import StepContext, StepOptions, reject
 
 if TYPE_CHECKING:
@@ -192,7 +192,7 @@ def count_tokens(df: pl.DataFrame, labels: pl.Series, mix: MixOptions, model: st
     """Answer tokens of the rows of sources with a weight above 0; -1 for the rest, which are not
     selected anyway (counting a row costs a template rendering and a tokenisation)."""
     weighted = labels.is_in([k for k, w in mix.weights.items() if w > 0]).fill_null(False).to_numpy()
-    tokenizer = load_tokenizer(str(resolve_model(model or STUDENT, ctx.cache_dir, "model")))
+    tokenizer = load_tokenizer(str(resolve_model(model or DEFAULT_STUDENT, ctx.cache_dir, "model")))
     tokens = np.full(df.height, -1, dtype=np.int64)
     tokens[weighted] = answer_tokens(df.filter(pl.Series(weighted)), tokenizer, max_seq_len, ctx.track)
     return tokens
@@ -221,7 +221,7 @@ def mix_select(df: pl.DataFrame, opts: SelectOptions, ctx: StepContext, order: O
     ctx.stats.update({"strategy": opts.strategy, "budget_tokens": budget, "selected": len(kept),
                       "not_selected": len(rejected), "answer_tokens_selected": total,
                       "no_answer_tokens": int((tokens == 0).sum()),
-                      "mix": {"by": mix.by, "max_seq_len": opts.max_seq_len, "model": opts.model or STUDENT,
+                      "mix": {"by": mix.by, "max_seq_len": opts.max_seq_len, "model": opts.model or DEFAULT_STUDENT,
                               "allow_short": mix.allow_short,
                               "sources": {s.name: source_stats(s, tokens, total) for s in sources}}})
     return kept, rejected

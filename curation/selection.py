@@ -26,10 +26,10 @@ import numpy as np
 import polars as pl
 from pydantic import AliasChoices, Field, field_validator, model_serializer, model_validator
 
-from curation.answer_tokens import STUDENT, TRAIN_MAX_SEQ_LEN
 from curation.embed import EmbeddingOptions, embed_column
 from curation.mixing import MixOptions, mix_select
 from curation.records import answer_text_expr
+from curation.settings import DEFAULT_MAX_SEQ_LEN, DEFAULT_STUDENT
 from curation.step import StepContext, StepOptions, reject
 
 STAGE = "select"
@@ -74,9 +74,9 @@ class SelectOptions(StepOptions):
                                 "equal_tokens count them (model's tokenizer, cut to max_seq_len)")
     model: str | None = Field(
         None, description=f"with mix: whose tokenizer counts answer tokens: a local Hugging Face folder or a "
-                          f"model name under $POND_CACHE_DIR/models/; default: the student ({STUDENT})")
+                          f"model name under $POND_CACHE_DIR/models/; default: the student ({DEFAULT_STUDENT})")
     max_seq_len: int = Field(
-        TRAIN_MAX_SEQ_LEN, ge=8, description="with mix: the training truncation (train.max_seq_len): tokens past "
+        DEFAULT_MAX_SEQ_LEN, ge=8, description="with mix: the training truncation (train.max_seq_len): tokens past "
                                              "it are not counted, as training does not train on them")
 
     @field_validator("score_column")

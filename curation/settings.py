@@ -28,6 +28,11 @@ from typing import Literal, TypeVar
 logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 T = TypeVar("T")
+# The student when a recipe names none (train.student, and every local scorer or counter that stands in
+# for it: ifd, select's token budget), also the teacher pond serves by default; and the training
+# truncation by default (train.max_seq_len), which those counters mirror.
+DEFAULT_STUDENT = "smollm2-135m-instruct"
+DEFAULT_MAX_SEQ_LEN = 256
 Dtype = Literal["bf16", "fp32"]
 DTYPE_CHOICES = ("auto", "bf16", "fp32")
 # The flags that decide bf16 speed (x86: avx512_bf16, amx_bf16; Arm: bf16), recorded with figures.

@@ -35,7 +35,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from curation.errors import PondError
-from curation.settings import no_progress
+from curation.settings import DEFAULT_STUDENT, no_progress
 from synthesis.budget import Budget, BudgetExceeded, call_tokens_upper
 from synthesis.cache import ResponseCache, request_key
 
@@ -72,7 +72,7 @@ class TeacherConfig(BaseModel):
     base_url: str | list[str] = Field(
         "http://127.0.0.1:8000/v1", description="Base URL of the OpenAI-compatible API (ends in /v1); a list "
                                                 "spreads requests over several servers of the same model.")
-    model: str = Field("smollm2-135m-instruct", description="Model name sent in each request; part of the "
+    model: str = Field(DEFAULT_STUDENT, description="Model name sent in each request; part of the "
                                                             "cache key.")
     api_key_env: str | None = Field(None, description="Name of the environment variable holding the API key "
                                                       "(the key itself is never written anywhere).")

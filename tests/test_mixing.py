@@ -7,7 +7,8 @@ import polars as pl
 import pytest
 from pydantic import ValidationError
 
-from curation.answer_tokens import STUDENT, TRAIN_MAX_SEQ_LEN, answer_tokens, load_tokenizer
+from curation.answer_tokens import answer_tokens, load_tokenizer
+from curation.settings import DEFAULT_MAX_SEQ_LEN, DEFAULT_STUDENT
 from curation.errors import ConfigError, ModelNotFound
 from curation.mixing import mix_select, take_count
 from curation.selection import SelectOptions, choose, select
@@ -21,7 +22,7 @@ WEIGHTS = {"sharegpt": 0.7, "fortunes": 0.3}
 @pytest.fixture(scope="module")
 def student_dir():
     try:
-        return resolve_model(STUDENT)
+        return resolve_model(DEFAULT_STUDENT)
     except ModelNotFound:
         pytest.skip("the student (SmolLM2) is not prepared: python scripts/prepare_models.py")
 
@@ -68,7 +69,7 @@ def _mix(df, cache, budget, weights=WEIGHTS, model=None, seed=0, **opts):
 def test_defaults_are_the_training_defaults():
     from training.config import TrainConfig
 
-    assert (STUDENT, TRAIN_MAX_SEQ_LEN) == (TrainConfig().student, TrainConfig().max_seq_len)
+    assert (DEFAULT_STUDENT, DEFAULT_MAX_SEQ_LEN) == (TrainConfig().student, TrainConfig().max_seq_len)
 
 
 @pytest.mark.parametrize("max_seq_len", [24, 256, 4096])
@@ -101,7 +102,7 @@ def test_delivered_shares_on_a_real_two_source_pool(pool, student_dir, tmp_path,
     per_source = {}
     for name, weight in WEIGHTS.items():
         rows = kept.filter(pl.col("source") == name)
-        delivered = int(training_counts(rows, tok, TRAIN_MAX_SEQ_LEN).sum())  # recounted as training does
+        delivered = int(training_counts(rows, tok, DEFAULT_MAX_SEQ_LEN).sum())  # recounted as training does
         assert delivered == stats["mix"]["sources"][name]["answer_tokens_delivered"]
         assert rows["answer_tokens"].sum() == delivered
         assert abs(delivered - weight * budget) <= rows["answer_tokens"].max() / 2

@@ -5,6 +5,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from curation.settings import DEFAULT_MAX_SEQ_LEN, DEFAULT_STUDENT
+
 
 class TrainConfig(BaseModel):
     """Fine-tune the student on the curated set (QLoRA by default)."""
@@ -12,7 +14,7 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     student: str = Field(
-        "smollm2-135m-instruct",
+        DEFAULT_STUDENT,
         description="Student model: a name under $POND_CACHE_DIR/models/ or a path to any local Hugging Face "
                     "causal-LM folder (config, weights, tokenizer with a chat template).")
     method: Literal["qlora", "lora", "full"] = Field(
@@ -33,7 +35,7 @@ class TrainConfig(BaseModel):
     batch_size: int = Field(8, gt=0, description="Sequences per micro-batch.")
     grad_accum: int = Field(1, gt=0, description="Micro-batches accumulated per optimizer step.")
     max_seq_len: int = Field(
-        256, gt=0, description="Tokens per sequence; longer conversations are cut at the end. Must not exceed the "
+        DEFAULT_MAX_SEQ_LEN, gt=0, description="Tokens per sequence; longer conversations are cut at the end. Must not exceed the "
                                "model's maximum positions.")
     packing: bool = Field(
         False, description="Pack several short conversations into each sequence (best-fit decreasing, attention "
