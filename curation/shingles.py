@@ -72,6 +72,13 @@ def window_hashes(words: np.ndarray, n: int) -> np.ndarray:
     return win
 
 
+def boundary_windows(starts: np.ndarray, lens: np.ndarray, n: int) -> np.ndarray:
+    """Positions of the windows of `n` tokens that start in a text but end past it: a text's last n - 1
+    positions (all of a shorter text's). O(texts × n), where a per-token mask would be O(tokens)."""
+    last = np.concatenate([np.zeros(0, np.int64)] + [starts + lens - k for k in range(1, n)])
+    return last[last >= np.tile(starts, n - 1)]
+
+
 def shingle_hashes(texts: pl.Series, ngram: int, kind: ShingleKind = "word", seed: int = 0,
                    short_texts: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """64-bit hashes of every text's n-grams in CSR layout: (hashes, offsets).
@@ -94,8 +101,8 @@ def shingle_hashes(texts: pl.Series, ngram: int, kind: ShingleKind = "word", see
         m = n_tok - ngram + 1
         if m > 0:
             g[:m] = window_hashes(words, ngram)
-            # a window is a shingle when it ends inside the text it starts in
-            valid[:m] = np.arange(ngram, m + ngram) <= np.repeat(starts + lens, lens)[:m]
+            valid[:m] = True
+            valid[boundary_windows(starts, lens, ngram)] = False
         # texts shorter than `ngram` tokens: one shingle of all their tokens
         short = np.flatnonzero((lens > 0) & (lens < ngram) & short_texts)
         if len(short):
