@@ -2,7 +2,8 @@
 
     out_dir/answers.parquet    model, question_id, category, turn, answer, grade (NaN: not graded)
     out_dir/pairwise.parquet   model, against, question_id, category, turn, score (1 win, 0.5 tie, 0 loss)
-    out_dir/key.json           what the answers were made from (a rerun with the same key answers nothing)
+    out_dir/answers.DONE       curation.store's marker, keyed by what the answers were made from (its facts:
+                               those parts); a rerun with the same key answers nothing
 
 Turn t of a question is asked with the model's own answers to turns 0..t-1 in the conversation,
 as MT-Bench does. Generation runs first (one vLLM server holding every adapter, or transformers
@@ -12,19 +13,20 @@ cores. Judge calls go through the teacher cache: a rerun asks nothing twice.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
+from curation import store
 from evaluation import judge as judging
 from evaluation.benchmarks import EARLIER_CHARS, REFERENCE_CHARS, TURN_CHARS, chats, clip, judge_question
 from evaluation.bootstrap import bootstrap_ci, paired_difference_ci
 from evaluation.config import EvaluateConfig
 from synthesis.teachers import Teachers
 
+ANSWERS, ANSWERS_DONE = "answers.parquet", "answers.DONE"
 ANSWER_SCHEMA = {"model": pl.Utf8, "question_id": pl.Utf8, "category": pl.Utf8, "turn": pl.Int64, "answer": pl.Utf8}
 
 
@@ -135,17 +137,16 @@ def answer_benchmark(out_dir: Path, questions: pl.DataFrame, models: dict[str, P
     key = {"questions": hashlib.blake2b(questions.write_json().encode(), digest_size=8).hexdigest(),
            "turns": config.benchmark_turns, "max_new_tokens": config.max_new_tokens,
            "models": {m: None if a is None else adapter_fingerprint(a) for m, a in sorted(models.items())}}
-    path, key_path = out_dir / "answers.parquet", out_dir / "key.json"
-    if path.exists() and key_path.exists() and json.loads(key_path.read_text()) == key:
-        answers = pl.read_parquet(path).select(list(ANSWER_SCHEMA))
+    if store.finished(out_dir, store.key_of(key), name=ANSWERS_DONE):
+        answers = pl.read_parquet(out_dir / ANSWERS).select(list(ANSWER_SCHEMA))
         log(f"benchmark: answers of {len(models)} models found, not generated again")
     else:
         log(f"benchmark: {questions.height} questions x {config.benchmark_turns} turns x {len(models)} models "
             f"(generation: {config.generation})")
         with answerer(models) as answer:
             answers = generate_all(questions, models, answer, config.benchmark_turns)
-        answers.write_parquet(path)
-        key_path.write_text(json.dumps(key, indent=1, sort_keys=True))
+        answers.write_parquet(out_dir / ANSWERS)
+        store.mark_finished(out_dir, store.key_of(key), key, name=ANSWERS_DONE)
     return answers
 
 

@@ -1,7 +1,10 @@
 """`evaluate:` for a single run: the trained adapter against its base model on the held-out set.
 
 Writes out_dir/eval.json (figures with intervals, paired differences, slices) and
-out_dir/report.md; per-row scores go to out_dir/eval/ (base.parquet, adapter.parquet).
+out_dir/report.md; per-row scores go to out_dir/eval/ (base.parquet, adapter.parquet). Then
+out_dir/eval.DONE, curation.store's marker keyed by the adapter, the held-out rows and the settings: a
+rerun with the same key reads eval.json back. It is named because the folder holds other work (a pond
+run's holds curation and training).
 """
 from __future__ import annotations
 
@@ -13,13 +16,21 @@ from pathlib import Path
 
 import polars as pl
 
+from curation import store
 from evaluation.bootstrap import bootstrap_ci, paired_difference_ci
 from evaluation.config import EvaluateConfig
 from evaluation.generation import adapter_fingerprint
 from evaluation.report import METRIC_INFO, metric_matrix, slice_masks
 from evaluation.scoring import frame_hash, load_heldout, make_judges, prepare_heldout, score_model, summarise
+from synthesis.cache import CACHE_FILE
 from synthesis.teachers import Teachers
 from training.config import TrainConfig
+
+# the files evaluate_run writes into the folder it is handed (pond.layout names them from here)
+EVAL = "eval.json"
+REPORT = "report.md"
+SCORES = "eval"  # the per-row scores' folder
+DONE = "eval.DONE"
 
 
 def evaluate_run(out_dir: Path, adapter_dir: Path, heldout: pl.DataFrame | str | Path | None,
@@ -50,7 +61,7 @@ def evaluate_run(out_dir: Path, adapter_dir: Path, heldout: pl.DataFrame | str |
         log("evaluation: finished earlier with this adapter and these rows, reused")
         return done
     set_threads(train_config.threads)
-    ask, grade = make_judges(config, teachers, out_dir / "teacher-cache.sqlite", progress)
+    ask, grade = make_judges(config, teachers, out_dir / CACHE_FILE, progress)
     common = dict(method=train_config.method, compute_dtype=train_config.compute_dtype, heldout=held, config=config,
                   max_seq_len=max_seq_len, cache_dir=cache_dir, progress=progress)
     teachers = teachers or Teachers()
@@ -59,9 +70,9 @@ def evaluate_run(out_dir: Path, adapter_dir: Path, heldout: pl.DataFrame | str |
         compare = held["reference"].to_list() if config.judge_against == "reference" else base["answer"].to_list()
         tuned = score_model(student, adapter_dir=Path(adapter_dir), compare_answers=compare, ask=ask, grade=grade,
                             **common)
-    (out_dir / "eval").mkdir(parents=True, exist_ok=True)
-    base.write_parquet(out_dir / "eval" / "base.parquet")
-    tuned.write_parquet(out_dir / "eval" / "adapter.parquet")
+    (out_dir / SCORES).mkdir(parents=True, exist_ok=True)
+    base.write_parquet(out_dir / SCORES / "base.parquet")
+    tuned.write_parquet(out_dir / SCORES / "adapter.parquet")
 
     kw = {"resamples": config.bootstrap_resamples, "confidence": config.confidence}
     result: dict = {"heldout_source": heldout_source or "the given held-out frame", "heldout_rows": held.height,
@@ -96,20 +107,17 @@ def evaluate_run(out_dir: Path, adapter_dir: Path, heldout: pl.DataFrame | str |
                                        "adapter_minus_base": paired_difference_ci(t[0], b[0], t[1], b[1], **kw).to_dict()}
     # no timings in eval.json (they are in the manifest): the same adapter and held-out rows give the
     # same bytes, so a rerun after a kill can be checked against an uninterrupted run
-    tmp = out_dir / "eval.json.tmp"
-    tmp.write_text(json.dumps(result, indent=1, sort_keys=True, default=str))
-    tmp.replace(out_dir / "eval.json")
-    _write_eval_report(out_dir / "report.md", result)
+    store.write_text(json.dumps(result, indent=1, sort_keys=True, default=str), out_dir / EVAL)
+    _write_eval_report(out_dir / REPORT, result)
+    store.mark_finished(out_dir, store.key_of(key), name=DONE)  # last: it vouches for everything above
     return result
 
 
 def _finished(out_dir: Path, key: dict) -> dict | None:
-    """eval.json of an evaluation with the same key, its report beside it; else None."""
-    try:
-        result = json.loads((out_dir / "eval.json").read_text())
-    except (OSError, ValueError):
+    """eval.json of an evaluation finished here with the same key; else None."""
+    if not store.finished(out_dir, store.key_of(key), name=DONE):
         return None
-    return result if result.get("key") == key and (out_dir / "report.md").is_file() else None
+    return store.read_json(out_dir / EVAL) or None
 
 
 def _benchmark(out_dir: Path, student: Path, adapter_dir: Path, config: EvaluateConfig, train_config: TrainConfig,
@@ -122,7 +130,7 @@ def _benchmark(out_dir: Path, student: Path, adapter_dir: Path, config: Evaluate
 
     questions = load_benchmark(config.benchmark, base_dir, per_category=config.benchmark_per_category,
                                sample=config.benchmark_sample)
-    cache_path = out_dir / "teacher-cache.sqlite"
+    cache_path = out_dir / CACHE_FILE
     tok = load_tokenizer(student)
 
     def make_answerer(models):
@@ -150,9 +158,9 @@ def _reference(out_dir: Path, student: Path, adapter_dir: Path, config: Evaluate
     frames = {name: reference_losses(student, train_config.method, train_config.compute_dtype, ref,
                                      config.reference_max_seq_len, adapter_dir=a, **kw)
               for name, a in (("base", None), ("adapter", adapter_dir))}
-    (out_dir / "eval").mkdir(parents=True, exist_ok=True)
+    (out_dir / SCORES).mkdir(parents=True, exist_ok=True)
     for name, f in frames.items():
-        f.write_parquet(out_dir / "eval" / f"reference-{name}.parquet")
+        f.write_parquet(out_dir / SCORES / f"reference-{name}.parquet")
     ci = {"resamples": config.bootstrap_resamples, "confidence": config.confidence}
     (xb, wb), (xa, wa) = loss_matrix([frames["base"]]), loss_matrix([frames["adapter"]])
     return {"name": config.reference, "fit": fit(ref, load_tokenizer(student), config.reference_max_seq_len),
@@ -224,7 +232,7 @@ def _write_eval_report(path: Path, r: dict) -> None:
                   f"| {_ci(ref['base_model'])} | {_ci(ref['adapter'])} | {_ci(ref['adapter_minus_base'], True)} |"]
     if r.get("benchmark"):
         lines += _benchmark_lines(r)
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    store.write_text("\n".join(lines) + "\n", path)
 
 
 def _benchmark_lines(r: dict) -> list[str]:

@@ -1,19 +1,21 @@
 """Quality vs quantity: train every arm x seed with the same budget, score each on one held-out set.
 
     out_dir/
-      base/scores.parquet, eval.json           the untrained student on the held-out set
+      base/scores.parquet, eval.json, eval.DONE    the untrained student on the held-out set
       arms/<arm>/profile.json                  the arm's data: rows, answer length, structured share
-      arms/<arm>/seed-<s>/                     training.train's folder (adapter/, result.json, ...)
+      arms/<arm>/seed-<s>/                     training.train's folder (adapter/, train-result.json, train.DONE, ...)
                          dataset.json, ids.parquet   exactly which rows it trained on (and their hash)
                          scores.parquet        per held-out row scores (evaluation.scoring)
-                         eval.json             present = this arm x seed is finished
+                         eval.json, eval.DONE  its figures; the marker says this arm x seed is finished
+                         reference.parquet, reference.DONE   its loss on the reference answers (if asked)
                          mlflow.json           its MLflow run id
       experiment.json, report.md, plot.png     the comparison
       mlflow.db, mlartifacts/                  the local MLflow store (unless experiment.mlflow_uri)
 
-Calling run_experiment again resumes: a finished arm x seed (eval.json with the same settings) is
-neither trained nor scored again, and training.train resumes an interrupted one from its last
-checkpoint. The held-out set never reaches training (no early stopping on it, no eval loss).
+Calling run_experiment again resumes: a finished arm x seed (eval.DONE, curation.store's marker, holding
+the key of the same settings) is neither trained nor scored again, and training.train resumes an
+interrupted one from its last checkpoint. The held-out set never reaches training (no early stopping
+on it, no eval loss).
 """
 from __future__ import annotations
 
@@ -29,17 +31,21 @@ import polars as pl
 
 from curation.errors import ConfigError
 from curation.settings import no_progress
+from curation import store
 from curation.store import read_json, write_json
 from evaluation.arms import arm_rows, plan_budget, profile, remove_heldout, remove_overlap, varies_by_seed
 from evaluation.config import EvaluateConfig, ExperimentConfig
-from evaluation.evaluate import evaluate_run
+from evaluation.evaluate import DONE as EVAL_DONE, EVAL, REPORT, evaluate_run
 from evaluation.report import add_benchmark, add_reference, aggregate, goal_sentence, write_plot, write_report
 from evaluation.scoring import frame_hash, make_judges, prepare_heldout, score_model, summarise
+from synthesis.cache import CACHE_FILE
 from synthesis.teachers import Teachers
 from training.config import TrainConfig
 
 __all__ = ["ExperimentContext", "run_experiment", "evaluate_run"]
 log = logging.getLogger(__name__)
+SCORES = "scores.parquet"
+REFERENCE, REFERENCE_DONE = "reference.parquet", "reference.DONE"
 
 
 @dataclass(frozen=True)
@@ -81,7 +87,7 @@ class _Run:
 
     @property
     def cache_path(self) -> Path | None:
-        return (self.out_dir / "teacher-cache.sqlite") if self.ecfg.judge else None
+        return (self.out_dir / CACHE_FILE) if self.ecfg.judge else None
 
     @property
     def name(self) -> str:
@@ -268,23 +274,32 @@ def _train_and_score_all(run: _Run, plan: _Plan) -> tuple[_Scoring, dict[tuple[s
     return scoring, results, mlflow_uri, mlflow_errors
 
 
+def _scored(folder: Path, key: dict) -> bool:
+    """Whether this folder's model was scored with this key (its scores and eval.json are in place)."""
+    return store.finished(folder, store.key_of(key), name=EVAL_DONE)
+
+
+def _write_scores(folder: Path, key: dict, scores: pl.DataFrame, summary: dict) -> None:
+    """A model's per-row scores and eval.json (the key among its figures), then the marker that vouches for both."""
+    scores.write_parquet(folder / SCORES)
+    _write_json(folder / EVAL, {"key": key, **summary})
+    store.mark_finished(folder, store.key_of(key), name=EVAL_DONE)
+
+
 def _base_scores(run: _Run, held: pl.DataFrame, key: dict, grade) -> pl.DataFrame:
     d = run.out_dir / "base"
-    done = read_json(d / "eval.json")
-    if done and done.get("key") == key and (d / "scores.parquet").exists():
-        return pl.read_parquet(d / "scores.parquet")
+    if _scored(d, key):
+        return pl.read_parquet(d / SCORES)
     d.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     scores = score_model(run.student, run.train.method, run.train.compute_dtype, held, run.ecfg, run.max_seq_len,
                          grade=grade, cache_dir=run.ctx.cache_dir, progress=run.track)
-    scores.write_parquet(d / "scores.parquet")
-    _write_json(d / "eval.json", {"key": key, "metrics": summarise(scores),
-                                  "eval_seconds": time.perf_counter() - t0})
+    _write_scores(d, key, scores, {"metrics": summarise(scores), "eval_seconds": time.perf_counter() - t0})
     return scores
 
 
 def _arm_seed(run: _Run, plan: _Plan, scoring: _Scoring, arm, s: int) -> tuple[dict, dict]:
-    """Train and score one arm x seed, or read it back when eval.json holds the same key. Returns (key, result)."""
+    """Train and score one arm x seed, or read it back when it was scored with the same key. Returns (key, result)."""
     from training.trainer import train
 
     seed_dir = run.out_dir / "arms" / arm.name / f"seed-{s}"
@@ -294,10 +309,10 @@ def _arm_seed(run: _Run, plan: _Plan, scoring: _Scoring, arm, s: int) -> tuple[d
                                              "epochs": plan.plans[arm.name]["epochs"]})
     key = {"arm": arm.model_dump(mode="json"), "seed": s, "data_hash": data_hash,
            "train": arm_train.model_dump(mode="json"), **scoring.key}
-    done = read_json(seed_dir / "eval.json")
-    if done and done.get("key") == key and (seed_dir / "scores.parquet").exists():
+    if _scored(seed_dir, key):
         log.info("%s seed %d: finished earlier", arm.name, s)
-        return key, {"seed": s, "train": done["train"], "scores": pl.read_parquet(seed_dir / "scores.parquet")}
+        done = read_json(seed_dir / EVAL)
+        return key, {"seed": s, "train": done["train"], "scores": pl.read_parquet(seed_dir / SCORES)}
     log.info("%s seed %d: training on %d rows (max_steps=%s)", arm.name, s, df.height, arm_train.max_steps)
     seed_dir.mkdir(parents=True, exist_ok=True)
     df.select("id").write_parquet(seed_dir / "ids.parquet")
@@ -309,10 +324,8 @@ def _arm_seed(run: _Run, plan: _Plan, scoring: _Scoring, arm, s: int) -> tuple[d
     scores = score_model(run.student, run.train.method, run.train.compute_dtype, plan.held, run.ecfg,
                          run.max_seq_len, adapter_dir=result.adapter_dir, compare_answers=scoring.compare,
                          ask=scoring.ask, grade=scoring.grade, cache_dir=run.ctx.cache_dir, progress=run.track)
-    scores.write_parquet(seed_dir / "scores.parquet")
-    summary = {"key": key, "train": _train_summary(result), "metrics": summarise(scores),
-               "eval_seconds": time.perf_counter() - t0}
-    _write_json(seed_dir / "eval.json", summary)
+    summary = {"train": _train_summary(result), "metrics": summarise(scores), "eval_seconds": time.perf_counter() - t0}
+    _write_scores(seed_dir, key, scores, summary)
     return key, {"seed": s, "train": summary["train"], "scores": scores}
 
 
@@ -353,7 +366,7 @@ def _report(run: _Run, plan: _Plan, scoring: _Scoring, results: dict[tuple[str, 
              f"{train_config.batch_size}×{train_config.grad_accum}, {train_config.max_seq_len} tokens)."] + plan.notes
     if mlflow_errors:
         notes.append(f"MLflow logging failed: {mlflow_errors[0]}")
-    write_report(run.out_dir / "report.md", summary, title=heading, heldout_source=plan.heldout_source, notes=notes)
+    write_report(run.out_dir / REPORT, summary, title=heading, heldout_source=plan.heldout_source, notes=notes)
     write_plot(run.out_dir / "plot.png", summary, heading)
     return summary
 
@@ -447,15 +460,14 @@ def _reference(run: _Run, results: dict, reference: pl.DataFrame) -> dict:
 
     def scored(folder: Path, adapter: Path | None) -> pl.DataFrame:
         key = {"reference": ref_hash, "max_seq_len": ecfg.reference_max_seq_len, "adapter": str(adapter),
-               "trained": read_json(folder / "eval.json").get("key", {}).get("data_hash")}
-        done = read_json(folder / "reference.json")
-        if done == key and (folder / "reference.parquet").exists():
-            return pl.read_parquet(folder / "reference.parquet")
+               "trained": read_json(folder / EVAL).get("key", {}).get("data_hash")}
+        if store.finished(folder, store.key_of(key), name=REFERENCE_DONE):
+            return pl.read_parquet(folder / REFERENCE)
         folder.mkdir(parents=True, exist_ok=True)
         f = reference_losses(run.student, run.train.method, run.train.compute_dtype, reference,
                              ecfg.reference_max_seq_len, adapter_dir=adapter, **kw)
-        f.write_parquet(folder / "reference.parquet")
-        _write_json(folder / "reference.json", key)
+        f.write_parquet(folder / REFERENCE)
+        store.mark_finished(folder, store.key_of(key), key, name=REFERENCE_DONE)  # the key's parts, for a reader
         return f
 
     arms = {arm.name: [scored(run.out_dir / "arms" / arm.name / f"seed-{s}",
@@ -502,7 +514,7 @@ def _track(run: _Run, arm, s: int, key: dict, plan: dict, result: dict) -> str |
     card = Path(train["adapter_dir"]) / "README.md"
     try:
         rid = log_arm_seed(run.out_dir, config.mlflow_uri, run.name, f"{arm.name}-seed{s}", params, metrics,
-                           [card, seed_dir / "dataset.json", seed_dir / "eval.json"],
+                           [card, seed_dir / "dataset.json", seed_dir / EVAL],
                            tags={"pond.arm": arm.name, "pond.seed": str(s)})
     except Exception as e:  # noqa: BLE001 — tracking must not lose a finished experiment
         log.warning("MLflow logging failed for %s seed %d: %s", arm.name, s, e)

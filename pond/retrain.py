@@ -166,7 +166,7 @@ def register(run: Path, recipe, card: dict, card_path: Path, adapter: Path) -> d
 def train_version(run: Path, recipe, version: int, trigger: dict, *, cache_dir: Path | None = None,
                   track: Callable | None = None, log: Log = lambda m: None) -> dict[str, Any]:
     """Train adapters/v<version> on the pond's curated union; write its card; register it."""
-    from training.trainer import train
+    from training.trainer import RESULT as TRAIN_RESULT, train
 
     run = Path(run)
     vdir = layout.version_dir(run, version)
@@ -198,7 +198,7 @@ def train_version(run: Path, recipe, version: int, trigger: dict, *, cache_dir: 
     card_path = vdir / layout.VERSION_CARD
     if recipe.retrain is not None and recipe.retrain.mlflow:
         try:
-            card["mlflow"] = register(run, recipe, card, vdir / "train-result.json", result.adapter_dir)
+            card["mlflow"] = register(run, recipe, card, vdir / TRAIN_RESULT, result.adapter_dir)
         except Exception as exc:  # tracking is a record, not the result: the version stands without it
             card["mlflow"] = {"error": f"{type(exc).__name__}: {exc}"}
             log(f"retrain: MLflow failed ({type(exc).__name__}: {exc}); the version is kept")

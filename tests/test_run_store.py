@@ -57,3 +57,30 @@ def test_an_export_writes_its_problems_only_when_a_row_has_one(tmp_path):
     assert problems.exists()
     assert write_rows(iter([("a", ok)]), "openai", data, problems) == (1, 0)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data.jsonl"]  # the old problems gone, no temporaries
+
+
+def test_benchmark_answers_are_made_once_per_key(tmp_path):
+    from contextlib import contextmanager
+
+    from evaluation.benchmark_eval import ANSWERS_DONE, answer_benchmark
+    from evaluation.config import EvaluateConfig
+
+    questions = pl.DataFrame({"question_id": ["q1"], "category": ["math"], "turns": [["2+2?", "and 3+3?"]]})
+    asked = []
+
+    @contextmanager
+    def answerer(models):
+        def answer(chats):
+            asked.append(chats)
+            return {m: [f"answer {len(asked)}"] * len(c) for m, c in chats.items()}
+        yield answer
+
+    config = EvaluateConfig(heldout="unused", benchmark_turns=2)
+    first = answer_benchmark(tmp_path, questions, {"base": None}, config, answerer=answerer)
+    assert len(asked) == 2 and store.finished(tmp_path, name=ANSWERS_DONE)
+    assert store.finished_facts(tmp_path, name=ANSWERS_DONE)["turns"] == 2  # what made them, for a reader
+    again = answer_benchmark(tmp_path, questions, {"base": None}, config, answerer=answerer)
+    assert len(asked) == 2 and again.equals(first)  # same key: nothing asked
+    answer_benchmark(tmp_path, questions, {"base": None}, config.model_copy(update={"benchmark_turns": 1}),
+                     answerer=answerer)
+    assert len(asked) == 3  # another key: answered again

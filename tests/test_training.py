@@ -127,7 +127,8 @@ def test_training_loss_and_heldout_loss_fall(trained):
 
 def test_adapter_card_and_result_record_what_was_learned(trained, rows):
     res, out = trained
-    assert sorted(p.name for p in out.iterdir()) == ["adapter", "checkpoints", "train-key.json", "train-result.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["adapter", "checkpoints", "train-key.json", "train-result.json",
+                                                     "train.DONE"]
     card = (res.adapter_dir / "README.md").read_text()
     for fact in (res.base_model, "qlora", "sha256:feedface", "sha256:c0ffee", "9.9.9", f"| training rows | {rows.height}",
                  f"{res.train_loss:.4f}", f"{res.eval_losses[-1]:.4f}", "lora_r", "| lr | `0.005` |"):

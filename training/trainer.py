@@ -7,12 +7,14 @@
       adapter/           the final adapter (PeftModel.from_pretrained) + README.md card
       model/             instead of adapter/ for method `full`: the whole fine-tuned model + card
       merged/            base + adapter merged (with `merge`)
-      train-result.json  TrainResult and the full log history; present = finished
+      train-result.json  TrainResult and the full log history
+      train.DONE         curation.store's marker, keyed by train-key.json; written last: present = finished
+                         (named, since the folder may hold other work: a pond run's holds its evaluation)
 
 Calling train() again with the same arguments resumes from the last sealed checkpoint (same seed,
 same data order, RNG states restored: the final adapter matches an uninterrupted run; a checkpoint
-cut off inside its save has no seal and is set aside: training.checkpoints); once train-result.json
-exists (written whole or not at all) it returns the recorded result without training.
+cut off inside its save has no seal and is set aside: training.checkpoints); once train.DONE holds
+this run's key it returns the recorded result without training.
 """
 from __future__ import annotations
 
@@ -30,7 +32,7 @@ import torch
 
 from curation.errors import ConfigError
 from curation.settings import hardware
-from curation.store import write_json
+from curation import store
 from training.callbacks import CountingSFTTrainer, EarlyStopping, ProgressCallback
 from training.card import TrainResult, write_card
 from training.checkpoints import CheckpointSealed, last_sealed
@@ -41,7 +43,10 @@ from training.model import (device, load_student, load_tokenizer, max_positions,
 
 __all__ = ["TrainResult", "train", "resolve_student", "load_student", "tokenize_conversations"]
 log = logging.getLogger(__name__)
-RESULT = "train-result.json"  # present = finished
+# the files train() writes into the folder it is handed (pond.layout names them from here)
+RESULT = "train-result.json"
+KEY = "train-key.json"
+DONE = "train.DONE"
 
 
 def _examples(df: pl.DataFrame, tokenizer, max_seq_len: int, what: str) -> tuple[list[dict], int, int]:
@@ -142,7 +147,7 @@ def _read_json(path: Path) -> dict | None:
 
 
 def _claim(out_dir: Path, key: dict) -> None:
-    path = out_dir / "train-key.json"
+    path = out_dir / KEY
     old = _read_json(path)
     if old is not None:
         if old != key:
@@ -151,7 +156,7 @@ def _claim(out_dir: Path, key: dict) -> None:
                               f"use another output folder or delete it")
         return
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_json(key, path, indent=2, sort_keys=True)
+    store.write_json(key, path, indent=2, sort_keys=True)
 
 
 def _sort_adapter_config(path: Path) -> None:
@@ -319,10 +324,10 @@ def train(df: pl.DataFrame, config: TrainConfig, out_dir: Path, *, seed: int = 0
     set_threads(config.threads)
     student = _setup_student(config, cache_dir, eval_df)
     data = _setup_data(df, eval_df, student, config)
-    result_path = out_dir / RESULT
-    _claim(out_dir, _run_key(config, seed, student, data.hash, data.eval_hash))
-    if (done := _read_json(result_path)) is not None and "result" in done:
-        return TrainResult.from_json(done["result"], out_dir)
+    key = _run_key(config, seed, student, data.hash, data.eval_hash)
+    _claim(out_dir, key)
+    if (done := _finished(out_dir, key)) is not None:
+        return done
 
     dtype = resolve_dtype(config.compute_dtype)
     model, tokenizer, peft_config = _setup_model(student, config)
@@ -339,7 +344,15 @@ def train(df: pl.DataFrame, config: TrainConfig, out_dir: Path, *, seed: int = 0
     if config.merge and config.method != "full":
         result.merged_dir = _merge(student, final_dir, out_dir / "merged", torch.bfloat16 if dtype == torch.bfloat16
                                    else torch.float32)
-    # train-result.json says "finished": written last, whole or not at all
-    write_json({"result": result.to_json(), "provenance": provenance or {},
-                "hardware": hardware(result.compute_dtype), "log_history": history}, result_path, indent=1)
+    store.write_json({"result": result.to_json(), "provenance": provenance or {},
+                      "hardware": hardware(result.compute_dtype), "log_history": history}, out_dir / RESULT, indent=1)
+    store.mark_finished(out_dir, store.key_of(key), name=DONE)  # last: it vouches for everything above
     return result
+
+
+def _finished(out_dir: Path, key: dict) -> TrainResult | None:
+    """The recorded result of a training with this key that finished here, else None."""
+    if not store.finished(out_dir, store.key_of(key), name=DONE):
+        return None
+    done = _read_json(out_dir / RESULT)
+    return TrainResult.from_json(done["result"], out_dir) if done and "result" in done else None
