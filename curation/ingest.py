@@ -21,6 +21,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import polars as pl
 from pydantic import Field, field_validator
 
@@ -292,12 +293,26 @@ def _records_frame(rows: list[dict[str, Any]]) -> pl.DataFrame:
     base = {"id": pl.Utf8, "messages": MESSAGES, "text": pl.Utf8, "source": pl.Utf8}
     if not rows:
         return pl.DataFrame(schema=base)
-    core = pl.DataFrame({k: [r[k] for r in rows] for k in base}, schema=base)
+    core = pl.DataFrame([messages_column([r["messages"] for r in rows]) if k == "messages" else
+                         pl.Series(k, [r[k] for r in rows], dtype=dtype) for k, dtype in base.items()])
     extra_keys = sorted({k for r in rows for k in r} - set(base))
     if not extra_keys:
         return core
     extras = pl.DataFrame([_user_column(k, [r.get(k) for r in rows]) for k in extra_keys])
     return pl.concat([core, extras], how="horizontal")
+
+
+def messages_column(values: list[list[dict[str, str]]]) -> pl.Series:
+    """The `messages` column of normalised rows, built from one flat role and one flat content column and
+    the list offsets: polars reads nested Python objects a struct at a time, 3x slower."""
+    import pyarrow as pa
+
+    turns = pl.DataFrame({"role": [t["role"] for msgs in values for t in msgs],
+                          "content": [t["content"] for msgs in values for t in msgs]},
+                         schema={"role": pl.Utf8, "content": pl.Utf8}).to_struct("messages")
+    offsets = np.zeros(len(values) + 1, dtype=np.int64)
+    np.cumsum([len(msgs) for msgs in values], out=offsets[1:])
+    return pl.Series("messages", pa.LargeListArray.from_arrays(pa.array(offsets), turns.to_arrow()))
 
 
 def _user_column(name: str, values: list[Any]) -> pl.Series:

@@ -22,13 +22,20 @@ _INVALID = re.compile("[\x00-\x08\x0e-\x1f\ud800-\udfff]")
 
 
 # In JSON text, a control character or a surrogate half can only be written as a \u escape (a raw
-# one is a JSON error); a line without such an escape, and with fewer brackets than MAX_DEPTH,
-# cannot break the rule. A line with one (a valid surrogate pair too) is walked.
-_RAW_SUSPECT = re.compile(r"\\u(?:00[01]|d[89a-f])|[\x00-\x08\x0e-\x1f]", re.IGNORECASE)
+# one is a JSON error); a line without such an escape or a raw control character, and with fewer
+# brackets than MAX_DEPTH, cannot break the rule. A line with one (a valid surrogate pair too) is walked.
+_RAW_ESCAPE = re.compile(r"\\u(?:00[01]|d[89a-f])", re.IGNORECASE)
+# the same control characters as bytes: UTF-8 writes them as themselves and uses no byte below 0x80
+# in any other character, so deleting them from the encoded text is a C-speed scan (a character
+# class regex over the text costs 6x more)
+_CONTROL_BYTES = bytes(range(0x00, 0x09)) + bytes(range(0x0E, 0x20))
 
 
 def _raw_clean(raw: str) -> bool:
-    return raw.count("[") + raw.count("{") < MAX_DEPTH and _RAW_SUSPECT.search(raw) is None
+    if raw.count("[") + raw.count("{") >= MAX_DEPTH:
+        return False
+    data = raw.encode("utf-8", "surrogatepass")
+    return len(data.translate(None, _CONTROL_BYTES)) == len(data) and _RAW_ESCAPE.search(raw) is None
 
 
 def safe_text(text: str) -> str:
