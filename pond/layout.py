@@ -19,11 +19,13 @@ import polars as pl
 
 from curation import store
 from curation.store import read_json  # the run folder's readers call it layout.read_json
+from evaluation.generation import ADAPTER_CONFIG
 from pond.ledger import LEDGER, read as read_ledger
 from synthesis.cache import CACHE_FILE as TEACHER_CACHE
 
 STEPS = "steps"
 INGEST = "00-ingest"
+PARTS = "parts"  # inside ingest's folder while it runs: its batches, combined into kept/rejected, then removed
 KEPT = "kept.parquet"
 REJECTED = "rejected.parquet"
 STATS = "stats.json"
@@ -67,6 +69,12 @@ def step_dir(run: Path, name: str) -> Path:
 def ingest_output(run: Path) -> Path:
     """Every row that entered curation (after ingest's validity checks)."""
     return step_dir(run, INGEST) / KEPT
+
+
+def run_adapter(run: Path) -> Path | None:
+    """The run's own trained adapter (adapter/), when training saved one."""
+    own = Path(run) / ADAPTER
+    return own if (own / ADAPTER_CONFIG).exists() else None
 
 
 def is_run(run: Path) -> bool:

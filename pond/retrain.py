@@ -58,15 +58,15 @@ def current_adapter(run: Path) -> tuple[str | None, Path | None]:
     for vdir in reversed(layout.version_dirs(run)):
         if (vdir / layout.VERSION_CARD).exists():
             return vdir.name, vdir / layout.ADAPTER
-    own = Path(run) / layout.ADAPTER
-    return ("adapter", own) if (own / "adapter_config.json").exists() else (None, None)
+    own = layout.run_adapter(run)
+    return (layout.ADAPTER, own) if own is not None else (None, None)
 
 
 def drops_seen_by(run: Path, name: str | None) -> int:
     """The last drop the adapter `name` was trained on (0: the run itself; -1: no adapter)."""
     if name is None:
         return -1
-    if name == "adapter":
+    if name == layout.ADAPTER:
         return 0
     return max(json.loads((layout.adapters_dir(run) / name / layout.VERSION_CARD).read_text())["drops"])
 

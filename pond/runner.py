@@ -95,7 +95,7 @@ class Runner:
         step_dir.mkdir(parents=True)
         self.log(f"{INGEST_DIR}: started, reading {self.recipe.input.path}")
         t0 = time.time()
-        parts = step_dir / "parts"
+        parts = step_dir / layout.PARTS
         parts.mkdir()
         if self.executor is not None and self.recipe.input.limit is None:
             # one Ray task per input file, the same reader and normaliser; shard folders

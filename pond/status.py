@@ -44,7 +44,7 @@ def status_lines(run: Path) -> list[str]:
         lines.append(f"  {n:03d}   {rows_in:>8} {kept:>8}  {_p(drift.get('p_value')):>8}  "
                      f"{str(drift.get('drifted', '-')).lower():<7}  {cl:<17}  {flagged:<20}  {retrain}{state}")
     versions = [v for v in layout.version_dirs(run) if (v / layout.VERSION_CARD).exists()]
-    own = (run / layout.ADAPTER / "adapter_config.json").exists()
+    own = layout.run_adapter(run) is not None
     lines.append("adapters: " + (", ".join((["adapter (the run's)"] if own else [])
                                            + [v.name for v in versions]) or "none"))
     if versions:
