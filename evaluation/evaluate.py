@@ -26,7 +26,7 @@ from synthesis.cache import CACHE_FILE
 from synthesis.teachers import Teachers
 from training.config import TrainConfig
 
-# the files evaluate_run writes into the folder it is handed (pond.layout names them from here)
+# the files evaluate_run writes into the folder it is handed
 EVAL = "eval.json"
 REPORT = "report.md"
 SCORES = "eval"  # the per-row scores' folder

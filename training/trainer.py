@@ -43,7 +43,7 @@ from training.model import (device, load_student, load_tokenizer, max_positions,
 
 __all__ = ["TrainResult", "train", "resolve_student", "load_student", "tokenize_conversations"]
 log = logging.getLogger(__name__)
-# the files train() writes into the folder it is handed (pond.layout names them from here)
+# the files train() writes into the folder it is handed
 RESULT = "train-result.json"
 KEY = "train-key.json"
 DONE = "train.DONE"
