@@ -138,4 +138,6 @@ STEPS: dict[str, StepSpec] = {
     "judge": StepSpec("synthesis.judge", "judge", "JudgeOptions",
                       "teacher scores rows against a rubric: drops those below min_score, or (min_score: null) "
                       "only writes the score for select to rank by", row_by_row=True, teacher_judges_rows=True),
+    "preference_pairs": StepSpec("synthesis.pairs", "preference_pairs", "PreferencePairsOptions",
+                                 "DPO pairs (prompt, chosen, rejected): each case's best- and worst-judged answers"),
 }
