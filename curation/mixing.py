@@ -22,7 +22,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
@@ -32,9 +31,6 @@ from curation.answer_tokens import answer_tokens, load_tokenizer
 from curation.errors import ConfigError
 from curation.settings import DEFAULT_STUDENT, resolve_model
 from curation.step import StepContext, StepOptions, reject
-
-if TYPE_CHECKING:
-    from curation.selection import SelectOptions
 
 WEIGHT_TOLERANCE = 1e-6
 NAMED_AT_MOST = 20  # sources listed in an error line
@@ -198,9 +194,10 @@ def count_tokens(df: pl.DataFrame, labels: pl.Series, mix: MixOptions, model: st
     return tokens
 
 
-def mix_select(df: pl.DataFrame, opts: SelectOptions, ctx: StepContext, order: Order, grows: bool,
+def mix_select(df: pl.DataFrame, opts: StepOptions, ctx: StepContext, order: Order, grows: bool,
                stage: str) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """`select` with `mix` (opts: SelectOptions with mix and budget_tokens set): kept rows carry
+    """`select` with `mix` (opts: curation.selection's SelectOptions with mix and budget_tokens set; not
+    imported here, as selection imports this module): kept rows carry
     `select_rank` and `answer_tokens`; the rest are rejected with the mix's reason."""
     mix, budget = opts.mix, opts.budget_tokens
     labels = source_labels(df, mix.by)
