@@ -19,6 +19,7 @@ import polars as pl
 from curation import store
 from evaluation.bootstrap import bootstrap_ci, paired_difference_ci
 from evaluation.config import EvaluateConfig
+from evaluation.files import EVAL, EVAL_DONE, REPORT, SCORES
 from evaluation.generation import adapter_fingerprint
 from evaluation.report import METRIC_INFO, metric_matrix, slice_masks
 from evaluation.scoring import frame_hash, load_heldout, make_judges, prepare_heldout, score_model, summarise
@@ -27,10 +28,6 @@ from synthesis.teachers import Teachers
 from training.config import TrainConfig
 
 # the files evaluate_run writes into the folder it is handed
-EVAL = "eval.json"
-REPORT = "report.md"
-SCORES = "eval"  # the per-row scores' folder
-DONE = "eval.DONE"
 
 
 def evaluate_run(out_dir: Path, adapter_dir: Path, heldout: pl.DataFrame | str | Path | None,
@@ -109,13 +106,13 @@ def evaluate_run(out_dir: Path, adapter_dir: Path, heldout: pl.DataFrame | str |
     # same bytes, so a rerun after a kill can be checked against an uninterrupted run
     store.write_text(json.dumps(result, indent=1, sort_keys=True, default=str), out_dir / EVAL)
     _write_eval_report(out_dir / REPORT, result)
-    store.mark_finished(out_dir, store.key_of(key), name=DONE)  # last: it vouches for everything above
+    store.mark_finished(out_dir, store.key_of(key), name=EVAL_DONE)  # last: it vouches for everything above
     return result
 
 
 def _finished(out_dir: Path, key: dict) -> dict | None:
     """eval.json of an evaluation finished here with the same key; else None."""
-    if not store.finished(out_dir, store.key_of(key), name=DONE):
+    if not store.finished(out_dir, store.key_of(key), name=EVAL_DONE):
         return None
     return store.read_json(out_dir / EVAL) or None
 

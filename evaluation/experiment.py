@@ -35,7 +35,8 @@ from curation import store
 from curation.store import read_json, write_json
 from evaluation.arms import arm_rows, plan_budget, profile, remove_heldout, remove_overlap, varies_by_seed
 from evaluation.config import EvaluateConfig, ExperimentConfig
-from evaluation.evaluate import DONE as EVAL_DONE, EVAL, REPORT, evaluate_run
+from evaluation.evaluate import evaluate_run
+from evaluation.files import EVAL, EVAL_DONE, REPORT
 from evaluation.report import add_benchmark, add_reference, aggregate, goal_sentence, write_plot, write_report
 from evaluation.scoring import frame_hash, make_judges, prepare_heldout, score_model, summarise
 from synthesis.cache import CACHE_FILE

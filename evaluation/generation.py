@@ -50,13 +50,13 @@ from pathlib import Path
 from typing import Literal
 
 from curation.errors import PondError
+from evaluation.files import ADAPTER_CONFIG
 
 Backend = Literal["merged", "vllm", "transformers"]
 BACKENDS = ("merged", "vllm", "transformers")
 # Teachers serve on 8000 and up (`ServeSpec.port`); generation keeps off their ports.
 GENERATION_PORT = 8010
 NAME = re.compile(r"^[A-Za-z0-9._-]+$")
-ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
 # What makes two checkpoints the same network for an adapter (config.json keys).
 SHAPE_KEYS = ("model_type", "hidden_size", "num_hidden_layers", "intermediate_size", "num_attention_heads",

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from evaluation.files import ADAPTER_CONFIG
 from training.data import IGNORE, tokenize_conversations
 
 
@@ -139,7 +140,7 @@ def load_for_eval(model_path: str | Path, method: str, compute_dtype: str = "aut
     """
     from training.model import load_student
 
-    if adapter_dir is not None and not (Path(adapter_dir) / "adapter_config.json").is_file():
+    if adapter_dir is not None and not (Path(adapter_dir) / ADAPTER_CONFIG).is_file():
         return load_student(adapter_dir, "lora" if method == "full" else method, compute_dtype, for_training=False)
     model, tok = load_student(model_path, method if method != "full" else "lora", compute_dtype,
                               for_training=False, cache_dir=cache_dir)

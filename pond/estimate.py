@@ -203,7 +203,7 @@ def _time_training(est: Estimate, recipe: Recipe, out: Path | None, rows: int, c
     scale = cost_model.student_scale(t.student, t.batch_size, t.grad_accum, t.max_seq_len)
     steps = t.max_steps or math.ceil(t.epochs * rows / (t.batch_size * t.grad_accum))
     est.notes["training"] = f"{steps} steps of {t.batch_size * t.grad_accum} x {t.max_seq_len} tokens"
-    trained = _done(out, layout.ADAPTER, "adapter_config.json")
+    trained = _done(out, layout.ADAPTER, layout.ADAPTER_CONFIG)
     if c:
         est.seconds["training"] = 0.0 if trained else c.train_load_s + steps * c.train_step_s * scale
     if recipe.evaluate is not None:
@@ -211,7 +211,7 @@ def _time_training(est: Estimate, recipe: Recipe, out: Path | None, rows: int, c
         untimed = recipe.evaluate.n_generate > 0 or recipe.evaluate.judge is not None
         est.notes["evaluation"] = f"{heldout} held-out rows" + (", answers and judging not timed" if untimed else "")
         if c:
-            done = _done(out, layout.EVAL)
+            done = _done(out, layout.EVAL_DONE)
             est.seconds["evaluation"] = 0.0 if done else c.evaluate_s * heldout / cost_model.REF_HELDOUT_ROWS * scale
     x = recipe.experiment
     if x is not None:

@@ -19,7 +19,7 @@ import polars as pl
 
 from curation import store
 from curation.store import read_json  # the run folder's readers call it layout.read_json
-from evaluation.generation import ADAPTER_CONFIG
+from evaluation import files as evaluation_files
 from pond.ledger import LEDGER, read as read_ledger
 from synthesis.cache import CACHE_FILE as TEACHER_CACHE
 
@@ -35,8 +35,8 @@ CURATED = "curated.parquet"
 HELDOUT = "heldout.parquet"
 ADAPTER = "adapter"
 EXPERIMENT = "experiment"
-EVAL = "eval.json"
-REPORT = "report.md"
+EVAL, EVAL_DONE, REPORT = evaluation_files.EVAL, evaluation_files.EVAL_DONE, evaluation_files.REPORT
+ADAPTER_CONFIG = evaluation_files.ADAPTER_CONFIG
 REPORT_HTML = "report.html"  # the run to look at (pond.report_html)
 MANIFEST = "manifest.json"
 EXPORT = "export"

@@ -58,12 +58,12 @@ def adapter_of(run: Path) -> Path:
     if not layout.is_run(run):
         raise ServeError(f"{run}: not a pond run directory (no {layout.STEPS}/)")
     adapter = run / layout.ADAPTER
-    if (adapter / "adapter_config.json").is_file():
+    if (adapter / layout.ADAPTER_CONFIG).is_file():
         return adapter
     if (run / "model" / "config.json").is_file():
         raise ServeError(f"{run}: trained with method full (a whole model in {run / 'model'}, no adapter); serve it "
                          f"with `pond teacher serve --model {run / 'model'}`")
-    raise ServeError(f"{run}: no adapter to serve ({adapter / 'adapter_config.json'} does not exist); train one "
+    raise ServeError(f"{run}: no adapter to serve ({adapter / layout.ADAPTER_CONFIG} does not exist); train one "
                      f"first: `pond run RECIPE` with a `train:` section, or `pond train {run}`")
 
 
@@ -71,7 +71,7 @@ def student_of(run: Path, adapter: Path, cache_dir: Path | None = None) -> Path:
     """The student the adapter was trained on: its adapter_config.json's base, else the run's recipe."""
     from curation.settings import resolve_model
 
-    names = [json.loads((adapter / "adapter_config.json").read_text()).get("base_model_name_or_path")]
+    names = [json.loads((adapter / layout.ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")]
     recipe = Path(run) / layout.RECIPE
     if recipe.is_file():
         import yaml
