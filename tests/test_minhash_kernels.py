@@ -61,3 +61,35 @@ def test_sorted_sets_are_sorted_distinct_hashes():
     hashes = rng.integers(0, 9, offsets[-1], dtype=np.uint64)  # many repeats
     for got, (i, j) in zip(ms.sorted_sets(hashes, offsets), zip(offsets[:-1], offsets[1:])):
         assert np.array_equal(got, np.unique(hashes[i:j]))
+
+
+@pytest.mark.parametrize("n_workers, piece, batch_size", [(3, 7, 10_000), (2, 2_000, 5), (1, 2_000, 10_000)])
+def test_pieces_hashed_by_threads_give_the_one_thread_result(tmp_path, monkeypatch, n_workers, piece, batch_size):
+    import random
+
+    import curation.minhash as mh
+    from curation.records import MESSAGES
+    from curation.step import StepContext
+
+    rng = random.Random(4)
+    vocab = [f"w{i}" for i in range(300)]
+    base = [[rng.choice(vocab) for _ in range(rng.randint(3, 60))] for _ in range(40)]
+    texts = [" ".join(b if rng.random() < 0.9 else [*b[:-2], "x", "y"]) for b in base for _ in range(rng.randint(1, 3))]
+    df = pl.DataFrame({"id": [f"r{i:03d}" for i in range(len(texts))][::-1], "messages": [[] for _ in texts],
+                       "text": texts, "source": "t"}, schema_overrides={"messages": MESSAGES})
+
+    def run(tag: str):
+        ctx = StepContext(seed=0, step_dir=tmp_path / tag)
+        kept, rejected = mh.minhash_dedup(df, mh.MinhashDedupOptions(batch_size=batch_size), ctx)
+        return kept, rejected, pl.read_parquet(tmp_path / tag / "pairs.parquet")
+
+    monkeypatch.setattr(mh, "MAX_WORKERS", 1)
+    monkeypatch.setattr(mh, "PIECE", 10**9)
+    one = run("one")
+    monkeypatch.setattr(mh, "MAX_WORKERS", n_workers)
+    monkeypatch.setattr(mh, "PIECE", piece)
+    monkeypatch.setattr(pl, "thread_pool_size", lambda: 8)
+    many = run("many")
+    assert len(one[1]) > 0
+    for a, b in zip(one, many):
+        assert a.equals(b)
