@@ -28,10 +28,18 @@ store and model fingerprint, curation.embed), keyed by a hash of the scored turn
 contents; it holds float64 (loss given the prompt, loss alone, answer tokens scored). A rerun, or
 another recipe over the same rows, loads no model and runs no forward pass.
 
+Forward passes: both sequences of every row in a chunk (with and without the prompt) are sorted by
+length and cut into batches that pad little (`batches`); a batch is right-padded and runs without an
+attention mask (causal attention never looks ahead, so padding changes no real token), and the output
+layer runs only at the positions before answer tokens, never over the prompt or the vocabulary of every
+position. On a CPU the passes themselves are most of the time: the matmuls of every token's layers and
+the attention of long rows, which batching cannot shrink (bench/ifd.py measures it against a plain loop).
+
 torch and transformers are imported only when rows are scored.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
@@ -56,6 +64,8 @@ TRUNCATED = "ifd_unscorable: no answer tokens after truncation to max_seq_len"
 BAD_LOSS = "ifd_unscorable: zero or non-finite loss on the answer alone"
 ABOVE_MAX = "ifd_above_max"
 ROWS_PER_CHUNK = 128  # rows tokenised, scored and cached at a time (one progress step; a killed run keeps them)
+PASS_TOKENS = 32  # a forward pass's own cost (weights read, ~750 kernels), in tokens: measured ~25-30 on this CPU
+HEAD_POSITIONS = 1024  # answer positions per output-layer call: bounds the float32 logits (positions x vocabulary)
 # Work actually done in this process (tests assert that a rerun adds nothing).
 counters = {"rows_scored": 0, "forward_passes": 0, "model_loads": 0}
 
@@ -113,6 +123,7 @@ def turns_hash(turns: list[dict]) -> bytes:
 
 @functools.lru_cache(maxsize=2)
 def _load_model(path: str, device: str, dtype: str):
+    """(model, output_head(model)), once per process."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -120,7 +131,23 @@ def _load_model(path: str, device: str, dtype: str):
         path, dtype=torch.bfloat16 if dtype == "bf16" else torch.float32, local_files_only=True)
     model.to(device).eval()
     counters["model_loads"] += 1
-    return model
+    return model, output_head(model)
+
+
+def output_head(model):
+    """The model's output layer where its logits are exactly that layer applied to the base model's last
+    hidden state (Llama, GPT-2, ...), checked on a few tokens; None for a model that does more (soft-caps or
+    scales its logits): that one computes every position's logits through its own forward."""
+    import torch
+
+    head = model.get_output_embeddings()
+    if head is None or model.base_model is model:
+        return None
+    with torch.inference_mode():
+        ids = torch.arange(1, 9, device=model.device)[None]
+        want = model(input_ids=ids, use_cache=False).logits.float()
+        got = head(model.base_model(input_ids=ids, use_cache=False).last_hidden_state).float()
+    return head if torch.allclose(got, want, rtol=1e-4, atol=1e-4) else None
 
 
 @functools.lru_cache(maxsize=2)
@@ -131,15 +158,40 @@ def _load_tokenizer(path: str):
 
 
 def batches(lengths: Sequence[int], batch_size: int, batch_tokens: int) -> list[list[int]]:
-    """Indices longest first, cut into batches of at most `batch_size` sequences and `batch_tokens`
-    padded tokens (a sequence longer than the budget goes alone)."""
-    out: list[list[int]] = []
-    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
-        if out and len(out[-1]) < batch_size and (len(out[-1]) + 1) * lengths[out[-1][0]] <= batch_tokens:
-            out[-1].append(i)
-        else:
-            out.append([i])
+    """Indices longest first, cut into runs of at most `batch_size` sequences and `batch_tokens` padded
+    tokens (a sequence longer than the budget goes alone) so that padded tokens plus PASS_TOKENS per
+    forward pass are fewest: a short sequence is not padded to a long one's length just because the
+    budget has room for it (dynamic programming over the sorted lengths; at most 256 per chunk)."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    n = len(order)
+    cost, cut = [0.0] * (n + 1), [n] * (n + 1)  # cost[i]: cheapest batching of order[i:], first batch order[i:cut[i]]
+    for i in range(n - 1, -1, -1):
+        cost[i] = math.inf
+        width = lengths[order[i]]  # the batch's padded length: its first (longest) sequence
+        for j in range(i + 1, min(n, i + batch_size) + 1):
+            if j > i + 1 and (j - i) * width > batch_tokens:
+                break
+            c = cost[j] + (j - i) * width + PASS_TOKENS
+            if c < cost[i]:
+                cost[i], cut[i] = c, j
+    out, i = [], 0
+    while i < n:
+        out.append(order[i:cut[i]])
+        i = cut[i]
     return out
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """torch's intra-op threads set to `n` for the block (once for a whole scoring run), then restored."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 class Scorer:
@@ -157,10 +209,11 @@ class Scorer:
 
     @property
     def model(self):
+        """(model, head): see _load_model."""
         t = time.perf_counter()
-        model = _load_model(str(self.path), self.device, self.dtype)
+        loaded = _load_model(str(self.path), self.device, self.dtype)
         self.load_seconds += time.perf_counter() - t  # ~0 once loaded (lru_cache)
-        return model
+        return loaded
 
     @property
     def tokenizer(self):
@@ -188,34 +241,39 @@ class Scorer:
         return (prompt + answer, len(prompt)), (header + answer, len(header))
 
     def losses(self, items: Sequence[tuple[list[int], int]]) -> np.ndarray:
-        """Mean cross-entropy over positions start.. of each (ids, start), batched by length."""
+        """Mean cross-entropy over positions start.. of each (ids, start), in batches of similar length."""
         import torch
 
-        model, tok, bs = self.model, self.tokenizer, self.opts.batch_size
-        pad = tok.pad_token_id if tok.pad_token_id is not None else 0
         out = np.empty(len(items), dtype=np.float64)
-        threads = torch.get_num_threads()
-        torch.set_num_threads(self.opts.threads or machine_threads())
-        try:
-            with torch.inference_mode():
-                for idx in batches([len(x[0]) for x in items], bs, self.opts.batch_tokens):
-                    # right padding: causal attention never looks ahead, so the real tokens' logits are unchanged
-                    ids = torch.full((len(idx), len(items[idx[0]][0])), pad, dtype=torch.long)
-                    mask = torch.zeros_like(ids)
-                    for r, i in enumerate(idx):
-                        seq = items[i][0]
-                        ids[r, :len(seq)] = torch.tensor(seq)
-                        mask[r, :len(seq)] = 1
-                    ids, mask = ids.to(self.device), mask.to(self.device)
-                    logits = model(input_ids=ids, attention_mask=mask).logits
-                    for r, i in enumerate(idx):
-                        seq, first = items[i]
-                        out[i] = float(torch.nn.functional.cross_entropy(
-                            logits[r, first - 1:len(seq) - 1].float(), ids[r, first:len(seq)]))
-                    counters["forward_passes"] += len(idx)
-        finally:
-            torch.set_num_threads(threads)
+        with torch.inference_mode():
+            for idx in batches([len(x[0]) for x in items], self.opts.batch_size, self.opts.batch_tokens):
+                out[idx] = self.batch_losses([items[i] for i in idx])
+                counters["forward_passes"] += len(idx)
         return out
+
+    def batch_losses(self, batch: Sequence[tuple[list[int], int]]) -> list[float]:
+        """One forward pass over `batch` (longest first), right-padded and without an attention mask: causal
+        attention never looks ahead, so a real token never sees the padding after it, and the mask-free causal
+        kernel runs. Logits are taken only where the loss reads them: the positions before answer tokens."""
+        import torch
+        import torch.nn.functional as F
+
+        model, head = self.model
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        ids = torch.full((len(batch), len(batch[0][0])), pad, dtype=torch.long)
+        for r, (seq, _) in enumerate(batch):
+            ids[r, :len(seq)] = torch.tensor(seq)
+        rows = torch.cat([torch.full((len(seq) - first,), r) for r, (seq, first) in enumerate(batch)])
+        cols = torch.cat([torch.arange(first - 1, len(seq) - 1) for seq, first in batch])
+        ids, rows, cols = ids.to(self.device), rows.to(self.device), cols.to(self.device)
+        if head is None:
+            states, head = model(input_ids=ids, use_cache=False).logits[rows, cols], torch.nn.Identity()
+        else:
+            states = model.base_model(input_ids=ids, use_cache=False).last_hidden_state[rows, cols]
+        targets = ids[rows, cols + 1]
+        nll = torch.cat([F.cross_entropy(head(s).float(), t, reduction="none")  # float32 logits, a slice at a time
+                         for s, t in zip(states.split(HEAD_POSITIONS), targets.split(HEAD_POSITIONS))])
+        return [float(part.double().mean()) for part in nll.split([len(seq) - first for seq, first in batch])]
 
 
 def score_rows(messages: Sequence[Sequence[dict] | None], opts: IfdOptions, cache_dir: Path | None,
@@ -236,17 +294,18 @@ def score_rows(messages: Sequence[Sequence[dict] | None], opts: IfdOptions, cach
     missing = [h for h in unique if h not in values]
     t0 = time.perf_counter()
     chunks = range(0, len(missing), ROWS_PER_CHUNK)
-    for s in track(chunks, "ifd", total=len(chunks)):
-        part = missing[s:s + ROWS_PER_CHUNK]
-        encoded = [scorer.encode(turns[first[h]]) for h in part]
-        items = [seq for e in encoded if e is not None for seq in e]
-        losses = iter(scorer.losses(items).reshape(-1, 2)) if items else iter(())
-        got = np.array([[*next(losses), len(e[0][0]) - e[0][1]] if e is not None else [math.nan, math.nan, 0]
-                        for e in encoded], dtype=np.float64)
-        counters["rows_scored"] += len(items) // 2
-        if cache:
-            cache.put(part, got)
-        values.update(zip(part, got))
+    with torch_threads(opts.threads or machine_threads()) if missing else contextlib.nullcontext():
+        for s in track(chunks, "ifd", total=len(chunks)):
+            part = missing[s:s + ROWS_PER_CHUNK]
+            encoded = [scorer.encode(turns[first[h]]) for h in part]
+            items = [seq for e in encoded if e is not None for seq in e]
+            losses = iter(scorer.losses(items).reshape(-1, 2)) if items else iter(())
+            got = np.array([[*next(losses), len(e[0][0]) - e[0][1]] if e is not None else [math.nan, math.nan, 0]
+                            for e in encoded], dtype=np.float64)
+            counters["rows_scored"] += len(items) // 2
+            if cache:
+                cache.put(part, got)
+            values.update(zip(part, got))
     if cache:
         cache.close()
     out = np.array([values[h] if h is not None else [math.nan, math.nan, -1] for h in hashes],

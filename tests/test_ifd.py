@@ -199,3 +199,50 @@ def test_batches_bound_sequences_and_padded_tokens():
     got = batches([10, 300, 50, 60, 1000, 55], batch_size=3, batch_tokens=200)
     assert got == [[4], [1], [3, 5, 2], [0]]  # longest first; 1000 and 300 exceed the budget alone
     assert sorted(i for b in got for i in b) == list(range(6))
+
+
+def test_batches_do_not_pad_short_sequences_to_long_ones():
+    from curation.ifd import PASS_TOKENS, batches
+
+    got = batches([600, 7, 590, 9, 12, 8], batch_size=8, batch_tokens=4096)
+    assert got == [[0, 2], [4, 3, 5, 1]]  # the budget holds all six, but 600 tokens of padding per short one cost more
+    assert batches([100, 100 - PASS_TOKENS + 1], 8, 4096) == [[0, 1]]  # less padding than a pass costs: together
+
+
+def test_batched_scoring_equals_one_row_at_a_time(tiny_llama_dir, tmp_path, monkeypatch):
+    """Rows of different lengths (one turn, several, long answers, long prompts) in shared, padded forward
+    passes give the losses each row gets alone, within 1e-4."""
+    from curation.ifd import score_rows
+
+    convs = [_turns(U1, A1), _turns(U2, A2), _turns(U1, A1, U2, A2, U3, A3), _turns(U3, " ".join([A1] * 8)),
+             _turns(" ".join([U2] * 6), A3), _turns(U3, A3), _turns(U1, A2, U3, " ".join([A2] * 4))]
+    passes = []
+    batches = ifd_mod.batches
+    monkeypatch.setattr(ifd_mod, "batches", lambda *a: passes.append(batches(*a)) or passes[-1])
+    opts = {"model": str(tiny_llama_dir), "dtype": "fp32", "cache": False}
+    together = score_rows(convs, IfdOptions(**opts, batch_size=64, batch_tokens=100_000), tmp_path)
+    assert any(len(b) > 2 for b in passes[0]) and len(passes[0]) < 2 * len(convs)  # shared passes, mixed lengths
+    one_by_one = [score_rows([c], IfdOptions(**opts, batch_size=1), tmp_path)[0] for c in convs]
+    assert len({int(k) for _, _, k in together}) >= 4  # answers of different lengths
+    for got, want in zip(together, one_by_one):
+        assert got[2] == want[2]  # the same answer tokens
+        assert got[:2] == pytest.approx(want[:2], abs=1e-4)
+        assert got[0] / got[1] == pytest.approx(want[0] / want[1], abs=1e-4)  # ifd
+
+
+def test_a_model_whose_logits_are_more_than_its_output_layer_is_scored_whole(tiny_llama_dir, tmp_path, monkeypatch):
+    """Logits only at answer positions is used where they are exactly lm_head(hidden state); a model that
+    scales or soft-caps them is detected and scored through its own forward, with the same result."""
+    from curation.ifd import output_head, score_rows
+
+    convs = [_turns(U1, A1), _turns(U2, A2, U3, A3)]
+    opts = IfdOptions(model=str(tiny_llama_dir), dtype="fp32", cache=False)
+    fast = score_rows(convs, opts, tmp_path)
+    model, head = ifd_mod._load_model(str(tiny_llama_dir), "cpu", "fp32")
+    assert head is model.get_output_embeddings()
+    monkeypatch.setattr(ifd_mod, "_load_model", lambda *a: (model, None))
+    full = score_rows(convs, opts, tmp_path)
+    assert fast == pytest.approx(full, abs=1e-5)
+    forward = model.forward
+    monkeypatch.setattr(model, "forward", lambda *a, **k: type(out := forward(*a, **k))(logits=out.logits * 0.5))
+    assert output_head(model) is None
