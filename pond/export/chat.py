@@ -12,6 +12,9 @@ A row a format cannot hold is never dropped silently: it goes to `problems.jsonl
   with gpt; a row that breaks this is one it would skip with "Invalid role tag" / "message count".
 - axolotl: `{"id", "messages": [{role, content}]}` for Axolotl's `chat_template` type; a row needs
   an assistant turn to train on (roles_to_train: assistant).
+- dpo (a preference pair, pond/export/dpo.py): TRL's `{"id", "prompt", "chosen", "rejected"}`, and the same
+  pair in LLaMA-Factory's ShareGPT preference layout; a prompt ending on a user turn (optional system turn
+  first, then alternating), and one non-empty assistant answer on each side.
 """
 from __future__ import annotations
 
@@ -79,6 +82,18 @@ def single_turn(messages: Messages) -> str | None:
     return f"not_single_turn: alpaca holds one instruction and one answer, this row has roles {roles}"
 
 
+def pair_shape(messages: Messages) -> str | None:
+    """A pair as one list (the prompt's turns, then the chosen and the rejected answer): what TRL, Axolotl's
+    DPO `chat_template.default` and LLaMA-Factory's ranking converter all read."""
+    if len(messages) < 3:
+        return "no_pair: a pair needs a prompt, a chosen and a rejected answer"
+    *prompt, chosen, rejected = messages
+    for side, m in (("chosen", chosen), ("rejected", rejected)):
+        if m.get("role") != "assistant":
+            return f"not_an_answer: the {side} side is a {m.get('role')!r} turn"
+    return alternates([*prompt, chosen])
+
+
 def first_problem(messages: Messages, checks: Iterable[Check]) -> str | None:
     for check in checks:
         problem = check(messages)
@@ -113,7 +128,18 @@ def alpaca_record(row_id: str, messages: Messages) -> dict[str, Any]:
     return out
 
 
+def trl_pair_record(row_id: str, messages: Messages) -> dict[str, Any]:
+    *prompt, chosen, rejected = _plain(messages)
+    return {"id": row_id, "prompt": prompt, "chosen": [chosen], "rejected": [rejected]}
+
+
+def sharegpt_pair_record(row_id: str, messages: Messages) -> dict[str, Any]:
+    *prompt, chosen, rejected = sharegpt_record(row_id, messages)["conversations"]
+    return {"id": row_id, "conversations": prompt, "chosen": chosen, "rejected": rejected}
+
+
 BASE = (has_messages, known_roles, nonempty_content)
+PAIR_RULES = (*BASE, system_first, pair_shape)
 # format -> (rules, record)
 CHAT_FORMATS: dict[str, tuple[tuple[Check, ...], Callable[[str, Messages], dict[str, Any]]]] = {
     "openai": ((*BASE, system_first, has_assistant), openai_record),
