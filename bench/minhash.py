@@ -1,15 +1,16 @@
 """MinHash near-duplicate removal: pond vs datasketch, as a kernel on a generated corpus and end to end on a real file.
 
     python bench/minhash.py [--docs 50000] [--words 300] [--no-baseline]
-    python bench/minhash.py --e2e [FILE] [--rounds 3] [--phases] [--exact]
+    python bench/minhash.py --e2e [FILE] [--rounds 3] [--phases] [--exact] [--pond-tree DIR]
 
 **End to end** (`--e2e`; FILE defaults to $POND_CACHE_DIR/data/sharegpt.jsonl, the real ShareGPT dump): the
 whole command a user waits for, each in its own process, timed from outside (wall clock; CPU seconds of the
 child from getrusage): `pond run` of a one-step recipe (`steps: [minhash_dedup: {threshold, num_perm, ngram}]`,
 `--no-train --fresh`), and a datasketch MinHashLSH script on the same file (bench/minhash_datasketch.py: read,
 render, shingle as pond does, insert/query, write the kept line numbers), with the same threshold, num_perm and
-ngram. The two alternate, `--rounds` times each (who goes first alternates too). One JSON line per run, then
-medians, minimums and ratios; each line carries the load average before and after (the machine may be shared:
+ngram. They alternate, `--rounds` times each (who goes first rotates too); `--pond-tree DIR` adds pond from
+another checkout (a worktree at the commit before a change: before/after in one run). One JSON line per run,
+then medians, minimums and ratios; each line carries the load average before and after (the machine may be shared:
 the CPU-seconds ratio is the steadier one then) and the digests of pond's kept/rejected Parquet (the same
 output, byte for byte, from run to run and before/after a change). `--phases`: one more pond run with its
 phases timed (bench/minhash_phases.py), one line per phase. `--exact`: precision/recall of pond's duplicate
@@ -216,11 +217,11 @@ def load() -> float:
     return round(os.getloadavg()[0], 2)
 
 
-def timed_child(cmd: list[str]) -> dict:
+def timed_child(cmd: list[str], env: dict | None = None) -> dict:
     """Run a command to its end: wall seconds, its CPU seconds (user + system, children included), load."""
     before, l0 = resource.getrusage(resource.RUSAGE_CHILDREN), load()
     w0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - w0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode:
@@ -238,9 +239,11 @@ def pond_recipe(folder: Path, data: Path, opts: MinhashDedupOptions) -> Path:
     return recipe
 
 
-def pond_command(recipe: Path, run_dir: Path) -> list[str]:
+def pond_command(recipe: Path, run_dir: Path, tree: str | None = None) -> list[str]:
+    """`pond run`; from another checkout `tree` (its folder first on PYTHONPATH) when given."""
     script = Path(sys.executable).with_name("pond")  # the console script a user types, where there is one
-    head = [str(script)] if script.exists() else [sys.executable, "-m", "pond.cli"]
+    # -P: the working folder is not put first on sys.path, so `tree` (on PYTHONPATH) is the pond that runs
+    head = [str(script)] if script.exists() and tree is None else [sys.executable, "-P", "-m", "pond.cli"]
     return head + ["run", str(recipe), "--out", str(run_dir), "--no-train", "--fresh"]
 
 
@@ -261,11 +264,10 @@ def output_digests(run_dir: Path) -> dict:
             for name in ("kept.parquet", "rejected.parquet")}
 
 
-def e2e_round(tool: str, cmd: list[str], rnd: int, common: dict, after=None) -> dict:
-    r = timed_child(cmd)
-    extra = after() if after else {}
+def e2e_round(tool: str, cmd: list[str], env: dict | None, rnd: int, common: dict, after) -> dict:
+    r = timed_child(cmd, env)
     emit(figure="e2e_command_seconds", tool=tool, round=rnd, wall_s=r["wall_s"], cpu_s=r["cpu_s"],
-         load_before=r["load_before"], load_after=r["load_after"], **extra, **common)
+         load_before=r["load_before"], load_after=r["load_after"], **after(), **common)
     return r
 
 
@@ -273,33 +275,47 @@ def median(values: list[float]) -> float:
     return float(np.median(values))
 
 
+def e2e_tools(args: argparse.Namespace, opts: MinhashDedupOptions, work: Path, data: Path) -> list[tuple]:
+    """(name, command, environment, figures after a run) of every command timed: pond, pond from each
+    --pond-tree checkout (`pond@<folder>`), datasketch."""
+    recipe = pond_recipe(work, data, opts)
+    tools = []
+    for name, tree in [("pond", None)] + [(f"pond@{Path(t).name}", t) for t in args.pond_tree]:
+        run_dir = work / f"run-{len(tools)}"
+        env = {**os.environ, "PYTHONPATH": str(Path(tree).resolve())} if tree else None
+        tools.append((name, pond_command(recipe, run_dir, tree), env, lambda d=run_dir: {
+            "kept": pl.scan_parquet(d / "curated.parquet").select(pl.len()).collect().item(),
+            "outputs_md5": output_digests(d)}))
+    kept = work / "datasketch-kept.txt"
+    tools.append(("datasketch", datasketch_command(data, kept, opts, args.seed), None,
+                  lambda: {"kept": sum(1 for _ in open(kept))}))
+    return tools
+
+
 def run_e2e(args: argparse.Namespace, opts: MinhashDedupOptions, common: dict) -> Path:
-    """Alternating whole-command runs of pond and datasketch; returns pond's last run folder."""
+    """Whole-command runs of every tool, in an order that rotates round by round; returns pond's run folder."""
     data = Path(args.e2e).expanduser().resolve()
     work = Path(tempfile.mkdtemp(prefix="pond-minhash-e2e-"))
-    recipe, run_dir, kept = pond_recipe(work, data, opts), work / "run", work / "datasketch-kept.txt"
     common = {**common, "input": str(data), "input_mb": round(data.stat().st_size / 2**20, 1),
               "threshold": opts.threshold, "num_perm": opts.num_perm, "ngram": opts.ngram}
-    pond_after = lambda: {"kept": pl.scan_parquet(run_dir / "curated.parquet").select(pl.len()).collect().item(),  # noqa: E731
-                          "outputs_md5": output_digests(run_dir)}
-    ds_after = lambda: {"kept": sum(1 for _ in open(kept))}  # noqa: E731
-    runs = {"pond": [], "datasketch": []}
+    tools = e2e_tools(args, opts, work, data)
+    runs: dict[str, list[dict]] = {t[0]: [] for t in tools}
     for rnd in range(args.rounds):
-        order = [("pond", pond_command(recipe, run_dir), pond_after),
-                 ("datasketch", datasketch_command(data, kept, opts, args.seed), ds_after)]
-        for tool, cmd, after in order if rnd % 2 == 0 else order[::-1]:
-            runs[tool].append(e2e_round(tool, cmd, rnd, common, after))
+        for tool, cmd, env, after in tools[rnd % len(tools):] + tools[:rnd % len(tools)]:
+            runs[tool].append(e2e_round(tool, cmd, env, rnd, common, after))
     wall = {t: [r["wall_s"] for r in rs] for t, rs in runs.items()}
     cpu = {t: [r["cpu_s"] for r in rs] for t, rs in runs.items()}
-    emit(figure="e2e_ratio_datasketch_to_pond", rounds=args.rounds,
-         median_wall_s={t: median(v) for t, v in wall.items()}, min_wall_s={t: min(v) for t, v in wall.items()},
-         median_cpu_s={t: median(v) for t, v in cpu.items()},
-         wall_ratio_of_medians=round(median(wall["datasketch"]) / median(wall["pond"]), 2),
-         wall_ratio_of_minimums=round(min(wall["datasketch"]) / min(wall["pond"]), 2),
-         cpu_ratio_of_medians=round(median(cpu["datasketch"]) / median(cpu["pond"]), 2), load_now=load(), **common)
+    for tool in (t for t in runs if t != "datasketch"):
+        emit(figure="e2e_ratio_datasketch_to_pond", pond=tool, rounds=args.rounds,
+             median_wall_s={t: median(wall[t]) for t in (tool, "datasketch")},
+             min_wall_s={t: min(wall[t]) for t in (tool, "datasketch")},
+             median_cpu_s={t: median(cpu[t]) for t in (tool, "datasketch")},
+             wall_ratio_of_medians=round(median(wall["datasketch"]) / median(wall[tool]), 2),
+             wall_ratio_of_minimums=round(min(wall["datasketch"]) / min(wall[tool]), 2),
+             cpu_ratio_of_medians=round(median(cpu["datasketch"]) / median(cpu[tool]), 2), load_now=load(), **common)
     if args.phases:
-        run_phases(recipe, work / "run-phases", common)
-    return run_dir
+        run_phases(work / "minhash-only.yaml", work / "run-phases", common)
+    return work / "run-0"
 
 
 def run_phases(recipe: Path, run_dir: Path, common: dict) -> None:
@@ -430,6 +446,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="--e2e: runs of each command")
     ap.add_argument("--phases", action="store_true", help="--e2e: one more pond run with its phases timed")
     ap.add_argument("--exact", action="store_true", help="--e2e: precision/recall against exact Jaccard, whole file")
+    ap.add_argument("--pond-tree", action="append", default=[], metavar="DIR",
+                    help="--e2e: also time pond from this checkout (e.g. a git worktree before a change); repeatable")
     args = ap.parse_args()
     common = {"cpus": os.cpu_count(), "polars_threads": pl.thread_pool_size()}
     opts = MinhashDedupOptions(threshold=args.threshold, num_perm=128, ngram=5)

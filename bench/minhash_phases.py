@@ -77,7 +77,7 @@ def instrument() -> None:
             (mh, "verify_pairs", "minhash: exact verification", {}),
             (mh, "_cluster_info", "minhash: clusters", {}),
             (mh, "_write_pairs", "minhash: pairs.parquet", {}),
-            (store, "write_parquet", "step outputs (kept, rejected, curated)", {}),
+            (store, "write_parquet", "minhash step: kept and rejected written", {}),
             (pipeline, "write_manifest", "manifest", {}),
             (pipeline, "write_report_html", "report.html", {})):
         wrap(owner, attr, name, **kw)
