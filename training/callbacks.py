@@ -9,9 +9,11 @@ from pathlib import Path
 
 import torch
 from transformers import TrainerCallback
+from transformers.trainer_pt_utils import LengthGroupedSampler
 from trl import SFTTrainer
 
 from training.data import IGNORE
+from training.distributed import is_main
 
 
 class CountingSFTTrainer(SFTTrainer):
@@ -19,13 +21,23 @@ class CountingSFTTrainer(SFTTrainer):
 
     The running totals ride in every log entry (`tokens_seen`, `answer_tokens_seen`,
     `train_seconds`), so they are saved in each checkpoint's `trainer_state.json` and a resumed
-    run continues them instead of starting from zero.
+    run continues them instead of starting from zero. With several processes they count every
+    rank's tokens.
     """
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._pond_totals: dict[str, float] | None = None
         self._pond_t0 = 0.0
+        self._pond_new = [0, 0]  # this rank's tokens and answer tokens since the last log entry
+
+    def _get_train_sampler(self, train_dataset=None):
+        sampler = super()._get_train_sampler(train_dataset)
+        if isinstance(sampler, LengthGroupedSampler):
+            # Length groups of the global batch, not of one rank's share: the rows each optimizer step
+            # sees are then the same on any number of processes (the Trainer hands batch k to rank k % N).
+            sampler.batch_size *= self.args.world_size
+        return sampler
 
     def _totals(self) -> dict[str, float]:
         if self._pond_totals is None:
@@ -45,11 +57,11 @@ class CountingSFTTrainer(SFTTrainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if model.training:
-            totals = self._totals()
+            self._totals()  # on the first step: the totals start from the log history (a resumed run's)
             mask = inputs.get("attention_mask")
-            totals["tokens_seen"] += int(mask.sum()) if mask is not None else int(inputs["input_ids"].numel())
+            self._pond_new[0] += int(mask.sum()) if mask is not None else int(inputs["input_ids"].numel())
             # Tokens that are predicted and scored: shifted labels outside the ignore index.
-            totals["answer_tokens_seen"] += int((inputs["labels"][:, 1:] != IGNORE).sum())
+            self._pond_new[1] += int((inputs["labels"][:, 1:] != IGNORE).sum())
         return super().compute_loss(model, inputs, return_outputs=return_outputs,
                                     num_items_in_batch=num_items_in_batch)
 
@@ -62,6 +74,12 @@ class CountingSFTTrainer(SFTTrainer):
             now = time.perf_counter()
             self._pond_totals["train_seconds"] += now - self._pond_t0
             self._pond_t0 = now
+            new = torch.tensor(self._pond_new, dtype=torch.int64, device=self.args.device)
+            if self.args.world_size > 1:  # every rank logs at the same steps, so the sum is collective-safe
+                new = self.accelerator.reduce(new, "sum")
+            self._pond_totals["tokens_seen"] += int(new[0])
+            self._pond_totals["answer_tokens_seen"] += int(new[1])
+            self._pond_new = [0, 0]
             logs.update({k: (round(v, 3) if k == "train_seconds" else int(v)) for k, v in self._pond_totals.items()})
         super().log(logs, start_time)
 
@@ -112,7 +130,8 @@ class EarlyStopping(TrainerCallback):
         if not losses:
             return
         best_i = min(range(len(losses)), key=lambda i: (losses[i], i))  # ties: the earlier one is best
-        if best_i == len(losses) - 1:
+        # Every rank sees the same gathered losses, so all stop together; only rank 0 writes best/.
+        if best_i == len(losses) - 1 and is_main():
             tmp = self.best_dir.with_name(self.best_dir.name + ".tmp")
             shutil.rmtree(tmp, ignore_errors=True)
             model.save_pretrained(tmp)

@@ -6,6 +6,9 @@ state), so a kill during the save leaves a folder that looks like a checkpoint a
 comes after every file of the checkpoint, and after the rotation of older ones); on resume,
 `last_sealed` returns the newest sealed checkpoint and sets the unsealed ones aside, so training
 goes on from the one before, or from the start, and ends where an uninterrupted run ends.
+
+With several processes every rank writes its own RNG state into the checkpoint; rank 0 seals it once
+all ranks have passed a barrier after their writes, so a seal still vouches for every file.
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from curation.store import write_text
+from training.distributed import is_main, wait_for_everyone
 
 log = logging.getLogger(__name__)
 SEAL = "pond-checkpoint.json"
@@ -29,8 +33,9 @@ class CheckpointSealed(TrainerCallback):
     """Seals each checkpoint folder after the Trainer has written all of it."""
 
     def on_save(self, args, state, control, **kwargs):
+        wait_for_everyone()  # every rank's files are written
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        if folder.is_dir():
+        if is_main() and folder.is_dir():
             write_text(json.dumps({"step": state.global_step}), folder / SEAL)
         return control
 

@@ -12,6 +12,7 @@ import torch
 
 from curation.errors import ConfigError
 from curation.settings import pick_dtype, resolve_model
+from training.distributed import local_rank
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +105,9 @@ def load_student(path: str | Path, method: str = "qlora", compute_dtype: str = "
     # Full fine-tuning keeps fp32 master weights (bf16 then comes from autocast): AdamW updates on
     # bf16 weights round away.
     weights_dtype = torch.float32 if method == "full" and for_training else dtype
-    kwargs: dict = {"dtype": weights_dtype, "device_map": {"": dev.index or 0} if dev.type == "cuda" else {"": "cpu"}}
+    # One GPU per rank when training in several processes (LOCAL_RANK, training.distributed).
+    gpu = dev.index if dev.index is not None else local_rank()
+    kwargs: dict = {"dtype": weights_dtype, "device_map": {"": gpu} if dev.type == "cuda" else {"": "cpu"}}
     if method == "qlora":
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,

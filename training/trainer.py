@@ -2,7 +2,7 @@
 
     out_dir/
       train-key.json     the run's identity (config, seed, student, data hash); another run here is an error
-      checkpoints/       checkpoint-N/ every `save_steps` (adapter, optimizer, scheduler, RNG states)
+      checkpoints/       checkpoint-N/ every `save_steps` (adapter, optimizer, scheduler, each rank's RNG state)
       best/              the lowest held-out-loss adapter (with early stopping)
       adapter/           the final adapter (PeftModel.from_pretrained) + README.md card
       model/             instead of adapter/ for method `full`: the whole fine-tuned model + card
@@ -15,6 +15,9 @@ Calling train() again with the same arguments resumes from the last sealed check
 same data order, RNG states restored: the final adapter matches an uninterrupted run; a checkpoint
 cut off inside its save has no seal and is set aside: training.checkpoints); once train.DONE holds
 this run's key it returns the recorded result without training.
+
+In several processes (training.distributed: a launcher, or `processes`) every rank trains and
+writes its RNG state into each checkpoint; rank 0 alone writes everything else listed above.
 """
 from __future__ import annotations
 
@@ -33,6 +36,7 @@ import torch
 from curation.errors import ConfigError
 from curation.settings import hardware
 from curation import store
+from training import distributed
 from training.callbacks import CountingSFTTrainer, EarlyStopping, ProgressCallback
 from training.card import TrainResult, write_card
 from training.checkpoints import CheckpointSealed, last_sealed
@@ -87,16 +91,19 @@ def _check_targets(model, targets: list[str] | str) -> None:
 def _sft_config(config: TrainConfig, out_dir: Path, seed: int, dtype: torch.dtype, has_eval: bool):
     from trl import SFTConfig
 
+    # batch_size is the global micro-batch, split over the ranks: the same recipe learns the same
+    # thing on any number of processes (tests/test_ddp.py holds the loss curves to it).
+    per_rank = config.batch_size // distributed.world_size()
     eval_kw: dict = {"eval_strategy": "no"}
     if has_eval:
         eval_kw = {"eval_strategy": "steps" if config.eval_steps else "epoch",
-                   "per_device_eval_batch_size": config.batch_size, "eval_packing": False,
+                   "per_device_eval_batch_size": per_rank, "eval_packing": False,
                    "eval_on_start": config.eval_on_start}
         if config.eval_steps:
             eval_kw["eval_steps"] = config.eval_steps
     return SFTConfig(
         output_dir=str(out_dir / "checkpoints"),
-        per_device_train_batch_size=config.batch_size,
+        per_device_train_batch_size=per_rank,
         gradient_accumulation_steps=config.grad_accum,
         num_train_epochs=config.epochs,
         max_steps=config.max_steps or -1,
@@ -122,12 +129,16 @@ def _sft_config(config: TrainConfig, out_dir: Path, seed: int, dtype: torch.dtyp
         report_to="none",
         disable_tqdm=True,
         dataloader_num_workers=0,
+        ddp_backend="gloo" if device().type == "cpu" and distributed.launched() else None,
+        ddp_find_unused_parameters=False,  # every trainable weight gets a gradient: skip DDP's search for unused ones
         **eval_kw,
     )
 
 
 # Options that change how a run is executed or saved, not what it learns: free to change on resume.
-_NOT_IN_KEY = {"threads", "save_steps", "save_total_limit", "merge"}
+# `processes` too: batch_size is global, so N processes learn what one does (within rounding; dropout
+# masks differ per rank), and a run cut off on N processes may resume on another number.
+_NOT_IN_KEY = {"threads", "save_steps", "save_total_limit", "merge", "processes"}
 
 
 def _run_key(config: TrainConfig, seed: int, student: Path, data_hash: str, eval_hash: str | None) -> dict:
@@ -198,6 +209,19 @@ class _Data:
     eval_hash: str | None
 
 
+@dataclass
+class _Run:
+    """One training's identity and where its files go: what rank 0 needs to finish it."""
+
+    config: TrainConfig
+    student: Path
+    data: _Data
+    seed: int
+    key: dict
+    out_dir: Path
+    provenance: dict
+
+
 def _setup_student(config: TrainConfig, cache_dir: Path | None, eval_df: pl.DataFrame | None) -> Path:
     """The student's folder, after the checks that need no data: the sequence fits its positions, and early
     stopping has a held-out set."""
@@ -240,7 +264,7 @@ def _setup_trainer(model, tokenizer, peft_config, config: TrainConfig, out_dir: 
     from datasets import Dataset
     from transformers.trainer_callback import PrinterCallback
 
-    callbacks = [CheckpointSealed()] + ([ProgressCallback(progress)] if progress else [])
+    callbacks = [CheckpointSealed()] + ([ProgressCallback(progress)] if progress and distributed.is_main() else [])
     stopper = None
     if config.early_stopping_patience:
         stopper = EarlyStopping(config.early_stopping_patience, out_dir / "best")
@@ -271,7 +295,8 @@ def _setup_trainer(model, tokenizer, peft_config, config: TrainConfig, out_dir: 
 
 def _run(trainer: CountingSFTTrainer, out_dir: Path, has_eval: bool) -> list[dict]:
     """Train from the last sealed checkpoint (or the start); the log history, with the final held-out loss."""
-    last = last_sealed(out_dir / "checkpoints")
+    with distributed.main_first():  # rank 0 sets unsealed checkpoints aside; then all ranks agree on the last
+        last = last_sealed(out_dir / "checkpoints")
     if last:
         log.info("resuming from %s", last)
     trainer.train(resume_from_checkpoint=str(last) if last else None)
@@ -319,34 +344,52 @@ def train(df: pl.DataFrame, config: TrainConfig, out_dir: Path, *, seed: int = 0
     `progress(iterable, description, total)` is a progress wrapper (StepContext.track's contract)
     advanced once per optimizer step.
     `provenance` (dataset_hash, recipe_hash, pond_version, ...) goes into the adapter card.
+    Several processes (training.distributed): under a launcher every rank calls this and gets the same
+    result; with `processes` > 1 this call starts the ranks itself.
     """
     out_dir = Path(out_dir)
+    start = distributed.processes_to_start(getattr(config, "processes", 1), config.batch_size)
     set_threads(config.threads)
     student = _setup_student(config, cache_dir, eval_df)
     data = _setup_data(df, eval_df, student, config)
     key = _run_key(config, seed, student, data.hash, data.eval_hash)
-    _claim(out_dir, key)
+    if distributed.is_main():
+        _claim(out_dir, key)
     if (done := _finished(out_dir, key)) is not None:
         return done
+    if start > 1:  # each worker runs this function as one rank, and rank 0 writes the result read here
+        distributed.launch(start, train, (df, config, out_dir),
+                           {"seed": seed, "eval_df": eval_df, "cache_dir": cache_dir, "provenance": provenance},
+                           progress)
+        return _recorded(out_dir, key)
 
     dtype = resolve_dtype(config.compute_dtype)
     model, tokenizer, peft_config = _setup_model(student, config)
     trainer, stopper = _setup_trainer(model, tokenizer, peft_config, config, out_dir, seed, dtype, data, progress)
     history = _run(trainer, out_dir, data.eval_examples is not None)
+    result = _finish(_Run(config, student, data, seed, key, out_dir, provenance or {}), trainer, tokenizer, stopper,
+                     history, dtype) if distributed.is_main() else None
+    distributed.wait_for_everyone()  # the other ranks return what rank 0 has written
+    return result or _recorded(out_dir, key)
 
+
+def _finish(run: _Run, trainer: CountingSFTTrainer, tokenizer, stopper: EarlyStopping | None, history: list[dict],
+            dtype: torch.dtype) -> TrainResult:
+    """Rank 0's part: the final adapter (or model) with its card, merged/, train-result.json, then train.DONE."""
+    config, out_dir = run.config, run.out_dir
     final_name = "model" if config.method == "full" else "adapter"
     final_dir, tmp = out_dir / final_name, out_dir / (final_name + ".tmp")
     _save_final(trainer, tokenizer, stopper, tmp)
-    result = _result(trainer, history, final_dir, data, config, student, dtype, stopper)
-    write_card(tmp, result, config.model_dump(mode="json"), seed, provenance or {}, data.hash)
+    result = _result(trainer, history, final_dir, run.data, config, run.student, dtype, stopper)
+    write_card(tmp, result, config.model_dump(mode="json"), run.seed, run.provenance, run.data.hash)
     shutil.rmtree(final_dir, ignore_errors=True)
     tmp.rename(final_dir)  # a folder: written beside, then renamed whole
     if config.merge and config.method != "full":
-        result.merged_dir = _merge(student, final_dir, out_dir / "merged", torch.bfloat16 if dtype == torch.bfloat16
-                                   else torch.float32)
-    store.write_json({"result": result.to_json(), "provenance": provenance or {},
+        result.merged_dir = _merge(run.student, final_dir, out_dir / "merged",
+                                   torch.bfloat16 if dtype == torch.bfloat16 else torch.float32)
+    store.write_json({"result": result.to_json(), "provenance": run.provenance,
                       "hardware": hardware(result.compute_dtype), "log_history": history}, out_dir / RESULT, indent=1)
-    store.mark_finished(out_dir, store.key_of(key), name=DONE)  # last: it vouches for everything above
+    store.mark_finished(out_dir, store.key_of(run.key), name=DONE)  # last: it vouches for everything above
     return result
 
 
@@ -356,3 +399,10 @@ def _finished(out_dir: Path, key: dict) -> TrainResult | None:
         return None
     done = _read_json(out_dir / RESULT)
     return TrainResult.from_json(done["result"], out_dir) if done and "result" in done else None
+
+
+def _recorded(out_dir: Path, key: dict) -> TrainResult:
+    """The result rank 0 wrote, read by the processes that did not write it."""
+    if (done := _finished(out_dir, key)) is None:
+        raise RuntimeError(f"training in several processes ended without rank 0 finishing {out_dir}")
+    return done
