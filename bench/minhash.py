@@ -37,6 +37,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -457,6 +458,7 @@ def main() -> None:
     run_dir = run_e2e(args, opts, common)
     if args.exact:
         run_exact(run_dir, opts, common)
+    shutil.rmtree(run_dir.parent)  # the runs' folders (each about four times the input)
 
 
 if __name__ == "__main__":
