@@ -11,9 +11,9 @@ Other columns are carried through untouched.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 
-import pandera.polars as pa
 import polars as pl
 
 MESSAGE = pl.Struct({"role": pl.Utf8, "content": pl.Utf8})
@@ -23,21 +23,27 @@ CORE_COLUMNS = ("id", "messages", "text", "source")
 # Columns every rejected.parquet has besides the row itself.
 REJECT_COLUMNS = ("stage", "reason")
 
-RECORD_SCHEMA = pa.DataFrameSchema(
-    {
-        "id": pa.Column(pl.Utf8, nullable=False, unique=True),
-        "messages": pa.Column(MESSAGES, nullable=False),
-        "text": pa.Column(pl.Utf8, nullable=False),
-        "source": pa.Column(pl.Utf8, nullable=False),
-    },
-    strict=False,  # user columns ride along
-    name="pond record",
-)
+@functools.lru_cache(maxsize=1)
+def record_schema():
+    """The canonical record frame as a pandera schema (built on first use: importing pandera costs every
+    command ~0.5 s, and only checks of records need it)."""
+    import pandera.polars as pa
+
+    return pa.DataFrameSchema(
+        {
+            "id": pa.Column(pl.Utf8, nullable=False, unique=True),
+            "messages": pa.Column(MESSAGES, nullable=False),
+            "text": pa.Column(pl.Utf8, nullable=False),
+            "source": pa.Column(pl.Utf8, nullable=False),
+        },
+        strict=False,  # user columns ride along
+        name="pond record",
+    )
 
 
 def validate_records(df: pl.DataFrame) -> pl.DataFrame:
     """Raise pandera's SchemaError if `df` is not a canonical record frame."""
-    return RECORD_SCHEMA.validate(df)
+    return record_schema().validate(df)
 
 
 def render_text(messages: list[dict]) -> str:
