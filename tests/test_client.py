@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 
 import pytest
 
@@ -284,6 +285,12 @@ def _dummy_server(tmp_path, port: int, owner: str):
 
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)", "vllm.entrypoints.openai.api_server"],
                             start_new_session=True)
+    # Popen may return (vfork) before the kernel has set the new program's argv: /proc/PID/cmdline reads
+    # empty for that moment, which a busy machine stretches. A real leftover server is long past it.
+    cmdline = Path(f"/proc/{proc.pid}/cmdline")
+    deadline = time.monotonic() + limits.FAKE_REQUEST_S
+    while b"vllm.entrypoints" not in cmdline.read_bytes() and time.monotonic() < deadline:
+        time.sleep(0.01)
     (tmp_path / "teacher").mkdir(exist_ok=True)
     (tmp_path / "teacher" / f"{port}.pid").write_text(_json.dumps({"pid": proc.pid, "port": port, "model": "fake",
                                                                     "owner": owner, "dtype": "float32"}))
