@@ -81,13 +81,11 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=8, help="global micro-batch (split over the processes)")
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--rows", type=int, default=256, help="ShareGPT conversations to draw batches from")
-    ap.add_argument("--child", help=argparse.SUPPRESS)
-    ap.add_argument("--data", help=argparse.SUPPRESS)
-    ap.add_argument("--out", help=argparse.SUPPRESS)
+    for hidden in ("--child", "--data", "--out"):  # how the parent hands a worker its job
+        ap.add_argument(hidden, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        child(args)
-        return
+        return child(args)
 
     from curation.ingest import records_from_dicts
     from curation.sources import iter_sharegpt
