@@ -102,9 +102,19 @@ def _stage(name: str, log: Log, timings: dict[str, float], key: str):
     log(f"── {name}: done in {timings[key]:.0f} s")
 
 
-def _train(runner: Runner, curated: Path, recipe: Recipe, track, log: Log) -> dict[str, Any]:
+def _trainer(config) -> Callable:
+    """What trains a `train:` section: training.dpo for method dpo (after its SFT stage), else training.trainer."""
+    if config.method == "dpo":
+        from training.dpo import train_dpo
+
+        return train_dpo
     from training.trainer import train
 
+    return train
+
+
+def _train(runner: Runner, curated: Path, recipe: Recipe, track, log: Log) -> dict[str, Any]:
+    train = _trainer(recipe.train)
     heldout, _ = _heldout(runner, recipe, recipe.evaluate.heldout if recipe.evaluate else None)
     df = pl.read_parquet(curated)
     log(f"train: {len(df)} rows, {recipe.train.method} on {recipe.train.student}")
@@ -126,7 +136,7 @@ def _evaluate(runner: Runner, recipe: Recipe, stack: ExitStack, log: Log, track=
     runner.teachers.keep_only(())  # the judge is served only while evaluation judges
     log(f"evaluate: {len(heldout)} held-out rows from {source}")
     ledger.append(runner.out, "evaluate", rows=len(heldout))
-    result = evaluate_run(runner.out, runner.out / layout.ADAPTER, heldout, recipe.evaluate, recipe.train,
+    result = evaluate_run(runner.out, runner.out / layout.ADAPTER, heldout, recipe.evaluate, recipe.train.as_sft(),
                           teachers=runner.teachers, cache_dir=runner.cache_dir, progress=track,
                           heldout_source=_heldout_sentence(source), base_dir=runner.base_dir, log=log)
     result = result if isinstance(result, dict) else {}
@@ -158,18 +168,17 @@ def _experiment(runner: Runner, curated: Path, recipe: Recipe, track, log: Log) 
                                 heldout_source=_heldout_sentence(source), base_dir=runner.base_dir, title=recipe.name,
                                 log_fn=log)
     result = run_experiment(runner.out / layout.EXPERIMENT, pool, pl.read_parquet(curated), heldout, recipe.experiment,
-                            recipe.train, evaluate_config=recipe.evaluate, context=context)
+                            recipe.train.as_sft(), evaluate_config=recipe.evaluate, context=context)
     return {"dir": str(runner.out / layout.EXPERIMENT), **{k: v for k, v in result.items() if k in ("summary", "headline")}}
 
 
 def train_only(data: Path, out: Path, config, track=None) -> str:
     from training.config import TrainConfig
-    from training.trainer import train
 
     config = config or TrainConfig()
     df = pl.read_parquet(data)
-    result = train(df, config, out, provenance={"dataset_hash": file_digest(data), "dataset_path": str(data),
-                                                "pond_version": __version__}, progress=track)
+    provenance = {"dataset_hash": file_digest(data), "dataset_path": str(data), "pond_version": __version__}
+    result = _trainer(config)(df, config, out, provenance=provenance, progress=track)
     return f"adapter: {result.adapter_dir} ({result.steps} steps, loss {result.first_loss:.3f} -> {result.train_loss:.3f})"
 
 

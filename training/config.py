@@ -3,9 +3,31 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
 
 from curation.settings import DEFAULT_MAX_SEQ_LEN, DEFAULT_STUDENT
+
+
+class DPOOptions(BaseModel):
+    """`train.dpo`: the options of `method: dpo` (training/dpo.py, docs/preference-pairs.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reference: Literal["sft", "base"] = Field(
+        "sft",
+        description="sft: first train an SFT adapter on all the training rows (the options above, method "
+                    "`base_method`, into sft/), then DPO goes on training that adapter, with it frozen as the "
+                    "reference; base: DPO trains a new LoRA adapter on the student, the student itself the reference.")
+    base_method: Literal["qlora", "lora"] = Field(
+        "qlora", description="How the student is loaded under the adapters, for the SFT stage and for DPO, as "
+                             "`method` means it (qlora: frozen 4-bit NF4; lora: frozen, in the compute dtype). "
+                             "Evaluation loads it the same way.")
+    beta: float = Field(0.1, gt=0, description="DPO's beta (TRL's default): how far from the reference the loss "
+                                               "lets the policy move; higher stays closer.")
+    lr: float = Field(5e-6, gt=0, description="Peak learning rate of the DPO stage (LLaMA-Factory's LoRA DPO example "
+                                              "uses 5e-6; `lr` above is the SFT stage's).")
+    epochs: float = Field(1.0, gt=0, description="Passes over the preference pairs.")
+    max_steps: int | None = Field(None, gt=0, description="DPO optimizer steps; overrides `epochs` when set.")
 
 
 class TrainConfig(BaseModel):
@@ -17,10 +39,12 @@ class TrainConfig(BaseModel):
         DEFAULT_STUDENT,
         description="Student model: a name under $POND_CACHE_DIR/models/ or a path to any local Hugging Face "
                     "causal-LM folder (config, weights, tokenizer with a chat template).")
-    method: Literal["qlora", "lora", "full"] = Field(
+    method: Literal["qlora", "lora", "full", "dpo"] = Field(
         "qlora",
         description="qlora: frozen 4-bit NF4 base (double quantisation) + LoRA adapters; lora: frozen base in the "
-                    "compute dtype + LoRA adapters; full: every weight trained (saves a whole model, not an adapter).")
+                    "compute dtype + LoRA adapters; full: every weight trained (saves a whole model, not an adapter); "
+                    "dpo: LoRA preference training (TRL's DPOTrainer) on the rows that carry a preference pair "
+                    "(`preference_pairs`), after SFT or on the base: `dpo` below.")
     epochs: float = Field(1.0, gt=0, description="Passes over the training set (fractions allowed).")
     max_steps: int | None = Field(
         None, gt=0, description="Optimizer steps to run; overrides `epochs` when set (equal budgets across arms).")
@@ -65,3 +89,26 @@ class TrainConfig(BaseModel):
     threads: int | None = Field(
         None, gt=0, description="CPU threads for torch; default: OMP_NUM_THREADS if set, else every core this "
                                 "process may use.")
+    dpo: DPOOptions = Field(
+        default_factory=DPOOptions,
+        description="With method dpo: `reference` (sft or base), `base_method` (qlora or lora), `beta`, and the DPO "
+                    "stage's own `lr`, `epochs`, `max_steps` (the other options above apply to both stages).")
+
+    @model_validator(mode="after")
+    def _dpo_options_need_dpo(self) -> TrainConfig:
+        if self.method != "dpo" and self.dpo != DPOOptions():
+            raise ValueError(f"`dpo:` options are for `method: dpo`; this section trains with method {self.method}")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _dpo_only_with_dpo(self, handler):
+        # An SFT config dumps as it did before `dpo` existed: its training key and the recipe hash stay the same.
+        data = handler(self)
+        if self.method != "dpo":
+            data.pop("dpo", None)
+        return data
+
+    def as_sft(self) -> TrainConfig:
+        """This section as SFT training and evaluation read it: itself, or with method dpo its SFT stage
+        (method `dpo.base_method`), which also says how to load the student under the DPO adapter."""
+        return self if self.method != "dpo" else self.model_copy(update={"method": self.dpo.base_method})
