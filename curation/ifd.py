@@ -23,7 +23,7 @@ both losses are taken over the same surviving answer tokens. A row with no assis
 whose prompt fills `max_seq_len` so no answer token survives, is rejected as `ifd_unscorable`
 with the cause, never written as NaN.
 
-Cache: `<cache_dir>/ifd/<model>-<fingerprint>-<dtype>-<max_seq_len>.sqlite` (the embedding cache's
+Cache: `<cache_dir>/ifd/<model>-<fingerprint>-<dtype>-<max_seq_len>-t2.sqlite` (the embedding cache's
 store and model fingerprint, curation.embed), keyed by a hash of the scored turns' roles and
 contents; it holds float64 (loss given the prompt, loss alone, answer tokens scored). A rerun, or
 another recipe over the same rows, loads no model and runs no forward pass.
@@ -203,7 +203,8 @@ class Scorer:
         check_causal_lm(self.path)
         self.device = opts.device or default_device()
         self.dtype = pick_dtype(opts.dtype, self.device)
-        self.key = f"{self.path.name}-{fingerprint(self.path)}-{self.dtype}-{opts.max_seq_len}"
+        # "t2": rows whose prompt overflowed max_seq_len were scored before the truncation fix; not reused
+        self.key = f"{self.path.name}-{fingerprint(self.path)}-{self.dtype}-{opts.max_seq_len}-t2"
         self._tok = None
         self.load_seconds = 0.0
 
@@ -235,7 +236,7 @@ class Scorer:
         prompt, header, answer = (tok(t, add_special_tokens=False)["input_ids"] for t in parts)
         start = [tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id]
         prompt, header = prompt or start, header or start  # the first answer token needs a position before it
-        answer = answer[: self.opts.max_seq_len - len(prompt)]
+        answer = answer[: max(0, self.opts.max_seq_len - len(prompt))]  # a prompt past the limit leaves none
         if not answer:
             return None
         return (prompt + answer, len(prompt)), (header + answer, len(header))

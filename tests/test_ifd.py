@@ -246,3 +246,12 @@ def test_a_model_whose_logits_are_more_than_its_output_layer_is_scored_whole(tin
     forward = model.forward
     monkeypatch.setattr(model, "forward", lambda *a, **k: type(out := forward(*a, **k))(logits=out.logits * 0.5))
     assert output_head(model) is None
+
+
+def test_a_prompt_longer_than_max_seq_len_is_unscorable_even_with_a_long_answer(tiny_llama_dir, tmp_path):
+    # the prompt alone overflows max_seq_len by a little, the answer is long: no answer token survives
+    # truncation (a negative cut used to keep most of the answer and score an over-long sequence)
+    df = _frame([_turns(" ".join([U1] * 20), " ".join([A1] * 30)), _turns(U1, A1)])
+    kept, rejected, stats = _run(df, tiny_llama_dir, tmp_path, max_seq_len=120)
+    assert kept["id"].to_list() == ["r1"]
+    assert dict(zip(rejected["id"], rejected["reason"])) == {"r0": TRUNCATED}
