@@ -15,6 +15,7 @@ import shutil
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
+from itertools import chain
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -126,8 +127,18 @@ class Runner:
         batches = iter_batches(self.recipe.input, self.base_dir)
         if self.track:
             batches = self.track(batches, "ingest", None)
+        batches = iter(batches)
+        first = next(batches, None)
+        second = next(batches, None) if first is not None else None
+        if first is not None and second is None:
+            # one batch (a small input): written straight to its place, the same bytes the parts' combine
+            # below writes, without the round trip through a part file
+            kept, rejected = first
+            store.write_parquet(kept if len(kept) else ingest_kept_schema(), step_dir / layout.KEPT)
+            store.write_parquet(rejected if len(rejected) else ingest_rejected_schema(), step_dir / layout.REJECTED)
+            return len(kept), len(rejected)
         # Each batch goes straight to a part file, so memory is bounded by the batch size.
-        for i, (kept, rejected) in enumerate(batches):
+        for i, (kept, rejected) in enumerate(chain([first, second] if first is not None else [], batches)):
             if len(kept):
                 kept.write_parquet(parts / f"kept-{i:05d}.parquet")
                 kept_parts.append(parts / f"kept-{i:05d}.parquet")
