@@ -42,10 +42,6 @@ where, at, rank = (os.environ.get("POND_TEST_KILL", "") + "::").split(":")[:3]
 at = int(at or -1)
 
 
-class Config(TrainConfig):  # with the number of processes
-    processes: int = 1
-
-
 def die():
     if rank in ("", os.environ.get("RANK", "0")):
         Path(sys.argv[3] + ".died").write_text(os.environ.get("RANK", "-"))  # which process reached the kill point
@@ -93,7 +89,7 @@ def progress(steps, description, total):
 
 if __name__ == "__main__":
     rows = pl.read_parquet(sys.argv[1])
-    config = Config.model_validate_json(Path(sys.argv[2]).read_text())
+    config = TrainConfig.model_validate_json(Path(sys.argv[2]).read_text())
     trainer_module.train(rows, config, Path(sys.argv[3]), seed=3, progress=progress)
     print("finished")
 """

@@ -89,6 +89,13 @@ class TrainConfig(BaseModel):
     threads: int | None = Field(
         None, gt=0, description="CPU threads for torch; default: OMP_NUM_THREADS if set, else every core this "
                                 "process may use.")
+    processes: int = Field(
+        1, gt=0,
+        description="Train in this many local processes with DDP (training.distributed; docs/scale-out.md): one "
+                    "per GPU, or on a CPU each with its share of the cores (gloo). batch_size is the global "
+                    "micro-batch and must split evenly over them; more than the machine's GPUs (or CPU cores) "
+                    "is an error. Under a launcher (torchrun, accelerate launch) leave it at 1: the launcher "
+                    "decides. Not part of the training key: a run may resume on another number.")
     dpo: DPOOptions = Field(
         default_factory=DPOOptions,
         description="With method dpo: `reference` (sft or base), `base_method` (qlora or lora), `beta`, and the DPO "
@@ -98,14 +105,20 @@ class TrainConfig(BaseModel):
     def _dpo_options_need_dpo(self) -> TrainConfig:
         if self.method != "dpo" and self.dpo != DPOOptions():
             raise ValueError(f"`dpo:` options are for `method: dpo`; this section trains with method {self.method}")
+        if self.batch_size % self.processes:
+            raise ValueError(f"batch_size={self.batch_size} does not split over {self.processes} processes; use a "
+                             f"multiple of {self.processes} (batch_size is the global micro-batch)")
         return self
 
     @model_serializer(mode="wrap")
-    def _dpo_only_with_dpo(self, handler):
-        # An SFT config dumps as it did before `dpo` existed: its training key and the recipe hash stay the same.
+    def _dump_only_what_is_set(self, handler):
+        # A config dumps as it did before `dpo` and `processes` existed unless it uses them: the training key
+        # and the hash of every existing recipe stay the same.
         data = handler(self)
         if self.method != "dpo":
             data.pop("dpo", None)
+        if self.processes == 1:
+            data.pop("processes", None)
         return data
 
     def as_sft(self) -> TrainConfig:

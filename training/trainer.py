@@ -348,7 +348,7 @@ def train(df: pl.DataFrame, config: TrainConfig, out_dir: Path, *, seed: int = 0
     result; with `processes` > 1 this call starts the ranks itself.
     """
     out_dir = Path(out_dir)
-    start = distributed.processes_to_start(getattr(config, "processes", 1), config.batch_size)
+    start = distributed.processes_to_start(config.processes, config.batch_size)
     set_threads(config.threads)
     student = _setup_student(config, cache_dir, eval_df)
     data = _setup_data(df, eval_df, student, config)
