@@ -58,6 +58,24 @@ def _load(recipe: Path):
     return loaded
 
 
+def _check_processes(train_config, where: str = "") -> None:
+    """`train.processes` against this machine's GPUs (or CPU cores), before anything starts: one line
+    (ConfigError) rather than a refusal after curation. With `where` (pond validate, which may check a GPU
+    recipe on a laptop) a warning instead."""
+    if train_config is None or train_config.processes == 1:
+        return
+    from curation.errors import ConfigError
+    from training.distributed import processes_to_start
+
+    try:
+        processes_to_start(train_config.processes, train_config.batch_size)
+    except ConfigError as exc:
+        if not where:
+            raise
+        console.print(f"[yellow]warning:[/yellow] {where}: {exc} (pond run here would refuse it)", highlight=False,
+                      soft_wrap=True)
+
+
 def _progress() -> Progress:
     """Bars with a count, the time so far and an ETA (rich's, from the speed so far); on a terminal,
     or anywhere with POND_PROGRESS=1."""
@@ -88,6 +106,7 @@ def _tracker(progress: Progress):
 def validate(recipe: Path = typer.Argument(..., help="recipe YAML")):
     """Check a recipe; print it with every default resolved."""
     r = _load(recipe)
+    _check_processes(r.train, str(recipe))
     print(r.to_yaml(), end="")
     console.print(f"[green]ok[/green]: {recipe} ({len(r.steps)} steps)")
 
@@ -111,6 +130,8 @@ def run(recipe: Path = typer.Argument(..., help="recipe YAML"),
             _fail(f"--executor: expected local or ray, got {executor!r}")
         r.executor = executor
     out = out or Path("runs") / r.name
+    if not no_train and not estimate:
+        _check_processes(r.train)
     if estimate:
         estimate_run(r, out, recipe.parent.resolve(), print_fn=print)
         return
@@ -149,7 +170,8 @@ def inspect(run_dir: Path = typer.Argument(..., help="a run directory"),
 
 @app.command()
 def export(run_dir: Path = typer.Argument(..., help="a run directory"),
-           to: str = typer.Option(..., "--to", help="hf, openai, sharegpt, alpaca, axolotl, llama-factory or lm-eval"),
+           to: str = typer.Option(..., "--to", help="hf, openai, sharegpt, alpaca, axolotl, llama-factory, lm-eval, or "
+                                                     "dpo (the preference pairs, TRL's format)"),
            out: Optional[Path] = typer.Option(None, "--out", help="folder to write (default RUN/export/FORMAT[-ROWS])"),
            rows: Optional[str] = typer.Option(None, "--rows", help="curated (default; lm-eval: heldout), synthetic, "
                                                                    "rejected, heldout, or a step's kept set (its name)"),
@@ -172,6 +194,7 @@ def train(source: Path = typer.Argument(..., help="a run directory (uses curated
     if not data.exists():
         _fail(f"{data}: no such file")
     cfg = _load(recipe).train if recipe else None
+    _check_processes(cfg)
     with _progress() as progress:
         print(train_only(data, out or (source if source.is_dir() else source.parent), cfg, track=_tracker(progress)))
 
@@ -185,6 +208,7 @@ def experiment(recipe: Path = typer.Argument(..., help="recipe YAML with an `exp
     r = _load(recipe)
     if r.experiment is None:
         _fail(f"{recipe}: has no `experiment:` section")
+    _check_processes(r.train)
     with _progress() as progress:
         print(run_experiment_recipe(r, out or Path("runs") / r.name, recipe.parent.resolve(),
                                     track=_tracker(progress), log=lambda m: progress.console.print(m)))

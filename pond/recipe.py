@@ -197,6 +197,7 @@ def parse_recipe(text: str, source: str = "<recipe>") -> Recipe:
                             f"unknown teacher {teacher!r} (define it under `teachers:`)")
     if recipe is not None:
         problems += _self_judging(steps, recipe.teachers, source, root)
+        problems += _pairs_for_dpo(steps, recipe.train, source, root)
     if problems:
         raise RecipeError("\n".join(problems))
     assert recipe is not None
@@ -224,6 +225,16 @@ def _self_judging(steps: list[Step], teachers: dict[str, TeacherConfig], source:
             problems.append(f"{where}: self_judge needs `calibrate: true`: a model judging its own rows must "
                             f"pass calibration first")
     return problems
+
+
+def _pairs_for_dpo(steps: list[Step], train: TrainConfig | None, source: str, root) -> list[str]:
+    """`train: {method: dpo}` trains on the pairs the `preference_pairs` step makes: without that step it would
+    fail after curation, so the recipe fails to load."""
+    if train is None or train.method != "dpo" or any(s.kind == "preference_pairs" for s in steps):
+        return []
+    return [f"{source}:{_line_of(root, ('train', 'method'))}: train.method: dpo trains on preference pairs, and no "
+            f"step makes them: add a `preference_pairs` step to `steps:` (docs/preference-pairs.md), or train with "
+            f"method qlora or lora"]
 
 
 def load_recipe(path: str | Path) -> Recipe:

@@ -56,3 +56,45 @@ def test_a_problem_the_user_can_fix_is_one_line(tmp_path, what, says):
     assert "Traceback" not in out and "╭" not in out, out
     errors = [line for line in out.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and says in errors[0], out
+
+
+def test_more_processes_than_cores_fails_before_anything_starts_and_validate_warns(tmp_path):
+    import os
+
+    cores = len(os.sched_getaffinity(0))
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    (tmp_path / "r.yaml").write_text(f"name: many\ninput: {{path: rows.jsonl}}\nsteps:\n  - exact_dedup: {{}}\n"
+                                     f"train: {{max_steps: 1, batch_size: {2 * (cores + 1)}, processes: {cores + 1}}}\n")
+    res = _pond_cli(tmp_path, "run", "r.yaml", "--out", "run")
+    out = res.stdout + res.stderr
+    errors = [line for line in out.splitlines() if line.startswith("error:")]
+    assert res.returncode == 2 and "Traceback" not in out, out
+    assert len(errors) == 1 and f"train.processes={cores + 1} is more than this machine's {cores} CPU cores" in errors[0]
+    assert not (tmp_path / "run").exists()  # curation did not start
+    res = _pond_cli(tmp_path, "validate", "r.yaml")  # a GPU recipe may be checked on a laptop: a warning only
+    assert res.returncode == 0 and "warning:" in res.stderr and "pond run here would refuse it" in res.stderr, res.stderr
+
+
+def test_dpo_without_preference_pairs_is_refused_by_validate_and_run(tmp_path):
+    (tmp_path / "r.yaml").write_text("name: d\ninput: {path: rows.jsonl}\nsteps:\n  - exact_dedup: {}\n"
+                                     "train: {method: dpo}\n")
+    for command in ("validate", "run"):
+        res = _pond_cli(tmp_path, command, "r.yaml")
+        out = res.stdout + res.stderr
+        errors = [line for line in out.splitlines() if line.startswith("error:")]
+        assert res.returncode == 2 and len(errors) == 1, out
+        assert "train.method: dpo trains on preference pairs" in errors[0] and "`preference_pairs` step" in errors[0]
+    assert not (tmp_path / "runs").exists()
+
+
+def test_export_help_lists_every_format_pond_export_knows():
+    from typer.testing import CliRunner
+
+    from pond.cli import app
+    from pond.export import FORMATS, PAIR_FORMATS
+
+    res = CliRunner().invoke(app, ["export", "--help"], env={"COLUMNS": "400", "NO_COLOR": "1"})
+    assert res.exit_code == 0, res.output
+    line = next(x for x in res.output.splitlines() if "--to" in x)
+    assert all(f in line for f in FORMATS + PAIR_FORMATS), line
+    assert "dpo (the preference pairs" in line

@@ -22,16 +22,10 @@ from training.config import TrainConfig
 # the tests that train, not here, so that the workers start in seconds.
 
 
-class DDPConfig(TrainConfig):
-    """TrainConfig with `processes` (train.processes), which train() reads where it is present."""
-
-    processes: int = 1
-
-
-def _ddp_config(student, processes: int, **kw) -> DDPConfig:
+def _ddp_config(student, processes: int, **kw) -> TrainConfig:
     from tests.test_training import _config
 
-    return DDPConfig(**_config(student, **kw).model_dump(), processes=processes)
+    return _config(student, processes=processes, **kw)
 
 
 class Recorder:
@@ -83,7 +77,9 @@ def test_two_processes_learn_what_one_does_with_the_same_global_batch(tiny_llama
     assert progress.calls == [("train", 6)] and progress.items == list(range(6))
 
 
-def test_more_processes_than_cores_or_a_batch_that_does_not_split_is_one_line(tiny_llama_dir, tmp_path):
+def test_more_processes_than_cores_or_a_batch_that_does_not_split_is_one_line(tiny_llama_dir, tmp_path, monkeypatch):
+    from pydantic import ValidationError
+
     from tests.test_training import _rows
     from training.trainer import train
 
@@ -91,11 +87,62 @@ def test_more_processes_than_cores_or_a_batch_that_does_not_split_is_one_line(ti
     cores = len(os.sched_getaffinity(0))
     with pytest.raises(ConfigError, match=f"train.processes={cores + 1} is more than this machine's {cores} "
                                           "CPU cores") as too_many:
-        train(rows, _ddp_config(tiny_llama_dir, cores + 1), tmp_path / "a")
+        train(rows, _ddp_config(tiny_llama_dir, cores + 1, batch_size=8 * (cores + 1)), tmp_path / "a")
+    assert not (tmp_path / "a").exists()  # refused before anything is written
+    with pytest.raises(ValidationError, match="batch_size=7 does not split over 2 processes"):
+        TrainConfig(batch_size=7, processes=2)  # a recipe with it does not load
+    # under a launcher the launcher's world size is what the batch must split over
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
     with pytest.raises(ConfigError, match="batch_size=7 does not split over 2 processes") as uneven:
-        train(rows, _ddp_config(tiny_llama_dir, 2, batch_size=7), tmp_path / "b")
+        train(rows, _ddp_config(tiny_llama_dir, 1, batch_size=7), tmp_path / "b")
     assert "\n" not in str(too_many.value) + str(uneven.value)
-    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()  # refused before anything is written
+    assert not (tmp_path / "b").exists()
+
+
+def test_processes_is_an_option_that_leaves_existing_keys_and_recipe_hashes_alone():
+    from pond.recipe import parse_recipe
+
+    one, two = TrainConfig(), TrainConfig(processes=2)
+    assert "processes" not in one.model_dump() and "processes" not in one.model_dump_json()
+    assert two.model_dump()["processes"] == 2
+    text = "name: x\ninput: {path: a.jsonl}\ntrain: {batch_size: 8%s}\n"
+    plain, with_one = parse_recipe(text % "", "r.yaml"), parse_recipe(text % ", processes: 1", "r.yaml")
+    assert plain.digest() == with_one.digest() and "processes" not in plain.to_yaml()
+    assert parse_recipe(text % ", processes: 2", "r.yaml").digest() != plain.digest()
+    with pytest.raises(ValueError, match="train.processes: Input should be greater than 0"):
+        parse_recipe(text % ", processes: 0", "r.yaml")
+
+
+def test_dpo_in_two_processes_learns_what_one_does_and_rank_0_alone_writes(tiny_llama_dir, tmp_path):
+    """train: {method: dpo, processes: 2}: the SFT stage and then DPO each in two workers (gloo), rank 0 the only
+    writer of the key, the adapter, its card, train-result.json and train.DONE, as for SFT."""
+    import torch
+    from safetensors.torch import load_file
+
+    from tests.test_dpo import _config as _dpo_config, _rows as _pair_rows
+    from training.checkpoints import SEAL
+    from training.dpo import SFT_DIR, train_dpo
+
+    rows = _pair_rows(24)
+    kw = dict(reference="sft", lora_dropout=0.0, compute_dtype="fp32", save_steps=2)
+    one = train_dpo(rows, _dpo_config(tiny_llama_dir, **kw), tmp_path / "one", seed=5)
+    progress = Recorder()
+    two = train_dpo(rows, _dpo_config(tiny_llama_dir, processes=2, **kw), tmp_path / "two", seed=5, progress=progress)
+
+    assert two.steps == one.steps == 4 and two.method == "dpo" and two.rows == one.rows == 16
+    assert two.losses == pytest.approx(one.losses, rel=1e-4)
+    a, b = (load_file(d / "adapter" / "adapter_model.safetensors") for d in (tmp_path / "one", tmp_path / "two"))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-4)
+    for stage in (tmp_path / "two", tmp_path / "two" / SFT_DIR):  # both stages trained in two processes
+        checkpoint = stage / "checkpoints" / "checkpoint-2"
+        assert {"rng_state_0.pth", "rng_state_1.pth", SEAL} <= {p.name for p in checkpoint.iterdir()}
+        assert (stage / "adapter" / "README.md").is_file() and (stage / "train.DONE").is_file()
+    assert json.loads((tmp_path / "two" / "train-result.json").read_text())["result"]["losses"] == two.losses
+    assert "processes" not in json.loads((tmp_path / "two" / "train-key.json").read_text())["config"]
+    assert progress.calls == [("train", 3), ("dpo", 4)] and progress.items == [0, 1, 2, 0, 1, 2, 3]
 
 
 def _work(fail_on: int | None, progress=None) -> None:

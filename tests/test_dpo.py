@@ -67,6 +67,7 @@ def test_dpo_on_the_base_learns_the_preference_and_saves_a_carded_adapter(tiny_l
     assert result.adapter_dir == adapter and not (adapter / "ref").exists() and not (tmp_path / SFT_DIR).exists()
     card = (adapter / "README.md").read_text()
     assert "| method | dpo" in card and '"reference": "base"' in card and "sha256:c0ffee" in card
+    assert "tags: [pond, qlora, dpo]\n" in card  # DPO on the base: no SFT went into these weights
     history = json.loads((tmp_path / "train-result.json").read_text())["log_history"]
     assert history[-2]["rewards/margins"] > 0 and (tmp_path / "train.DONE").exists()
     model, _ = load_student(tiny_llama_dir, "qlora", for_training=False)  # how evaluation loads it (as_sft)
@@ -110,6 +111,8 @@ def test_dpo_on_the_sft_adapter_resumes_to_the_unbroken_adapter(tiny_llama_dir, 
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+    assert "tags: [pond, qlora, sft, dpo]\n" in (out / "adapter" / "README.md").read_text()
+    assert "tags: [pond, qlora, sft]\n" in (out / SFT_DIR / "adapter" / "README.md").read_text()
     key = json.loads((out / "train-key.json").read_text())
     assert key["sft_adapter_hash"] and key["config"]["dpo"]["reference"] == "sft"
 

@@ -97,3 +97,14 @@ def test_two_judges_into_one_column_are_warned():
     assert warnings(two % ", column: complexity") == []
     # the synthetic rows then the real ones, into one column: each keeps the other's scores
     assert warnings("  - judge: {teacher: j, rows: synthetic}\n  - judge: {teacher: j, rows: real}\n") == []
+
+
+def test_dpo_without_a_preference_pairs_step_is_one_line_naming_the_step():
+    text = "name: x\ninput: {path: a.jsonl}\nsteps:\n  - exact_dedup: {}\ntrain:\n  method: dpo\n"
+    with pytest.raises(RecipeError) as err:
+        parse_recipe(text, "r.yaml")
+    message = str(err.value)
+    assert message.startswith("r.yaml:6: train.method: dpo trains on preference pairs")
+    assert "add a `preference_pairs` step" in message and "\n" not in message
+    with_step = text.replace("  - exact_dedup: {}\n", "  - exact_dedup: {}\n  - preference_pairs: {}\n")
+    assert parse_recipe(with_step, "r.yaml").train.method == "dpo"

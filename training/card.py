@@ -47,16 +47,26 @@ class TrainResult:
         return cls(**d)
 
 
+def card_tags(method: str, config: dict) -> list[str]:
+    """The card's tags: pond, how the student was loaded (qlora, lora, full), and what trained the weights:
+    sft, dpo, or both for DPO on top of an SFT adapter (train.dpo.reference: sft)."""
+    if method != "dpo":
+        return ["pond", method, "sft"]
+    dpo = config.get("dpo") or {}
+    return ["pond", dpo.get("base_method", "qlora")] + (["sft"] if dpo.get("reference", "sft") == "sft" else []) + ["dpo"]
+
+
 def write_card(adapter_dir: Path, result: TrainResult, config: dict, seed: int, provenance: dict,
                data_hash: str) -> Path:
     """README.md in the adapter folder: enough to know what this adapter is and what it saw."""
     prov = provenance or {}
+    tags = ", ".join(card_tags(result.method, config))
     hp = "\n".join(f"| {k} | `{json.dumps(v)}` |" for k, v in sorted(config.items()))
     evals = ", ".join(f"{x:.4f}" for x in result.eval_losses) or "none (no held-out set)"
     text = f"""---
 library_name: peft
 base_model: {result.base_model}
-tags: [pond, {result.method}, sft]
+tags: [{tags}]
 ---
 # pond adapter: {Path(result.base_model).name} ({result.method})
 

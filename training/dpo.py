@@ -33,6 +33,7 @@ from trl import DPOTrainer
 
 from curation.errors import ConfigError
 from curation.store import file_digest
+from training import distributed
 from training import trainer as sft
 from training.callbacks import ProgressCallback
 from training.card import TrainResult
@@ -157,7 +158,7 @@ def _setup_trainer(model, tokenizer, lora, config: TrainConfig, out_dir: Path, s
     import datasets
     from transformers.trainer_callback import PrinterCallback
 
-    callbacks = [CheckpointSealed()] + ([ProgressCallback(progress, "dpo")] if progress else [])
+    callbacks = [CheckpointSealed()] + ([ProgressCallback(progress, "dpo")] if progress and distributed.is_main() else [])
     quiet = datasets.are_progress_bars_disabled()
     datasets.disable_progress_bars()  # TRL's tokenizing bars; the step bar is `progress`
     trainer = _DPOTrainer(model=model, args=_dpo_args(config, out_dir, seed, dtype),
@@ -203,15 +204,23 @@ def train_dpo(df: pl.DataFrame, config: TrainConfig, out_dir: Path, *, seed: int
     with the same arguments it resumes, or returns the recorded result once train.DONE holds its key."""
     out_dir = Path(out_dir)
     pairs = _setup_pairs(df)  # before any training: a run without pairs fails in one line, not after SFT
+    workers = distributed.processes_to_start(config.processes, config.batch_size)
     set_threads(config.threads)
     student = sft._setup_student(config, cache_dir, eval_df)
+    # with `processes` > 1 the SFT stage starts (and ends) its own workers; under a launcher every rank trains it
     start = _setup_reference(df, config, out_dir, seed, eval_df=eval_df, cache_dir=cache_dir,
                              provenance=provenance, progress=progress)
     start_hash = start and file_digest(start / ADAPTER_WEIGHTS)
     key = sft._run_key(config, seed, student, pairs.hash, None) | {"sft_adapter_hash": start_hash}
-    sft._claim(out_dir, key)
+    if distributed.is_main():
+        sft._claim(out_dir, key)
     if (done := sft._finished(out_dir, key)) is not None:
         return done
+    if workers > 1:  # each worker runs this function as one rank (finding the SFT stage finished); rank 0 writes
+        distributed.launch(workers, train_dpo, (df, config, out_dir),
+                           {"seed": seed, "eval_df": eval_df, "cache_dir": cache_dir, "provenance": provenance},
+                           progress)
+        return sft._recorded(out_dir, key)
 
     dtype = resolve_dtype(config.compute_dtype)
     model, tokenizer, lora = _setup_model(student, config, start)
@@ -222,4 +231,7 @@ def train_dpo(df: pl.DataFrame, config: TrainConfig, out_dir: Path, *, seed: int
     dpo = {"reference": config.dpo.reference, "sft_adapter": start and str(start), "sft_adapter_hash": start_hash,
            "pairs": len(pairs.rows), "beta": config.dpo.beta}
     run = sft._Run(config, student, data, seed, key, out_dir, {**(provenance or {}), "dpo": dpo})
-    return sft._finish(run, trainer, tokenizer, None, history, dtype)
+    # rank 0 alone writes the adapter, its card, train-result.json and train.DONE; the others read them back
+    result = sft._finish(run, trainer, tokenizer, None, history, dtype) if distributed.is_main() else None
+    distributed.wait_for_everyone()
+    return result or sft._recorded(out_dir, key)
