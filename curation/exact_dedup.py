@@ -2,13 +2,19 @@
 
 Reference rows (`ctx.reference`) count as earlier than every row of the step's input: a row equal
 to one is rejected naming it; they are never in the output.
+
+`stream_marks` is the same rule for an input read in batches (the local executor's streaming and the
+Ray executor both key rows by `key_hashes`, two 64-bit hashes of the normalised text): only ids and
+keys are held, and the verdicts come back for the rows to stream through `split_exact`.
 """
 from __future__ import annotations
+
+from collections.abc import Callable, Iterator
 
 import polars as pl
 from pydantic import Field
 
-from curation.keep import against_reference, has_reference, with_reference
+from curation.keep import against_reference, has_reference, reference_rows, with_reference
 from curation.step import StepContext, StepOptions, reject
 
 STAGE = "exact_dedup"
@@ -28,6 +34,12 @@ def normalised_text(column: str, lowercase: bool = True, strip_punctuation: bool
     if strip_punctuation:
         expr = expr.str.replace_all(r"[\p{P}\p{S}]+", " ")
     return expr.str.replace_all(r"\s+", " ").str.strip_chars()
+
+
+def key_hashes(opts: ExactDedupOptions) -> list[pl.Expr]:
+    """A row's key as two 64-bit hashes of its normalised text (k1, k2): what is held instead of the text."""
+    key = normalised_text(opts.column, opts.lowercase, opts.strip_punctuation)
+    return [key.hash(seed=1).alias("k1"), key.hash(seed=2).alias("k2")]
 
 
 def duplicate_of(key: str | list[str], order: str | list[pl.Expr] | None = None) -> pl.Expr:
@@ -60,3 +72,25 @@ def exact_dedup(df: pl.DataFrame, opts: ExactDedupOptions, ctx: StepContext) -> 
     if has_reference(ctx.reference):
         ctx.stats["against_reference"] = against_reference(ctx.reference, rejected, len(df))
     return kept, rejected
+
+
+def stream_marks(read: Callable[[list[str]], Iterator[pl.DataFrame]], opts: ExactDedupOptions,
+                 ctx: StepContext) -> tuple[pl.DataFrame, Callable]:
+    """exact_dedup over batches: `read(columns)` passes over the input in order. Returns the verdicts
+    (`pos`: the row's position in the input, `duplicate_of`) of the rows it rejects, and `split_exact`."""
+    keys, schema = [], None
+    for batch in read(["id", opts.column]):
+        schema = schema or batch.schema
+        keys.append(batch.select("id", *key_hashes(opts)))
+    rows = pl.concat(keys).with_columns(pl.int_range(pl.len(), dtype=pl.Int64).alias("pos"))
+    n_ref = 0
+    if has_reference(ctx.reference):  # the reference rows lead, as in exact_dedup
+        ref = reference_rows(ctx.reference, schema, ["id", opts.column]).select("id", *key_hashes(opts))
+        rows = pl.concat([ref.with_columns(pl.lit(-1, pl.Int64).alias("pos")), rows])
+        n_ref = len(ref)
+    marks = (rows.with_columns(duplicate_of(["k1", "k2"]).alias("duplicate_of")).slice(n_ref)
+             .filter(pl.col("duplicate_of").is_not_null()).select("pos", "duplicate_of"))
+    ctx.stats["duplicate_groups"] = duplicate_groups(marks["duplicate_of"])
+    if n_ref:
+        ctx.stats["against_reference"] = against_reference(ctx.reference, marks, len(rows) - n_ref)
+    return marks, split_exact

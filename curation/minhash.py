@@ -24,8 +24,9 @@ A and C are below the threshold (as in datatrove and NeMo Curator).
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import polars as pl
@@ -38,6 +39,9 @@ from curation.minhash_signatures import (band_hashes, hash32, optimal_bands, pai
                                          sorted_sets)
 from curation.shingles import shingle_hashes
 from curation.step import StepContext, StepOptions, reject
+
+if TYPE_CHECKING:
+    from curation.minhash_stream import TextsOf
 
 STAGE = "minhash_dedup"
 PIECE = 2_000  # texts per signature task: more pieces balance the threads, and smaller temporaries are
@@ -141,26 +145,31 @@ def _threaded(fn, pieces: list[tuple[int, int]]):
         yield from pool.map(lambda piece: fn(*piece), pieces)
 
 
-def all_band_keys(texts: pl.Series, rank: np.ndarray, opts: MinhashDedupOptions, seed: int, bands: int, rows: int,
-                  ctx: StepContext) -> tuple[np.ndarray, np.ndarray]:
-    """`band_keys` of every text (row `rank[i]` holds text i's) and whether it has shingles."""
-    keys = np.empty((len(texts), bands), dtype=np.uint64)
-    has = np.zeros(len(texts), dtype=bool)
-    pieces = _pieces(len(texts), opts.batch_size)
-    found = _threaded(lambda s, e: band_keys(texts.slice(s, e - s), opts, seed, bands, rows), pieces)
-    for (s, e), (k, h) in zip(pieces, ctx.track(found, "minhash signatures", total=len(pieces))):
-        keys[rank[s:e]], has[rank[s:e]] = k, h
+def all_band_keys(batches: Iterable[pl.Series], rank: np.ndarray, opts: MinhashDedupOptions, seed: int, bands: int,
+                  rows: int, ctx: StepContext) -> tuple[np.ndarray, np.ndarray]:
+    """`band_keys` of every text, the texts given as consecutive batches (row `rank[i]` holds text i's), and
+    whether it has shingles."""
+    n = len(rank)
+    keys = np.empty((n, bands), dtype=np.uint64)
+    has = np.zeros(n, dtype=bool)
+    lo = 0
+    for texts in batches:
+        pieces = _pieces(len(texts), opts.batch_size)
+        found = _threaded(lambda s, e, t=texts: band_keys(t.slice(s, e - s), opts, seed, bands, rows), pieces)
+        for (s, e), (k, h) in zip(pieces, ctx.track(found, "minhash signatures", total=len(pieces))):
+            keys[rank[lo + s:lo + e]], has[rank[lo + s:lo + e]] = k, h
+        lo += len(texts)
     return keys, has
 
 
-def candidate_pairs(texts: pl.Series, rank: np.ndarray, opts: MinhashDedupOptions, seed: int,
+def candidate_pairs(texts: Iterable[pl.Series], rank: np.ndarray, opts: MinhashDedupOptions, seed: int,
                     ctx: StepContext) -> tuple[pl.DataFrame, dict]:
     """All candidate pairs (a < b, internal document numbers) and figures about how they were found.
 
-    `texts` are in row order and hashed in contiguous slices (no copy of the text column);
-    `rank[row]` is the row's internal document number.
+    `texts` are the rows' texts in row order, as consecutive batches, hashed in contiguous slices (no copy
+    of the text column); `rank[row]` is the row's internal document number.
     """
-    n = len(texts)
+    n = len(rank)
     bands, rows = lsh_params(opts)
     t0 = time.perf_counter()
     keys, has = all_band_keys(texts, rank, opts, seed, bands, rows, ctx)
@@ -176,18 +185,19 @@ def candidate_pairs(texts: pl.Series, rank: np.ndarray, opts: MinhashDedupOption
     return pairs.sort("a", "b"), figures
 
 
-def verify_pairs(texts: pl.Series, order: np.ndarray, pairs: pl.DataFrame, opts: MinhashDedupOptions,
+def verify_pairs(texts: pl.Series | TextsOf, order: np.ndarray, pairs: pl.DataFrame, opts: MinhashDedupOptions,
                  ctx: StepContext) -> pl.DataFrame:
     """Exact Jaccard of every candidate pair: (a, b, jaccard); `order[doc]` is a document's row.
 
     Candidates are split into connected groups and packed into chunks of about
     `verify_batch_docs` documents, so each document's shingles are computed once and only one
-    chunk's shingles are held at a time.
+    chunk's shingles are held at a time. `texts`: the text column in row order, or (streamed) a
+    `TextsOf` that is told each chunk's documents first (`plan`) and then hands their texts.
     """
     if pairs.is_empty():
         return pairs.with_columns(pl.lit(0.0).alias("jaccard"))
     a, b = pairs["a"].to_numpy(), pairs["b"].to_numpy()
-    comp = _components(len(texts), a, b)
+    comp = _components(len(order), a, b)
     cand = np.unique(np.concatenate([a, b]))
     comp_sizes = np.bincount(comp[cand])
     # components in order of their label; a chunk starts where the running size crosses a multiple
@@ -196,11 +206,17 @@ def verify_pairs(texts: pl.Series, order: np.ndarray, pairs: pl.DataFrame, opts:
     pair_chunk = chunk_of_comp[comp[a]]
     jac = np.zeros(len(a), dtype=np.float64)
     chunks = np.unique(doc_chunk)
+    if isinstance(texts, pl.Series):
+        column = texts
+        texts_of = lambda c, rows: column.gather(rows)  # noqa: E731
+    else:
+        texts.plan(cand, doc_chunk, order)
+        texts_of = texts
     for c in ctx.track(chunks, "verify candidates", total=len(chunks)):
         docs = cand[doc_chunk == c]  # sorted
-        rows = order[docs]
+        chunk = texts_of(c, order[docs])
         sets = [x for part in _threaded(lambda s, e: sorted_sets(*shingle_hashes(
-            texts.gather(rows[s:e]), opts.ngram, opts.shingle)), _pieces(len(docs), opts.batch_size)) for x in part]
+            chunk.slice(s, e - s), opts.ngram, opts.shingle)), _pieces(len(docs), opts.batch_size)) for x in part]
         sel = np.flatnonzero(pair_chunk == c)
         jac[sel] = pair_jaccard(sets, np.searchsorted(docs, a[sel]), np.searchsorted(docs, b[sel]))
     return pairs.with_columns(pl.Series("jaccard", jac))
@@ -214,10 +230,17 @@ def split_near_duplicates(marked: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFr
     return kept, reject(marked.filter(~is_kept), STAGE, "near_duplicate")
 
 
+def narrow_rows(rows: pl.DataFrame, opts: MinhashDedupOptions) -> pl.DataFrame:
+    """What clustering reads of a row, without its text: id, __len (the text's characters), the score."""
+    return rows.select("id", pl.col(opts.column).fill_null("").str.len_chars().cast(pl.Int64).alias("__len"),
+                       *([opts.score_column] if opts.keep == "quality" else []))
+
+
 def _cluster_info(rows: pl.DataFrame, order: np.ndarray, edges: pl.DataFrame, opts: MinhashDedupOptions,
                   n_ref: int) -> pl.DataFrame:
     """One small row per document (no text), in row order: dup_cluster, duplicate_of (the kept row
-    of its cluster: a reference row, of the first `n_ref` rows, if the cluster has one), dup_jaccard."""
+    of its cluster: a reference row, of the first `n_ref` rows, if the cluster has one), dup_jaccard.
+    `rows`: `narrow_rows` of every row."""
     n = len(rows)
     comp = _components(n, edges["a"].to_numpy(), edges["b"].to_numpy())
     best = (pl.concat([edges.select(pl.col("a").alias("__doc"), "jaccard"),
@@ -227,7 +250,7 @@ def _cluster_info(rows: pl.DataFrame, order: np.ndarray, edges: pl.DataFrame, op
     info = pl.DataFrame({
         "__doc": np.arange(n, dtype=np.int64), "__row": order.astype(np.int64), "__comp": comp,
         "id": rows["id"].gather(order),
-        "__len": rows[opts.column].fill_null("").str.len_chars().cast(pl.Int64).gather(order),
+        "__len": rows["__len"].gather(order),
     })
     if opts.keep == "quality":
         info = info.with_columns(rows[opts.score_column].gather(order).alias("__score"))
@@ -264,12 +287,12 @@ def minhash_dedup(df: pl.DataFrame, opts: MinhashDedupOptions, ctx: StepContext)
     rank = np.empty(n, dtype=np.int64)
     rank[order] = np.arange(n)
     texts = rows[opts.column]
-    pairs, figures = candidate_pairs(texts, rank, opts, seed, ctx)
+    pairs, figures = candidate_pairs([texts], rank, opts, seed, ctx)
     t0 = time.perf_counter()
     verified = verify_pairs(texts, order, pairs, opts, ctx)
     edges = verified.filter(pl.col("jaccard") >= opts.threshold)
     t1 = time.perf_counter()
-    info = _cluster_info(rows, order, edges, opts, n_ref)
+    info = _cluster_info(narrow_rows(rows, opts), order, edges, opts, n_ref)
     if ctx.step_dir is not None:
         _write_pairs(info, verified, opts.threshold, ctx)
     marks = info.select("dup_cluster", "duplicate_of", "dup_jaccard").slice(n_ref)
@@ -289,3 +312,11 @@ def minhash_dedup(df: pl.DataFrame, opts: MinhashDedupOptions, ctx: StepContext)
                                                          tiebreak="id")
     ctx.stats.update(figures)
     return kept, rejected
+
+
+def stream_marks(read: Any, opts: MinhashDedupOptions, ctx: StepContext):
+    """This step over an input read in batches, holding ids, band keys and verdicts only
+    (curation.minhash_stream)."""
+    from curation.minhash_stream import stream_marks as marks
+
+    return marks(read, opts, ctx)

@@ -42,6 +42,19 @@ def write_bytes(data: bytes, path: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def copy_file(src: Path, path: Path) -> None:
+    """A file's bytes to `path`, streamed (never whole in memory), through a temporary name."""
+    import shutil
+
+    path = Path(path)
+    tmp = _temporary(path)
+    try:
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def write_text(text: str, path: Path) -> None:
     write_bytes(text.encode("utf-8"), path)
 

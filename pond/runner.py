@@ -24,15 +24,15 @@ import polars as pl
 
 from curation import store
 from curation.errors import PondError
-from curation.ingest import (IngestError, as_json_columns, expand_paths, ingest_kept_schema, ingest_rejected_schema,
-                             iter_batches, mixed_user_columns, source_names)
+from curation.ingest import IngestError, expand_paths, ingest_kept_schema, ingest_rejected_schema, iter_batches, source_names
 from curation.settings import default_cache_dir, gpu, hardware, pick_dtype
 from curation.step import StepContext
 from pond import __version__
 from pond import layout, ledger
+from pond.executors import local
 from pond.executors.shards import count_rows, output_digest, read_output, scan_output
 from pond.recipe import Recipe, Step
-from pond.steps import STEPS
+from pond.steps import ACTOR, ROWWISE, STEPS
 from synthesis.teachers import Teachers
 
 INGEST_DIR = layout.INGEST
@@ -152,18 +152,7 @@ class Runner:
 
     @staticmethod
     def _combine(parts: list[Path], dest: Path, empty: pl.DataFrame) -> int:
-        if not parts:
-            store.write_parquet(empty, dest)
-        else:
-            mixed = mixed_user_columns([pl.read_parquet_schema(p) for p in parts])
-            if mixed:  # a user column typed differently in two batches: JSON text in each, one part at a time
-                for part in parts:
-                    as_json_columns(pl.read_parquet(part), mixed).write_parquet(part)
-            lazy = pl.concat([pl.scan_parquet(p) for p in parts], how="diagonal_relaxed")
-            # streamed straight to its place (the store writes whole frames, which a multi-GB input is not):
-            # ingest's DONE comes after it, and a rerun without DONE clears the folder
-            lazy.sink_parquet(dest, compression="zstd", statistics=False)
-        return pl.scan_parquet(dest).select(pl.len()).collect().item()
+        return local.combine_parts(parts, dest, empty)
 
     def _skipped(self, step_dir: Path) -> None:
         stats = store.read_json(step_dir / layout.STATS)
@@ -207,8 +196,11 @@ class Runner:
         step_dir.mkdir(parents=True)
         if self.executor is not None and self.executor.distributes(step.kind):
             return self._run_distributed(step, step_dir, prev_dir, fingerprint)
-        df = read_output(prev_dir / layout.KEPT)
         fn = self.step_function(index, step)
+        streamed = self._streamed_form(step, fn, prev_dir / layout.KEPT)
+        if streamed is not None:
+            return self._run_streamed(index, step, fn, streamed, step_dir, prev_dir, fingerprint)
+        df = read_output(prev_dir / layout.KEPT)
         ctx = self.context(step_dir, index)
         ledger.append(self.out, "start", step=step_dir.name, rows=len(df))
         self.log(f"{step_dir.name}: started, {len(df)} rows in")
@@ -228,10 +220,55 @@ class Runner:
         self.step_stats.append(_finish_step(step_dir, kept, rejected, stats))
         if STEPS[step.kind].writes_heldout:
             store.write_parquet(rejected.drop("stage", "reason"), self.out / layout.HELDOUT)
+        return self._done(step_dir, fingerprint, stats)
+
+    def _done(self, step_dir: Path, fingerprint: str, stats: dict[str, Any], how: str = "") -> tuple[Path, str]:
         ledger.append(self.out, "done", step=step_dir.name, **{k: stats[k] for k in ("in", "out", "rejected", "seconds")})
         self.log(f"{step_dir.name}: {stats['in']} -> {stats['out']} kept, {stats['rejected']} rejected "
-                 f"({stats['seconds']:.1f}s)")
+                 f"({stats['seconds']:.1f}s{how})")
         return step_dir, fingerprint
+
+    @staticmethod
+    def _streamed_form(step: Step, fn: Callable, prev: Path) -> Callable | None:
+        """How the local executor streams this step over an input larger than one batch (pond.executors.local):
+        its `stream_marks` (a dedup; not where the step's function was replaced, as `pond update` does), the
+        step function batch by batch (a step the Ray executor runs shard by shard), or None: the whole input
+        at once (a local step, row-by-row ones included: decontaminate's boilerplate count, a judge's
+        calibration and distributions see every row)."""
+        batch = local.batch_rows()
+        if not batch or count_rows(prev) <= batch:
+            return None
+        spec = STEPS[step.kind]
+        marks = spec.module_function("stream_marks") if fn is spec.load()[1] else None
+        return marks or (fn if spec.distribute in (ROWWISE, ACTOR) else None)
+
+    def _run_streamed(self, index: int, step: Step, fn: Callable, streamed: Callable, step_dir: Path,
+                      prev_dir: Path, fingerprint: str) -> tuple[Path, str]:
+        """A step over bounded batches of its input, its outputs written in row groups, then stats and DONE."""
+        prev, spec = prev_dir / layout.KEPT, STEPS[step.kind]
+        kept, rejected = step_dir / layout.KEPT, step_dir / layout.REJECTED
+        ctx = self.context(step_dir, index)
+        n = count_rows(prev)
+        ledger.append(self.out, "start", step=step_dir.name, rows=n, batch_rows=local.batch_rows())
+        self.log(f"{step_dir.name}: started, {n} rows in")
+        t0 = time.time()
+        try:
+            if streamed is fn:
+                n_in, n_kept, n_rej, _ = local.run_per_row(spec, fn, step.options, prev, ctx, kept, rejected)
+            else:
+                n_in, n_kept, n_rej = local.run_marked(streamed, step.options, prev, ctx, kept, rejected)
+        except Exception as exc:
+            ledger.append(self.out, "fail", step=step_dir.name, error=f"{type(exc).__name__}: {exc}")
+            raise StepFailed(f"step {step_dir.name} failed: {type(exc).__name__}: {exc}") from exc
+        added = int(ctx.stats.get("added", 0))
+        if n_kept + n_rej != n_in + ctx.stats.get("attempted", added):
+            raise StepFailed(f"step {step_dir.name} lost rows: {n_in} in, {n_kept} kept + {n_rej} rejected")
+        stats = {"kind": step.kind, "fingerprint": fingerprint, "options": step.options.model_dump(mode="json"),
+                 "in": n_in, "out": n_kept, "rejected": n_rej, "seconds": round(time.time() - t0, 3), **ctx.stats}
+        self.step_stats.append(_finish_step(step_dir, None, scan_output(rejected, ["reason"]), stats))
+        if spec.writes_heldout:
+            store.write_parquet(read_output(rejected).drop("stage", "reason"), self.out / layout.HELDOUT)
+        return self._done(step_dir, fingerprint, stats, ", streamed")
 
     def _run_distributed(self, step: Step, step_dir: Path, prev_dir: Path, fingerprint: str) -> tuple[Path, str]:
         """A step on the ray executor: shard folders written by the workers, then stats and DONE."""
@@ -252,10 +289,7 @@ class Runner:
                  "seconds": round(time.time() - t0, 3), **figures}
         reasons = scan_output(step_dir / layout.REJECTED, ["reason"])
         self.step_stats.append(_finish_step(step_dir, None, reasons, stats))
-        ledger.append(self.out, "done", step=step_dir.name, **{k: stats[k] for k in ("in", "out", "rejected", "seconds")})
-        self.log(f"{step_dir.name}: {stats['in']} -> {stats['out']} kept, {stats['rejected']} rejected "
-                 f"({stats['seconds']:.1f}s, ray)")
-        return step_dir, fingerprint
+        return self._done(step_dir, fingerprint, stats, ", ray")
 
     def _prune(self, keep: set[str]) -> None:
         """Drop step folders the recipe no longer has (a changed recipe must not leave stale steps)."""
@@ -280,8 +314,8 @@ class Runner:
         curated, final = self.out / layout.CURATED, prev_dir / layout.KEPT
         if final.is_dir():  # shards of the ray executor: the final set is one file
             store.write_parquet(read_output(final), curated)
-        else:  # the last step's file, byte for byte (the next step would have read it whole too)
-            store.write_bytes(final.read_bytes(), curated)
+        else:  # the last step's file, byte for byte
+            store.copy_file(final, curated)
         if not any(STEPS[s.kind].writes_heldout for s in self.recipe.steps):
             (self.out / layout.HELDOUT).unlink(missing_ok=True)
         return curated

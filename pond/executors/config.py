@@ -9,6 +9,10 @@ from pydantic import BaseModel, ConfigDict, Field
 # mostly hold blocks until the end; their final join runs after the feeding tasks are done.
 AGGREGATOR_CPUS = 0.0
 
+# The local executor's batch: rows of a step's input it holds at once where it streams (pond.executors.local).
+# 50k ShareGPT rows are ~1.5 GB in memory; below it a step reads its input whole, as before.
+LOCAL_BATCH_ROWS = 50_000
+
 
 class RayConfig(BaseModel):
     """Where and how the `ray` executor runs."""

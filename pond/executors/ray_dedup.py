@@ -31,7 +31,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from curation.exact_dedup import duplicate_groups, duplicate_of, normalised_text, split_exact
+from curation.exact_dedup import ExactDedupOptions, duplicate_groups, duplicate_of, key_hashes, split_exact
 from curation.keep import check_score_column, keeper
 from curation.minhash import STAGE as MH_STAGE
 from curation.minhash import MinhashDedupOptions, band_keys, bucket_pairs, lsh_params, split_near_duplicates
@@ -56,10 +56,9 @@ def _frames(batch: dict[str, np.ndarray], columns: list[str] | None) -> list[pl.
 
 # --- exact ----------------------------------------------------------------------------------------
 
-def _exact_keys(batch, column: str, lowercase: bool, strip: bool, parts: int) -> pa.Table:
-    key = normalised_text(column, lowercase, strip)
-    out = [df.select(POS, "id", key.hash(seed=1).alias("k1"), key.hash(seed=2).alias("k2"))
-           .with_columns(_part(pl.col("k1"), parts)) for df in _frames(batch, [column, "id"])]
+def _exact_keys(batch, opts: ExactDedupOptions, parts: int) -> pa.Table:
+    out = [df.select(POS, "id", *key_hashes(opts)).with_columns(_part(pl.col("k1"), parts))
+           for df in _frames(batch, [opts.column, "id"])]
     return pl.concat(out).to_arrow()
 
 
@@ -75,8 +74,7 @@ def _exact_group(table: pa.Table, base: int | None) -> pa.Table:
 def exact_dedup_ray(ex, opts, prev: Path, step_dir: Path, ctx: StepContext):
     p = ex.partitions
     ref, base = ex.write_reference(ctx, prev, step_dir, ["id", opts.column])
-    keys = ex.shards(prev, ref).map_batches(_exact_keys, batch_size=1, batch_format="numpy", fn_kwargs={
-        "column": opts.column, "lowercase": opts.lowercase, "strip": opts.strip_punctuation, "parts": p})
+    keys = ex.shards(prev, ref).map_batches(_exact_keys, batch_size=1, batch_format="numpy", fn_kwargs={"opts": opts, "parts": p})
     verdicts = keys.groupby(PART, num_partitions=p).map_groups(_exact_group, batch_format="pyarrow",
                                                                fn_kwargs={"base": base})
     vdir = step_dir / "_verdicts"

@@ -1,0 +1,155 @@
+"""The local executor's streaming: a step's input read in bounded batches, its outputs written in
+row groups, so memory stays flat as rows grow (docs/scale-out.md, "Size on one machine").
+
+- steps the Ray executor runs shard by shard (`rowwise`, `actor`) run batch by batch:
+  each batch through the step function itself with a fresh context, kept/rejected written as part
+  files, their ctx.stats merged as the Ray executor merges per-shard stats (`merge_stats`, the
+  `shard_figures` dropped);
+- a step whose module has `stream_marks` (exact and MinHash dedup) reads only the columns its rule
+  needs, in batches, and returns per-row verdicts (`marks`, only the rows that have one) and the
+  split function that turns marked rows into (kept, rejected); the rows then stream through it;
+- the part files are combined into kept/rejected.parquet by a streamed sink (`combine_parts`).
+
+An input of at most one batch runs as before: the whole frame through the step function and the
+store's writer, so small runs keep their bytes. `batch_rows()` is the batch size: `LOCAL_BATCH_ROWS`
+(pond.executors.config), or POND_LOCAL_BATCH_ROWS where set (0: never stream; tests force tiny batches).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from curation import store
+from curation.ingest import as_json_columns, mixed_user_columns
+from curation.step import StepContext
+from pond.executors.config import LOCAL_BATCH_ROWS
+from pond.executors.ray_exec import merge_stats
+from pond.executors.shards import list_shards
+from pond.steps import StepSpec
+
+PARTS = "_parts"  # in a step folder while a streamed step runs
+POS = "pos"  # the column of a step's marks: the row's position in the step's input
+
+
+def batch_rows() -> int:
+    """Rows per batch of the local executor (0: whole inputs, no streaming)."""
+    value = os.environ.get("POND_LOCAL_BATCH_ROWS")
+    return LOCAL_BATCH_ROWS if value in (None, "") else max(0, int(value))
+
+
+def iter_rows(path: Path, columns: list[str] | None = None, rows: int | None = None) -> Iterator[pl.DataFrame]:
+    """A step output (file or shard folder) in order, `rows` at a time (the last batch of a shard may be
+    shorter), only `columns` where given."""
+    import pyarrow.parquet as pq
+
+    rows = rows or batch_rows() or 1 << 62
+    for shard in list_shards(path):
+        for rb in pq.ParquetFile(shard).iter_batches(batch_size=rows, columns=columns, use_threads=True):
+            if rb.num_rows:
+                yield pl.from_arrow(rb)
+
+
+class Reader:
+    """What a `stream_marks` is given: `read(columns)`, a fresh pass over some columns of a step output,
+    in order; `read.schema`, the output's columns and types."""
+
+    def __init__(self, path: Path, rows: int | None = None):
+        self.path, self.rows = path, rows
+        self.schema = pl.read_parquet_schema(list_shards(path)[0])
+
+    def __call__(self, columns: list[str]) -> Iterator[pl.DataFrame]:
+        return iter_rows(self.path, columns, self.rows)
+
+
+def combine_parts(parts: list[Path], dest: Path, empty: pl.DataFrame) -> int:
+    """Part files (in order) -> one Parquet file, streamed in row groups; `empty` where there are none.
+    Parts typed differently (a user column) meet as ingest's join rule has it. Returns the rows."""
+    if not parts:
+        store.write_parquet(empty, dest)
+        return 0
+    mixed = mixed_user_columns([pl.read_parquet_schema(p) for p in parts])
+    if mixed:  # a user column typed differently in two batches: JSON text in each, one part at a time
+        for part in parts:
+            as_json_columns(pl.read_parquet(part), mixed).write_parquet(part)
+    lazy = pl.concat([pl.scan_parquet(p) for p in parts], how="diagonal_relaxed")
+    # streamed straight to its place (the store writes whole frames): the step's DONE comes after it,
+    # and a rerun without DONE clears the folder
+    lazy.sink_parquet(dest, compression="zstd", statistics=False)
+    return pl.scan_parquet(dest).select(pl.len()).collect().item()
+
+
+class PartWriter:
+    """Kept and rejected batches as numbered part files, then combined into the step's two outputs."""
+
+    def __init__(self, step_dir: Path):
+        self.dir = step_dir / PARTS
+        shutil.rmtree(self.dir, ignore_errors=True)
+        self.dir.mkdir(parents=True)
+        self.parts: dict[str, list[Path]] = {"kept": [], "rejected": []}
+        self.empty: dict[str, pl.DataFrame] = {}
+        self.rows = {"kept": 0, "rejected": 0}
+
+    def add(self, kept: pl.DataFrame, rejected: pl.DataFrame) -> None:
+        for name, df in (("kept", kept), ("rejected", rejected)):
+            self.rows[name] += len(df)
+            self.empty.setdefault(name, df.clear())
+            if len(df):
+                path = self.dir / f"{name}-{len(self.parts[name]):06d}.parquet"
+                df.write_parquet(path, compression="zstd", statistics=False)
+                self.parts[name].append(path)
+
+    def finish(self, kept: Path, rejected: Path) -> None:
+        for name, dest in (("kept", kept), ("rejected", rejected)):
+            combine_parts(self.parts[name], dest, self.empty.get(name, pl.DataFrame()))
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def run_per_row(spec: StepSpec, fn: Callable, options: Any, prev: Path, ctx: StepContext, kept: Path,
+                rejected: Path) -> tuple[int, int, int, dict[str, Any]]:
+    """A per-row step over bounded batches: (rows in, kept, rejected, merged stats)."""
+    out = PartWriter(ctx.step_dir)
+    n_in, stats = 0, []
+    for df in iter_rows(prev):
+        part_ctx = dataclasses.replace(ctx, stats={})
+        k, r = fn(df, options, part_ctx)
+        out.add(k, r)
+        n_in += len(df)
+        stats.append(part_ctx.stats)
+    out.finish(kept, rejected)
+    merged = merge_stats(stats)
+    for key in spec.shard_figures:
+        merged.pop(key, None)
+    ctx.stats.update(merged)
+    return n_in, out.rows["kept"], out.rows["rejected"], merged
+
+
+def marks_for(marks: pl.DataFrame, lo: int, n: int) -> pl.DataFrame:
+    """The mark columns of rows lo .. lo+n-1 of the input, one row each (null where a row has no mark);
+    `marks` is sorted by POS."""
+    pos = marks[POS].to_numpy()
+    a, b = np.searchsorted(pos, lo), np.searchsorted(pos, lo + n)
+    rows = pl.DataFrame({POS: pl.int_range(lo, lo + n, dtype=pl.Int64, eager=True)})
+    return rows.join(marks.slice(a, b - a), on=POS, how="left", maintain_order="left").drop(POS)
+
+
+def run_marked(stream_marks: Callable, options: Any, prev: Path, ctx: StepContext, kept: Path,
+               rejected: Path) -> tuple[int, int, int]:
+    """A global step from its verdicts: `stream_marks(read, options, ctx) -> (marks, split)` reads what its
+    rule needs; every row then goes, batch by batch, with its marks (columns set as the in-memory step
+    sets them) through `split`. Returns (rows in, kept, rejected)."""
+    marks, split = stream_marks(Reader(prev), options, ctx)
+    out = PartWriter(ctx.step_dir)
+    lo = 0
+    for df in iter_rows(prev):
+        k, r = split(df.with_columns(marks_for(marks, lo, len(df))))
+        out.add(k, r)
+        lo += len(df)
+    out.finish(kept, rejected)
+    return lo, out.rows["kept"], out.rows["rejected"]

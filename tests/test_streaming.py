@@ -1,0 +1,98 @@
+"""The local executor's streaming (pond.executors.local): the same rows, reasons, verdicts and figures
+with tiny batches as with the whole input at once, dedups included (with reference rows and with
+MinHash's verification texts spilled to disk)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from curation.scaled_corpus import write_corpus
+from pond.executors.shards import read_output
+from pond.recipe import parse_recipe
+from pond.runner import Runner
+
+STEPS = ("  - exact_dedup: {}\n  - heuristics: {}\n  - answer_faults: {}\n  - pii: {action: redact}\n"
+         "  - minhash_dedup: {threshold: 0.7, keep: longest}\n  - minhash_dedup: {threshold: 0.5, ngram: 3}\n"
+         "  - exact_dedup: {lowercase: false}\n  - holdout: {n: 20}\n")
+# figures that are timings, not results
+TIMES = {"seconds", "signature_seconds", "candidate_seconds", "verify_seconds", "cluster_seconds", "outputs"}
+
+
+def curate(tmp_path: Path, name: str, batch: int, monkeypatch, steps: str = STEPS) -> Path:
+    monkeypatch.setenv("POND_LOCAL_BATCH_ROWS", str(batch))
+    recipe = parse_recipe(f"name: s\ninput: {{path: data/*.jsonl}}\nseed: 3\nsteps:\n{steps}")
+    runner = Runner(recipe, tmp_path / name, tmp_path, cache_dir=tmp_path / "cache")
+    runner.curate()
+    return runner.out
+
+
+def assert_same_runs(whole: Path, streamed: Path, ignore: frozenset = frozenset()) -> None:
+    steps = sorted(p.name for p in (whole / "steps").iterdir())
+    assert steps == sorted(p.name for p in (streamed / "steps").iterdir())
+    for name in steps:
+        a, b = whole / "steps" / name, streamed / "steps" / name
+        for out in ("kept.parquet", "rejected.parquet"):
+            fa, fb = read_output(a / out), read_output(b / out)
+            assert fa.equals(fb), (name, out)
+        sa, sb = (json.loads((d / "stats.json").read_text()) for d in (a, b))
+        skip = TIMES | ignore
+        assert {k: v for k, v in sa.items() if k not in skip} == {k: v for k, v in sb.items() if k not in skip}, name
+    assert pl.read_parquet(whole / "curated.parquet").equals(pl.read_parquet(streamed / "curated.parquet"))
+
+
+def test_tiny_batches_give_the_whole_inputs_results(tmp_path, monkeypatch):
+    write_corpus(tmp_path / "data", 1500, files=2, base_limit=900)
+    whole = curate(tmp_path, "whole", 0, monkeypatch)
+    streamed = curate(tmp_path, "streamed", 97, monkeypatch)
+    assert_same_runs(whole, streamed)
+    ledger = [json.loads(line) for line in (streamed / "ledger.jsonl").read_text().splitlines()]
+    assert any(e.get("batch_rows") == 97 for e in ledger)  # it did stream
+    mh = json.loads((streamed / "steps" / "05-minhash_dedup" / "stats.json").read_text())
+    assert mh["duplicates"] > 50 and mh["clusters"] > 10
+    assert not any(p.name.startswith("_") for d in (streamed / "steps").iterdir() for p in d.iterdir())
+
+
+def test_minhash_spills_verification_texts_with_the_same_results(tmp_path, monkeypatch):
+    import curation.minhash_stream as ms
+
+    write_corpus(tmp_path / "data", 1200, files=1, base_limit=700)
+    steps = "  - minhash_dedup: {threshold: 0.7, verify_batch_docs: 50}\n"
+    whole = curate(tmp_path, "whole", 0, monkeypatch, steps)
+    monkeypatch.setattr(ms, "SPILL_CHARS", 200_000)
+    streamed = curate(tmp_path, "streamed", 250, monkeypatch, steps)
+    stats = json.loads((streamed / "steps" / "01-minhash_dedup" / "stats.json").read_text())
+    assert stats["verify_spill_groups"] > 3
+    assert_same_runs(whole, streamed, frozenset({"verify_spill_groups"}))
+
+
+@pytest.mark.parametrize("kind", ["exact_dedup", "minhash_dedup"])
+def test_streamed_dedup_against_reference_rows(tmp_path, monkeypatch, kind):
+    """`pond update`'s case: reference rows lead and are never output; the same kept ids, verdicts
+    and against_reference figures as the in-memory step."""
+    from curation import store
+    from curation.step import StepContext
+    from pond.executors import local
+    from pond.steps import STEPS as TABLE
+    from tests.test_ray_executor import _steps_with_reference
+
+    pond, new, steps = _steps_with_reference(tmp_path)
+    opts = dict(steps)[kind]
+    prev = tmp_path / "prev.parquet"
+    store.write_parquet(new, prev)
+    spec = TABLE[kind]
+    whole = StepContext(cache_dir=tmp_path / "cache", reference=pond)
+    kept, rejected = spec.load()[1](new, opts, whole)
+    monkeypatch.setenv("POND_LOCAL_BATCH_ROWS", "40")
+    step_dir = tmp_path / kind
+    step_dir.mkdir()
+    ctx = StepContext(cache_dir=tmp_path / "cache", reference=pond, step_dir=step_dir)
+    n = local.run_marked(spec.module_function("stream_marks"), opts, prev, ctx, step_dir / "k.parquet",
+                         step_dir / "r.parquet")
+    assert n == (len(new), len(kept), len(rejected))
+    assert pl.read_parquet(step_dir / "k.parquet").equals(kept)
+    assert pl.read_parquet(step_dir / "r.parquet").equals(rejected)
+    assert ctx.stats["against_reference"] == whole.stats["against_reference"]
+    assert whole.stats["against_reference"]["duplicates_of_reference_rows"] >= 1
