@@ -1,21 +1,27 @@
-"""Local vs Ray executor on the same input: rows/s and peak RSS per step, projected cost per 10M rows.
+"""Local vs Ray executor on the same input: rows/s and peak RSS per step, against rows; projected cost per 10M rows.
 
     python bench/scale.py [--rows 200000] [--executors local,ray] [--workdir /tmp/pond-scale]
+    python bench/scale.py --rows 100000,1000000,5000000 --executors local --ray-rows 100000
     python bench/scale.py --files 1 --steps '' --split-bytes 1e12   # one big file, read whole
 
 Input: `curation.scaled_corpus` (real ShareGPT conversations, then exact and perturbed copies) as
 JSONL. Steps: exact_dedup, heuristics, pii, minhash_dedup (the CPU-bound curation core; embedding
-steps are measured by bench/embed.py). One JSON line per figure. Peak RSS: the largest resident
-set of this process plus its children (Ray's raylet, workers and object store processes included)
-sampled every 0.2 s while the step ran. The 10M-row projection is rows / (rows/s) scaled linearly,
-in CPU-hours at this machine's core count and in dollars at `--usd-per-cpu-hour`; shuffles and MinHash candidates grow faster than
-linearly with duplicates, so read it as a lower bound.
+steps are measured by bench/embed.py). One JSON line per (rows, executor, step), each with the CPU
+(`hardware`), the load average before and after the run and the local executor's batch (rows it holds
+at once: pond.executors.local; `--batch-rows 0`: whole inputs, the executor before streaming). `--rows`
+takes a list: the sweep that shows whether peak memory stays flat as rows grow; `--ray-rows` limits the
+Ray runs to those sizes. Peak RSS: the largest resident set of this process plus its children (Ray's
+raylet, workers and object store processes included) sampled every 0.2 s while the step ran. The
+10M-row projection is rows / (rows/s) scaled linearly, in CPU-hours at this machine's core count and in
+dollars at `--usd-per-cpu-hour`; shuffles and MinHash candidates grow faster than linearly with
+duplicates, so read it as a lower bound. Each size's corpus and runs are deleted after it (`--keep`
+keeps them): 1M rows are ~6.5 GB of JSONL.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -61,11 +67,70 @@ class PeakRSS:
 
 
 
+def run_one(args: argparse.Namespace, rows: int, executor: str) -> None:
+    from curation.scaled_corpus import write_corpus
+    from pond.recipe import parse_recipe
+    from pond.runner import Runner
+
+    data = args.workdir / (f"data-{rows}" if args.files == 4 else f"data-{rows}-{args.files}files")
+    if not data.exists():
+        write_corpus(data, rows, files=args.files, malformed=False)
+    cpus = args.num_cpus
+    steps = "".join(f"\n  - {k}: {{}}" for k in args.steps.split(",") if k.strip())
+    text = (f"name: scale\ninput: {{path: {data}/*.jsonl}}\nseed: 0\n"
+            f"ray: {{num_cpus: {cpus}, object_store_memory: 2000000000, shard_rows: {args.shard_rows}, "
+            f"split_bytes: {args.split_bytes}}}\n"
+            f"steps:{steps or ' []'}")
+    recipe = parse_recipe(text)
+    recipe.executor = executor
+    rss = PeakRSS()
+    peaks: dict[str, int] = {}
+
+    def log(msg: str) -> None:
+        name = msg.split(":")[0]
+        if name == "ray":  # the executor's own notes, not the end of a step
+            return
+        peaks[name] = rss.peak
+        rss.reset()
+
+    from pond.executors.local import batch_rows
+
+    runner = Runner(recipe, args.workdir / f"run-{executor}", args.workdir, fresh=True,
+                    cache_dir=args.workdir / "cache", log=log)
+    common = {"bench": "scale", "executor": executor, "rows": rows, "cpus": cpus,
+              "batch_rows": batch_rows() if executor == "local" else None, "load_before": os.getloadavg()[0]}
+    t0 = time.time()
+    with rss:
+        rss.reset()
+        runner.curate()
+    total = time.time() - t0
+    common["load_after"] = os.getloadavg()[0]
+    overall = 0
+    for s in runner.step_stats:
+        name = next((k for k in peaks if k.endswith(s["kind"])), s["kind"])
+        rows_s = s["in"] / s["seconds"] if s["seconds"] else None
+        overall = max(overall, peaks.get(name, 0))
+        emit(**common, step=s["kind"], rows_in=s["in"], rows_out=s["out"], seconds=s["seconds"],
+             rows_per_s=round(rows_s, 1) if rows_s else None, peak_rss_mb=round(peaks.get(name, 0) / 2**20, 1))
+    rps = rows / total
+    emit(**common, step="total", rows_in=rows, seconds=round(total, 1), rows_per_s=round(rps, 1),
+         peak_rss_mb=round(max(overall, rss.peak) / 2**20, 1),
+         projected_hours_per_10M_rows=round(10_000_000 / rps / 3600, 2),
+         projected_cpu_hours_per_10M_rows=round(10_000_000 / rps / 3600 * cpus, 2),
+         projected_usd_per_10M_rows=round(10_000_000 / rps / 3600 * cpus * args.usd_per_cpu_hour, 2))
+    if not args.keep:
+        shutil.rmtree(args.workdir / f"run-{executor}", ignore_errors=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--rows", type=int, default=200_000)
+    ap.add_argument("--rows", default="200000", help="rows of input, or a comma-separated list (a sweep)")
     ap.add_argument("--executors", default="local,ray")
+    ap.add_argument("--ray-rows", default=None, help="run Ray only at these sizes (comma-separated; default: all)")
+    ap.add_argument("--batch-rows", type=int, default=None,
+                    help="the local executor's batch (POND_LOCAL_BATCH_ROWS; 0: whole inputs; default: pond's)")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/pond-scale"))
+    ap.add_argument("--keep", action="store_true", help="keep each size's corpus and run folders")
     ap.add_argument("--num-cpus", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--shard-rows", type=int, default=20_000)
     ap.add_argument("--files", type=int, default=4, help="input JSONL files the rows are spread over")
@@ -76,51 +141,18 @@ def main() -> None:
                     help="price of one vCPU-hour for the cost projection (on-demand compute-optimised, 2026)")
     args = ap.parse_args()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    from curation.scaled_corpus import write_corpus
-    from pond.recipe import parse_recipe
-    from pond.runner import Runner
-
-    data = args.workdir / (f"data-{args.rows}" if args.files == 4 else f"data-{args.rows}-{args.files}files")
-    if not data.exists():
-        write_corpus(data, args.rows, files=args.files, malformed=False)
-    cpus = args.num_cpus
-    steps = "".join(f"\n  - {k}: {{}}" for k in args.steps.split(",") if k.strip())
-    text = (f"name: scale\ninput: {{path: {data}/*.jsonl}}\nseed: 0\n"
-            f"ray: {{num_cpus: {cpus}, object_store_memory: 2000000000, shard_rows: {args.shard_rows}, "
-            f"split_bytes: {args.split_bytes}}}\n"
-            f"steps:{steps or ' []'}")
-    for executor in args.executors.split(","):
-        recipe = parse_recipe(text)
-        recipe.executor = executor
-        rss = PeakRSS()
-        peaks: dict[str, int] = {}
-        last = {"t": time.time()}
-
-        def log(msg: str) -> None:
-            name = msg.split(":")[0]
-            if name == "ray":  # the executor's own notes, not the end of a step
-                return
-            peaks[name] = rss.peak
-            rss.reset()
-
-        runner = Runner(recipe, args.workdir / f"run-{executor}", args.workdir, fresh=True,
-                        cache_dir=args.workdir / "cache", log=log)
-        t0 = time.time()
-        with rss:
-            runner.curate()
-        total = time.time() - t0
-        for s in runner.step_stats:
-            name = "ingest" if s["kind"] == "ingest" else next((k for k in peaks if k.endswith(s["kind"])), s["kind"])
-            rows_s = s["in"] / s["seconds"] if s["seconds"] else None
-            emit(bench="scale", executor=executor, step=s["kind"], rows_in=s["in"], rows_out=s["out"],
-                 seconds=s["seconds"], rows_per_s=round(rows_s, 1) if rows_s else None,
-                 peak_rss_mb=round(peaks.get(name, 0) / 2**20, 1))
-        rps = args.rows / total
-        emit(bench="scale", executor=executor, step="total", rows_in=args.rows, seconds=round(total, 1),
-             rows_per_s=round(rps, 1), cpus=cpus,
-             projected_hours_per_10M_rows=round(10_000_000 / rps / 3600, 2),
-             projected_cpu_hours_per_10M_rows=round(10_000_000 / rps / 3600 * cpus, 2),
-             projected_usd_per_10M_rows=round(10_000_000 / rps / 3600 * cpus * args.usd_per_cpu_hour, 2))
+    if args.batch_rows is not None:
+        os.environ["POND_LOCAL_BATCH_ROWS"] = str(args.batch_rows)
+    sizes = [int(float(r)) for r in args.rows.split(",") if r.strip()]
+    ray_sizes = None if args.ray_rows is None else {int(float(r)) for r in args.ray_rows.split(",") if r.strip()}
+    for rows in sizes:
+        for executor in args.executors.split(","):
+            if executor == "ray" and ray_sizes is not None and rows not in ray_sizes:
+                continue
+            run_one(args, rows, executor)
+        if not args.keep:
+            for d in args.workdir.glob(f"data-{rows}*"):
+                shutil.rmtree(d, ignore_errors=True)
 
 
 if __name__ == "__main__":
