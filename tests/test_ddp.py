@@ -132,6 +132,7 @@ def test_dpo_in_two_processes_learns_what_one_does_and_rank_0_alone_writes(tiny_
 
     assert two.steps == one.steps == 4 and two.method == "dpo" and two.rows == one.rows == 16
     assert two.losses == pytest.approx(one.losses, rel=1e-4)
+    assert (two.tokens_seen, two.answer_tokens_seen) == (one.tokens_seen, one.answer_tokens_seen)  # every rank's
     a, b = (load_file(d / "adapter" / "adapter_model.safetensors") for d in (tmp_path / "one", tmp_path / "two"))
     assert a.keys() == b.keys()
     for k in a:

@@ -170,3 +170,23 @@ def test_pond_run_trains_dpo_after_sft_on_the_runs_pairs(tiny_llama_dir, tmp_pat
     assert (run / SFT_DIR / "adapter" / "adapter_model.safetensors").exists()  # the SFT stage, on all 8 rows
     assert json.loads((run / SFT_DIR / "train-result.json").read_text())["result"]["rows"] == 8
     assert any(line.startswith("train: 8 rows, dpo on ") for line in logged)
+
+
+def test_sft_and_dpo_share_one_home_for_totals_divergence_and_resume_dtype():
+    from types import SimpleNamespace
+
+    from training.callbacks import CountingSFTTrainer, PondTrainerMixin
+    from training.dpo import _DPOTrainer
+
+    for cls in (CountingSFTTrainer, _DPOTrainer):
+        assert issubclass(cls, PondTrainerMixin)
+        # neither trainer keeps its own copy of the shared pieces
+        assert not {"log", "_load_from_checkpoint", "_totals", "keep_adapters_in"} & set(vars(cls))
+    dpo = object.__new__(_DPOTrainer)  # the shared log() with DPO's advice, no model needed
+    dpo.state, dpo.args = SimpleNamespace(global_step=3, log_history=[]), SimpleNamespace(learning_rate=1e-3)
+    with pytest.raises(FloatingPointError, match=r"diverged: loss is nan at step 3 \(lr 0.001\); lower train.dpo.lr"):
+        dpo.log({"loss": float("nan")})
+    sft = object.__new__(CountingSFTTrainer)
+    sft.state, sft.args = dpo.state, dpo.args
+    with pytest.raises(FloatingPointError, match="eval_loss is inf .*lower the learning rate"):
+        sft.log({"eval_loss": float("inf")})

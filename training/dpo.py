@@ -15,14 +15,12 @@ train-result.json, train.DONE), so evaluation, `pond serve` and the report read 
 an SFT one. What training.trainer decides is taken from it, never decided again: the student's checks,
 the dtype rule, the LoRA config, the training arguments, the key and its claim, sealed checkpoints and
 resume, the final save, the card and the finished marker. DPO's own parts: the pairs, the reference,
-and TRL's DPOTrainer with pond's token totals.
+and TRL's DPOTrainer with pond's trainer pieces (training.callbacks.PondTrainerMixin).
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -35,7 +33,7 @@ from curation.errors import ConfigError
 from curation.store import file_digest
 from training import distributed
 from training import trainer as sft
-from training.callbacks import ProgressCallback
+from training.callbacks import PondTrainerMixin, ProgressCallback
 from training.card import TrainResult
 from training.checkpoints import CheckpointSealed
 from training.config import TrainConfig
@@ -54,50 +52,18 @@ class _Pairs:
     hash: str  # of the rows as TRL gets them: the key's data_hash
 
 
-class _DPOTrainer(DPOTrainer):
-    """DPOTrainer with what CountingSFTTrainer (training/callbacks.py) adds to SFT: running totals of the
-    tokens and of the wall time in every log entry (a checkpoint saves them, so a resumed run goes on
-    counting), a diverged loss as an error rather than a NaN in the history, and adapters that a resume
-    reloads kept in the dtype they trained in."""
+class _DPOTrainer(PondTrainerMixin, DPOTrainer):
+    """DPOTrainer with what pond adds to SFT (training.callbacks.PondTrainerMixin): token totals in every log
+    entry, kept across resumes and summed over the ranks; a diverged loss as an error; adapters that a
+    resume reloads kept in the dtype they trained in."""
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._pond_totals: dict[str, float] | None = None
-        self._pond_t0 = 0.0
-
-    def _running_totals(self) -> dict[str, float]:
-        if self._pond_totals is None:  # first use after a (re)start: go on from the last logged totals
-            last = next((e for e in reversed(self.state.log_history) if "tokens_seen" in e), {})
-            self._pond_totals = {k: last.get(k, 0) for k in ("tokens_seen", "answer_tokens_seen", "train_seconds")}
-            self._pond_t0 = time.perf_counter()
-        return self._pond_totals
+    lower_what = "lower train.dpo.lr"
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if model.training:  # a batch is the chosen and the rejected sequences of its pairs
-            totals = self._running_totals()
-            totals["tokens_seen"] += int(inputs["attention_mask"].sum())
-            totals["answer_tokens_seen"] += int(inputs["completion_mask"].sum())
+            self._count(int(inputs["attention_mask"].sum()), int(inputs["completion_mask"].sum()))
         return super().compute_loss(model, inputs, return_outputs=return_outputs,
                                     num_items_in_batch=num_items_in_batch)
-
-    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        if "loss" in logs and not math.isfinite(logs["loss"]):
-            raise FloatingPointError(f"DPO diverged: loss is {logs['loss']} at step {self.state.global_step} "
-                                     f"(lr {self.args.learning_rate}); lower train.dpo.lr")
-        if self._pond_totals is not None and "loss" in logs:
-            now = time.perf_counter()
-            self._pond_totals["train_seconds"] += now - self._pond_t0
-            self._pond_t0 = now
-            logs.update({k: round(v, 3) if k == "train_seconds" else int(v) for k, v in self._pond_totals.items()})
-        super().log(logs, start_time)
-
-    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
-        # peft reloads adapters in fp32; a resumed run that trained them in bf16 would drift from an unbroken one
-        trained_in = {n: p.dtype for n, p in self.model.named_parameters() if p.requires_grad}
-        super()._load_from_checkpoint(resume_from_checkpoint, model)
-        for n, p in self.model.named_parameters():
-            if trained_in.get(n, p.dtype) != p.dtype:
-                p.data = p.data.to(trained_in[n])
 
 
 # ---------------------------------------------------------------------------------- the parts
@@ -167,10 +133,7 @@ def _setup_trainer(model, tokenizer, lora, config: TrainConfig, out_dir: Path, s
     if not quiet:
         datasets.enable_progress_bars()
     trainer.remove_callback(PrinterCallback)  # the history goes to train-result.json
-    if dtype == torch.float32:  # training.trainer's rule: TRL casts QLoRA adapters to bf16; fp32 compute keeps fp32
-        for p in trainer.model.parameters():
-            if p.requires_grad:
-                p.data = p.data.float()
+    trainer.keep_adapters_in(dtype)  # training.trainer's rule
     return trainer
 
 
