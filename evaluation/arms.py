@@ -9,10 +9,10 @@ import polars as pl
 from curation.errors import ConfigError, DataNotFound
 from curation.records import answer_text_expr
 from curation.step import recipe_path
-from evaluation.config import ArmConfig, ExperimentConfig
+from evaluation.config import CURATED_DPO, ArmConfig, ExperimentConfig
 from evaluation.metrics import is_structured
 from evaluation.scoring import read_any
-from training.config import TrainConfig
+from training.config import DPOOptions, TrainConfig
 from training.data import IGNORE, tokenize_conversations
 
 
@@ -57,6 +57,12 @@ def arm_rows(arm: ArmConfig, pool: pl.DataFrame, curated: pl.DataFrame, *, seed:
     real rows and `curated_plus_synthetic` all of it, so the two differ by the synthetic rows alone."""
     if arm.data == "curated":
         df = curated.filter(~is_synthetic(curated))
+    elif arm.data == CURATED_DPO:
+        df = curated.filter(pl.col("chosen").is_not_null()) if "chosen" in curated.columns else curated.clear()
+        if df.height == 0:
+            raise ConfigError(f"arm {arm.name!r} ({CURATED_DPO}) trains on the curated set's preference pairs, and "
+                              f"none of its {curated.height} rows has one (a non-null `chosen`): add a "
+                              f"`preference_pairs` step to the recipe (docs/preference-pairs.md)")
     elif arm.data == "curated_plus_synthetic":
         df = curated
     elif arm.data == "full":
@@ -79,6 +85,26 @@ def arm_rows(arm: ArmConfig, pool: pl.DataFrame, curated: pl.DataFrame, *, seed:
     if df.height == 0:
         raise ConfigError(f"arm {arm.name!r} ({arm.data}) has no rows")
     return df.head(arm.n) if arm.n is not None else df
+
+
+def sft_source(config: ExperimentConfig) -> str:
+    """The arm whose SFT adapter (per seed) a `curated+dpo` arm goes on training: the first `curated` arm."""
+    return next(a.name for a in config.arms if a.data == "curated")
+
+
+def dpo_config(arm: ArmConfig, train: TrainConfig) -> TrainConfig:
+    """The training section of a `curated+dpo` arm's DPO stage: the experiment's `train` (SFT stage included,
+    which it does not run: the curated arm's adapter is its start) with method dpo, DPO's options from the arm
+    or else from `train.dpo`, the student loaded as the SFT arms load it."""
+    if train.method not in ("qlora", "lora"):
+        raise ConfigError(f"arm {arm.name!r} ({CURATED_DPO}) trains a LoRA adapter with DPO on the curated arm's; "
+                          f"train.method {train.method} trains no adapter: use qlora or lora")
+    options = arm.dpo or train.dpo
+    if "base_method" in options.model_fields_set and options.base_method != train.method:
+        raise ConfigError(f"arm {arm.name!r}: dpo.base_method {options.base_method} differs from the method the "
+                          f"curated arm's SFT adapter was trained with ({train.method}); leave it out")
+    dpo = DPOOptions(**(options.model_dump() | {"reference": "sft", "base_method": train.method}))
+    return train.model_copy(update={"method": "dpo", "dpo": dpo})
 
 
 def profile(df: pl.DataFrame, tokenizer=None, max_seq_len: int | None = None) -> dict:
@@ -109,6 +135,17 @@ def answer_tokens_per_step(prof: dict, train: TrainConfig) -> float:
 
 def plan_budget(config: ExperimentConfig, train: TrainConfig, profiles: dict[str, dict]) -> dict[str, dict]:
     """Per arm: the training settings the budget rule gives (max_steps/epochs) and why."""
+    dpo_arms = {a.name: a for a in config.arms if a.data == CURATED_DPO}
+    if dpo_arms:  # a curated+dpo arm's SFT stage is the curated arm's; its DPO stage's budget is its own
+        plans = plan_budget(config.model_copy(update={"arms": [a for a in config.arms if a.name not in dpo_arms],
+                                                      "token_reference": _token_reference(config, dpo_arms)}),
+                            train, {k: v for k, v in profiles.items() if k not in dpo_arms})
+        for name, arm in dpo_arms.items():
+            dpo = dpo_config(arm, train).dpo
+            plans[name] = {**plans[sft_source(config)], "sft_from": sft_source(config),
+                           "dpo": {"max_steps": dpo.max_steps, "epochs": dpo.epochs, "beta": dpo.beta, "lr": dpo.lr,
+                                   "pairs": profiles[name]["rows"]}}
+        return {a.name: plans[a.name] for a in config.arms}
     steps = config.steps or train.max_steps
     if config.budget in ("equal_steps", "equal_tokens") and steps is None:
         raise ConfigError(f"budget {config.budget} needs a step count: set experiment.steps or train.max_steps")
@@ -131,3 +168,10 @@ def plan_budget(config: ExperimentConfig, train: TrainConfig, profiles: dict[str
         plans[name] = {"max_steps": n, "epochs": train.epochs, "expected_steps": n, "rows_per_step": rows_per_step,
                        "answer_token_budget": round(target)}
     return plans
+
+
+def _token_reference(config: ExperimentConfig, dpo_arms: dict) -> str:
+    """The equal_tokens reference arm among the SFT arms: a curated+dpo reference (named, or first) stands for
+    the curated arm it goes on from."""
+    name = config.token_reference or config.arms[0].name
+    return sft_source(config) if name in dpo_arms else name

@@ -9,8 +9,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from training.config import DPOOptions
+
 # Arm data selections built from the pool (anything else is a path to a parquet/jsonl file).
-BUILTIN_DATA = ("curated", "full", "random_n", "longest_n", "curated_plus_synthetic")
+CURATED_DPO = "curated+dpo"  # the `curated` arm's SFT adapter of each seed, then DPO on the curated set's pairs
+BUILTIN_DATA = ("curated", "full", "random_n", "longest_n", "curated_plus_synthetic", CURATED_DPO)
 SLICES = ("structured", "answer_length", "turns")
 METRICS = ("heldout_loss", "judge_win_rate", "judge_score", "exact_match", "token_f1", "benchmark_score",
            "benchmark_win_rate", "reference_loss", "ifeval_prompt_strict", "ifeval_instruction_strict")
@@ -157,18 +160,34 @@ class ArmConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(description="Arm name used in folders, tables and the plot (letters, digits, -_.).",
-                      pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str = Field(description="Arm name used in folders, tables and the plot (letters, digits, -_.+).",
+                      pattern=r"^[A-Za-z0-9_.+-]+$")
     data: str = Field(
         description="The arm's training rows: `curated` (the run's curated set without its synthetic rows), "
                     "`curated_plus_synthetic` (the curated set with the rows `synthesize` added and the judge "
                     "kept: the verdict then says whether they helped, against the `curated` arm), `full` (the "
                     "whole noisy pool), `random_n` (n rows drawn at random from the pool, a fresh draw per "
-                    "seed), `longest_n` (the n pool rows with the longest answers), or a path to a "
-                    "parquet/jsonl file (e.g. another run's curated.parquet).")
+                    "seed), `longest_n` (the n pool rows with the longest answers), `curated+dpo` (the "
+                    "`curated` arm's SFT adapter of the same seed, trained on with DPO on the preference pairs "
+                    "of the curated set, `preference_pairs`; against `curated` the difference is DPO alone: "
+                    "docs/preference-pairs.md), or a path to a parquet/jsonl file (e.g. another run's "
+                    "curated.parquet).")
     n: int | None = Field(
         None, ge=1, description="Rows for random_n/longest_n (default: the curated set's size); for other "
                                 "data, keep at most n rows (the first n).")
+    dpo: DPOOptions | None = Field(
+        None, description="With data `curated+dpo`: the DPO stage's options (beta, lr, epochs or max_steps; "
+                          "reference sft, base_method the experiment's train.method); default: the recipe's "
+                          "`train.dpo` (with train.method dpo), else DPO's defaults.")
+
+    @model_validator(mode="after")
+    def _dpo_options_need_a_dpo_arm(self) -> ArmConfig:
+        if self.dpo is not None and self.data != CURATED_DPO:
+            raise ValueError(f"arm {self.name!r}: `dpo:` options are for data {CURATED_DPO}")
+        if self.dpo is not None and self.dpo.reference != "sft":
+            raise ValueError(f"arm {self.name!r}: {CURATED_DPO} goes on training the curated arm's SFT adapter: "
+                             f"dpo.reference must be sft")
+        return self
 
 
 def default_arms() -> list[ArmConfig]:
@@ -230,4 +249,7 @@ class ExperimentConfig(BaseModel):
             raise ValueError(f"baseline {self.baseline!r} is not an arm (arms: {', '.join(names)})")
         if self.token_reference is not None and self.token_reference not in names:
             raise ValueError(f"token_reference {self.token_reference!r} is not an arm (arms: {', '.join(names)})")
+        if any(a.data == CURATED_DPO for a in self.arms) and not any(a.data == "curated" for a in self.arms):
+            raise ValueError(f"an arm with data {CURATED_DPO} goes on training the SFT adapter of the arm with data "
+                             f"curated, and there is none: add `{{name: curated, data: curated}}` to the arms")
         return self

@@ -3,7 +3,8 @@
     out_dir/
       base/scores.parquet, eval.json, eval.DONE    the untrained student on the held-out set
       arms/<arm>/profile.json                  the arm's data: rows, answer length, structured share
-      arms/<arm>/seed-<s>/                     training.train's folder (adapter/, train-result.json, train.DONE, ...)
+      arms/<arm>/seed-<s>/                     training.train's folder (adapter/, train-result.json, train.DONE, ...);
+                                               for a curated+dpo arm training.dpo's, from the curated arm's adapter
                          dataset.json, ids.parquet   exactly which rows it trained on (and their hash)
                          scores.parquet        per held-out row scores (evaluation.scoring)
                          eval.json, eval.DONE  its figures; the marker says this arm x seed is finished
@@ -33,8 +34,9 @@ from curation.errors import ConfigError
 from curation.settings import no_progress
 from curation import store
 from curation.store import read_json, write_json
-from evaluation.arms import arm_rows, plan_budget, profile, remove_heldout, remove_overlap, varies_by_seed
-from evaluation.config import EvaluateConfig, ExperimentConfig
+from evaluation.arms import (arm_rows, dpo_config, plan_budget, profile, remove_heldout, remove_overlap, sft_source,
+                             varies_by_seed)
+from evaluation.config import CURATED_DPO, EvaluateConfig, ExperimentConfig
 from evaluation.evaluate import evaluate_run
 from evaluation.files import EVAL, EVAL_DONE, REPORT
 from evaluation.report import add_benchmark, add_reference, aggregate, goal_sentence, write_plot, write_report
@@ -136,6 +138,17 @@ def _train_summary(result) -> dict:
     return {k: getattr(result, k) for k in keep} | {"adapter_dir": str(result.adapter_dir)}
 
 
+_BOTH_STAGES = ("steps", "tokens_seen", "answer_tokens_seen", "train_seconds")
+
+
+def _dpo_summary(result, sft: dict) -> dict:
+    """A curated+dpo arm's training: the DPO stage's figures, with steps, tokens and time of both stages at the
+    top level (what the arm cost, as the report's table counts it for every arm) and each stage's under
+    `sft` and `dpo`. train_loss and first_loss stay DPO's (a preference loss, log 2 at the start)."""
+    dpo = _train_summary(result)
+    return {**dpo, **{k: sft[k] + dpo[k] for k in _BOTH_STAGES}, "dpo": dpo, "sft": sft}
+
+
 def _heldout_source(heldout: pl.DataFrame) -> str:
     if "source" not in heldout.columns:
         return "the given held-out frame"
@@ -177,6 +190,9 @@ def _open(out_dir: Path, config: ExperimentConfig, train_config: TrainConfig, ec
         raise ConfigError("experiment.metric reference_loss needs evaluate.reference (e.g. alpaca_eval)")
     if config.metric.startswith("ifeval_") and ecfg.benchmark != "ifeval":
         raise ConfigError(f"experiment.metric {config.metric} needs evaluate.benchmark: ifeval")
+    for arm in config.arms:
+        if arm.data == CURATED_DPO:
+            dpo_config(arm, train_config)  # a method without an adapter, or a clashing base_method: one line now
     max_seq_len = ecfg.max_seq_len or train_config.max_seq_len
     set_threads(train_config.threads)
     student = resolve_student(train_config.student, ctx.cache_dir)
@@ -200,8 +216,17 @@ def _plan(run: _Run, pool: pl.DataFrame, curated: pl.DataFrame, heldout: pl.Data
                      "the benchmark prompts were removed before building the arms.")
     data = _arm_data(run, pool, curated, heldout, notes)
     profiles = _profiles(run, data)
-    return _Plan(held, frame_hash(held), pool, curated, leaked, reference, data, profiles,
-                 plan_budget(run.config, run.train, profiles),
+    plans = plan_budget(run.config, run.train, profiles)
+    for arm in run.config.arms:
+        if arm.data == CURATED_DPO:
+            d = plans[arm.name]["dpo"]
+            length = f"{d['max_steps']} steps" if d["max_steps"] else f"{d['epochs']:g} epoch(s)"
+            notes.append(f"`{arm.name}`: the `{plans[arm.name]['sft_from']}` arm's SFT adapter of the same seed, "
+                         f"trained on with DPO on the curated set's {d['pairs']} preference pairs ({length}, beta "
+                         f"{d['beta']:g}, lr {d['lr']:g}, the SFT adapter the frozen reference); its steps, answer "
+                         f"tokens and train time are both stages', and its difference from "
+                         f"`{plans[arm.name]['sft_from']}` is the DPO stage's alone.")
+    return _Plan(held, frame_hash(held), pool, curated, leaked, reference, data, profiles, plans,
                  run.ctx.heldout_source or _heldout_source(heldout), notes)
 
 
@@ -263,10 +288,12 @@ def _train_and_score_all(run: _Run, plan: _Plan) -> tuple[_Scoring, dict[tuple[s
         from evaluation.tracking import tracking_uri
 
         mlflow_uri = tracking_uri(run.out_dir, run.config.mlflow_uri)
-    jobs = [(arm, s) for arm in run.config.arms for s in run.config.seeds]
+    # a curated+dpo arm goes on from the curated arm's adapter of the same seed: it trains after it
+    jobs = sorted([(arm, s) for arm in run.config.arms for s in run.config.seeds],
+                  key=lambda job: job[0].data == CURATED_DPO)
     results: dict[tuple[str, int], dict] = {}
     for arm, s in run.track(jobs, "experiment: arms x seeds", len(jobs)):
-        seed_key, results[arm.name, s] = _arm_seed(run, plan, scoring, arm, s)
+        seed_key, results[arm.name, s] = _arm_seed(run, plan, scoring, arm, s, results)
         if run.config.mlflow:
             err = _track(run, arm, s, seed_key, plan.plans[arm.name], results[arm.name, s])
             if err:
@@ -299,8 +326,11 @@ def _base_scores(run: _Run, held: pl.DataFrame, key: dict, grade) -> pl.DataFram
     return scores
 
 
-def _arm_seed(run: _Run, plan: _Plan, scoring: _Scoring, arm, s: int) -> tuple[dict, dict]:
-    """Train and score one arm x seed, or read it back when it was scored with the same key. Returns (key, result)."""
+def _arm_seed(run: _Run, plan: _Plan, scoring: _Scoring, arm, s: int, results: dict[tuple[str, int], dict]
+              ) -> tuple[dict, dict]:
+    """Train and score one arm x seed, or read it back when it was scored with the same key. Returns (key, result).
+    A curated+dpo arm reads the curated arm's result of the same seed from `results`."""
+    from curation.store import file_digest
     from training.trainer import train
 
     seed_dir = run.out_dir / "arms" / arm.name / f"seed-{s}"
@@ -308,8 +338,14 @@ def _arm_seed(run: _Run, plan: _Plan, scoring: _Scoring, arm, s: int) -> tuple[d
     data_hash = frame_hash(df)
     arm_train = run.train.model_copy(update={"max_steps": plan.plans[arm.name]["max_steps"],
                                              "epochs": plan.plans[arm.name]["epochs"]})
+    sft = None
+    if arm.data == CURATED_DPO:  # the DPO stage alone; its SFT stage is the curated arm's, trained already
+        sft = results[sft_source(run.config), s]["train"]
+        arm_train = dpo_config(arm, arm_train)
     key = {"arm": arm.model_dump(mode="json"), "seed": s, "data_hash": data_hash,
            "train": arm_train.model_dump(mode="json"), **scoring.key}
+    if sft is not None:
+        key["sft_adapter_hash"] = file_digest(Path(sft["adapter_dir"]) / "adapter_model.safetensors")
     if _scored(seed_dir, key):
         log.info("%s seed %d: finished earlier", arm.name, s)
         done = read_json(seed_dir / EVAL)
@@ -320,12 +356,19 @@ def _arm_seed(run: _Run, plan: _Plan, scoring: _Scoring, arm, s: int) -> tuple[d
     _write_json(seed_dir / "dataset.json", {"dataset_hash": data_hash, "rows": df.height, "arm": arm.name,
                                             "data": arm.data, "seed": s})
     prov = {**(run.ctx.provenance or {}), "dataset_hash": data_hash, "experiment_arm": arm.name}
-    result = train(df, arm_train, seed_dir, seed=s, cache_dir=run.ctx.cache_dir, provenance=prov)
+    if sft is None:
+        result = train(df, arm_train, seed_dir, seed=s, cache_dir=run.ctx.cache_dir, provenance=prov)
+    else:
+        from training.dpo import train_dpo
+
+        result = train_dpo(df, arm_train, seed_dir, seed=s, cache_dir=run.ctx.cache_dir, provenance=prov,
+                           sft_adapter=Path(sft["adapter_dir"]))
     t0 = time.perf_counter()
     scores = score_model(run.student, run.train.method, run.train.compute_dtype, plan.held, run.ecfg,
                          run.max_seq_len, adapter_dir=result.adapter_dir, compare_answers=scoring.compare,
                          ask=scoring.ask, grade=scoring.grade, cache_dir=run.ctx.cache_dir, progress=run.track)
-    summary = {"train": _train_summary(result), "metrics": summarise(scores), "eval_seconds": time.perf_counter() - t0}
+    trained = _train_summary(result) if sft is None else _dpo_summary(result, sft)
+    summary = {"train": trained, "metrics": summarise(scores), "eval_seconds": time.perf_counter() - t0}
     _write_scores(seed_dir, key, scores, summary)
     return key, {"seed": s, "train": summary["train"], "scores": scores}
 

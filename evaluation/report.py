@@ -378,7 +378,12 @@ def write_report(path: Path, summary: dict, *, title: str, heldout_source: str, 
         rows_s = f"{rows}" if isinstance(rows, int) else f"{int(np.mean(rows))} (per seed)"
         trainable = a["profile"].get("trainable_rows", a["profile"]["rows"])
         epochs = a["steps_mean"] * a["plan"].get("rows_per_step", 0) / max(1, trainable)
-        cells = [f"`{a['name']}`", a["data"], rows_s, f"{a['steps_mean']:.0f}", f"{epochs:.2f}",
+        steps_s, epochs_s = f"{a['steps_mean']:.0f}", f"{epochs:.2f}"
+        if a["plan"].get("dpo"):  # curated+dpo: the SFT arm's steps, then DPO's over its pairs (rows_s)
+            sft, dpo = (float(np.mean([s["train"][k]["steps"] for s in a["seeds"]])) for k in ("sft", "dpo"))
+            steps_s = f"{sft:.0f} SFT + {dpo:.0f} DPO"
+            epochs_s = f"{dpo * a['plan']['rows_per_step'] / max(1, a['profile']['rows']):.2f} over the pairs"
+        cells = [f"`{a['name']}`", a["data"], rows_s, steps_s, epochs_s,
                  f"{a['answer_tokens_seen_mean']:,.0f}", _human_seconds(a["train_seconds_mean"]),
                  _fmt_ci(a["metrics"].get(metric)),
                  _fmt_ci(a["vs_" + baseline].get(metric), sign=True) if a["name"] != baseline else "(baseline)"]

@@ -197,7 +197,7 @@ def parse_recipe(text: str, source: str = "<recipe>") -> Recipe:
                             f"unknown teacher {teacher!r} (define it under `teachers:`)")
     if recipe is not None:
         problems += _self_judging(steps, recipe.teachers, source, root)
-        problems += _pairs_for_dpo(steps, recipe.train, source, root)
+        problems += _pairs_for_dpo(steps, recipe, source, root)
     if problems:
         raise RecipeError("\n".join(problems))
     assert recipe is not None
@@ -227,14 +227,21 @@ def _self_judging(steps: list[Step], teachers: dict[str, TeacherConfig], source:
     return problems
 
 
-def _pairs_for_dpo(steps: list[Step], train: TrainConfig | None, source: str, root) -> list[str]:
-    """`train: {method: dpo}` trains on the pairs the `preference_pairs` step makes: without that step it would
-    fail after curation, so the recipe fails to load."""
-    if train is None or train.method != "dpo" or any(s.kind == "preference_pairs" for s in steps):
+def _pairs_for_dpo(steps: list[Step], recipe: Recipe, source: str, root) -> list[str]:
+    """`train: {method: dpo}` and an experiment arm `curated+dpo` train on the pairs the `preference_pairs` step
+    makes: without that step they would fail after curation, so the recipe fails to load."""
+    if any(s.kind == "preference_pairs" for s in steps):
         return []
-    return [f"{source}:{_line_of(root, ('train', 'method'))}: train.method: dpo trains on preference pairs, and no "
-            f"step makes them: add a `preference_pairs` step to `steps:` (docs/preference-pairs.md), or train with "
-            f"method qlora or lora"]
+    fix = "add a `preference_pairs` step to `steps:` (docs/preference-pairs.md)"
+    problems = []
+    if recipe.train is not None and recipe.train.method == "dpo":
+        problems.append(f"{source}:{_line_of(root, ('train', 'method'))}: train.method: dpo trains on preference "
+                        f"pairs, and no step makes them: {fix}, or train with method qlora or lora")
+    for i, arm in enumerate(recipe.experiment.arms if recipe.experiment else []):
+        if arm.data == "curated+dpo":
+            problems.append(f"{source}:{_line_of(root, ('experiment', 'arms', i, 'data'))}: experiment.arms[{i}].data: "
+                            f"curated+dpo trains on preference pairs, and no step makes them: {fix}")
+    return problems
 
 
 def load_recipe(path: str | Path) -> Recipe:

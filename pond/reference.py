@@ -43,11 +43,11 @@ def options_table(model: type[BaseModel]) -> list[str]:
 
 def render() -> str:
     from curation.ingest import InputOptions
-    from evaluation.config import EvaluateConfig, ExperimentConfig
+    from evaluation.config import ArmConfig, EvaluateConfig, ExperimentConfig
     from pond.recipe import Recipe
     from pond.retrain_config import DriftOptions, RetrainConfig, RetrainWhen
     from synthesis.client import TeacherConfig
-    from training.config import TrainConfig
+    from training.config import DPOOptions, TrainConfig
 
     out = ["# Recipe reference", "",
            "Generated from pond's option models (`python -m pond.reference`); a test keeps it in sync.", "",
@@ -61,6 +61,8 @@ def render() -> str:
     out += ["", "## `train`", ""] + options_table(TrainConfig)
     out += ["", "## `evaluate`", ""] + options_table(EvaluateConfig)
     out += ["", "## `experiment`", ""] + options_table(ExperimentConfig)
+    out += ["", "### `experiment.arms[]`", ""] + options_table(ArmConfig)
+    out += ["", "### `train.dpo` (and an arm's `dpo`)", ""] + options_table(DPOOptions)
     out += ["", "## `retrain`", ""] + options_table(RetrainConfig)
     out += ["", "### `retrain.when`", ""] + options_table(RetrainWhen)
     out += ["", "### `retrain.drift`", ""] + options_table(DriftOptions)

@@ -161,18 +161,25 @@ def _drop_reference_copy(model) -> None:
 
 def train_dpo(df: pl.DataFrame, config: TrainConfig, out_dir: Path, *, seed: int = 0,
               eval_df: pl.DataFrame | None = None, cache_dir: Path | None = None,
-              provenance: dict | None = None, progress: Callable | None = None) -> TrainResult:
+              provenance: dict | None = None, progress: Callable | None = None,
+              sft_adapter: Path | None = None) -> TrainResult:
     """DPO of `config.student` on the pair rows of `df` (module docstring), the adapter saved under `out_dir`;
     the same arguments as training.trainer.train(), which trains the SFT stage with `eval_df`. Called again
-    with the same arguments it resumes, or returns the recorded result once train.DONE holds its key."""
+    with the same arguments it resumes, or returns the recorded result once train.DONE holds its key.
+
+    `sft_adapter`: an SFT adapter trained elsewhere (the experiment's curated arm, loaded the way
+    `dpo.base_method` says) to go on from instead of training the SFT stage here (reference: sft only)."""
     out_dir = Path(out_dir)
     pairs = _setup_pairs(df)  # before any training: a run without pairs fails in one line, not after SFT
+    if sft_adapter is not None and config.dpo.reference != "sft":
+        raise ConfigError(f"an SFT adapter to go on from ({sft_adapter}) needs train.dpo.reference sft, not "
+                          f"{config.dpo.reference}")
     workers = distributed.processes_to_start(config.processes, config.batch_size)
     set_threads(config.threads)
     student = sft._setup_student(config, cache_dir, eval_df)
     # with `processes` > 1 the SFT stage starts (and ends) its own workers; under a launcher every rank trains it
-    start = _setup_reference(df, config, out_dir, seed, eval_df=eval_df, cache_dir=cache_dir,
-                             provenance=provenance, progress=progress)
+    start = Path(sft_adapter) if sft_adapter is not None else _setup_reference(
+        df, config, out_dir, seed, eval_df=eval_df, cache_dir=cache_dir, provenance=provenance, progress=progress)
     start_hash = start and file_digest(start / ADAPTER_WEIGHTS)
     key = sft._run_key(config, seed, student, pairs.hash, None) | {"sft_adapter_hash": start_hash}
     if distributed.is_main():
@@ -181,8 +188,8 @@ def train_dpo(df: pl.DataFrame, config: TrainConfig, out_dir: Path, *, seed: int
         return done
     if workers > 1:  # each worker runs this function as one rank (finding the SFT stage finished); rank 0 writes
         distributed.launch(workers, train_dpo, (df, config, out_dir),
-                           {"seed": seed, "eval_df": eval_df, "cache_dir": cache_dir, "provenance": provenance},
-                           progress)
+                           {"seed": seed, "eval_df": eval_df, "cache_dir": cache_dir, "provenance": provenance,
+                            "sft_adapter": sft_adapter}, progress)
         return sft._recorded(out_dir, key)
 
     dtype = resolve_dtype(config.compute_dtype)
