@@ -17,6 +17,9 @@
    Reference rows (`ctx.reference`) join the comparison and are never in the output; a cluster
    holding one keeps a reference row, whatever `keep` says.
 
+An input larger than the local executor's batch goes through `stream_marks` (curation.minhash_stream):
+the same rules and functions, holding ids, band keys and verdicts instead of the rows.
+
 Documents are processed in id order internally, which is what makes every tie-break independent
 of the input's row order. Clusters are transitive: A~B and B~C put A, B, C together even when
 A and C are below the threshold (as in datatrove and NeMo Curator).
