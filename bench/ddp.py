@@ -21,13 +21,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from figures import emit  # noqa: E402 (bench/ is on sys.path when a bench runs)
+from child import add_worker_args, report, run_worker  # noqa: E402 (bench/ is on sys.path when a bench runs)
+from figures import emit  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -56,21 +56,17 @@ def child(args) -> None:
     wall = time.perf_counter() - t0
     log = [e for e in json.loads((out / "train-result.json").read_text())["log_history"] if "tokens_seen" in e]
     first, last = log[0], log[-1]
-    print("RESULT " + json.dumps({
-        "tokens": last["tokens_seen"] - first["tokens_seen"],
-        "seconds": last["train_seconds"] - first["train_seconds"], "wall_seconds": wall,
-        "steps": res.steps, "compute_dtype": res.compute_dtype, "final_loss": res.losses[-1]}))
+    report({"tokens": last["tokens_seen"] - first["tokens_seen"],
+            "seconds": last["train_seconds"] - first["train_seconds"], "wall_seconds": wall,
+            "steps": res.steps, "compute_dtype": res.compute_dtype, "final_loss": res.losses[-1]})
 
 
 def _arm(args, processes: str, data: Path, out: str) -> dict:
-    cmd = [sys.executable, __file__, "--child", processes, "--data", str(data), "--out", out, "--model", args.model,
-           "--steps", str(args.steps), "--batch-size", str(args.batch_size), "--seq-len", str(args.seq_len)]
+    flags = ["--model", args.model, "--steps", str(args.steps), "--batch-size", str(args.batch_size),
+             "--seq-len", str(args.seq_len)]
     load_before = os.getloadavg()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    line = next((x for x in reversed(proc.stdout.splitlines()) if x.startswith("RESULT ")), None)
-    if line is None:
-        sys.exit(f"{processes} processes failed:\n{proc.stderr[-3000:]}")
-    return json.loads(line[7:]) | {"load_before": load_before, "load_after": os.getloadavg()}
+    return run_worker(__file__, processes, data, out, flags) | {"load_before": load_before,
+                                                                "load_after": os.getloadavg()}
 
 
 def main() -> None:
@@ -81,8 +77,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=8, help="global micro-batch (split over the processes)")
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--rows", type=int, default=256, help="ShareGPT conversations to draw batches from")
-    for hidden in ("--child", "--data", "--out"):  # how the parent hands a worker its job
-        ap.add_argument(hidden, help=argparse.SUPPRESS)
+    add_worker_args(ap)
     args = ap.parse_args()
     if args.child:
         return child(args)
