@@ -61,8 +61,9 @@ def arm_rows(arm: ArmConfig, pool: pl.DataFrame, curated: pl.DataFrame, *, seed:
         df = curated.filter(pl.col("chosen").is_not_null()) if "chosen" in curated.columns else curated.clear()
         if df.height == 0:
             raise ConfigError(f"arm {arm.name!r} ({CURATED_DPO}) trains on the curated set's preference pairs, and "
-                              f"none of its {curated.height} rows has one (a non-null `chosen`): add a "
-                              f"`preference_pairs` step to the recipe (docs/preference-pairs.md)")
+                              f"none of its {curated.height} rows has one (a non-null `chosen`): the recipe's "
+                              f"`preference_pairs` step made none (its stats.json says why: judge ties under "
+                              f"min_margin, near-copies), or there is no such step (docs/preference-pairs.md)")
     elif arm.data == "curated_plus_synthetic":
         df = curated
     elif arm.data == "full":

@@ -98,7 +98,7 @@ def test_a_curated_set_without_pairs_is_one_line_before_any_training(tiny_llama_
         _experiment(tmp_path / "exp", curated, config, tiny_llama_dir)
     message = str(err.value)
     assert message.startswith("arm 'curated+dpo' (curated+dpo) trains on the curated set's preference pairs, and "
-                              "none of its 12 rows has one") and "`preference_pairs` step" in message
+                              "none of its 12 rows has one") and "`preference_pairs` step made none" in message
     assert "\n" not in message and not (tmp_path / "exp" / "arms" / "curated" / "seed-0").exists()
     full = _train(tiny_llama_dir).model_copy(update={"method": "full"})
     from evaluation.experiment import run_experiment
