@@ -208,7 +208,7 @@ def run_pond(args, spec: dict, data: Path, out: Path) -> dict:
     fields = {k: v for k, v in settings.items() if k in TrainConfig.model_fields}
     clock = StepClock()
     cfg = TrainConfig(student=args.model, max_steps=args.steps, batch_size=args.batch_size, max_seq_len=args.seq_len,
-                      save_steps=10**6, lr=2e-4, lora_r=16, lora_alpha=32, **fields)
+                      save_steps=10**6, lr=2e-4, lora_r=16, lora_alpha=32, threads=args.threads, **fields)
     res = train(pl.read_parquet(data), cfg, out, progress=clock.track)
     peak = _peak_mb()
     hist = json.loads((out / "train-result.json").read_text())["log_history"]
