@@ -36,6 +36,7 @@ from pond.steps import StepSpec
 
 PARTS = "_parts"  # in a step folder while a streamed step runs
 POS = "pos"  # the column of a step's marks: the row's position in the step's input
+ROW_GROUP_ROWS = 10_000  # rows per row group of a combined output (~100 MB of ShareGPT rows in memory)
 
 
 def batch_rows() -> int:
@@ -74,15 +75,32 @@ def combine_parts(parts: list[Path], dest: Path, empty: pl.DataFrame) -> int:
     if not parts:
         store.write_parquet(empty, dest)
         return 0
+    import pyarrow.parquet as pq
+
     mixed = mixed_user_columns([pl.read_parquet_schema(p) for p in parts])
     if mixed:  # a user column typed differently in two batches: JSON text in each, one part at a time
         for part in parts:
             as_json_columns(pl.read_parquet(part), mixed).write_parquet(part)
-    lazy = pl.concat([pl.scan_parquet(p) for p in parts], how="diagonal_relaxed")
-    # streamed straight to its place (the store writes whole frames): the step's DONE comes after it,
-    # and a rerun without DONE clears the folder
-    lazy.sink_parquet(dest, compression="zstd", statistics=False)
-    return pl.scan_parquet(dest).select(pl.len()).collect().item()
+    # every part in the columns and types of their diagonal concatenation (what ingest's join rule gives)
+    target = pl.concat([pl.DataFrame(schema=pl.read_parquet_schema(p)) for p in parts], how="diagonal_relaxed")
+    # written straight to its place, ROW_GROUP_ROWS at a time (the store writes whole frames, and polars'
+    # sink_parquet held ~3x more: 4.3 GB against 1.1 GB for 300k ShareGPT rows): the step's DONE comes after
+    # it, and a rerun without DONE clears the folder
+    writer, n = None, 0
+    try:
+        for part in parts:
+            for batch in iter_rows(part, rows=ROW_GROUP_ROWS):
+                table = pl.concat([target, batch], how="diagonal_relaxed").to_arrow()
+                if writer is None:
+                    writer = pq.ParquetWriter(dest, table.schema, compression="zstd", write_statistics=False)
+                writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
+                n += len(batch)
+    finally:
+        if writer is not None:
+            writer.close()
+    if writer is None:
+        store.write_parquet(target, dest)
+    return n
 
 
 class PartWriter:
