@@ -8,7 +8,7 @@ row groups, so memory stays flat as rows grow (docs/scale-out.md, "Size on one m
 - a step whose module has `stream_marks` (exact and MinHash dedup) reads only the columns its rule
   needs, in batches, and returns per-row verdicts (`marks`, only the rows that have one) and the
   split function that turns marked rows into (kept, rejected); the rows then stream through it;
-- the part files are combined into kept/rejected.parquet by a streamed sink (`combine_parts`).
+- the part files are combined into kept/rejected.parquet `ROW_GROUP_ROWS` rows at a time (`combine_parts`).
 
 An input of at most one batch runs as before: the whole frame through the step function and the
 store's writer, so small runs keep their bytes. `batch_rows()` is the batch size: `LOCAL_BATCH_ROWS`
