@@ -137,6 +137,16 @@ def _warn_if_no_case(candidates: int, cases: list[Case], ctx: StepContext) -> No
         warn_once(f"{ctx.step_dir}:{message}", message)
 
 
+def _warn_if_no_pair(cases: int, made: int, reasons: list[str | None], ctx: StepContext) -> None:
+    """Cases but no pair (every case tied or a near-copy): the run goes on with nothing to train DPO on; say why."""
+    if cases and not made:
+        why = Counter(r.split(":", 1)[0] for r in reasons if r).most_common()
+        message = (f"preference_pairs: {cases} cases, no pair: " + ", ".join(f"{n} rows {w}" for w, n in why)
+                   + " (a judge that gives most answers the same score ties them: give it room for a reason, "
+                     "max_reason_chars, or lower min_margin)")
+        warn_once(f"{ctx.step_dir}:{message}", message)
+
+
 # ---------------------------------------------------------------------------------- one case's verdict
 
 
@@ -208,6 +218,7 @@ def preference_pairs(df: pl.DataFrame, opts: PreferencePairsOptions,
     _warn_if_no_case(sum(k is not None for k in keys), cases, ctx)
     reasons: list[str | None] = [None] * len(df)
     made = [p for c in cases if (p := _judge_case(c, scores, answers, ids, opts, reasons)) is not None]
+    _warn_if_no_pair(len(cases), len(made), reasons, ctx)
     marked = df.with_columns(_pair_columns(df, made, scores, answers))
     keep = pl.Series([r is None for r in reasons], dtype=pl.Boolean)
     rejected = reject(marked.filter(~keep), STAGE, pl.Series([r for r in reasons if r is not None], dtype=pl.Utf8))

@@ -185,6 +185,18 @@ def test_every_answer_alone_in_its_case_warns(capsys, tmp_path):
     assert "preference_pairs: 3 judged answers, each alone in its case, so no pair: a judge with best_of" in said
 
 
+def test_cases_that_all_tie_make_no_pair_and_say_why(capsys, tmp_path):
+    tied = _frame([r[:5] + (7,) for r in ROWS if r[0].startswith(("syn-a", "syn-b"))])  # a judge that gives every answer 7
+    ctx = StepContext(step_dir=tmp_path)
+    kept, rejected = preference_pairs(tied, PreferencePairsOptions(), ctx)
+    assert ctx.stats["cases"] == 2 and ctx.stats["pairs"] == 0 and len(rejected) == 5
+    said = capsys.readouterr().err
+    assert "preference_pairs: 2 cases, no pair: 5 rows margin below min_margin" in said
+    # a case that makes a pair says nothing
+    preference_pairs(_frame(ROWS), PreferencePairsOptions(), StepContext(step_dir=tmp_path / "other"))
+    assert "no pair" not in capsys.readouterr().err
+
+
 def test_the_pair_columns_are_trls_conversational_preference_format():
     """TRL's DPO data: exactly prompt, chosen and rejected of its keys (`messages` beside them is refused,
     so an export keeps the three), the prompt ending on the user turn."""
