@@ -1,5 +1,5 @@
 """The local executor's streaming: a step's input read in bounded batches, its outputs written in
-row groups, so memory stays flat as rows grow (docs/scale-out.md, "Size on one machine").
+row groups, so no step holds its whole input (docs/scale-out.md, "Size on one machine").
 
 - steps the Ray executor runs shard by shard (`rowwise`, `actor`) run batch by batch:
   each batch through the step function itself with a fresh context, kept/rejected written as part
