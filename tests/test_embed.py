@@ -135,3 +135,19 @@ def test_kernel_fusion_keeps_outputs_and_skips_what_it_cannot_match(act, gelu_fu
     assert isinstance(block.output, embed_kernels.OneDnnOutput)
     assert swapped == 3  # the GELU linear or the plain one, the output block, and its inner linear
     torch.testing.assert_close(after, before, atol=1e-4, rtol=1e-4)
+
+
+def test_openvino_backend_matches_torch(texts, plain, tmp_path):
+    """#30: backend openvino (converted offline from the local model, IR kept in the cache dir)
+    gives vectors within cosine 0.99 of a plain fp32 encode, under its own cache key."""
+    pytest.importorskip("openvino")
+    opts = EmbeddingOptions(backend="openvino")
+    vecs = embed_texts(texts, opts, tmp_path)
+    cos = (vecs * plain).sum(1)
+    assert cos.min() >= 0.99, f"min cosine {cos.min():.4f} to plain fp32 encode"
+    key = embed.Embedder(opts).key
+    assert key.endswith("-openvino") and key != embed.Embedder(EmbeddingOptions()).key
+    assert (tmp_path / "openvino" / key / "model.xml").is_file()
+    # a second Embedder reads the saved IR instead of converting again, with the same vectors
+    again = embed.Embedder(opts, tmp_path).encode(texts[:8])
+    np.testing.assert_allclose(again, vecs[:8], atol=1e-6)
