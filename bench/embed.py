@@ -12,6 +12,8 @@ pond ...), so that other load on a shared machine falls on both alike.
   everything else default (fp32, batch 32).
 - pond: `curation.embed.embed_texts(chunk, EmbeddingOptions(), fresh cache dir)`, i.e. the
   default options a recipe gets, cache writes included.
+- pond_openvino (when the openvino package is installed, #30): the same with
+  `EmbeddingOptions(backend="openvino")` (its IR converted before the timing, like the models' loads).
 
 Prints one JSON line per figure: sentences/s (wall) for both and their ratio, CPU-seconds per
 sentence for both, min / p1 cosine between the two, the time to get all texts again from pond's
@@ -60,23 +62,47 @@ def bench_encode(texts: list[str], chunks: int, threads: int | None) -> None:
         torch.set_num_threads(threads)
     plain_model = SentenceTransformer(str(default_model_path()), device="cpu")
     opts = EmbeddingOptions(threads=threads)
-    embed_texts(texts[:8], opts)  # load pond's model outside the timing (plain's is loaded above)
     cache = Path(tempfile.mkdtemp(prefix="pond-bench-embed-"))
+    embed_texts(texts[:8], opts)  # load pond's model outside the timing (plain's is loaded above)
+    arms = ["plain", "pond"]
+    ov_opts = EmbeddingOptions(threads=threads, backend="openvino")
+    try:
+        import openvino  # noqa: F401
+
+        t = time.perf_counter()
+        embed.Embedder(ov_opts, cache).encode(texts[:8])  # convert + compile outside the timing
+        emit(figure="openvino_convert_compile_seconds", value=round(time.perf_counter() - t, 2))
+        arms.append("pond_openvino")
+    except ImportError:
+        pass
     plain = np.empty((len(texts), 384), dtype=np.float32)
     ours = np.empty_like(plain)
-    wall = {"plain": 0.0, "pond": 0.0}
-    cpu = {"plain": 0.0, "pond": 0.0}
+    got = {"pond": ours, "pond_openvino": np.empty_like(plain)}
+    wall = {a: 0.0 for a in arms}
+    cpu = {a: 0.0 for a in arms}
     bounds = np.linspace(0, len(texts), chunks + 1).astype(int)
     for a, b in zip(bounds[:-1], bounds[1:]):
-        for name in ("plain", "pond"):
+        for name in arms:
             w, c = time.perf_counter(), time.process_time()
             if name == "plain":
                 plain[a:b] = plain_model.encode(texts[a:b], normalize_embeddings=True)
             else:
-                ours[a:b] = embed_texts(texts[a:b], opts, cache)
+                got[name][a:b] = embed_texts(texts[a:b], opts if name == "pond" else ov_opts, cache)
             wall[name] += time.perf_counter() - w
             cpu[name] += time.process_time() - c
     n = len(texts)
+    if "pond_openvino" in arms:
+        ov_cos = (plain * got["pond_openvino"]).sum(1)
+        emit(figure="pond_openvino_sentences_per_s", value=round(n / wall["pond_openvino"], 1), texts=n,
+             settings=f"EmbeddingOptions(backend='openvino') -> {embed.Embedder(ov_opts).key}",
+             dtype=embed._precision(ov_opts, "cpu"))
+        emit(figure="openvino_speedup_vs_plain", value=round(wall["plain"] / wall["pond_openvino"], 2), target=3.0,
+             vs_pond_torch=round(wall["pond"] / wall["pond_openvino"], 2))
+        emit(figure="openvino_cpu_seconds_per_sentence", plain=round(cpu["plain"] / n, 4),
+             pond_openvino=round(cpu["pond_openvino"] / n, 4), ratio=round(cpu["plain"] / cpu["pond_openvino"], 2),
+             vs_pond_torch=round(cpu["pond"] / cpu["pond_openvino"], 2))
+        emit(figure="min_cosine_openvino_vs_plain", value=round(float(ov_cos.min()), 5),
+             p1=round(float(np.percentile(ov_cos, 1)), 5), mean=round(float(ov_cos.mean()), 5), target=0.99)
     cos = (plain * ours).sum(1)
     emit(figure="plain_encode_sentences_per_s", value=round(n / wall["plain"], 1), texts=n,
          settings="SentenceTransformer.encode defaults: fp32, batch 32", threads=torch.get_num_threads(), dtype="fp32")
