@@ -14,6 +14,11 @@ pond ...), so that other load on a shared machine falls on both alike.
   default options a recipe gets, cache writes included.
 - pond_openvino (when the openvino package is installed, #30): the same with
   `EmbeddingOptions(backend="openvino")` (its IR converted before the timing, like the models' loads).
+- pond_model2vec (when model2vec is installed, #30): `EmbeddingOptions(backend="model2vec")`, static
+  embeddings distilled from the local MiniLM before the timing (the distillation's seconds are a
+  figure). Its quality cost: semantic dedup (eps 0.07) and quality_diverse selection (a quarter of
+  the rows, threshold 0.85, scores = text length) run on its vectors and on pond's MiniLM vectors of
+  the same texts; the figures say how far the removed / chosen sets agree.
 
 Prints one JSON line per figure: sentences/s (wall) for both and their ratio, CPU-seconds per
 sentence for both, min / p1 cosine between the two, the time to get all texts again from pond's
@@ -66,6 +71,16 @@ def bench_encode(texts: list[str], chunks: int, threads: int | None) -> None:
     embed_texts(texts[:8], opts)  # load pond's model outside the timing (plain's is loaded above)
     arms = ["plain", "pond"]
     ov_opts = EmbeddingOptions(threads=threads, backend="openvino")
+    m2v_opts = EmbeddingOptions(backend="model2vec")
+    try:
+        import model2vec  # noqa: F401
+
+        t = time.perf_counter()
+        embed.Embedder(m2v_opts, cache).encode(texts[:8])  # distil outside the timing
+        emit(figure="model2vec_distill_seconds", value=round(time.perf_counter() - t, 2))
+        arms.append("pond_model2vec")
+    except ImportError:
+        pass
     try:
         import openvino  # noqa: F401
 
@@ -77,7 +92,8 @@ def bench_encode(texts: list[str], chunks: int, threads: int | None) -> None:
         pass
     plain = np.empty((len(texts), 384), dtype=np.float32)
     ours = np.empty_like(plain)
-    got = {"pond": ours, "pond_openvino": np.empty_like(plain)}
+    got = {"pond": ours, "pond_openvino": np.empty_like(plain),
+           "pond_model2vec": np.empty((len(texts), embed.M2V_DIMS), dtype=np.float32)}
     wall = {a: 0.0 for a in arms}
     cpu = {a: 0.0 for a in arms}
     bounds = np.linspace(0, len(texts), chunks + 1).astype(int)
@@ -87,10 +103,18 @@ def bench_encode(texts: list[str], chunks: int, threads: int | None) -> None:
             if name == "plain":
                 plain[a:b] = plain_model.encode(texts[a:b], normalize_embeddings=True)
             else:
-                got[name][a:b] = embed_texts(texts[a:b], opts if name == "pond" else ov_opts, cache)
+                got[name][a:b] = embed_texts(texts[a:b], {"pond": opts, "pond_openvino": ov_opts,
+                                                          "pond_model2vec": m2v_opts}[name], cache)
             wall[name] += time.perf_counter() - w
             cpu[name] += time.process_time() - c
     n = len(texts)
+    if "pond_model2vec" in arms:
+        emit(figure="model2vec_sentences_per_s", value=round(n / wall["pond_model2vec"], 1), texts=n,
+             settings=f"EmbeddingOptions(backend='model2vec') -> {embed.Embedder(m2v_opts).key}",
+             speedup_vs_plain=round(wall["plain"] / wall["pond_model2vec"], 1),
+             cpu_seconds_per_sentence=round(cpu["pond_model2vec"] / n, 5),
+             cpu_ratio_vs_plain=round(cpu["plain"] / max(cpu["pond_model2vec"], 1e-9), 1))
+        quality_cost(texts, ours, got["pond_model2vec"])
     if "pond_openvino" in arms:
         ov_cos = (plain * got["pond_openvino"]).sum(1)
         emit(figure="pond_openvino_sentences_per_s", value=round(n / wall["pond_openvino"], 1), texts=n,
@@ -120,6 +144,34 @@ def bench_encode(texts: list[str], chunks: int, threads: int | None) -> None:
     emit(figure="rerun_from_cache_seconds", value=round(time.perf_counter() - t, 3), texts=n,
          encoded=embed.counters["encoded"] - encoded, model_loads=embed.counters["model_loads"] - loads,
          identical=bool(np.array_equal(again, ours)))
+
+
+def quality_cost(texts: list[str], ref: np.ndarray, static: np.ndarray) -> None:
+    """How far semantic dedup and selection on static vectors agree with the same on MiniLM's."""
+    from curation.selection import quality_diverse
+
+    n = len(texts)
+    k = default_clusters(n, 1000)
+    dd = {name: semdedup(e, np.arange(n), eps=0.07, k=k, seed=0)["keep"] for name, e in
+          (("minilm", ref), ("model2vec", static))}
+    rm_a, rm_b = ~dd["minilm"], ~dd["model2vec"]
+    emit(figure="model2vec_semdedup_agreement", rows=n, eps=0.07, clusters=k,
+         removed_minilm=int(rm_a.sum()), removed_model2vec=int(rm_b.sum()),
+         removed_both=int((rm_a & rm_b).sum()),
+         same_decision_fraction=round(float((dd["minilm"] == dd["model2vec"]).mean()), 4),
+         removed_jaccard=round(float((rm_a & rm_b).sum() / max((rm_a | rm_b).sum(), 1)), 4))
+    scores = np.array([len(t) for t in texts], dtype=np.float64)
+    pick = max(1, n // 4)
+    sel = {name: set(quality_diverse(e, scores, pick, 0.85, 0.02)[0].tolist())
+           for name, e in (("minilm", ref), ("model2vec", static))}
+    emit(figure="model2vec_selection_agreement", rows=n, chosen=pick, threshold=0.85,
+         chosen_in_both_fraction=round(len(sel["minilm"] & sel["model2vec"]) / pick, 4))
+    # neighbour structure: how often the static model's nearest neighbour is MiniLM's
+    sa, sb = ref @ ref.T, static @ static.T
+    np.fill_diagonal(sa, -2)
+    np.fill_diagonal(sb, -2)
+    emit(figure="model2vec_nearest_neighbour_agreement", rows=n,
+         value=round(float((sa.argmax(1) == sb.argmax(1)).mean()), 4))
 
 
 def bench_semdedup(rows: int, seed: int = 0) -> None:

@@ -30,6 +30,11 @@ Speed on CPU (measured on the 2-core AVX-512 machine, see bench/embed.py):
   2-core EPYC (bench/embed.py): ~1.3x fewer CPU-seconds per text than the default torch path,
   min cosine to plain fp32 encode >= 0.9999. sentence-transformers' own `backend="openvino"` /
   `"onnx"` need optimum(-intel), whose releases that resolve here do not load (transformers 5).
+- `backend: model2vec` (optional, `pip install model2vec[distill]`; #30): static embeddings, i.e. a
+  token-embedding table distilled once, offline, from the local model (model2vec.distill, PCA to
+  256 dims, ~2 min on 2 cores) and kept under `<cache_dir>/model2vec/<key>/`; a text is the mean of
+  its tokens' vectors, no transformer at all. For pools of millions: far faster, but not the same
+  vectors (its quality cost on semantic dedup and selection is in bench/embed.py's figures).
 """
 from __future__ import annotations
 
@@ -76,9 +81,11 @@ class EmbeddingOptions(BaseModel):
     fuse_kernels: bool = Field(True, description="on CPU, run linear layers through oneDNN with bias, GELU and residual "
                                                  "add fused (each swap checked against the stock module)")
     cache: bool = Field(True, description="read and write the on-disk embedding cache")
-    backend: Literal["torch", "openvino"] = Field(
-        "torch", description="what runs the model: torch (default), or openvino (needs the openvino package; the "
-                             "model is converted offline from the local folder once and kept under the cache dir)")
+    backend: Literal["torch", "openvino", "model2vec"] = Field(
+        "torch", description="what runs the model: torch (default); openvino (needs the openvino package; the "
+                             "model is converted offline from the local folder once and kept under the cache dir); "
+                             "model2vec (static embeddings distilled offline from the model once, kept under the "
+                             "cache dir: much faster, lower quality, 256 dims; needs model2vec[distill])")
 
 
 def default_model_path() -> Path:
@@ -152,7 +159,10 @@ class Embedder:
                       and embed_kernels.available())
         self.key = (f"{self.name}-{fingerprint(self.path)}-{self.precision}-{self._max_len or 'default'}"
                     + ("-fused" if self.fused else "") + ("-openvino" if self.backend == "openvino" else ""))
+        if self.backend == "model2vec":  # precision and device do not apply: a lookup table
+            self.key = f"{self.name}-{fingerprint(self.path)}-model2vec-pca{M2V_DIMS}"
         self._ov = None
+        self._static = None
 
     @property
     def model(self):
@@ -176,11 +186,31 @@ class Embedder:
         return self._ov
 
     @property
+    def static_model(self):
+        """model2vec StaticModel distilled from this model (read back from the cache dir when there)."""
+        if self._static is None:
+            t = time.perf_counter()
+            out = (self.cache_dir / "model2vec" / self.key) if self.cache_dir is not None else None
+            self._static = _load_static(self.path, out)
+            self.load_seconds += time.perf_counter() - t
+            counters["model_loads"] += 1
+        return self._static
+
+    @property
     def max_len(self) -> int:
         return int(self.model.max_seq_length or self.model.tokenizer.model_max_length)
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """Normalised float32 vectors for `texts` (no cache)."""
+        if self.backend == "model2vec":
+            static = self.static_model
+            if not texts:
+                return np.zeros((0, static.dim), dtype=np.float32)
+            v = np.asarray(static.encode(list(texts), max_length=self._max_len or 256, use_multiprocessing=False,
+                                         batch_size=1024), dtype=np.float32)
+            v /= np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+            counters["encoded"] += len(texts)
+            return v
         import torch
 
         model, tok, max_len = self.model, self.model.tokenizer, self.max_len
@@ -267,6 +297,27 @@ def _load_model(path: str, device: str, precision: str, max_seq_length: int | No
 
         embed_kernels.fuse(model)
     counters["model_loads"] += 1
+    return model
+
+
+M2V_DIMS = 256  # PCA dimensions of the distilled static model (model2vec's default)
+
+
+def _load_static(path: Path, out: Path | None):
+    from model2vec import StaticModel
+
+    if out is not None and (out / "config.json").is_file():
+        return StaticModel.from_pretrained(str(out))
+    from model2vec.distill import distill
+
+    model = distill(model_name=str(path), pca_dims=M2V_DIMS, device="cpu")
+    if out is not None:
+        tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")
+        model.save_pretrained(str(tmp))
+        try:
+            tmp.replace(out)
+        except OSError:  # another process saved it first
+            pass
     return model
 
 
