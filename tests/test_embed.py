@@ -151,3 +151,24 @@ def test_openvino_backend_matches_torch(texts, plain, tmp_path):
     # a second Embedder reads the saved IR instead of converting again, with the same vectors
     again = embed.Embedder(opts, tmp_path).encode(texts[:8])
     np.testing.assert_allclose(again, vecs[:8], atol=1e-6)
+
+
+@pytest.mark.slow
+def test_model2vec_backend_distils_offline_and_caches(texts, tmp_path):
+    """#30: backend model2vec distils a static model from the local MiniLM once (offline), keeps it
+    under the cache dir and gives normalised 256-d vectors under its own cache key; a near-copy of a
+    text is its nearest neighbour."""
+    pytest.importorskip("model2vec")
+    opts = EmbeddingOptions(backend="model2vec")
+    near = [t + " ok" for t in texts[:4]]
+    vecs = embed_texts(texts + near, opts, tmp_path)
+    assert vecs.shape == (len(texts) + 4, embed.M2V_DIMS)
+    np.testing.assert_allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
+    key = embed.Embedder(opts).key
+    assert "model2vec" in key and (tmp_path / "model2vec" / key / "config.json").is_file()
+    sims = vecs[len(texts):] @ vecs[:len(texts)].T
+    assert (sims.argmax(1) == np.arange(4)).all()
+    encoded = embed.counters["encoded"]
+    again = embed_texts(texts, opts, tmp_path)  # from the cache
+    assert embed.counters["encoded"] == encoded
+    np.testing.assert_array_equal(again, vecs[:len(texts)])
