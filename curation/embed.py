@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_serializer
 
 from curation.settings import no_progress, pick_dtype
 
@@ -86,6 +86,15 @@ class EmbeddingOptions(BaseModel):
                              "model is converted offline from the local folder once and kept under the cache dir); "
                              "model2vec (static embeddings distilled offline from the model once, kept under the "
                              "cache dir: much faster, lower quality, 256 dims; needs model2vec[distill])")
+
+    @model_serializer(mode="wrap")
+    def _as_before_backend(self, handler):
+        # The runner's fingerprint chains the options' JSON: with the default backend the options dump as
+        # they did before `backend` existed (#30), so earlier runs still resume.
+        out = handler(self)
+        if self.backend == "torch":
+            out.pop("backend", None)
+        return out
 
 
 def default_model_path() -> Path:

@@ -172,3 +172,12 @@ def test_model2vec_backend_distils_offline_and_caches(texts, tmp_path):
     again = embed_texts(texts, opts, tmp_path)  # from the cache
     assert embed.counters["encoded"] == encoded
     np.testing.assert_array_equal(again, vecs[:len(texts)])
+
+
+def test_default_backend_keeps_the_options_json():
+    """The runner fingerprints the options' JSON: the default backend is left out of it (runs made
+    before `backend` existed still resume); any other backend is in it and round-trips."""
+    assert "backend" not in EmbeddingOptions().model_dump_json()
+    ov = EmbeddingOptions(backend="openvino")
+    assert '"backend":"openvino"' in ov.model_dump_json()
+    assert EmbeddingOptions.model_validate(ov.model_dump()) == ov
