@@ -174,6 +174,22 @@ def quality_cost(texts: list[str], ref: np.ndarray, static: np.ndarray) -> None:
          value=round(float((sa.argmax(1) == sb.argmax(1)).mean()), 4))
 
 
+def bench_static_quality(texts: list[str]) -> None:
+    """model2vec's quality cost on more rows than the timed comparison affords: pond's default MiniLM
+    vectors and model2vec's of the same texts (no plain encode), then quality_cost's figures."""
+    cache = Path(tempfile.mkdtemp(prefix="pond-bench-static-"))
+    t = time.perf_counter()
+    ref = embed_texts(texts, EmbeddingOptions(), cache)
+    ref_s = time.perf_counter() - t
+    m2v = EmbeddingOptions(backend="model2vec")
+    embed.Embedder(m2v, cache).encode(texts[:8])  # distil outside the timing
+    t = time.perf_counter()
+    static = embed_texts(texts, m2v, cache)
+    emit(figure="static_quality_sample", texts=len(texts), minilm_seconds=round(ref_s, 1),
+         model2vec_seconds=round(time.perf_counter() - t, 2), load_avg_1m=round(os.getloadavg()[0], 2))
+    quality_cost(texts, ref, static)
+
+
 def bench_semdedup(rows: int, seed: int = 0) -> None:
     rng = np.random.default_rng(seed)
     d = 384
@@ -198,11 +214,15 @@ def main() -> None:
     ap.add_argument("--texts", type=int, default=10_000)
     ap.add_argument("--chunks", type=int, default=10)
     ap.add_argument("--dedup-rows", type=int, default=100_000)
+    ap.add_argument("--static-quality-texts", type=int, default=0,
+                    help="also measure model2vec's dedup/selection agreement with MiniLM on this many texts")
     ap.add_argument("--threads", type=int, default=None, help="torch threads for both (default: torch's)")
     args = ap.parse_args()
     emit(figure="machine", cpus=embed.machine_threads(), load_avg_1m=round(os.getloadavg()[0], 2))
     if args.texts:
         bench_encode(sharegpt_texts(args.texts), args.chunks, args.threads)
+    if args.static_quality_texts:
+        bench_static_quality(sharegpt_texts(args.static_quality_texts))
     if args.dedup_rows:
         bench_semdedup(args.dedup_rows)
     emit(figure="machine_after", load_avg_1m=round(os.getloadavg()[0], 2))
