@@ -42,6 +42,7 @@ def options_table(model: type[BaseModel]) -> list[str]:
 
 
 def render() -> str:
+    from curation.embed import EmbeddingOptions
     from curation.ingest import InputOptions
     from evaluation.config import ArmConfig, EvaluateConfig, ExperimentConfig
     from pond.recipe import Recipe
@@ -57,6 +58,7 @@ def render() -> str:
     out += ["", "## Steps", "", "Each entry of `steps:` is `kind: {options}`; they run in order.", ""]
     for kind, spec in STEPS.items():
         out += [f"### `{kind}`", "", spec.summary + ".", ""] + options_table(spec.options_model()) + [""]
+    out += ["### `embedding` (of every step that embeds rows)", ""] + options_table(EmbeddingOptions) + [""]
     out += ["## `teachers.<name>`", ""] + options_table(TeacherConfig)
     out += ["", "## `train`", ""] + options_table(TrainConfig)
     out += ["", "## `evaluate`", ""] + options_table(EvaluateConfig)
