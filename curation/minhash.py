@@ -269,6 +269,20 @@ def _cluster_info(rows: pl.DataFrame, order: np.ndarray, edges: pl.DataFrame, op
     ).join(best, on="__doc", how="left", maintain_order="left").sort("__row"))
 
 
+def cluster_figures(docs: int, verified: pl.DataFrame, edges: pl.DataFrame, info: pl.DataFrame, duplicates: int,
+                    t0: float, t1: float) -> dict[str, Any]:
+    """The step's figures once pairs are verified (at t0 .. t1) and clustered (t1 .. now), in memory or streamed."""
+    return {
+        "docs": docs,
+        "verified_pairs": len(edges),
+        "candidate_pairs_below_threshold": len(verified) - len(edges),
+        "clusters": int(info.filter("__in")["__comp"].n_unique()),
+        "duplicates": duplicates,
+        "verify_seconds": round(t1 - t0, 3),
+        "cluster_seconds": round(time.perf_counter() - t1, 3),
+    }
+
+
 def _write_pairs(info: pl.DataFrame, verified: pl.DataFrame, threshold: float, ctx: StepContext) -> None:
     """Every verified candidate pair, for audits."""
     ids = info.sort("__doc")["id"]
@@ -300,15 +314,7 @@ def minhash_dedup(df: pl.DataFrame, opts: MinhashDedupOptions, ctx: StepContext)
         _write_pairs(info, verified, opts.threshold, ctx)
     marks = info.select("dup_cluster", "duplicate_of", "dup_jaccard").slice(n_ref)
     kept, rejected = split_near_duplicates(df.with_columns(marks))
-    figures.update({
-        "docs": n,
-        "verified_pairs": len(edges),
-        "candidate_pairs_below_threshold": len(verified) - len(edges),
-        "clusters": int(info.filter("__in")["__comp"].n_unique()),
-        "duplicates": len(rejected),
-        "verify_seconds": round(t1 - t0, 3),
-        "cluster_seconds": round(time.perf_counter() - t1, 3),
-    })
+    figures.update(cluster_figures(n, verified, edges, info, len(rejected), t0, t1))
     if n_ref:
         figures["against_reference"] = against_reference(ctx.reference, rejected, len(df), opts.keep,
                                                          column=opts.column, score_column=opts.score_column,

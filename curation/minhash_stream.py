@@ -25,7 +25,7 @@ import polars as pl
 
 from curation.keep import against_reference, check_score_column, has_reference, reference_rows
 from curation.minhash import (STAGE, MinhashDedupOptions, _cluster_info, _write_pairs, candidate_pairs,
-                              split_near_duplicates, verify_pairs)
+                              cluster_figures, split_near_duplicates, verify_pairs)
 from curation.step import StepContext
 
 # candidate texts held at once while verifying (characters); above it they are spilled to disk by chunk group
@@ -141,15 +141,7 @@ def stream_marks(read: Any, opts: MinhashDedupOptions, ctx: StepContext) -> tupl
     clustered = info.filter(pl.col("__in") & (pl.col("__row") >= n_ref))
     marks = clustered.select((pl.col("__row") - n_ref).alias("pos"), "dup_cluster", "duplicate_of", "dup_jaccard")
     rejected = clustered.filter(pl.col("duplicate_of") != pl.col("id"))
-    figures.update({
-        "docs": n,
-        "verified_pairs": len(edges),
-        "candidate_pairs_below_threshold": len(verified) - len(edges),
-        "clusters": int(info.filter("__in")["__comp"].n_unique()),
-        "duplicates": len(rejected),
-        "verify_seconds": round(t1 - t0, 3),
-        "cluster_seconds": round(time.perf_counter() - t1, 3),
-    })
+    figures.update(cluster_figures(n, verified, edges, info, len(rejected), t0, t1))
     if source.groups > 1:
         figures["verify_spill_groups"] = source.groups
     if n_ref:
