@@ -17,7 +17,7 @@
    Reference rows (`ctx.reference`) join the comparison and are never in the output; a cluster
    holding one keeps a reference row, whatever `keep` says.
 
-An input larger than the local executor's batch goes through `stream_marks` (curation.minhash_stream):
+An input larger than the local executor's batch goes through curation.minhash_stream's `stream_marks`:
 the same rules and functions, holding ids, band keys and verdicts instead of the rows.
 
 Documents are processed in id order internally, which is what makes every tie-break independent
@@ -29,7 +29,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
 import polars as pl
@@ -42,9 +42,6 @@ from curation.minhash_signatures import (band_hashes, hash32, optimal_bands, pai
                                          sorted_sets)
 from curation.shingles import shingle_hashes
 from curation.step import StepContext, StepOptions, reject
-
-if TYPE_CHECKING:
-    from curation.minhash_stream import TextsOf
 
 STAGE = "minhash_dedup"
 PIECE = 2_000  # texts per signature task: more pieces balance the threads, and smaller temporaries are
@@ -188,14 +185,14 @@ def candidate_pairs(texts: Iterable[pl.Series], rank: np.ndarray, opts: MinhashD
     return pairs.sort("a", "b"), figures
 
 
-def verify_pairs(texts: pl.Series | TextsOf, order: np.ndarray, pairs: pl.DataFrame, opts: MinhashDedupOptions,
+def verify_pairs(texts: pl.Series | Any, order: np.ndarray, pairs: pl.DataFrame, opts: MinhashDedupOptions,
                  ctx: StepContext) -> pl.DataFrame:
     """Exact Jaccard of every candidate pair: (a, b, jaccard); `order[doc]` is a document's row.
 
     Candidates are split into connected groups and packed into chunks of about
     `verify_batch_docs` documents, so each document's shingles are computed once and only one
     chunk's shingles are held at a time. `texts`: the text column in row order, or (streamed) a
-    `TextsOf` that is told each chunk's documents first (`plan`) and then hands their texts.
+    `curation.minhash_stream.TextsOf` that is told each chunk's documents first (`plan`) and then hands their texts.
     """
     if pairs.is_empty():
         return pairs.with_columns(pl.lit(0.0).alias("jaccard"))
@@ -321,11 +318,3 @@ def minhash_dedup(df: pl.DataFrame, opts: MinhashDedupOptions, ctx: StepContext)
                                                          tiebreak="id")
     ctx.stats.update(figures)
     return kept, rejected
-
-
-def stream_marks(read: Any, opts: MinhashDedupOptions, ctx: StepContext):
-    """This step over an input read in batches, holding ids, band keys and verdicts only
-    (curation.minhash_stream)."""
-    from curation.minhash_stream import stream_marks as marks
-
-    return marks(read, opts, ctx)

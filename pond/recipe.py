@@ -230,7 +230,7 @@ def _self_judging(steps: list[Step], teachers: dict[str, TeacherConfig], source:
 def _pairs_for_dpo(steps: list[Step], recipe: Recipe, source: str, root) -> list[str]:
     """`train: {method: dpo}` and an experiment arm `curated+dpo` train on the pairs the `preference_pairs` step
     makes: without that step they would fail after curation, so the recipe fails to load."""
-    if any(s.kind == "preference_pairs" for s in steps):
+    if any(STEPS[s.kind].makes_preference_pairs for s in steps):
         return []
     fix = "add a `preference_pairs` step to `steps:` (docs/preference-pairs.md)"
     problems = []

@@ -231,7 +231,7 @@ class Runner:
     @staticmethod
     def _streamed_form(step: Step, fn: Callable, prev: Path) -> Callable | None:
         """How the local executor streams this step over an input larger than one batch (pond.executors.local):
-        its `stream_marks` (a dedup; not where the step's function was replaced, as `pond update` does), the
+        its `streamed` form (a dedup; not where the step's function was replaced, as `pond update` does), the
         step function batch by batch (a step the Ray executor runs shard by shard), or None: the whole input
         at once (a local step, row-by-row ones included: decontaminate's boilerplate count, a judge's
         calibration and distributions see every row)."""
@@ -239,7 +239,7 @@ class Runner:
         if not batch or count_rows(prev) <= batch:
             return None
         spec = STEPS[step.kind]
-        marks = spec.module_function("stream_marks") if fn is spec.load()[1] else None
+        marks = spec.streamed_form() if fn is spec.load()[1] else None
         return marks or (fn if spec.distribute in (ROWWISE, ACTOR) else None)
 
     def _run_streamed(self, index: int, step: Step, fn: Callable, streamed: Callable, step_dir: Path,

@@ -58,6 +58,11 @@ class StepSpec:
     # `score_columns()`: the recipe makes a model judging rows it wrote say so, and warns of two judges
     # writing one column
     teacher_judges_rows: bool = False
+    # writes preference pairs (chosen/rejected columns): what `train: {method: dpo}` and a curated+dpo arm need
+    makes_preference_pairs: bool = False
+    # "module:function" of its form over an input read in batches (pond.executors.local.run_marked): a dedup
+    # that holds keys and verdicts only; None: the local executor streams it only if it is row-wise or actor
+    streamed: str | None = None
     # rows per second on the local executor, on this machine kind (pond.costs; where each figure was measured
     # is said at its line); None: not measured (the estimate uses the slowest measured rate)
     rows_per_s: float | None = None
@@ -84,10 +89,18 @@ class StepSpec:
 
     def distributed_form(self) -> Callable:
         """The named distributed function (`distribute: "module:function"`)."""
-        module, _, function = self.distribute.partition(":")
-        if not function:
-            raise ValueError(f"{self.module}.{self.function}: distribute={self.distribute!r} names no function")
-        return getattr(importlib.import_module(module), function)
+        return _named(self.distribute, f"{self.module}.{self.function}: distribute")
+
+    def streamed_form(self) -> Callable | None:
+        """The named function of the step over batches (`streamed: "module:function"`), None where it has none."""
+        return _named(self.streamed, f"{self.module}.{self.function}: streamed") if self.streamed else None
+
+
+def _named(ref: str, what: str) -> Callable:
+    module, _, function = ref.partition(":")
+    if not function:
+        raise ValueError(f"{what}={ref!r} names no function")
+    return getattr(importlib.import_module(module), function)
 
 
 # rows_per_s: `pond run` of recipes/quickstart.yaml's curation steps (2,000 ShareGPT rows, an empty embedding
@@ -101,11 +114,11 @@ STEPS: dict[str, StepSpec] = {
     "exact_dedup": StepSpec("curation.exact_dedup", "exact_dedup", "ExactDedupOptions",
                             "drop rows whose normalised text equals an earlier row's",
                             "pond.executors.ray_dedup:exact_dedup_ray", dedups_against_reference=True,
-                            rows_per_s=2339.0),  # 1,920 rows in 0.82 s
+                            streamed="curation.exact_dedup:stream_marks", rows_per_s=2339.0),  # 1,920 rows in 0.82 s
     "minhash_dedup": StepSpec("curation.minhash", "minhash_dedup", "MinhashDedupOptions",
                               "near-duplicate removal: MinHash LSH candidates verified by exact Jaccard",
                               "pond.executors.ray_dedup:minhash_dedup_ray", dedups_against_reference=True,
-                              rows_per_s=2904.0),  # 1,902 rows in 0.66 s
+                              streamed="curation.minhash_stream:stream_marks", rows_per_s=2904.0),  # 1,902 rows in 0.66 s
     "heuristics": StepSpec("curation.heuristics", "heuristics", "HeuristicsOptions",
                            "Gopher/C4-style quality rules and conversation rules", ROWWISE,
                            rows_per_s=213.0),  # 1,899 rows in 8.9 s
@@ -139,5 +152,6 @@ STEPS: dict[str, StepSpec] = {
                       "teacher scores rows against a rubric: drops those below min_score, or (min_score: null) "
                       "only writes the score for select to rank by", row_by_row=True, teacher_judges_rows=True),
     "preference_pairs": StepSpec("synthesis.pairs", "preference_pairs", "PreferencePairsOptions",
-                                 "DPO pairs (prompt, chosen, rejected): each case's best- and worst-judged answers"),
+                                 "DPO pairs (prompt, chosen, rejected): each case's best- and worst-judged answers",
+                                 makes_preference_pairs=True),
 }

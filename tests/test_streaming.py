@@ -89,7 +89,7 @@ def test_streamed_dedup_against_reference_rows(tmp_path, monkeypatch, kind):
     step_dir = tmp_path / kind
     step_dir.mkdir()
     ctx = StepContext(cache_dir=tmp_path / "cache", reference=pond, step_dir=step_dir)
-    n = local.run_marked(spec.module_function("stream_marks"), opts, prev, ctx, step_dir / "k.parquet",
+    n = local.run_marked(spec.streamed_form(), opts, prev, ctx, step_dir / "k.parquet",
                          step_dir / "r.parquet")
     assert n == (len(new), len(kept), len(rejected))
     assert pl.read_parquet(step_dir / "k.parquet").equals(kept)

@@ -5,7 +5,7 @@ row groups, so no step holds its whole input (docs/scale-out.md, "Size on one ma
   each batch through the step function itself with a fresh context, kept/rejected written as part
   files, their ctx.stats merged as the Ray executor merges per-shard stats (`merge_stats`, the
   `shard_figures` dropped);
-- a step whose module has `stream_marks` (exact and MinHash dedup) reads only the columns its rule
+- a step with a `streamed` form in the step table (exact and MinHash dedup: `stream_marks`) reads only the columns its rule
   needs, in batches, and returns per-row verdicts (`marks`, only the rows that have one) and the
   split function that turns marked rows into (kept, rejected); the rows then stream through it;
 - the part files are combined into kept/rejected.parquet `ROW_GROUP_ROWS` rows at a time (`combine_parts`).
