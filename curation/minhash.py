@@ -266,6 +266,16 @@ def _cluster_info(rows: pl.DataFrame, order: np.ndarray, edges: pl.DataFrame, op
     ).join(best, on="__doc", how="left", maintain_order="left").sort("__row"))
 
 
+def id_order(ids: pl.Series) -> tuple[np.ndarray, np.ndarray]:
+    """(order, rank): a document's internal number is the rank of its row's id, so results do not depend on
+    row order; `order[doc]` is its row, `rank[row]` its number. (The text column itself is never reordered:
+    a gather would copy every string.)"""
+    order = ids.arg_sort().to_numpy()
+    rank = np.empty(len(ids), dtype=np.int64)
+    rank[order] = np.arange(len(ids))
+    return order, rank
+
+
 def cluster_figures(docs: int, verified: pl.DataFrame, edges: pl.DataFrame, info: pl.DataFrame, duplicates: int,
                     t0: float, t1: float) -> dict[str, Any]:
     """The step's figures once pairs are verified (at t0 .. t1) and clustered (t1 .. now), in memory or streamed."""
@@ -295,11 +305,7 @@ def minhash_dedup(df: pl.DataFrame, opts: MinhashDedupOptions, ctx: StepContext)
     columns = ["id", opts.column] + ([opts.score_column] if opts.keep == "quality" else [])
     rows, n_ref = with_reference(df, ctx.reference, columns)
     n = len(rows)
-    # internal document number = rank of the row's id: results do not depend on row order.
-    # (The text column itself is never reordered: a gather would copy every string.)
-    order = rows["id"].arg_sort().to_numpy()
-    rank = np.empty(n, dtype=np.int64)
-    rank[order] = np.arange(n)
+    order, rank = id_order(rows["id"])
     texts = rows[opts.column]
     pairs, figures = candidate_pairs([texts], rank, opts, seed, ctx)
     t0 = time.perf_counter()

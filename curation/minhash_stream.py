@@ -25,7 +25,7 @@ import polars as pl
 
 from curation.keep import against_reference, check_score_column, has_reference, reference_rows
 from curation.minhash import (STAGE, MinhashDedupOptions, _cluster_info, _write_pairs, candidate_pairs,
-                              cluster_figures, split_near_duplicates, verify_pairs)
+                              cluster_figures, id_order, split_near_duplicates, verify_pairs)
 from curation.step import StepContext
 
 # candidate texts held at once while verifying (characters); above it they are spilled to disk by chunk group
@@ -107,9 +107,7 @@ def stream_marks(read: Any, opts: MinhashDedupOptions, ctx: StepContext) -> tupl
     narrow = pl.concat(([ref.select("id", *score)] if ref is not None else []) + heads)
     del heads
     n = len(narrow)
-    order = narrow["id"].arg_sort().to_numpy()
-    rank = np.empty(n, dtype=np.int64)
-    rank[order] = np.arange(n)
+    order, rank = id_order(narrow["id"])
 
     def texts() -> Iterator[pl.Series]:
         if ref is not None:
