@@ -34,8 +34,6 @@ from typing import Any, Literal
 import numpy as np
 import polars as pl
 from pydantic import Field, model_validator
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 
 from curation.keep import Keep, against_reference, check_score_column, keeper, with_reference
 from curation.minhash_signatures import (band_hashes, hash32, optimal_bands, pair_jaccard, permutations, signatures,
@@ -127,6 +125,10 @@ def band_pairs(docs: np.ndarray, keys: np.ndarray, max_bucket: int) -> pl.DataFr
 
 
 def _components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    # imported here: every command that loads the step table imports this module, and scipy.sparse costs 0.2 s
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
     graph = coo_matrix((np.ones(len(a), dtype=np.int8), (a, b)), shape=(n, n))
     return connected_components(graph, directed=False)[1]
 

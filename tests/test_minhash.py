@@ -264,3 +264,12 @@ def test_fortunes_exact_duplicate_groups_end_up_in_one_cluster(fortunes_df):
 def test_empty_input():
     kept, rejected = minhash_dedup(frame([]), MinhashDedupOptions(), StepContext())
     assert len(kept) == len(rejected) == 0 and "dup_cluster" in kept.columns
+
+
+def test_importing_the_step_does_not_import_scipy():
+    """Every command that loads the step table imports this module; scipy.sparse (0.2 s) waits for clustering."""
+    import subprocess
+    import sys
+
+    code = "import sys, curation.minhash; print('scipy' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
