@@ -32,14 +32,15 @@ def _rows(n: int) -> pl.DataFrame:
                         schema={"id": pl.Utf8, "messages": MESSAGES, "text": pl.Utf8, "source": pl.Utf8})
 
 
-def _trainer(student_dir, rows: pl.DataFrame, tmp_path, packing: bool):
-    cfg = TrainConfig(student=str(student_dir), method="lora", compute_dtype="fp32", batch_size=4, max_seq_len=128,
-                      max_steps=1, save_steps=100, packing=packing)
+def _trainer(student_dir, rows: pl.DataFrame, tmp_path, packing: bool, **config):
+    """pond's SFT trainer over `rows` (LoRA in float32 unless `config` says otherwise), as train() sets it up."""
+    cfg = TrainConfig(**{"student": str(student_dir), "method": "lora", "compute_dtype": "fp32", "batch_size": 4,
+                         "max_seq_len": 128, "max_steps": 1, "save_steps": 100, "packing": packing, **config})
     student = T._setup_student(cfg, None, None)
     data = T._setup_data(rows, None, student, cfg)
     model, tok, peft_config = T._setup_model(student, cfg)
-    trainer, _ = T._setup_trainer(model, tok, peft_config, cfg, tmp_path / f"packing-{packing}", 0,
-                                  resolve_dtype("fp32"), data, None)
+    out = tmp_path / f"packing-{packing}-{cfg.method}-{cfg.compute_dtype}"
+    trainer, _ = T._setup_trainer(model, tok, peft_config, cfg, out, 0, resolve_dtype(cfg.compute_dtype), data, None)
     return trainer
 
 

@@ -13,6 +13,7 @@ from transformers import TrainerCallback
 from transformers.trainer_pt_utils import LengthGroupedSampler
 from trl import SFTTrainer
 
+from training.answer_head import answer_loss, plain_logits
 from training.data import IGNORE
 from training.distributed import is_main
 
@@ -89,8 +90,10 @@ class PondTrainerMixin:
 
 
 class CountingSFTTrainer(PondTrainerMixin, SFTTrainer):
-    """SFTTrainer with pond's token totals, diverged-loss stop and resume dtype (PondTrainerMixin), and
-    length groups of the global batch."""
+    """SFTTrainer with pond's token totals, diverged-loss stop and resume dtype (PondTrainerMixin), length
+    groups of the global batch, and the loss through the output layer at answer positions only
+    (training.answer_head) where that is the loss TRL computes. TRL's entropy and token-accuracy metrics,
+    which pond reads nowhere, are then not logged."""
 
     def _get_train_sampler(self, train_dataset=None):
         sampler = super()._get_train_sampler(train_dataset)
@@ -106,8 +109,21 @@ class CountingSFTTrainer(PondTrainerMixin, SFTTrainer):
             # Tokens that are predicted and scored: shifted labels outside the ignore index.
             self._count(int(mask.sum()) if mask is not None else int(inputs["input_ids"].numel()),
                         int((inputs["labels"][:, 1:] != IGNORE).sum()))
-        return super().compute_loss(model, inputs, return_outputs=return_outputs,
-                                    num_items_in_batch=num_items_in_batch)
+        if return_outputs or not self._answer_head_applies(model):
+            return super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                        num_items_in_batch=num_items_in_batch)
+        # The decoder is called past the model's forward, which accelerate wraps in autocast: set it here.
+        with self.accelerator.autocast():
+            return answer_loss(model, inputs, num_items_in_batch)
+
+    def _answer_head_applies(self, model) -> bool:
+        """Whether TRL's loss here is the plain mean cross-entropy over answer tokens of one unwrapped model.
+        Kept on TRL's path: several processes (DDP's wrapper syncs gradients in its forward), a compiled or
+        otherwise wrapped model, logits scaled or capped, and TRL's other losses (label smoothing, DFT, a
+        custom loss function, MoE auxiliary loss)."""
+        return (self.args.world_size == 1 and self.accelerator.unwrap_model(model) is model and plain_logits(model)
+                and self.args.loss_type == "nll" and self.label_smoother is None and self.compute_loss_func is None
+                and not self.aux_loss_enabled)
 
 
 class ProgressCallback(TrainerCallback):
