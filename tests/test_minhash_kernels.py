@@ -1,5 +1,6 @@
 """The fast kernels of MinHash dedup against their plain definitions: signatures taken chunk by chunk, the
-boundary windows of the shingler, the sorted distinct sets of verification."""
+boundary windows of the shingler, the sorted distinct sets of verification, the connected components of
+clustering."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,6 +8,7 @@ import polars as pl
 import pytest
 
 import curation.minhash_signatures as ms
+from curation.minhash import _components
 from curation.shingles import boundary_windows, fmix, shingle_hashes
 
 
@@ -93,3 +95,22 @@ def test_pieces_hashed_by_threads_give_the_one_thread_result(tmp_path, monkeypat
     assert len(one[1]) > 0
     for a, b in zip(one, many):
         assert a.equals(b)
+
+
+@pytest.mark.parametrize("n, edges, seed", [(0, 0, 0), (1, 0, 0), (5, 0, 1), (50, 30, 2), (300, 280, 3), (2000, 1500, 4),
+                                            (2000, 4000, 5)])
+def test_components_equal_scipys_labels(n, edges, seed):
+    """The same labels as scipy's connected_components, on random graphs with isolated nodes, repeated
+    edges, self-loops, chains and stars."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    rng = np.random.default_rng(seed)
+    a, b = rng.integers(0, max(n, 1), (2, edges)) if n else (np.zeros(0, np.int64), np.zeros(0, np.int64))
+    if n > 10:  # a long chain in shuffled node order and a star: the shapes that take the most rounds
+        chain = rng.permutation(n)[: n // 4]
+        star = rng.permutation(n)[: n // 5]
+        a = np.concatenate([a, chain[:-1], np.full(len(star) - 1, star[0]), a[:3]])
+        b = np.concatenate([b, chain[1:], star[1:], a[:3]])
+    graph = coo_matrix((np.ones(len(a), dtype=np.int8), (a, b)), shape=(n, n))
+    assert np.array_equal(_components(n, a, b), connected_components(graph, directed=False)[1])
