@@ -12,8 +12,8 @@ ngram. They alternate, `--rounds` times each (who goes first rotates too); `--po
 another checkout (a worktree at the commit before a change: before/after in one run). One JSON line per run,
 then medians, minimums and ratios; each line carries the load average before and after (the machine may be shared:
 the CPU-seconds ratio is the steadier one then) and the digests of pond's kept/rejected Parquet (the same
-output, byte for byte, from run to run and before/after a change). `--phases`: one more pond run with its
-phases timed (bench/minhash_phases.py), one line per phase. `--exact`: precision/recall of pond's duplicate
+output, byte for byte, from run to run and before/after a change). `--phases`: one more run of each pond (this
+checkout and every --pond-tree) with its phases timed (bench/minhash_phases.py), one line per phase. `--exact`: precision/recall of pond's duplicate
 pairs against the exact Jaccard of every pair in the file (a prefix-filter self-join on reference shingles:
 no pair at or above the threshold is missed).
 
@@ -315,19 +315,23 @@ def run_e2e(args: argparse.Namespace, opts: MinhashDedupOptions, common: dict) -
              wall_ratio_of_minimums=round(min(wall["datasketch"]) / min(wall[tool]), 2),
              cpu_ratio_of_medians=round(median(cpu["datasketch"]) / median(cpu[tool]), 2), load_now=load(), **common)
     if args.phases:
-        run_phases(work / "minhash-only.yaml", work / "run-phases", common)
+        for k, tree in enumerate([None, *args.pond_tree]):
+            run_phases(work / "minhash-only.yaml", work / f"run-phases-{k}", tree, common)
     return work / "run-0"
 
 
-def run_phases(recipe: Path, run_dir: Path, common: dict) -> None:
-    """One more pond run with its phases timed: one line per phase (wall and CPU seconds)."""
+def run_phases(recipe: Path, run_dir: Path, tree: str | None, common: dict) -> None:
+    """One more pond run (from checkout `tree` where given) with its phases timed: one line per phase
+    (wall and CPU seconds)."""
     out = run_dir.with_suffix(".json")
-    cmd = [sys.executable, str(BENCH / "minhash_phases.py"), str(out), *pond_command(recipe, run_dir)[-6:]]
-    r = timed_child(cmd)
+    cmd = [sys.executable, "-P", str(BENCH / "minhash_phases.py"), str(out), *pond_command(recipe, run_dir)[-6:]]
+    env = {**os.environ, "PYTHONPATH": str(Path(tree).resolve())} if tree else None
+    r = timed_child(cmd, env)
+    tool = f"pond@{Path(tree).name}" if tree else "pond"
     for phase, (wall, cpu) in json.loads(out.read_text()).items():
-        emit(figure="pond_run_phase", phase=phase, wall_s=wall, cpu_s=cpu, load_before=r["load_before"],
+        emit(figure="pond_run_phase", tool=tool, phase=phase, wall_s=wall, cpu_s=cpu, load_before=r["load_before"],
              load_after=r["load_after"], **common)
-    emit(figure="pond_run_phase", phase="whole command (outside)", wall_s=r["wall_s"], cpu_s=r["cpu_s"],
+    emit(figure="pond_run_phase", tool=tool, phase="whole command (outside)", wall_s=r["wall_s"], cpu_s=r["cpu_s"],
          load_before=r["load_before"], load_after=r["load_after"], **common)
 
 

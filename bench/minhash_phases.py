@@ -3,8 +3,11 @@
     python bench/minhash_phases.py PHASES.json run RECIPE --out RUN --no-train --fresh
 
 Writes {phase: [wall seconds, CPU seconds]} to PHASES.json at exit (CPU: this process, every thread).
-A phase nested in another is counted in both (`ingest` holds `ingest: read rows`, ...). Names that a
-later pond no longer has are left out, never an error: the wrappers change nothing but the clock.
+A phase nested in another is counted in both (`ingest` holds `ingest: read rows`, ...). Phases marked
+`(per thread, summed)` run inside the signature threads: their wall and CPU seconds are each thread's own,
+added over threads (more than the wall clock saw when two threads ran at once). Parquet writes are named by
+the file they write. Names that a later pond no longer has are left out, never an error: the wrappers
+change nothing but the clock.
 bench/minhash.py --phases runs it; `python -m cProfile -o OUT -m pond.cli run ...` is the finer tool.
 """
 from __future__ import annotations
@@ -13,6 +16,7 @@ import atexit
 import json
 import sys
 import time
+from pathlib import Path
 
 T0, C0 = time.perf_counter(), time.process_time()
 PHASES: dict[str, list[float]] = {}
@@ -50,15 +54,37 @@ def _timed_iter(fn, name: str):
     return timed
 
 
-def wrap(owner, attr: str, name: str, *, generator: bool = False, static: bool = False) -> None:
+def _timed_thread(fn, name: str):
+    """A function that runs in worker threads: its own thread's CPU seconds, summed over calls."""
+    def timed(*args, **kwargs):
+        w, c = time.perf_counter(), time.thread_time()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            _add(name, time.perf_counter() - w, time.thread_time() - c)
+    return timed
+
+
+def _timed_write(fn, name: str):
+    """store.write_parquet(df, path): one phase per written file (its step folder and name)."""
+    def timed(df, path, *args, **kwargs):
+        return _timed(fn, f"{name} {Path(path).parent.name}/{Path(path).name}")(df, path, *args, **kwargs)
+    return timed
+
+
+WRAPPERS = {"plain": _timed, "generator": _timed_iter, "thread": _timed_thread, "write": _timed_write}
+
+
+def wrap(owner, attr: str, name: str, *, how: str = "plain", static: bool = False) -> None:
     fn = getattr(owner, attr, None)
     if fn is None:
         return
-    timed = (_timed_iter if generator else _timed)(fn, name)
+    timed = WRAPPERS[how](fn, name)
     setattr(owner, attr, staticmethod(timed) if static else timed)
 
 
 def instrument() -> None:
+    import curation.ingest as ingest
     import curation.minhash as mh
     import curation.store as store
     import pond.pipeline as pipeline
@@ -67,17 +93,26 @@ def instrument() -> None:
     for owner, attr, name, kw in (
             (runner.Runner, "ingest", "ingest", {}),
             (runner.Runner, "_ingest_local", "ingest: rows and part files", {}),
-            (runner, "iter_batches", "ingest: read rows (parse, layout, ids, frames)", {"generator": True}),
+            (runner, "iter_batches", "ingest: read rows (parse, layout, ids, frames)", {"how": "generator"}),
+            (ingest, "_parse_json", "ingest: read rows: JSON parse", {}),
+            (ingest, "check_row", "ingest: read rows: Unicode rule (curation.row_checks)", {}),
+            (ingest, "normalise", "ingest: read rows: layout (curation.layouts)", {}),
+            (ingest, "make_id", "ingest: read rows: ids", {}),
+            (ingest, "_records_frame", "ingest: read rows: frames", {}),
             (runner.Runner, "_combine", "ingest: combine part files", {"static": True}),
             (store, "file_digest", "file digests", {}),
             (runner, "output_digest", "file digests", {}),
             (runner.Runner, "run_step", "minhash step", {}),
             (runner, "read_output", "minhash step: read its input", {}),
             (mh, "candidate_pairs", "minhash: shingles, signatures, bands", {}),
+            (mh, "shingle_hashes", "minhash: shingle hashes (per thread, summed)", {"how": "thread"}),
+            (mh, "signatures", "minhash: signatures (per thread, summed)", {"how": "thread"}),
             (mh, "verify_pairs", "minhash: exact verification", {}),
             (mh, "_cluster_info", "minhash: clusters", {}),
             (mh, "_write_pairs", "minhash: pairs.parquet", {}),
-            (store, "write_parquet", "minhash step: kept and rejected written", {}),
+            (mh, "split_near_duplicates", "minhash: kept and rejected frames", {}),
+            (store, "write_parquet", "Parquet written:", {"how": "write"}),
+            (store, "copy_file", "curated.parquet copied", {}),
             (pipeline, "write_manifest", "manifest", {}),
             (pipeline, "write_report_html", "report.html", {})):
         wrap(owner, attr, name, **kw)
