@@ -312,9 +312,11 @@ def messages_column(values: list[list[dict[str, str]]]) -> pl.Series:
                          schema={"role": pl.Utf8, "content": pl.Utf8}).to_struct("messages")
     offsets = np.zeros(len(values) + 1, dtype=np.int64)
     np.cumsum([len(msgs) for msgs in values], out=offsets[1:])
-    # offsets through polars, not pa.array (pyarrow imports pandas to convert numpy: 0.4 s), and the list
-    # back as a table, not pl.Series(array) (that imports pyarrow.compute: 0.15 s)
-    column = pa.LargeListArray.from_arrays(pl.Series(offsets).to_arrow(), turns.to_arrow())
+    # offsets through polars, not pa.array (pyarrow imports pandas to convert numpy: 0.4 s); the turns as
+    # arrow string views, polars' own layout (not copied out to large strings and back in); the list back as
+    # a table, not pl.Series(array) (that imports pyarrow.compute: 0.15 s)
+    column = pa.LargeListArray.from_arrays(pl.Series(offsets).to_arrow(),
+                                           turns.to_arrow(compat_level=pl.CompatLevel.newest()))
     return pl.DataFrame(pa.table({"messages": column})).to_series()
 
 
