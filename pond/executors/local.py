@@ -45,6 +45,16 @@ def batch_rows() -> int:
     return LOCAL_BATCH_ROWS if value in (None, "") else max(0, int(value))
 
 
+def release_unused() -> None:
+    """Hand the memory Arrow's pool keeps after a batch back to the system. Its allocator (mimalloc) keeps
+    freed pages for the next allocation: 2.1 GB after 50k-row batches of ShareGPT rows were dropped
+    (bench/scale_phases.py), held under every later phase, so a step's peak was a batch plus what the
+    phases before it had held."""
+    import pyarrow as pa
+
+    pa.default_memory_pool().release_unused()
+
+
 def iter_rows(path: Path, columns: list[str] | None = None, rows: int | None = None) -> Iterator[pl.DataFrame]:
     """A step output (file or shard folder) in order, `rows` at a time (the last batch of a shard may be
     shorter), only `columns` where given."""
@@ -54,7 +64,11 @@ def iter_rows(path: Path, columns: list[str] | None = None, rows: int | None = N
     for shard in list_shards(path):
         for rb in pq.ParquetFile(shard).iter_batches(batch_size=rows, columns=columns, use_threads=True):
             if rb.num_rows:
-                yield pl.from_arrow(rb)
+                df = pl.from_arrow(rb)
+                del rb  # what polars copied is freed here, what it shares when the caller drops the batch
+                release_unused()
+                yield df
+    release_unused()
 
 
 class Reader:
@@ -120,7 +134,8 @@ class PartWriter:
             self.empty.setdefault(name, df.clear())
             if len(df):
                 path = self.dir / f"{name}-{len(self.parts[name]):06d}.parquet"
-                df.write_parquet(path, compression="zstd", statistics=False)
+                # in row groups of the combine's size, so the combine decodes 10k rows at a time, not a part
+                df.write_parquet(path, compression="zstd", statistics=False, row_group_size=ROW_GROUP_ROWS)
                 self.parts[name].append(path)
 
     def finish(self, kept: Path, rejected: Path) -> None:
@@ -163,6 +178,7 @@ def run_marked(stream_marks: Callable, options: Any, prev: Path, ctx: StepContex
     rule needs; every row then goes, batch by batch, with its marks (columns set as the in-memory step
     sets them) through `split`. Returns (rows in, kept, rejected)."""
     marks, split = stream_marks(Reader(prev), options, ctx)
+    release_unused()
     out = PartWriter(ctx.step_dir)
     lo = 0
     for df in iter_rows(prev):
