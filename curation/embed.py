@@ -30,6 +30,10 @@ Speed on CPU (measured on the 2-core AVX-512 machine, see bench/embed.py):
   2-core EPYC (bench/embed.py): ~1.3x fewer CPU-seconds per text than the default torch path,
   min cosine to plain fp32 encode >= 0.9999. sentence-transformers' own `backend="openvino"` /
   `"onnx"` need optimum(-intel), whose releases that resolve here do not load (transformers 5).
+- `backend: openvino-int8` (optional, `pip install 'pond[embed-int8,data]'`; #30): the same IR quantised
+  to int8 with NNCF on a fixed ShareGPT sample, feed-forward output projections kept in floating point
+  (curation/embed_openvino.py says why). Measured on the 2-core EPYC: ~3.5x fewer CPU-seconds per
+  text than a plain fp32 encode, min cosine to it 0.997.
 - `backend: model2vec` (optional, `pip install model2vec[distill]`; #30): static embeddings, i.e. a
   token-embedding table distilled once, offline, from the local model (model2vec.distill, PCA to
   256 dims, ~2 min on 2 cores) and kept under `<cache_dir>/model2vec/<key>/`; a text is the mean of
@@ -50,6 +54,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_serializer
 
+from curation import embed_openvino
 from curation.settings import no_progress, pick_dtype
 
 DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2"
@@ -81,9 +86,11 @@ class EmbeddingOptions(BaseModel):
     fuse_kernels: bool = Field(True, description="on CPU, run linear layers through oneDNN with bias, GELU and residual "
                                                  "add fused (each swap checked against the stock module)")
     cache: bool = Field(True, description="read and write the on-disk embedding cache")
-    backend: Literal["torch", "openvino", "model2vec"] = Field(
+    backend: Literal["torch", "openvino", "openvino-int8", "model2vec"] = Field(
         "torch", description="what runs the model: torch (default); openvino (needs the openvino package; the "
                              "model is converted offline from the local folder once and kept under the cache dir); "
+                             "openvino-int8 (the same, quantised to int8 with NNCF on a fixed ShareGPT sample, "
+                             "feed-forward outputs kept in floating point; needs pond[embed-int8,data]); "
                              "model2vec (static embeddings distilled offline from the model once, kept under the "
                              "cache dir: much faster, lower quality, 256 dims; needs model2vec[distill])")
 
@@ -162,12 +169,12 @@ class Embedder:
         from curation import embed_kernels  # imports torch: only once a model setting is resolved
 
         self.backend = opts.backend
-        if self.backend == "openvino" and self.device != "cpu":
+        if self.backend.startswith("openvino") and self.device != "cpu":
             raise ValueError("backend openvino runs on the CPU only (device: cpu)")
         self.fused = (self.backend == "torch" and opts.fuse_kernels and self.device == "cpu"
                       and embed_kernels.available())
         self.key = (f"{self.name}-{fingerprint(self.path)}-{self.precision}-{self._max_len or 'default'}"
-                    + ("-fused" if self.fused else "") + ("-openvino" if self.backend == "openvino" else ""))
+                    + ("-fused" if self.fused else "") + (f"-{self.backend}" if self.backend.startswith("openvino") else ""))
         if self.backend == "model2vec":  # precision and device do not apply: a lookup table
             self.key = f"{self.name}-{fingerprint(self.path)}-model2vec-pca{M2V_DIMS}"
         self._ov = None
@@ -178,7 +185,7 @@ class Embedder:
         if self._model is None:
             t = time.perf_counter()
             # openvino converts from the fp32 weights and picks its compute precision itself
-            weights = "fp32" if self.backend == "openvino" else self.precision
+            weights = "fp32" if self.backend.startswith("openvino") else self.precision
             self._model = _load_model(str(self.path), self.device, weights, self.opts.max_seq_length, self.fused)
             self.load_seconds += time.perf_counter() - t
         return self._model
@@ -190,9 +197,21 @@ class Embedder:
             model = self.model
             t = time.perf_counter()
             ir_dir = (self.cache_dir / "openvino" / self.key) if self.cache_dir is not None else None
-            self._ov = _load_openvino(model, ir_dir, self.precision, self.opts.threads or machine_threads())
+            int8 = self.backend == "openvino-int8"
+            built = ir_dir is not None and (ir_dir / "model.xml").is_file()
+            self._ov = embed_openvino.compile_model(
+                model, ir_dir, self.precision, self.opts.threads or machine_threads(), int8=int8,
+                calibration=self._calibration() if int8 and not built else None)
             self.load_seconds += time.perf_counter() - t
         return self._ov
+
+    def _calibration(self) -> list[dict[str, np.ndarray]]:
+        """int8's calibration batches, tokenised and padded exactly as encode() feeds the model."""
+        model = self.model
+        texts = _model_texts(model, embed_openvino.calibration_texts())
+        ids = _tokenize(model.tokenizer, texts, self.max_len)
+        step = embed_openvino.CALIBRATION_BATCH
+        return [_ov_feeds(model.tokenizer, ids, range(s, min(s + step, len(ids)))) for s in range(0, len(ids), step)]
 
     @property
     def static_model(self):
@@ -223,12 +242,10 @@ class Embedder:
         import torch
 
         model, tok, max_len = self.model, self.model.tokenizer, self.max_len
-        ov_model = self.ov_model if self.backend == "openvino" else None
+        ov_model = self.ov_model if self.backend.startswith("openvino") else None
         if not texts:
             return np.zeros((0, _dim(model)), dtype=np.float32)
-        if getattr(model[0], "do_lower_case", False):
-            texts = [t.lower() for t in texts]
-        ids = _tokenize(tok, list(texts), max_len)
+        ids = _tokenize(tok, _model_texts(model, texts), max_len)
         order = np.argsort([-len(x) for x in ids], kind="stable")
         out = np.empty((len(texts), _dim(model)), dtype=np.float32)
         threads = torch.get_num_threads()
@@ -238,8 +255,7 @@ class Embedder:
                 for s in range(0, len(order), self.opts.batch_size):
                     idx = order[s:s + self.opts.batch_size]
                     if ov_model is not None:
-                        feats = tok.pad({k: [ids[i][k] for i in idx] for k in ids[0].keys()}, return_tensors="np")
-                        out[idx] = ov_model({k: feats[k].astype(np.int64) for k in _OV_INPUTS})[0]
+                        out[idx] = ov_model(_ov_feeds(tok, ids, idx))[0]
                         continue
                     feats = tok.pad({k: [ids[i][k] for i in idx] for k in ids[0].keys()}, return_tensors="pt")
                     feats = {k: v.to(self.device) for k, v in feats.items()}
@@ -330,50 +346,15 @@ def _load_static(path: Path, out: Path | None):
     return model
 
 
-_OV_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+def _model_texts(model, texts: Sequence[str]) -> list[str]:
+    """Texts as the model's tokenizer settings expect them (lower-cased for uncased models)."""
+    return [t.lower() for t in texts] if getattr(model[0], "do_lower_case", False) else list(texts)
 
 
-def _load_openvino(st_model, ir_dir: Path | None, precision: str, threads: int):
-    """Compile the model's transformer + mean pooling + L2 norm with OpenVINO on the CPU, from the
-    IR saved under `ir_dir` when there, else converted (offline) from the loaded torch model."""
-    import openvino as ov
-    import torch
-
-    core = ov.Core()
-    xml = ir_dir / "model.xml" if ir_dir is not None else None
-    if xml is not None and xml.is_file():
-        om = core.read_model(xml)
-    else:
-        names = [type(m).__name__ for m in st_model]
-        if names[:2] != ["Transformer", "Pooling"] or getattr(st_model[1], "pooling_mode", None) != "mean":
-            raise ValueError(f"backend openvino supports transformer + mean pooling models only, not {names}")
-        hf = st_model[0].auto_model
-
-        class Wrapped(torch.nn.Module):
-            def __init__(self, m):
-                super().__init__()
-                self.m = m
-
-            def forward(self, input_ids, attention_mask, token_type_ids):
-                h = self.m(input_ids=input_ids, attention_mask=attention_mask,
-                           token_type_ids=token_type_ids).last_hidden_state.float()
-                mask = attention_mask.unsqueeze(-1).to(h.dtype)
-                e = (h * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-                return torch.nn.functional.normalize(e, dim=-1)
-
-        example = {k: torch.ones(2, 16, dtype=torch.long) for k in _OV_INPUTS}
-        with torch.no_grad():
-            om = ov.convert_model(Wrapped(hf).eval(), example_input=example,
-                                  input=[(k, [-1, -1], ov.Type.i64) for k in _OV_INPUTS])
-        if xml is not None:
-            xml.parent.mkdir(parents=True, exist_ok=True)
-            tmp = xml.with_name(f"model.{os.getpid()}.xml")
-            ov.save_model(om, tmp, compress_to_fp16=False)
-            tmp.with_suffix(".bin").replace(xml.with_suffix(".bin"))
-            tmp.replace(xml)
-    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads,
-              "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32"}
-    return core.compile_model(om, "CPU", config)
+def _ov_feeds(tok, ids: list[dict[str, list[int]]], idx) -> dict[str, np.ndarray]:
+    """One padded batch of token features, as the OpenVINO model's int64 inputs."""
+    feats = tok.pad({k: [ids[i][k] for i in idx] for k in ids[0].keys()}, return_tensors="np")
+    return {k: feats[k].astype(np.int64) for k in embed_openvino.OV_INPUTS}
 
 
 def text_hashes(texts: Iterable[str]) -> list[bytes]:

@@ -153,6 +153,30 @@ def test_openvino_backend_matches_torch(texts, plain, tmp_path):
     np.testing.assert_allclose(again, vecs[:8], atol=1e-6)
 
 
+def test_openvino_int8_backend_quantises_once_and_stays_close(texts, plain, tmp_path, monkeypatch):
+    """#30: backend openvino-int8 quantises the IR with NNCF on the fixed ShareGPT sample, keeps it under its
+    own key, stays within cosine 0.99 of a plain fp32 encode, and a second process never calibrates again."""
+    pytest.importorskip("nncf")
+    from curation import embed_openvino
+
+    opts = EmbeddingOptions(backend="openvino-int8")
+    vecs = embed_texts(texts, opts, tmp_path)
+    cos = (vecs * plain).sum(1)
+    assert cos.min() >= 0.99, f"min cosine {cos.min():.4f} to plain fp32 encode"
+    key = embed.Embedder(opts).key
+    assert key.endswith("-openvino-int8") and key != embed.Embedder(EmbeddingOptions(backend="openvino")).key
+    xml = tmp_path / "openvino" / key / "model.xml"
+    ops = {op.get_type_name() for op in __import__("openvino").Core().read_model(xml).get_ops()}
+    assert "FakeQuantize" in ops, "the saved IR is not quantised"
+
+    def no_calibration():
+        raise AssertionError("calibrated again although the int8 IR is in the cache dir")
+
+    monkeypatch.setattr(embed_openvino, "calibration_texts", no_calibration)
+    again = embed.Embedder(opts, tmp_path).encode(texts[:8])
+    np.testing.assert_allclose(again, vecs[:8], atol=1e-6)
+
+
 @pytest.mark.slow
 def test_model2vec_backend_distils_offline_and_caches(texts, tmp_path):
     """#30: backend model2vec distils a static model from the local MiniLM once (offline), keeps it
