@@ -76,10 +76,12 @@ class Phases:
                 out["seconds"] += time.perf_counter() - t0
                 out["rss_enter_mb"] = max(out["rss_enter_mb"], round(f["enter"] / 2**20))
                 if f["peak"] / 2**20 > out["peak_mb"]:
-                    out["peak_mb"], out["arrow_at_peak_mb"] = round(f["peak"] / 2**20), round(f["arrow_at_peak"] / 2**20)
+                    out["peak_mb"] = round(f["peak"] / 2**20)
+                    out["arrow_at_peak_mb"] = round(f["arrow_at_peak"] / 2**20)
                 out["rss_exit_mb"] = max(out["rss_exit_mb"], round(self.proc.memory_info().rss / 2**20))
                 if self.python_objects:
-                    out["python_peak_mb"] = max(out["python_peak_mb"], round(tracemalloc.get_traced_memory()[1] / 2**20))
+                    python_peak = round(tracemalloc.get_traced_memory()[1] / 2**20)
+                    out["python_peak_mb"] = max(out["python_peak_mb"], python_peak)
                 if not f["depth"]:
                     del self.active[name]
         return timed

@@ -7,6 +7,8 @@ turn and a non-empty assistant answer. Drawn rows leave the pool as rejections w
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+
 import polars as pl
 from pydantic import Field
 
@@ -32,12 +34,42 @@ def valid_for_heldout(min_answer_chars: int = 1) -> pl.Expr:
     return roles.list.contains("user") & (answers.list.max() >= min_answer_chars)
 
 
-def holdout(df: pl.DataFrame, opts: HoldoutOptions, ctx: StepContext) -> tuple[pl.DataFrame, pl.DataFrame]:
-    if df.is_empty():
-        return df, split(df, pl.lit(True), "holdout", "held_out")[1]
-    valid_ids = df.filter(valid_for_heldout(opts.min_answer_chars))["id"]
+HELD = "__held_out"  # the streamed form's mark: the row was drawn
+
+
+def draw(valid_ids: pl.Series, opts: HoldoutOptions, ctx: StepContext) -> pl.Series:
+    """The drawn ids of the valid ones; the step's figures go to ctx.stats."""
     # sort before sampling so the draw depends on the seed and the ids, not on file order
     drawn = valid_ids.sort().sample(n=min(opts.n, len(valid_ids)), seed=ctx.seed, shuffle=True)
     ctx.stats["valid_candidates"] = len(valid_ids)
     ctx.stats["drawn"] = len(drawn)
+    return drawn
+
+
+def holdout(df: pl.DataFrame, opts: HoldoutOptions, ctx: StepContext) -> tuple[pl.DataFrame, pl.DataFrame]:
+    if df.is_empty():
+        return df, split(df, pl.lit(True), "holdout", "held_out")[1]
+    drawn = draw(df.filter(valid_for_heldout(opts.min_answer_chars))["id"], opts, ctx)
     return split(df, ~pl.col("id").is_in(drawn.implode()), "holdout", "held_out")
+
+
+def split_held(marked: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Rows marked `HELD` where drawn (null elsewhere) -> (kept, held out), as `holdout` splits them."""
+    kept, rejected = split(marked, pl.col(HELD).is_null(), "holdout", "held_out")
+    return kept.drop(HELD), rejected.drop(HELD)
+
+
+def stream_marks(read: Callable[[list[str]], Iterator[pl.DataFrame]], opts: HoldoutOptions,
+                 ctx: StepContext) -> tuple[pl.DataFrame, Callable]:
+    """holdout over batches (the local executor's streaming): one pass over ids and messages holds every
+    row's id, position and validity, not its text. Returns the drawn rows' marks (`pos`, `HELD`) and
+    `split_held`."""
+    rows, lo = [], 0
+    for batch in read(["id", "messages"]):
+        rows.append(batch.select("id", valid_for_heldout(opts.min_answer_chars).alias("valid"),
+                                 pl.int_range(lo, lo + len(batch), dtype=pl.Int64).alias("pos")))
+        lo += len(batch)
+    rows = pl.concat(rows)
+    drawn = draw(rows.filter("valid")["id"], opts, ctx)
+    return (rows.filter(pl.col("id").is_in(drawn.implode()))
+            .select("pos", pl.lit(True).alias(HELD))), split_held

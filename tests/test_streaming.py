@@ -1,5 +1,5 @@
 """The local executor's streaming (pond.executors.local): the same rows, reasons, verdicts and figures
-with tiny batches as with the whole input at once, dedups included (with reference rows and with
+with tiny batches as with the whole input at once, dedups and the held-out draw included (with reference rows and with
 MinHash's verification texts spilled to disk)."""
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from pond.executors.shards import read_output
 from pond.recipe import parse_recipe
 from pond.runner import Runner
 
-STEPS = ("  - exact_dedup: {}\n  - heuristics: {}\n  - answer_faults: {}\n  - pii: {action: redact}\n"
+STEPS = ("  - holdout: {n: 30}\n  - exact_dedup: {}\n  - heuristics: {}\n  - answer_faults: {}\n"
+         "  - pii: {action: redact}\n"
          "  - minhash_dedup: {threshold: 0.7, keep: longest}\n  - minhash_dedup: {threshold: 0.5, ngram: 3}\n"
          "  - exact_dedup: {lowercase: false}\n  - holdout: {n: 20}\n")
 # figures that are timings, not results
@@ -41,6 +42,8 @@ def assert_same_runs(whole: Path, streamed: Path, ignore: frozenset = frozenset(
         skip = TIMES | ignore
         assert {k: v for k, v in sa.items() if k not in skip} == {k: v for k, v in sb.items() if k not in skip}, name
     assert pl.read_parquet(whole / "curated.parquet").equals(pl.read_parquet(streamed / "curated.parquet"))
+    if (whole / "heldout.parquet").exists():  # the held-out draw, streamed or not
+        assert pl.read_parquet(whole / "heldout.parquet").equals(pl.read_parquet(streamed / "heldout.parquet"))
 
 
 def test_tiny_batches_give_the_whole_inputs_results(tmp_path, monkeypatch):
@@ -50,7 +53,7 @@ def test_tiny_batches_give_the_whole_inputs_results(tmp_path, monkeypatch):
     assert_same_runs(whole, streamed)
     ledger = [json.loads(line) for line in (streamed / "ledger.jsonl").read_text().splitlines()]
     assert any(e.get("batch_rows") == 97 for e in ledger)  # it did stream
-    mh = json.loads((streamed / "steps" / "05-minhash_dedup" / "stats.json").read_text())
+    mh = json.loads((streamed / "steps" / "06-minhash_dedup" / "stats.json").read_text())
     assert mh["duplicates"] > 50 and mh["clusters"] > 10
     assert not any(p.name.startswith("_") for d in (streamed / "steps").iterdir() for p in d.iterdir())
 
