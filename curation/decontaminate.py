@@ -16,6 +16,8 @@ id); it also gets `contaminated_by` and `shared_ngrams` (distinct n-grams shared
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
+
 import numpy as np
 import polars as pl
 from pydantic import Field
@@ -67,27 +69,55 @@ def eval_ngrams(paths: list[str], ngram: int, ctx: StepContext) -> tuple[pl.Data
     return by_hash, {"eval_rows": len(evals), "eval_rows_unreadable": len(bad), "eval_ngrams": len(by_hash)}
 
 
-def decontaminate(df: pl.DataFrame, opts: DecontaminateOptions, ctx: StepContext) -> tuple[pl.DataFrame, pl.DataFrame]:
+def contaminated_rows(batches: Iterable[pl.DataFrame], opts: DecontaminateOptions, ctx: StepContext) -> pl.DataFrame:
+    """(row, shared_ngrams, contaminated_by) of the rows that share at least `min_shared` n-grams with the eval
+    set, sorted by row; `batches`: the rows in order, at most `batch_size` at a time. Only the n-grams found
+    in the eval set are held, so the boilerplate count sees every row without holding any; the figures go to
+    ctx.stats."""
     paths = [opts.against] if isinstance(opts.against, str) else list(opts.against)
     table, figures = eval_ngrams(paths, opts.ngram, ctx)
-    found = []
-    starts = range(0, len(df), opts.batch_size)
-    for s in ctx.track(starts, "decontaminate", total=len(starts)):
-        grams = ngram_table(df.slice(s, opts.batch_size), opts.ngram)
-        found.append(grams.join(table, on="h").with_columns(pl.col("row") + s))
+    found, lo = [], 0
+    for batch in batches:
+        grams = ngram_table(batch, opts.ngram)
+        found.append(grams.join(table, on="h").with_columns(pl.col("row") + lo))
+        lo += len(batch)
     matches = pl.concat(found) if found else pl.DataFrame(schema={"row": pl.Int64, "h": pl.UInt64, "eval_id": pl.Utf8})
     if opts.max_row_frequency is not None:
         common = matches.group_by("h").agg(pl.len().alias("n")).filter(pl.col("n") > opts.max_row_frequency)
         figures["boilerplate_ngrams_ignored"] = len(common)
         matches = matches.join(common, on="h", how="anti")
     hits = (matches.group_by("row").agg(pl.len().alias("shared_ngrams"), pl.col("eval_id").min().alias("contaminated_by"))
-            .filter(pl.col("shared_ngrams") >= opts.min_shared))
-    marked = (df.with_row_index("row").with_columns(pl.col("row").cast(pl.Int64))
-              .join(hits, on="row", how="left", maintain_order="left").drop("row"))
+            .filter(pl.col("shared_ngrams") >= opts.min_shared).sort("row"))
+    figures.update({"contaminated": len(hits),
+                    "eval_rows_named": int(hits["contaminated_by"].n_unique()) if len(hits) else 0})
+    ctx.stats.update(figures)
+    return hits
+
+
+def split_contaminated(marked: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Rows with `shared_ngrams` and `contaminated_by` (null where clean) -> (kept, rejected naming the eval row)."""
     bad = pl.col("contaminated_by").is_not_null()
     kept = marked.filter(~bad).drop("shared_ngrams", "contaminated_by")
-    rejected = reject(marked.filter(bad), STAGE, pl.lit("eval_overlap:") + pl.col("contaminated_by"))
-    figures.update({"contaminated": len(rejected),
-                    "eval_rows_named": int(rejected["contaminated_by"].n_unique()) if len(rejected) else 0})
-    ctx.stats.update(figures)
-    return kept, rejected
+    return kept, reject(marked.filter(bad), STAGE, pl.lit("eval_overlap:") + pl.col("contaminated_by"))
+
+
+def decontaminate(df: pl.DataFrame, opts: DecontaminateOptions, ctx: StepContext) -> tuple[pl.DataFrame, pl.DataFrame]:
+    starts = range(0, len(df), opts.batch_size)
+    batches = (df.slice(s, opts.batch_size) for s in ctx.track(starts, "decontaminate", total=len(starts)))
+    hits = contaminated_rows(batches, opts, ctx)
+    marked = (df.with_row_index("row").with_columns(pl.col("row").cast(pl.Int64))
+              .join(hits, on="row", how="left", maintain_order="left").drop("row"))
+    return split_contaminated(marked)
+
+
+def stream_marks(read: Callable[[list[str]], Iterator[pl.DataFrame]], opts: DecontaminateOptions,
+                 ctx: StepContext) -> tuple[pl.DataFrame, Callable]:
+    """decontaminate over batches (the local executor's streaming): one pass over the turns, `batch_size` rows
+    hashed at a time. Returns the contaminated rows' marks (`pos`, shared_ngrams, contaminated_by) and
+    `split_contaminated`."""
+    def batches() -> Iterator[pl.DataFrame]:
+        for batch in read(["messages", "text"]):
+            for s in range(0, len(batch), opts.batch_size):
+                yield batch.slice(s, opts.batch_size)
+
+    return contaminated_rows(batches(), opts, ctx).rename({"row": "pos"}), split_contaminated

@@ -1,6 +1,6 @@
 """The local executor's streaming (pond.executors.local): the same rows, reasons, verdicts and figures
-with tiny batches as with the whole input at once, dedups and the held-out draw included (with reference rows and with
-MinHash's verification texts spilled to disk)."""
+with tiny batches as with the whole input at once, dedups, the held-out draw and decontamination included
+(dedups with reference rows and with MinHash's verification texts spilled to disk)."""
 from __future__ import annotations
 
 import json
@@ -17,7 +17,8 @@ from pond.runner import Runner
 STEPS = ("  - holdout: {n: 30}\n  - exact_dedup: {}\n  - heuristics: {}\n  - answer_faults: {}\n"
          "  - pii: {action: redact}\n"
          "  - minhash_dedup: {threshold: 0.7, keep: longest}\n  - minhash_dedup: {threshold: 0.5, ngram: 3}\n"
-         "  - exact_dedup: {lowercase: false}\n  - holdout: {n: 20}\n")
+         "  - exact_dedup: {lowercase: false}\n  - holdout: {n: 20}\n"
+         "  - decontaminate: {against: 'run:heldout.parquet', ngram: 8, max_row_frequency: 3}\n")
 # figures that are timings, not results
 TIMES = {"seconds", "signature_seconds", "candidate_seconds", "verify_seconds", "cluster_seconds", "outputs"}
 
@@ -55,6 +56,8 @@ def test_tiny_batches_give_the_whole_inputs_results(tmp_path, monkeypatch):
     assert any(e.get("batch_rows") == 97 for e in ledger)  # it did stream
     mh = json.loads((streamed / "steps" / "06-minhash_dedup" / "stats.json").read_text())
     assert mh["duplicates"] > 50 and mh["clusters"] > 10
+    dc = json.loads((streamed / "steps" / "10-decontaminate" / "stats.json").read_text())
+    assert dc["contaminated"] > 0  # decontamination found rows to drop, streamed as whole
     assert not any(p.name.startswith("_") for d in (streamed / "steps").iterdir() for p in d.iterdir())
 
 
