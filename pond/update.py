@@ -7,7 +7,9 @@ on the new rows only. Two things differ from a plain run, both read from the ste
 - a dedup step (`dedups_against_reference`) gets the pond as its reference rows (`ctx.reference`):
   the held-out set, then the rows that entered the same step in every earlier generation. The step
   itself never drops them and rejects a drop row that duplicates one, naming it in `duplicate_of`,
-  whatever its keep rule prefers ("the pond wins"): nothing already curated is redone;
+  whatever its keep rule prefers ("the pond wins"): nothing already curated is redone. Exact and
+  MinHash dedup on the local executor get the pond as the keys each generation kept instead of its rows
+  (`against_keys`, pond.generation_keys), with the same verdicts;
 - the step that draws the held-out set (`writes_heldout`) draws nothing: the set was fixed by the
   run, and drops are deduplicated against it.
 
@@ -28,9 +30,10 @@ import polars as pl
 from curation import store
 from curation.errors import PondError
 from curation.ingest import IngestError, expand_paths
+from curation.settings import default_cache_dir
 from curation.step import StepContext, split
-from pond import layout, ledger
-from pond.drift_report import write_drift
+from pond import generation_keys, layout, ledger
+from pond.drift_report import keep_samples, write_drift
 from pond.executors.shards import read_output
 from pond.recipe import Recipe, Step, load_recipe
 from pond.retrain import maybe_retrain
@@ -110,12 +113,13 @@ def step_input(gen: Path, index: int, step: Step) -> pl.DataFrame | None:
     """Every row that entered step `index` in generation `gen` (the rows it rejected too: a drop row
     close to a rejected pond row is in that row's cluster in a run over the union, whose kept row is
     then the one it duplicates); None if the step did not finish there."""
-    this = layout.step_dir(gen, layout.step_name(index, step.kind))
-    dirs = layout.step_dirs(gen)
-    names = [d.name for d in dirs]
-    if this.name not in names or not store.finished(this):
-        return None
-    return read_output(dirs[names.index(this.name) - 1] / layout.KEPT)
+    folders = generation_keys.step_folders(gen, index, step)
+    return None if folders is None else read_output(folders[1] / layout.KEPT)
+
+
+def _unfinished(gen: Path, index: int, step: Step) -> UpdateError:
+    return UpdateError(f"{gen}: has no finished step {layout.step_name(index, step.kind)}; the run's steps "
+                       "changed since it was curated (rerun `pond run` on the run first)")
 
 
 def pond_reference(run: Path, drop: Path, index: int, step: Step) -> pl.DataFrame:
@@ -130,8 +134,7 @@ def pond_reference(run: Path, drop: Path, index: int, step: Step) -> pl.DataFram
             continue
         rows = step_input(gen, index, step)
         if rows is None:
-            raise UpdateError(f"{gen}: has no finished step {layout.step_name(index, step.kind)}; the run's steps "
-                              "changed since it was curated (rerun `pond run` on the run first)")
+            raise _unfinished(gen, index, step)
         frames.append(rows)
     return pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()
 
@@ -145,6 +148,22 @@ def holdout_fixed(stage: str) -> Callable:
     return step
 
 
+def against_keys(run: Path, drop: Path, index: int, step: Step, fresh: dict) -> Callable:
+    """A keyed dedup step of a drop: the pond as keys (pond.generation_keys), not rows; the drop's own keys
+    go to `fresh[index]`, for the drop's generation to keep once the step is done."""
+    against = generation_keys.keyed_form(step.kind)[1]
+
+    def dedup(df: pl.DataFrame, opts, ctx: StepContext) -> tuple[pl.DataFrame, pl.DataFrame]:
+        try:
+            ref, texts_of, known = generation_keys.reference(run, drop, index, step, ctx)
+        except LookupError as exc:
+            raise _unfinished(exc.args[0], index, step) from None
+        kept, rejected, fresh[index] = against(df, opts, ctx, ref, texts_of, known)
+        return kept, rejected
+
+    return dedup
+
+
 class DropRunner(Runner):
     """The runner, on one drop's files: its folder is the drop's, its `run:` paths and teacher cache the run's."""
 
@@ -155,25 +174,38 @@ class DropRunner(Runner):
         super().__init__(recipe.model_copy(update={"input": drop_input}), drop, base_dir, **kwargs)
         self.run = Path(run)
         self.current: tuple[int, Step] | None = None  # the step being run, for context()
+        self.fresh: dict[int, pl.DataFrame] = {}  # a keyed dedup step's keys of the drop's rows, by step index
 
     def run_step(self, index: int, step: Step, prev_dir: Path, prev_fp: str) -> tuple[Path, str]:
         # the runner builds a step's context without its index on the ray executor: remember it here
         self.current = (index, step)
         try:
-            return super().run_step(index, step, prev_dir, prev_fp)
+            step_dir, fingerprint = super().run_step(index, step, prev_dir, prev_fp)
         finally:
             self.current = None
+        if index in self.fresh:  # after DONE: the keys are filed under the fingerprint it holds
+            generation_keys.write_step_keys(step_dir, step, self.recipe.seed, self.fresh.pop(index))
+        return step_dir, fingerprint
+
+    def keyed(self, step: Step) -> bool:
+        """A dedup step that compares the drop with the pond's keys: one with a keyed form, run locally (on
+        Ray the reference rows are written as shards, pond.executors.ray_dedup)."""
+        distributed = self.executor is not None and self.executor.distributes(step.kind)
+        return not distributed and generation_keys.keyed_form(step.kind) is not None
 
     def context(self, step_dir: Path, index: int | None = None) -> StepContext:
         ctx = super().context(step_dir, index)
         ctx.run_dir = self.run
-        if self.current is not None and STEPS[self.current[1].kind].dedups_against_reference:
+        if (self.current is not None and STEPS[self.current[1].kind].dedups_against_reference
+                and not self.keyed(self.current[1])):
             ctx.reference = pond_reference(self.run, self.out, *self.current)
         return ctx
 
     def step_function(self, index: int, step: Step) -> Callable:
         if STEPS[step.kind].writes_heldout:
             return holdout_fixed(step.kind)
+        if STEPS[step.kind].dedups_against_reference and self.keyed(step):
+            return against_keys(self.run, self.out, index, step, self.fresh)
         return super().step_function(index, step)
 
 
@@ -192,6 +224,17 @@ def write_union(run: Path) -> pl.DataFrame:
     return union
 
 
+def keep_generation(run: Path, *, cache_dir: Path | None = None) -> None:
+    """What later drops read instead of the pond's rows, for a run just curated by `pond run` (generation 0):
+    its dedup steps' keys and its drift samples. A drop writes its own; without this, the first drop
+    computes the run's from its rows (the runner's hook after `curate` would call this)."""
+    run = Path(run)
+    recipe = run_recipe(run)
+    cache_dir = cache_dir or default_cache_dir()
+    generation_keys.write_generation(run, recipe, StepContext(seed=recipe.seed, cache_dir=cache_dir, run_dir=run))
+    keep_samples(run, recipe, cache_dir)
+
+
 def resolve_inputs(inputs: list[str | Path]) -> list[Path]:
     files = expand_paths([str(Path(p).expanduser().resolve()) for p in inputs], Path.cwd())
     return [f.resolve() for f in files]
@@ -207,7 +250,7 @@ def update(run: Path, inputs: list[str | Path], *, cache_dir: Path | None = None
     drop = plan_drop(run, files)
     ledger.append(run, "update", drop=drop.name, files=[str(f) for f in files])
     log(f"drop {drop.name}: {len(files)} file(s)")
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     runner = DropRunner(recipe, run, drop, files, layout.run_base_dir(run), cache_dir=cache_dir, track=track, log=log)
     try:
         runner.curate()
@@ -219,12 +262,15 @@ def update(run: Path, inputs: list[str | Path], *, cache_dir: Path | None = None
     union = write_union(run)
     stats = layout.funnel(drop)
     kept = len(read_output(layout.final_kept(drop)))
-    t1 = time.perf_counter()
+    t1, c1 = time.perf_counter(), time.process_time()
     drift = write_drift(run, drop, recipe, cache_dir=runner.cache_dir, log=log)
-    t2 = time.perf_counter()
+    t2, c2 = time.perf_counter(), time.process_time()
     decision = maybe_retrain(run, drop, recipe, drift, cache_dir=runner.cache_dir, track=track, log=log,
                              allowed=retrain)
-    seconds = {"curation": round(t1 - t0, 3), "drift": round(t2 - t1, 3), "retrain": round(time.perf_counter() - t2, 3)}
+    seconds = {"curation": round(t1 - t0, 3), "drift": round(t2 - t1, 3), "retrain": round(time.perf_counter() - t2, 3),
+               # CPU seconds of this process (all its threads) beside them: a shared machine's wall time wanders
+               "curation_cpu": round(c1 - c0, 3), "drift_cpu": round(c2 - c1, 3),
+               "retrain_cpu": round(time.process_time() - c2, 3)}
     store.write_text(report_section(run), layout.drops_dir(run) / layout.DROPS_REPORT)
     # the drop's work is its files: the marker is keyed by them (inputs.json), written after all else
     store.mark_finished(drop, store.key_of(layout.read_json(drop / layout.DROP_INPUTS)), {"kept": kept})
