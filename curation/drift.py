@@ -70,17 +70,32 @@ def length_shift(pond: Sequence[int], drop: Sequence[int]) -> dict:
             "pond_median_chars": float(np.median(pond)), "drop_median_chars": float(np.median(drop))}
 
 
-@functools.lru_cache(maxsize=1 << 16)
-def _language(snippet: str) -> str:
-    # cached: a growing pond's sample is mostly the same rows from one drop to the next
-    import langid
+@functools.lru_cache(maxsize=1)
+def _identifier():
+    import langid.langid
 
-    return langid.classify(snippet)[0] if snippet.strip() else ""
+    if langid.langid.identifier is None:
+        langid.langid.load_model()
+    return langid.langid.identifier
 
 
-def languages(texts: Sequence[str], chars: int = 200) -> list[str]:
-    """langid.py's language code of each text (its first `chars` characters); '' for an empty text."""
-    return [_language(t[:chars]) if t else "" for t in texts]
+def languages(texts: Sequence[str], chars: int = 200, batch: int = 512) -> list[str]:
+    """langid.py's language code of each text (its first `chars` characters); '' for an empty text.
+
+    langid.py's own `classify`, one matrix product for a batch of texts instead of one per text: a
+    text's class is the argmax of feature counts @ log P(feature | class) + log P(class), and its
+    `norm_probs` keeps the order (langid's per-text dot of uint32 counts with float weights takes
+    ~6 ms, 40x the batch's share)."""
+    ident = _identifier()
+    snippets = [t[:chars] if t else "" for t in texts]
+    todo = sorted({s for s in snippets if s.strip()})
+    found: dict[str, str] = {}
+    for lo in range(0, len(todo), batch):
+        part = todo[lo:lo + batch]
+        counts = np.vstack([ident.instance2fv(s) for s in part]).astype(np.float64)
+        best = np.argmax(counts @ ident.nb_ptc + ident.nb_pc, axis=1)
+        found.update((s, str(ident.nb_classes[i])) for s, i in zip(part, best))
+    return [found.get(s, "") for s in snippets]
 
 
 def language_mix(pond: Sequence[str], drop: Sequence[str], top: int = 8) -> dict:
@@ -155,13 +170,25 @@ def sample_indices(n: int, most: int, seed: int) -> np.ndarray:
     return _sample(n, most, np.random.default_rng(seed))
 
 
-def stable_sample(ids: Sequence[str], most: int, seed: int) -> np.ndarray:
-    """At most `most` rows, in row order: those whose (seed, id) hash is smallest. A growing pond keeps
-    most of its sample from one drop to the next, so their embeddings come from the cache."""
+def sample_keys(ids: Sequence[str], seed: int) -> np.ndarray:
+    """Each row's place in the stable sample: the (seed, id) hash; the smallest are drawn."""
     import hashlib
 
+    return np.array([int.from_bytes(hashlib.blake2b(f"{seed}:{i}".encode(), digest_size=8).digest(), "little")
+                     for i in ids], dtype=np.uint64)
+
+
+def smallest(keys: np.ndarray, most: int) -> np.ndarray:
+    """The rows (in row order) of the `most` smallest keys; ties go to the earlier row."""
+    if len(keys) <= most:
+        return np.arange(len(keys))
+    return np.sort(np.argsort(keys, kind="stable")[:most])
+
+
+def stable_sample(ids: Sequence[str], most: int, seed: int) -> np.ndarray:
+    """At most `most` rows, in row order: those whose (seed, id) hash is smallest. A growing pond keeps
+    most of its sample from one drop to the next, and the sample of a union is drawn from the samples
+    of its parts (`smallest` of their keys), so each generation's can be kept."""
     if len(ids) <= most:
         return np.arange(len(ids))
-    keys = np.array([int.from_bytes(hashlib.blake2b(f"{seed}:{i}".encode(), digest_size=8).digest(), "little")
-                     for i in ids], dtype=np.uint64)
-    return np.sort(np.argsort(keys, kind="stable")[:most])
+    return smallest(sample_keys(ids, seed), most)

@@ -7,6 +7,10 @@ of curation.embed, MMD permutation test), in length and in language mix, each fl
 `retrain.drift.alpha`; the compared stage's rejection rates against the earlier generations'; clusters
 new in the drop and clusters it no longer touches; and the current adapter's loss on a sample of the
 drop's kept rows against its loss on the held-out set. `drifted` is the embedding test's p below alpha.
+
+Each side's sample is its stable sample (smallest (seed, id) hash); every generation keeps its own,
+embedded, beside its step outputs (`generation_sample`), so the pond's rows are not read and only the
+drop's rows are embedded.
 """
 from __future__ import annotations
 
@@ -111,36 +115,79 @@ def rejections(earlier: list[Path], drop: Path, stage: list[str], confidence: fl
     return {"rejections": flags, "rejections_flagged": [s for s, r in flags.items() if r["flagged"]]}
 
 
+SAMPLE_FORMAT = 1  # raise when what a sample file holds changes: older files are then not read
+
+
+def generation_sample(gen: Path, step: str, opts: DriftOptions, seed: int, cache_dir: Path | None) -> pl.DataFrame:
+    """The stable sample of one generation's rows at step folder `step` (its kept rows): pos (in the
+    generation), key, id, text and embedding. Kept beside the step's outputs as `sample-<key>.parquet`
+    (<key>: the step's fingerprint, seed, sample size, embedding model), so the pond's sample is drawn
+    from these (`pond_sample`) and never embedded twice; a drop embeds only its own rows."""
+    folder = layout.step_dir(gen, step)
+    emb = EmbeddingOptions()
+    done = layout.read_json(folder / layout.STATS)
+    key = store.key_of([done.get("fingerprint"), seed, opts.sample, emb.model_dump(mode="json"), SAMPLE_FORMAT])
+    path = folder / f"sample-{key[:16]}.parquet"
+    if path.exists():
+        return pl.read_parquet(path)
+    rows = read_output(folder / layout.KEPT).select("id", "text")
+    keys = stats.sample_keys(rows["id"].to_list(), seed)
+    picked = stats.smallest(keys, opts.sample)
+    sample = rows[picked].with_columns(pl.Series("pos", picked, dtype=pl.Int64), pl.Series("key", keys[picked]),
+                                       pl.col("text").fill_null(""))
+    vectors = embed_texts(sample["text"].to_list(), emb, cache_dir) if len(sample) else np.zeros((0, 1))
+    sample = sample.with_columns(pl.Series("embedding", vectors.astype(np.float32))).select(
+        "pos", "key", "id", "text", "embedding")
+    if store.finished(folder, done.get("fingerprint")):  # keep it only where the step's rows are final
+        store.write_parquet(sample, path)
+    return sample
+
+
+def pond_sample(gens: list[Path], step: str, opts: DriftOptions, seed: int,
+                cache_dir: Path | None) -> tuple[list[str], np.ndarray, int]:
+    """(texts, embeddings, rows) of the stable sample of every generation's rows at `step` together: drawn
+    from each generation's own sample, it is the one `stats.stable_sample` draws from all their rows."""
+    parts = [generation_sample(g, step, opts, seed, cache_dir) for g in gens]
+    rows = sum(int(layout.read_json(layout.step_dir(g, step) / layout.STATS).get("out", 0)) for g in gens)
+    parts = [p for p in parts if len(p)]
+    if not parts:
+        return [], np.zeros((0, 0), dtype=np.float32), rows
+    # generation after generation, each in row order: the order of their rows concatenated
+    both = pl.concat(parts)
+    picked = both[stats.smallest(both["key"].to_numpy(), opts.sample)]
+    return picked["text"].to_list(), picked["embedding"].to_numpy().astype(np.float32), rows
+
+
+def keep_samples(gen: Path, recipe, cache_dir: Path | None) -> None:
+    """A finished generation's samples for later drops' drift reports (its compared stage and its kept rows)."""
+    opts = recipe.retrain.drift if recipe.retrain is not None else DriftOptions()
+    for step in {compared_stage(gen)[-1], layout.final_kept(gen).parent.name}:
+        generation_sample(gen, step, opts, recipe.seed, cache_dir)
+
+
 def drift_report(run: Path, drop: Path, recipe, *, cache_dir: Path | None = None) -> dict[str, Any]:
     opts = recipe.retrain.drift if recipe.retrain is not None else DriftOptions()
     seed = recipe.seed
     earlier = [g for g in layout.curated_generations(run) if g != drop]
     stage = compared_stage(drop)
-    pond = pl.concat([read_output(layout.step_dir(g, stage[-1]) / layout.KEPT).select("id", "text") for g in earlier])
-    new = read_output(layout.step_dir(drop, stage[-1]) / layout.KEPT).select("id", "text")
-    kept = read_output(layout.final_kept(drop))
-    pond_s = pond[stats.stable_sample(pond["id"].to_list(), opts.sample, seed)]
-    new_s = new[stats.sample_indices(new.height, opts.sample, seed)]
-    pond_t = pond_s["text"].fill_null("").to_list()
-    new_t = new_s["text"].fill_null("").to_list()
-    report: dict[str, Any] = {"drop": layout.drop_number(drop), "stage": stage[-1], "pond_rows": pond.height,
-                              "drop_rows": new.height, "drop_kept": kept.height, "alpha": opts.alpha}
-    if new.height < 2:
+    last = layout.final_kept(drop).parent.name
+    pond_t, ep, pond_rows = pond_sample(earlier, stage[-1], opts, seed, cache_dir)
+    new_t, en, new_rows = pond_sample([drop], stage[-1], opts, seed, cache_dir)
+    kept_rows = int(layout.read_json(layout.step_dir(drop, last) / layout.STATS).get("out", 0))
+    report: dict[str, Any] = {"drop": layout.drop_number(drop), "stage": stage[-1], "pond_rows": pond_rows,
+                              "drop_rows": new_rows, "drop_kept": kept_rows, "alpha": opts.alpha}
+    if new_rows < 2:
         return {**report, "drifted": False, "p_value": None, "note": "fewer than two new rows: nothing to test"}
-    ep = embed_texts(pond_t, EmbeddingOptions(), cache_dir)
-    en = embed_texts(new_t, EmbeddingOptions(), cache_dir)
     report.update(compare(pond_t, new_t, ep, en, opts, seed))
     # clusters describe what the pond gains, so they are drawn on kept rows (no test: selection is
     # no harm here, and the ingest stage's repeated fragments would sit in a new source's clusters)
-    pond_k = pl.concat([read_output(layout.final_kept(g)).select("id", "text") for g in earlier])
-    pond_k = pond_k[stats.stable_sample(pond_k["id"].to_list(), opts.sample, seed)]["text"].fill_null("").to_list()
-    new_k = kept["text"].fill_null("")[stats.sample_indices(kept.height, opts.sample, seed)].to_list()
+    pond_k, ek, _ = pond_sample(earlier, last, opts, seed, cache_dir)
+    new_k, enk, _ = pond_sample([drop], last, opts, seed, cache_dir)
     if pond_k and new_k:
-        report["clusters"] = stats.cluster_changes(embed_texts(pond_k, EmbeddingOptions(), cache_dir),
-                                                   embed_texts(new_k, EmbeddingOptions(), cache_dir), pond_k, new_k,
-                                                   k=opts.clusters, seed=seed)
+        report["clusters"] = stats.cluster_changes(ek, enk, pond_k, new_k, k=opts.clusters, seed=seed)
     report.update(rejections(earlier, drop, stage, opts.rejection_confidence))
-    report["adapter_loss"] = adapter_loss(run, recipe, kept, cache_dir, opts.loss_rows, seed)
+    report["adapter_loss"] = adapter_loss(run, recipe, read_output(layout.final_kept(drop)), cache_dir,
+                                          opts.loss_rows, seed)
     return report
 
 

@@ -89,6 +89,28 @@ def test_language_and_length_shift():
     assert drift.length_shift([10] * 30 + [12] * 30, [200] * 40)["p_value"] < 1e-6
 
 
+def test_batched_languages_are_langids_own(sharegpt_df):
+    import langid
+
+    texts = sharegpt_df["text"].head(300).to_list() + [
+        "Das Wetter ist heute schön.", "Il fait beau aujourd'hui.", "今日はいい天気です。", "", "   ", None]
+    expected = [langid.classify(t[:200])[0] if t and t[:200].strip() else "" for t in texts]
+    assert drift.languages(texts, batch=64) == expected
+    assert len(set(expected)) > 3
+
+
+def test_the_stable_sample_of_a_union_is_drawn_from_its_parts_samples():
+    """What lets each generation keep its own drift sample: the union's sample is among the parts' samples."""
+    ids = [f"row-{i}" for i in range(5000)]
+    parts = [ids[:1200], ids[1200:1300], ids[1300:]]
+    keys = [drift.sample_keys(p, 7) for p in parts]
+    picked = [drift.smallest(k, 500) for k in keys]
+    candidates = [p[i] for p, chosen in zip(parts, picked) for i in chosen]
+    union = drift.smallest(np.concatenate([k[chosen] for k, chosen in zip(keys, picked)]), 500)
+    assert [candidates[i] for i in union] == [ids[i] for i in drift.stable_sample(ids, 500, 7)]
+    assert len(union) == 500 and drift.stable_sample(ids[:300], 500, 7).tolist() == list(range(300))
+
+
 def test_new_and_gone_clusters():
     rng = np.random.default_rng(1)
     centres = _unit(rng.normal(size=(3, 16)) * 5)
