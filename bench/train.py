@@ -26,11 +26,11 @@ so a dtype win (TRL's bf16 on a CPU that emulates it) is never counted as a trai
 pond's own options are arms too, each pond's defaults with one thing changed (`--arms options`):
 packing (BFD, padding-free with position ids), group_by_length off, eager attention instead of
 sdpa, torch.compile (TrainingArguments.torch_compile, set by this bench: pond has no option for
-it); and the output layer and loss only at answer positions (`pond_answer_head`: TRL's fused head does
-that on CUDA only; on CPU it scores every position and masks afterwards; `pond_plain_answer_head`: the
-same with one unchunked output layer). `--arms all` adds gradient checkpointing and forced dtypes.
-The attention, compile and answer-head arms are set from here without changing training/ (`_patch_pond`);
-they show what that change would be worth.
+it); and TRL's own output layer and loss instead of pond's (`pond_trl_head`: pond computes the output
+layer and the loss at answer positions only, training.answer_head; TRL's fused head does that on CUDA
+only, on CPU it scores every position in chunks and masks afterwards). `--arms all` adds gradient
+checkpointing and forced dtypes. The attention, compile and head arms are set from here without
+changing training/ (`_patch_pond`); they show what that change is worth.
 
 Final loss, comparable across arms: each arm's adapter is scored afterwards by the same code on
 `--eval-rows` held-out conversations (answer tokens only, pond's tokenization, pond's dtype):
@@ -67,7 +67,7 @@ sys.path.insert(0, str(ROOT))
 
 POND_DTYPE = "pond"  # placeholder in an arm's settings: the dtype pond picks on this device
 # name -> (trainer, settings). pond settings are TrainConfig fields, plus the bench patches `attn`, `compile`
-# and `answer_head`; TRL settings: dtype and gradient checkpointing.
+# and `trl_head`; TRL settings: dtype and gradient checkpointing.
 ARMS: dict[str, tuple[str, dict]] = {
     "pond": ("pond", {}),
     "trl_defaults": ("trl", {"dtype": "bf16", "checkpointing": True}),
@@ -77,16 +77,15 @@ ARMS: dict[str, tuple[str, dict]] = {
     "pond_no_group_by_length": ("pond", {"group_by_length": False}),
     "pond_eager_attention": ("pond", {"attn": "eager"}),
     "pond_compile": ("pond", {"compile": True}),
-    "pond_answer_head": ("pond", {"answer_head": "trl"}),
-    "pond_plain_answer_head": ("pond", {"answer_head": "plain"}),
+    "pond_trl_head": ("pond", {"trl_head": True}),
     "pond_checkpointing": ("pond", {"gradient_checkpointing": True}),
     "pond_fp32": ("pond", {"compute_dtype": "fp32"}),
     "pond_bf16": ("pond", {"compute_dtype": "bf16"}),
 }
 ARM_SETS = {
     "default": ["pond", "trl_defaults", "trl_same_dtype"],
-    "options": ["pond", "pond_packing", "pond_no_group_by_length", "pond_eager_attention", "pond_answer_head",
-                "pond_plain_answer_head", "pond_compile"],
+    "options": ["pond", "pond_packing", "pond_no_group_by_length", "pond_eager_attention", "pond_trl_head",
+                "pond_compile"],
 }
 ARM_SETS["all"] = list(dict.fromkeys(ARM_SETS["default"] + ARM_SETS["options"]
                                      + ["trl_same_dtype_no_checkpointing", "pond_checkpointing", "pond_fp32",
@@ -164,37 +163,12 @@ def _patch_pond(settings: dict) -> None:
             return cfg
 
         T._sft_config = compiled
-    if settings.get("answer_head"):
-        import trl.trainer.utils as U
+    if settings.get("trl_head"):
+        from training.callbacks import CountingSFTTrainer
 
-        # TRL's fused head scores only the positions with a label ("compact") where Triton runs; elsewhere every
-        # position, masked afterwards. Compact on CPU: the output layer and its softmax at answer positions only.
-        U._use_triton = lambda device: True
-        if settings["answer_head"] == "plain":
-            U._ChunkedLogProbFunction = PlainLogProb
-
-
-class PlainLogProb:
-    """Stands in for TRL's ChunkedLogProbFunction (same arguments and outputs) with one unchunked output layer in
-    the compute dtype and a fused log-softmax: on CPU, TRL's torch fallback goes over the vocabulary in fp32 several
-    times (online logsumexp, entropy, top-1, a recomputed forward in the backward, fp32 gradient GEMMs). With answer
-    positions only, the logits are (answer tokens x vocabulary). pond logs neither entropy nor token accuracy: they
-    are returned as zeros."""
-
-    @staticmethod
-    def apply(hidden, weight, bias, targets, temperature, chunk_size, softcap, logit_scale, outputs):
-        import torch
-        import torch.nn.functional as F
-
-        if softcap is not None:
-            raise NotImplementedError("final_logit_softcapping")
-        z = F.linear(hidden, weight, bias).float()
-        if logit_scale != 1.0 or temperature != 1.0:
-            z = z * (logit_scale / temperature)
-        log_probs = -F.cross_entropy(z, targets, reduction="none")
-        zeros = torch.zeros_like(log_probs).detach()
-        return (log_probs, zeros if "entropy" in outputs else None, None, None,
-                zeros.bool() if "is_top1" in outputs else None)
+        # TRL's fused head and loss, as pond trained before training.answer_head (TRL's path, which pond keeps
+        # for DDP and capped logits). A compiled model takes that path too: see _answer_head_applies.
+        CountingSFTTrainer._answer_head_applies = lambda self, model: False
 
 
 def run_pond(args, spec: dict, data: Path, out: Path) -> dict:
