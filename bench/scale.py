@@ -6,11 +6,11 @@
 
 Input: `curation.scaled_corpus` (real ShareGPT conversations, then exact and perturbed copies) as
 JSONL. Steps: exact_dedup, heuristics, pii, minhash_dedup (the CPU-bound curation core; embedding
-steps are measured by bench/embed.py). One JSON line per (rows, executor, step), each with the CPU
-(`hardware`), the load average before and after the run and the local executor's batch (rows it holds
-at once: pond.executors.local; `--batch-rows 0`: whole inputs, the executor before streaming). `--rows`
-takes a list: the sweep that shows whether peak memory stays flat as rows grow; `--ray-rows` limits the
-Ray runs to those sizes. Peak RSS: the largest resident set of this process plus its children (Ray's
+steps are measured by bench/embed.py). One JSON line per (rows, executor, step), printed as the step
+ends, each with the CPU (`hardware`), the load average before the run and at the step's end and the local
+executor's batch (rows it holds at once: pond.executors.local; `--batch-rows 0`: whole inputs, the
+executor before streaming). `--rows` takes a list: the sweep that shows whether peak memory stays flat
+as rows grow; `--ray-rows` limits the Ray runs to those sizes. Peak RSS: the largest resident set of this process plus its children (Ray's
 raylet, workers and object store processes included) sampled every 0.2 s while the step ran. The
 10M-row projection is rows / (rows/s) scaled linearly, in CPU-hours at this machine's core count and in
 dollars at `--usd-per-cpu-hour`; shuffles and MinHash candidates grow faster than linearly with
@@ -85,6 +85,21 @@ def run_one(args: argparse.Namespace, rows: int, executor: str) -> None:
     recipe.executor = executor
     rss = PeakRSS()
     peaks: dict[str, int] = {}
+    emitted: list[dict] = []
+
+    from pond.executors.local import batch_rows
+
+    common = {"bench": "scale", "executor": executor, "rows": rows, "cpus": cpus,
+              "batch_rows": batch_rows() if executor == "local" else None, "load_before": os.getloadavg()[0]}
+
+    def step_name(s: dict) -> str:
+        return next((k for k in peaks if k.endswith(s["kind"])), s["kind"])
+
+    def step_line(s: dict) -> None:
+        rows_s = s["in"] / s["seconds"] if s["seconds"] else None
+        emit(**common, load_at_end=os.getloadavg()[0], step=s["kind"], rows_in=s["in"], rows_out=s["out"],
+             seconds=s["seconds"], rows_per_s=round(rows_s, 1) if rows_s else None,
+             peak_rss_mb=round(peaks.get(step_name(s), 0) / 2**20, 1))
 
     def log(msg: str) -> None:
         name = msg.split(":")[0]
@@ -92,26 +107,20 @@ def run_one(args: argparse.Namespace, rows: int, executor: str) -> None:
             return
         peaks[name] = rss.peak
         rss.reset()
-
-    from pond.executors.local import batch_rows
+        # a finished step's line now, so a run cut short (a 1M run at a high load) still leaves its figures
+        for s in runner.step_stats[len(emitted):]:
+            emitted.append(s)
+            step_line(s)
 
     runner = Runner(recipe, args.workdir / f"run-{executor}", args.workdir, fresh=True,
                     cache_dir=args.workdir / "cache", log=log)
-    common = {"bench": "scale", "executor": executor, "rows": rows, "cpus": cpus,
-              "batch_rows": batch_rows() if executor == "local" else None, "load_before": os.getloadavg()[0]}
     t0 = time.time()
     with rss:
         rss.reset()
         runner.curate()
     total = time.time() - t0
     common["load_after"] = os.getloadavg()[0]
-    overall = 0
-    for s in runner.step_stats:
-        name = next((k for k in peaks if k.endswith(s["kind"])), s["kind"])
-        rows_s = s["in"] / s["seconds"] if s["seconds"] else None
-        overall = max(overall, peaks.get(name, 0))
-        emit(**common, step=s["kind"], rows_in=s["in"], rows_out=s["out"], seconds=s["seconds"],
-             rows_per_s=round(rows_s, 1) if rows_s else None, peak_rss_mb=round(peaks.get(name, 0) / 2**20, 1))
+    overall = max((peaks.get(step_name(s), 0) for s in emitted), default=0)
     rps = rows / total
     emit(**common, step="total", rows_in=rows, seconds=round(total, 1), rows_per_s=round(rps, 1),
          peak_rss_mb=round(max(overall, rss.peak) / 2**20, 1),
