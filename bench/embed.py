@@ -14,6 +14,8 @@ pond ...), so that other load on a shared machine falls on both alike.
   default options a recipe gets, cache writes included.
 - pond_openvino (when the openvino package is installed, #30): the same with
   `EmbeddingOptions(backend="openvino")` (its IR converted before the timing, like the models' loads).
+- pond_openvino_int8 (when nncf is installed, #30): `EmbeddingOptions(backend="openvino-int8")`, its IR
+  quantised before the timing (the quantisation's seconds are a figure).
 - pond_model2vec (when model2vec is installed, #30): `EmbeddingOptions(backend="model2vec")`, static
   embeddings distilled from the local MiniLM before the timing (the distillation's seconds are a
   figure). Its quality cost: semantic dedup (eps 0.07) and quality_diverse selection (a quarter of
@@ -59,6 +61,21 @@ def sharegpt_texts(n: int) -> list[str]:
     return texts[:n]
 
 
+def emit_minilm_arm(arm: str, opts: EmbeddingOptions, plain: np.ndarray, vecs: np.ndarray, wall: dict,
+                    cpu: dict) -> None:
+    """An alternative MiniLM backend's figures: speed against plain and against pond's torch path, and fidelity."""
+    n, name, cos = len(plain), arm.removeprefix("pond_"), (plain * vecs).sum(1)
+    emit(figure=f"{arm}_sentences_per_s", value=round(n / wall[arm], 1), texts=n,
+         settings=f"EmbeddingOptions(backend='{opts.backend}') -> {embed.Embedder(opts).key}",
+         dtype=embed._precision(opts, "cpu"))
+    emit(figure=f"{name}_speedup_vs_plain", value=round(wall["plain"] / wall[arm], 2), target=3.0,
+         vs_pond_torch=round(wall["pond"] / wall[arm], 2))
+    emit(figure=f"{name}_cpu_seconds_per_sentence", plain=round(cpu["plain"] / n, 4), **{arm: round(cpu[arm] / n, 4)},
+         ratio=round(cpu["plain"] / cpu[arm], 2), vs_pond_torch=round(cpu["pond"] / cpu[arm], 2))
+    emit(figure=f"min_cosine_{name}_vs_plain", value=round(float(cos.min()), 5),
+         p1=round(float(np.percentile(cos, 1)), 5), mean=round(float(cos.mean()), 5), target=0.99)
+
+
 def bench_encode(texts: list[str], chunks: int, threads: int | None) -> None:
     import torch
     from sentence_transformers import SentenceTransformer
@@ -70,7 +87,6 @@ def bench_encode(texts: list[str], chunks: int, threads: int | None) -> None:
     cache = Path(tempfile.mkdtemp(prefix="pond-bench-embed-"))
     embed_texts(texts[:8], opts)  # load pond's model outside the timing (plain's is loaded above)
     arms = ["plain", "pond"]
-    ov_opts = EmbeddingOptions(threads=threads, backend="openvino")
     m2v_opts = EmbeddingOptions(backend="model2vec")
     try:
         import model2vec  # noqa: F401
@@ -81,18 +97,21 @@ def bench_encode(texts: list[str], chunks: int, threads: int | None) -> None:
         arms.append("pond_model2vec")
     except ImportError:
         pass
-    try:
-        import openvino  # noqa: F401
-
+    arm_opts = {"pond": opts, "pond_model2vec": m2v_opts}
+    openvino_arms = (("pond_openvino", "openvino", "openvino"), ("pond_openvino_int8", "openvino-int8", "nncf"))
+    for arm, backend, needs in openvino_arms:
+        try:
+            __import__(needs)
+        except ImportError:
+            continue
+        arm_opts[arm] = EmbeddingOptions(threads=threads, backend=backend)
         t = time.perf_counter()
-        embed.Embedder(ov_opts, cache).encode(texts[:8])  # convert + compile outside the timing
-        emit(figure="openvino_convert_compile_seconds", value=round(time.perf_counter() - t, 2))
-        arms.append("pond_openvino")
-    except ImportError:
-        pass
+        embed.Embedder(arm_opts[arm], cache).encode(texts[:8])  # convert (quantise) + compile outside the timing
+        emit(figure=f"{arm.removeprefix('pond_')}_convert_compile_seconds", value=round(time.perf_counter() - t, 2))
+        arms.append(arm)
     plain = np.empty((len(texts), 384), dtype=np.float32)
     ours = np.empty_like(plain)
-    got = {"pond": ours, "pond_openvino": np.empty_like(plain),
+    got = {"pond": ours, "pond_openvino": np.empty_like(plain), "pond_openvino_int8": np.empty_like(plain),
            "pond_model2vec": np.empty((len(texts), embed.M2V_DIMS), dtype=np.float32)}
     wall = {a: 0.0 for a in arms}
     cpu = {a: 0.0 for a in arms}
@@ -103,8 +122,7 @@ def bench_encode(texts: list[str], chunks: int, threads: int | None) -> None:
             if name == "plain":
                 plain[a:b] = plain_model.encode(texts[a:b], normalize_embeddings=True)
             else:
-                got[name][a:b] = embed_texts(texts[a:b], {"pond": opts, "pond_openvino": ov_opts,
-                                                          "pond_model2vec": m2v_opts}[name], cache)
+                got[name][a:b] = embed_texts(texts[a:b], arm_opts[name], cache)
             wall[name] += time.perf_counter() - w
             cpu[name] += time.process_time() - c
     n = len(texts)
@@ -115,18 +133,9 @@ def bench_encode(texts: list[str], chunks: int, threads: int | None) -> None:
              cpu_seconds_per_sentence=round(cpu["pond_model2vec"] / n, 5),
              cpu_ratio_vs_plain=round(cpu["plain"] / max(cpu["pond_model2vec"], 1e-9), 1))
         quality_cost(texts, ours, got["pond_model2vec"])
-    if "pond_openvino" in arms:
-        ov_cos = (plain * got["pond_openvino"]).sum(1)
-        emit(figure="pond_openvino_sentences_per_s", value=round(n / wall["pond_openvino"], 1), texts=n,
-             settings=f"EmbeddingOptions(backend='openvino') -> {embed.Embedder(ov_opts).key}",
-             dtype=embed._precision(ov_opts, "cpu"))
-        emit(figure="openvino_speedup_vs_plain", value=round(wall["plain"] / wall["pond_openvino"], 2), target=3.0,
-             vs_pond_torch=round(wall["pond"] / wall["pond_openvino"], 2))
-        emit(figure="openvino_cpu_seconds_per_sentence", plain=round(cpu["plain"] / n, 4),
-             pond_openvino=round(cpu["pond_openvino"] / n, 4), ratio=round(cpu["plain"] / cpu["pond_openvino"], 2),
-             vs_pond_torch=round(cpu["pond"] / cpu["pond_openvino"], 2))
-        emit(figure="min_cosine_openvino_vs_plain", value=round(float(ov_cos.min()), 5),
-             p1=round(float(np.percentile(ov_cos, 1)), 5), mean=round(float(ov_cos.mean()), 5), target=0.99)
+    for arm in ("pond_openvino", "pond_openvino_int8"):
+        if arm in arms:
+            emit_minilm_arm(arm, arm_opts[arm], plain, got[arm], wall, cpu)
     cos = (plain * ours).sum(1)
     emit(figure="plain_encode_sentences_per_s", value=round(n / wall["plain"], 1), texts=n,
          settings="SentenceTransformer.encode defaults: fp32, batch 32", threads=torch.get_num_threads(), dtype="fp32")

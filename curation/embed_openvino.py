@@ -16,6 +16,7 @@ int8 (measured on the 2-core EPYC, bench/embed.py; variants in docs/embeddings.m
 """
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -34,19 +35,31 @@ def compile_model(st_model, ir_dir: Path | None, precision: str, threads: int, i
     `ir_dir` when there, else converted (and for int8, quantised on `calibration`) and saved."""
     import openvino as ov
 
-    core = ov.Core()
     xml = ir_dir / "model.xml" if ir_dir is not None else None
     if xml is not None and xml.is_file():
-        om = core.read_model(xml)
-    else:
-        om = _convert(st_model)
-        if int8:
-            om = _quantize(om, calibration)
-        if xml is not None:
-            _save(om, xml)
-    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads,
-              "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32"}
-    return core.compile_model(om, "CPU", config)
+        return _compiled(str(xml), precision, threads)
+    om = _convert(st_model)
+    if int8:
+        om = _quantize(om, calibration)
+    if xml is None:
+        return ov.Core().compile_model(om, "CPU", _config(precision, threads))
+    _save(om, xml)
+    return _compiled(str(xml), precision, threads)
+
+
+@functools.lru_cache(maxsize=4)
+def _compiled(xml: str, precision: str, threads: int):
+    """One compiled model per IR in a process, as the torch model is loaded once (_load_model): not read and
+    compiled again for every call (every step, every chunk)."""
+    import openvino as ov
+
+    core = ov.Core()
+    return core.compile_model(core.read_model(xml), "CPU", _config(precision, threads))
+
+
+def _config(precision: str, threads: int) -> dict:
+    return {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads,
+            "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32"}
 
 
 def _convert(st_model):
