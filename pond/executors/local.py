@@ -177,11 +177,14 @@ def run_marked(stream_marks: Callable, options: Any, prev: Path, ctx: StepContex
     """A global step from its verdicts: `stream_marks(read, options, ctx) -> (marks, split)` reads what its
     rule needs; every row then goes, batch by batch, with its marks (columns set as the in-memory step
     sets them) through `split`. Returns (rows in, kept, rejected)."""
-    marks, split = stream_marks(Reader(prev), options, ctx)
+    # its passes hold a few columns, or a few of its verdicts, of each row: 10k rows at a time is enough (a
+    # 50k-row batch of every column cost ~2.4 GB while being split, 150k ShareGPT rows, bench/scale_phases.py)
+    rows = min(batch_rows(), ROW_GROUP_ROWS)
+    marks, split = stream_marks(Reader(prev, rows), options, ctx)
     release_unused()
     out = PartWriter(ctx.step_dir)
     lo = 0
-    for df in iter_rows(prev):
+    for df in iter_rows(prev, rows=rows):
         k, r = split(df.with_columns(marks_for(marks, lo, len(df))))
         out.add(k, r)
         lo += len(df)
