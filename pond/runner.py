@@ -137,13 +137,15 @@ class Runner:
             store.write_parquet(kept if len(kept) else ingest_kept_schema(), step_dir / layout.KEPT)
             store.write_parquet(rejected if len(rejected) else ingest_rejected_schema(), step_dir / layout.REJECTED)
             return len(kept), len(rejected)
-        # Each batch goes straight to a part file, so memory is bounded by the batch size.
+        # Each batch goes straight to a part file, so memory is bounded by the batch size; in row groups the
+        # combine decodes one at a time (not a whole 50k-row part)
+        groups = local.ROW_GROUP_ROWS
         for i, (kept, rejected) in enumerate(chain([first, second] if first is not None else [], batches)):
             if len(kept):
-                kept.write_parquet(parts / f"kept-{i:05d}.parquet")
+                kept.write_parquet(parts / f"kept-{i:05d}.parquet", row_group_size=groups)
                 kept_parts.append(parts / f"kept-{i:05d}.parquet")
             if len(rejected):
-                rejected.write_parquet(parts / f"rej-{i:05d}.parquet")
+                rejected.write_parquet(parts / f"rej-{i:05d}.parquet", row_group_size=groups)
                 rej_parts.append(parts / f"rej-{i:05d}.parquet")
         # Parts are combined lazily (streaming), so memory stays bounded for multi-GB inputs.
         n_kept = self._combine(kept_parts, step_dir / layout.KEPT, ingest_kept_schema())
