@@ -137,16 +137,22 @@ def test_kernel_fusion_keeps_outputs_and_skips_what_it_cannot_match(act, gelu_fu
     torch.testing.assert_close(after, before, atol=1e-4, rtol=1e-4)
 
 
+def _close_to_plain_under_own_key(opts, texts, plain, tmp_path, other):
+    """A backend's vectors: within cosine 0.99 of a plain fp32 encode, cached under a key of their own."""
+    vecs = embed_texts(texts, opts, tmp_path)
+    cos = (vecs * plain).sum(1)
+    assert cos.min() >= 0.99, f"min cosine {cos.min():.4f} to plain fp32 encode"
+    key = embed.Embedder(opts).key
+    assert key.endswith(f"-{opts.backend}") and key != embed.Embedder(other).key
+    return vecs, key
+
+
 def test_openvino_backend_matches_torch(texts, plain, tmp_path):
     """#30: backend openvino (converted offline from the local model, IR kept in the cache dir)
     gives vectors within cosine 0.99 of a plain fp32 encode, under its own cache key."""
     pytest.importorskip("openvino")
     opts = EmbeddingOptions(backend="openvino")
-    vecs = embed_texts(texts, opts, tmp_path)
-    cos = (vecs * plain).sum(1)
-    assert cos.min() >= 0.99, f"min cosine {cos.min():.4f} to plain fp32 encode"
-    key = embed.Embedder(opts).key
-    assert key.endswith("-openvino") and key != embed.Embedder(EmbeddingOptions()).key
+    vecs, key = _close_to_plain_under_own_key(opts, texts, plain, tmp_path, other=EmbeddingOptions())
     assert (tmp_path / "openvino" / key / "model.xml").is_file()
     # a second Embedder reads the saved IR instead of converting again, with the same vectors
     again = embed.Embedder(opts, tmp_path).encode(texts[:8])
@@ -160,11 +166,7 @@ def test_openvino_int8_backend_quantises_once_and_stays_close(texts, plain, tmp_
     from curation import embed_openvino
 
     opts = EmbeddingOptions(backend="openvino-int8")
-    vecs = embed_texts(texts, opts, tmp_path)
-    cos = (vecs * plain).sum(1)
-    assert cos.min() >= 0.99, f"min cosine {cos.min():.4f} to plain fp32 encode"
-    key = embed.Embedder(opts).key
-    assert key.endswith("-openvino-int8") and key != embed.Embedder(EmbeddingOptions(backend="openvino")).key
+    vecs, key = _close_to_plain_under_own_key(opts, texts, plain, tmp_path, other=EmbeddingOptions(backend="openvino"))
     xml = tmp_path / "openvino" / key / "model.xml"
     ops = {op.get_type_name() for op in __import__("openvino").Core().read_model(xml).get_ops()}
     assert "FakeQuantize" in ops, "the saved IR is not quantised"
