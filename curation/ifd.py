@@ -65,7 +65,6 @@ BAD_LOSS = "ifd_unscorable: zero or non-finite loss on the answer alone"
 ABOVE_MAX = "ifd_above_max"
 ROWS_PER_CHUNK = 128  # rows tokenised, scored and cached at a time (one progress step; a killed run keeps them)
 PASS_TOKENS = 32  # a forward pass's own cost (weights read, ~750 kernels), in tokens: measured ~25-30 on this CPU
-HEAD_POSITIONS = 1024  # answer positions per output-layer call: bounds the float32 logits (positions x vocabulary)
 # Work actually done in this process (tests assert that a rerun adds nothing).
 counters = {"rows_scored": 0, "forward_passes": 0, "model_loads": 0}
 
@@ -257,7 +256,8 @@ class Scorer:
         attention never looks ahead, so a real token never sees the padding after it, and the mask-free causal
         kernel runs. Logits are taken only where the loss reads them: the positions before answer tokens."""
         import torch
-        import torch.nn.functional as F
+
+        from curation.head_nll import token_nll  # imports torch: only once rows are scored
 
         model, head = self.model
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
@@ -272,8 +272,7 @@ class Scorer:
         else:
             states = model.base_model(input_ids=ids, use_cache=False).last_hidden_state[rows, cols]
         targets = ids[rows, cols + 1]
-        nll = torch.cat([F.cross_entropy(head(s).float(), t, reduction="none")  # float32 logits, a slice at a time
-                         for s, t in zip(states.split(HEAD_POSITIONS), targets.split(HEAD_POSITIONS))])
+        nll = token_nll(head, states, targets)
         return [float(part.double().mean()) for part in nll.split([len(seq) - first for seq, first in batch])]
 
 

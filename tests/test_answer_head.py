@@ -96,7 +96,7 @@ def test_capped_logits_keep_trls_head(tiny_llama_dir, tmp_path):
 
 def test_sliced_output_layer_gives_the_same_loss_and_gradients(tiny_llama_dir, tmp_path, monkeypatch):
     """Past HEAD_LOGITS the logits go in slices recomputed in the backward pass: nothing else changes."""
-    import training.answer_head as H
+    import curation.head_nll as H
 
     trainer = _trainer(tiny_llama_dir, _rows(24), tmp_path, False)
     model = trainer.model.eval()

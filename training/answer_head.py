@@ -13,18 +13,14 @@ the whole accumulated batch) when the Trainer gives it, else by this batch's ans
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
+from curation.head_nll import token_nll
 from training.data import IGNORE
 
 # Config fields by which some models scale or cap the output layer's logits (TRL's fused head reads the same
 # ones): a model with any of them set keeps TRL's head, which applies them.
 LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "output_multiplier", "lm_head_multiplier",
                     "logits_scaling")
-# float32 logits held at once (512 MiB): SmolLM2's 49k vocabulary x 2,730 answer positions, so a batch of 8 x 256
-# tokens is one slice, computed once; Gemma 3's 262k vocabulary x 512 positions.
-HEAD_LOGITS = 2**27
 
 
 def causal_lm(model: torch.nn.Module) -> torch.nn.Module:
@@ -36,21 +32,6 @@ def plain_logits(model: torch.nn.Module) -> bool:
     """Whether the model's logits are its output layer's, unscaled and uncapped."""
     config = causal_lm(model).config.get_text_config()
     return all(getattr(config, k, None) is None for k in LOGIT_TRANSFORMS)
-
-
-def _nll(head: torch.nn.Module, states: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(head(states).float(), targets, reduction="none")  # float32 for the softmax
-
-
-def token_nll(head: torch.nn.Module, states: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Negative log-likelihood of each target under `head(states)`, the logits of the given positions only.
-    Up to HEAD_LOGITS logits at once; beyond (a large vocabulary: Gemma's 262k, long answers) in slices whose
-    logits the backward pass recomputes rather than keeps."""
-    step = max(1, HEAD_LOGITS // head.weight.shape[0])
-    if states.size(0) <= step:
-        return _nll(head, states, targets)
-    return torch.cat([checkpoint(_nll, head, s, t, use_reentrant=False)
-                      for s, t in zip(states.split(step), targets.split(step))])
 
 
 def answer_nll(model: torch.nn.Module, inputs: dict) -> torch.Tensor:
