@@ -118,13 +118,24 @@ def rejections(earlier: list[Path], drop: Path, stage: list[str], confidence: fl
 SAMPLE_FORMAT = 1  # raise when what a sample file holds changes: older files are then not read
 
 
-def generation_sample(gen: Path, step: str, opts: DriftOptions, seed: int, cache_dir: Path | None) -> pl.DataFrame:
+def sample_embedding(recipe) -> EmbeddingOptions:
+    """The embedding settings of the drift samples: `retrain.drift.embedding`, else the first step's that
+    embeds rows (so a drop's samples meet its own rows' cached vectors, and a faster backend chosen for
+    curation serves drift too), else the default model."""
+    opts = recipe.retrain.drift if recipe.retrain is not None else None
+    if opts is not None and opts.embedding is not None:
+        return opts.embedding
+    found = (getattr(s.options, "embedding", None) for s in recipe.steps)
+    return next((e for e in found if isinstance(e, EmbeddingOptions)), EmbeddingOptions())
+
+
+def generation_sample(gen: Path, step: str, opts: DriftOptions, seed: int, cache_dir: Path | None,
+                      emb: EmbeddingOptions) -> pl.DataFrame:
     """The stable sample of one generation's rows at step folder `step` (its kept rows): pos (in the
     generation), key, id, text and embedding. Kept beside the step's outputs as `sample-<key>.parquet`
     (<key>: the step's fingerprint, seed, sample size, embedding model), so the pond's sample is drawn
     from these (`pond_sample`) and never embedded twice; a drop embeds only its own rows."""
     folder = layout.step_dir(gen, step)
-    emb = EmbeddingOptions()
     done = layout.read_json(folder / layout.STATS)
     key = store.key_of([done.get("fingerprint"), seed, opts.sample, emb.model_dump(mode="json"), SAMPLE_FORMAT])
     path = folder / f"sample-{key[:16]}.parquet"
@@ -143,11 +154,11 @@ def generation_sample(gen: Path, step: str, opts: DriftOptions, seed: int, cache
     return sample
 
 
-def pond_sample(gens: list[Path], step: str, opts: DriftOptions, seed: int,
-                cache_dir: Path | None) -> tuple[list[str], np.ndarray, int]:
+def pond_sample(gens: list[Path], step: str, opts: DriftOptions, seed: int, cache_dir: Path | None,
+                emb: EmbeddingOptions) -> tuple[list[str], np.ndarray, int]:
     """(texts, embeddings, rows) of the stable sample of every generation's rows at `step` together: drawn
     from each generation's own sample, it is the one `stats.stable_sample` draws from all their rows."""
-    parts = [generation_sample(g, step, opts, seed, cache_dir) for g in gens]
+    parts = [generation_sample(g, step, opts, seed, cache_dir, emb) for g in gens]
     rows = sum(int(layout.read_json(layout.step_dir(g, step) / layout.STATS).get("out", 0)) for g in gens)
     parts = [p for p in parts if len(p)]
     if not parts:
@@ -162,7 +173,7 @@ def keep_samples(gen: Path, recipe, cache_dir: Path | None) -> None:
     """A finished generation's samples for later drops' drift reports (its compared stage and its kept rows)."""
     opts = recipe.retrain.drift if recipe.retrain is not None else DriftOptions()
     for step in {compared_stage(gen)[-1], layout.final_kept(gen).parent.name}:
-        generation_sample(gen, step, opts, recipe.seed, cache_dir)
+        generation_sample(gen, step, opts, recipe.seed, cache_dir, sample_embedding(recipe))
 
 
 def drift_report(run: Path, drop: Path, recipe, *, cache_dir: Path | None = None) -> dict[str, Any]:
@@ -171,8 +182,9 @@ def drift_report(run: Path, drop: Path, recipe, *, cache_dir: Path | None = None
     earlier = [g for g in layout.curated_generations(run) if g != drop]
     stage = compared_stage(drop)
     last = layout.final_kept(drop).parent.name
-    pond_t, ep, pond_rows = pond_sample(earlier, stage[-1], opts, seed, cache_dir)
-    new_t, en, new_rows = pond_sample([drop], stage[-1], opts, seed, cache_dir)
+    emb = sample_embedding(recipe)
+    pond_t, ep, pond_rows = pond_sample(earlier, stage[-1], opts, seed, cache_dir, emb)
+    new_t, en, new_rows = pond_sample([drop], stage[-1], opts, seed, cache_dir, emb)
     kept_rows = int(layout.read_json(layout.step_dir(drop, last) / layout.STATS).get("out", 0))
     report: dict[str, Any] = {"drop": layout.drop_number(drop), "stage": stage[-1], "pond_rows": pond_rows,
                               "drop_rows": new_rows, "drop_kept": kept_rows, "alpha": opts.alpha}
@@ -181,8 +193,8 @@ def drift_report(run: Path, drop: Path, recipe, *, cache_dir: Path | None = None
     report.update(compare(pond_t, new_t, ep, en, opts, seed))
     # clusters describe what the pond gains, so they are drawn on kept rows (no test: selection is
     # no harm here, and the ingest stage's repeated fragments would sit in a new source's clusters)
-    pond_k, ek, _ = pond_sample(earlier, last, opts, seed, cache_dir)
-    new_k, enk, _ = pond_sample([drop], last, opts, seed, cache_dir)
+    pond_k, ek, _ = pond_sample(earlier, last, opts, seed, cache_dir, emb)
+    new_k, enk, _ = pond_sample([drop], last, opts, seed, cache_dir, emb)
     if pond_k and new_k:
         report["clusters"] = stats.cluster_changes(ek, enk, pond_k, new_k, k=opts.clusters, seed=seed)
     report.update(rejections(earlier, drop, stage, opts.rejection_confidence))

@@ -1,12 +1,14 @@
 """The recipe's `retrain:` section: the drift report's settings and the rule that trains a new adapter
 version after a data drop (`pond update`; the rule itself is pond.retrain, the report pond.drift_report).
 
-Plain settings, importing nothing of pond: the recipe, the update, the drift report and the retrain rule
+Plain settings, importing nothing of pond (the embedding settings are curation's): the recipe, the update, the drift report and the retrain rule
 all read them, so they sit below every one of those.
 """
 from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from curation.embed import EmbeddingOptions
 
 
 class RetrainWhen(BaseModel):
@@ -30,6 +32,9 @@ class DriftOptions(BaseModel):
     loss_rows: int = Field(64, ge=1, description="drop rows (and held-out rows) scored by the current adapter")
     rejection_confidence: float = Field(0.99, gt=0.5, lt=1.0,
                                         description="binomial interval within which a step's rejection rate is not flagged")
+    embedding: EmbeddingOptions | None = Field(
+        None, description="embedding model and backend of the samples (e.g. {backend: openvino-int8}); default: "
+                          "the first embedding step's (`embedding:` of semantic_dedup, select, ...), else the default model")
 
 
 class RetrainConfig(BaseModel):

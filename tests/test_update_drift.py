@@ -165,3 +165,15 @@ def test_a_same_source_drop_is_not_drift_though_its_dedup_ran_against_the_pond(t
     dedup = pl.read_parquet(layout.step_dir(drop, "01-exact_dedup") / layout.REJECTED)
     pond_ids = pl.read_parquet(layout.ingest_output(run))["id"]
     assert dedup.filter(pl.col("duplicate_of").is_in(pond_ids.implode())).height >= 20
+
+
+def test_drift_samples_embed_with_the_named_then_the_steps_then_the_default_model():
+    from curation.embed import EmbeddingOptions
+    from pond.drift_report import sample_embedding
+
+    base = "name: e\ninput: {path: a.jsonl}\nsteps:\n  - exact_dedup: {}\n"
+    assert sample_embedding(parse_recipe(base)) == EmbeddingOptions()
+    with_step = base + "  - semantic_dedup: {embedding: {backend: openvino, batch_size: 16}}\n"
+    assert sample_embedding(parse_recipe(with_step)) == EmbeddingOptions(backend="openvino", batch_size=16)
+    named = with_step + "retrain: {drift: {embedding: {backend: model2vec}}}\n"
+    assert sample_embedding(parse_recipe(named)) == EmbeddingOptions(backend="model2vec")
