@@ -142,10 +142,10 @@ class Runner:
         groups = local.ROW_GROUP_ROWS
         for i, (kept, rejected) in enumerate(chain([first, second] if first is not None else [], batches)):
             if len(kept):
-                kept.write_parquet(parts / f"kept-{i:05d}.parquet", row_group_size=groups)
+                kept.write_parquet(parts / f"kept-{i:05d}.parquet", row_group_size=groups, **store.PARQUET)
                 kept_parts.append(parts / f"kept-{i:05d}.parquet")
             if len(rejected):
-                rejected.write_parquet(parts / f"rej-{i:05d}.parquet", row_group_size=groups)
+                rejected.write_parquet(parts / f"rej-{i:05d}.parquet", row_group_size=groups, **store.PARQUET)
                 rej_parts.append(parts / f"rej-{i:05d}.parquet")
         # Parts are combined lazily (streaming), so memory stays bounded for multi-GB inputs.
         n_kept = self._combine(kept_parts, step_dir / layout.KEPT, ingest_kept_schema())

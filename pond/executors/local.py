@@ -106,7 +106,8 @@ def combine_parts(parts: list[Path], dest: Path, empty: pl.DataFrame) -> int:
             for batch in iter_rows(part, rows=ROW_GROUP_ROWS):
                 table = pl.concat([target, batch], how="diagonal_relaxed").to_arrow()
                 if writer is None:
-                    writer = pq.ParquetWriter(dest, table.schema, compression="zstd", write_statistics=False)
+                    writer = pq.ParquetWriter(dest, table.schema, compression="zstd",
+                                              compression_level=store.ZSTD_LEVEL, write_statistics=False)
                 writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
                 n += len(batch)
     finally:
@@ -135,7 +136,7 @@ class PartWriter:
             if len(df):
                 path = self.dir / f"{name}-{len(self.parts[name]):06d}.parquet"
                 # in row groups of the combine's size, so the combine decodes 10k rows at a time, not a part
-                df.write_parquet(path, compression="zstd", statistics=False, row_group_size=ROW_GROUP_ROWS)
+                df.write_parquet(path, **store.PARQUET, row_group_size=ROW_GROUP_ROWS)
                 self.parts[name].append(path)
 
     def finish(self, kept: Path, rejected: Path) -> None:
