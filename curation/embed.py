@@ -54,7 +54,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_serializer
 
-from curation import embed_openvino
+from curation import embed_openvino, embed_tokens
 from curation.settings import no_progress, pick_dtype
 
 DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2"
@@ -120,6 +120,8 @@ def machine_threads() -> int:
 def _device(opts: EmbeddingOptions) -> str:
     if opts.device:
         return opts.device
+    if opts.backend != "torch":  # OpenVINO's CPU plugin, or a lookup table: no torch to ask
+        return "cpu"
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
@@ -166,19 +168,21 @@ class Embedder:
             cfg = self.path / "sentence_bert_config.json"
             if cfg.is_file():
                 self._max_len = json.loads(cfg.read_text()).get("max_seq_length")
-        from curation import embed_kernels  # imports torch: only once a model setting is resolved
-
         self.backend = opts.backend
         if self.backend.startswith("openvino") and self.device != "cpu":
             raise ValueError("backend openvino runs on the CPU only (device: cpu)")
-        self.fused = (self.backend == "torch" and opts.fuse_kernels and self.device == "cpu"
-                      and embed_kernels.available())
+        self.fused = False
+        if self.backend == "torch" and opts.fuse_kernels and self.device == "cpu":
+            from curation import embed_kernels  # imports torch: only the torch backend needs it
+
+            self.fused = embed_kernels.available()
         self.key = (f"{self.name}-{fingerprint(self.path)}-{self.precision}-{self._max_len or 'default'}"
                     + ("-fused" if self.fused else "") + (f"-{self.backend}" if self.backend.startswith("openvino") else ""))
         if self.backend == "model2vec":  # precision and device do not apply: a lookup table
             self.key = f"{self.name}-{fingerprint(self.path)}-model2vec-pca{M2V_DIMS}"
         self._ov = None
         self._static = None
+        self._tokenizer = None
 
     @property
     def model(self):
@@ -192,18 +196,30 @@ class Embedder:
 
     @property
     def ov_model(self):
-        """OpenVINO compiled model (input ids, mask, token types -> normalised embedding)."""
+        """OpenVINO compiled model (input ids, mask, token types -> normalised embedding). A saved IR is
+        read as it is: the torch model is loaded only to convert (and quantise) it the first time."""
         if self._ov is None:
-            model = self.model
-            t = time.perf_counter()
             ir_dir = (self.cache_dir / "openvino" / self.key) if self.cache_dir is not None else None
             int8 = self.backend == "openvino-int8"
             built = ir_dir is not None and (ir_dir / "model.xml").is_file()
+            model = None if built else self.model
+            t = time.perf_counter()
             self._ov = embed_openvino.compile_model(
                 model, ir_dir, self.precision, self.opts.threads or machine_threads(), int8=int8,
                 calibration=self._calibration() if int8 and not built else None)
             self.load_seconds += time.perf_counter() - t
         return self._ov
+
+    @property
+    def settings(self) -> dict:
+        return embed_tokens.model_settings(self.path)
+
+    @property
+    def tokenizer(self):
+        """The OpenVINO backends' tokenizer: the folder's tokenizer.json without transformers (and torch)."""
+        if self._tokenizer is None:
+            self._tokenizer = embed_tokens.RawTokenizer(self.path)
+        return self._tokenizer
 
     def _calibration(self) -> list[dict[str, np.ndarray]]:
         """int8's calibration batches, tokenised and padded exactly as encode() feeds the model."""
@@ -226,7 +242,30 @@ class Embedder:
 
     @property
     def max_len(self) -> int:
+        if self.backend.startswith("openvino"):  # as SentenceTransformer sets it, without loading it
+            return int(self._max_len or self.settings["model_max_length"])
         return int(self.model.max_seq_length or self.model.tokenizer.model_max_length)
+
+    @property
+    def dim(self) -> int:
+        if self.backend.startswith("openvino") and self.settings["dim"]:
+            return self.settings["dim"]
+        return _dim(self.model)
+
+    def _encode_openvino(self, texts: Sequence[str]) -> np.ndarray:
+        """The IR on OpenVINO's CPU plugin: the same tokens and length-sorted batches as the torch path."""
+        ov_model, tok = self.ov_model, self.tokenizer
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        folded = [t.lower() for t in texts] if self.settings["do_lower_case"] else list(texts)
+        ids = _tokenize(tok, folded, self.max_len)
+        order = longest_first(ids)
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        for s in range(0, len(order), self.opts.batch_size):
+            idx = order[s:s + self.opts.batch_size]
+            out[idx] = ov_model(_ov_feeds(tok, ids, idx))[0]
+        counters["encoded"] += len(texts)
+        return out
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """Normalised float32 vectors for `texts` (no cache)."""
@@ -239,14 +278,15 @@ class Embedder:
             v /= np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
             counters["encoded"] += len(texts)
             return v
+        if self.backend.startswith("openvino"):
+            return self._encode_openvino(texts)
         import torch
 
         model, tok, max_len = self.model, self.model.tokenizer, self.max_len
-        ov_model = self.ov_model if self.backend.startswith("openvino") else None
         if not texts:
             return np.zeros((0, _dim(model)), dtype=np.float32)
         ids = _tokenize(tok, _model_texts(model, texts), max_len)
-        order = np.argsort([-len(x) for x in ids], kind="stable")
+        order = longest_first(ids)
         out = np.empty((len(texts), _dim(model)), dtype=np.float32)
         threads = torch.get_num_threads()
         torch.set_num_threads(self.opts.threads or machine_threads())
@@ -254,9 +294,6 @@ class Embedder:
             with torch.inference_mode():
                 for s in range(0, len(order), self.opts.batch_size):
                     idx = order[s:s + self.opts.batch_size]
-                    if ov_model is not None:
-                        out[idx] = ov_model(_ov_feeds(tok, ids, idx))[0]
-                        continue
                     feats = tok.pad({k: [ids[i][k] for i in idx] for k in ids[0].keys()}, return_tensors="pt")
                     feats = {k: v.to(self.device) for k, v in feats.items()}
                     feats["modality"] = "text"
@@ -266,6 +303,11 @@ class Embedder:
             torch.set_num_threads(threads)
         counters["encoded"] += len(texts)
         return out
+
+
+def longest_first(ids: list[dict[str, list[int]]]) -> np.ndarray:
+    """Texts in order of token count, longest first (stable), so a batch pads to nearly its own length."""
+    return np.argsort([-len(x["input_ids"]) for x in ids], kind="stable")
 
 
 def _tokenize(tok, texts: list[str], max_len: int) -> list[dict[str, list[int]]]:
@@ -422,7 +464,7 @@ def embed_texts(texts: Sequence[str], opts: EmbeddingOptions | None = None, cach
         vectors.update(zip(part, vecs))
     if cache:
         cache.close()
-    dim = next(iter(vectors.values())).shape[0] if vectors else _dim(emb.model)
+    dim = next(iter(vectors.values())).shape[0] if vectors else emb.dim
     out = np.empty((len(texts), dim), dtype=np.float32)
     for i, h in enumerate(hashes):
         out[i] = vectors[h]

@@ -88,6 +88,24 @@ def test_cut_before_tokenising_keeps_tokens_exact(sharegpt_df, tokenizer):
         assert [r["input_ids"] for r in ours] == full["input_ids"]
 
 
+def test_raw_tokenizer_gives_transformers_tokens_and_batches(sharegpt_df, fortunes_df, tokenizer):
+    """#30: the OpenVINO backends tokenise with tokenizer.json alone (curation.embed_tokens): the same ids,
+    masks and token types as transformers' fast tokenizer, cut and padded alike."""
+    from curation.embed_tokens import RawTokenizer, model_settings
+
+    raw = RawTokenizer(default_model_path())
+    cases = (sharegpt_df["text"].head(40).to_list() + fortunes_df["text"].head(40).to_list()
+             + ["", " ", "x" * 3000, "word " * 2000, "Ünïcödé — ∑ 数学 🙂 " * 50, "tab\tand\nnewline"])
+    for max_len in (16, 256):
+        ours, theirs = embed._tokenize(raw, cases, max_len), embed._tokenize(tokenizer, cases, max_len)
+        assert ours == theirs
+        idx = embed.longest_first(ours)[:17]
+        a, b = embed._ov_feeds(raw, ours, idx), embed._ov_feeds(tokenizer, theirs, idx)
+        assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    settings = model_settings(default_model_path())
+    assert settings["max_seq_length"] == 256 and settings["dim"] == 384 and settings["do_lower_case"] is False
+
+
 def test_not_a_model_folder(tmp_path):
     with pytest.raises(ValueError, match="not a sentence-transformers model folder"):
         embed_texts(["a"], EmbeddingOptions(model=str(tmp_path)), tmp_path)
@@ -154,9 +172,13 @@ def test_openvino_backend_matches_torch(texts, plain, tmp_path):
     opts = EmbeddingOptions(backend="openvino")
     vecs, key = _close_to_plain_under_own_key(opts, texts, plain, tmp_path, other=EmbeddingOptions())
     assert (tmp_path / "openvino" / key / "model.xml").is_file()
-    # a second Embedder reads the saved IR instead of converting again, with the same vectors
-    again = embed.Embedder(opts, tmp_path).encode(texts[:8])
+    # a second Embedder reads the saved IR instead of converting again, with the same vectors, and never
+    # loads the torch model (its tokens come from tokenizer.json)
+    loads = embed.counters["model_loads"]
+    second = embed.Embedder(opts, tmp_path)
+    again = second.encode(texts[:8])
     np.testing.assert_allclose(again, vecs[:8], atol=1e-6)
+    assert second._model is None and embed.counters["model_loads"] == loads
 
 
 def test_openvino_int8_backend_quantises_once_and_stays_close(texts, plain, tmp_path, monkeypatch):
