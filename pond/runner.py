@@ -29,8 +29,8 @@ from curation.settings import default_cache_dir, gpu, hardware, pick_dtype
 from curation.step import StepContext
 from pond import __version__
 from pond import layout, ledger
-from pond.executors import local
-from pond.executors.shards import count_rows, output_digest, read_output, scan_output
+from pond.executors import local, local_ingest
+from pond.executors.shards import count_rows, ensure_nonempty, output_digest, read_output, scan_output, unify_schema
 from pond.recipe import Recipe, Step
 from pond.steps import ACTOR, ROWWISE, STEPS
 from synthesis.teachers import Teachers
@@ -123,6 +123,12 @@ class Runner:
         return step_dir, fingerprint
 
     def _ingest_local(self, parts: Path, step_dir: Path) -> tuple[int, int]:
+        inp = self.recipe.input
+        if inp.limit is None and not inp.columns:
+            files = self.input_files()
+            items = local_ingest.plan(files, source_names(files, self.base_dir), inp.format, local_ingest.workers())
+            if items:
+                return self._ingest_parallel(items, files, step_dir)
         kept_parts, rej_parts = [], []
         batches = iter_batches(self.recipe.input, self.base_dir)
         if self.track:
@@ -151,6 +157,19 @@ class Runner:
         n_kept = self._combine(kept_parts, step_dir / layout.KEPT, ingest_kept_schema())
         n_rej = self._combine(rej_parts, step_dir / layout.REJECTED, ingest_rejected_schema())
         return n_kept, n_rej
+
+    def _ingest_parallel(self, items: list[dict[str, Any]], files: list[Path], step_dir: Path) -> tuple[int, int]:
+        """Big inputs read in parts by one process per core into shard folders (pond.executors.local_ingest):
+        the one reader's rows, ids and order."""
+        seen = local_ingest.read_parts(items, self.recipe.input.format, self.recipe.input.layout, step_dir,
+                                       local_ingest.workers(), local.ROW_GROUP_ROWS)
+        if self.track:
+            seen = self.track(seen, "ingest", len(items))
+        local_ingest.check_rows(items, list(seen), files)
+        for name, empty in ((layout.KEPT, ingest_kept_schema()), (layout.REJECTED, ingest_rejected_schema())):
+            ensure_nonempty(step_dir / name, empty)
+            unify_schema(step_dir / name)
+        return count_rows(step_dir / layout.KEPT), count_rows(step_dir / layout.REJECTED)
 
     @staticmethod
     def _combine(parts: list[Path], dest: Path, empty: pl.DataFrame) -> int:

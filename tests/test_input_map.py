@@ -197,12 +197,12 @@ def test_the_ray_ingest_worker_applies_the_map(tmp_path):
     """The function each Ray ingest task runs (called here without Ray) gets the map too."""
     np = pytest.importorskip("numpy")
     pytest.importorskip("ray")
-    from pond.executors.ray_ingest import _ingest_parts
+    from pond.executors.ray_ingest import read_part_shards
 
     path = write_jsonl(tmp_path / "g.jsonl", [{"question": "Q?", "answer": "A."}, {"question": "only"}])
     batch = {"path": np.array([str(path)]), "source": np.array(["g.jsonl"]), "index": np.array([0]),
              "start": np.array([-1]), "end": np.array([-1]), "first": np.array([-1])}
-    counts = _ingest_parts(batch, "auto", "auto", str(tmp_path / "out"), 100,
+    counts = read_part_shards(batch, "auto", "auto", str(tmp_path / "out"), 100,
                            {"prompt": "question", "response": "answer"}).to_pylist()
     assert counts == [{"index": 0, "n_kept": 1, "n_rej": 1}]
     rejected = pl.read_parquet(tmp_path / "out" / "rejected.parquet")

@@ -39,7 +39,7 @@ from curation.keep import against_reference, has_reference, reference_rows
 from curation.step import StepContext
 from pond.executors.config import AGGREGATOR_CPUS, RayConfig
 from pond.executors.shards import (POS, count_rows, ensure_nonempty, list_shards, read_output, read_shard, scan_output,
-                                   shard_offset, write_shard)
+                                   shard_offset, unify_schema, write_shard)
 from pond.executors.verdicts import apply_verdicts_batch, shard_summary, summaries_table, write_sorted_block
 from pond.steps import ACTOR, ROWWISE, STEPS, StepSpec
 
@@ -301,21 +301,6 @@ def reference_figures(ctx: StepContext, prev: Path, step_dir: Path, keep: str = 
     rejected = scan_output(rejected_dir, columns) if rejected_dir.is_dir() and list_shards(rejected_dir) \
         else pl.DataFrame(schema={"id": pl.Utf8, "duplicate_of": pl.Utf8})
     return {"against_reference": against_reference(ctx.reference, rejected, count_rows(prev), keep, **kwargs)}
-
-
-def unify_schema(folder: Path) -> None:
-    """Give every shard of a folder the schema of their diagonal concatenation (what the local
-    executor's single file has): columns a shard lacks become nulls, types the common supertype."""
-    shards = list_shards(folder)
-    schemas = [pl.read_parquet_schema(p) for p in shards]
-    if all(s == schemas[0] for s in schemas):
-        return
-    target = pl.concat([pl.DataFrame(schema=s) for s in schemas], how="diagonal_relaxed").schema
-    for p, s in zip(shards, schemas):
-        if s != target:
-            df = pl.read_parquet(p)
-            df = df.select([(pl.col(c) if c in df.columns else pl.lit(None)).cast(t).alias(c) for c, t in target.items()])
-            store.write_parquet(df, p)
 
 
 def iter_output(path: Path, columns: list[str] | None = None) -> Iterator[pl.DataFrame]:

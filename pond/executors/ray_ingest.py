@@ -123,8 +123,11 @@ def count_lines(ex, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return items
 
 
-def _ingest_parts(batch: dict[str, np.ndarray], fmt: str, layout: str, out: str, shard_rows: int,
-                  columns: dict[str, str] | None = None) -> pa.Table:
+def read_part_shards(batch: dict[str, np.ndarray], fmt: str, layout: str, out: str, shard_rows: int,
+                     columns: dict[str, str] | None = None) -> pa.Table:
+    """Parts of input files (a batch of `plan_parts` items) through the local reader, written as shards of
+    `out`/kept.parquet and `out`/rejected.parquet; one row per part: index, n_kept, n_rej. Ray's workers
+    and the local executor's (pond.executors.local_ingest) both run it."""
     from curation.ingest import iter_file_batches
 
     out_dir = Path(out)
@@ -154,7 +157,7 @@ def ingest_parts(ex, files: list[Path], sources: list[str], fmt: str, layout: st
 
     items = count_lines(ex, plan_parts(files, sources, fmt, split_bytes))
     ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
-        _ingest_parts, batch_size=1, batch_format="numpy",
+        read_part_shards, batch_size=1, batch_format="numpy",
         fn_kwargs={"fmt": fmt, "layout": layout, "out": str(step_dir), "shard_rows": shard_rows,
                    "columns": columns})
     rows = ex.collect(ds)

@@ -15,7 +15,7 @@ from pathlib import Path
 import polars as pl
 
 from curation import store
-from curation.ingest import concat_frames
+from curation.ingest import as_json_columns, concat_frames, mixed_user_columns
 
 POS = "__pos"
 WIDTH = 15
@@ -102,3 +102,20 @@ def output_digest(path: Path) -> str:
     for p in list_shards(path):
         h.update(p.name.encode() + b"\0" + store.file_digest(p).encode())
     return h.hexdigest()
+
+
+def unify_schema(folder: Path) -> None:
+    """Give every shard of a folder the schema of their concatenation by ingest's join rule (what the local
+    executor's single file has): a user column typed differently in two shards becomes JSON text in
+    each, a column a shard lacks becomes nulls, numbers widen."""
+    shards = list_shards(folder)
+    schemas = [pl.read_parquet_schema(p) for p in shards]
+    if all(s == schemas[0] for s in schemas):
+        return
+    mixed = mixed_user_columns(schemas)
+    target = pl.concat([as_json_columns(pl.DataFrame(schema=s), mixed) for s in schemas], how="diagonal_relaxed").schema
+    for p, s in zip(shards, schemas):
+        if s != target:
+            df = as_json_columns(pl.read_parquet(p), mixed)
+            df = df.select([(pl.col(c) if c in df.columns else pl.lit(None)).cast(t).alias(c) for c, t in target.items()])
+            store.write_parquet(df, p)
