@@ -220,6 +220,9 @@ def test_model2vec_backend_distils_offline_and_caches(texts, tmp_path):
     again = embed_texts(texts, opts, tmp_path)  # from the cache
     assert embed.counters["encoded"] == encoded
     np.testing.assert_array_equal(again, vecs[:len(texts)])
+    # a later process reads the saved model and encodes as the one that distilled it did
+    fresh = embed.Embedder(opts, tmp_path).encode(texts[:8])
+    np.testing.assert_allclose(fresh, vecs[:8], atol=1e-6)
 
 
 def test_default_backend_keeps_the_options_json():

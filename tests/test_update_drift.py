@@ -177,3 +177,23 @@ def test_drift_samples_embed_with_the_named_then_the_steps_then_the_default_mode
     assert sample_embedding(parse_recipe(with_step)) == EmbeddingOptions(backend="openvino", batch_size=16)
     named = with_step + "retrain: {drift: {embedding: {backend: model2vec}}}\n"
     assert sample_embedding(parse_recipe(named)) == EmbeddingOptions(backend="model2vec")
+
+
+@pytest.mark.slow  # distils the static model once per machine (17 s idle, ~70 s at load 4)
+def test_drift_on_static_embeddings_flags_another_source_and_not_the_same(tmp_path, conversations):
+    """#30: `retrain.drift.embedding: {backend: model2vec}` (a drop's drift ~100x cheaper to embed): the
+    permutation test stays exact under exchangeable drops and still sees fortunes among conversations."""
+    pytest.importorskip("model2vec")
+    if not FORTUNES_DIR.is_dir():
+        pytest.skip("Debian fortunes not installed (apt-get install fortunes)")
+    fortunes = [t for _, _, t in iter_fortunes() if 40 <= len(t) <= 400]
+    random.Random(1).shuffle(fortunes)
+    write_jsonl(tmp_path / "base.jsonl", conversations[:350])
+    recipe = parse_recipe("name: m2v\ninput: {path: base.jsonl}\nseed: 0\nsteps:\n  - exact_dedup: {}\n"
+                          "  - minhash_dedup: {}\nretrain:\n  drift: {permutations: 200, sample: 400, "
+                          "embedding: {backend: model2vec}}\n  mlflow: false\n")
+    run_pipeline(recipe, tmp_path / "run", tmp_path, train=False)
+    same = update(tmp_path / "run", [write_jsonl(tmp_path / "d1.jsonl", conversations[350:500])])["drift"]
+    other = update(tmp_path / "run", [write_jsonl(tmp_path / "d2.jsonl", [{"text": t} for t in fortunes[:200]])])["drift"]
+    assert same["drifted"] is False and same["p_value"] >= 0.01, same["embedding"]
+    assert other["drifted"] is True and other["p_value"] == other["embedding"]["smallest_possible_p"]
