@@ -69,3 +69,31 @@ def test_one_core_or_a_small_input_keeps_one_reader(tmp_path, monkeypatch):
     files = sorted((tmp_path / "data").glob("*.jsonl"))
     assert local_ingest.plan(files, ["a"], "auto", 1) is None
     assert local_ingest.plan(files, ["a"], "auto", 2) is None  # under two parts' worth of bytes
+
+
+def test_a_run_and_a_drop_on_parallel_ingest_keep_the_one_readers_rows(tmp_path, monkeypatch):
+    """The shard folders parallel ingest writes flow through streamed steps and a `pond update` drop alike."""
+    from pond.pipeline import run_pipeline
+    from pond.update import update
+
+    write_corpus(tmp_path / "data", 900, files=2, base_limit=500)
+    write_corpus(tmp_path / "drop", 300, files=1, base_limit=300, seed=5)
+    monkeypatch.setattr(local_ingest, "MIN_PART_BYTES", 64 << 10)
+    monkeypatch.setenv("POND_LOCAL_BATCH_ROWS", "150")  # streamed steps too
+    recipe = parse_recipe("name: r\ninput: {path: 'data/*.jsonl'}\nseed: 1\nsteps:\n  - exact_dedup: {}\n"
+                          "  - heuristics: {}\n  - minhash_dedup: {threshold: 0.7}\n"
+                          "retrain: {drift: {sample: 40, permutations: 50}, mlflow: false}\n")  # a small drift report
+    runs = {}
+    for workers in (1, 2):
+        monkeypatch.setenv("POND_INGEST_WORKERS", str(workers))
+        run = tmp_path / f"run{workers}"
+        run_pipeline(recipe, run, tmp_path, train=False)
+        update(run, sorted((tmp_path / "drop").glob("*.jsonl")), cache_dir=tmp_path / "cache", retrain=False)
+        runs[workers] = run
+    assert (runs[2] / "steps" / "00-ingest" / "kept.parquet").is_dir()  # it did read in parts
+    for step in sorted(p.name for p in (runs[1] / "steps").iterdir()):
+        for out in ("kept.parquet", "rejected.parquet"):
+            a, b = (read_output(r / "steps" / step / out) for r in (runs[1], runs[2]))
+            assert a.equals(b), (step, out)
+    a, b = (pl.read_parquet(r / "curated.parquet") for r in (runs[1], runs[2]))
+    assert a.height > 0 and a.equals(b)
