@@ -60,9 +60,21 @@ def _runs(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return order, starts
 
 
+# Texts per pass: each text's figures need only its own words, and a pass holds ~a dozen arrays of one
+# 8-byte entry per word of all its texts (50k ShareGPT answers: several GB), so passes are bounded.
+CHUNK_TEXTS = 5_000
+
+
 def repetition_stats(texts: pl.Series, top_ns: tuple[int, ...] = (2, 3, 4),
                      dup_ns: tuple[int, ...] = (5, 6, 7, 8, 9, 10)) -> pl.DataFrame:
     """One row per text: columns `top_{n}` and `dup_{n}` (fractions in [0, 1])."""
+    if len(texts) > CHUNK_TEXTS:
+        return pl.concat([_repetition_stats(texts.slice(s, CHUNK_TEXTS), top_ns, dup_ns)
+                          for s in range(0, len(texts), CHUNK_TEXTS)])
+    return _repetition_stats(texts, top_ns, dup_ns)
+
+
+def _repetition_stats(texts: pl.Series, top_ns: tuple[int, ...], dup_ns: tuple[int, ...]) -> pl.DataFrame:
     words = _words(texts)
     lens = words.list.len().fill_null(0).to_numpy().astype(np.int64)
     flat = words.explode().drop_nulls()

@@ -213,3 +213,13 @@ def test_ngram_keys_compare_on_all_bits():
     alone = repetition_stats(pl.Series([text]))
     beside = repetition_stats(pl.Series(["noise words here " * 50, text, "more filler text " * 40]))
     assert alone.row(0) == beside.row(1)
+
+
+def test_repetition_statistics_in_bounded_passes_are_the_whole_batchs(sharegpt_df, monkeypatch):
+    """A batch's texts go through in passes of CHUNK_TEXTS (memory), with every figure unchanged."""
+    from curation import repetition
+
+    texts = sharegpt_df["text"].head(230)
+    whole = repetition.repetition_stats(texts)
+    monkeypatch.setattr(repetition, "CHUNK_TEXTS", 37)
+    assert repetition.repetition_stats(texts).equals(whole)
