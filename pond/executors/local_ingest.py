@@ -8,7 +8,7 @@ cut at line starts, runs of Parquet row groups), each read by the same reader in
 combines them into one file.
 
 Used only where it pays and where a part loses nothing: at least two cores (`workers`), at least
-`MIN_PART_BYTES` for each of two parts, no `input.limit` (a count in file order) and no
+`MIN_PART_BYTES` for each of two parts (128 MB in all), no `input.limit` (a count in file order) and no
 `input.columns` (a key no row has is a whole-file check). `POND_INGEST_WORKERS=1` keeps one reader.
 """
 from __future__ import annotations
@@ -25,7 +25,9 @@ import numpy as np
 from curation.ingest import IngestError, splittable
 from pond.executors.ray_ingest import plan_parts, read_part_shards
 
-MIN_PART_BYTES = 16 << 20  # a worker process costs ~0.5 CPU-s to start (imports): smaller parts do not pay
+# Workers fork from a forkserver that imported this module once (~1.2 CPU-s); still, a one-step MinHash run
+# on a 120 MB file spent 4 CPU-s more and 1.9 s more wall with four spawned parts than with one reader
+MIN_PART_BYTES = 64 << 20
 # Each part gets a fresh process (Python keeps the arenas of a batch's row dicts after it is written,
 # so one reader's resident memory grows with the rows it has read): a part's rows bound a worker's peak
 MAX_PART_BYTES = 256 << 20
@@ -84,9 +86,11 @@ def read_parts(items: list[dict[str, Any]], fmt: str, layout: str, step_dir: Pat
     """Every part read by `n_workers` processes into shard folders `step_dir`/kept.parquet and
     rejected.parquet (shards named by row position: their order is the input's); yields each part's
     rows seen, in input order, as it and the parts before it are done."""
-    # spawn, not fork: the parent may already run polars' and Arrow's thread pools, which a fork copies mid-state
-    with ProcessPoolExecutor(max_workers=min(n_workers, len(items)), mp_context=get_context("spawn"),
-                             max_tasks_per_child=1) as pool:
+    # forkserver, not fork: the parent may already run polars' and Arrow's thread pools, which a fork copies
+    # mid-state; the server is a fresh process that imports this module once, and each part forks from it
+    ctx = get_context("forkserver")
+    ctx.set_forkserver_preload(["__main__", __name__])  # the main module once, in the server (not per part)
+    with ProcessPoolExecutor(max_workers=min(n_workers, len(items)), mp_context=ctx, max_tasks_per_child=1) as pool:
         futures = [pool.submit(_read_part, it, fmt, layout, str(step_dir), shard_rows) for it in items]
         for f in futures:
             yield f.result()
