@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -30,7 +31,8 @@ from curation.step import StepContext
 from pond import __version__
 from pond import layout, ledger
 from pond.executors import local, local_ingest
-from pond.executors.shards import count_rows, ensure_nonempty, output_digest, read_output, scan_output, unify_schema
+from pond.executors.shards import (count_rows, ensure_nonempty, list_shards, output_digest, read_output, scan_output,
+                                   unify_schema)
 from pond.recipe import Recipe, Step
 from pond.steps import ACTOR, ROWWISE, STEPS
 from synthesis.teachers import Teachers
@@ -333,8 +335,14 @@ class Runner:
             finally:
                 self.executor = None
         curated, final = self.out / layout.CURATED, prev_dir / layout.KEPT
-        if final.is_dir():  # shards of the ray executor: the final set is one file
-            store.write_parquet(read_output(final), curated)
+        if final.is_dir():  # shards (the Ray executor's, or parallel ingest's): the final set is one file,
+            # written in row groups, not read whole (1M ingested rows held 16 GB that way)
+            tmp = curated.with_name(f".{curated.name}.tmp")
+            try:
+                local.combine_parts(list_shards(final), tmp, ingest_kept_schema())
+                os.replace(tmp, curated)
+            finally:
+                tmp.unlink(missing_ok=True)
         else:  # the last step's file, byte for byte
             store.copy_file(final, curated)
         if not any(STEPS[s.kind].writes_heldout for s in self.recipe.steps):
