@@ -55,7 +55,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_serializer
 
 from curation import embed_openvino, embed_tokens
-from curation.settings import no_progress, pick_dtype
+from curation.settings import no_progress, pick_dtype, usable_cores
 
 DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2"
 # characters kept per token of max_seq_length before tokenising (English ~4 chars/token)
@@ -111,10 +111,7 @@ def default_model_path() -> Path:
 
 
 def machine_threads() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
+    return usable_cores()
 
 
 def _device(opts: EmbeddingOptions) -> str:

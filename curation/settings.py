@@ -96,10 +96,15 @@ def parse_cpuinfo(text: str) -> dict:
             "vendor": fields.get("vendor_id", ""), "id": ident, "flags": flags}
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity; all of them where the OS has no affinity)."""
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+
+
 @functools.cache
 def cpu() -> dict:
     info = parse_cpuinfo(_cpuinfo_text())
-    info["cores"] = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    info["cores"] = usable_cores()
     return info
 
 

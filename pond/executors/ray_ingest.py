@@ -88,39 +88,50 @@ def plan_parts(files: list[Path], sources: list[str], fmt: str, split_bytes: int
     return items
 
 
+def newlines_in(path: str, start: int, end: int) -> int:
+    """Newlines in bytes [start, end) of a file, read in 16 MB chunks."""
+    n, left = 0, end - start
+    with open(path, "rb") as f:
+        f.seek(start)
+        while left > 0 and (chunk := f.read(min(_CHUNK, left))):
+            n += chunk.count(b"\n")
+            left -= len(chunk)
+    return n
+
+
 def _count_newlines(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    counts = []
-    for path, start, end in zip(batch["path"], batch["start"], batch["end"]):
-        n, left = 0, int(end) - int(start)
-        with open(path, "rb") as f:
-            f.seek(int(start))
-            while left > 0:
-                chunk = f.read(min(_CHUNK, left))
-                if not chunk:
-                    break
-                n += chunk.count(b"\n")
-                left -= len(chunk)
-        counts.append(n)
+    counts = [newlines_in(str(p), int(a), int(b)) for p, a, b in zip(batch["path"], batch["start"], batch["end"])]
     return {**batch, "newlines": np.array(counts, dtype=np.int64)}
 
 
+def jsonl_ranges(items: list[dict[str, Any]]) -> list[int]:
+    """Indices of the items that are JSONL byte ranges (their first line number is to be counted)."""
+    return [i for i, it in enumerate(items) if it["kind"] == "jsonl" and it["start"] >= 0]
+
+
+def number_ranges(items: list[dict[str, Any]], newlines: dict[int, int]) -> list[dict[str, Any]]:
+    """Each JSONL byte range's first line number, from the newlines in every range (by item index)."""
+    line: dict[str, int] = {}  # next line number per file
+    out = list(items)
+    for i in jsonl_ranges(items):  # in file order, ranges in byte order
+        path = items[i]["path"]
+        out[i] = {**items[i], "first": line.get(path, 1)}
+        line[path] = out[i]["first"] + newlines[i]
+    return out
+
+
 def count_lines(ex, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Fill in the first line number of every JSONL byte range (newlines before it, plus one)."""
+    """Fill in the first line number of every JSONL byte range (newlines before it, plus one), counted
+    by one Ray task per range."""
     import ray.data
 
-    todo = [i for i, it in enumerate(items) if it["kind"] == "jsonl" and it["start"] >= 0]
+    todo = jsonl_ranges(items)
     if not todo:
         return items
     ranges = [{"k": i, "path": items[i]["path"], "start": items[i]["start"], "end": items[i]["end"]} for i in todo]
     counted = ex.collect(ray.data.from_items(ranges, override_num_blocks=len(ranges))
                          .map_batches(_count_newlines, batch_size=1, batch_format="numpy"))
-    newlines = {int(r["k"]): int(r["newlines"]) for r in counted}
-    line = {}  # next line number per file
-    for i in todo:  # in file order, ranges in byte order
-        path = items[i]["path"]
-        items[i] = {**items[i], "first": line.get(path, 1)}
-        line[path] = items[i]["first"] + newlines[i]
-    return items
+    return number_ranges(items, {int(r["k"]): int(r["newlines"]) for r in counted})
 
 
 def read_part_shards(batch: dict[str, np.ndarray], fmt: str, layout: str, out: str, shard_rows: int,
