@@ -158,13 +158,8 @@ class Embedder:
         self.name = DEFAULT_MODEL_NAME if opts.model is None else self.path.name
         self._model = None
         self.load_seconds = 0.0
-        self._max_len = opts.max_seq_length
-        if self._max_len is None:  # read the model's own without loading it
-            import json
-
-            cfg = self.path / "sentence_bert_config.json"
-            if cfg.is_file():
-                self._max_len = json.loads(cfg.read_text()).get("max_seq_length")
+        # the model's own (sentence_bert_config.json) where the options set none, read without loading it
+        self._max_len = opts.max_seq_length or self.settings["max_seq_length"]
         self.backend = opts.backend
         if self.backend.startswith("openvino") and self.device != "cpu":
             raise ValueError("backend openvino runs on the CPU only (device: cpu)")
@@ -207,8 +202,9 @@ class Embedder:
             self.load_seconds += time.perf_counter() - t
         return self._ov
 
-    @property
+    @functools.cached_property
     def settings(self) -> dict:
+        """The folder's max_seq_length, do_lower_case and embedding dimension (curation.embed_tokens)."""
         return embed_tokens.model_settings(self.path)
 
     @property
