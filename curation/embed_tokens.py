@@ -6,7 +6,7 @@ sentence-transformers costs ~7 CPU-seconds here (transformers, torch, scikit-lea
 encoding a few hundred texts. `RawTokenizer` runs the folder's `tokenizer.json` with `tokenizers`, the
 library behind transformers' fast tokenizers, and answers the two calls pond makes of one
 (`__call__` with truncation and offsets, `pad`) with the same ids, masks and offsets
-(tests/test_embed_tokens.py holds it to transformers' tokenizer).
+(tests/test_embed.py holds it to transformers' tokenizer).
 """
 from __future__ import annotations
 

@@ -31,6 +31,7 @@ from curation.step import StepContext
 from pond import __version__
 from pond import layout, ledger
 from pond.executors import local, local_ingest
+from pond.executors.ray_ingest import check_rows
 from pond.executors.shards import (count_rows, ensure_nonempty, list_shards, output_digest, read_output, scan_output,
                                    unify_schema)
 from pond.recipe import Recipe, Step
@@ -167,7 +168,8 @@ class Runner:
                                        local_ingest.workers(), local.ROW_GROUP_ROWS)
         if self.track:
             seen = self.track(seen, "ingest", len(items))
-        local_ingest.check_rows(items, list(seen), files)
+        seen = list(seen)  # every part read (the generator closes its worker pool at its end)
+        check_rows([(it["index"], n) for it, n in zip(items, seen)], files)
         for name, empty in ((layout.KEPT, ingest_kept_schema()), (layout.REJECTED, ingest_rejected_schema())):
             ensure_nonempty(step_dir / name, empty)
             unify_schema(step_dir / name)

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from curation.ingest import IngestError, splittable
+from curation.ingest import splittable
 from curation.settings import usable_cores
 from pond.executors.ray_ingest import jsonl_ranges, newlines_in, number_ranges, plan_parts, read_part_shards
 
@@ -82,12 +82,3 @@ def read_parts(items: list[dict[str, Any]], fmt: str, layout: str, step_dir: Pat
         for f in futures:
             yield f.result()
 
-
-def check_rows(items: list[dict[str, Any]], seen: list[int], files: list[Path]) -> None:
-    """Every input file held a row (a whole file says so in its reader; a split one only here)."""
-    per_file: dict[int, int] = {}
-    for it, n in zip(items, seen):
-        per_file[it["index"]] = per_file.get(it["index"], 0) + n
-    for index, path in enumerate(files):
-        if per_file.get(index, 0) == 0:
-            raise IngestError(f"{path}: holds no rows")

@@ -172,10 +172,16 @@ def ingest_parts(ex, files: list[Path], sources: list[str], fmt: str, layout: st
         fn_kwargs={"fmt": fmt, "layout": layout, "out": str(step_dir), "shard_rows": shard_rows,
                    "columns": columns})
     rows = ex.collect(ds)
-    per_file: dict[int, int] = {}
-    for r in rows:
-        per_file[r["index"]] = per_file.get(r["index"], 0) + r["n_kept"] + r["n_rej"]
-    for index, path in enumerate(files):
-        if per_file.get(index, 0) == 0:  # a whole file says so itself; a split one only here
-            raise IngestError(f"{path}: holds no rows")
+    check_rows([(r["index"], r["n_kept"] + r["n_rej"]) for r in rows], files)
     return sum(r["n_kept"] for r in rows), sum(r["n_rej"] for r in rows), len(items)
+
+
+def check_rows(seen: list[tuple[int, int]], files: list[Path]) -> None:
+    """Every input file held a row, from (file index, rows seen) per part: a whole file says so in its
+    reader, a split one only here."""
+    per_file: dict[int, int] = {}
+    for index, n in seen:
+        per_file[index] = per_file.get(index, 0) + n
+    for index, path in enumerate(files):
+        if per_file.get(index, 0) == 0:
+            raise IngestError(f"{path}: holds no rows")
