@@ -93,6 +93,11 @@ def with_drift_backend(run: Path, backend: str) -> None:
     path.write_text(yaml.safe_dump(recipe, sort_keys=False))
 
 
+def emit_seconds(figure: str, clock: Clock, **extra) -> None:
+    """One arm's wall and CPU seconds, with the load when it ended."""
+    emit(figure=figure, value=round(clock.wall, 1), unit="s", cpu_seconds=round(clock.cpu, 1), load=clock.load, **extra)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--pond-rows", type=int, default=100_000)
@@ -121,10 +126,8 @@ def main() -> None:
     with Clock() as union:
         run_pipeline(recipe(files), work / "union", work, train=False)
     common = dict(pond_rows=args.pond_rows, drop_rows=args.drop_rows, recipe="exact_dedup, heuristics, pii, minhash_dedup")
-    emit(figure="update_base_run_seconds", value=round(base.wall, 1), unit="s", cpu_seconds=round(base.cpu, 1),
-         load=base.load, **common)
-    emit(figure="update_union_rerun_seconds", value=round(union.wall, 1), unit="s", cpu_seconds=round(union.cpu, 1),
-         load=union.load, baseline=True, **common)
+    emit_seconds("update_base_run_seconds", base, **common)
+    emit_seconds("update_union_rerun_seconds", union, baseline=True, **common)
     for backend in args.drift_backends.split(","):
         run = work / f"run-{backend}"
         shutil.copytree(work / "base", run)
@@ -157,20 +160,17 @@ def update_arm(run: Path, drop_file: Path, union_run: Path, union: Clock, cache:
                            .group_by("drop").len().sort("drop").iter_rows()}
     only_union = int((~b.is_in(a.implode())).sum())
 
-    def arm(figure: str, clock: Clock, **extra) -> None:
-        emit(figure=figure, value=round(clock.wall, 1), unit="s", cpu_seconds=round(clock.cpu, 1), load=clock.load,
-             **extra, **common)
-
     def ratio(figure: str, num: Clock, den: float, den_cpu: float, **extra) -> None:
         emit(figure=figure, value=round(num.wall / den, 2), unit="x", cpu_ratio=round(num.cpu / den_cpu, 2),
              target=5.0, meets_target=num.wall / den >= 5.0, load=[round(x, 2) for x in os.getloadavg()],
              same_kept_rows=same, **extra, **common)
 
-    arm("update_keep_generation_seconds", keep)
+    emit_seconds("update_keep_generation_seconds", keep, **common)
     parts = result["seconds"]
-    arm("update_drop_seconds", upd, drop_step_seconds=round(step_s, 1), curation_seconds=parts["curation"],
-        curation_cpu_seconds=parts["curation_cpu"], drift_seconds=parts["drift"], drift_cpu_seconds=parts["drift_cpu"],
-        drift_p_value=result["drift"].get("p_value"), kept=result["kept"])
+    emit_seconds("update_drop_seconds", upd, **common, drop_step_seconds=round(step_s, 1),
+                 curation_seconds=parts["curation"], curation_cpu_seconds=parts["curation_cpu"],
+                 drift_seconds=parts["drift"], drift_cpu_seconds=parts["drift_cpu"],
+                 drift_p_value=result["drift"].get("p_value"), kept=result["kept"])
     # the whole update (drift report included), and its curation alone (the drop's steps and the union),
     # each against the union rerun, which has no drift report to compute
     ratio("update_speedup", union, upd.wall, upd.cpu, kept_rows=len(a), union_kept_rows=len(b),
