@@ -43,6 +43,7 @@ from curation.answer_faults import BOILERPLATE_PATTERNS, REFUSAL_PATTERNS, REFUS
 from curation.prose import NUMBER_OR_OPERATOR, WORD, prose_expr
 from curation.records import answer_text_expr
 from curation.repetition import DUP_NGRAM_LIMITS, TOP_NGRAM_LIMITS, repetition_stats
+from curation.shingles import fold_whitespace
 from curation.step import StepContext, StepOptions, reject
 
 STAGE = "heuristics"
@@ -104,10 +105,13 @@ def _is_blank(e: pl.Expr) -> pl.Expr:
     return e.fill_null("").str.strip_chars() == ""
 
 
-def _turn_match(pattern: str, window: int | None) -> pl.Expr:
+def _turn_match(patterns: list[str], window: int | None) -> pl.Expr:
     def on(e: pl.Expr) -> pl.Expr:
         e = e.fill_null("")
-        return (e.str.slice(0, window) if window else e).str.contains(pattern)
+        e = e.str.slice(0, window) if window else e
+        # one search per pattern, not one alternation: an anchored member such as `^\W*network error\W*$`
+        # costs the Rust regex its literal prefilter for the whole alternation (~20x slower on ShareGPT)
+        return pl.any_horizontal([e.str.contains(any_of([p])) for p in patterns])
 
     in_turns = (pl.col("messages").list.eval(
         (pl.element().struct.field("role") == "assistant") & on(pl.element().struct.field("content")))
@@ -134,24 +138,22 @@ def _measures(df: pl.DataFrame, opts: HeuristicsOptions) -> pl.DataFrame:
     text = answer_text_expr() if opts.apply_to == "answer" else pl.col("text")
     m = df.select(text.fill_null("").alias("__t"), pl.col("messages"), pl.col("text"))
     m = m.with_columns(_web_text(pl.col("__t"), opts).alias("__p"))
-    words = _tokens(pl.col("__t")).list.eval(pl.element().filter(pl.element().str.contains(GOPHER_WORD)))
-    prose = _tokens(pl.col("__p"))
     # prose_only: a word holds a letter, and numbers and operators count neither as words nor as junk
     word, uncounted = (WORD, NUMBER_OR_OPERATOR) if opts.prose_only else (GOPHER_WORD, None)
-    prose_words = prose.list.eval(pl.element().filter(pl.element().str.contains(word)))
     junk = ~pl.element().str.contains(r"\p{L}")
     if uncounted:
         junk = junk & ~pl.element().str.contains(uncounted)
     roles = pl.col("messages").list.eval(pl.element().struct.field("role"))
     first_turn = roles.list.eval(pl.element().filter(pl.element() != "system")).list.first()
+    prose_words, prose_word_chars = _count_tokens(pl.col("__p"), word)
     cols = [
-        words.list.len().alias("__words"),
-        prose.list.len().alias("__prose_tokens"),
-        prose_words.list.len().alias("__prose_words"),
-        prose_words.list.eval(pl.element().str.len_chars()).list.mean().fill_null(0.0).alias("__mean_len"),
+        _count_tokens(pl.col("__t"), GOPHER_WORD)[0].alias("__words"),
+        _count_tokens(pl.col("__p"), None)[0].alias("__prose_tokens"),
+        prose_words.alias("__prose_words"),
+        (prose_word_chars / prose_words).fill_nan(0.0).fill_null(0.0).alias("__mean_len"),
         (pl.col("__p").str.count_matches("#", literal=True) + pl.col("__p").str.count_matches(r"\.\.\.|…"))
         .alias("__symbols"),
-        prose.list.eval(junk.cast(pl.Int64)).list.sum().alias("__non_alpha"),
+        _tokens(pl.col("__p")).list.eval(junk.cast(pl.Int64)).list.sum().alias("__non_alpha"),
         (pl.col("messages").list.len() > 0).alias("__conv"),
         pl.col("messages").list.eval(_is_blank(pl.element().struct.field("content"))).list.any().fill_null(False)
         .alias("__empty_turn"),
@@ -159,15 +161,25 @@ def _measures(df: pl.DataFrame, opts: HeuristicsOptions) -> pl.DataFrame:
         (first_turn.fill_null("") == "user").alias("__user_first"),
     ]
     if opts.refusal_patterns:
-        cols.append(_turn_match(any_of(opts.refusal_patterns), opts.refusal_window).alias("__refusal"))
+        cols.append(_turn_match(opts.refusal_patterns, opts.refusal_window).alias("__refusal"))
     if opts.boilerplate_patterns:
-        cols.append(_turn_match(any_of(opts.boilerplate_patterns), None).alias("__boilerplate"))
+        cols.append(_turn_match(opts.boilerplate_patterns, None).alias("__boilerplate"))
     m = m.with_columns(cols)
     return pl.concat([m, _repetition_flags(df, opts)], how="horizontal")
 
 
+def _count_tokens(text: pl.Expr, holding: str | None) -> tuple[pl.Expr, pl.Expr]:
+    """(whitespace tokens holding a character of the class `holding` (all tokens if None), their characters).
+
+    One regex count, not a split and a per-token filter (3x cheaper): a token holding such a character
+    matches from its first character, so the leftmost matches are exactly those tokens."""
+    token = r"\S+" if holding is None else rf"\S*[{holding}&&\S]\S*"  # the class may hold whitespace
+    count = text.str.count_matches(token)
+    return count, (text.str.len_chars() - text.str.replace_all(token, "").str.len_chars()).cast(pl.Float64)
+
+
 def _tokens(text: pl.Expr) -> pl.Expr:
-    return text.str.replace_all(r"\s+", " ").str.strip_chars().str.split(" ").list.eval(
+    return fold_whitespace(text).str.split(" ").list.eval(
         pl.element().filter(pl.element() != ""))
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
-from curation.shingles import window_hashes
+from curation.shingles import fold_whitespace, window_hashes
 
 # Default limits (n -> largest fraction) of heuristics' n-gram rules and of answer_faults.degenerate_repetition.
 TOP_NGRAM_LIMITS = {2: 0.2, 3: 0.18, 4: 0.16}  # Gopher's values
@@ -21,7 +21,7 @@ DUP_NGRAM_LIMITS = {5: 0.35, 6: 0.34, 7: 0.33, 8: 0.32, 9: 0.31, 10: 0.30}
 
 
 def _words(texts: pl.Series) -> pl.Series:
-    folded = texts.fill_null("").str.to_lowercase().str.replace_all(r"\s+", " ").str.strip_chars()
+    folded = fold_whitespace(texts.fill_null("").str.to_lowercase())
     return pl.select(pl.when(folded == "").then(pl.lit([], dtype=pl.List(pl.Utf8)))
                      .otherwise(folded.str.split(" "))).to_series()
 
@@ -88,43 +88,49 @@ def _repetition_stats(texts: pl.Series, top_ns: tuple[int, ...], dup_ns: tuple[i
     total = np.bincount(doc_of, weights=wl, minlength=n_docs)
     out: dict[str, np.ndarray] = {}
 
-    def windows(n: int) -> tuple[np.ndarray, np.ndarray]:
-        """Start positions of the n-grams inside one text, and keys unique per (text, n-gram)."""
+    def windows(n: int, among: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """Start positions of the n-grams inside one text (only those in `among`, if given), and keys
+        unique per (text, n-gram)."""
         keys = window_hashes(wh, n)
-        pos = np.arange(len(keys))
-        ok = pos + n <= end_of[: len(keys)]
-        pos = pos[ok]
+        pos = np.arange(len(keys)) if among is None else among[among < len(keys)]
+        pos = pos[pos + n <= end_of[pos]]
         with np.errstate(over="ignore"):  # fold the text number in: one u64 key, fast to group
-            keys = keys[ok] ^ (doc_of[pos].astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15))
+            keys = keys[pos] ^ (doc_of[pos].astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15))
         return pos, keys
 
+    # An n-gram is a prefix of every longer n-gram starting where it does, so an n-gram that occurs once
+    # in its text starts only longer n-grams that occur once. Each n (ascending) therefore groups only
+    # the positions whose previous n-gram occurs at least twice: these are few (repeats are rare), and
+    # every other position is a single occurrence, which neither rule counts.
+    repeated: np.ndarray | None = None
     with np.errstate(divide="ignore", invalid="ignore"):
-        for n in top_ns:
-            pos, keys = windows(n)
+        for n in sorted(set(top_ns) | set(dup_ns)):
+            pos, keys = windows(n, repeated)
             order, starts = _runs(keys)
             sizes = np.diff(np.append(starts, len(keys)))
             count = np.empty(len(keys), dtype=np.int64)
             count[order] = np.repeat(sizes, sizes)
-            doc, chars = doc_of[pos], cum[pos + n] - cum[pos]
-            most = np.zeros(n_docs, dtype=np.int64)
-            np.maximum.at(most, doc, count)
-            # characters of the most frequent n-gram (ties: the longest), times its count
-            top = (count == most[doc]) & (count >= 2)
-            best = np.zeros(n_docs, dtype=np.int64)
-            np.maximum.at(best, doc[top], chars[top])
-            out[f"top_{n}"] = np.nan_to_num(best * most / total)
-        for n in dup_ns:
-            pos, keys = windows(n)
-            order, starts = _runs(keys)
-            repeat = np.ones(len(keys), dtype=bool)
-            repeat[order[starts]] = False  # first occurrences are not repeats
-            cover = np.zeros(n_tok + 1, dtype=np.int64)
-            np.add.at(cover, pos[repeat], 1)
-            np.add.at(cover, pos[repeat] + n, -1)
-            covered = np.cumsum(cover[:n_tok]) > 0  # windows never cross texts, so one cumsum serves all
-            dup_chars = np.bincount(doc_of, weights=wl * covered, minlength=n_docs)
-            out[f"dup_{n}"] = np.nan_to_num(dup_chars / total)
-    return pl.DataFrame(out, schema={k: pl.Float64 for k in out})
+            repeated = pos[count >= 2]
+            if n in top_ns:
+                doc, chars = doc_of[pos], cum[pos + n] - cum[pos]
+                most = np.zeros(n_docs, dtype=np.int64)
+                np.maximum.at(most, doc, count)
+                # characters of the most frequent n-gram (ties: the longest), times its count
+                top = (count == most[doc]) & (count >= 2)
+                best = np.zeros(n_docs, dtype=np.int64)
+                np.maximum.at(best, doc[top], chars[top])
+                out[f"top_{n}"] = np.nan_to_num(best * most / total)
+            if n in dup_ns:
+                repeat = np.ones(len(keys), dtype=bool)
+                repeat[order[starts]] = False  # first occurrences are not repeats
+                cover = np.zeros(n_tok + 1, dtype=np.int64)
+                np.add.at(cover, pos[repeat], 1)
+                np.add.at(cover, pos[repeat] + n, -1)
+                covered = np.cumsum(cover[:n_tok]) > 0  # windows never cross texts, so one cumsum serves all
+                dup_chars = np.bincount(doc_of, weights=wl * covered, minlength=n_docs)
+                out[f"dup_{n}"] = np.nan_to_num(dup_chars / total)
+    cols = [f"top_{n}" for n in top_ns] + [f"dup_{n}" for n in dup_ns]
+    return pl.DataFrame({k: out[k] for k in cols}, schema={k: pl.Float64 for k in cols})
 
 
 def exceeds_limits(text: str, top: dict[int, float], dup: dict[int, float]) -> bool:

@@ -223,3 +223,55 @@ def test_repetition_statistics_in_bounded_passes_are_the_whole_batchs(sharegpt_d
     whole = repetition.repetition_stats(texts)
     monkeypatch.setattr(repetition, "CHUNK_TEXTS", 37)
     assert repetition.repetition_stats(texts).equals(whole)
+
+
+def _gopher_by_hand(text: str, top_ns, dup_ns) -> dict[str, float]:
+    """Gopher's repetition figures from word tuples in plain Python (no hashes, no shortcuts)."""
+    from collections import Counter
+
+    words = text.lower().split()
+    total = sum(map(len, words))
+    out = {}
+    for n in top_ns:
+        grams = Counter(tuple(words[i:i + n]) for i in range(len(words) - n + 1))
+        most = max(grams.values(), default=0)
+        best = max((sum(map(len, g)) for g, c in grams.items() if c == most), default=0) if most >= 2 else 0
+        out[f"top_{n}"] = best * most / total if total else 0.0
+    for n in dup_ns:
+        seen, covered = set(), [False] * len(words)
+        for i in range(len(words) - n + 1):
+            gram = tuple(words[i:i + n])
+            if gram in seen:
+                covered[i:i + n] = [True] * n
+            seen.add(gram)
+        out[f"dup_{n}"] = sum(len(w) for w, c in zip(words, covered) if c) / total if total else 0.0
+    return out
+
+
+@pytest.mark.parametrize("top_ns,dup_ns", [((2, 3, 4), (5, 6, 7, 8, 9, 10)), ((3,), (7,)), ((), (5, 10)), ((4,), ())])
+def test_repetition_statistics_equal_gophers_definition(sharegpt_df, top_ns, dup_ns):
+    """Each n only groups the positions whose shorter n-gram repeats (the rest occur once): every figure
+    still equals the definition, whichever n are asked for."""
+    texts = sharegpt_df["text"].head(120).to_list() + [
+        "the cat sat on the mat " * 10, "a b a b a b c", "x", "", "one two three four five six seven " * 3]
+    stats = repetition_stats(pl.Series(texts), top_ns, dup_ns)
+    assert stats.columns == [f"top_{n}" for n in top_ns] + [f"dup_{n}" for n in dup_ns]
+    for text, got in zip(texts, stats.iter_rows(named=True)):
+        assert got == pytest.approx(_gopher_by_hand(text, top_ns, dup_ns), abs=1e-12), text[:80]
+
+
+def test_token_counts_match_a_split_of_the_text():
+    """The word counts come from one regex count: the same as splitting on whitespace and testing each
+    token, through tabs, no-break spaces, line breaks and tokens of punctuation alone."""
+    from curation.heuristics import GOPHER_WORD, _count_tokens
+    from curation.prose import WORD
+
+    texts = ["![US Flag SVG](https://x.org/a.svg)", "a\tb\u00a0c\n\nd  e", " -- ... 18 $3 — é ", "", "   ",
+             "word, word; (word) 'quoted' — …", "x=1; y = 2 → z"]
+    df = pl.DataFrame({"t": texts})
+    for holding in (GOPHER_WORD, WORD, None):
+        count, chars = _count_tokens(pl.col("t"), holding)
+        got = df.select(count.alias("n"), chars.alias("c"))
+        for text, (n, c) in zip(texts, got.iter_rows()):
+            tokens = [w for w in text.split() if holding is None or regex.search(holding, w)]
+            assert (n, c) == (len(tokens), sum(map(len, tokens))), (holding, text)
