@@ -15,6 +15,7 @@ import polars as pl
 from pydantic import Field
 
 from curation.keep import against_reference, has_reference, reference_rows, with_reference
+from curation.shingles import fold_whitespace
 from curation.step import StepContext, StepOptions, reject
 
 STAGE = "exact_dedup"
@@ -28,18 +29,23 @@ class ExactDedupOptions(StepOptions):
 
 def normalised_text(column: str, lowercase: bool = True, strip_punctuation: bool = True) -> pl.Expr:
     """Whitespace-folded (and optionally lowercased, punctuation-free) text."""
-    expr = pl.col(column).str.normalize("NFKC")
+    text = pl.col(column)
+    # NFKC leaves ASCII as it is: normalising only the texts with other characters costs ~0.4 of all
+    expr = pl.when(text.str.contains(r"[^\x00-\x7F]")).then(text.str.normalize("NFKC")).otherwise(text)
     if lowercase:
         expr = expr.str.to_lowercase()
     if strip_punctuation:
         expr = expr.str.replace_all(r"[\p{P}\p{S}]+", " ")
-    return expr.str.replace_all(r"\s+", " ").str.strip_chars()
+    return fold_whitespace(expr)
 
 
-def key_hashes(opts: ExactDedupOptions) -> list[pl.Expr]:
-    """A row's key as two 64-bit hashes of its normalised text (k1, k2): what is held instead of the text."""
-    key = normalised_text(opts.column, opts.lowercase, opts.strip_punctuation)
-    return [key.hash(seed=1).alias("k1"), key.hash(seed=2).alias("k2")]
+def key_hashes(df: pl.DataFrame, opts: ExactDedupOptions, *columns: str | pl.Expr) -> pl.DataFrame:
+    """`columns` of `df`, then each row's key as two 64-bit hashes of its normalised text (k1, k2): what
+    is held instead of the text. The text is normalised once (two hashes of one expression in an eager
+    select would normalise it twice)."""
+    key = normalised_text(opts.column, opts.lowercase, opts.strip_punctuation).alias("__key")
+    return df.select(*columns, key).select(
+        pl.exclude("__key"), pl.col("__key").hash(seed=1).alias("k1"), pl.col("__key").hash(seed=2).alias("k2"))
 
 
 def duplicate_of(key: str | list[str], order: str | list[pl.Expr] | None = None) -> pl.Expr:
@@ -81,11 +87,11 @@ def stream_marks(read: Callable[[list[str]], Iterator[pl.DataFrame]], opts: Exac
     keys, schema = [], None
     for batch in read(["id", opts.column]):
         schema = schema or batch.schema
-        keys.append(batch.select("id", *key_hashes(opts)))
+        keys.append(key_hashes(batch, opts, "id"))
     rows = pl.concat(keys).with_columns(pl.int_range(pl.len(), dtype=pl.Int64).alias("pos"))
     n_ref = 0
     if has_reference(ctx.reference):  # the reference rows lead, as in exact_dedup
-        ref = reference_rows(ctx.reference, schema, ["id", opts.column]).select("id", *key_hashes(opts))
+        ref = key_hashes(reference_rows(ctx.reference, schema, ["id", opts.column]), opts, "id")
         rows = pl.concat([ref.with_columns(pl.lit(-1, pl.Int64).alias("pos")), rows])
         n_ref = len(ref)
     marks = (rows.with_columns(duplicate_of(["k1", "k2"]).alias("duplicate_of")).slice(n_ref)

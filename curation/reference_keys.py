@@ -40,7 +40,7 @@ TextsOf = Callable[[list[str]], pl.DataFrame]  # ids -> (id, text column[, score
 
 def exact_keys(df: pl.DataFrame, opts: ExactDedupOptions, ctx: StepContext) -> pl.DataFrame:
     """(id, k1, k2) of every row, in row order."""
-    return df.select("id", *key_hashes(opts))
+    return key_hashes(df, opts, "id")
 
 
 def exact_against(df: pl.DataFrame, opts: ExactDedupOptions, ctx: StepContext, ref: pl.DataFrame,

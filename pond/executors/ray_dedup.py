@@ -57,7 +57,7 @@ def _frames(batch: dict[str, np.ndarray], columns: list[str] | None) -> list[pl.
 # --- exact ----------------------------------------------------------------------------------------
 
 def _exact_keys(batch, opts: ExactDedupOptions, parts: int) -> pa.Table:
-    out = [df.select(POS, "id", *key_hashes(opts)).with_columns(_part(pl.col("k1"), parts))
+    out = [key_hashes(df, opts, POS, "id").with_columns(_part(pl.col("k1"), parts))
            for df in _frames(batch, [opts.column, "id"])]
     return pl.concat(out).to_arrow()
 
