@@ -7,7 +7,9 @@ rows (empty `messages`) are searched in `text`. Every output row gets `pii_count
 row) and `pii_types` (their kinds, sorted); `ctx.stats` has counts per kind.
 
 A cheap vectorised prefilter (one Rust regex over `text` in polars) picks the rows that could hold
-anything; only those run the Python detectors and validators (curation.pii_detect).
+anything; only those run the Python detectors and validators (curation.pii_detect), and each row only
+the detectors whose own hint it holds (Python's `re` scans a pattern that opens with a look-behind
+character by character: running all 15 on every prefiltered row cost ~10x more).
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from typing import Literal
 import polars as pl
 from pydantic import Field
 
-from curation.pii_detect import PII_TYPES, PREFILTER, detectors, find_pii, redact
+from curation.pii_detect import PII_TYPES, PREFILTER, Detector, detectors, find_pii, redact
 from curation.records import MESSAGES, render_text
 from curation.step import StepContext, StepOptions, reject
 
@@ -52,6 +54,12 @@ def _scan_row(messages: list[dict], text: str, dets, kinds: set[str], rewrite: b
     return messages, (redact(text, found) if rewrite and found else text), found_kinds
 
 
+def _hinted(texts: pl.Series, dets: list[Detector]) -> list[list[Detector]]:
+    """Per text, the detectors (in priority order) whose hint it holds."""
+    holds = pl.select([texts.fill_null("").str.contains(d.hint).alias(str(i)) for i, d in enumerate(dets)])
+    return [[d for d, h in zip(dets, row) if h] for row in holds.iter_rows()]
+
+
 def pii(df: pl.DataFrame, opts: PiiOptions, ctx: StepContext) -> tuple[pl.DataFrame, pl.DataFrame]:
     dets = detectors(opts.global_ips_only)
     kinds = set(opts.types)
@@ -60,8 +68,10 @@ def pii(df: pl.DataFrame, opts: PiiOptions, ctx: StepContext) -> tuple[pl.DataFr
     maybe = indexed.filter(pl.col("text").fill_null("").str.contains(PREFILTER))
     rows, msgs, texts, counts, types = [], [], [], [], []
     per_kind: Counter[str] = Counter()
-    for r in ctx.track(maybe.select("__row", "messages", "text").iter_rows(), "pii", total=len(maybe)):
-        m, t, found = _scan_row(r[1] or [], r[2], dets, kinds, rewrite)
+    hinted = _hinted(maybe["text"], dets)
+    for r, row_dets in ctx.track(zip(maybe.select("__row", "messages", "text").iter_rows(), hinted), "pii",
+                                 total=len(maybe)):
+        m, t, found = _scan_row(r[1] or [], r[2], row_dets, kinds, rewrite)
         if found:
             rows.append(r[0])
             msgs.append(m)

@@ -89,6 +89,7 @@ def _phone_ok(s: str) -> bool:
 @dataclass(frozen=True)
 class Detector:
     kind: str
+    hint: str  # a Rust regex (polars) found inside every match of `pattern`: rows without it skip this detector
     pattern: re.Pattern
     check: Callable[[str], bool] | None = None
     group: int = 0  # the part of the match that is redacted (e.g. the token after "Bearer")
@@ -111,35 +112,33 @@ def _ip_check(global_only: bool) -> Callable[[str], bool]:
 def detectors(global_ips_only: bool = True) -> list[Detector]:
     ip_ok = _ip_check(global_ips_only)
     return [
-        Detector("secret", re.compile(r"-----BEGIN (?:[A-Z]+ )?PRIVATE KEY-----[\s\S]*?-----END (?:[A-Z]+ )?PRIVATE KEY-----")),
-        Detector("secret", re.compile(r"(?<![\w-])sk[-_](?:proj-|live_|test_|ant-)?[A-Za-z0-9_-]{20,}"), _mixed),
-        Detector("secret", re.compile(r"(?<![A-Z0-9])(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA)[A-Z0-9]{16}(?![A-Z0-9])")),
-        Detector("secret", re.compile(r"(?i)aws_secret_access_key\s*[=:]\s*[\"']?([A-Za-z0-9/+]{40})(?![A-Za-z0-9/+])"), _mixed, 1),
-        Detector("secret", re.compile(r"(?<!\w)gh[pousr]_[A-Za-z0-9]{36,}")),
-        Detector("secret", re.compile(r"(?<!\w)xox[abprs]-[A-Za-z0-9-]{10,}"), _mixed),
-        Detector("secret", re.compile(r"(?<!\w)AIza[0-9A-Za-z_-]{35}")),
-        Detector("secret", re.compile(r"\b[Bb]earer\s+([A-Za-z0-9._~+/-]{20,}=*)"), _mixed, 1),
-        Detector("email", re.compile(r"(?<![\w.+-])[A-Za-z0-9][A-Za-z0-9._%+-]*@(?:[A-Za-z0-9-]+\.)+[A-Za-z]{2,24}(?![\w-])"),
+        Detector("secret", r"BEGIN [A-Z ]*PRIVATE KEY", re.compile(r"-----BEGIN (?:[A-Z]+ )?PRIVATE KEY-----[\s\S]*?-----END (?:[A-Z]+ )?PRIVATE KEY-----")),
+        Detector("secret", r"sk[-_]", re.compile(r"(?<![\w-])sk[-_](?:proj-|live_|test_|ant-)?[A-Za-z0-9_-]{20,}"), _mixed),
+        Detector("secret", r"A[KSGIRN][IPDON]A[A-Z0-9]{16}", re.compile(r"(?<![A-Z0-9])(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA)[A-Z0-9]{16}(?![A-Z0-9])")),
+        Detector("secret", r"(?i:aws_secret)", re.compile(r"(?i)aws_secret_access_key\s*[=:]\s*[\"']?([A-Za-z0-9/+]{40})(?![A-Za-z0-9/+])"), _mixed, 1),
+        Detector("secret", r"gh[pousr]_", re.compile(r"(?<!\w)gh[pousr]_[A-Za-z0-9]{36,}")),
+        Detector("secret", r"xox[abprs]-", re.compile(r"(?<!\w)xox[abprs]-[A-Za-z0-9-]{10,}"), _mixed),
+        Detector("secret", r"AIza", re.compile(r"(?<!\w)AIza[0-9A-Za-z_-]{35}")),
+        Detector("secret", r"[Bb]earer\s", re.compile(r"\b[Bb]earer\s+([A-Za-z0-9._~+/-]{20,}=*)"), _mixed, 1),
+        Detector("email", r"@", re.compile(r"(?<![\w.+-])[A-Za-z0-9][A-Za-z0-9._%+-]*@(?:[A-Za-z0-9-]+\.)+[A-Za-z]{2,24}(?![\w-])"),
                  _email_ok),
-        Detector("iban", re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}")),  # trimmed to length in find_pii
+        Detector("iban", r"[A-Z]{2}\d{2}", re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}")),  # trimmed to length in find_pii
         # printed the way cards are: one run of digits, or groups 4-4-4-(1..7) / 4-6-4(5) with one separator
-        Detector("credit_card", re.compile(r"(?<![\d.,-])(?:\d{13,19}|\d{4}([ -])\d{4}\1\d{4}\1\d{1,7}|\d{4}([ -])\d{6}\2\d{4,5})"
+        Detector("credit_card", r"\d(?:[ -]?\d){12}", re.compile(r"(?<![\d.,-])(?:\d{13,19}|\d{4}([ -])\d{4}\1\d{4}\1\d{1,7}|\d{4}([ -])\d{6}\2\d{4,5})"
                                            r"(?![\d-]|[.,]\d)"), _card_ok),
-        Detector("ip_address", re.compile(r"(?<![\w.])(?:\d{1,3}\.){3}\d{1,3}(?!\.?\d)(?!\w)"), ip_ok),
-        Detector("ip_address", re.compile(
+        Detector("ip_address", r"\d\.\d{1,3}\.\d", re.compile(r"(?<![\w.])(?:\d{1,3}\.){3}\d{1,3}(?!\.?\d)(?!\w)"), ip_ok),
+        Detector("ip_address", r"[0-9A-Fa-f]:[0-9A-Fa-f:]*:|::", re.compile(
             r"(?<![\w:.])(?:(?:[0-9A-Fa-f]{1,4}:){1,7}(?::|(?::[0-9A-Fa-f]{1,4}){1,7}|[0-9A-Fa-f]{1,4})"
             r"|::[0-9A-Fa-f]{1,4}(?::[0-9A-Fa-f]{1,4}){0,6})(?![\w:])"), ip_ok),
-        Detector("phone", re.compile(r"(?<![\w+])\+\d{1,3}(?:[ .-]?\(?\d{1,4}\)?){2,5}(?![\w])"), _phone_ok),
-        Detector("phone", re.compile(r"(?<![\w.+-])(?:1[ .-])?(?:\([2-9]\d{2}\) ?|[2-9]\d{2}[ .-])\d{3}[ .-]\d{4}(?![\w-])"),
+        Detector("phone", r"\+\d", re.compile(r"(?<![\w+])\+\d{1,3}(?:[ .-]?\(?\d{1,4}\)?){2,5}(?![\w])"), _phone_ok),
+        Detector("phone", r"\d{3}[ .)-]+\d{3}[ .-]\d{4}", re.compile(r"(?<![\w.+-])(?:1[ .-])?(?:\([2-9]\d{2}\) ?|[2-9]\d{2}[ .-])\d{3}[ .-]\d{4}(?![\w-])"),
                  _phone_ok),
     ]
 
 
 # One broad Rust-regex pattern (polars) that every finding above also matches: rows not matching
 # it are skipped without running Python.
-PREFILTER = (r"@|BEGIN [A-Z ]*PRIVATE KEY|sk[-_]|A[KSGIRN][IPDON]A[A-Z0-9]{16}|(?i:aws_secret)|gh[pousr]_|xox[abprs]-"
-             r"|AIza|[Bb]earer\s|[A-Z]{2}\d{2}|\d(?:[ -]?\d){12}|\d\.\d{1,3}\.\d|[0-9A-Fa-f]:[0-9A-Fa-f:]*:"
-             r"|\+\d|\d{3}[ .)-]+\d{3}[ .-]\d{4}")
+PREFILTER = "|".join(d.hint for d in detectors())
 
 
 _NUMBERING = re.compile(r"(?i)(?:section|sect?\.|revision|rev\.?|version|ver\.?|release|chapter|§|\bv)\s*$")

@@ -153,3 +153,18 @@ def test_sharegpt_redaction_is_complete_and_consistent(sharegpt_df):
     untouched = kept.filter(pl.col("pii_count") == 0)
     assert untouched["text"].to_list() == sharegpt_df.filter(pl.col("id").is_in(untouched["id"].implode()))["text"].to_list()
     assert ctx.stats["findings"] == kept["pii_count"].sum()
+
+
+def test_each_detector_runs_where_its_hint_is(sharegpt_df):
+    """A row runs only the detectors whose hint it holds: every planted finding holds its detector's
+    hint, and on real conversations the findings equal those of all detectors on every row."""
+    from curation.pii import _hinted
+
+    dets = detectors(global_ips_only=False)
+    for kind, text, value in PLANTED:
+        finders = [d for d in dets if d.kind == kind and find_pii(text, [d], {kind})]
+        matches = pl.Series([d.pattern.search(text).group(0) for d in finders])  # whole matches, not the redacted group
+        assert finders and all(matches.str.contains(d.hint)[i] for i, d in enumerate(finders)), (kind, value)
+    texts = pl.Series([t for _, t, _ in PLANTED] + LOOKALIKES + sharegpt_df["text"].to_list())
+    for text, row_dets in zip(texts, _hinted(texts, dets)):
+        assert find_pii(text, row_dets, set(PII_TYPES)) == find_pii(text, dets, set(PII_TYPES)), text[:80]
