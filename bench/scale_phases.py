@@ -26,8 +26,8 @@ import psutil
 
 # (module, attribute) wrapped; "Class.method" for methods. Names are where the caller looks them up.
 PHASES = [
-    ("pond.executors.local", "combine_parts"), ("pond.executors.local", "run_marked"),
-    ("pond.executors.local", "run_per_row"), ("pond.executors.local", "PartWriter.add"),
+    ("pond.executors.local", "run_marked"),
+    ("pond.executors.local", "run_per_row"), ("pond.executors.local", "ShardWriter.add"),
     ("pond.executors.local", "marks_for"),
     ("curation.exact_dedup", "stream_marks"), ("curation.minhash_stream", "stream_marks"),
     ("curation.minhash_stream", "candidate_pairs"), ("curation.minhash_stream", "verify_pairs"),

@@ -8,7 +8,10 @@ row groups, so no step holds its whole input (docs/scale-out.md, "Size on one ma
 - a step with a `streamed` form in the step table (exact and MinHash dedup: `stream_marks`) reads only the columns its rule
   needs, in batches, and returns per-row verdicts (`marks`, only the rows that have one) and the
   split function that turns marked rows into (kept, rejected); the rows then stream through it;
-- the part files are combined into kept/rejected.parquet `ROW_GROUP_ROWS` rows at a time (`combine_parts`).
+- the batches' kept and rejected rows are written as shards of the step's outputs (`kept.parquet/` and
+  `rejected.parquet/` folders, pond.executors.shards, as the Ray executor writes them), in row groups of
+  `ROW_GROUP_ROWS`: no pass re-reads and re-writes a step's rows to make one file of them (at 5M rows
+  that pass cost each step a second copy of its output on disk and a decode and encode of every row).
 
 An input of at most one batch runs as before: the whole frame through the step function and the
 store's writer, so small runs keep their bytes. `batch_rows()` is the batch size: `LOCAL_BATCH_ROWS`
@@ -31,10 +34,9 @@ from curation.ingest import as_json_columns, mixed_user_columns
 from curation.step import StepContext
 from pond.executors.config import LOCAL_BATCH_ROWS
 from pond.executors.ray_exec import merge_stats
-from pond.executors.shards import list_shards
+from pond.executors.shards import ensure_nonempty, list_shards, shard_name, unify_schema
 from pond.steps import StepSpec
 
-PARTS = "_parts"  # in a step folder while a streamed step runs
 POS = "pos"  # the column of a step's marks: the row's position in the step's input
 ROW_GROUP_ROWS = 10_000  # rows per row group of a combined output (~100 MB of ShareGPT rows in memory)
 
@@ -118,37 +120,38 @@ def combine_parts(parts: list[Path], dest: Path, empty: pl.DataFrame) -> int:
     return n
 
 
-class PartWriter:
-    """Kept and rejected batches as numbered part files, then combined into the step's two outputs."""
+class ShardWriter:
+    """Kept and rejected batches written as shards of the step's two outputs (shard folders named by row
+    position, pond.executors.shards): the step's DONE comes after them, and a rerun without DONE clears
+    the step folder."""
 
-    def __init__(self, step_dir: Path):
-        self.dir = step_dir / PARTS
-        shutil.rmtree(self.dir, ignore_errors=True)
-        self.dir.mkdir(parents=True)
-        self.parts: dict[str, list[Path]] = {"kept": [], "rejected": []}
+    def __init__(self, kept: Path, rejected: Path):
+        self.dest = {"kept": kept, "rejected": rejected}
+        for path in self.dest.values():
+            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
         self.empty: dict[str, pl.DataFrame] = {}
         self.rows = {"kept": 0, "rejected": 0}
 
     def add(self, kept: pl.DataFrame, rejected: pl.DataFrame) -> None:
         for name, df in (("kept", kept), ("rejected", rejected)):
-            self.rows[name] += len(df)
             self.empty.setdefault(name, df.clear())
             if len(df):
-                path = self.dir / f"{name}-{len(self.parts[name]):06d}.parquet"
-                # in row groups of the combine's size, so the combine decodes 10k rows at a time, not a part
-                df.write_parquet(path, **store.PARQUET, row_group_size=ROW_GROUP_ROWS)
-                self.parts[name].append(path)
+                folder = self.dest[name]
+                folder.mkdir(parents=True, exist_ok=True)
+                # row groups of 10k rows, so a reader of the shard decodes 10k rows at a time
+                df.write_parquet(folder / shard_name(self.rows[name]), **store.PARQUET, row_group_size=ROW_GROUP_ROWS)
+            self.rows[name] += len(df)
 
-    def finish(self, kept: Path, rejected: Path) -> None:
-        for name, dest in (("kept", kept), ("rejected", rejected)):
-            combine_parts(self.parts[name], dest, self.empty.get(name, pl.DataFrame()))
-        shutil.rmtree(self.dir, ignore_errors=True)
+    def finish(self) -> None:
+        for name, folder in self.dest.items():
+            ensure_nonempty(folder, self.empty.get(name, pl.DataFrame()))
+            unify_schema(folder)  # a user column typed differently in two batches: ingest's join rule
 
 
 def run_per_row(spec: StepSpec, fn: Callable, options: Any, prev: Path, ctx: StepContext, kept: Path,
                 rejected: Path) -> tuple[int, int, int, dict[str, Any]]:
     """A per-row step over bounded batches: (rows in, kept, rejected, merged stats)."""
-    out = PartWriter(ctx.step_dir)
+    out = ShardWriter(kept, rejected)
     n_in, stats = 0, []
     for df in iter_rows(prev):
         part_ctx = dataclasses.replace(ctx, stats={})
@@ -156,7 +159,7 @@ def run_per_row(spec: StepSpec, fn: Callable, options: Any, prev: Path, ctx: Ste
         out.add(k, r)
         n_in += len(df)
         stats.append(part_ctx.stats)
-    out.finish(kept, rejected)
+    out.finish()
     merged = merge_stats(stats)
     for key in spec.shard_figures:
         merged.pop(key, None)
@@ -183,11 +186,11 @@ def run_marked(stream_marks: Callable, options: Any, prev: Path, ctx: StepContex
     rows = min(batch_rows(), ROW_GROUP_ROWS)
     marks, split = stream_marks(Reader(prev, rows), options, ctx)
     release_unused()
-    out = PartWriter(ctx.step_dir)
+    out = ShardWriter(kept, rejected)
     lo = 0
     for df in iter_rows(prev, rows=rows):
         k, r = split(df.with_columns(marks_for(marks, lo, len(df))))
         out.add(k, r)
         lo += len(df)
-    out.finish(kept, rejected)
+    out.finish()
     return lo, out.rows["kept"], out.rows["rejected"]
