@@ -3,6 +3,7 @@
     python bench/scale.py [--rows 200000] [--executors local,ray] [--workdir /tmp/pond-scale]
     python bench/scale.py --rows 100000,1000000,5000000 --executors local --ray-rows 100000
     python bench/scale.py --files 1 --steps '' --split-bytes 1e12   # one big file, read whole
+    python bench/scale.py --rows 5000000 --executors local --files 100 --compress zst   # 5M rows in ~6 GB
 
 Input: `curation.scaled_corpus` (real ShareGPT conversations, then exact and perturbed copies) as
 JSONL. Steps: exact_dedup, heuristics, pii, minhash_dedup (the CPU-bound curation core; embedding
@@ -67,17 +68,26 @@ class PeakRSS:
 
 
 
+def prune_inputs(steps: Path, done: int) -> None:
+    """Delete the rows of the steps before the last finished one (`--prune`): no step after it reads them."""
+    for step_dir in sorted(d for d in steps.iterdir() if d.is_dir())[:max(0, done - 1)]:
+        for out in ("kept.parquet", "rejected.parquet"):
+            path = step_dir / out
+            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+
+
 def run_one(args: argparse.Namespace, rows: int, executor: str) -> None:
     from curation.scaled_corpus import write_corpus
     from pond.recipe import parse_recipe
     from pond.runner import Runner
 
     data = args.workdir / (f"data-{rows}" if args.files == 4 else f"data-{rows}-{args.files}files")
+    data = data.with_name(data.name + (f"-{args.compress}" if args.compress else ""))
     if not data.exists():
-        write_corpus(data, rows, files=args.files, malformed=False)
+        write_corpus(data, rows, files=args.files, malformed=False, compress=args.compress)
     cpus = args.num_cpus
     steps = "".join(f"\n  - {k}: {{}}" for k in args.steps.split(",") if k.strip())
-    text = (f"name: scale\ninput: {{path: {data}/*.jsonl}}\nseed: 0\n"
+    text = (f"name: scale\ninput: {{path: '{data}/*.jsonl*'}}\nseed: 0\n"
             f"ray: {{num_cpus: {cpus}, object_store_memory: 2000000000, shard_rows: {args.shard_rows}, "
             f"split_bytes: {args.split_bytes}}}\n"
             f"steps:{steps or ' []'}")
@@ -111,6 +121,8 @@ def run_one(args: argparse.Namespace, rows: int, executor: str) -> None:
         for s in runner.step_stats[len(emitted):]:
             emitted.append(s)
             step_line(s)
+            if args.prune:
+                prune_inputs(runner.out / "steps", len(emitted))
 
     runner = Runner(recipe, args.workdir / f"run-{executor}", args.workdir, fresh=True,
                     cache_dir=args.workdir / "cache", log=log)
@@ -140,9 +152,14 @@ def main() -> None:
                     help="the local executor's batch (POND_LOCAL_BATCH_ROWS; 0: whole inputs; default: pond's)")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/pond-scale"))
     ap.add_argument("--keep", action="store_true", help="keep each size's corpus and run folders")
+    ap.add_argument("--prune", action="store_true",
+                    help="delete each step's rows once the step after it is done (5M rows: ~65 GB of step outputs "
+                         "in all, ~35 GB at once when pruned); the run folder is then no longer resumable")
     ap.add_argument("--num-cpus", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--shard-rows", type=int, default=20_000)
     ap.add_argument("--files", type=int, default=4, help="input JSONL files the rows are spread over")
+    ap.add_argument("--compress", choices=["gz", "zst"], default=None,
+                    help="write the corpus compressed (5M rows: ~32 GB of JSONL); each file is then one ingest part")
     ap.add_argument("--split-bytes", type=lambda v: int(float(v)), default=128 * 2**20,
                     help="ray: files above this are read in parts (a huge value: one task per file)")
     ap.add_argument("--steps", default=STEPS, help="comma-separated steps after ingest ('' for ingest only)")

@@ -97,3 +97,22 @@ def test_a_run_and_a_drop_on_parallel_ingest_keep_the_one_readers_rows(tmp_path,
             assert a.equals(b), (step, out)
     a, b = (pl.read_parquet(r / "curated.parquet") for r in (runs[1], runs[2]))
     assert a.height > 0 and a.equals(b)
+
+
+def test_compressed_shards_are_read_over_the_cores_as_whole_parts(tmp_path, monkeypatch):
+    """A corpus shipped as compressed shards: each file one part (a stream cannot be cut), read by a
+    worker, with the one reader's rows, ids, order and rejections."""
+    write_corpus(tmp_path / "data", 900, files=3, base_limit=500, compress="zst")
+    write_corpus(tmp_path / "data" / "gz", 300, files=1, base_limit=300, seed=3, compress="gz")
+    files = sorted((tmp_path / "data").rglob("*.jsonl.*"))
+    assert len(files) == 4
+    monkeypatch.setattr(local_ingest, "MIN_PART_BYTES", 16 << 10)
+    items = local_ingest.plan(files, [f.name for f in files], "auto", 2)
+    assert items is not None and len(items) == 4 and all(it["start"] == -1 for it in items)
+    one = ingest(tmp_path, "one", 1, monkeypatch, "data/**/*.jsonl.*")
+    two = ingest(tmp_path, "two", 2, monkeypatch, "data/**/*.jsonl.*")
+    assert (two / "kept.parquet").is_dir()  # the workers' shards
+    for out in ("kept.parquet", "rejected.parquet"):
+        a, b = read_output(one / out), read_output(two / out)
+        assert a.height > 0 and a.equals(b), out
+    assert "bad_json" in set(read_output(two / "rejected.parquet")["reason"])  # each file's malformed line

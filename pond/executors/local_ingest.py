@@ -10,6 +10,9 @@ combines them into one file.
 Used only where it pays and where a part loses nothing: at least two cores (`workers`), at least
 `MIN_PART_BYTES` for each of two parts (128 MB in all), no `input.limit` (a count in file order) and no
 `input.columns` (a key no row has is a whole-file check). `POND_INGEST_WORKERS=1` keeps one reader.
+A file that cannot be cut (compressed: a stream has no random access) is one part, read whole by one
+worker, so a corpus shipped as many `.jsonl.zst` shards is read over the cores too (its bytes on disk
+count toward the 128 MB); one such file's rows bound that worker's memory, as a part's do.
 """
 from __future__ import annotations
 
@@ -22,7 +25,6 @@ from typing import Any
 
 import numpy as np
 
-from curation.ingest import splittable
 from curation.settings import usable_cores
 from pond.executors.ray_ingest import jsonl_ranges, newlines_in, number_ranges, plan_parts, read_part_shards
 
@@ -44,10 +46,10 @@ def workers() -> int:
 
 def plan(files: list[Path], sources: list[str], fmt: str, n_workers: int) -> list[dict[str, Any]] | None:
     """The parts for `n_workers` readers (about two each, for balance), with their first line numbers;
-    None where one reader is as fast: one core, or too little splittable input."""
+    None where one reader is as fast: one core, or too little input."""
     if n_workers < 2:
         return None
-    total = sum(f.stat().st_size for f in files if f.exists() and splittable(f, fmt))
+    total = sum(f.stat().st_size for f in files if f.exists())
     if total < 2 * MIN_PART_BYTES:
         return None
     split = min(MAX_PART_BYTES, max(MIN_PART_BYTES, -(-total // (2 * n_workers))))
