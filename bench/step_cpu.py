@@ -6,6 +6,7 @@ The rows: the first `--rows` ShareGPT conversations (`curation.sources`, as `pon
 written once to Parquet. Each arm is a fresh Python process with one checkout first on `sys.path` (this
 one, and `--base-tree`, e.g. `git worktree add /tmp/base <commit>`), running on those rows:
   heuristics        the step with its default options;
+  answer_faults     the step with its default options (langid's model loaded before the clock starts);
   pii               the step with its default options (redact);
   exact_dedup_keys  `stream_marks`, what the local executor and `pond update` run (keys of every row);
   exact_dedup       the in-memory step.
@@ -26,21 +27,25 @@ from pathlib import Path
 from child import add_worker_args, report, run_worker
 from figures import emit  # noqa: E402 (bench/ is on sys.path when a bench runs)
 
-STEPS = ("heuristics", "pii", "exact_dedup_keys", "exact_dedup")
+STEPS = ("heuristics", "answer_faults", "pii", "exact_dedup_keys", "exact_dedup")
 
 
 def worker(data: Path, out: Path) -> None:
     """Run every step on the rows with whatever checkout is first on sys.path; CPU seconds per step."""
     import polars as pl
 
+    from curation import answer_faults as faults
+    from curation.answer_faults_step import AnswerFaultsOptions, answer_faults
     from curation.exact_dedup import ExactDedupOptions, exact_dedup, stream_marks
     from curation.heuristics import HeuristicsOptions, heuristics
     from curation.pii import PiiOptions, pii
     from curation.step import StepContext
 
     df = pl.read_parquet(data)
+    faults.language("Ceci est une phrase en français, assez longue pour être lue.")  # langid's model, once
     runs = {
         "heuristics": lambda: heuristics(df, HeuristicsOptions(), StepContext(seed=0))[1].select("id", "reason"),
+        "answer_faults": lambda: answer_faults(df, AnswerFaultsOptions(), StepContext(seed=0))[1].select("id", "reason"),
         "pii": lambda: pii(df, PiiOptions(), StepContext(seed=0))[0].select("id", "text", "pii_count", "pii_types"),
         "exact_dedup_keys": lambda: stream_marks(lambda cols: iter([df.select(cols)]), ExactDedupOptions(),
                                                  StepContext(seed=0))[0],

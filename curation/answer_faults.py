@@ -203,13 +203,22 @@ def _identifier():
 
 def _script(letters: str) -> str:
     """The commonest script among some letters (Unicode name's first word; the CJK scripts are one)."""
-    names = Counter(unicodedata.name(ch, "?").split(" ")[0] for ch in letters[:500])
+    letters = letters[:500]
+    if letters.isascii():  # every ASCII letter is LATIN: no name to look up (most texts)
+        return "LATIN" if letters else ""
+    names = Counter(unicodedata.name(ch, "?").split(" ")[0] for ch in letters)
     script = names.most_common(1)[0][0] if names else ""
     return "CJK" if script in ("HIRAGANA", "KATAKANA", "HANGUL") else script
 
 
+_NOT_ASCII_LETTERS = re.compile(r"[^A-Za-z]+")
+
+
 def _letters(text: str) -> str:
-    return "".join(ch for ch in text_prose(text or "")[:LANGUAGE_CHARS] if ch.isalpha())
+    prose = text_prose(text or "")[:LANGUAGE_CHARS]
+    if prose.isascii():  # in ASCII the letters (str.isalpha) are A-Z and a-z: one regex, not a loop
+        return _NOT_ASCII_LETTERS.sub("", prose)
+    return "".join(ch for ch in prose if ch.isalpha())
 
 
 def language(text: str) -> str | None:
@@ -225,12 +234,13 @@ def language_mismatch(prompt: str, answer: str) -> tuple[str, str] | None:
     """(prompt language, answer language) when both are confident, differ and are written in different
     scripts (Korean and English, not French and English), else None. Also None when the prompt asks for a
     translation or names the answer's language, or a paragraph of the prompt is in the answer's language."""
+    # the cheap condition first: most pairs share a script, and then langid (~1 ms a text) need not run
+    if _script(_letters(prompt)) == _script(_letters(answer)):
+        return None
     said, answered = language(prompt), language(answer)
     if said is None or answered is None or said == answered or _TRANSLATION.search(prompt):
         return None
     if re.search(_LANGUAGE_NAMES.get(answered, r"(?!)"), prompt, re.I):
-        return None
-    if _script(_letters(prompt)) == _script(_letters(answer)):
         return None
     if any(language(p) == answered for p in re.split(r"\n\s*\n", prompt)):
         return None
