@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -38,7 +37,7 @@ from pond.executors.shards import ensure_nonempty, list_shards, shard_name, unif
 from pond.steps import StepSpec
 
 POS = "pos"  # the column of a step's marks: the row's position in the step's input
-ROW_GROUP_ROWS = 10_000  # rows per row group of a combined output (~100 MB of ShareGPT rows in memory)
+ROW_GROUP_ROWS = 10_000  # rows per row group of an output, shard or combined file (~100 MB of ShareGPT rows in memory)
 
 
 def batch_rows() -> int:
@@ -122,13 +121,11 @@ def combine_parts(parts: list[Path], dest: Path, empty: pl.DataFrame) -> int:
 
 class ShardWriter:
     """Kept and rejected batches written as shards of the step's two outputs (shard folders named by row
-    position, pond.executors.shards): the step's DONE comes after them, and a rerun without DONE clears
-    the step folder."""
+    position, pond.executors.shards) into a step folder the runner has just emptied (`Runner.run_step`
+    clears it before every run of a step; the step's DONE comes after the shards)."""
 
     def __init__(self, kept: Path, rejected: Path):
         self.dest = {"kept": kept, "rejected": rejected}
-        for path in self.dest.values():
-            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
         self.empty: dict[str, pl.DataFrame] = {}
         self.rows = {"kept": 0, "rejected": 0}
 
