@@ -100,15 +100,18 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=250_000)
     ap.add_argument("--steps", default="exact_dedup,minhash_dedup")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/pond-scale-phases"))
+    ap.add_argument("--base-limit", type=int, default=None,
+                    help="real conversations the copies are made of (default: all ~17.6k); fewer give the duplicate "
+                         "density of a larger corpus: 100k rows of 350 are 5M rows' ~285 copies of each")
     ap.add_argument("--tracemalloc", action="store_true", help="peak of Python objects per phase (slow)")
     args = ap.parse_args()
     from curation.scaled_corpus import write_corpus
     from pond.recipe import parse_recipe
     from pond.runner import Runner
 
-    data = args.workdir / f"data-{args.rows}"
+    data = args.workdir / (f"data-{args.rows}" + (f"-of-{args.base_limit}" if args.base_limit else ""))
     if not data.exists():
-        write_corpus(data, args.rows, files=4, malformed=False)
+        write_corpus(data, args.rows, files=4, malformed=False, base_limit=args.base_limit)
     steps = "".join(f"\n  - {k}: {{}}" for k in args.steps.split(",") if k.strip())
     recipe = parse_recipe(f"name: phases\ninput: {{path: {data}/*.jsonl}}\nseed: 0\nsteps:{steps or ' []'}")
     phases = Phases(args.tracemalloc)
@@ -124,7 +127,7 @@ def main() -> None:
 
     sampler = threading.Thread(target=phases.sample, daemon=True)
     sampler.start()
-    common = {"bench": "scale_phases", "rows": args.rows, "load_before": os.getloadavg()[0],
+    common = {"bench": "scale_phases", "rows": args.rows, "base_limit": args.base_limit, "load_before": os.getloadavg()[0],
               "env": {k: v for k, v in os.environ.items() if k.startswith(("MALLOC_", "POND_", "ARROW_", "POLARS_"))}}
     t0 = time.time()
     Runner(recipe, args.workdir / "run", args.workdir, fresh=True, cache_dir=args.workdir / "cache", log=log).curate()

@@ -98,48 +98,98 @@ def band_keys(texts: pl.Series, opts: MinhashDedupOptions, seed: int, bands: int
     return band_hashes(sig, bands, rows), np.diff(offsets) > 0
 
 
+def bucket_pair_index(buckets: list[np.ndarray], order: np.ndarray, max_bucket: int) -> tuple[np.ndarray, np.ndarray]:
+    """The bucket rule, both executors': (i, j) positions of members that share every `buckets` column, with
+    order[i] < order[j]. A bucket of at most `max_bucket` members pairs all of them; a larger one pairs each
+    member with its smallest only (no quadratic blow-up). In numpy: a polars self-join on the bucket held
+    its output's pages long after (a third of a GB for 1.1M pairs)."""
+    o = np.lexsort((order, *buckets[::-1]))
+    same = np.ones(max(len(o) - 1, 0), dtype=bool)
+    for column in buckets:
+        c = column[o]
+        same &= c[1:] == c[:-1]
+    start = np.flatnonzero(np.r_[True, ~same]) if len(o) else np.empty(0, dtype=np.int64)
+    size = np.diff(np.r_[start, len(o)])
+    firsts, seconds = [], []
+    for k in np.unique(size[(size > 1) & (size <= max_bucket)]):
+        i, j = np.triu_indices(k, 1)  # every pair of a k-member bucket, smaller position first
+        at = start[size == k][:, None]
+        firsts.append(o[at + i].ravel())
+        seconds.append(o[at + j].ravel())
+    big = size > max_bucket
+    if big.any():
+        at = np.flatnonzero(np.repeat(big, size))  # the positions in large buckets, and their bucket's first
+        first = np.repeat(start[big], size[big])
+        firsts.append(o[first[at != first]])
+        seconds.append(o[at[at != first]])
+    if not firsts:
+        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
+    return np.concatenate(firsts), np.concatenate(seconds)
+
+
 def bucket_pairs(members: pl.DataFrame, bucket: list[str], by: str, max_bucket: int) -> pl.DataFrame:
-    """Candidate pairs from LSH buckets, both executors' rule.
-
-    `members` has the bucket columns and per member `by` (its order: pairs are a < b) plus any
-    columns to carry; every carried column c comes back as c_a and c_b. A bucket larger than
-    `max_bucket` pairs each member with its smallest member only (no quadratic blow-up).
-    """
+    """Candidate pairs from LSH buckets (`bucket_pair_index`) as a frame: `members` has the bucket columns and
+    per member `by` (its order: pairs are a < b) plus any columns to carry; every carried column c comes
+    back as c_a and c_b."""
     cols = [c for c in members.columns if c not in bucket]
-    f = members.with_columns(pl.len().over(bucket).alias("__n")).filter(pl.col("__n") > 1)
-    small = f.filter(pl.col("__n") <= max_bucket).drop("__n")
-    pairs = (small.join(small, on=bucket, suffix="_b")
-             .filter(pl.col(by) < pl.col(f"{by}_b"))
-             .select(*[pl.col(c).alias(f"{c}_a") for c in cols], *[f"{c}_b" for c in cols]))
-    big = (f.filter(pl.col("__n") > max_bucket)
-           .with_columns(pl.col(c).sort_by(by).first().over(bucket).alias(f"{c}_a") for c in cols)
-           .filter(pl.col(by) != pl.col(f"{by}_a"))
-           .select(*[f"{c}_a" for c in cols], *[pl.col(c).alias(f"{c}_b") for c in cols]))
-    return pl.concat([pairs, big])
+    order = members[by].rank("dense").to_numpy()
+    i, j = bucket_pair_index([members[c].to_numpy() for c in bucket], order, max_bucket)
+    carried = members.select(cols)
+    return pl.concat([carried[i].rename({c: f"{c}_a" for c in cols}),
+                      carried[j].rename({c: f"{c}_b" for c in cols})], how="horizontal")
 
 
-def band_pairs(docs: np.ndarray, keys: np.ndarray, max_bucket: int) -> pl.DataFrame:
-    """Candidate pairs (a < b) from one band's keys."""
-    pairs = bucket_pairs(pl.DataFrame({"doc": docs, "h": keys}), ["h"], "doc", max_bucket)
-    return pairs.select(pl.col("doc_a").alias("a"), pl.col("doc_b").alias("b"))
+PAIR_SHIFT = np.uint64(32)  # a pair of document numbers (a < b < 2**32) is one uint64: a << 32 | b
+
+
+def band_pairs(docs: np.ndarray, keys: np.ndarray, max_bucket: int) -> np.ndarray:
+    """Candidate pairs (a < b) from one band's keys, as uint64 pair keys (`PAIR_SHIFT`)."""
+    i, j = bucket_pair_index([keys], docs, max_bucket)
+    return (docs[i].astype(np.uint64) << PAIR_SHIFT) | docs[j].astype(np.uint64)
+
+
+def lsh_pairs(docs: np.ndarray, band_columns: Iterable[np.ndarray], max_bucket: int) -> pl.DataFrame:
+    """Candidate pairs (a, b: a < b, sorted) of `docs` from each band's keys of them, in 8 bytes a pair until the
+    end: each band's pairs are sorted and merged into the sorted pairs so far (a stable sort of two sorted runs
+    is a merge)."""
+    if len(docs) >= 2**32:
+        raise ValueError(f"minhash_dedup: {len(docs)} documents; pair keys hold at most 2**32")
+    found = np.empty(0, dtype=np.uint64)
+    for keys in band_columns:
+        merged = np.sort(np.concatenate([found, np.unique(band_pairs(docs, keys, max_bucket))]), kind="stable")
+        found = merged[np.r_[True, merged[1:] != merged[:-1]]] if len(merged) else merged
+        del merged
+    return pl.DataFrame({"a": (found >> PAIR_SHIFT).astype(np.int64),
+                         "b": (found & np.uint64(2**32 - 1)).astype(np.int64)})
+
+
+EDGE_SLICE = 1 << 22  # edges whose labels are looked up at once (bounds the temporaries of large graphs)
 
 
 def _components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Connected components of the undirected graph of `n` nodes and edges (a[k], b[k]): labels 0..k-1
     numbered by each component's smallest node, as scipy's `connected_components` numbers them.
 
-    Min-label hooking with pointer jumping, in numpy: each round hooks every root to the smallest root
-    it has an edge to, then points every node at its root; a few rounds on real graphs. Not scipy's: importing
-    scipy.sparse costs every MinHash run 0.2 s, more than the clustering itself."""
-    a, b = np.asarray(a, dtype=np.int64), np.asarray(b, dtype=np.int64)
+    Min-label hooking with pointer jumping, in numpy: each round hooks, slice of edges by slice, every edge's
+    larger label to its smaller, then points every node at its root; a few rounds on real graphs. A label is
+    always a node of the same component and never larger than the node, so when no edge joins two labels the
+    label of each component is its smallest node. Not scipy's: importing scipy.sparse costs every MinHash run
+    0.2 s, more than the clustering itself."""
     label = np.arange(n, dtype=np.int64)
     while True:
-        la, lb = label[a], label[b]
-        if np.array_equal(la, lb):
+        hooked = False
+        for s in range(0, len(a), EDGE_SLICE):
+            la, lb = label[a[s:s + EDGE_SLICE]], label[b[s:s + EDGE_SLICE]]
+            apart = la != lb
+            if not apart.any():
+                continue
+            hooked = True
+            la, lb = la[apart], lb[apart]
+            low = np.minimum(la, lb)
+            np.minimum.at(label, la, low)
+            np.minimum.at(label, lb, low)
+        if not hooked:
             break
-        low = np.minimum(la, lb)
-        np.minimum.at(label, la, low)
-        np.minimum.at(label, lb, low)
         while not np.array_equal(up := label[label], label):
             label = up
     return np.unique(label, return_inverse=True)[1]
@@ -189,14 +239,13 @@ def candidate_pairs(texts: Iterable[pl.Series], rank: np.ndarray, opts: MinhashD
     keys, has = all_band_keys(texts, rank, opts, seed, bands, rows, ctx)
     t1 = time.perf_counter()
     docs = np.flatnonzero(has)  # a text without shingles would collide with every other such text
-    pairs = pl.DataFrame(schema={"a": pl.Int64, "b": pl.Int64})
-    for j in ctx.track(range(bands), "lsh bands", total=bands):
-        pairs = pl.concat([pairs, band_pairs(docs, keys[docs, j], opts.max_bucket_size)]).unique()
+    pairs = lsh_pairs(docs, (keys[docs, j] for j in ctx.track(range(bands), "lsh bands", total=bands)),
+                      opts.max_bucket_size)
     del keys
     figures = {"bands": bands, "rows": rows, "docs_without_shingles": int(n - len(docs)),
                "candidate_pairs": len(pairs), "signature_seconds": round(t1 - t0, 3),
                "candidate_seconds": round(time.perf_counter() - t1, 3)}
-    return pairs.sort("a", "b"), figures
+    return pairs, figures
 
 
 def verify_pairs(texts: pl.Series | Any, order: np.ndarray, pairs: pl.DataFrame, opts: MinhashDedupOptions,
@@ -212,12 +261,14 @@ def verify_pairs(texts: pl.Series | Any, order: np.ndarray, pairs: pl.DataFrame,
         return pairs.with_columns(pl.lit(0.0).alias("jaccard"))
     a, b = pairs["a"].to_numpy(), pairs["b"].to_numpy()
     comp = _components(len(order), a, b)
-    cand = np.unique(np.concatenate([a, b]))
+    in_pair = np.zeros(len(order), dtype=bool)
+    in_pair[a], in_pair[b] = True, True
+    cand = np.flatnonzero(in_pair)
     comp_sizes = np.bincount(comp[cand])
     # components in order of their label; a chunk starts where the running size crosses a multiple
     chunk_of_comp = (np.cumsum(comp_sizes) - comp_sizes) // opts.verify_batch_docs
     doc_chunk = chunk_of_comp[comp[cand]]
-    pair_chunk = chunk_of_comp[comp[a]]
+    pair_chunk = chunk_of_comp.astype(np.int32)[comp[a]]  # 4 bytes a pair: pairs outnumber documents
     jac = np.zeros(len(a), dtype=np.float64)
     chunks = np.unique(doc_chunk)
     if isinstance(texts, pl.Series):
@@ -256,15 +307,17 @@ def _cluster_info(rows: pl.DataFrame, order: np.ndarray, edges: pl.DataFrame, op
     of its cluster: a reference row, of the first `n_ref` rows, if the cluster has one), dup_jaccard.
     `rows`: `narrow_rows` of every row."""
     n = len(rows)
-    comp = _components(n, edges["a"].to_numpy(), edges["b"].to_numpy())
-    best = (pl.concat([edges.select(pl.col("a").alias("__doc"), "jaccard"),
-                       edges.select(pl.col("b").alias("__doc"), "jaccard")])
-            .group_by("__doc").agg(pl.col("jaccard").max().alias("dup_jaccard")))
+    a, b, jaccard = edges["a"].to_numpy(), edges["b"].to_numpy(), edges["jaccard"].to_numpy()
+    comp = _components(n, a, b)
+    best = np.full(n, np.nan)  # a document's highest Jaccard with a duplicate
+    np.fmax.at(best, a, jaccard)
+    np.fmax.at(best, b, jaccard)
     # in internal order
     info = pl.DataFrame({
         "__doc": np.arange(n, dtype=np.int64), "__row": order.astype(np.int64), "__comp": comp,
         "id": rows["id"].gather(order),
         "__len": rows["__len"].gather(order),
+        "dup_jaccard": pl.Series("dup_jaccard", best, nan_to_null=True),
     })
     if opts.keep == "quality":
         info = info.with_columns(rows[opts.score_column].gather(order).alias("__score"))
@@ -277,7 +330,7 @@ def _cluster_info(rows: pl.DataFrame, order: np.ndarray, edges: pl.DataFrame, op
         keeper(opts.keep, "__comp", position="__row", length="__len", score="__score", tiebreak="__doc",
                first="__ref" if n_ref else None).alias("duplicate_of"),
         in_cluster.alias("__in"),
-    ).join(best, on="__doc", how="left", maintain_order="left").sort("__row"))
+    ).sort("__row"))
 
 
 def id_order(ids: pl.Series) -> tuple[np.ndarray, np.ndarray]:
@@ -304,12 +357,26 @@ def cluster_figures(docs: int, verified: pl.DataFrame, edges: pl.DataFrame, info
     }
 
 
+PAIRS_SLICE = 1_000_000  # verified pairs named at once in pairs.parquet: their two ids are strings
+
+
 def _write_pairs(info: pl.DataFrame, verified: pl.DataFrame, threshold: float, ctx: StepContext) -> None:
-    """Every verified candidate pair, for audits."""
+    """Every verified candidate pair, for audits, named a slice at a time (millions of pairs' ids would be GBs)."""
+    import pyarrow.parquet as pq
+
     ids = info.sort("__doc")["id"]
     ctx.step_dir.mkdir(parents=True, exist_ok=True)
-    verified.select(ids.gather(verified["a"]).alias("id_a"), ids.gather(verified["b"]).alias("id_b"), "jaccard",
-                    (pl.col("jaccard") >= threshold).alias("duplicate")).write_parquet(ctx.step_dir / "pairs.parquet")
+    writer = None
+    try:
+        for start in range(0, max(len(verified), 1), PAIRS_SLICE):
+            part = verified.slice(start, PAIRS_SLICE)
+            named = part.select(ids.gather(part["a"]).alias("id_a"), ids.gather(part["b"]).alias("id_b"), "jaccard",
+                                (pl.col("jaccard") >= threshold).alias("duplicate")).to_arrow()
+            writer = writer or pq.ParquetWriter(ctx.step_dir / "pairs.parquet", named.schema, compression="zstd")
+            writer.write_table(named)
+    finally:
+        if writer is not None:
+            writer.close()
 
 
 def minhash_dedup(df: pl.DataFrame, opts: MinhashDedupOptions, ctx: StepContext) -> tuple[pl.DataFrame, pl.DataFrame]:

@@ -28,8 +28,8 @@ import polars as pl
 from curation.exact_dedup import (ExactDedupOptions, duplicate_groups, duplicate_of, exact_dedup, key_hashes,
                                   split_exact)
 from curation.keep import against_reference, check_score_column
-from curation.minhash import (STAGE, MinhashDedupOptions, _cluster_info, _write_pairs, all_band_keys, band_pairs,
-                              cluster_figures, id_order, lsh_params, minhash_dedup, narrow_rows,
+from curation.minhash import (STAGE, MinhashDedupOptions, _cluster_info, _write_pairs, all_band_keys,
+                              cluster_figures, id_order, lsh_pairs, lsh_params, minhash_dedup, narrow_rows,
                               split_near_duplicates, verify_pairs)
 from curation.step import StepContext
 
@@ -71,10 +71,8 @@ def _candidates(keys: pl.DataFrame, order: np.ndarray, opts: MinhashDedupOptions
     bands = [c for c in keys.columns if c.startswith("b") and c[1:].isdigit()]
     by_doc = keys[order]
     docs = np.flatnonzero(by_doc["has"].to_numpy())
-    pairs = pl.DataFrame(schema={"a": pl.Int64, "b": pl.Int64})
-    for j in ctx.track(bands, "lsh bands", total=len(bands)):
-        pairs = pl.concat([pairs, band_pairs(docs, by_doc[j].to_numpy()[docs], opts.max_bucket_size)]).unique()
-    return pairs.sort("a", "b")
+    return lsh_pairs(docs, (by_doc[j].to_numpy()[docs] for j in ctx.track(bands, "lsh bands", total=len(bands))),
+                     opts.max_bucket_size)
 
 
 def _jaccards(pairs: pl.DataFrame, ids: pl.Series, known: pl.DataFrame) -> pl.DataFrame:

@@ -188,6 +188,18 @@ def test_cluster_ids_do_not_depend_on_row_order():
     assert all(c == min(ids) for c, ids in members.items())  # cluster id = smallest member id
 
 
+def test_pairs_file_written_in_slices_is_the_file_written_whole(tmp_path, monkeypatch):
+    import curation.minhash as mh
+
+    df = planted_corpus()
+    minhash_dedup(df, MinhashDedupOptions(), StepContext(step_dir=tmp_path / "whole"))
+    monkeypatch.setattr(mh, "PAIRS_SLICE", 3)
+    minhash_dedup(df, MinhashDedupOptions(), StepContext(step_dir=tmp_path / "sliced"))
+    whole = pl.read_parquet(tmp_path / "whole" / "pairs.parquet")
+    assert len(whole) > 6 and whole.equals(pl.read_parquet(tmp_path / "sliced" / "pairs.parquet"))
+    assert whole.schema == {"id_a": pl.Utf8, "id_b": pl.Utf8, "jaccard": pl.Float64, "duplicate": pl.Boolean}
+
+
 def test_counts_conserve_and_columns_ride_along():
     df = planted_corpus()
     kept, rejected = minhash_dedup(df, MinhashDedupOptions(), StepContext())

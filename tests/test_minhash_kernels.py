@@ -114,3 +114,70 @@ def test_components_equal_scipys_labels(n, edges, seed):
         b = np.concatenate([b, chain[1:], star[1:], a[:3]])
     graph = coo_matrix((np.ones(len(a), dtype=np.int8), (a, b)), shape=(n, n))
     assert np.array_equal(_components(n, a, b), connected_components(graph, directed=False)[1])
+
+
+def plain_bucket_pairs(keys: np.ndarray, order: np.ndarray, max_bucket: int) -> set[tuple[int, int]]:
+    """Definition of the bucket rule: all pairs of a bucket of at most `max_bucket` members, else each member
+    with the member of smallest order; (i, j) with order[i] < order[j]."""
+    out = set()
+    for key in np.unique(keys):
+        members = sorted(np.flatnonzero(keys == key), key=lambda i: order[i])
+        if len(members) <= max_bucket:
+            out |= {(i, j) for x, i in enumerate(members) for j in members[x + 1:]}
+        else:
+            out |= {(members[0], j) for j in members[1:]}
+    return {(int(i), int(j)) for i, j in out}
+
+
+@pytest.mark.parametrize("n, n_keys, max_bucket, seed", [(0, 1, 4, 0), (1, 1, 4, 0), (40, 3, 64, 1), (300, 20, 4, 2),
+                                                          (300, 60, 2, 3), (500, 5, 30, 4)])
+def test_bucket_pairs_follow_the_rule(n, n_keys, max_bucket, seed):
+    """Small and large buckets, single members, one bucket holding everything; members in shuffled order."""
+    from curation.minhash import bucket_pair_index
+
+    rng = np.random.default_rng(seed)
+    keys = rng.integers(0, n_keys, n).astype(np.uint64)
+    order = rng.permutation(n)
+    i, j = bucket_pair_index([keys], order, max_bucket)
+    got = list(zip(i.tolist(), j.tolist()))
+    assert len(got) == len(set(got))
+    assert set(got) == plain_bucket_pairs(keys, order, max_bucket)
+    assert all(order[x] < order[y] for x, y in got)
+
+
+def test_bucket_pairs_frame_carries_columns_by_two_bucket_columns():
+    """Ray's form: buckets of (band, key), ordered by a string id, carried columns suffixed _a and _b."""
+    from curation.minhash import bucket_pairs
+
+    members = pl.DataFrame({"band": [0, 0, 0, 1, 1, 0], "key": [7, 7, 7, 7, 7, 9],
+                            "id": ["c", "a", "b", "c", "a", "d"], "pos": [2, 0, 1, 2, 0, 3]})
+    pairs = bucket_pairs(members, ["band", "key"], "id", 2).sort("id_a", "id_b")
+    # band 0 key 7 has 3 > 2 members: a star from "a"; band 1 key 7 has 2: the pair; key 9 alone: none
+    assert pairs.rows() == [("a", 0, "b", 1), ("a", 0, "c", 2), ("a", 0, "c", 2)]
+    assert pairs.columns == ["id_a", "pos_a", "id_b", "pos_b"]
+
+
+def test_lsh_pairs_are_every_bands_pairs_once_sorted():
+    from curation.minhash import lsh_pairs
+
+    rng = np.random.default_rng(5)
+    docs = np.sort(rng.choice(1000, 200, replace=False))
+    bands = [rng.integers(0, k, len(docs)).astype(np.uint64) for k in (30, 60, 10)]
+    pairs = lsh_pairs(docs, iter(bands), 8)
+    want = set()
+    for keys in bands:
+        want |= {(int(docs[i]), int(docs[j])) for i, j in plain_bucket_pairs(keys, docs, 8)}
+    assert pairs.rows() == sorted(want)
+
+
+def test_components_by_slices_of_edges_equal_all_at_once(monkeypatch):
+    import curation.minhash as mh
+
+    rng = np.random.default_rng(6)
+    n = 3000
+    a, b = rng.integers(0, n, (2, 2500))
+    chain = rng.permutation(n)[:700]
+    a, b = np.concatenate([a, chain[:-1]]), np.concatenate([b, chain[1:]])
+    whole = mh._components(n, a, b)
+    monkeypatch.setattr(mh, "EDGE_SLICE", 7)
+    assert np.array_equal(mh._components(n, a, b), whole)
