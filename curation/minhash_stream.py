@@ -29,7 +29,7 @@ from curation.minhash import (STAGE, MinhashDedupOptions, _cluster_info, _write_
 from curation.step import StepContext
 
 # candidate texts held at once while verifying (characters); above it they are spilled to disk by chunk group
-SPILL_CHARS = 1_000_000_000
+SPILL_CHARS = 250_000_000
 SPILL = "_minhash_spill"
 
 
@@ -42,7 +42,7 @@ class TextsOf:
                  budget: int = 0):
         self.texts, self.lengths, self.folder = texts, lengths, folder
         self.budget = budget or SPILL_CHARS
-        self.loaded: tuple[int, pl.DataFrame] | None = None
+        self.loaded: tuple[int, np.ndarray, pl.Series] | None = None  # group, its rows (sorted), their texts
         self.groups = 0
 
     def plan(self, cand: np.ndarray, doc_chunk: np.ndarray, order: np.ndarray) -> None:
@@ -76,16 +76,24 @@ class TextsOf:
                         rows_g.drop("g").write_parquet(self.folder / f"g{key:05d}-{i:06d}.parquet")
             lo += len(batch)
         if self.groups == 1:
-            self.loaded = (0, pl.concat(held) if held else pl.DataFrame(schema={"row": pl.Int64, "text": pl.Utf8}))
+            self.loaded = self._held(0, held)
 
     def __call__(self, chunk: int, rows: np.ndarray) -> pl.Series:
         g = int(self.group_of_chunk[chunk])
         if self.loaded is None or self.loaded[0] != g:
             self.loaded = None  # the previous group is freed before the next is read
             files = sorted(self.folder.glob(f"g{g:05d}-*.parquet"))
-            self.loaded = (g, pl.concat([pl.read_parquet(f) for f in files]))
-        held = self.loaded[1]
-        return held["text"].gather(np.searchsorted(held["row"].to_numpy(), rows))
+            self.loaded = self._held(g, [pl.read_parquet(f) for f in files])
+        _, held_rows, texts = self.loaded
+        return texts.gather(np.searchsorted(held_rows, rows))
+
+    @staticmethod
+    def _held(group: int, parts: list[pl.DataFrame]) -> tuple[int, np.ndarray, pl.Series]:
+        """A group's rows and texts, the texts left in their parts' buffers (a rechunk would copy them all)."""
+        if not parts:
+            return group, np.empty(0, dtype=np.int64), pl.Series("text", [], dtype=pl.Utf8)
+        held = pl.concat(parts, rechunk=False)
+        return group, held["row"].to_numpy(), held["text"]
 
     def close(self) -> None:
         self.loaded = None
