@@ -149,18 +149,18 @@ def band_pairs(docs: np.ndarray, keys: np.ndarray, max_bucket: int) -> np.ndarra
 
 
 def lsh_pairs(docs: np.ndarray, band_columns: Iterable[np.ndarray], max_bucket: int) -> pl.DataFrame:
-    """Candidate pairs (a, b: a < b, sorted) of `docs` from each band's keys of them, in 8 bytes a pair until the
-    end: each band's pairs are sorted and merged into the sorted pairs so far (a stable sort of two sorted runs
-    is a merge)."""
-    if len(docs) >= 2**32:
-        raise ValueError(f"minhash_dedup: {len(docs)} documents; pair keys hold at most 2**32")
+    """Candidate pairs (a, b: a < b, sorted; Int32) of `docs` from each band's keys of them, in 8 bytes a pair:
+    each band's pairs are sorted and merged into the sorted pairs so far (a stable sort of two sorted runs
+    is a merge). Millions of documents make tens of millions of pairs; each byte a pair counts."""
+    if len(docs) and docs.max() >= 2**31:
+        raise ValueError(f"minhash_dedup: document number {docs.max()}; pairs hold at most 2**31 documents")
     found = np.empty(0, dtype=np.uint64)
     for keys in band_columns:
         merged = np.sort(np.concatenate([found, np.unique(band_pairs(docs, keys, max_bucket))]), kind="stable")
         found = merged[np.r_[True, merged[1:] != merged[:-1]]] if len(merged) else merged
         del merged
-    return pl.DataFrame({"a": (found >> PAIR_SHIFT).astype(np.int64),
-                         "b": (found & np.uint64(2**32 - 1)).astype(np.int64)})
+    return pl.DataFrame({"a": (found >> PAIR_SHIFT).astype(np.int32),
+                         "b": (found & np.uint64(2**32 - 1)).astype(np.int32)})
 
 
 EDGE_SLICE = 1 << 22  # edges whose labels are looked up at once (bounds the temporaries of large graphs)
