@@ -4,9 +4,10 @@
    `batch_size` texts' shingles in memory): normalised word or char n-grams -> 64-bit hashes
    (curation.shingles) -> datasketch-compatible MinHash (curation.minhash_signatures) -> one 64-bit
    key per LSH band. Only the band keys are kept.
-2. Candidates: per band, a polars group-by on the keys; documents sharing a key are pairs (in a
-   bucket larger than `max_bucket_size`, every member pairs with the bucket's smallest id only,
-   so one huge bucket cannot make quadratically many pairs).
+2. Candidates: per band, documents sharing a key are pairs (in a bucket larger than `max_bucket_size`,
+   every member pairs with the bucket's smallest id only, so one huge bucket cannot make quadratically
+   many pairs; `bucket_pair_index`, in numpy). A pair is one uint64 while the bands are merged, then two
+   Int32 document numbers: pairs, not rows, set this step's memory when near-duplicates abound.
 3. Verification: the exact Jaccard of every candidate pair, computed from the pair's shingle sets,
    one group of connected candidates at a time; pairs below `threshold` are discarded. MinHash
    estimates near the threshold are noisy both ways; this step removes that noise.
