@@ -1,0 +1,121 @@
+"""Peak memory of MinHash dedup's streamed form (what the local executor runs) against another checkout, same rows.
+
+    python bench/minhash_memory.py --base-tree DIR --input STEP_OUTPUT   # e.g. a scale run's pii kept.parquet
+    python bench/minhash_memory.py --base-tree DIR --rows 100000 --base-limit 350
+
+The rows: `--input` (a Parquet file or shard folder of pond records), or `--rows` of `curation.scaled_corpus`
+made of `--base-limit` real conversations (fewer give the duplicate density of a larger corpus: at 5M rows each
+of the ~17.6k conversations has ~285 copies, as 100k rows of 350 have), exact copies removed by `exact_dedup`.
+Each arm is a fresh Python process with one checkout first on `sys.path` (this one, and `--base-tree`, e.g.
+`git worktree add /tmp/base <commit>`) running `curation.minhash_stream.stream_marks` with default options over
+the rows read in `--batch-rows` batches, as the local executor reads a step's input; RSS sampled every 0.1 s,
+with each phase's peak (bench/scale_phases.py's wrappers). One JSON line per arm (peak RSS, the phases' peaks,
+CPU and wall seconds, the step's pair counts) and one line comparing them, with whether the two arms' marks and
+pairs.parquet are equal.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from child import add_worker_args, report, run_worker
+from figures import emit  # noqa: E402 (bench/ is on sys.path when a bench runs)
+
+PHASES = ("candidate_pairs", "TextsOf.plan", "verify_pairs", "_cluster_info", "_write_pairs")
+
+
+def worker(data: Path, out: Path, batch: int) -> None:
+    import polars as pl
+    import pyarrow.parquet as pq
+    from scale_phases import Phases
+
+    phases = Phases(python_objects=False)
+    phases.install()
+    from curation.minhash import MinhashDedupOptions
+    from curation.minhash_stream import stream_marks
+    from curation.step import StepContext
+
+    files = sorted(data.glob("*.parquet")) if data.is_dir() else [data]
+
+    def read(columns):
+        for f in files:
+            for b in pq.ParquetFile(f).iter_batches(batch_size=batch, columns=columns):
+                yield pl.from_arrow(b)
+
+    read.schema = pl.read_parquet_schema(files[0])
+    threading.Thread(target=phases.sample, daemon=True).start()
+    ctx = StepContext(seed=0, step_dir=out)
+    t0, c0 = time.perf_counter(), time.process_time()
+    marks, _ = stream_marks(read, MinhashDedupOptions(), ctx)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    phases.stop.set()
+    marks.write_parquet(out / "marks.parquet")
+    figures = {k: v for k, v in ctx.stats.items() if k in ("docs", "candidate_pairs", "verified_pairs", "clusters",
+                                                           "duplicates", "verify_spill_groups")}
+    report({"peak_mb": round(phases.run_peak / 2**20), "wall_s": round(wall, 1), "cpu_s": round(cpu, 1),
+            "phases_peak_mb": {p: f["peak_mb"] for name, f in phases.figures.items() for p in PHASES
+                               if name == f"minhash_stream.{p}"}, **figures})
+
+
+def make_rows(path: Path, rows: int, base_limit: int | None) -> None:
+    """The scaled corpus as pond records, exact copies removed (what MinHash sees after exact_dedup)."""
+    from curation.exact_dedup import ExactDedupOptions, exact_dedup
+    from curation.ingest import records_from_dicts
+    from curation.scaled_corpus import scaled_sharegpt
+    from curation.step import StepContext
+
+    df = records_from_dicts(list(scaled_sharegpt(rows, 0, base_limit)), source="scaled")
+    exact_dedup(df, ExactDedupOptions(), StepContext(seed=0))[0].write_parquet(path, row_group_size=10_000)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--base-tree", type=Path, help="the checkout to compare with (required)")
+    ap.add_argument("--input", type=Path, help="rows to dedup: a Parquet file or shard folder of pond records")
+    ap.add_argument("--rows", type=int, default=100_000, help="without --input: scaled-corpus rows")
+    ap.add_argument("--base-limit", type=int, default=None, help="without --input: real conversations copied")
+    ap.add_argument("--batch-rows", type=int, default=50_000, help="rows read at once (the local executor's batch)")
+    add_worker_args(ap, "--tree", "--batch")
+    args = ap.parse_args()
+    if args.child:
+        sys.path.insert(0, args.tree)
+        for name in [m for m in sys.modules if m == "curation" or m.startswith("curation.")]:
+            del sys.modules[name]  # bench/figures imported this checkout's curation; the arm's own is wanted
+        worker(Path(args.data), Path(args.out), int(args.batch))
+        return
+    if args.base_tree is None:
+        ap.error("--base-tree is required")
+
+    import polars as pl
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        data = args.input
+        if data is None:
+            data = tmp / "rows.parquet"
+            make_rows(data, args.rows, args.base_limit)
+        arms = {"this": Path(__file__).resolve().parents[1], "base": args.base_tree.resolve()}
+        results = {}
+        for arm, tree in arms.items():
+            out = tmp / arm
+            out.mkdir()
+            results[arm] = run_worker(__file__, arm, data, out, ["--tree", str(tree), "--batch", str(args.batch_rows)])
+            emit(bench="minhash_memory", arm=arm, tree=str(tree), input=str(args.input or "scaled"),
+                 rows=None if args.input else args.rows, base_limit=args.base_limit, batch_rows=args.batch_rows,
+                 load=round(os.getloadavg()[0], 2), **results[arm])
+        equal = all(pl.read_parquet(tmp / "this" / f).equals(pl.read_parquet(tmp / "base" / f))
+                    for f in ("marks.parquet", "pairs.parquet"))
+        this, base = results["this"], results["base"]
+        emit(bench="minhash_memory", arm="compare", base_tree=str(args.base_tree), docs=this.get("docs"),
+             candidate_pairs=this.get("candidate_pairs"), peak_mb=this["peak_mb"], base_peak_mb=base["peak_mb"],
+             base_over_this_peak=round(base["peak_mb"] / this["peak_mb"], 2), cpu_s=this["cpu_s"],
+             base_cpu_s=base["cpu_s"], equal_outputs=equal)
+
+
+if __name__ == "__main__":
+    main()
