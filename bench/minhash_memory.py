@@ -36,6 +36,12 @@ def worker(data: Path, out: Path, batch: int) -> None:
 
     phases = Phases(python_objects=False)
     phases.install()
+    try:  # what a run does before its steps (`Runner.curate`), where the checkout has it
+        from pond.executors.local import limit_malloc_arenas
+    except ImportError:
+        pass
+    else:
+        limit_malloc_arenas()
     from curation.minhash import MinhashDedupOptions
     from curation.minhash_stream import stream_marks
     from curation.step import StepContext
@@ -84,7 +90,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.child:
         sys.path.insert(0, args.tree)
-        for name in [m for m in sys.modules if m == "curation" or m.startswith("curation.")]:
+        for name in [m for m in sys.modules if m.split(".")[0] in ("curation", "pond")]:
             del sys.modules[name]  # bench/figures imported this checkout's curation; the arm's own is wanted
         worker(Path(args.data), Path(args.out), int(args.batch))
         return

@@ -324,6 +324,7 @@ class Runner:
 
     def curate(self) -> Path:
         """Ingest and run every step; returns the path of curated.parquet."""
+        local.limit_malloc_arenas()  # before any step's threads: a run's memory is its peak, not its arenas'
         store.write_text(self.recipe.to_yaml(), self.out / layout.RECIPE)
         ledger.append(self.out, "run", recipe=self.recipe.name, version=__version__, executor=self.recipe.executor,
                       base_dir=str(Path(self.base_dir).resolve()))

@@ -4,6 +4,8 @@ with tiny batches as with the whole input at once, dedups, the held-out draw and
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import polars as pl
@@ -102,3 +104,55 @@ def test_streamed_dedup_against_reference_rows(tmp_path, monkeypatch, kind):
     assert pl.read_parquet(step_dir / "r.parquet").equals(rejected)
     assert ctx.stats["against_reference"] == whole.stats["against_reference"]
     assert whole.stats["against_reference"]["duplicates_of_reference_rows"] >= 1
+
+
+ARENAS = """
+import ctypes, sys, tempfile, threading
+import numpy as np, polars  # noqa: F401  (a run has its libraries' threads before it limits arenas)
+
+libc = ctypes.CDLL("libc.so.6")
+libc.fopen.restype, libc.fopen.argtypes = ctypes.c_void_p, [ctypes.c_char_p, ctypes.c_char_p]
+libc.malloc_info.argtypes, libc.fclose.argtypes = [ctypes.c_int, ctypes.c_void_p], [ctypes.c_void_p]
+
+
+def arenas() -> int:
+    with tempfile.NamedTemporaryFile(suffix=".xml") as f:
+        fp = libc.fopen(f.name.encode(), b"w")
+        libc.malloc_info(0, fp)
+        libc.fclose(fp)
+        return open(f.name).read().count("<heap nr=")
+
+
+from pond.executors.local import limit_malloc_arenas
+
+before = arenas()
+if sys.argv[1] == "limit":
+    limit_malloc_arenas()
+gate = threading.Barrier(16)
+
+
+def work():
+    held = [np.ones(1000) for _ in range(50)]  # each thread mallocs while all are alive
+    gate.wait()
+    del held
+
+
+threads = [threading.Thread(target=work) for _ in range(16)]
+[t.start() for t in threads]
+[t.join() for t in threads]
+print(before, arenas())
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="glibc's malloc arenas")
+def test_a_run_stops_threads_making_new_malloc_arenas(tmp_path):
+    """After `limit_malloc_arenas` (what `Runner.curate` calls first) sixteen live threads get no arena the
+    process did not have; without it they get new ones (so the check can fail)."""
+    script = tmp_path / "arenas.py"
+    script.write_text(ARENAS)
+    counts = {}
+    for arm in ("limit", "none"):
+        out = subprocess.run([sys.executable, str(script), arm], capture_output=True, text=True, check=True)
+        counts[arm] = tuple(int(x) for x in out.stdout.split())
+    assert counts["limit"][1] <= max(counts["limit"][0], 2)
+    assert counts["none"][1] > counts["none"][0]

@@ -56,6 +56,22 @@ def release_unused() -> None:
     pa.default_memory_pool().release_unused()
 
 
+MALLOC_ARENAS = 2
+
+
+def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> None:
+    """At most `arenas` glibc malloc arenas for the threads made after this call (mallopt M_ARENA_MAX). By
+    default glibc gives threads their own, up to 8 per core: MinHash's signature and verification threads
+    allocate numpy arrays that another thread frees, and its arenas grew ~0.5 GB over the verification chunks
+    of a 387k-document run (bench/minhash_memory.py), with no CPU saved. A no-op where malloc is not glibc's."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(-8, arenas)  # -8: M_ARENA_MAX
+    except (OSError, AttributeError):
+        pass
+
+
 def iter_rows(path: Path, columns: list[str] | None = None, rows: int | None = None) -> Iterator[pl.DataFrame]:
     """A step output (file or shard folder) in order, `rows` at a time (the last batch of a shard may be
     shorter), only `columns` where given."""
