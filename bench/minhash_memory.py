@@ -11,7 +11,7 @@ Each arm is a fresh Python process with one checkout first on `sys.path` (this o
 the rows read in `--batch-rows` batches, as the local executor reads a step's input; RSS sampled every 0.1 s,
 with each phase's peak (bench/scale_phases.py's wrappers). One JSON line per arm (peak RSS, the phases' peaks,
 CPU and wall seconds, the step's pair counts) and one line comparing them, with whether the two arms' marks and
-pairs.parquet are equal.
+pairs.parquet are equal (`--arms this`: this checkout's line only, for inputs too large to run twice).
 """
 from __future__ import annotations
 
@@ -86,6 +86,7 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=100_000, help="without --input: scaled-corpus rows")
     ap.add_argument("--base-limit", type=int, default=None, help="without --input: real conversations copied")
     ap.add_argument("--batch-rows", type=int, default=50_000, help="rows read at once (the local executor's batch)")
+    ap.add_argument("--arms", default="this,base", help="'this' alone skips the base arm (and the comparison)")
     add_worker_args(ap, "--tree", "--batch")
     args = ap.parse_args()
     if args.child:
@@ -94,7 +95,7 @@ def main() -> None:
             del sys.modules[name]  # bench/figures imported this checkout's curation; the arm's own is wanted
         worker(Path(args.data), Path(args.out), int(args.batch))
         return
-    if args.base_tree is None:
+    if args.base_tree is None and "base" in args.arms.split(","):
         ap.error("--base-tree is required")
 
     import polars as pl
@@ -105,7 +106,8 @@ def main() -> None:
         if data is None:
             data = tmp / "rows.parquet"
             make_rows(data, args.rows, args.base_limit)
-        arms = {"this": Path(__file__).resolve().parents[1], "base": args.base_tree.resolve()}
+        arms = {"this": Path(__file__).resolve().parents[1], "base": (args.base_tree or Path()).resolve()}
+        arms = {arm: tree for arm, tree in arms.items() if arm in args.arms.split(",")}
         results = {}
         for arm, tree in arms.items():
             out = tmp / arm
@@ -114,6 +116,8 @@ def main() -> None:
             emit(bench="minhash_memory", arm=arm, tree=str(tree), input=str(args.input or "scaled"),
                  rows=None if args.input else args.rows, base_limit=args.base_limit, batch_rows=args.batch_rows,
                  load=round(os.getloadavg()[0], 2), **results[arm])
+        if len(results) < 2:
+            return
         equal = all(pl.read_parquet(tmp / "this" / f).equals(pl.read_parquet(tmp / "base" / f))
                     for f in ("marks.parquet", "pairs.parquet"))
         this, base = results["this"], results["base"]
