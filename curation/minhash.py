@@ -36,6 +36,7 @@ import numpy as np
 import polars as pl
 from pydantic import Field, model_validator
 
+from curation import store
 from curation.keep import Keep, against_reference, check_score_column, keeper, with_reference
 from curation.minhash_signatures import (band_hashes, hash32, optimal_bands, pair_jaccard, permutations, signatures,
                                          sorted_sets)
@@ -103,7 +104,7 @@ def bucket_pair_index(buckets: list[np.ndarray], order: np.ndarray, max_bucket: 
     """The bucket rule, both executors': (i, j) positions of members that share every `buckets` column, with
     order[i] < order[j]. A bucket of at most `max_bucket` members pairs all of them; a larger one pairs each
     member with its smallest only (no quadratic blow-up). In numpy: a polars self-join on the bucket held
-    its output's pages long after (a third of a GB for 1.1M pairs)."""
+    its output's pages long after (0.17-0.25 GB more RSS after 1.1M pairs, against none)."""
     o = np.lexsort((order, *buckets[::-1]))
     same = np.ones(max(len(o) - 1, 0), dtype=bool)
     for column in buckets:
@@ -362,22 +363,14 @@ PAIRS_SLICE = 1_000_000  # verified pairs named at once in pairs.parquet: their 
 
 
 def _write_pairs(info: pl.DataFrame, verified: pl.DataFrame, threshold: float, ctx: StepContext) -> None:
-    """Every verified candidate pair, for audits, named a slice at a time (millions of pairs' ids would be GBs)."""
-    import pyarrow.parquet as pq
-
+    """Every verified candidate pair, for audits, named a slice at a time (millions of pairs' ids would be GBs);
+    no pairs give a file of no rows."""
     ids = info.sort("__doc")["id"]
     ctx.step_dir.mkdir(parents=True, exist_ok=True)
-    writer = None
-    try:
-        for start in range(0, max(len(verified), 1), PAIRS_SLICE):
-            part = verified.slice(start, PAIRS_SLICE)
-            named = part.select(ids.gather(part["a"]).alias("id_a"), ids.gather(part["b"]).alias("id_b"), "jaccard",
-                                (pl.col("jaccard") >= threshold).alias("duplicate")).to_arrow()
-            writer = writer or pq.ParquetWriter(ctx.step_dir / "pairs.parquet", named.schema, compression="zstd")
-            writer.write_table(named)
-    finally:
-        if writer is not None:
-            writer.close()
+    named = (part.select(ids.gather(part["a"]).alias("id_a"), ids.gather(part["b"]).alias("id_b"), "jaccard",
+                         (pl.col("jaccard") >= threshold).alias("duplicate"))
+             for part in (verified.slice(start, PAIRS_SLICE) for start in range(0, max(len(verified), 1), PAIRS_SLICE)))
+    store.write_parquet_frames(named, ctx.step_dir / "pairs.parquet")
 
 
 def minhash_dedup(df: pl.DataFrame, opts: MinhashDedupOptions, ctx: StepContext) -> tuple[pl.DataFrame, pl.DataFrame]:

@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +79,27 @@ def write_parquet(df: pl.DataFrame, path: Path) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_parquet_frames(frames: Iterable[pl.DataFrame], path: Path, row_group_rows: int | None = None) -> int:
+    """Frames of one schema -> one Parquet file as they come, a frame (or `row_group_rows` rows) per row group,
+    never all of them in memory; written in place, so the caller's DONE marker must come after it. Returns the
+    rows written; with no frames at all, no file is written."""
+    import pyarrow.parquet as pq
+
+    writer, rows = None, 0
+    try:
+        for df in frames:
+            table = df.to_arrow()
+            if writer is None:
+                writer = pq.ParquetWriter(path, table.schema, compression="zstd", compression_level=ZSTD_LEVEL,
+                                          write_statistics=False)
+            writer.write_table(table, row_group_size=row_group_rows)
+            rows += len(df)
+    finally:
+        if writer is not None:
+            writer.close()
+    return rows
 
 
 def read_json(path: Path) -> dict:

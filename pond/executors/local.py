@@ -62,8 +62,9 @@ MALLOC_ARENAS = 2
 def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> None:
     """At most `arenas` glibc malloc arenas for the threads made after this call (mallopt M_ARENA_MAX). By
     default glibc gives threads their own, up to 8 per core: MinHash's signature and verification threads
-    allocate numpy arrays that another thread frees, and its arenas grew ~0.5 GB over the verification chunks
-    of a 387k-document run (bench/minhash_memory.py), with no CPU saved. A no-op where malloc is not glibc's."""
+    allocate numpy arrays that another thread frees, and RSS grew chunk after chunk of its verification: a
+    387k-document run peaked at 2.56 GB, 1.74 GB with this (bench/minhash_memory.py), the same CPU seconds.
+    Arenas made before the call stay. A no-op where malloc is not glibc's."""
     import ctypes
 
     try:
@@ -106,8 +107,6 @@ def combine_parts(parts: list[Path], dest: Path, empty: pl.DataFrame) -> int:
     if not parts:
         store.write_parquet(empty, dest)
         return 0
-    import pyarrow.parquet as pq
-
     mixed = mixed_user_columns([pl.read_parquet_schema(p) for p in parts])
     if mixed:  # a user column typed differently in two batches: JSON text in each, one part at a time
         for part in parts:
@@ -117,20 +116,10 @@ def combine_parts(parts: list[Path], dest: Path, empty: pl.DataFrame) -> int:
     # written straight to its place, ROW_GROUP_ROWS at a time (the store writes whole frames, and polars'
     # sink_parquet held ~3x more: 4.3 GB against 1.1 GB for 300k ShareGPT rows): the step's DONE comes after
     # it, and a rerun without DONE clears the folder
-    writer, n = None, 0
-    try:
-        for part in parts:
-            for batch in iter_rows(part, rows=ROW_GROUP_ROWS):
-                table = pl.concat([target, batch], how="diagonal_relaxed").to_arrow()
-                if writer is None:
-                    writer = pq.ParquetWriter(dest, table.schema, compression="zstd",
-                                              compression_level=store.ZSTD_LEVEL, write_statistics=False)
-                writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
-                n += len(batch)
-    finally:
-        if writer is not None:
-            writer.close()
-    if writer is None:
+    n = store.write_parquet_frames((pl.concat([target, batch], how="diagonal_relaxed")
+                                    for part in parts for batch in iter_rows(part, rows=ROW_GROUP_ROWS)),
+                                   dest, ROW_GROUP_ROWS)
+    if not n:  # iter_rows yields no empty batch: no rows, no file
         store.write_parquet(target, dest)
     return n
 
