@@ -30,8 +30,6 @@ PHASES = ("candidate_pairs", "TextsOf.plan", "verify_pairs", "_cluster_info", "_
 
 
 def worker(data: Path, out: Path, batch: int) -> None:
-    import polars as pl
-    import pyarrow.parquet as pq
     from scale_phases import Phases
 
     phases = Phases(python_objects=False)
@@ -45,19 +43,12 @@ def worker(data: Path, out: Path, batch: int) -> None:
     from curation.minhash import MinhashDedupOptions
     from curation.minhash_stream import stream_marks
     from curation.step import StepContext
+    from pond.executors.local import Reader
 
-    files = sorted(data.glob("*.parquet")) if data.is_dir() else [data]
-
-    def read(columns):
-        for f in files:
-            for b in pq.ParquetFile(f).iter_batches(batch_size=batch, columns=columns):
-                yield pl.from_arrow(b)
-
-    read.schema = pl.read_parquet_schema(files[0])
     threading.Thread(target=phases.sample, daemon=True).start()
     ctx = StepContext(seed=0, step_dir=out)
     t0, c0 = time.perf_counter(), time.process_time()
-    marks, _ = stream_marks(read, MinhashDedupOptions(), ctx)
+    marks, _ = stream_marks(Reader(data, batch), MinhashDedupOptions(), ctx)  # the executor's own reader
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     phases.stop.set()
     marks.write_parquet(out / "marks.parquet")
