@@ -6,10 +6,13 @@
    key per LSH band. Only the band keys are kept.
 2. Candidates: per band, documents sharing a key are pairs (in a bucket larger than `max_bucket_size`,
    every member pairs with the bucket's smallest id only, so one huge bucket cannot make quadratically
-   many pairs; `bucket_pair_index`, in numpy). A pair is one uint64 while the bands are merged, then two
-   Int32 document numbers: pairs, not rows, set this step's memory when near-duplicates abound.
+   many pairs; `bucket_pair_pieces`, in numpy). A pair is one uint64 while the bands are merged, then two
+   Int32 document numbers. Pairs, not rows, set this step's memory when near-duplicates abound, so they are
+   held in `curation.minhash_pairs.Pairs`: in memory up to `PAIRS_HELD`, past it (the streamed form, which
+   gives a folder) in files, read back a frame at a time.
 3. Verification: the exact Jaccard of every candidate pair, computed from the pair's shingle sets,
-   one group of connected candidates at a time; pairs below `threshold` are discarded. MinHash
+   one chunk of connected candidates at a time (their pairs a group of chunks at a time); pairs below
+   `threshold` are discarded. MinHash
    estimates near the threshold are noisy both ways; this step removes that noise.
    With a step folder, all verified pairs go to `pairs.parquet` (id_a, id_b, jaccard, duplicate).
 4. Clusters: connected components of the verified pairs. A cluster's id is its smallest row id,
@@ -28,8 +31,9 @@ A and C are below the threshold (as in datatrove and NeMo Curator).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -38,6 +42,7 @@ from pydantic import Field, model_validator
 
 from curation import store
 from curation.keep import Keep, against_reference, check_score_column, keeper, with_reference
+from curation.minhash_pairs import PAIR_SHIFT, Pairs, unique_keys
 from curation.minhash_signatures import (band_hashes, hash32, optimal_bands, pair_jaccard, permutations, signatures,
                                          sorted_sets)
 from curation.shingles import shingle_hashes
@@ -100,11 +105,13 @@ def band_keys(texts: pl.Series, opts: MinhashDedupOptions, seed: int, bands: int
     return band_hashes(sig, bands, rows), np.diff(offsets) > 0
 
 
-def bucket_pair_index(buckets: list[np.ndarray], order: np.ndarray, max_bucket: int) -> tuple[np.ndarray, np.ndarray]:
+def bucket_pair_pieces(buckets: list[np.ndarray], order: np.ndarray, max_bucket: int,
+                       piece: int = 1 << 22) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """The bucket rule, both executors': (i, j) positions of members that share every `buckets` column, with
-    order[i] < order[j]. A bucket of at most `max_bucket` members pairs all of them; a larger one pairs each
-    member with its smallest only (no quadratic blow-up). In numpy: a polars self-join on the bucket held
-    its output's pages long after (0.17-0.25 GB more RSS after 1.1M pairs, against none)."""
+    order[i] < order[j], in pieces of about `piece` pairs (a band of a heavily duplicated corpus has tens of
+    millions). A bucket of at most `max_bucket` members pairs all of them; a larger one pairs each member with
+    its smallest only (no quadratic blow-up). In numpy: a polars self-join on the bucket held its output's pages
+    long after (0.17-0.25 GB more RSS after 1.1M pairs, against none)."""
     o = np.lexsort((order, *buckets[::-1]))
     same = np.ones(max(len(o) - 1, 0), dtype=bool)
     for column in buckets:
@@ -112,21 +119,27 @@ def bucket_pair_index(buckets: list[np.ndarray], order: np.ndarray, max_bucket: 
         same &= c[1:] == c[:-1]
     start = np.flatnonzero(np.r_[True, ~same]) if len(o) else np.empty(0, dtype=np.int64)
     size = np.diff(np.r_[start, len(o)])
-    firsts, seconds = [], []
     for k in np.unique(size[(size > 1) & (size <= max_bucket)]):
         i, j = np.triu_indices(k, 1)  # every pair of a k-member bucket, smaller position first
         at = start[size == k][:, None]
-        firsts.append(o[at + i].ravel())
-        seconds.append(o[at + j].ravel())
+        step = max(1, piece // len(i))
+        for s in range(0, len(at), step):
+            yield o[at[s:s + step] + i].ravel(), o[at[s:s + step] + j].ravel()
     big = size > max_bucket
     if big.any():
         at = np.flatnonzero(np.repeat(big, size))  # the positions in large buckets, and their bucket's first
         first = np.repeat(start[big], size[big])
-        firsts.append(o[first[at != first]])
-        seconds.append(o[at[at != first]])
-    if not firsts:
+        at, first = at[at != first], first[at != first]
+        for s in range(0, len(at), piece):
+            yield o[first[s:s + piece]], o[at[s:s + piece]]
+
+
+def bucket_pair_index(buckets: list[np.ndarray], order: np.ndarray, max_bucket: int) -> tuple[np.ndarray, np.ndarray]:
+    """`bucket_pair_pieces`, all at once."""
+    pieces = list(bucket_pair_pieces(buckets, order, max_bucket))
+    if not pieces:
         return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
-    return np.concatenate(firsts), np.concatenate(seconds)
+    return np.concatenate([i for i, _ in pieces]), np.concatenate([j for _, j in pieces])
 
 
 def bucket_pairs(members: pl.DataFrame, bucket: list[str], by: str, max_bucket: int) -> pl.DataFrame:
@@ -141,36 +154,29 @@ def bucket_pairs(members: pl.DataFrame, bucket: list[str], by: str, max_bucket: 
                       carried[j].rename({c: f"{c}_b" for c in cols})], how="horizontal")
 
 
-PAIR_SHIFT = np.uint64(32)  # a pair of document numbers (a < b < 2**32) is one uint64: a << 32 | b
-
-
-def band_pairs(docs: np.ndarray, keys: np.ndarray, max_bucket: int) -> np.ndarray:
-    """Candidate pairs (a < b) from one band's keys, as uint64 pair keys (`PAIR_SHIFT`)."""
-    i, j = bucket_pair_index([keys], docs, max_bucket)
-    return (docs[i].astype(np.uint64) << PAIR_SHIFT) | docs[j].astype(np.uint64)
-
-
-def lsh_pairs(docs: np.ndarray, band_columns: Iterable[np.ndarray], max_bucket: int) -> pl.DataFrame:
-    """Candidate pairs (a, b: a < b, sorted; Int32) of `docs` from each band's keys of them, in 8 bytes a pair:
-    each band's pairs are sorted and merged into the sorted pairs so far (a stable sort of two sorted runs
-    is a merge). Millions of documents make tens of millions of pairs; each byte a pair counts."""
+def lsh_pairs(docs: np.ndarray, band_columns: Iterable[np.ndarray], max_bucket: int,
+              folder: Path | None = None) -> Pairs:
+    """Candidate pairs (a, b: a < b, sorted; Int32) of `docs` from each band's keys of them, as `Pairs`: each
+    band's pairs, a piece at a time, as uint64 keys (a << 32 | b) made distinct in bounded memory
+    (`minhash_pairs.unique_keys`; spilled under `folder` when they are many)."""
     if len(docs) and docs.max() >= 2**31:
         raise ValueError(f"minhash_dedup: document number {docs.max()}; pairs hold at most 2**31 documents")
-    found = np.empty(0, dtype=np.uint64)
-    for keys in band_columns:
-        merged = np.sort(np.concatenate([found, np.unique(band_pairs(docs, keys, max_bucket))]), kind="stable")
-        found = merged[np.r_[True, merged[1:] != merged[:-1]]] if len(merged) else merged
-        del merged
-    return pl.DataFrame({"a": (found >> PAIR_SHIFT).astype(np.int32),
-                         "b": (found & np.uint64(2**32 - 1)).astype(np.int32)})
+
+    def pieces():
+        for keys in band_columns:
+            for i, j in bucket_pair_pieces([keys], docs, max_bucket):
+                yield (docs[i].astype(np.uint64) << PAIR_SHIFT) | docs[j].astype(np.uint64)
+
+    return unique_keys(pieces(), folder)
 
 
 EDGE_SLICE = 1 << 22  # edges whose labels are looked up at once (bounds the temporaries of large graphs)
 
 
-def _components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Connected components of the undirected graph of `n` nodes and edges (a[k], b[k]): labels 0..k-1
-    numbered by each component's smallest node, as scipy's `connected_components` numbers them.
+def _components(n: int, edges: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]]) -> np.ndarray:
+    """Connected components of the undirected graph of `n` nodes and edges (a[k], b[k]), given as a pass over
+    (a, b) arrays (`edges()`: `Pairs.ends`, which may read them from disk): labels 0..k-1 numbered by each
+    component's smallest node, as scipy's `connected_components` numbers them.
 
     Min-label hooking with pointer jumping, in numpy: each round hooks, slice of edges by slice, every edge's
     larger label to its smaller, then points every node at its root; a few rounds on real graphs. A label is
@@ -180,16 +186,17 @@ def _components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     label = np.arange(n, dtype=np.int64)
     while True:
         hooked = False
-        for s in range(0, len(a), EDGE_SLICE):
-            la, lb = label[a[s:s + EDGE_SLICE]], label[b[s:s + EDGE_SLICE]]
-            apart = la != lb
-            if not apart.any():
-                continue
-            hooked = True
-            la, lb = la[apart], lb[apart]
-            low = np.minimum(la, lb)
-            np.minimum.at(label, la, low)
-            np.minimum.at(label, lb, low)
+        for a, b in edges():
+            for s in range(0, len(a), EDGE_SLICE):
+                la, lb = label[a[s:s + EDGE_SLICE]], label[b[s:s + EDGE_SLICE]]
+                apart = la != lb
+                if not apart.any():
+                    continue
+                hooked = True
+                la, lb = la[apart], lb[apart]
+                low = np.minimum(la, lb)
+                np.minimum.at(label, la, low)
+                np.minimum.at(label, lb, low)
         if not hooked:
             break
         while not np.array_equal(up := label[label], label):
@@ -229,11 +236,12 @@ def all_band_keys(batches: Iterable[pl.Series], rank: np.ndarray, opts: MinhashD
 
 
 def candidate_pairs(texts: Iterable[pl.Series], rank: np.ndarray, opts: MinhashDedupOptions, seed: int,
-                    ctx: StepContext) -> tuple[pl.DataFrame, dict]:
+                    ctx: StepContext, folder: Path | None = None) -> tuple[Pairs, dict]:
     """All candidate pairs (a < b, internal document numbers) and figures about how they were found.
 
     `texts` are the rows' texts in row order, as consecutive batches, hashed in contiguous slices (no copy
-    of the text column); `rank[row]` is the row's internal document number.
+    of the text column); `rank[row]` is the row's internal document number. With a `folder`, pairs beyond
+    `PAIRS_HELD` go to disk there.
     """
     n = len(rank)
     bands, rows = lsh_params(opts)
@@ -242,7 +250,7 @@ def candidate_pairs(texts: Iterable[pl.Series], rank: np.ndarray, opts: MinhashD
     t1 = time.perf_counter()
     docs = np.flatnonzero(has)  # a text without shingles would collide with every other such text
     pairs = lsh_pairs(docs, (keys[docs, j] for j in ctx.track(range(bands), "lsh bands", total=bands)),
-                      opts.max_bucket_size)
+                      opts.max_bucket_size, None if folder is None else folder / "candidates")
     del keys
     figures = {"bands": bands, "rows": rows, "docs_without_shingles": int(n - len(docs)),
                "candidate_pairs": len(pairs), "signature_seconds": round(t1 - t0, 3),
@@ -250,28 +258,28 @@ def candidate_pairs(texts: Iterable[pl.Series], rank: np.ndarray, opts: MinhashD
     return pairs, figures
 
 
-def verify_pairs(texts: pl.Series | Any, order: np.ndarray, pairs: pl.DataFrame, opts: MinhashDedupOptions,
-                 ctx: StepContext) -> pl.DataFrame:
-    """Exact Jaccard of every candidate pair: (a, b, jaccard); `order[doc]` is a document's row.
+def verify_pairs(texts: pl.Series | Any, order: np.ndarray, pairs: Pairs, opts: MinhashDedupOptions,
+                 ctx: StepContext, folder: Path | None = None) -> Pairs:
+    """Exact Jaccard of every candidate pair: `Pairs` of (a, b, jaccard) in the candidates' order; `order[doc]`
+    is a document's row.
 
-    Candidates are split into connected groups and packed into chunks of about
-    `verify_batch_docs` documents, so each document's shingles are computed once and only one
-    chunk's shingles are held at a time. `texts`: the text column in row order, or (streamed) a
-    `curation.minhash_stream.TextsOf` that is told each chunk's documents first (`plan`) and then hands their texts.
+    Candidates are split into connected groups and packed into chunks of about `verify_batch_docs`
+    documents, so each document's shingles are computed once and only one chunk's shingles are held at a
+    time. `texts`: the text column in row order, or (streamed) a `curation.minhash_stream.TextsOf` that is
+    told each chunk's documents first (`plan`) and then hands their texts. Pairs are verified a group of
+    chunks at a time (`_by_chunk_group`), so that with a `folder` only a group's pairs are in memory.
     """
-    if pairs.is_empty():
-        return pairs.with_columns(pl.lit(0.0).alias("jaccard"))
-    a, b = pairs["a"].to_numpy(), pairs["b"].to_numpy()
-    comp = _components(len(order), a, b)
+    if not len(pairs):
+        return pairs.map(lambda f: f.with_columns(pl.lit(0.0).alias("jaccard")))
+    comp = _components(len(order), pairs.ends)
     in_pair = np.zeros(len(order), dtype=bool)
-    in_pair[a], in_pair[b] = True, True
+    for a, b in pairs.ends():
+        in_pair[a], in_pair[b] = True, True
     cand = np.flatnonzero(in_pair)
     comp_sizes = np.bincount(comp[cand])
     # components in order of their label; a chunk starts where the running size crosses a multiple
-    chunk_of_comp = (np.cumsum(comp_sizes) - comp_sizes) // opts.verify_batch_docs
+    chunk_of_comp = ((np.cumsum(comp_sizes) - comp_sizes) // opts.verify_batch_docs).astype(np.int32)
     doc_chunk = chunk_of_comp[comp[cand]]
-    pair_chunk = chunk_of_comp.astype(np.int32)[comp[a]]  # 4 bytes a pair: pairs outnumber documents
-    jac = np.zeros(len(a), dtype=np.float64)
     chunks = np.unique(doc_chunk)
     if isinstance(texts, pl.Series):
         column = texts
@@ -279,14 +287,82 @@ def verify_pairs(texts: pl.Series | Any, order: np.ndarray, pairs: pl.DataFrame,
     else:
         texts.plan(cand, doc_chunk, order)
         texts_of = texts
+
+    def chunk_of(a: np.ndarray) -> np.ndarray:  # a pair's chunk is its first document's
+        return chunk_of_comp[comp[a]]
+
+    grouped, sources, group_of_chunk = _by_chunk_group(pairs, chunk_of, int(chunks[-1]) + 1, folder)
+    # each frame's Jaccards, a piece per group its pairs are in, in group order
+    results = [Pairs(None if folder is None else folder / f"jaccard{p:05d}", pairs.held)
+               for p in range(len(pairs.parts))]
+    current, jac = -1, np.empty(0)
     for c in ctx.track(chunks, "verify candidates", total=len(chunks)):
+        if group_of_chunk[c] != current:
+            if current >= 0:
+                _scatter(sources[current], jac, results)
+            current = group_of_chunk[c]
+            frame = grouped[current].frame()
+            grouped[current].drop()
+            in_chunk, a, b = frame["chunk"].to_numpy(), frame["a"].to_numpy(), frame["b"].to_numpy()
+            jac = np.zeros(len(frame), dtype=np.float64)
+            del frame
         docs = cand[doc_chunk == c]  # sorted
         chunk = texts_of(c, order[docs])
         sets = [x for part in _threaded(lambda s, e: sorted_sets(*shingle_hashes(
             chunk.slice(s, e - s), opts.ngram, opts.shingle)), _pieces(len(docs), opts.batch_size)) for x in part]
-        sel = np.flatnonzero(pair_chunk == c)
+        sel = np.flatnonzero(in_chunk == c)
         jac[sel] = pair_jaccard(sets, np.searchsorted(docs, a[sel]), np.searchsorted(docs, b[sel]))
-    return pairs.with_columns(pl.Series("jaccard", jac))
+    _scatter(sources[current], jac, results)
+    del jac, in_chunk, a, b
+    verified = Pairs(None if folder is None else folder / "verified", pairs.held)
+    for f, found in zip(pairs.frames(), results):
+        of_group = group_of_chunk[chunk_of(f["a"].to_numpy())]
+        jac = np.empty(len(f), dtype=np.float64)
+        for g, r in zip(np.unique(of_group), found.frames()):
+            jac[of_group == g] = r["jaccard"].to_numpy()
+        found.drop()
+        verified.add(f.with_columns(pl.Series("jaccard", jac)))
+    return verified
+
+
+def _by_chunk_group(pairs: Pairs, chunk_of: Callable[[np.ndarray], np.ndarray], chunks: int,
+                    folder: Path | None) -> tuple[list[Pairs], list[list[tuple[int, int]]], np.ndarray]:
+    """Every pair with its verification chunk, sorted into groups of consecutive chunks that hold at most
+    `pairs.held` pairs together (a larger chunk is a group alone), in their frames' order: each group's pairs
+    (a, b, chunk), a piece per candidate frame they come from (its sources: the frame's index, the piece's
+    length), and each chunk's group."""
+    per_chunk = np.zeros(chunks, dtype=np.int64)
+    for a, _ in pairs.ends():
+        per_chunk += np.bincount(chunk_of(a), minlength=chunks)
+    group_of_chunk = np.zeros(chunks, dtype=np.int64)
+    g, total = 0, 0
+    for c, count in enumerate(per_chunk):
+        if total and total + count > pairs.held:
+            g, total = g + 1, 0
+        group_of_chunk[c], total = g, total + count
+    grouped = [Pairs(None if folder is None else folder / f"group{k:05d}", pairs.held) for k in range(g + 1)]
+    sources: list[list[tuple[int, int]]] = [[] for _ in range(g + 1)]
+    for p, f in enumerate(pairs.frames(["a", "b"])):
+        chunk = chunk_of(f["a"].to_numpy())
+        tagged = f.with_columns(pl.Series("chunk", chunk), pl.Series("group", group_of_chunk[chunk]))
+        for (k,), sub in tagged.partition_by("group", as_dict=True, include_key=False).items():
+            grouped[k].add(sub)
+            sources[k].append((p, len(sub)))
+    return grouped, sources, group_of_chunk
+
+
+def _scatter(sources: list[tuple[int, int]], jaccard: np.ndarray, results: list[Pairs]) -> None:
+    """A verified group's Jaccards, piece by piece, to the results of the frames its pairs came from."""
+    at = 0
+    for p, length in sources:
+        results[p].add(pl.DataFrame({"jaccard": jaccard[at:at + length]}))
+        at += length
+
+
+def edges_of(verified: Pairs, threshold: float, folder: Path | None = None) -> Pairs:
+    """The verified pairs at or above the threshold: the duplicate graph's edges."""
+    return verified.map(lambda f: f.filter(pl.col("jaccard") >= threshold),
+                        None if folder is None else folder / "edges")
 
 
 def split_near_duplicates(marked: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -303,17 +379,18 @@ def narrow_rows(rows: pl.DataFrame, opts: MinhashDedupOptions) -> pl.DataFrame:
                        *([opts.score_column] if opts.keep == "quality" else []))
 
 
-def _cluster_info(rows: pl.DataFrame, order: np.ndarray, edges: pl.DataFrame, opts: MinhashDedupOptions,
+def _cluster_info(rows: pl.DataFrame, order: np.ndarray, edges: Pairs, opts: MinhashDedupOptions,
                   n_ref: int) -> pl.DataFrame:
     """One small row per document (no text), in row order: dup_cluster, duplicate_of (the kept row
     of its cluster: a reference row, of the first `n_ref` rows, if the cluster has one), dup_jaccard.
     `rows`: `narrow_rows` of every row."""
     n = len(rows)
-    a, b, jaccard = edges["a"].to_numpy(), edges["b"].to_numpy(), edges["jaccard"].to_numpy()
-    comp = _components(n, a, b)
+    comp = _components(n, edges.ends)
     best = np.full(n, np.nan)  # a document's highest Jaccard with a duplicate
-    np.fmax.at(best, a, jaccard)
-    np.fmax.at(best, b, jaccard)
+    for f in edges.frames():
+        a, b, jaccard = f["a"].to_numpy(), f["b"].to_numpy(), f["jaccard"].to_numpy()
+        np.fmax.at(best, a, jaccard)
+        np.fmax.at(best, b, jaccard)
     # in internal order
     info = pl.DataFrame({
         "__doc": np.arange(n, dtype=np.int64), "__row": order.astype(np.int64), "__comp": comp,
@@ -345,7 +422,7 @@ def id_order(ids: pl.Series) -> tuple[np.ndarray, np.ndarray]:
     return order, rank
 
 
-def cluster_figures(docs: int, verified: pl.DataFrame, edges: pl.DataFrame, info: pl.DataFrame, duplicates: int,
+def cluster_figures(docs: int, verified: Pairs, edges: Pairs, info: pl.DataFrame, duplicates: int,
                     t0: float, t1: float) -> dict[str, Any]:
     """The step's figures once pairs are verified (at t0 .. t1) and clustered (t1 .. now), in memory or streamed."""
     return {
@@ -362,14 +439,15 @@ def cluster_figures(docs: int, verified: pl.DataFrame, edges: pl.DataFrame, info
 PAIRS_SLICE = 1_000_000  # verified pairs named at once in pairs.parquet: their two ids are strings
 
 
-def _write_pairs(info: pl.DataFrame, verified: pl.DataFrame, threshold: float, ctx: StepContext) -> None:
+def _write_pairs(info: pl.DataFrame, verified: Pairs, threshold: float, ctx: StepContext) -> None:
     """Every verified candidate pair, for audits, named a slice at a time (millions of pairs' ids would be GBs);
     no pairs give a file of no rows."""
     ids = info.sort("__doc")["id"]
     ctx.step_dir.mkdir(parents=True, exist_ok=True)
     named = (part.select(ids.gather(part["a"]).alias("id_a"), ids.gather(part["b"]).alias("id_b"), "jaccard",
                          (pl.col("jaccard") >= threshold).alias("duplicate"))
-             for part in (verified.slice(start, PAIRS_SLICE) for start in range(0, max(len(verified), 1), PAIRS_SLICE)))
+             for frame in verified.frames()
+             for part in (frame.slice(start, PAIRS_SLICE) for start in range(0, max(len(frame), 1), PAIRS_SLICE)))
     store.write_parquet_frames(named, ctx.step_dir / "pairs.parquet")
 
 
@@ -385,7 +463,7 @@ def minhash_dedup(df: pl.DataFrame, opts: MinhashDedupOptions, ctx: StepContext)
     pairs, figures = candidate_pairs([texts], rank, opts, seed, ctx)
     t0 = time.perf_counter()
     verified = verify_pairs(texts, order, pairs, opts, ctx)
-    edges = verified.filter(pl.col("jaccard") >= opts.threshold)
+    edges = edges_of(verified, opts.threshold)
     t1 = time.perf_counter()
     info = _cluster_info(narrow_rows(rows, opts), order, edges, opts, n_ref)
     if ctx.step_dir is not None:

@@ -4,8 +4,9 @@ need of every row — its id, text length, score and band keys — never the row
 
 1. one pass over the ids (and scores): the internal document order;
 2. one pass over the texts: band keys and text lengths (`candidate_pairs`, batch by batch);
-3. candidate pairs; their documents' texts gathered in one more pass, by verification chunk
-   (`TextsOf`): held in memory when they total at most `SPILL_CHARS` characters, else written to
+3. candidate pairs, held in memory while they are at most `minhash_pairs.PAIRS_HELD`, else in files in the
+   step folder (`curation.minhash_pairs`); their documents' texts gathered in one more pass, by verification
+   chunk (`TextsOf`): held in memory when they total at most `SPILL_CHARS` characters, else written to
    Parquet files in the step folder, one per group of chunks, and read back a group at a time;
 4. `verify_pairs` and `_cluster_info` as in memory; the verdicts of the rows in a cluster come back
    as marks (`pos`: the row's position in the input) for the rows to stream through
@@ -25,7 +26,7 @@ import polars as pl
 
 from curation.keep import against_reference, check_score_column, has_reference, reference_rows
 from curation.minhash import (STAGE, MinhashDedupOptions, _cluster_info, _write_pairs, candidate_pairs,
-                              cluster_figures, id_order, split_near_duplicates, verify_pairs)
+                              cluster_figures, edges_of, id_order, split_near_duplicates, verify_pairs)
 from curation.step import StepContext
 
 # candidate texts held at once while verifying (characters); above it they are spilled to disk by chunk group
@@ -130,24 +131,31 @@ def stream_marks(read: Any, opts: MinhashDedupOptions, ctx: StepContext) -> tupl
             lengths.append(t.fill_null("").str.len_chars().cast(pl.Int64))
             yield t
 
-    pairs, figures = candidate_pairs(measured(), rank, opts, seed, ctx)
-    narrow = narrow.with_columns(pl.concat(lengths).alias("__len")).select("id", "__len", *score)
-    t0 = time.perf_counter()
     folder = (ctx.step_dir / SPILL) if ctx.step_dir is not None else Path(tempfile.mkdtemp(prefix="pond-mh-"))
-    source = TextsOf(texts, narrow["__len"].to_numpy(), folder)
     try:
-        verified = verify_pairs(source, order, pairs, opts, ctx)
+        pairs, figures = candidate_pairs(measured(), rank, opts, seed, ctx, folder / "pairs")
+        narrow = narrow.with_columns(pl.concat(lengths).alias("__len")).select("id", "__len", *score)
+        t0 = time.perf_counter()
+        source = TextsOf(texts, narrow["__len"].to_numpy(), folder / "texts")
+        try:
+            verified = verify_pairs(source, order, pairs, opts, ctx, folder / "pairs")
+        finally:
+            source.close()
+        pairs.drop()
+        edges = edges_of(verified, opts.threshold, folder / "pairs")
+        t1 = time.perf_counter()
+        info = _cluster_info(narrow, order, edges, opts, n_ref)
+        if ctx.step_dir is not None:
+            _write_pairs(info, verified, opts.threshold, ctx)
+        clustered = info.filter(pl.col("__in") & (pl.col("__row") >= n_ref))
+        marks = clustered.select((pl.col("__row") - n_ref).alias("pos"), "dup_cluster", "duplicate_of",
+                                 "dup_jaccard")
+        rejected = clustered.filter(pl.col("duplicate_of") != pl.col("id"))
+        figures.update(cluster_figures(n, verified, edges, info, len(rejected), t0, t1))
     finally:
-        source.close()
-    edges = verified.filter(pl.col("jaccard") >= opts.threshold)
-    t1 = time.perf_counter()
-    info = _cluster_info(narrow, order, edges, opts, n_ref)
-    if ctx.step_dir is not None:
-        _write_pairs(info, verified, opts.threshold, ctx)
-    clustered = info.filter(pl.col("__in") & (pl.col("__row") >= n_ref))
-    marks = clustered.select((pl.col("__row") - n_ref).alias("pos"), "dup_cluster", "duplicate_of", "dup_jaccard")
-    rejected = clustered.filter(pl.col("duplicate_of") != pl.col("id"))
-    figures.update(cluster_figures(n, verified, edges, info, len(rejected), t0, t1))
+        shutil.rmtree(folder, ignore_errors=True)
+    if verified.spilled:
+        figures["pairs_spilled_files"] = len(verified.parts)
     if source.groups > 1:
         figures["verify_spill_groups"] = source.groups
     if n_ref:

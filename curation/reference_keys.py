@@ -29,8 +29,9 @@ from curation.exact_dedup import (ExactDedupOptions, duplicate_groups, duplicate
                                   split_exact)
 from curation.keep import against_reference, check_score_column
 from curation.minhash import (STAGE, MinhashDedupOptions, _cluster_info, _write_pairs, all_band_keys,
-                              cluster_figures, id_order, lsh_pairs, lsh_params, minhash_dedup, narrow_rows,
+                              cluster_figures, edges_of, id_order, lsh_pairs, lsh_params, minhash_dedup, narrow_rows,
                               split_near_duplicates, verify_pairs)
+from curation.minhash_pairs import Pairs
 from curation.step import StepContext
 
 TextsOf = Callable[[list[str]], pl.DataFrame]  # ids -> (id, text column[, score column]) of those reference rows
@@ -72,7 +73,7 @@ def _candidates(keys: pl.DataFrame, order: np.ndarray, opts: MinhashDedupOptions
     by_doc = keys[order]
     docs = np.flatnonzero(by_doc["has"].to_numpy())
     return lsh_pairs(docs, (by_doc[j].to_numpy()[docs] for j in ctx.track(bands, "lsh bands", total=len(bands))),
-                     opts.max_bucket_size)
+                     opts.max_bucket_size).frame()
 
 
 def _jaccards(pairs: pl.DataFrame, ids: pl.Series, known: pl.DataFrame) -> pl.DataFrame:
@@ -117,9 +118,9 @@ def minhash_against(df: pl.DataFrame, opts: MinhashDedupOptions, ctx: StepContex
     t2 = time.perf_counter()
     rows = order[np.concatenate([todo["a"].to_numpy(), todo["b"].to_numpy()])]
     texts = _texts(df, opts, every["id"], rows, n_ref, texts_of)
-    verified = pl.concat([pairs.filter(pl.col("jaccard").is_not_null()),
-                          verify_pairs(texts, order, todo, opts, ctx)]).sort("a", "b")
-    edges = verified.filter(pl.col("jaccard") >= opts.threshold)
+    verified = Pairs.of(pl.concat([pairs.filter(pl.col("jaccard").is_not_null()),
+                                   verify_pairs(texts, order, Pairs.of(todo), opts, ctx).frame()]).sort("a", "b"))
+    edges = edges_of(verified, opts.threshold)
     t3 = time.perf_counter()
     info = _cluster_info(every.select(narrow_rows(df.head(0), opts).columns), order, edges, opts, n_ref)
     if ctx.step_dir is not None:

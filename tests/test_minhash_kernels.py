@@ -113,7 +113,7 @@ def test_components_equal_scipys_labels(n, edges, seed):
         a = np.concatenate([a, chain[:-1], np.full(len(star) - 1, star[0]), a[:3]])
         b = np.concatenate([b, chain[1:], star[1:], a[:3]])
     graph = coo_matrix((np.ones(len(a), dtype=np.int8), (a, b)), shape=(n, n))
-    assert np.array_equal(_components(n, a, b), connected_components(graph, directed=False)[1])
+    assert np.array_equal(_components(n, lambda: [(a, b)]), connected_components(graph, directed=False)[1])
 
 
 def plain_bucket_pairs(keys: np.ndarray, order: np.ndarray, max_bucket: int) -> set[tuple[int, int]]:
@@ -167,7 +167,7 @@ def test_lsh_pairs_are_every_bands_pairs_once_sorted():
     want = set()
     for keys in bands:
         want |= {(int(docs[i]), int(docs[j])) for i, j in plain_bucket_pairs(keys, docs, 8)}
-    assert pairs.rows() == sorted(want)
+    assert pairs.frame().rows() == sorted(want)
 
 
 def test_components_by_slices_of_edges_equal_all_at_once(monkeypatch):
@@ -178,6 +178,39 @@ def test_components_by_slices_of_edges_equal_all_at_once(monkeypatch):
     a, b = rng.integers(0, n, (2, 2500))
     chain = rng.permutation(n)[:700]
     a, b = np.concatenate([a, chain[:-1]]), np.concatenate([b, chain[1:]])
-    whole = mh._components(n, a, b)
+    whole = mh._components(n, lambda: [(a, b)])
     monkeypatch.setattr(mh, "EDGE_SLICE", 7)
-    assert np.array_equal(mh._components(n, a, b), whole)
+    assert np.array_equal(mh._components(n, lambda: [(a, b)]), whole)
+
+
+@pytest.mark.parametrize("held, stride", [(10**9, 1 << 16), (50, 4), (7, 1), (200, 64)])
+def test_unique_keys_spilled_in_runs_equal_all_in_memory(tmp_path, monkeypatch, held, stride):
+    """Pieces with repeats inside and across them: the sorted distinct keys as (a, b), whether merged in memory
+    or written as runs and merged back range by range (ranges cut inside runs' blocks and between them)."""
+    import curation.minhash_pairs as mp
+
+    rng = np.random.default_rng(7)
+    pieces = [(rng.integers(0, 40, k).astype(np.uint64) << mp.PAIR_SHIFT) | rng.integers(40, 90, k).astype(np.uint64)
+              for k in (0, 300, 5, 120, 800, 1, 260)]
+    monkeypatch.setattr(mp, "STRIDE", stride)
+    got = mp.unique_keys(iter(pieces), tmp_path / "pairs", held)
+    want = np.unique(np.concatenate(pieces))
+    assert got.frame().rows() == list(zip((want >> mp.PAIR_SHIFT).tolist(), (want & mp.LOW).tolist()))
+    assert got.spilled == (held < len(want))
+    assert not list((tmp_path / "pairs").glob("run*"))  # runs are removed once merged
+    if got.spilled:
+        assert max(len(f) for f in got.frames()) <= held + len(pieces) * stride
+
+
+def test_pairs_held_in_memory_until_past_their_bound(tmp_path):
+    from curation.minhash_pairs import Pairs
+
+    pairs = Pairs(tmp_path / "p", held=5)
+    pairs.add(pl.DataFrame({"a": [0, 1], "b": [2, 3]}))
+    assert not pairs.spilled and not (tmp_path / "p").exists()
+    pairs.add(pl.DataFrame({"a": [4, 5, 6, 7], "b": [8, 9, 9, 9]}))
+    assert pairs.spilled and len(list((tmp_path / "p").iterdir())) == 2 and len(pairs) == 6
+    assert [f.rows() for f in pairs.map(lambda f: f.filter(pl.col("b") == 9), tmp_path / "q").frames()] == [
+        [], [(5, 9), (6, 9), (7, 9)]]
+    pairs.drop()
+    assert len(pairs) == 0 and not list((tmp_path / "p").iterdir())

@@ -76,6 +76,26 @@ def test_minhash_spills_verification_texts_with_the_same_results(tmp_path, monke
     assert_same_runs(whole, streamed, frozenset({"verify_spill_groups"}))
 
 
+def test_minhash_spills_its_pairs_with_the_same_results(tmp_path, monkeypatch):
+    """Candidate and verified pairs in files (a few hundred pairs held at once, runs indexed every 16 keys):
+    the same kept and rejected rows, figures and pairs.parquet as all of them in memory, and nothing left."""
+    import curation.minhash_pairs as mp
+
+    write_corpus(tmp_path / "data", 1200, files=1, base_limit=300)
+    steps = "  - minhash_dedup: {threshold: 0.7, verify_batch_docs: 50}\n"
+    whole = curate(tmp_path, "whole", 0, monkeypatch, steps)
+    monkeypatch.setattr(mp, "PAIRS_HELD", 300)
+    monkeypatch.setattr(mp, "STRIDE", 16)
+    streamed = curate(tmp_path, "streamed", 250, monkeypatch, steps)
+    step = "01-minhash_dedup"
+    stats = json.loads((streamed / "steps" / step / "stats.json").read_text())
+    assert stats["candidate_pairs"] > 5 * 300 and stats["pairs_spilled_files"] > 3
+    assert_same_runs(whole, streamed, frozenset({"pairs_spilled_files"}))
+    assert pl.read_parquet(whole / "steps" / step / "pairs.parquet").equals(
+        pl.read_parquet(streamed / "steps" / step / "pairs.parquet"))
+    assert not any(p.name.startswith("_") for p in (streamed / "steps" / step).iterdir())
+
+
 @pytest.mark.parametrize("kind", ["exact_dedup", "minhash_dedup"])
 def test_streamed_dedup_against_reference_rows(tmp_path, monkeypatch, kind):
     """`pond update`'s case: reference rows lead and are never output; the same kept ids, verdicts
