@@ -12,11 +12,14 @@ the rows read in `--batch-rows` batches, as the local executor reads a step's in
 with each phase's peak (bench/scale_phases.py's wrappers). One JSON line per arm (peak RSS, the phases' peaks,
 CPU and wall seconds, the step's pair counts) and one line comparing them, with whether the two arms' marks and
 pairs.parquet are equal (`--arms this`: this checkout's line only, for inputs too large to run twice).
+`--pairs-held N` sets this checkout's bound on the pairs MinHash holds in memory (a small bound shows, on a small
+input, what the default bound does on a large one).
 """
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 import threading
@@ -29,8 +32,12 @@ from figures import emit  # noqa: E402 (bench/ is on sys.path when a bench runs)
 PHASES = ("candidate_pairs", "TextsOf.plan", "verify_pairs", "_cluster_info", "_write_pairs")
 
 
-def worker(data: Path, out: Path, batch: int) -> None:
+def worker(data: Path, out: Path, batch: int, pairs_held: int | None) -> None:
     from scale_phases import Phases
+
+    if pairs_held:  # this checkout's bound on the pairs held in memory (curation.minhash_pairs)
+        import curation.minhash_pairs as mp
+        mp.PAIRS_HELD = pairs_held
 
     phases = Phases(python_objects=False)
     phases.install()
@@ -53,21 +60,26 @@ def worker(data: Path, out: Path, batch: int) -> None:
     phases.stop.set()
     marks.write_parquet(out / "marks.parquet")
     figures = {k: v for k, v in ctx.stats.items() if k in ("docs", "candidate_pairs", "verified_pairs", "clusters",
-                                                           "duplicates", "verify_spill_groups")}
+                                                           "duplicates", "verify_spill_groups",
+                                                           "pairs_spilled_files")}
     report({"peak_mb": round(phases.run_peak / 2**20), "wall_s": round(wall, 1), "cpu_s": round(cpu, 1),
             "phases_peak_mb": {p: f["peak_mb"] for name, f in phases.figures.items() for p in PHASES
                                if name == f"minhash_stream.{p}"}, **figures})
 
 
-def make_rows(path: Path, rows: int, base_limit: int | None) -> None:
-    """The scaled corpus as pond records, exact copies removed (what MinHash sees after exact_dedup)."""
-    from curation.exact_dedup import ExactDedupOptions, exact_dedup
-    from curation.ingest import records_from_dicts
-    from curation.scaled_corpus import scaled_sharegpt
-    from curation.step import StepContext
+def make_rows(folder: Path, rows: int, base_limit: int | None) -> Path:
+    """The scaled corpus as pond records, exact copies removed (what MinHash sees after exact_dedup): written as
+    JSONL and run through ingest and exact_dedup by the local executor, streamed (a million rows built in one
+    list of records took more than this machine's 24 GB)."""
+    from curation.scaled_corpus import write_corpus
+    from pond.recipe import parse_recipe
+    from pond.runner import Runner
 
-    df = records_from_dicts(list(scaled_sharegpt(rows, 0, base_limit)), source="scaled")
-    exact_dedup(df, ExactDedupOptions(), StepContext(seed=0))[0].write_parquet(path, row_group_size=10_000)
+    write_corpus(folder / "corpus", rows, files=max(1, rows // 25_000), malformed=False, base_limit=base_limit)
+    recipe = parse_recipe("name: rows\ninput: {path: 'corpus/*.jsonl'}\nseed: 0\nsteps:\n  - exact_dedup: {}\n")
+    curated = Runner(recipe, folder / "run", folder, cache_dir=folder / "cache").curate()
+    shutil.rmtree(folder / "corpus")
+    return curated
 
 
 def main() -> None:
@@ -78,13 +90,16 @@ def main() -> None:
     ap.add_argument("--base-limit", type=int, default=None, help="without --input: real conversations copied")
     ap.add_argument("--batch-rows", type=int, default=50_000, help="rows read at once (the local executor's batch)")
     ap.add_argument("--arms", default="this,base", help="'this' alone skips the base arm (and the comparison)")
-    add_worker_args(ap, "--tree", "--batch")
+    ap.add_argument("--pairs-held", type=int, default=None,
+                    help="this checkout's arm: candidate pairs held in memory before they go to disk (default: "
+                         "curation.minhash_pairs.PAIRS_HELD)")
+    add_worker_args(ap, "--tree", "--batch", "--held")
     args = ap.parse_args()
     if args.child:
         sys.path.insert(0, args.tree)
         for name in [m for m in sys.modules if m.split(".")[0] in ("curation", "pond")]:
             del sys.modules[name]  # bench/figures imported this checkout's curation; the arm's own is wanted
-        worker(Path(args.data), Path(args.out), int(args.batch))
+        worker(Path(args.data), Path(args.out), int(args.batch), int(args.held) or None)
         return
     if args.base_tree is None and "base" in args.arms.split(","):
         ap.error("--base-tree is required")
@@ -95,16 +110,18 @@ def main() -> None:
         tmp = Path(tmp)
         data = args.input
         if data is None:
-            data = tmp / "rows.parquet"
-            make_rows(data, args.rows, args.base_limit)
+            data = make_rows(tmp / "rows", args.rows, args.base_limit)
         arms = {"this": Path(__file__).resolve().parents[1], "base": (args.base_tree or Path()).resolve()}
         arms = {arm: tree for arm, tree in arms.items() if arm in args.arms.split(",")}
         results = {}
         for arm, tree in arms.items():
             out = tmp / arm
             out.mkdir()
-            results[arm] = run_worker(__file__, arm, data, out, ["--tree", str(tree), "--batch", str(args.batch_rows)])
+            held = str(args.pairs_held or 0) if arm == "this" else "0"
+            results[arm] = run_worker(__file__, arm, data, out, ["--tree", str(tree), "--batch", str(args.batch_rows),
+                                                                 "--held", held])
             emit(bench="minhash_memory", arm=arm, tree=str(tree), input=str(args.input or "scaled"),
+                 pairs_held=args.pairs_held if arm == "this" else None,
                  rows=None if args.input else args.rows, base_limit=args.base_limit, batch_rows=args.batch_rows,
                  load=round(os.getloadavg()[0], 2), **results[arm])
         if len(results) < 2:

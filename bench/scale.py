@@ -4,6 +4,7 @@
     python bench/scale.py --rows 100000,1000000,5000000 --executors local --ray-rows 100000
     python bench/scale.py --files 1 --steps '' --split-bytes 1e12   # one big file, read whole
     python bench/scale.py --rows 5000000 --executors local --files 100 --compress zst   # 5M rows in ~6 GB
+    python bench/scale.py ... --steps exact_dedup,heuristics,pii --keep, then ... --resume   # the last step alone
 
 Input: `curation.scaled_corpus` (real ShareGPT conversations, then exact and perturbed copies) as
 JSONL. Steps: exact_dedup, heuristics, pii, minhash_dedup (the CPU-bound curation core; embedding
@@ -109,7 +110,7 @@ def run_one(args: argparse.Namespace, rows: int, executor: str) -> None:
         rows_s = s["in"] / s["seconds"] if s["seconds"] else None
         emit(**common, load_at_end=os.getloadavg()[0], step=s["kind"], rows_in=s["in"], rows_out=s["out"],
              seconds=s["seconds"], rows_per_s=round(rows_s, 1) if rows_s else None,
-             peak_rss_mb=round(peaks.get(step_name(s), 0) / 2**20, 1))
+             peak_rss_mb=round(peaks.get(step_name(s), 0) / 2**20, 1), skipped=bool(s.get("skipped")))
 
     def log(msg: str) -> None:
         name = msg.split(":")[0]
@@ -124,7 +125,7 @@ def run_one(args: argparse.Namespace, rows: int, executor: str) -> None:
             if args.prune:
                 prune_inputs(runner.out / "steps", len(emitted))
 
-    runner = Runner(recipe, args.workdir / f"run-{executor}", args.workdir, fresh=True,
+    runner = Runner(recipe, args.workdir / f"run-{executor}", args.workdir, fresh=not args.resume,
                     cache_dir=args.workdir / "cache", log=log)
     t0 = time.time()
     with rss:
@@ -155,6 +156,9 @@ def main() -> None:
     ap.add_argument("--prune", action="store_true",
                     help="delete each step's rows once the step after it is done (5M rows: ~65 GB of step outputs "
                          "in all, ~35 GB at once when pruned); the run folder is then no longer resumable")
+    ap.add_argument("--resume", action="store_true",
+                    help="go on with the run folder a `--keep` run left: its finished steps are skipped (their lines "
+                         "say so), e.g. to run a later step over the rows kept earlier")
     ap.add_argument("--num-cpus", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--shard-rows", type=int, default=20_000)
     ap.add_argument("--files", type=int, default=4, help="input JSONL files the rows are spread over")
