@@ -292,8 +292,8 @@ def verify_pairs(texts: pl.Series | Any, order: np.ndarray, pairs: Pairs, opts: 
         return chunk_of_comp[comp[a]]
 
     grouped, sources, group_of_chunk = _by_chunk_group(pairs, chunk_of, int(chunks[-1]) + 1, folder)
-    # each frame's Jaccards, a piece per group its pairs are in, in group order
-    results = [Pairs(None if folder is None else folder / f"jaccard{p:05d}", pairs.held)
+    # each frame's Jaccards, a piece per group its pairs are in, in group order (on disk with the pairs)
+    results = [Pairs(None if folder is None else folder / f"jaccard{p:05d}", _spill_all(pairs))
                for p in range(len(pairs.parts))]
     current, jac = -1, np.empty(0)
     for c in ctx.track(chunks, "verify candidates", total=len(chunks)):
@@ -340,7 +340,7 @@ def _by_chunk_group(pairs: Pairs, chunk_of: Callable[[np.ndarray], np.ndarray], 
         if total and total + count > pairs.held:
             g, total = g + 1, 0
         group_of_chunk[c], total = g, total + count
-    grouped = [Pairs(None if folder is None else folder / f"group{k:05d}", pairs.held) for k in range(g + 1)]
+    grouped = [Pairs(None if folder is None else folder / f"group{k:05d}", _spill_all(pairs)) for k in range(g + 1)]
     sources: list[list[tuple[int, int]]] = [[] for _ in range(g + 1)]
     for p, f in enumerate(pairs.frames(["a", "b"])):
         chunk = chunk_of(f["a"].to_numpy())
@@ -349,6 +349,12 @@ def _by_chunk_group(pairs: Pairs, chunk_of: Callable[[np.ndarray], np.ndarray], 
             grouped[k].add(sub)
             sources[k].append((p, len(sub)))
     return grouped, sources, group_of_chunk
+
+
+def _spill_all(pairs: Pairs) -> int:
+    """The bound of the many frames that share out `pairs` (groups, results): each is under `held`, but
+    together they are as many as `pairs`, so they go to disk, every one of them, when `pairs` went."""
+    return 0 if pairs.spilled else pairs.held
 
 
 def _scatter(sources: list[tuple[int, int]], jaccard: np.ndarray, results: list[Pairs]) -> None:

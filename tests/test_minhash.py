@@ -285,3 +285,34 @@ def test_importing_the_step_does_not_import_scipy():
 
     code = "import sys, curation.minhash; print('scipy' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+
+
+def test_verification_of_spilled_pairs_keeps_every_group_on_disk(tmp_path, monkeypatch):
+    """Candidates spilled (a few pairs held at once): every group's pairs and every result go to disk, not only
+    the candidates (each is small, but together they are as many as the pairs), and the Jaccards equal those
+    verified all in memory, pair for pair in the same order."""
+    import curation.minhash as mh
+    import curation.minhash_pairs as mp
+
+    df = planted_corpus(n_groups=40, singles=30)
+    opts = MinhashDedupOptions(verify_batch_docs=6)
+    texts = df["text"]
+    order, rank = mh.id_order(df["id"])
+    pairs, _ = mh.candidate_pairs([texts], rank, opts, 0, StepContext())
+    whole = mh.verify_pairs(texts, order, pairs, opts, StepContext()).frame()
+
+    monkeypatch.setattr(mp, "PAIRS_HELD", 5)
+    held_frames = []
+    add = mp.Pairs.add
+
+    def watched(self, frame):
+        add(self, frame)
+        if self.folder is not None and self.folder.name.startswith(("group", "jaccard")) and len(frame):
+            held_frames.append(isinstance(self.parts[-1], pl.DataFrame))
+
+    monkeypatch.setattr(mp.Pairs, "add", watched)
+    spilled, _ = mh.candidate_pairs([texts], rank, opts, 0, StepContext(), tmp_path / "candidates")
+    assert spilled.spilled and len(spilled) == len(whole) > 30
+    verified = mh.verify_pairs(texts, order, spilled, opts, StepContext(), tmp_path / "verify")
+    assert len(held_frames) > 10 and not any(held_frames)
+    assert verified.spilled and verified.frame().equals(whole)
