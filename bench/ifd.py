@@ -61,7 +61,7 @@ def plain_ifd(model, tok, conv: list[dict], max_seq_len: int) -> tuple[float, fl
     header = prompt[len(tok.apply_chat_template(conv[:last], tokenize=False)):]
     enc = lambda s: tok(s, add_special_tokens=False)["input_ids"]  # noqa: E731
     p, h = enc(prompt), enc(header)
-    a = enc(conv[last]["content"] + tok.eos_token)[: max_seq_len - len(p)]
+    a = enc(conv[last]["content"] + tok.eos_token)[: max(0, max_seq_len - len(p))]  # a prompt past the limit: none
     if not a:
         return math.nan, math.nan
 
