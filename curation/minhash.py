@@ -12,8 +12,8 @@
    gives a folder) in files, read back a frame at a time.
 3. Verification: the exact Jaccard of every candidate pair, computed from the pair's shingle sets,
    one chunk of connected candidates at a time (their pairs a group of chunks at a time); pairs below
-   `threshold` are discarded. MinHash
-   estimates near the threshold are noisy both ways; this step removes that noise.
+   `threshold` are discarded. MinHash estimates near the threshold are noisy both ways; this step removes
+   that noise.
    With a step folder, all verified pairs go to `pairs.parquet` (id_a, id_b, jaccard, duplicate).
 4. Clusters: connected components of the verified pairs. A cluster's id is its smallest row id,
    so the same rows give the same clusters and ids whatever their order in the input. One row per

@@ -12,7 +12,6 @@ rows) nothing is written and everything is as it was in memory.
 """
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
@@ -158,8 +157,3 @@ def _key_ranges(runs: list[_Run], held: int) -> list[tuple[np.uint64, np.uint64 
     cuts = marks[max(held // STRIDE, 1)::max(held // STRIDE, 1)]
     bounds = [np.uint64(0), *np.unique(cuts)]
     return [(lo, hi) for lo, hi in zip(bounds, bounds[1:] + [None]) if hi is None or hi > lo]
-
-
-def clear(folder: Path | None) -> None:
-    if folder is not None:
-        shutil.rmtree(folder, ignore_errors=True)
