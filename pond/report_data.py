@@ -115,14 +115,15 @@ def score_columns(run: Path) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------- synthetic against real
 
 
-def final_rows(run: Path) -> tuple[pl.DataFrame | None, str]:
-    """The run's final set (curated.parquet), or the last finished step's kept rows of a run that has none."""
+def final_rows(run: Path) -> tuple[pl.LazyFrame | None, str]:
+    """The run's final set (curated.parquet), or the last finished step's kept rows of a run that has none,
+    as a scan: a report that needs a few columns reads only those."""
     lf = _scan(Path(run) / layout.CURATED)
     if lf is not None:
-        return lf.collect(), layout.CURATED
+        return lf, layout.CURATED
     for d in reversed(layout.step_dirs(run)):
         if (d / layout.DONE).exists() and (lf := _scan(d / layout.KEPT)) is not None:
-            return lf.collect(), f"{d.name}/{layout.KEPT} (the run has no {layout.CURATED} yet)"
+            return lf, f"{d.name}/{layout.KEPT} (the run has no {layout.CURATED} yet)"
     return None, ""
 
 
@@ -148,12 +149,14 @@ def profile(df: pl.DataFrame) -> pl.DataFrame:
 def synthetic_vs_real(run: Path, score_names: list[str], examples: int = 3) -> dict[str, Any] | None:
     """Lengths and scores of the synthetic rows against the real rows of the final set; None without
     synthetic rows."""
-    df, where = final_rows(run)
-    if df is None or "source" not in df.columns:
+    lf, where = final_rows(run)
+    if lf is None or "source" not in lf.collect_schema().names():
         return None
+    # most runs have no synthetic row: found from `source` alone, before the texts are read
+    if not lf.select(pl.col("source").fill_null("").str.starts_with(SYNTHETIC_PREFIX).any()).collect().item():
+        return None
+    df = lf.collect()
     prof = profile(df)
-    if not prof["synthetic"].any():
-        return None
     groups = {}
     for label, mask in (("real", ~prof["synthetic"]), ("synthetic", prof["synthetic"])):
         p, rows = prof.filter(mask), df.filter(mask)
