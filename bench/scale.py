@@ -17,11 +17,13 @@ raylet, workers and object store processes included) sampled every 0.2 s while t
 10M-row projection is rows / (rows/s) scaled linearly, in CPU-hours at this machine's core count and in
 dollars at `--usd-per-cpu-hour`; shuffles and MinHash candidates grow faster than linearly with
 duplicates, so read it as a lower bound. Each size's corpus and runs are deleted after it (`--keep`
-keeps them): 1M rows are ~6.5 GB of JSONL.
+keeps them): 1M rows are ~6.5 GB of JSONL. Where several executors ran at one size, a `same_kept_ids` line says
+per step whether they kept the same ids (as sets: executors may write rows in another order).
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import shutil
 import threading
@@ -77,7 +79,29 @@ def prune_inputs(steps: Path, done: int) -> None:
             shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
 
 
-def run_one(args: argparse.Namespace, rows: int, executor: str) -> None:
+def kept_id_digests(run: Path) -> dict[str, str]:
+    """Per finished step folder, a digest of its kept ids in sorted order (executors may write rows in another
+    order; the same set is the same digest). Steps whose rows were pruned are left out."""
+    from pond import layout
+    from pond.executors.shards import scan_output
+
+    out = {}
+    for d in layout.step_dirs(run):
+        if (d / layout.DONE).exists() and (d / layout.KEPT).exists():
+            ids = scan_output(d / layout.KEPT, ["id"])["id"].sort().to_list()
+            out[d.name] = hashlib.blake2b("\n".join(ids).encode(), digest_size=16).hexdigest()
+    return out
+
+
+def same_kept_ids(rows: int, digests: dict[str, dict[str, str]]) -> None:
+    """One line: whether every executor run at this size kept the same ids at each step."""
+    runs = list(digests.values())
+    steps = sorted(set().union(*runs))
+    emit(bench="scale", figure="same_kept_ids", rows=rows, executors=list(digests),
+         steps={s: len({r.get(s) for r in runs}) == 1 and all(s in r for r in runs) for s in steps})
+
+
+def run_one(args: argparse.Namespace, rows: int, executor: str) -> dict[str, str]:
     from curation.scaled_corpus import write_corpus
     from pond.recipe import parse_recipe
     from pond.runner import Runner
@@ -140,8 +164,10 @@ def run_one(args: argparse.Namespace, rows: int, executor: str) -> None:
          projected_hours_per_10M_rows=round(10_000_000 / rps / 3600, 2),
          projected_cpu_hours_per_10M_rows=round(10_000_000 / rps / 3600 * cpus, 2),
          projected_usd_per_10M_rows=round(10_000_000 / rps / 3600 * cpus * args.usd_per_cpu_hour, 2))
+    digests = kept_id_digests(runner.out)  # after the clock: reading ids is the bench's work, not the run's
     if not args.keep:
         shutil.rmtree(args.workdir / f"run-{executor}", ignore_errors=True)
+    return digests
 
 
 def main() -> None:
@@ -176,10 +202,13 @@ def main() -> None:
     sizes = [int(float(r)) for r in args.rows.split(",") if r.strip()]
     ray_sizes = None if args.ray_rows is None else {int(float(r)) for r in args.ray_rows.split(",") if r.strip()}
     for rows in sizes:
+        digests = {}
         for executor in args.executors.split(","):
             if executor == "ray" and ray_sizes is not None and rows not in ray_sizes:
                 continue
-            run_one(args, rows, executor)
+            digests[executor] = run_one(args, rows, executor)
+        if len(digests) > 1:
+            same_kept_ids(rows, digests)
         if not args.keep:
             for d in args.workdir.glob(f"data-{rows}*"):
                 shutil.rmtree(d, ignore_errors=True)
