@@ -71,6 +71,14 @@ def content_id(prefix: str, text: str) -> str:
     return prefix + hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
 
 
+SYNTHETIC_PREFIX = "synthetic:"  # `source` of a row a generator wrote (DESIGN.md: synthetic:<generator>)
+
+
+def synthetic_source(source):
+    """Whether each `source` (a column expression or a Series) names a generator: `synthetic:<generator>`."""
+    return source.cast(pl.Utf8).fill_null("").str.starts_with(SYNTHETIC_PREFIX)
+
+
 def empty_records() -> pl.DataFrame:
     return pl.DataFrame(schema={"id": pl.Utf8, "messages": MESSAGES, "text": pl.Utf8, "source": pl.Utf8})
 

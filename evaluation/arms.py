@@ -7,7 +7,7 @@ import numpy as np
 import polars as pl
 
 from curation.errors import ConfigError, DataNotFound
-from curation.records import answer_text_expr
+from curation.records import answer_text_expr, synthetic_source
 from curation.step import recipe_path
 from evaluation.config import CURATED_DPO, ArmConfig, ExperimentConfig
 from evaluation.metrics import is_structured
@@ -48,7 +48,7 @@ def is_synthetic(df: pl.DataFrame) -> pl.Series:
     """Rows a generator wrote (source `synthetic:*`)."""
     if "source" not in df.columns:
         return pl.Series([False] * df.height, dtype=pl.Boolean)
-    return df["source"].cast(pl.Utf8).fill_null("").str.starts_with("synthetic:")
+    return synthetic_source(df["source"])
 
 
 def arm_rows(arm: ArmConfig, pool: pl.DataFrame, curated: pl.DataFrame, *, seed: int | tuple[int, ...],

@@ -15,10 +15,10 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from curation.records import synthetic_source
 from pond import layout
 from pond.steps import STEPS
 
-SYNTHETIC_PREFIX = "synthetic:"  # `source` of a row a generator wrote (DESIGN.md: synthetic:<generator>)
 EXAMPLE_CHARS = 300
 TRAIN_RESULT = "train-result.json"
 CHECKPOINTS = "checkpoints"
@@ -141,7 +141,7 @@ def profile(df: pl.DataFrame) -> pl.DataFrame:
     answer = (_turn("assistant", "last").fill_null(pl.col("text")) if has_messages else pl.col("text"))
     turns = pl.col("messages").list.len() if has_messages else pl.lit(0)
     source = pl.col("source") if "source" in df.columns else pl.lit("")
-    return df.select(source.fill_null("").str.starts_with(SYNTHETIC_PREFIX).alias("synthetic"),
+    return df.select(synthetic_source(source).alias("synthetic"),
                      prompt.alias("prompt_chars"), answer.fill_null("").str.len_chars().alias("answer_chars"),
                      turns.alias("turns"))
 
@@ -153,7 +153,7 @@ def synthetic_vs_real(run: Path, score_names: list[str], examples: int = 3) -> d
     if lf is None or "source" not in lf.collect_schema().names():
         return None
     # most runs have no synthetic row: found from `source` alone, before the texts are read
-    if not lf.select(pl.col("source").fill_null("").str.starts_with(SYNTHETIC_PREFIX).any()).collect().item():
+    if not lf.select(synthetic_source(pl.col("source")).any()).collect().item():
         return None
     df = lf.collect()
     prof = profile(df)

@@ -25,6 +25,7 @@ from sklearn.metrics import roc_auc_score
 
 from curation.answer_faults import language
 from curation.errors import PondError
+from curation.records import synthetic_source
 from synthesis.rows import row_answer, row_prompt
 
 CORRUPTIONS = ("answer_from_another_row", "cut_mid_sentence", "shuffled_prompt", "repeats_prompt",
@@ -55,7 +56,7 @@ class Item:
 
 def _usable(df: pl.DataFrame) -> list[tuple[str, str]]:
     """(prompt, answer) of real rows with a prompt and an answer long enough to corrupt every way."""
-    real = df.filter(~pl.col("source").cast(pl.Utf8).fill_null("").str.starts_with("synthetic:"))
+    real = df.filter(~synthetic_source(pl.col("source")))
     pairs = [(row_prompt(r), row_answer(r)) for r in real.select("messages", "text").to_dicts() if r["messages"]]
     return [(p, a) for p, a in pairs if p.strip() and len(a.split()) >= MIN_WORDS and len(p.split()) >= 3]
 

@@ -37,7 +37,7 @@ import polars as pl
 from pydantic import Field, field_validator
 
 from curation.ifd import distribution
-from curation.records import CORE_COLUMNS, REJECT_COLUMNS
+from curation.records import CORE_COLUMNS, REJECT_COLUMNS, synthetic_source
 from curation.step import StepContext, StepOptions, reject
 from synthesis import calibration
 from synthesis.budget import prompt_tokens_upper
@@ -241,7 +241,7 @@ def pairwise_many(session: TeacherSession, items: list[tuple[str, str, str]], ru
 def _in_scope(df: pl.DataFrame, rows: str) -> list[bool]:
     if rows == "all":
         return [True] * len(df)
-    synthetic = df["source"].cast(pl.Utf8).fill_null("").str.starts_with("synthetic:").to_list()
+    synthetic = synthetic_source(df["source"]).to_list()
     return synthetic if rows == "synthetic" else [not s for s in synthetic]
 
 
@@ -455,7 +455,7 @@ def _keep_best_of(df: pl.DataFrame, column: str, scores: list, keep: list[bool],
 def _by_origin(marked: pl.DataFrame, column: str) -> dict:
     """The score distribution of real against synthetic rows, over every row holding a score in
     `column` (this step's, or an earlier judge's on rows outside `rows:`)."""
-    synthetic = marked["source"].cast(pl.Utf8).fill_null("").str.starts_with("synthetic:")
+    synthetic = synthetic_source(marked["source"])
     out = {}
     for name, mask in (("real", ~synthetic), ("synthetic", synthetic)):
         vals = marked.filter(mask)[column].drop_nulls().to_numpy().astype(np.float64)

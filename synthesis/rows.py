@@ -6,7 +6,8 @@ from typing import Any
 
 import polars as pl
 
-from curation.records import MESSAGES, content_id, first_user_prompt, last_assistant_answer, render_text
+from curation.records import (MESSAGES, SYNTHETIC_PREFIX, content_id, first_user_prompt, last_assistant_answer,
+                              render_text)
 from curation.step import reject
 
 SEED_IDS = "seed_ids"
@@ -84,7 +85,7 @@ def drafts_frame(drafts: list[Draft], generator: str, originals: pl.DataFrame | 
         msgs = d.messages()
         text = render_text(msgs)
         recs.append({"id": content_id("syn-", f"{generator}\x00{d.slot}\x00{text}"), "messages": msgs,
-                     "text": text, "source": f"synthetic:{generator}", SEED_IDS: d.seed_ids})
+                     "text": text, "source": SYNTHETIC_PREFIX + generator, SEED_IDS: d.seed_ids})
     new = pl.DataFrame(recs, schema=NEW_ROW_SCHEMA)
     if originals is None:
         return new

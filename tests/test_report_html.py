@@ -231,3 +231,14 @@ def test_a_steps_score_columns_come_from_its_options():
     assert report_data.step_score_columns("ifd", {}) == ["ifd", "answer_ppl"]
     assert report_data.step_score_columns("heuristics", {}) == []
     assert report_data.step_score_columns("a_kind_since_removed", {}) == []
+
+
+def test_a_final_set_without_synthetic_rows_has_no_synthetic_section(tmp_path):
+    """Found from `source` alone (a null source is not synthetic; `synthetic:` only as a prefix)."""
+    from curation.records import synthetic_source
+
+    sources = ["data/a.jsonl", None, "data/synthetic:b.jsonl"]
+    assert synthetic_source(pl.Series(sources + ["synthetic:evolve"])).to_list() == [False, False, False, True]
+    pl.DataFrame({"id": ["1", "2", "3"], "text": ["x", "y", "z"], "source": sources}).write_parquet(
+        tmp_path / layout.CURATED)
+    assert report_data.synthetic_vs_real(tmp_path, ["quality"]) is None

@@ -7,6 +7,7 @@ from pathlib import Path
 import polars as pl
 
 from curation.errors import PondError
+from curation.records import synthetic_source
 from pond import layout
 from pond.executors.shards import read_output
 
@@ -50,7 +51,7 @@ def select_rows(run: Path, rows: str, heldout: Path | None = None) -> tuple[pl.D
     if rows == "synthetic":
         path = _need(run / layout.CURATED, "the run has not finished curation")
         df = read_output(path)
-        return df.filter(pl.col("source").cast(pl.Utf8).fill_null("").str.starts_with("synthetic:")), path
+        return df.filter(synthetic_source(pl.col("source"))), path
     if rows == "rejected":
         frames = [read_output(d / layout.REJECTED) for d in layout.step_dirs(run) if (d / layout.REJECTED).exists()]
         frames = [f for f in frames if f.height]
