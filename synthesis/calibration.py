@@ -126,8 +126,15 @@ def build(df: pl.DataFrame, rows: int, seed: int = 0, gold: pl.DataFrame | None 
     return items
 
 
+def _not_graded(summary: dict) -> str:
+    skipped = summary.get("not_graded") or []
+    return f"; not graded after the first failure: {', '.join(skipped)}" if skipped else ""
+
+
 def summarise(items: list[Item], scores: list[int | None], min_score: int | None) -> dict:
-    """Per corruption type: AUC against the positives, and the share the threshold rejects."""
+    """Per corruption type: AUC against the positives, and the share the threshold rejects. `scores` may be
+    shorter than `items` where grading stopped early (`rounds`): the types without a score are `not_graded`."""
+    graded = {it.kind for it, _ in zip(items, scores)}
     pos = np.array([s for it, s in zip(items, scores) if it.kind == POSITIVE and s is not None], dtype=float)
     out: dict = {"positives": int(len(pos)), "unreadable": sum(s is None for s in scores),
                  "positive_mean": round(float(pos.mean()), 3) if len(pos) else None, "by_corruption": {}}
@@ -146,7 +153,27 @@ def summarise(items: list[Item], scores: list[int | None], min_score: int | None
     aucs = {k: v["auc"] for k, v in out["by_corruption"].items() if v["auc"] is not None}
     out["worst"] = min(aucs, key=aucs.get) if aucs else None
     out["worst_auc"] = aucs[out["worst"]] if aucs else None
+    not_graded = [k for k in CORRUPTIONS if k not in graded and any(it.kind == k for it in items)]
+    if not_graded:
+        out["not_graded"] = not_graded
     return out
+
+
+def rounds(items: list[Item], fail_fast: bool) -> list[list[int]]:
+    """The order the set is graded in, as lists of item indices: all at once, or (`fail_fast`) the positives
+    with the first corruption type, then one type a round, so that grading can stop at the first type the
+    judge fails. The verdict is the same either way; a judge that passes grades every round."""
+    if not fail_fast:
+        return [list(range(len(items)))]
+    order = [POSITIVE, *CORRUPTIONS]
+    by_kind = [[i for i, it in enumerate(items) if it.kind == kind] for kind in order]
+    graded = [by_kind[0] + by_kind[1], *by_kind[2:]]
+    return [r for r in graded if r]
+
+
+def failing(summary: dict, min_calibration: float) -> bool:
+    """Whether the types graded so far already refuse the judge."""
+    return summary["worst_auc"] is not None and summary["worst_auc"] < min_calibration
 
 
 def check(summary: dict, min_calibration: float, model: str, rubric: str) -> None:
@@ -154,9 +181,10 @@ def check(summary: dict, min_calibration: float, model: str, rubric: str) -> Non
     if summary["worst_auc"] is None:
         raise CalibrationFailed(f"judge {model} could not be calibrated: no readable scores "
                                 f"({summary['unreadable']} unreadable replies)")
-    if summary["worst_auc"] < min_calibration:
+    if failing(summary, min_calibration):
         per = ", ".join(f"{k} {v['auc']}" for k, v in summary["by_corruption"].items() if v["auc"] is not None)
         raise CalibrationFailed(
             f"judge {model} failed calibration with rubric {rubric!r}: AUC {summary['worst_auc']} on "
-            f"{summary['worst']} < min_calibration {min_calibration} (per corruption: {per}); use a bigger judge, "
+            f"{summary['worst']} < min_calibration {min_calibration} (per corruption: {per}{_not_graded(summary)}); "
+            f"use a bigger judge, "
             f"another rubric or prompt, or lower min_calibration knowingly")

@@ -104,6 +104,11 @@ class JudgeOptions(StepOptions):
                             "judge from deciding anything (every row passes unjudged; with `best_of`, the first "
                             "candidate of each case stays), and stats.json, the run's log and `pond inspect` say "
                             "the judge was refused.")
+    calibration_fail_fast: bool = Field(False, description="Grade the calibration set one corruption type at a "
+                                                           "time (the positives with the first) and stop at the "
+                                                           "first type under `min_calibration`: the same verdict, "
+                                                           "fewer calls for a judge that fails; the types left are "
+                                                           "listed as not graded. A judge that passes grades all.")
     calibration: str | None = Field(None, description="A gold file (any input layout) whose rows are the calibration "
                                                       "positives instead of the step's own real rows.")
 
@@ -296,11 +301,19 @@ def calibration_scores(results: list) -> list[int | None]:
 def _calibrate(df: pl.DataFrame, opts: JudgeOptions, ctx: StepContext, session: TeacherSession, model: str) -> dict:
     """Score the calibration set with the step's own rubric; refuse a judge that cannot tell."""
     items = calibration_items(df, opts, ctx)
-    scores = calibration_scores(session.run(calibration_requests(items, opts, ctx.resolve), ctx.track,
-                                            "judge: calibration"))
+    rounds = calibration.rounds(items, opts.calibration_fail_fast)
+    items = [items[i] for r in rounds for i in r]  # graded in this order, so the scores are always a prefix
+    requests = calibration_requests(items, opts, ctx.resolve)
+    scores: list[int | None] = []
+    for r in rounds:
+        at = len(scores)
+        scores += calibration_scores(session.run(requests[at:at + len(r)], ctx.track, "judge: calibration"))
+        if calibration.failing(calibration.summarise(items[:len(scores)], scores, opts.min_score), opts.min_calibration):
+            break
     if ctx.step_dir is not None:
-        pl.DataFrame({"kind": [it.kind for it in items], "prompt": [it.prompt for it in items],
-                      "answer": [it.answer for it in items], "score": scores},
+        graded = items[:len(scores)]
+        pl.DataFrame({"kind": [it.kind for it in graded], "prompt": [it.prompt for it in graded],
+                      "answer": [it.answer for it in graded], "score": scores},
                      schema={"kind": pl.Utf8, "prompt": pl.Utf8, "answer": pl.Utf8, "score": pl.Int64}
                      ).write_parquet(ctx.step_dir / "calibration.parquet")
     summary = calibration.summarise(items, scores, opts.min_score) | {"min_calibration": opts.min_calibration,

@@ -93,6 +93,42 @@ def test_a_judge_that_grades_everything_8_is_refused_in_one_line(fake_teacher, p
     assert ctx.stats["calibration"]["worst_auc"] == 0.5
 
 
+def test_fail_fast_stops_at_the_first_failing_type_with_the_same_verdict(fake_teacher, pool, tmp_path):
+    """calibration_fail_fast: the everything-8 judge is refused after the positives and the first corruption
+    type (a third of the calls), saying which types it did not grade; a judge that can tell grades every type
+    and gets the same figures as without it."""
+    _fake_judge(fake_teacher, pool, good=False)
+    ctx = ctx_for(fake_teacher.config(), tmp_path)
+    sent = len(fake_teacher.bodies)
+    with pytest.raises(CalibrationFailed) as err:
+        judge(pool.head(30), JudgeOptions(min_score=5, calibration_rows=4, calibration_fail_fast=True), ctx)
+    assert len(fake_teacher.bodies) - sent == 4 + 4  # the positives and answer_from_another_row
+    figures = ctx.stats["calibration"]
+    assert figures["worst"] == CORRUPTIONS[0] and figures["worst_auc"] == 0.5
+    always = ["cut_mid_sentence", "shuffled_prompt", "repeats_prompt", "fluent_nonsense"]  # other_language: if any
+    assert [k for k in figures["not_graded"] if k != "other_language"] == always
+    assert all(figures["by_corruption"][k]["auc"] is None for k in figures["not_graded"])
+    assert "not graded after the first failure: cut_mid_sentence" in str(err.value)
+
+    _fake_judge(fake_teacher, pool, good=True)
+    full = {}
+    for fail_fast in (False, True):
+        c = ctx_for(fake_teacher.config(), tmp_path / str(fail_fast))
+        judge(pool.head(30), JudgeOptions(min_score=5, calibration_rows=4, max_input_chars=10**6,
+                                          calibration_fail_fast=fail_fast), c)
+        full[fail_fast] = c.stats["calibration"]
+    assert full[True] == full[False] and "not_graded" not in full[True] and full[True]["worst_auc"] == 1.0
+
+
+def test_rounds_put_the_positives_first_and_cover_every_item(pool):
+    items = build(pool, rows=4, seed=0)
+    assert calibration.rounds(items, fail_fast=False) == [list(range(len(items)))]
+    rounds = calibration.rounds(items, fail_fast=True)
+    assert sorted(i for r in rounds for i in r) == list(range(len(items)))
+    assert [items[i].kind for i in rounds[0]] == [POSITIVE] * 4 + [CORRUPTIONS[0]] * 4
+    assert all(len({items[i].kind for i in r}) == 1 for r in rounds[1:])
+
+
 def test_summary_counts_unreadable_replies_and_thresholds():
     items = [calibration.Item("p", "a", POSITIVE), calibration.Item("p", "b", POSITIVE),
              calibration.Item("p", "x", "repeats_prompt"), calibration.Item("p", "y", "repeats_prompt")]
