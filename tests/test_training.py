@@ -217,6 +217,24 @@ def test_kill_and_resume_matches_an_uninterrupted_run(tiny_llama_dir, rows, tmp_
         train(rows, cfg, tmp_path / "killed", seed=4)
 
 
+def test_a_heldout_set_does_not_change_the_weights_so_the_training_is_reused(tiny_llama_dir, rows, heldout,
+                                                                               tmp_path):
+    """Evaluation draws nothing from the training's random state (dropout on): the same training with and without
+    a held-out set gives the same adapter, so an experiment arm that is `pond run`'s own training reuses it
+    (`same_as`) instead of training again; any other setting trains."""
+    cfg = _config(tiny_llama_dir, max_steps=6, eval_steps=2, save_steps=2, lora_dropout=0.1)
+    with_eval = train(rows, cfg, tmp_path / "run", eval_df=heldout)
+    alone = train(rows, cfg, tmp_path / "alone")
+    a = load_file(with_eval.adapter_dir / "adapter_model.safetensors")
+    b = load_file(alone.adapter_dir / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert len(with_eval.eval_losses) == 3 and not alone.eval_losses
+    reused = train(rows, cfg, tmp_path / "arm", same_as=tmp_path / "run", progress=_untouched)
+    assert reused.adapter_dir == with_eval.adapter_dir and not (tmp_path / "arm" / "adapter").exists()
+    other = train(rows, cfg, tmp_path / "arm-seed-1", seed=1, same_as=tmp_path / "run")
+    assert other.adapter_dir == tmp_path / "arm-seed-1" / "adapter"
+
+
 @pytest.mark.parametrize("method", ["lora", "full"])
 def test_other_methods_train(method, tiny_llama_dir, rows, tmp_path):
     from transformers import AutoModelForCausalLM

@@ -70,6 +70,13 @@ class PondTrainerMixin:
             if n in dtypes and p.dtype != dtypes[n]:
                 p.data = p.data.to(dtypes[n])
 
+    def evaluate(self, *args, **kwargs):
+        # Held-out evaluation must not change what is learned: each new data loader iterator draws its base seed
+        # from the global RNG, which would move every later dropout mask and shuffle. So the same training with and
+        # without a held-out set gives the same weights (and one run's training can stand for the other's).
+        with torch.random.fork_rng(devices=[]):
+            return super().evaluate(*args, **kwargs)
+
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         for key in ("loss", "eval_loss"):
             if key in logs and not math.isfinite(logs[key]):

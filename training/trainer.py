@@ -332,7 +332,8 @@ def _result(trainer: CountingSFTTrainer, history: list[dict], final_dir: Path, d
 
 def train(df: pl.DataFrame, config: TrainConfig, out_dir: Path, *, seed: int = 0,
           eval_df: pl.DataFrame | None = None, cache_dir: Path | None = None,
-          provenance: dict | None = None, progress: Callable | None = None) -> TrainResult:
+          provenance: dict | None = None, progress: Callable | None = None,
+          same_as: Path | None = None) -> TrainResult:
     """Fine-tune `config.student` on `df` (canonical records) and save the adapter under `out_dir`.
 
     `progress(iterable, description, total)` is a progress wrapper (StepContext.track's contract)
@@ -340,6 +341,9 @@ def train(df: pl.DataFrame, config: TrainConfig, out_dir: Path, *, seed: int = 0
     `provenance` (dataset_hash, recipe_hash, pond_version, ...) goes into the adapter card.
     Several processes (training.distributed): under a launcher every rank calls this and gets the same
     result; with `processes` > 1 this call starts the ranks itself.
+    `same_as`: a folder where the same training may have finished already (`pond run`'s own, for an experiment
+    arm on the run's final set): if it holds one with this key but for the held-out set, which does not change
+    the weights (PondTrainerMixin.evaluate), its result is returned and nothing trains.
     """
     out_dir = Path(out_dir)
     start = distributed.processes_to_start(config.processes, config.batch_size)
@@ -350,6 +354,9 @@ def train(df: pl.DataFrame, config: TrainConfig, out_dir: Path, *, seed: int = 0
     if distributed.is_main():
         _claim(out_dir, key)
     if (done := _finished(out_dir, key)) is not None:
+        return done
+    if same_as is not None and (done := _same_training(Path(same_as), key)) is not None:
+        log.info("the same training finished in %s: its adapter is used, nothing trains", same_as)
         return done
     if start > 1:  # each worker runs this function as one rank, and rank 0 writes the result read here
         distributed.launch(start, train, (df, config, out_dir),
@@ -393,6 +400,14 @@ def _finished(out_dir: Path, key: dict) -> TrainResult | None:
         return None
     done = _read_json(out_dir / RESULT)
     return TrainResult.from_json(done["result"], out_dir) if done and "result" in done else None
+
+
+def _same_training(folder: Path, key: dict) -> TrainResult | None:
+    """The result of a training that finished in `folder` with `key` but perhaps another held-out set."""
+    theirs = _read_json(folder / KEY)
+    if theirs is None or {**theirs, "eval_hash": None} != {**key, "eval_hash": None}:
+        return None
+    return _finished(folder, theirs)
 
 
 def _recorded(out_dir: Path, key: dict) -> TrainResult:
