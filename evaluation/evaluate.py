@@ -21,6 +21,7 @@ from evaluation.bootstrap import bootstrap_ci, paired_difference_ci
 from evaluation.config import EvaluateConfig
 from evaluation.files import EVAL, EVAL_DONE, REPORT, SCORES
 from evaluation.generation import adapter_fingerprint
+from evaluation.loss_memo import memo_dir
 from evaluation.report import METRIC_INFO, metric_matrix, slice_masks
 from evaluation.scoring import frame_hash, load_heldout, make_judges, prepare_heldout, score_model, summarise
 from synthesis.cache import CACHE_FILE
@@ -60,7 +61,7 @@ def evaluate_run(out_dir: Path, adapter_dir: Path, heldout: pl.DataFrame | str |
     set_threads(train_config.threads)
     ask, grade = make_judges(config, teachers, out_dir / CACHE_FILE, progress)
     common = dict(method=train_config.method, compute_dtype=train_config.compute_dtype, heldout=held, config=config,
-                  max_seq_len=max_seq_len, cache_dir=cache_dir, progress=progress)
+                  max_seq_len=max_seq_len, cache_dir=cache_dir, progress=progress, memo=memo_dir(out_dir))
     teachers = teachers or Teachers()
     with teachers.serving(config.judge) if config.n_generate else contextlib.nullcontext():
         base = score_model(student, grade=grade, **common)
@@ -151,7 +152,7 @@ def _reference(out_dir: Path, student: Path, adapter_dir: Path, config: Evaluate
     from training.model import load_tokenizer
 
     ref = load_reference(config.reference, base_dir, rows=config.reference_rows)
-    kw = dict(batch_size=config.batch_size, cache_dir=cache_dir, progress=progress)
+    kw = dict(batch_size=config.batch_size, cache_dir=cache_dir, progress=progress, memo=memo_dir(out_dir))
     frames = {name: reference_losses(student, train_config.method, train_config.compute_dtype, ref,
                                      config.reference_max_seq_len, adapter_dir=a, **kw)
               for name, a in (("base", None), ("adapter", adapter_dir))}

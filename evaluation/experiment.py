@@ -39,6 +39,7 @@ from evaluation.arms import (arm_rows, dpo_config, plan_budget, profile, remove_
 from evaluation.config import CURATED_DPO, EvaluateConfig, ExperimentConfig
 from evaluation.evaluate import evaluate_run
 from evaluation.files import EVAL, EVAL_DONE, REPORT
+from evaluation.loss_memo import memo_dir
 from evaluation.report import add_benchmark, add_reference, aggregate, goal_sentence, write_plot, write_report
 from evaluation.scoring import frame_hash, make_judges, prepare_heldout, score_model, summarise
 from synthesis.cache import CACHE_FILE
@@ -65,6 +66,9 @@ class ExperimentContext:
     base_dir: Path | None = None
     title: str | None = None
     log_fn: Callable[[str], None] = lambda m: None
+    # the run the experiment belongs to (`pond run`'s folder): an arm x seed whose training is the run's own is not
+    # trained again, and a model already scored there on the same rows is not scored again (loss_memo)
+    run_dir: Path | None = None
 
 
 @dataclass
@@ -321,7 +325,7 @@ def _base_scores(run: _Run, held: pl.DataFrame, key: dict, grade) -> pl.DataFram
     d.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     scores = score_model(run.student, run.train.method, run.train.compute_dtype, held, run.ecfg, run.max_seq_len,
-                         grade=grade, cache_dir=run.ctx.cache_dir, progress=run.track)
+                         grade=grade, cache_dir=run.ctx.cache_dir, progress=run.track, memo=memo_dir(run.ctx.run_dir))
     _write_scores(d, key, scores, {"metrics": summarise(scores), "eval_seconds": time.perf_counter() - t0})
     return scores
 
@@ -357,7 +361,8 @@ def _arm_seed(run: _Run, plan: _Plan, scoring: _Scoring, arm, s: int, results: d
                                             "data": arm.data, "seed": s})
     prov = {**(run.ctx.provenance or {}), "dataset_hash": data_hash, "experiment_arm": arm.name}
     if sft is None:
-        result = train(df, arm_train, seed_dir, seed=s, cache_dir=run.ctx.cache_dir, provenance=prov)
+        result = train(df, arm_train, seed_dir, seed=s, cache_dir=run.ctx.cache_dir, provenance=prov,
+                       same_as=run.ctx.run_dir)
     else:
         from training.dpo import train_dpo
 
@@ -366,7 +371,8 @@ def _arm_seed(run: _Run, plan: _Plan, scoring: _Scoring, arm, s: int, results: d
     t0 = time.perf_counter()
     scores = score_model(run.student, run.train.method, run.train.compute_dtype, plan.held, run.ecfg,
                          run.max_seq_len, adapter_dir=result.adapter_dir, compare_answers=scoring.compare,
-                         ask=scoring.ask, grade=scoring.grade, cache_dir=run.ctx.cache_dir, progress=run.track)
+                         ask=scoring.ask, grade=scoring.grade, cache_dir=run.ctx.cache_dir, progress=run.track,
+                         memo=memo_dir(run.ctx.run_dir))
     trained = _train_summary(result) if sft is None else _dpo_summary(result, sft)
     summary = {"train": trained, "metrics": summarise(scores), "eval_seconds": time.perf_counter() - t0}
     _write_scores(seed_dir, key, scores, summary)
@@ -500,7 +506,7 @@ def _reference(run: _Run, results: dict, reference: pl.DataFrame) -> dict:
 
     ref_hash = frame_hash(reference)
     ecfg = run.ecfg
-    kw = dict(batch_size=ecfg.batch_size, cache_dir=run.ctx.cache_dir, progress=run.track)
+    kw = dict(batch_size=ecfg.batch_size, cache_dir=run.ctx.cache_dir, progress=run.track, memo=memo_dir(run.ctx.run_dir))
 
     def scored(folder: Path, adapter: Path | None) -> pl.DataFrame:
         key = {"reference": ref_hash, "max_seq_len": ecfg.reference_max_seq_len, "adapter": str(adapter),

@@ -18,7 +18,6 @@ scores nothing and is counted too (`unscorable`): none is dropped unseen.
 """
 from __future__ import annotations
 
-import gc
 import importlib.util
 from pathlib import Path
 
@@ -82,16 +81,13 @@ def fit(reference: pl.DataFrame, tokenizer, max_seq_len: int) -> dict:
 
 def reference_losses(model_path, method: str, compute_dtype: str, reference: pl.DataFrame, max_seq_len: int, *,
                      batch_size: int = 8, adapter_dir: Path | None = None, cache_dir: Path | None = None,
-                     progress=None) -> pl.DataFrame:
-    """Per reference row: id, nll (summed over the answer's tokens) and tokens (0: not scored)."""
-    from evaluation.metrics import load_for_eval, row_losses
+                     progress=None, memo: Path | None = None) -> pl.DataFrame:
+    """Per reference row: id, nll (summed over the answer's tokens) and tokens (0: not scored); from `memo`
+    (loss_memo) when this model scored these rows before in the run."""
+    from evaluation.loss_memo import losses
 
-    model, tok = load_for_eval(model_path, method, compute_dtype, adapter_dir=adapter_dir, cache_dir=cache_dir)
-    try:
-        nll, tokens = row_losses(model, tok, reference.select("messages"), max_seq_len, batch_size, progress)
-    finally:
-        del model
-        gc.collect()
+    nll, tokens = losses(model_path, method, compute_dtype, reference, max_seq_len, batch_size, adapter_dir=adapter_dir,
+                         cache_dir=cache_dir, progress=progress, memo=memo)
     return pl.DataFrame({"id": reference["id"], "nll": nll, "tokens": tokens.astype(np.int64)})
 
 

@@ -24,11 +24,12 @@ import polars as pl
 
 from curation.step import recipe_path
 from evaluation import judge as judging
+from evaluation import loss_memo
 from evaluation.config import EvaluateConfig
 from evaluation.files import read_any
 from synthesis.teachers import Teachers
 from evaluation.metrics import (exact_match, generate_answers, is_structured, load_for_eval, prompt_and_reference,
-                                references_are_short, row_losses, token_f1)
+                                references_are_short, token_f1)
 
 SCORE_COLUMNS = ("nll", "tokens", "judge", "grade", "exact_match", "token_f1")
 
@@ -76,21 +77,24 @@ def score_model(model_path: str | Path, method: str, compute_dtype: str, heldout
                 config: EvaluateConfig, max_seq_len: int, *, adapter_dir: Path | None = None,
                 compare_answers: list[str] | None = None, ask: judging.Ask | None = None,
                 grade: judging.Grade | None = None, cache_dir: Path | None = None,
-                progress: Callable | None = None) -> pl.DataFrame:
-    """Per-row scores of a model on `heldout` (from prepare_heldout)."""
-    model, tok = load_for_eval(model_path, method, compute_dtype, adapter_dir=adapter_dir, cache_dir=cache_dir)
+                progress: Callable | None = None, memo: Path | None = None) -> pl.DataFrame:
+    """Per-row scores of a model on `heldout` (from prepare_heldout); its losses from `memo` (loss_memo) when
+    this model scored these rows before in the run."""
+    n = heldout.height
+    answers: list[str | None] = [None] * n
+    k = min(config.n_generate, n)
+    # the model is loaded here only when it also answers; loss_memo loads it for the losses alone
+    loaded = load_for_eval(model_path, method, compute_dtype, adapter_dir=adapter_dir, cache_dir=cache_dir) if k else None
     try:
-        nll, tokens = row_losses(model, tok, heldout.select("messages"), max_seq_len, config.batch_size, progress)
-        n = heldout.height
-        answers: list[str | None] = [None] * n
-        k = min(config.n_generate, n)
-        if k:
-            gen = generate_answers(model, tok, heldout["prompt"].head(k).to_list(),
-                                   max_new_tokens=config.max_new_tokens, batch_size=config.batch_size,
-                                   progress=progress)
-            answers[:k] = gen
+        nll, tokens = loss_memo.losses(model_path, method, compute_dtype, heldout, max_seq_len, config.batch_size,
+                                       adapter_dir=adapter_dir, cache_dir=cache_dir, progress=progress, memo=memo,
+                                       loaded=loaded)
+        if loaded is not None:
+            answers[:k] = generate_answers(*loaded, heldout["prompt"].head(k).to_list(),
+                                           max_new_tokens=config.max_new_tokens, batch_size=config.batch_size,
+                                           progress=progress)
     finally:
-        del model
+        del loaded
         gc.collect()
     out = pl.DataFrame({"id": heldout["id"], "nll": nll, "tokens": tokens.astype(np.int64),
                         "answer": pl.Series(answers, dtype=pl.Utf8)})

@@ -166,7 +166,7 @@ def _experiment(runner: Runner, curated: Path, recipe: Recipe, track, log: Log) 
     context = ExperimentContext(seed=recipe.seed, cache_dir=runner.cache_dir, teachers=runner.teachers,
                                 provenance=_provenance(runner, curated), progress=track,
                                 heldout_source=_heldout_sentence(source), base_dir=runner.base_dir, title=recipe.name,
-                                log_fn=log)
+                                log_fn=log, run_dir=runner.out)
     result = run_experiment(runner.out / layout.EXPERIMENT, pool, pl.read_parquet(curated), heldout, recipe.experiment,
                             recipe.train.as_sft(), evaluate_config=recipe.evaluate, context=context)
     return {"dir": str(runner.out / layout.EXPERIMENT), **{k: v for k, v in result.items() if k in ("summary", "headline")}}

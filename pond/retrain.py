@@ -80,17 +80,13 @@ def new_rows_since(run: Path, name: str | None) -> int:
 def loss_rows(train_config, rows: pl.DataFrame, adapter_dir: Path | None, cache_dir: Path | None
               ) -> tuple[np.ndarray, np.ndarray]:
     """Per row (answer-token NLL sum, answer tokens) under the student, with `adapter_dir` on top if given."""
-    from evaluation.metrics import load_for_eval, row_losses
+    from evaluation.loss_memo import losses
     from training.model import resolve_student, set_threads
 
     set_threads(train_config.threads)
     student = resolve_student(train_config.student, cache_dir)
-    model, tok = load_for_eval(student, train_config.method, train_config.compute_dtype, adapter_dir=adapter_dir,
-                               cache_dir=cache_dir)
-    try:
-        return row_losses(model, tok, rows, train_config.max_seq_len)
-    finally:
-        del model
+    return losses(student, train_config.method, train_config.compute_dtype, rows, train_config.max_seq_len, 8,
+                  adapter_dir=adapter_dir, cache_dir=cache_dir)
 
 
 def scorable(df: pl.DataFrame) -> pl.DataFrame:

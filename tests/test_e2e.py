@@ -114,6 +114,17 @@ def test_quickstart_scaled_down_end_to_end(tmp_path, teacher_server, tiny_llama_
     assert experiment["reference"]["fit"]["rows"] == 4
     assert all("reference_loss" in a["metrics"] and "heldout_loss" in a["metrics"] for a in experiment["arms"])
     assert (out / "experiment" / "plot.png").stat().st_size > 1000
+    # the curated arm trains on the final set as `pond run` did: its adapter is the run's own, not trained again,
+    # and the base model's and that adapter's losses are the evaluation's, read back (one file per model and set)
+    curated_arm = json.loads((out / "experiment" / "arms" / "curated" / "seed-0" / "eval.json").read_text())
+    assert curated_arm["train"]["adapter_dir"] == str(out / "adapter")
+    assert not (out / "experiment" / "arms" / "curated" / "seed-0" / "adapter").exists()
+    from evaluation.generation import adapter_fingerprint
+
+    models = {None} | {adapter_fingerprint(out / "experiment" / "arms" / a / "seed-0" / "adapter")
+                       for a in ("noisy_n", "longest_n")} | {adapter_fingerprint(out / "adapter")}
+    # one file per distinct model (base, adapters; two arms of one step under warm-up can be equal) and row set
+    assert len(list((out / "eval" / "losses").glob("*.parquet"))) == 2 * len(models)
 
     # a rerun resumes: no step re-runs, no teacher request is sent, curated bytes unchanged
     before = teacher_server.metrics()

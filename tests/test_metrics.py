@@ -122,3 +122,25 @@ def test_structured_answers():
     assert not is_structured("Paris is the capital of France. It has 2 million people.")
     assert not is_structured("I think -that- is fine")
     assert np.mean([is_structured(a) for a in ("x", "- y")]) == 0.5
+
+
+def test_a_models_losses_on_the_same_rows_are_computed_once_per_run(tiny_llama_dir, tmp_path, monkeypatch):
+    """loss_memo: the second ask for the same model on the same rows reads the run's memo, equal to the first
+    (the model is not loaded); other rows or another length cut are computed."""
+    from evaluation import loss_memo
+
+    df, memo = frame(TRAIN_ROWS), loss_memo.memo_dir(tmp_path)
+    first = loss_memo.losses(tiny_llama_dir, "lora", "fp32", df, 128, 2, memo=memo)
+    plain = row_losses(*load_for_eval(tiny_llama_dir, "lora", "fp32"), df, max_seq_len=128, batch_size=2)
+    assert all(np.array_equal(a, b) for a, b in zip(first, plain))
+
+    def no_load(*a, **k):
+        raise AssertionError("loaded again")
+
+    monkeypatch.setattr(loss_memo, "load_for_eval", no_load)
+    again = loss_memo.losses(tiny_llama_dir, "lora", "fp32", df, 128, 2, memo=memo)
+    assert all(np.array_equal(a, b) for a, b in zip(first, again))
+    for other in ((df.head(3), 128), (df, 64)):
+        with pytest.raises(AssertionError, match="loaded again"):
+            loss_memo.losses(tiny_llama_dir, "lora", "fp32", other[0], other[1], 2, memo=memo)
+    assert len(list(memo.glob("*.parquet"))) == 1
