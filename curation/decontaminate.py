@@ -22,6 +22,7 @@ import numpy as np
 import polars as pl
 from pydantic import Field
 
+from curation.eval_sets import FILES as EVAL_SETS, eval_set_path
 from curation.ingest import read_records
 from curation.shingles import shingle_hashes
 from curation.step import StepContext, StepOptions, reject
@@ -31,7 +32,8 @@ STAGE = "decontaminate"
 
 class DecontaminateOptions(StepOptions):
     against: str | list[str] = Field(
-        description="eval / held-out file(s), directories or globs (any format ingest reads)")
+        description="eval / held-out file(s), directories or globs (any format ingest reads), or an evaluation set "
+                    "pond knows by name: alpaca_eval (the reference answers), ifeval (the benchmark's prompts)")
     ngram: int = Field(13, ge=1, le=64, description="n-gram length in normalised words")
     min_shared: int = Field(1, ge=1, description="reject a row sharing at least this many distinct n-grams with the eval set")
     max_row_frequency: int | None = Field(
@@ -59,7 +61,7 @@ def ngram_table(df: pl.DataFrame, ngram: int) -> pl.DataFrame:
 
 def eval_ngrams(paths: list[str], ngram: int, ctx: StepContext) -> tuple[pl.DataFrame, dict]:
     """(h -> smallest eval id having it, figures about the eval set)."""
-    evals, bad = read_records([str(ctx.resolve(p)) for p in paths])
+    evals, bad = read_records([str(eval_set_path(p) if p in EVAL_SETS else ctx.resolve(p)) for p in paths])
     if evals.is_empty():
         raise ValueError(f"decontaminate: no usable rows in {paths}")
     table = ngram_table(evals, ngram)

