@@ -26,9 +26,9 @@ test-slow: venv models teacher fortunes chromium
 
 venv: $(VENV)/.installed
 
-# uv installs (pond.installer: pip's own indexes and find-links, pip where uv fails), at the versions of
+# uv installs (synthesis.installer: pip's own indexes and find-links, pip where uv fails), at the versions of
 # constraints.txt (`make lock`). torch first, from the local CPU wheel, so that nothing later can pull a CUDA build.
-INSTALL := $(PY) -m pond.installer --python $(PY) -q
+INSTALL := $(PY) -m synthesis.installer --python $(PY) -q
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q uv==0.13.10

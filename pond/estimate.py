@@ -216,15 +216,27 @@ def _time_training(est: Estimate, recipe: Recipe, out: Path | None, rows: int, c
     x = recipe.experiment
     if x is not None:
         arm_steps = x.steps or steps
-        jobs = len(x.arms) * len(x.seeds)
+        reused = _runs_own_training(recipe, arm_steps, steps)
+        jobs = len(x.arms) * len(x.seeds) - reused
         est.notes["experiment"] = (f"{len(x.arms)} arms x {len(x.seeds)} seed{'s' * (len(x.seeds) != 1)} x "
-                                   f"{arm_steps} steps")
+                                   f"{arm_steps} steps" + (", the run's own training reused" if reused else ""))
         if c:
             done = _done(out, layout.EXPERIMENT, layout.REPORT)
-            scoring = _instrument_seconds(recipe, jobs + 1, c)
+            # the base model and a reused arm were scored by the evaluation already (evaluation.loss_memo)
+            scoring = _instrument_seconds(recipe, jobs + (0 if reused and recipe.evaluate else 1), c)
             est.seconds["experiment"] = 0.0 if done else jobs * arm_steps * c.arm_step_s * scale + scoring
             if scoring:
                 est.notes["experiment"] += f" + reference and benchmark answers {minutes(scoring)}"
+
+
+def _runs_own_training(recipe: Recipe, arm_steps: int, steps: int) -> int:
+    """1 if an arm x seed trains what `pond run` trained (the final set, the run's seed, as many steps: the
+    token reference of equal_tokens or any arm of equal_steps), which the experiment reuses (train's same_as)."""
+    x = recipe.experiment
+    final = [a.name for a in x.arms if a.data == "curated_plus_synthetic"]
+    reference = x.token_reference or x.arms[0].name
+    same_steps = x.budget == "equal_steps" or (x.budget == "equal_tokens" and reference in final)
+    return int(bool(final) and recipe.seed in x.seeds and same_steps and arm_steps == steps)
 
 
 def _instrument_seconds(recipe: Recipe, models: int, c: cost_model.Costs) -> float:

@@ -1,6 +1,7 @@
 """Synthesis: the teacher LLM writes and judges examples.
 
 - server.py      start/stop a local vLLM teacher (its own virtual environment on CPU machines)
+- installer.py   `pip install` through uv with pip's own sources (the teacher's and the project's venvs)
 - client.py      TeacherConfig and the async OpenAI-compatible client (retries, budget, cache)
 - teachers.py    the one teacher handle: a run's teachers, `session(name)` a served, ready client
 - cache.py       the SQLite response cache keyed by hash(model, messages, params, schema)

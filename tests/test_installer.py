@@ -1,10 +1,10 @@
-"""pond.installer: uv gets pip's sources as its own flags, and pip installs where uv cannot."""
+"""synthesis.installer: uv gets pip's sources as its own flags, and pip installs where uv cannot."""
 from __future__ import annotations
 
 import subprocess
 import sys
 
-from pond import installer
+from synthesis import installer
 
 PIP_CONFIG = """global.cert='/etc/ssl/certs/ca.crt'
 global.constraint='/etc/xdg/pip/constraints.txt'
