@@ -114,6 +114,7 @@ def test_processes_is_an_option_that_leaves_existing_keys_and_recipe_hashes_alon
         parse_recipe(text % ", processes: 0", "r.yaml")
 
 
+@pytest.mark.slow  # ~20 s; make test keeps SFT in two processes (the same launcher and rank-0 rule)
 def test_dpo_in_two_processes_learns_what_one_does_and_rank_0_alone_writes(tiny_llama_dir, tmp_path):
     """train: {method: dpo, processes: 2}: the SFT stage and then DPO each in two workers (gloo), rank 0 the only
     writer of the key, the adapter, its card, train-result.json and train.DONE, as for SFT."""

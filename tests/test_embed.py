@@ -181,6 +181,7 @@ def test_openvino_backend_matches_torch(texts, plain, tmp_path):
     assert second._model is None and embed.counters["model_loads"] == loads
 
 
+@pytest.mark.slow  # ~35 s of NNCF calibration; the optional int8 backend (make test keeps plain openvino)
 def test_openvino_int8_backend_quantises_once_and_stays_close(texts, plain, tmp_path, monkeypatch):
     """#30: backend openvino-int8 quantises the IR with NNCF on the fixed ShareGPT sample, keeps it under its
     own key, stays within cosine 0.99 of a plain fp32 encode, and a second process never calibrates again."""

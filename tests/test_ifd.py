@@ -164,6 +164,7 @@ steps:
 """
 
 
+@pytest.mark.slow  # ~17 s through the CLI; the step's scoring, rejections and rerun are tested above
 def test_recipe_through_the_cli_estimate_then_run(tiny_llama_dir, tmp_path):
     convs = [_turns(u, a) for u in (U1, U2, U3) for a in (A1, A2, A3)] + [[{"role": "user", "content": U1}]]
     (tmp_path / "raw.jsonl").write_text("".join(json.dumps({"messages": c}) + "\n" for c in convs))

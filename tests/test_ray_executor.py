@@ -83,6 +83,7 @@ def assert_same(local: Path, ray_run: Path) -> None:
     assert json.loads((ray_run / "manifest.json").read_text())["steps"][-1]["out"] == len(cb)
 
 
+@pytest.mark.slow  # ~30 s; make test keeps Ray = local on ingest and on the example step
 @pytest.mark.timeout(limits.RAY_STALL_S)  # ~1 min; a stalled shuffle fails here, with its stack, not at CI's limit
 def test_ray_equals_local_on_dedup_and_filters(tmp_path, ray_cluster):
     steps = ("  - exact_dedup: {}\n  - heuristics: {}\n  - pii: {action: redact}\n"
@@ -245,6 +246,7 @@ def _steps_with_reference(tmp_path: Path) -> tuple[pl.DataFrame, pl.DataFrame, l
     return pond, new, steps
 
 
+@pytest.mark.slow  # ~20 s; dedup against reference rows stays in make test locally (test_dedup_reference.py)
 @pytest.mark.timeout(limits.RAY_STALL_S)
 def test_ray_dedup_with_reference_rows_equals_local(tmp_path, ray_cluster):
     """Each distributed dedup form with ctx.reference: the local step's kept ids, reasons,

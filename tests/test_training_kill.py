@@ -105,6 +105,7 @@ def _start(rows: Path, config: Path, out: Path, kill: str | None) -> subprocess.
                           capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow  # ~50 s: a kill at every point; make test keeps one kill and resume (test_training.py)
 def test_killed_anywhere_in_training_resumes_to_the_uninterrupted_adapter(tiny_llama_dir, tmp_path):
     data = _rows(48)
     cfg = _config(tiny_llama_dir, max_steps=6, save_steps=1, save_total_limit=2, warmup_ratio=0.2)

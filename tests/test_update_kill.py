@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import polars as pl
+import pytest
 
 from pond import layout
 from pond.pipeline import run_pipeline
@@ -48,6 +49,7 @@ def _update(run: Path, drop: Path) -> subprocess.Popen:
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
+@pytest.mark.slow  # ~16 s, with the other kill tests (make test-slow)
 def test_killed_update_resumes_without_sending_a_request_twice(tmp_path, fake_teacher, sharegpt_df):
     fake_teacher.rule = lambda body: "sleep:0.15"
     rows = sharegpt_df.filter(pl.col("messages").list.len() >= 2)
