@@ -194,7 +194,10 @@ def _add_teacher(seconds: float, served: dict[str, float], recipe: Recipe, step,
         return seconds
     params = cost_model.model_params(teacher.serve.model or teacher.model)
     served.setdefault(name, cost_model.by_size(c.serve_start_s, params))
-    return seconds + requests * cost_model.by_size(c.request_s, params)
+    per_request = cost_model.by_size(c.request_s, params)
+    if teacher.serve.cpu_cores == "all":
+        per_request *= cost_model.ALL_CORES_REQUEST
+    return seconds + requests * per_request
 
 
 def _time_training(est: Estimate, recipe: Recipe, out: Path | None, rows: int, c: cost_model.Costs | None) -> None:
