@@ -61,7 +61,8 @@ def ngram_table(df: pl.DataFrame, ngram: int) -> pl.DataFrame:
 
 def eval_ngrams(paths: list[str], ngram: int, ctx: StepContext) -> tuple[pl.DataFrame, dict]:
     """(h -> smallest eval id having it, figures about the eval set)."""
-    evals, bad = read_records([str(eval_set_path(p) if p in EVAL_SETS else ctx.resolve(p)) for p in paths])
+    # absolute, as a set pond knows by name is: a relative run folder (`--out runs/x`) mixed with it is refused
+    evals, bad = read_records([str((eval_set_path(p) if p in EVAL_SETS else ctx.resolve(p)).absolute()) for p in paths])
     if evals.is_empty():
         raise ValueError(f"decontaminate: no usable rows in {paths}")
     table = ngram_table(evals, ngram)

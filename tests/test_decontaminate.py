@@ -146,14 +146,20 @@ def test_ngrams_common_in_the_input_count_as_boilerplate(tmp_path):
     assert len(rejected) == 5  # rare in the input: a real overlap
 
 
-def test_an_evaluation_set_named_is_found_where_pond_keeps_it(tmp_path):
-    """`against: [alpaca_eval]`: the reference answers the verdict is scored on, read from the installed package
-    (curation.eval_sets), so a pool row quoting one is rejected naming it; a row quoting none stays."""
+def test_an_evaluation_set_named_is_found_where_pond_keeps_it(tmp_path, monkeypatch):
+    """`against: [held-out file, alpaca_eval]`: the reference answers the verdict is scored on, read from the
+    installed package (curation.eval_sets), beside a file of a relative run folder (`--out runs/x`), so a pool row
+    quoting one is rejected naming it; a row quoting none stays."""
     from curation.eval_sets import eval_set_path
 
     ref = read_records([str(eval_set_path("alpaca_eval"))])[0]
     quoted = " ".join(ref["messages"][3][-1]["content"].split()[:20])
     pool = records_from_dicts([{"prompt": "tell me something", "response": f"Sure. {quoted}"},
                                {"prompt": "hello there my friend", "response": "hello to you too, how are you today?"}])
-    kept, rejected = decontaminate(pool, DecontaminateOptions(against=["alpaca_eval"]), StepContext())
-    assert len(kept) == 1 and rejected["reason"].to_list() == [f"eval_overlap:{ref['id'][3]}"]
+    monkeypatch.chdir(tmp_path)
+    write_jsonl(tmp_path / "heldout.jsonl", [{"text": EVAL_TEXT}])
+    kept, rejected = decontaminate(pool, DecontaminateOptions(against=["heldout.jsonl", "alpaca_eval"]),
+                                   StepContext(base_dir=Path(".")))
+    both = read_records([str(tmp_path / "heldout.jsonl"), str(eval_set_path("alpaca_eval"))])[0]
+    named = both.filter(pl.col("text").str.contains(quoted, literal=True))["id"].to_list()
+    assert len(kept) == 1 and len(named) == 1 and rejected["reason"].to_list() == [f"eval_overlap:{named[0]}"]
