@@ -138,6 +138,7 @@ def test_summary_counts_unreadable_replies_and_thresholds():
     assert summary["by_corruption"]["cut_mid_sentence"]["auc"] is None
 
 
+@pytest.mark.slow  # ~14 s native, ~28 s in float32; the refusal itself is tested above with fake judges
 @pytest.mark.teacher
 def test_smollm2_cannot_judge_and_is_refused(teacher_server, pool, tmp_path):
     """The real vLLM SmolLM2-135M as a judge: calibration measures it and refuses it."""

@@ -31,8 +31,11 @@ CPU implementer\t: 0x41
 
 @pytest.fixture
 def on_cpu(monkeypatch):
-    """Pretend to run on the CPU a /proc/cpuinfo text describes (no GPU)."""
+    """Pretend to run on the CPU a /proc/cpuinfo text describes (no GPU), with no instruction-set cap (a suite run
+    capped to AVX2 to play the slowest CPU must not change what these tests pretend)."""
     def use(text: str) -> None:
+        for cap in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY"):
+            monkeypatch.delenv(cap, raising=False)
         info = settings.parse_cpuinfo(text) | {"cores": 2}
         monkeypatch.setattr(settings, "cpu", lambda: info)
         monkeypatch.setattr(settings, "gpu", lambda: None)
