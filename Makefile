@@ -28,7 +28,9 @@ venv: $(VENV)/.installed
 
 # uv installs (synthesis.installer: pip's own indexes and find-links, pip where uv fails), at the versions of
 # constraints.txt (`make lock`). torch first, from the local CPU wheel, so that nothing later can pull a CUDA build.
-INSTALL := $(PY) -m synthesis.installer --python $(PY) -q
+# --compile-bytecode: PYTHONDONTWRITEBYTECODE is set on this machine kind, so a module never compiled at install
+# is compiled again by every process that imports it (pip always compiles; uv does when asked)
+INSTALL := $(PY) -m synthesis.installer --python $(PY) --compile-bytecode -q
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q uv==0.13.10

@@ -93,6 +93,11 @@ class _Run:
         return self.ctx.teachers or Teachers()
 
     @property
+    def memo(self) -> Path | None:
+        """Where the run keeps every model's losses (evaluation.loss_memo)."""
+        return memo_dir(self.ctx.run_dir)
+
+    @property
     def cache_path(self) -> Path | None:
         return (self.out_dir / CACHE_FILE) if self.ecfg.judge else None
 
@@ -325,7 +330,7 @@ def _base_scores(run: _Run, held: pl.DataFrame, key: dict, grade) -> pl.DataFram
     d.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     scores = score_model(run.student, run.train.method, run.train.compute_dtype, held, run.ecfg, run.max_seq_len,
-                         grade=grade, cache_dir=run.ctx.cache_dir, progress=run.track, memo=memo_dir(run.ctx.run_dir))
+                         grade=grade, cache_dir=run.ctx.cache_dir, progress=run.track, memo=run.memo)
     _write_scores(d, key, scores, {"metrics": summarise(scores), "eval_seconds": time.perf_counter() - t0})
     return scores
 
@@ -372,7 +377,7 @@ def _arm_seed(run: _Run, plan: _Plan, scoring: _Scoring, arm, s: int, results: d
     scores = score_model(run.student, run.train.method, run.train.compute_dtype, plan.held, run.ecfg,
                          run.max_seq_len, adapter_dir=result.adapter_dir, compare_answers=scoring.compare,
                          ask=scoring.ask, grade=scoring.grade, cache_dir=run.ctx.cache_dir, progress=run.track,
-                         memo=memo_dir(run.ctx.run_dir))
+                         memo=run.memo)
     trained = _train_summary(result) if sft is None else _dpo_summary(result, sft)
     summary = {"train": trained, "metrics": summarise(scores), "eval_seconds": time.perf_counter() - t0}
     _write_scores(seed_dir, key, scores, summary)
@@ -506,7 +511,7 @@ def _reference(run: _Run, results: dict, reference: pl.DataFrame) -> dict:
 
     ref_hash = frame_hash(reference)
     ecfg = run.ecfg
-    kw = dict(batch_size=ecfg.batch_size, cache_dir=run.ctx.cache_dir, progress=run.track, memo=memo_dir(run.ctx.run_dir))
+    kw = dict(batch_size=ecfg.batch_size, cache_dir=run.ctx.cache_dir, progress=run.track, memo=run.memo)
 
     def scored(folder: Path, adapter: Path | None) -> pl.DataFrame:
         key = {"reference": ref_hash, "max_seq_len": ecfg.reference_max_seq_len, "adapter": str(adapter),

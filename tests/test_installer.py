@@ -48,6 +48,17 @@ def test_pip_installs_what_uv_cannot(monkeypatch):
     assert calls == [["/env/bin/python", "-m", "pip", "install", "y"]] and len(notes) == 1
 
 
+def test_bytecode_is_compiled_by_uv_when_asked_and_pip_is_not_told(monkeypatch):
+    calls = []
+    monkeypatch.setattr(installer.subprocess, "run", lambda cmd, **kw: (
+        calls.append(cmd), subprocess.CompletedProcess(cmd, 1 if cmd[0] == "/bin/uv" else 0, stdout="", stderr=""))[1])
+    monkeypatch.setattr(installer, "pip_config", lambda python: {})
+    monkeypatch.setattr(installer, "uv_binary", lambda: "/bin/uv")
+    assert installer.main(["--python", "/env/bin/python", "--compile-bytecode", "-q", "x==1"]) == 0
+    assert calls[0][-3:] == ["--compile-bytecode", "-q", "x==1"] and calls[0][0] == "/bin/uv"
+    assert calls[1] == ["/env/bin/python", "-m", "pip", "install", "-q", "x==1"]  # pip compiles on its own
+
+
 def test_the_environment_is_the_locked_one():
     """Every package constraints.txt pins is installed at the version it pins (`make venv` installs with it)."""
     from importlib.metadata import PackageNotFoundError, version
