@@ -125,6 +125,16 @@ def file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
+def frame_hash(df, columns: tuple[str, ...] = ("id", "messages")) -> str:
+    """Content hash of a DataFrame's rows (order matters): stable across polars versions, unlike
+    DataFrame.hash_rows."""
+    h = hashlib.blake2b(digest_size=16)
+    for row in df.select([c for c in columns if c in df.columns]).iter_rows():
+        h.update(json.dumps(row, sort_keys=True, ensure_ascii=False, default=str).encode())
+        h.update(b"\n")
+    return h.hexdigest()
+
+
 def key_of(settings: Any) -> str:
     """A work's key from what decides its result (options, input digests, …): equal settings, equal key."""
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:24]

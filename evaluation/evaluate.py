@@ -17,13 +17,14 @@ from pathlib import Path
 import polars as pl
 
 from curation import store
+from curation.store import frame_hash
 from evaluation.bootstrap import bootstrap_ci, paired_difference_ci
 from evaluation.config import EvaluateConfig
 from evaluation.files import EVAL, EVAL_DONE, REPORT, SCORES
 from evaluation.generation import adapter_fingerprint
 from evaluation.loss_memo import memo_dir
 from evaluation.report import METRIC_INFO, metric_matrix, slice_masks
-from evaluation.scoring import frame_hash, load_heldout, make_judges, prepare_heldout, score_model, summarise
+from evaluation.scoring import load_heldout, make_judges, prepare_heldout, score_model, summarise
 from synthesis.cache import CACHE_FILE
 from synthesis.teachers import Teachers
 from training.config import TrainConfig

@@ -33,7 +33,7 @@ import polars as pl
 from curation.errors import ConfigError
 from curation.settings import no_progress
 from curation import store
-from curation.store import read_json, write_json
+from curation.store import frame_hash, read_json, write_json
 from evaluation.arms import (arm_rows, dpo_config, plan_budget, profile, remove_heldout, remove_overlap, sft_source,
                              varies_by_seed)
 from evaluation.config import CURATED_DPO, EvaluateConfig, ExperimentConfig
@@ -41,7 +41,7 @@ from evaluation.evaluate import evaluate_run
 from evaluation.files import EVAL, EVAL_DONE, REPORT
 from evaluation.loss_memo import memo_dir
 from evaluation.report import add_benchmark, add_reference, aggregate, goal_sentence, write_plot, write_report
-from evaluation.scoring import frame_hash, make_judges, prepare_heldout, score_model, summarise
+from evaluation.scoring import make_judges, prepare_heldout, score_model, summarise
 from synthesis.cache import CACHE_FILE
 from synthesis.teachers import Teachers
 from training.config import TrainConfig

@@ -34,12 +34,10 @@ def losses(model_path: str | Path, method: str, compute_dtype: str, rows: pl.Dat
            ) -> tuple[np.ndarray, np.ndarray]:
     """(summed answer-token NLL, answer tokens) per row of `rows` (metrics.row_losses), from `memo` when this model
     scored these rows before. `loaded`: the (model, tokenizer) already in memory, used and left loaded."""
-    from evaluation.scoring import frame_hash
-
     path = None
     if memo is not None:
         key = {"student": str(model_path), "adapter": adapter_dir and adapter_fingerprint(Path(adapter_dir)),
-               "method": method, "compute_dtype": compute_dtype, "rows": frame_hash(rows),
+               "method": method, "compute_dtype": compute_dtype, "rows": store.frame_hash(rows),
                "max_seq_len": max_seq_len, "batch_size": batch_size}
         path = Path(memo) / f"{store.key_of(key)}.parquet"
         if path.is_file():

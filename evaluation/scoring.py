@@ -14,8 +14,6 @@ loss, bootstrap intervals, paired differences and slices. Columns:
 from __future__ import annotations
 
 import gc
-import hashlib
-import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -62,15 +60,6 @@ def prepare_heldout(df: pl.DataFrame, config: EvaluateConfig) -> pl.DataFrame:
     if out.height == 0:
         raise ValueError("the held-out set has no row with a user prompt and an assistant answer")
     return out
-
-
-def frame_hash(df: pl.DataFrame, columns: tuple[str, ...] = ("id", "messages")) -> str:
-    """Content hash of rows (order matters): stable across polars versions, unlike DataFrame.hash_rows."""
-    h = hashlib.blake2b(digest_size=16)
-    for row in df.select([c for c in columns if c in df.columns]).iter_rows():
-        h.update(json.dumps(row, sort_keys=True, ensure_ascii=False, default=str).encode())
-        h.update(b"\n")
-    return h.hexdigest()
 
 
 def score_model(model_path: str | Path, method: str, compute_dtype: str, heldout: pl.DataFrame,
