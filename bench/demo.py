@@ -7,12 +7,13 @@ stage, then the rerun (#28).
 
 Each run clones this checkout's HEAD into a new folder and runs `make demo` there with a new, empty
 `POND_CACHE_DIR` and uv cache (pip's own download cache is left as it is: it holds almost nothing here, where
-packages come from local folders and PyPI). Every output line is stamped with the seconds since the start, so the set-up stages are
-timed from the commands make echoes (the project venv, then models and data, the judge model and the vLLM venv side
-by side, each timed to its end) and pond's own stages from its `── <stage>: done in N s` lines. Then `make demo` again in the same clone: the rerun, which
-should reuse everything. One JSON line per run and one per rerun (wall and children's CPU seconds, the stages, the
-exit status), each naming the CPU; the clone and its cache are deleted after (`--keep` keeps them). The goal of
-issue 28 is at most 15 minutes a fresh run and 2 minutes a rerun on the AVX2-only EPYC.
+packages come from local folders and PyPI). Every output line is stamped with the seconds since the start and
+written to the log as it comes, so the set-up stages are timed from the commands make echoes (the project venv,
+then models and data, the judge model and the vLLM venv side by side, each timed to its end) and pond's own stages
+from its `── <stage>: done in N s` lines. Then `make demo` again in the same clone: the rerun, which should reuse
+everything. One JSON line per run and one per rerun (wall and children's CPU seconds, the stages, the exit status),
+each naming the CPU; the clone and its cache are deleted after (`--keep` keeps them). The goal of issue 28 is at
+most 15 minutes a fresh run and 2 minutes a rerun on the AVX2-only EPYC.
 """
 from __future__ import annotations
 
@@ -48,7 +49,7 @@ def timed_make(clone: Path, env: dict, log: Path) -> dict:
     lines: list[tuple[float, str]] = []
     cpu0, t0 = children_cpu(), time.perf_counter()
     with subprocess.Popen(["make", "demo"], cwd=clone, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True, errors="replace") as proc, open(log, "w") as out:
+                          text=True, errors="replace") as proc, open(log, "w", buffering=1) as out:
         for line in proc.stdout:
             stamp = time.perf_counter() - t0
             lines.append((stamp, line))

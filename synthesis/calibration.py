@@ -168,7 +168,7 @@ def rounds(items: list[Item], fail_fast: bool) -> list[list[int]]:
     order = [POSITIVE, *CORRUPTIONS]
     by_kind = [[i for i, it in enumerate(items) if it.kind == kind] for kind in order]
     graded = [by_kind[0] + by_kind[1], *by_kind[2:]]
-    return [r for r in graded if r]
+    return [r for r in graded if r] or [[]]
 
 
 def failing(summary: dict, min_calibration: float) -> bool:

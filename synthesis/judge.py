@@ -308,7 +308,8 @@ def _calibrate(df: pl.DataFrame, opts: JudgeOptions, ctx: StepContext, session: 
     for r in rounds:
         at = len(scores)
         scores += calibration_scores(session.run(requests[at:at + len(r)], ctx.track, "judge: calibration"))
-        if calibration.failing(calibration.summarise(items[:len(scores)], scores, opts.min_score), opts.min_calibration):
+        summary = calibration.summarise(items, scores, opts.min_score)  # of the types graded so far
+        if calibration.failing(summary, opts.min_calibration):
             break
     if ctx.step_dir is not None:
         graded = items[:len(scores)]
@@ -316,8 +317,7 @@ def _calibrate(df: pl.DataFrame, opts: JudgeOptions, ctx: StepContext, session: 
                       "answer": [it.answer for it in graded], "score": scores},
                      schema={"kind": pl.Utf8, "prompt": pl.Utf8, "answer": pl.Utf8, "score": pl.Int64}
                      ).write_parquet(ctx.step_dir / "calibration.parquet")
-    summary = calibration.summarise(items, scores, opts.min_score) | {"min_calibration": opts.min_calibration,
-                                                                       "judge": model, "rubric": opts.rubric}
+    summary |= {"min_calibration": opts.min_calibration, "judge": model, "rubric": opts.rubric}
     ctx.stats["calibration"] = summary
     calibration.check(summary, opts.min_calibration, model, opts.rubric)
     return summary
