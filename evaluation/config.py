@@ -194,6 +194,10 @@ def default_arms() -> list[ArmConfig]:
     return [ArmConfig(name=d, data=d) for d in ("curated", "full", "random_n", "longest_n")]
 
 
+# the experiment metrics that come from scoring the held-out rows (evaluation.scoring.score_model)
+HELDOUT_METRICS = ("heldout_loss", "judge_win_rate", "judge_score", "exact_match", "token_f1")
+
+
 class ExperimentConfig(BaseModel):
     """Quality vs quantity: train several arms with the same budget and seeds, then compare."""
 
@@ -231,6 +235,12 @@ class ExperimentConfig(BaseModel):
         description="Held-out breakdowns in the report: structured (reference answers with code, lists or "
                     "tables) vs plain; answer_length (longer vs shorter than the median reference answer); "
                     "turns (single- vs multi-turn). A win confined to the slice curation favoured shows here.")
+    score_heldout: bool = Field(
+        True, description="Score every arm x seed on the held-out rows too (loss, and answers with "
+                          "evaluate.n_generate), and the base model beside them. false: the metric's own rows only, "
+                          "one scoring less per model (`pond run`'s evaluation still gives base vs adapter on the "
+                          "held-out rows); needs reference_loss or a benchmark metric; no `slices` (held-out "
+                          "breakdowns).")
     bootstrap_resamples: int = Field(2000, ge=100, description="Bootstrap resamples for each interval.")
     confidence: float = Field(0.95, gt=0.5, lt=1, description="Confidence level of the intervals.")
     mlflow: bool = Field(True, description="Log one MLflow run per arm x seed (params, metrics, adapter card, "
@@ -249,6 +259,9 @@ class ExperimentConfig(BaseModel):
             raise ValueError(f"baseline {self.baseline!r} is not an arm (arms: {', '.join(names)})")
         if self.token_reference is not None and self.token_reference not in names:
             raise ValueError(f"token_reference {self.token_reference!r} is not an arm (arms: {', '.join(names)})")
+        if not self.score_heldout and self.metric in HELDOUT_METRICS:
+            raise ValueError(f"metric {self.metric} is measured on the held-out rows: keep score_heldout true, or "
+                             f"use reference_loss or a benchmark metric")
         if any(a.data == CURATED_DPO for a in self.arms) and not any(a.data == "curated" for a in self.arms):
             raise ValueError(f"an arm with data {CURATED_DPO} goes on training the SFT adapter of the arm with data "
                              f"curated, and there is none: add `{{name: curated, data: curated}}` to the arms")

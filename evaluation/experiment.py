@@ -286,8 +286,10 @@ def _train_and_score_all(run: _Run, plan: _Plan) -> tuple[_Scoring, dict[tuple[s
         stack.enter_context(run.teachers.serving(run.ecfg.judge))
     key = {"heldout_hash": plan.held_hash, "evaluate": run.ecfg.model_dump(mode="json"),
            "max_seq_len": run.max_seq_len, "student": str(run.student), "method": run.train.method,
-           "compute_dtype": run.train.compute_dtype}
-    base = _base_scores(run, plan.held, key, grade)
+           "compute_dtype": run.train.compute_dtype,
+           **({} if run.config.score_heldout else {"score_heldout": False})}
+    # without score_heldout no model is scored on the held-out rows: the metric's rows are scored in _report
+    base = _base_scores(run, plan.held if run.config.score_heldout else plan.held.head(0), key, grade)
     compare = plan.held["reference"].to_list() if run.ecfg.judge_against == "reference" else base["answer"].to_list()
     scoring = _Scoring(ask, grade, key, base, compare)
 
@@ -374,7 +376,8 @@ def _arm_seed(run: _Run, plan: _Plan, scoring: _Scoring, arm, s: int, results: d
         result = train_dpo(df, arm_train, seed_dir, seed=s, cache_dir=run.ctx.cache_dir, provenance=prov,
                            sft_adapter=Path(sft["adapter_dir"]))
     t0 = time.perf_counter()
-    scores = score_model(run.student, run.train.method, run.train.compute_dtype, plan.held, run.ecfg,
+    held = plan.held if run.config.score_heldout else plan.held.head(0)
+    scores = score_model(run.student, run.train.method, run.train.compute_dtype, held, run.ecfg,
                          run.max_seq_len, adapter_dir=result.adapter_dir, compare_answers=scoring.compare,
                          ask=scoring.ask, grade=scoring.grade, cache_dir=run.ctx.cache_dir, progress=run.track,
                          memo=run.memo)
@@ -396,7 +399,7 @@ def _report(run: _Run, plan: _Plan, scoring: _Scoring, results: dict[tuple[str, 
                          "plan": plan.plans[arm.name], "rows": rows[0] if len(set(rows)) == 1 else rows,
                          "seeds": [results[arm.name, s] for s in config.seeds]})
     summary = aggregate(arms_out, scoring.base, plan.held, metric=config.metric, baseline=config.baseline,
-                        slices=list(config.slices), resamples=config.bootstrap_resamples,
+                        slices=list(config.slices) if config.score_heldout else [], resamples=config.bootstrap_resamples,
                         confidence=config.confidence)
     if plan.reference is not None:
         add_reference(summary, _reference(run, results, plan.reference))

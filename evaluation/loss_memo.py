@@ -34,6 +34,8 @@ def losses(model_path: str | Path, method: str, compute_dtype: str, rows: pl.Dat
            ) -> tuple[np.ndarray, np.ndarray]:
     """(summed answer-token NLL, answer tokens) per row of `rows` (metrics.row_losses), from `memo` when this model
     scored these rows before. `loaded`: the (model, tokenizer) already in memory, used and left loaded."""
+    if rows.height == 0:  # nothing to score: no model is loaded
+        return np.zeros(0), np.zeros(0, dtype=np.int64)
     path = None
     if memo is not None:
         key = {"student": str(model_path), "adapter": adapter_dir and adapter_fingerprint(Path(adapter_dir)),

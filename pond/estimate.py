@@ -227,7 +227,10 @@ def _time_training(est: Estimate, recipe: Recipe, out: Path | None, rows: int, c
             done = _done(out, layout.EXPERIMENT, layout.REPORT)
             # the base model and a reused arm were scored by the evaluation already (evaluation.loss_memo)
             scoring = _instrument_seconds(recipe, jobs + (0 if reused and recipe.evaluate else 1), c)
-            est.seconds["experiment"] = 0.0 if done else jobs * arm_steps * c.arm_step_s * scale + scoring
+            # arm_step_s holds each arm's held-out scoring, which score_heldout false leaves out
+            unscored = 0.0 if x.score_heldout else jobs * (est.heldout or cost_model.REF_HELDOUT_ROWS) * c.score_row_s
+            trained_arms = max(0.0, jobs * arm_steps * c.arm_step_s * scale - unscored)
+            est.seconds["experiment"] = 0.0 if done else trained_arms + scoring
             if scoring:
                 est.notes["experiment"] += f" + reference and benchmark answers {minutes(scoring)}"
 

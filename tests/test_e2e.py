@@ -112,7 +112,13 @@ def test_quickstart_scaled_down_end_to_end(tmp_path, teacher_server, tiny_llama_
     assert experiment["budget"] == "equal_tokens" and experiment["metric"] == "reference_loss"
     # the verdict is on the reference answers, paired on their rows, beside held-out loss
     assert experiment["reference"]["fit"]["rows"] == 4
-    assert all("reference_loss" in a["metrics"] and "heldout_loss" in a["metrics"] for a in experiment["arms"])
+    # the quickstart's experiment scores the reference answers alone (score_heldout false): held-out loss is the
+    # evaluation's (base vs adapter)
+    assert all("reference_loss" in a["metrics"] and "heldout_loss" not in a["metrics"] for a in experiment["arms"])
+    assert set(experiment["base_model"]) == {"reference_loss"} and not experiment["slices"]
+    assert "heldout_loss" in eval_json["adapter"] and "adapter_minus_base" in eval_json["reference"]
+    # the training saw no held-out loss (eval_steps 0): the evaluation scored the adapter
+    assert manifest["train"]["eval_losses"] == [] and eval_json
     assert (out / "experiment" / "plot.png").stat().st_size > 1000
     # the curated arm trains on the final set as `pond run` did: its adapter is the run's own, not trained again,
     # and the base model's and that adapter's losses are the evaluation's, read back (one file per model and set)
@@ -121,10 +127,12 @@ def test_quickstart_scaled_down_end_to_end(tmp_path, teacher_server, tiny_llama_
     assert not (out / "experiment" / "arms" / "curated" / "seed-0" / "adapter").exists()
     from evaluation.generation import adapter_fingerprint
 
-    models = {None} | {adapter_fingerprint(out / "experiment" / "arms" / a / "seed-0" / "adapter")
-                       for a in ("noisy_n", "longest_n")} | {adapter_fingerprint(out / "adapter")}
-    # one file per distinct model (base, adapters; two arms of one step under warm-up can be equal) and row set
-    assert len(list((out / "eval" / "losses").glob("*.parquet"))) == 2 * len(models)
+    run_models = {None, adapter_fingerprint(out / "adapter")}
+    arm_models = {adapter_fingerprint(out / "experiment" / "arms" / a / "seed-0" / "adapter")
+                  for a in ("noisy_n", "longest_n")} - run_models
+    # one file per distinct model and row set: the base model and the run's adapter on the held-out and the
+    # reference rows, each other arm on the reference rows (two arms of one step under warm-up can be equal)
+    assert len(list((out / "eval" / "losses").glob("*.parquet"))) == 2 * len(run_models) + len(arm_models)
 
     # a rerun resumes: no step re-runs, no teacher request is sent, curated bytes unchanged
     before = teacher_server.metrics()

@@ -94,6 +94,10 @@ def test_config_validation():
         ExperimentConfig(arms_=[])
     with pytest.raises(ValueError, match="n_generate"):
         EvaluateConfig(judge="default")
+    for metric in ("heldout_loss", "judge_score"):  # measured on the held-out rows
+        with pytest.raises(ValueError, match=f"metric {metric} is measured on the held-out rows"):
+            ExperimentConfig(metric=metric, score_heldout=False)
+    ExperimentConfig(metric="reference_loss", score_heldout=False)
     ExperimentConfig.model_json_schema()  # the README's recipe reference is generated from this
     EvaluateConfig.model_json_schema()
 

@@ -233,6 +233,12 @@ def test_a_heldout_set_does_not_change_the_weights_so_the_training_is_reused(tin
     assert reused.adapter_dir == with_eval.adapter_dir and not (tmp_path / "arm" / "adapter").exists()
     other = train(rows, cfg, tmp_path / "arm-seed-1", seed=1, same_as=tmp_path / "run")
     assert other.adapter_dir == tmp_path / "arm-seed-1" / "adapter"
+    # eval_steps 0: a held-out set given is not scored during training (evaluation scores the adapter after it)
+    never = train(rows, cfg.model_copy(update={"eval_steps": 0}), tmp_path / "never", eval_df=heldout)
+    c = load_file(never.adapter_dir / "adapter_model.safetensors")
+    assert not never.eval_losses and all(torch.equal(b[k], c[k]) for k in b)
+    with pytest.raises(ValueError, match="early_stopping_patience needs the held-out loss"):
+        _config(tiny_llama_dir, eval_steps=0, early_stopping_patience=2)
 
 
 @pytest.mark.parametrize("method", ["lora", "full"])

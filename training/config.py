@@ -75,7 +75,8 @@ class TrainConfig(BaseModel):
     save_steps: int = Field(50, gt=0, description="Write a resumable checkpoint every this many steps.")
     save_total_limit: int | None = Field(2, gt=0, description="Checkpoints kept on disk (oldest deleted first).")
     eval_steps: int | None = Field(
-        None, gt=0, description="Held-out loss every this many steps; default once per epoch (and at the end).")
+        None, ge=0, description="Held-out loss every this many steps; default once per epoch (and at the end); 0: "
+                                "never during training (`pond run`'s evaluation scores the adapter after it).")
     eval_on_start: bool = Field(
         False, description="Also measure the held-out loss before the first step (the untrained baseline).")
     early_stopping_patience: int | None = Field(
@@ -108,6 +109,8 @@ class TrainConfig(BaseModel):
         if self.batch_size % self.processes:
             raise ValueError(f"batch_size={self.batch_size} does not split over {self.processes} processes; use a "
                              f"multiple of {self.processes} (batch_size is the global micro-batch)")
+        if self.eval_steps == 0 and self.early_stopping_patience:
+            raise ValueError("early_stopping_patience needs the held-out loss during training; eval_steps is 0")
         return self
 
     @model_serializer(mode="wrap")

@@ -346,6 +346,8 @@ def train(df: pl.DataFrame, config: TrainConfig, out_dir: Path, *, seed: int = 0
     the weights (PondTrainerMixin.evaluate), its result is returned and nothing trains.
     """
     out_dir = Path(out_dir)
+    if config.eval_steps == 0:  # no held-out loss during training: the evaluation after it scores the adapter
+        eval_df = None
     start = distributed.processes_to_start(config.processes, config.batch_size)
     set_threads(config.threads)
     student = _setup_student(config, cache_dir, eval_df)
