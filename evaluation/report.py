@@ -363,7 +363,8 @@ def write_report(path: Path, summary: dict, *, title: str, heldout_source: str, 
     pct = f"{summary['confidence']:.0%}"
     extra = [m for m in summary["metrics_available"] if m != metric]
     lines = [f"# {title}", "", f"**{summary['verdict']['sentence']}**", ""]
-    lines += [f"Held-out set: {heldout_source} — {summary['heldout_rows']} rows. Intervals: {pct} two-level "
+    scored = "" if "heldout_loss" in summary["metrics_available"] else " (no arm scored on it: score_heldout false)"
+    lines += [f"Held-out set: {heldout_source} — {summary['heldout_rows']} rows{scored}. Intervals: {pct} two-level "
               f"bootstrap over the scored rows (held-out rows; for reference_loss the reference rows) and seeds "
               f"({summary['bootstrap_resamples']} resamples); differences are paired on those rows.", ""]
     head = ["arm", "data", "rows", "steps", "epochs", "answer tokens seen", "train time",

@@ -116,6 +116,7 @@ def test_quickstart_scaled_down_end_to_end(tmp_path, teacher_server, tiny_llama_
     # evaluation's (base vs adapter)
     assert all("reference_loss" in a["metrics"] and "heldout_loss" not in a["metrics"] for a in experiment["arms"])
     assert set(experiment["base_model"]) == {"reference_loss"} and not experiment["slices"]
+    assert "(no arm scored on it: score_heldout false)" in (out / "experiment" / "report.md").read_text()
     assert "heldout_loss" in eval_json["adapter"] and "adapter_minus_base" in eval_json["reference"]
     # the training saw no held-out loss (eval_steps 0): the evaluation scored the adapter
     assert manifest["train"]["eval_losses"] == [] and eval_json

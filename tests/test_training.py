@@ -237,6 +237,7 @@ def test_a_heldout_set_does_not_change_the_weights_so_the_training_is_reused(tin
     never = train(rows, cfg.model_copy(update={"eval_steps": 0}), tmp_path / "never", eval_df=heldout)
     c = load_file(never.adapter_dir / "adapter_model.safetensors")
     assert not never.eval_losses and all(torch.equal(b[k], c[k]) for k in b)
+    assert "| held-out loss per evaluation | none (eval_steps 0" in (never.adapter_dir / "README.md").read_text()
     with pytest.raises(ValueError, match="early_stopping_patience needs the held-out loss"):
         _config(tiny_llama_dir, eval_steps=0, early_stopping_patience=2)
 

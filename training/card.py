@@ -62,7 +62,9 @@ def write_card(adapter_dir: Path, result: TrainResult, config: dict, seed: int, 
     prov = provenance or {}
     tags = ", ".join(card_tags(result.method, config))
     hp = "\n".join(f"| {k} | `{json.dumps(v)}` |" for k, v in sorted(config.items()))
-    evals = ", ".join(f"{x:.4f}" for x in result.eval_losses) or "none (no held-out set)"
+    none = ("none (eval_steps 0: the evaluation after training scores it)" if config.get("eval_steps") == 0
+            else "none (no held-out set)")
+    evals = ", ".join(f"{x:.4f}" for x in result.eval_losses) or none
     text = f"""---
 library_name: peft
 base_model: {result.base_model}
