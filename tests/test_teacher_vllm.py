@@ -138,6 +138,8 @@ def test_serve_is_idempotent_and_running_teacher_reuses(teacher_server):
         pytest.skip("external teacher (POND_TEST_TEACHER_URL): nothing of ours to re-serve")
     again = server.serve(port=handle.port, log_dir=handle.pid_path.parent, log=lambda m: None)
     assert again.pid == handle.pid and again.dtype == handle.dtype  # the same server, no second one
+    early = server.serve(port=handle.port, log_dir=handle.pid_path.parent, wait=False, log=lambda m: None)
+    assert early.pid == handle.pid  # started ahead (prestart) or running: adopted, not started twice
     config = TeacherConfig(model=handle.model, serve={"port": handle.port})
     assert config.base_url == handle.base_url
     with server.running_teacher(config) as started:
