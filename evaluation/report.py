@@ -489,29 +489,36 @@ def write_plot(path: Path, summary: dict, title: str) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import ScalarFormatter
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
 
     metric, baseline = summary["metric"], summary["baseline"]
     lower = summary["lower_is_better"]
     fig, (ax, dx) = plt.subplots(1, 2, figsize=(11, 4.5), dpi=120, gridspec_kw={"width_ratios": [3, 2]})
+    shown = [(i, a) for i, a in enumerate(summary["arms"]) if a["metrics"].get(metric)]
+    # arms of one size (equal rows, as in the demo) stand side by side: on a rows axis they would share one x
+    by_rows = len({a["profile"]["rows"] for _, a in shown}) > 1
     xs = []
-    for i, a in enumerate(summary["arms"]):
-        m = a["metrics"].get(metric)
-        if not m:
-            continue
-        x = a["profile"]["rows"]
+    for k, (i, a) in enumerate(shown):
+        m, rows = a["metrics"][metric], a["profile"]["rows"]
+        x = rows if by_rows else k
         xs.append(x)
         ax.errorbar([x], [m["mean"]], yerr=[[m["mean"] - m["low"]], [m["high"] - m["mean"]]], fmt="o", capsize=5,
-                    color=f"C{i}", label=f"{a['name']} ({x} rows)")
-        ax.annotate(a["name"], (x, m["mean"]), textcoords="offset points", xytext=(7, 5), fontsize=9)
+                    color=f"C{i}", label=f"{a['name']} ({rows} rows)")
+        if by_rows:
+            ax.annotate(a["name"], (x, m["mean"]), textcoords="offset points", xytext=(7, 5), fontsize=9)
     if metric in summary["base_model"]:
         ax.axhline(summary["base_model"][metric]["mean"], color="grey", linestyle="--", linewidth=1,
                    label="base model (no training)")
-    ax.set_xscale("log")
-    if xs:
+    if by_rows:
+        ax.set_xscale("log")
         ax.set_xlim(min(xs) / 1.6, max(xs) * 1.6)
-    ax.xaxis.set_major_formatter(ScalarFormatter())
-    ax.set_xlabel("training rows (log scale)")
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())  # labelled minor ticks overlapped the major ones
+        ax.set_xlabel("training rows (log scale)")
+    else:
+        ax.set_xticks(xs, [a["name"] for _, a in shown])
+        ax.set_xlim(-0.6, len(xs) - 0.4)
+        ax.set_xlabel(f"arm ({shown[0][1]['profile']['rows']} training rows each)" if shown else "arm")
     ax.set_ylabel(METRIC_INFO[metric][2] + (" (lower is better)" if lower else ""), fontsize=9)
     ax.set_title(f"{metric}: mean over seeds, {summary['confidence']:.0%} interval", fontsize=10)
     ax.grid(True, alpha=0.3)
