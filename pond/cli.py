@@ -58,18 +58,21 @@ def _load(recipe: Path):
     return loaded
 
 
-def _check_processes(train_config, where: str = "") -> None:
-    """`train.processes` against this machine's GPUs (or CPU cores), before anything starts: one line
-    (ConfigError) rather than a refusal after curation. With `where` (pond validate, which may check a GPU
-    recipe on a laptop) a warning instead."""
-    if train_config is None or train_config.processes == 1:
+def _check_training(train_config, where: str = "") -> None:
+    """`train.processes` against this machine's GPUs (or CPU cores) and `train.student` against its folders,
+    before anything starts: one line (ConfigError, ModelNotFound) rather than a refusal after curation. With
+    `where` (pond validate, which may check a GPU recipe on a laptop) a warning instead."""
+    if train_config is None:
         return
-    from curation.errors import ConfigError
+    from curation.errors import ConfigError, ModelNotFound
+    from curation.settings import resolve_model
     from training.distributed import processes_to_start
 
     try:
-        processes_to_start(train_config.processes, train_config.batch_size)
-    except ConfigError as exc:
+        resolve_model(train_config.student)
+        if train_config.processes > 1:
+            processes_to_start(train_config.processes, train_config.batch_size)
+    except (ConfigError, ModelNotFound) as exc:
         if not where:
             raise
         console.print(f"[yellow]warning:[/yellow] {where}: {exc} (pond run here would refuse it)", highlight=False,
@@ -106,7 +109,7 @@ def _tracker(progress: Progress):
 def validate(recipe: Path = typer.Argument(..., help="recipe YAML")):
     """Check a recipe; print it with every default resolved."""
     r = _load(recipe)
-    _check_processes(r.train, str(recipe))
+    _check_training(r.train, str(recipe))
     print(r.to_yaml(), end="")
     console.print(f"[green]ok[/green]: {recipe} ({len(r.steps)} steps)")
 
@@ -131,7 +134,7 @@ def run(recipe: Path = typer.Argument(..., help="recipe YAML"),
         r.executor = executor
     out = out or Path("runs") / r.name
     if not no_train and not estimate:
-        _check_processes(r.train)
+        _check_training(r.train)
     if estimate:
         estimate_run(r, out, recipe.parent.resolve(), print_fn=print)
         return
@@ -194,7 +197,7 @@ def train(source: Path = typer.Argument(..., help="a run directory (uses curated
     if not data.exists():
         _fail(f"{data}: no such file")
     cfg = _load(recipe).train if recipe else None
-    _check_processes(cfg)
+    _check_training(cfg)
     with _progress() as progress:
         print(train_only(data, out or (source if source.is_dir() else source.parent), cfg, track=_tracker(progress)))
 
@@ -208,7 +211,7 @@ def experiment(recipe: Path = typer.Argument(..., help="recipe YAML with an `exp
     r = _load(recipe)
     if r.experiment is None:
         _fail(f"{recipe}: has no `experiment:` section")
-    _check_processes(r.train)
+    _check_training(r.train)
     with _progress() as progress:
         print(run_experiment_recipe(r, out or Path("runs") / r.name, recipe.parent.resolve(),
                                     track=_tracker(progress), log=lambda m: progress.console.print(m)))
