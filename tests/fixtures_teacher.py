@@ -12,9 +12,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -105,9 +107,39 @@ def teacher_model_dir() -> Path:
     return model_dir
 
 
+# the session's teacher, started as soon as the tests are collected (pytest_collection_finish): its port and folder
+_EARLY: dict[str, Any] = {}
+
+
+def pytest_collection_finish(session) -> None:
+    """Start the session's vLLM teacher without waiting when a collected test will use it: its start-up (~30 s on
+    two cores, mostly vLLM's imports) then overlaps the tests before the first that needs it, which adopts it
+    (synthesis.server.serve, as `pond run`'s early start does). Anything amiss is left to the fixture to say."""
+    if os.environ.get("POND_TEST_TEACHER_URL") or not any(
+            "teacher_server" in getattr(item, "fixturenames", ()) for item in session.items):
+        return
+    from synthesis import server
+
+    try:
+        model_dir = teacher_model_dir()
+    except BaseException:  # noqa: BLE001 - a skip or a failure here is the fixture's to report
+        return
+    log_dir, port = Path(tempfile.mkdtemp(prefix="pond-test-teacher-")), free_port()
+    server.serve(model_dir, port, log_dir, wait=False, log=lambda m: None)
+    _EARLY.update(port=port, log_dir=log_dir)
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    if _EARLY:  # stopped by the fixture already, unless no test got to use it
+        from synthesis import server
+
+        server.stop(_EARLY["port"], state_dir=_EARLY["log_dir"])
+        shutil.rmtree(_EARLY["log_dir"], ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def teacher_server(tmp_path_factory) -> Iterator[TeacherInfo]:
-    """A real vLLM teacher (SmolLM2-135M-Instruct) for the whole session."""
+    """A real vLLM teacher (SmolLM2-135M-Instruct) for the whole session (the one started at collection)."""
     url = os.environ.get("POND_TEST_TEACHER_URL")
     if url:
         yield TeacherInfo(url, os.environ.get("POND_TEST_TEACHER_MODEL", "smollm2-135m-instruct")).measure()
@@ -115,8 +147,8 @@ def teacher_server(tmp_path_factory) -> Iterator[TeacherInfo]:
     from synthesis import server
 
     model_dir = teacher_model_dir()
-    log_dir = tmp_path_factory.mktemp("teacher")
-    handle = server.serve(model_dir, free_port(), log_dir, startup_timeout_s=limits.SERVER_START_S, log=lambda m: None)
+    port, log_dir = (_EARLY["port"], _EARLY["log_dir"]) if _EARLY else (free_port(), tmp_path_factory.mktemp("teacher"))
+    handle = server.serve(model_dir, port, log_dir, startup_timeout_s=limits.SERVER_START_S, log=lambda m: None)
     try:
         yield TeacherInfo(handle.base_url, handle.model, handle).measure()
     finally:
