@@ -288,8 +288,7 @@ def _train_and_score_all(run: _Run, plan: _Plan) -> tuple[_Scoring, dict[tuple[s
            "max_seq_len": run.max_seq_len, "student": str(run.student), "method": run.train.method,
            "compute_dtype": run.train.compute_dtype,
            **({} if run.config.score_heldout else {"score_heldout": False})}
-    # without score_heldout no model is scored on the held-out rows: the metric's rows are scored in _report
-    base = _base_scores(run, plan.held if run.config.score_heldout else plan.held.head(0), key, grade)
+    base = _base_scores(run, _heldout_scored(run, plan), key, grade)
     compare = plan.held["reference"].to_list() if run.ecfg.judge_against == "reference" else base["answer"].to_list()
     scoring = _Scoring(ask, grade, key, base, compare)
 
@@ -311,6 +310,12 @@ def _train_and_score_all(run: _Run, plan: _Plan) -> tuple[_Scoring, dict[tuple[s
                 mlflow_errors.append(err)
     stack.close()
     return scoring, results, mlflow_uri, mlflow_errors
+
+
+def _heldout_scored(run: _Run, plan: _Plan) -> pl.DataFrame:
+    """The held-out rows every model is scored on: none without score_heldout (the metric's rows are scored in
+    _report)."""
+    return plan.held if run.config.score_heldout else plan.held.head(0)
 
 
 def _scored(folder: Path, key: dict) -> bool:
@@ -376,8 +381,7 @@ def _arm_seed(run: _Run, plan: _Plan, scoring: _Scoring, arm, s: int, results: d
         result = train_dpo(df, arm_train, seed_dir, seed=s, cache_dir=run.ctx.cache_dir, provenance=prov,
                            sft_adapter=Path(sft["adapter_dir"]))
     t0 = time.perf_counter()
-    held = plan.held if run.config.score_heldout else plan.held.head(0)
-    scores = score_model(run.student, run.train.method, run.train.compute_dtype, held, run.ecfg,
+    scores = score_model(run.student, run.train.method, run.train.compute_dtype, _heldout_scored(run, plan), run.ecfg,
                          run.max_seq_len, adapter_dir=result.adapter_dir, compare_answers=scoring.compare,
                          ask=scoring.ask, grade=scoring.grade, cache_dir=run.ctx.cache_dir, progress=run.track,
                          memo=run.memo)

@@ -325,9 +325,10 @@ def serve(model: str | Path | None = None, port: int = DEFAULT_PORT, log_dir: st
                                      f"{meta.get('model')} with adapters {[m['name'] for m in meta.get('loras', [])]}"
                                      f", not the one asked for; stop it (`pond teacher stop --port {port}`) or "
                                      "choose another port")
-        if wait and not is_healthy(base_url, timeout=1.0):
+        if wait:
             waited = _wait_healthy(base_url, startup_timeout_s, lambda: not _pid_alive(old), log_path)
-            log(f"teacher {meta.get('model', served_name)} ready after another {waited:.0f}s")
+            if waited >= 1:  # it was still starting (started ahead, or by a killed run)
+                log(f"teacher {meta.get('model', served_name)} ready after another {waited:.0f}s")
         return TeacherHandle(old, port, meta.get("model", served_name), base_url, log_path, pid_path,
                              meta.get("dtype", ""))
     if is_healthy(base_url) or _get(server_root(base_url) + "/")[0]:

@@ -67,11 +67,11 @@ class Teachers:
     def start_early(self, name: str | None) -> None:
         """Start teacher `name`'s server now without waiting for it, if pond serves it and nothing runs it yet;
         `need` then waits for it (or `keep_only` stops it, if the run ends before a step needs it)."""
-        if name is None or name in self._running or name in self._starting or self.config(name).serve is None:
+        if name is None or name in self._running or name in self._starting:
             return
         from synthesis.server import prestart
 
-        handle = prestart(self.configs[name], cache_dir=self.cache_dir, log=self.log)
+        handle = prestart(self.config(name), cache_dir=self.cache_dir, log=self.log)
         if handle is not None:
             self._starting[name] = handle
 
