@@ -209,8 +209,9 @@ def _time_training(est: Estimate, recipe: Recipe, out: Path | None, rows: int, c
     trained = _done(out, layout.ADAPTER, layout.ADAPTER_CONFIG)
     if c:
         est.seconds["training"] = 0.0 if trained else c.train_load_s + steps * c.train_step_s * scale
+    # the held-out rows every model is scored on (evaluation.scoring.prepare_heldout applies evaluate.limit)
+    heldout = (recipe.evaluate and recipe.evaluate.limit) or est.heldout or cost_model.REF_HELDOUT_ROWS
     if recipe.evaluate is not None:
-        heldout = recipe.evaluate.limit or est.heldout or cost_model.REF_HELDOUT_ROWS
         untimed = recipe.evaluate.n_generate > 0 or recipe.evaluate.judge is not None
         est.notes["evaluation"] = f"{heldout} held-out rows" + (", answers and judging not timed" if untimed else "")
         if c:
@@ -228,7 +229,7 @@ def _time_training(est: Estimate, recipe: Recipe, out: Path | None, rows: int, c
             # the base model and a reused arm were scored by the evaluation already (evaluation.loss_memo)
             scoring = _instrument_seconds(recipe, jobs + (0 if reused and recipe.evaluate else 1), c)
             # arm_step_s holds each arm's held-out scoring, which score_heldout false leaves out
-            unscored = 0.0 if x.score_heldout else jobs * (est.heldout or cost_model.REF_HELDOUT_ROWS) * c.score_row_s
+            unscored = 0.0 if x.score_heldout else jobs * heldout * c.score_row_s
             trained_arms = max(0.0, jobs * arm_steps * c.arm_step_s * scale - unscored)
             est.seconds["experiment"] = 0.0 if done else trained_arms + scoring
             if scoring:
