@@ -37,6 +37,14 @@ SETUP_MARKERS = (("project venv", "-m venv"), ("models, judge model and vLLM ven
 SIDE_BY_SIDE = (("models and data", "scripts/prepare_models.py\n"), ("judge model", "prepare_models.py --judge"),
                 ("vLLM venv", "ensure_teacher_venv"))
 POND_STAGE = re.compile(r"^── (?P<stage>.+): done in (?P<seconds>[\d.]+) s")
+# the plan line's times (pond.estimate.plan_line), wrapped over several lines by the console: "about 9.1 min on this
+# machine (curation 1.2 min, teacher 80 s to 3.0 min, training 70 s, ...)"
+PLAN = re.compile(r"plan: .*? on this machine \((?P<stages>[^)]*)\)", re.S)
+TIME = r"([\d.]+) (s|min)"
+PLAN_STAGE = re.compile(rf"(?P<stage>[a-z]+) {TIME}(?: to {TIME})?")
+# pond's stage lines against the estimate's stages (curation and synthesis hold the teacher's requests)
+MEASURED_AS = {"curation and synthesis": ("curation", "teacher"), "training": ("training",),
+               "evaluation": ("evaluation",), "experiment": ("experiment",)}
 
 
 def children_cpu() -> float:
@@ -81,6 +89,27 @@ def stages(lines: list[tuple[float, str]], wall: float) -> dict[str, float]:
     return out
 
 
+def _seconds(value: str, unit: str) -> float:
+    return float(value) * (60 if unit == "min" else 1)
+
+
+def estimate_against_measured(lines: list[tuple[float, str]], measured: dict[str, float]) -> dict | None:
+    """The plan line's estimate of each pond stage ([shortest, longest] seconds) beside its measured time."""
+    m = PLAN.search(" ".join(line.strip() for _, line in lines))
+    if m is None:
+        return None
+    estimated = {}
+    for part in PLAN_STAGE.finditer(m["stages"]):
+        low = _seconds(part[2], part[3])
+        estimated[part["stage"]] = [low, _seconds(part[4], part[5]) if part[4] else low]
+    out = {}
+    for stage, parts in MEASURED_AS.items():
+        if f"pond: {stage}" in measured:
+            low, high = (round(sum(estimated.get(p, [0, 0])[i] for p in parts), 1) for i in (0, 1))
+            out[stage] = {"estimated_s": [low, high], "measured_s": measured[f"pond: {stage}"]}
+    return out
+
+
 def one_run(k: int, args: argparse.Namespace) -> None:
     work = Path(tempfile.mkdtemp(prefix=f"pond-demo-{k}-", dir=args.workdir))
     clone, cache = work / "pond", work / "cache"
@@ -93,10 +122,17 @@ def one_run(k: int, args: argparse.Namespace) -> None:
     try:
         for label in ("fresh", "rerun")[: 1 if args.no_rerun else 2]:
             r = timed_make(clone, env, work / f"{label}.log")
+            measured = stages(r["lines"], r["wall_s"])
             emit(figure="make_demo_seconds", run=k, kind=label, commit=head.strip(), wall_s=r["wall_s"],
                  cpu_s=r["cpu_s"], minutes=round(r["wall_s"] / 60, 2), returncode=r["returncode"],
-                 stages=stages(r["lines"], r["wall_s"]), goal_minutes=15 if label == "fresh" else 2,
+                 stages=measured, goal_minutes=15 if label == "fresh" else 2,
                  log=str(work / f"{label}.log") if args.keep else None, load_after=round(os.getloadavg()[0], 2))
+            if label == "fresh" and (against := estimate_against_measured(r["lines"], measured)):
+                # the plan line's estimate (pond.costs) beside what each pond stage took: how far a user can trust it
+                emit(figure="demo_estimate_against_measured", run=k, commit=head.strip(), stages=against,
+                     total={"estimated_s": [round(sum(v["estimated_s"][i] for v in against.values()), 1)
+                                            for i in (0, 1)],
+                            "measured_s": round(sum(v["measured_s"] for v in against.values()), 1)})
             if r["returncode"]:
                 print("".join(line for _, line in r["lines"][-30:]), flush=True)
                 break

@@ -373,4 +373,4 @@ def estimate_compute(df: pl.DataFrame, opts: IfdOptions, cache_dir: Path | None)
         cache.close()
     to_score = len(unique) - cached
     return {"rows": len(df), "with_answer": len(turns), "unique": len(unique), "cached": cached,
-            "to_score": to_score, "forward_passes": 2 * to_score, "model": scorer.key}
+            "to_score": to_score, "forward_passes": 2 * to_score, "model": scorer.key, "max_seq_len": opts.max_seq_len}

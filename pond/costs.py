@@ -36,15 +36,17 @@ class Costs:
     embed_s: float                    # one text through all-MiniLM-L6-v2 (256 tokens), cold cache
     serve_start_s: dict[str, float]   # start of a vLLM server: "small" (135M) and "large" (1.5B)
     request_s: dict[str, float]       # one teacher request as --estimate counts them
-    train_step_s: float               # one QLoRA step of 4 x 256 tokens of the 135M student
+    train_step_s: dict[str, float]    # one training step of 4 x 256 tokens of the 135M student, by method
     train_load_s: float               # loading the student and writing the adapter, once per training run
-    evaluate_s: float                 # held-out loss of base and adapter on 60 rows
-    arm_step_s: float                 # one experiment step (4 x 256), its arm's held-out scoring included
-    ifd_pass_s: float                 # one forward pass of the `ifd` scorer (the 135M student)
-    score_row_s: float = 0.0          # one model's loss on one row of <= 256 tokens (reference, held-out)
+    score_row_s: float                # one model's loss on one row of <= 256 tokens (held-out, reference), loads in
+    ifd_pass_s: float                 # one forward pass of the `ifd` scorer (the 135M student) at 256 tokens
     generate_tok_s: float = 0.0       # benchmark answers: tokens/s of the merged-adapter vLLM server
     generation_start_s: float = 0.0   # merging an adapter and starting its server, once per model
     sources: tuple[str, ...] = field(default=())
+
+    def step_s(self, method: str) -> float:
+        """A training step of `method`; a method not measured is charged the dearest measured one."""
+        return self.train_step_s.get(method, max(self.train_step_s.values()))
 
 
 # Ingest's rate, measured with the steps' (each step's figure is its `rows_per_s` in pond/steps.py, where
@@ -69,6 +71,12 @@ def step_rows_per_s(spec) -> float:
 # family 25 model 17 with torch capped to AVX2, float32, 2026-12-07). The request costs below are the default's.
 ALL_CORES_REQUEST = 86.4 / 156.4
 
+# The AVX2-only EPYC (family 25 model 1) against a Zen 4 EPYC (family 25 model 17) with torch and oneDNN capped to
+# AVX2 (ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2: float32 everywhere, as there): the demo's QLoRA training,
+# 16 steps, 237 s there (issue 28) against 187 s capped, the same code. The AVX2-only EPYC was not lent since the
+# student's training and scoring got faster, so those figures were measured capped and are scaled by this.
+AVX2_OVER_CAPPED = 237 / 187
+
 CPU_BF16 = Costs(
     label="2-core CPU with native bf16",
     ingest_rows_per_s=INGEST_ROWS_PER_S,
@@ -78,10 +86,8 @@ CPU_BF16 = Costs(
     serve_start_s={"small": 51.0, "large": 70.0},  # README demo table, AMD EPYC fam 25 model 17, 2026-12-02
     request_s={"small": 151 / 72, "large": 179 / 58},  # docs/edge-cases.md (Intel, AMX, 2026-12-02):
     # synthesize 151 s for the quickstart's 72 counted writer requests; judge 179 s for 58 calls
-    train_step_s=110 / 16,  # README demo table (EPYC fam 25 model 17): 110 s in 16 steps of 4 x 256
+    train_step_s={"qlora": 110 / 16},  # README demo table (EPYC fam 25 model 17): 110 s in 16 steps of 4 x 256
     train_load_s=2.3 * 60 - 110,  # the same row: 2.3 min for training, 110 s of it in steps
-    evaluate_s=0.7 * 60,  # the same table: evaluation, base vs adapter, 0.7 min
-    arm_step_s=4.9 * 60 / 32,  # the same table: 2 arms x 16 steps + scoring, 4.9 min
     ifd_pass_s=1 / (2 * 4.8),  # docs/quality_vs_quantity.md (Intel, bf16): IFD 4.8 rows/s, two passes a row
     score_row_s=54 / 160,  # the demo's evaluation, 2026-12-06 (EPYC fam 25 model 17, shared): 54 s for base
     # and adapter on 40 held-out + 40 reference rows each, model loads included
@@ -91,6 +97,16 @@ CPU_BF16 = Costs(
              "curation steps and embeddings measured 2026-12-06 (see pond/steps.py and pond/costs.py)"),
 )
 
+# Measured capped to AVX2 (see AVX2_OVER_CAPPED) on 2026-12-07: `python bench/demo.py --runs 1` at 4c7b355 (the
+# quickstart: QLoRA, 8 steps) and `pond experiment recipes/quality_vs_quantity.yaml` at b431a26 (LoRA, 16 steps).
+CAPPED = {
+    "qlora_step_s": 65.3 / 8,  # the demo's training: 65.3 s in its 8 steps (the stage 72 s: 6.7 s loading, writing)
+    "lora_step_s": 110.1 / 16,  # the recipe's curated arm, seed 0: 110.1 s in 16 steps
+    "train_load_s": 72 - 65.3,
+    "score_row_s": 82 / 128,  # the demo's evaluation: 82 s for base and adapter on 32 held-out + 32 reference rows
+    "ifd_pass_s": 65.0 / (2 * 204),  # the recipe's ifd step: 204 rows in 65.0 s, two passes a row, model load in
+}
+
 CPU_FP32 = Costs(
     label="2-core CPU without native bf16 (float32)",
     ingest_rows_per_s=INGEST_ROWS_PER_S,
@@ -99,15 +115,15 @@ CPU_FP32 = Costs(
     serve_start_s={"small": 63.0, "large": 100.0},  # issue 28: writer start 63 s, judge start 100 s
     request_s={"small": 185 / 72, "large": 651 / 54},  # issue 28: 24 edge cases (72 counted requests) 185 s;
     # judging 54 answers 651 s
-    train_step_s=237 / 16,  # issue 28: QLoRA training, 16 steps of 4 x 256, 237 s (loading included)
-    train_load_s=0.0,
-    evaluate_s=76.0,  # issue 28: evaluation, base vs adapter, 76 s
-    arm_step_s=742 / 64,  # issue 28: experiment, 4 arms x 16 steps + scoring, 742 s
-    ifd_pass_s=2.0,  # recipes/quickstart.yaml's note (AVX2 EPYC): ~4 s a row at 512 tokens, two passes a row
-    score_row_s=76 / 120,  # issue 28: evaluation, base and adapter on 60 held-out rows each, 76 s
+    train_step_s={"qlora": CAPPED["qlora_step_s"] * AVX2_OVER_CAPPED, "lora": CAPPED["lora_step_s"] * AVX2_OVER_CAPPED},
+    train_load_s=CAPPED["train_load_s"] * AVX2_OVER_CAPPED,
+    score_row_s=CAPPED["score_row_s"] * AVX2_OVER_CAPPED,
+    ifd_pass_s=CAPPED["ifd_pass_s"] * AVX2_OVER_CAPPED,
     generate_tok_s=98.2, generation_start_s=35.5,  # bench/lora_generate.py, merged eager, fp32 (EPYC fam 25
     # model 17, shared: the float32 path the AVX2 machine takes)
     sources=("issue 28's demo breakdown (AMD EPYC family 25 model 1, 2 cores, AVX2 only, 2026-12-06)",
+             "training, scoring and IFD measured capped to AVX2 on AMD EPYC family 25 model 17, 2026-12-07, "
+             f"x {AVX2_OVER_CAPPED:.2f} (pond/costs.py)",
              "curation steps measured 2026-12-06 (see pond/steps.py)"),
 )
 
@@ -142,6 +158,10 @@ def by_size(figures: dict[str, float], params: float | None) -> float:
 def student_scale(student: str, batch_size: int, grad_accum: int, max_seq_len: int | None) -> float:
     """How much one step of this student costs against the measured one (135M, 4 x 256 tokens):
     proportional to tokens per step and to parameters (a rule, not a measurement)."""
-    tokens = batch_size * grad_accum * (max_seq_len or 512)
-    params = model_params(student) or REF_PARAMS["small"]
-    return tokens / REF_TOKENS_PER_STEP * params / REF_PARAMS["small"]
+    return batch_size * grad_accum * (max_seq_len or 512) / REF_TOKENS_PER_STEP * param_scale(student)
+
+
+def param_scale(student: str) -> float:
+    """How much this student's forward pass costs against the measured 135M one: proportional to parameters (a
+    rule, not a measurement); a name without a size is charged as the 135M."""
+    return (model_params(student) or REF_PARAMS["small"]) / REF_PARAMS["small"]

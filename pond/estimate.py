@@ -35,8 +35,10 @@ class Estimate:
     lines: list[str] = field(default_factory=list)
     requests: int = 0
     max_tokens: int = 0
+    fewest_requests: int = 0  # if every calibrated judge is refused in its first calibration round
     rows: int = 0
     seconds: dict[str, float | None] = field(default_factory=dict)
+    fewest_seconds: dict[str, float] = field(default_factory=dict)  # a stage's time in that case, where less
     notes: dict[str, str] = field(default_factory=dict)
     costs: cost_model.Costs | None = None
     heldout: int | None = None  # rows the recipe sets aside as the held-out set (an upper bound)
@@ -55,7 +57,10 @@ class _Flow:
     embedded: bool = False
     curation: float = 0.0
     teacher: float = 0.0
+    teacher_fewest: float = 0.0  # the teacher's seconds if every calibrated judge is refused in its first round
     served: dict[str, float] = field(default_factory=dict)  # a served teacher's start, counted once
+    first_teacher: str | None = None  # the teacher pond starts before ingest (pond.runner: _start_teacher_early)
+    ahead: float = 0.0  # the curation seconds before its step, which its start overlaps
 
 
 def input_rows(recipe: Recipe, out: Path | None, base_dir: Path) -> pl.DataFrame:
@@ -108,12 +113,14 @@ def estimate(recipe: Recipe, out: Path | None, base_dir: Path, *, train: bool = 
         _estimate_step(est, flow, recipe, i, step, rows, ctx, out)
     if est.costs:
         est.seconds["curation"] = flow.curation
-        est.seconds["teacher"] = flow.teacher + sum(flow.served.values())
+        starts = sum(flow.served.values()) - min(flow.served.get(flow.first_teacher, 0.0), flow.ahead)
+        est.seconds["teacher"] = flow.teacher + starts
+        if flow.teacher_fewest < flow.teacher:
+            est.fewest_seconds["teacher"] = flow.teacher_fewest + starts
     else:
         est.notes["all"] = "no per-unit costs measured on a GPU: stages not timed"
     if flow.served:
-        est.notes["teacher"] = ", ".join(f"{t} start {s:.0f} s" if s else f"{t}: not timed"
-                                         for t, s in flow.served.items())
+        est.notes["teacher"] = ", ".join(_start_note(t, s, flow) for t, s in flow.served.items())
     if train and recipe.train is not None:
         _time_training(est, recipe, out, flow.rows, est.costs)
     return est
@@ -144,7 +151,7 @@ def _forward_passes(est: Estimate, flow: _Flow, name: str, work: dict[str, Any],
                      f"of {work['model']}), {work['cached']} already cached, "
                      f"{work['rows'] - work['with_answer']} without an answer")
     if c:
-        flow.curation += work["forward_passes"] * c.ifd_pass_s
+        flow.curation += work["forward_passes"] * c.ifd_pass_s * work.get("max_seq_len", 256) / 256
 
 
 def _teacher_requests(est: Estimate, flow: _Flow, recipe: Recipe, name: str, step, work: dict[str, int],
@@ -154,8 +161,11 @@ def _teacher_requests(est: Estimate, flow: _Flow, recipe: Recipe, name: str, ste
     cached = f", {work['cached']} more already cached (free)" if "cached" in work else ""
     est.lines.append(f"{name}: {work['requests']} requests, at most {tokens}{cached}")
     est.requests += work["requests"]
+    est.fewest_requests += work.get("fewest", work["requests"])
     est.max_tokens += work["max_tokens"]
-    flow.teacher = _add_teacher(flow.teacher, flow.served, recipe, step, work["requests"], c)
+    per_request = _request_seconds(flow, recipe, step, c)
+    flow.teacher += work["requests"] * per_request
+    flow.teacher_fewest += work.get("fewest", work["requests"]) * per_request
 
 
 def _rows_through(flow: _Flow, spec, c: cost_model.Costs) -> None:
@@ -180,60 +190,102 @@ def _rows_after(options, rows: int) -> int:
     return rows if rows_out is None else rows_out(rows)
 
 
-def _add_teacher(seconds: float, served: dict[str, float], recipe: Recipe, step, requests: int,
-                 c: cost_model.Costs | None) -> float:
-    """Seconds of a teacher step's requests; a served teacher's start is counted once in `served`."""
-    if c is None:
-        return seconds
+def _request_seconds(flow: _Flow, recipe: Recipe, step, c: cost_model.Costs | None) -> float:
+    """Seconds of one request of a teacher step (0 where not timed); a served teacher's start is counted
+    once in `flow.served`, and the first teacher a step needs is the one pond starts before ingest."""
     name = step.options.teacher_needed()
-    if name is None:
-        return seconds  # no row of this step needs a model
+    if c is None or name is None:  # done already, or no row of this step needs a model
+        return 0.0
+    if flow.first_teacher is None:
+        flow.first_teacher, flow.ahead = name, flow.curation
     teacher = recipe.teachers.get(name)
     if teacher is None or teacher.serve is None:
-        served.setdefault(f"{name} (your server)", 0.0)  # its speed is not this machine's: not timed
-        return seconds
+        flow.served.setdefault(f"{name} (your server)", 0.0)  # its speed is not this machine's: not timed
+        return 0.0
     params = cost_model.model_params(teacher.serve.model or teacher.model)
-    served.setdefault(name, cost_model.by_size(c.serve_start_s, params))
+    flow.served.setdefault(name, cost_model.by_size(c.serve_start_s, params))
     per_request = cost_model.by_size(c.request_s, params)
-    if teacher.serve.cpu_cores == "all":
-        per_request *= cost_model.ALL_CORES_REQUEST
-    return seconds + requests * per_request
+    return per_request * (cost_model.ALL_CORES_REQUEST if teacher.serve.cpu_cores == "all" else 1.0)
+
+
+def _start_note(name: str, seconds: float, flow: _Flow) -> str:
+    if not seconds:
+        return f"{name}: not timed"
+    hidden = min(seconds, flow.ahead) if name == flow.first_teacher else 0.0
+    return f"{name} start {seconds:.0f} s" + (f" ({hidden:.0f} s of it while curation runs)" if hidden >= 1 else "")
 
 
 def _time_training(est: Estimate, recipe: Recipe, out: Path | None, rows: int, c: cost_model.Costs | None) -> None:
-    """Training, evaluation and the experiment: steps times the measured cost of a step."""
+    """Training, evaluation and the experiment: every training run's steps and load, every model's scored rows
+    and benchmark answers, at the measured cost of each."""
     t = recipe.train
-    scale = cost_model.student_scale(t.student, t.batch_size, t.grad_accum, t.max_seq_len)
     steps = t.max_steps or math.ceil(t.epochs * rows / (t.batch_size * t.grad_accum))
     est.notes["training"] = f"{steps} steps of {t.batch_size * t.grad_accum} x {t.max_seq_len} tokens"
-    trained = _done(out, layout.ADAPTER, layout.ADAPTER_CONFIG)
     if c:
-        est.seconds["training"] = 0.0 if trained else c.train_load_s + steps * c.train_step_s * scale
+        adapter_done = _done(out, layout.ADAPTER, layout.ADAPTER_CONFIG)
+        est.seconds["training"] = 0.0 if adapter_done else _training_seconds(recipe, steps, c)
     # the held-out rows every model is scored on (evaluation.scoring.prepare_heldout applies evaluate.limit)
     heldout = (recipe.evaluate and recipe.evaluate.limit) or est.heldout or cost_model.REF_HELDOUT_ROWS
-    if recipe.evaluate is not None:
-        untimed = recipe.evaluate.n_generate > 0 or recipe.evaluate.judge is not None
+    e = recipe.evaluate
+    if e is not None:
+        untimed = e.n_generate > 0 or e.judge is not None
         est.notes["evaluation"] = f"{heldout} held-out rows" + (", answers and judging not timed" if untimed else "")
-        if c:
+        if c:  # the base model and the adapter
             done = _done(out, layout.EVAL_DONE)
-            est.seconds["evaluation"] = 0.0 if done else c.evaluate_s * heldout / cost_model.REF_HELDOUT_ROWS * scale
-    x = recipe.experiment
-    if x is not None:
-        arm_steps = x.steps or steps
-        reused = _runs_own_training(recipe, arm_steps, steps)
-        jobs = len(x.arms) * len(x.seeds) - reused
-        est.notes["experiment"] = (f"{len(x.arms)} arms x {len(x.seeds)} seed{'s' * (len(x.seeds) != 1)} x "
-                                   f"{arm_steps} steps" + (", the run's own training reused" if reused else ""))
-        if c:
-            done = _done(out, layout.EXPERIMENT, layout.REPORT)
-            # the base model and a reused arm were scored by the evaluation already (evaluation.loss_memo)
-            scoring = _instrument_seconds(recipe, jobs + (0 if reused and recipe.evaluate else 1), c)
-            # arm_step_s holds each arm's held-out scoring, which score_heldout false leaves out
-            unscored = 0.0 if x.score_heldout else jobs * heldout * c.score_row_s
-            trained_arms = max(0.0, jobs * arm_steps * c.arm_step_s * scale - unscored)
-            est.seconds["experiment"] = 0.0 if done else trained_arms + scoring
-            if scoring:
-                est.notes["experiment"] += f" + reference and benchmark answers {minutes(scoring)}"
+            est.seconds["evaluation"] = 0.0 if done else _scoring_seconds(recipe, 2, heldout, c) + _answers(e, 2, c)
+    if recipe.experiment is not None:
+        _time_experiment(est, recipe, out, steps, heldout, c)
+
+
+def _time_experiment(est: Estimate, recipe: Recipe, out: Path | None, steps: int, heldout: int,
+                     c: cost_model.Costs | None) -> None:
+    """Every arm x seed trained (but the run's own training, reused), then scored and answering the benchmark."""
+    x, e = recipe.experiment, recipe.evaluate
+    arm_steps = x.steps or steps
+    reused = _runs_own_training(recipe, arm_steps, steps)
+    jobs = len(x.arms) * len(x.seeds) - reused
+    est.notes["experiment"] = (f"{len(x.arms)} arms x {len(x.seeds)} seed{'s' * (len(x.seeds) != 1)} x "
+                               f"{arm_steps} steps" + (", the run's own training reused" if reused else ""))
+    if not c:
+        return
+    # the base model and a reused arm were scored by the evaluation already (evaluation.loss_memo)
+    models = jobs + (0 if reused and e else 1)
+    scoring = answers = 0.0
+    if e:
+        scoring = _scoring_seconds(recipe, models, 0, c)  # the reference rows
+        if x.score_heldout:
+            scoring += _scoring_seconds(recipe, jobs, heldout, c, reference=False)
+        answers = _answers(e, len(x.arms) * len(e.benchmark_seeds or x.seeds) + 1, c)
+    done = _done(out, layout.EXPERIMENT, layout.REPORT)
+    est.seconds["experiment"] = 0.0 if done else jobs * _training_seconds(recipe, arm_steps, c) + scoring + answers
+    if scoring or answers:
+        est.notes["experiment"] += f" + scoring and benchmark answers {minutes(scoring + answers)}"
+
+
+def _training_seconds(recipe: Recipe, steps: int, c: cost_model.Costs) -> float:
+    """One training run: loading the student and writing the adapter, then its steps."""
+    t = recipe.train
+    scale = cost_model.student_scale(t.student, t.batch_size, t.grad_accum, t.max_seq_len)
+    return c.train_load_s + steps * c.step_s(t.method) * scale
+
+
+def _scoring_seconds(recipe: Recipe, models: int, heldout: int, c: cost_model.Costs,
+                     reference: bool = True) -> float:
+    """`models` models' losses on `heldout` held-out rows and (`reference`) on the reference rows, each row of at
+    most 256 tokens a measured row, a longer cut a proportionally dearer one."""
+    e = recipe.evaluate
+    rows = heldout * (recipe.train.max_seq_len or 512) / 256
+    if reference and e.reference:
+        rows += (e.reference_rows or 805) * e.reference_max_seq_len / 256
+    return models * rows * c.score_row_s * cost_model.param_scale(recipe.train.student)
+
+
+def _answers(e, models: int, c: cost_model.Costs) -> float:
+    """Benchmark answers of `models` models: each merged and served once, at most max_new_tokens an answer."""
+    if not (e.benchmark and c.generate_tok_s):
+        return 0.0
+    prompts = e.benchmark_sample or (541 if e.benchmark == "ifeval" else 80)
+    return models * (c.generation_start_s + prompts * e.max_new_tokens / c.generate_tok_s)
 
 
 def _runs_own_training(recipe: Recipe, arm_steps: int, steps: int) -> int:
@@ -246,28 +298,27 @@ def _runs_own_training(recipe: Recipe, arm_steps: int, steps: int) -> int:
     return int(bool(final) and recipe.seed in x.seeds and same_steps and arm_steps == steps)
 
 
-def _instrument_seconds(recipe: Recipe, models: int, c: cost_model.Costs) -> float:
-    """The experiment's instruments beyond held-out loss: every model's loss on the reference rows, and
-    benchmark answers (at most max_new_tokens each) of the seeds that answer, plus the base model."""
-    e = recipe.evaluate
-    if e is None:
-        return 0.0
-    seconds = 0.0
-    if e.reference:
-        rows = e.reference_rows or 805
-        seconds += models * rows * c.score_row_s * e.reference_max_seq_len / 256
-    if e.benchmark and c.generate_tok_s:
-        x = recipe.experiment
-        answering = len(x.arms) * len(e.benchmark_seeds or x.seeds) + 1
-        prompts = e.benchmark_sample or (541 if e.benchmark == "ifeval" else 80)
-        seconds += answering * (c.generation_start_s + prompts * e.max_new_tokens / c.generate_tok_s)
-    return seconds
-
-
 # -- what is printed ----------------------------------------------------------------------------------
+
+REFUSED_EARLY = "if calibration refuses the judge in its first round"
+
 
 def minutes(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
+
+
+def _span(est: Estimate, stage: str | None = None) -> str:
+    """A stage's time (None: the total), as a range where a judge refused early would make it shorter."""
+    high = est.seconds[stage] if stage else sum(est.seconds.values())
+    low = (est.fewest_seconds.get(stage, high) if stage
+           else high - sum(est.seconds[k] - v for k, v in est.fewest_seconds.items()))
+    return minutes(high) if low >= high else f"{minutes(low)} to {minutes(high)}"
+
+
+def _requests(est: Estimate) -> str:
+    if est.fewest_requests >= est.requests:
+        return f"{est.requests} requests"
+    return f"{est.fewest_requests} to {est.requests} requests ({est.fewest_requests} {REFUSED_EARLY})"
 
 
 def stage_lines(est: Estimate) -> list[str]:
@@ -278,12 +329,12 @@ def stage_lines(est: Estimate) -> list[str]:
         return [f"time: {est.notes['all']}"]
     lines = [f"time on this machine ({describe_cpu()}; per-unit costs of a {est.costs.label}, pond/costs.py):"]
     details = {"curation": f"{est.rows} rows in, each charged at every step (an upper bound)",
-               "teacher": f"{est.requests} requests" + (f"; {est.notes['teacher']}" if "teacher" in est.notes else "")}
+               "teacher": _requests(est) + (f"; {est.notes['teacher']}" if "teacher" in est.notes else "")}
     for stage in STAGES:
         if stage in est.seconds:
             note = details.get(stage) or est.notes.get(stage, "")
-            lines.append(f"  {stage:<11} {minutes(est.seconds[stage]):>9}  {note}")
-    lines.append(f"  {'total':<11} {minutes(sum(est.seconds.values())):>9}")
+            lines.append(f"  {stage:<11} {_span(est, stage):>9}  {note}")
+    lines.append(f"  {'total':<11} {_span(est):>9}")
     lines.append("  costs from: " + "; ".join(est.costs.sources))
     return lines
 
@@ -299,8 +350,9 @@ def plan_line(recipe: Recipe, est: Estimate) -> str:
     what = f"plan: {recipe.name}: " + ", ".join(parts)
     if est.costs is None:
         return f"{what}; {est.notes['all']}"
-    timed = ", ".join(f"{s} {minutes(est.seconds[s])}" for s in STAGES if est.seconds.get(s))
-    return f"{what}; about {minutes(sum(est.seconds.values()))} on this machine ({timed or 'all done earlier'})"
+    timed = ", ".join(f"{s} {_span(est, s)}" for s in STAGES if est.seconds.get(s))
+    early = f", the shorter {REFUSED_EARLY}" if est.fewest_seconds else ""
+    return f"{what}; about {_span(est)} on this machine ({timed or 'all done earlier'}{early})"
 
 
 def estimate_run(recipe: Recipe, out: Path, base_dir: Path, print_fn: Callable = print,
@@ -312,4 +364,5 @@ def estimate_run(recipe: Recipe, out: Path, base_dir: Path, print_fn: Callable =
     print_fn(f"total: {est.requests} requests, at most {est.max_tokens} tokens")
     for line in stage_lines(est):
         print_fn(line)
-    return est.total() | {"seconds": {k: round(v, 1) for k, v in est.seconds.items()}}
+    return est.total() | {"seconds": {k: round(v, 1) for k, v in est.seconds.items()},
+                          "fewest_seconds": {k: round(v, 1) for k, v in est.fewest_seconds.items()}}

@@ -494,7 +494,9 @@ def _kind_figures(kinds: list, scope: list[bool], todo: list[int], keep: list[bo
 def estimate(df: pl.DataFrame | None, opts: JudgeOptions, ctx: StepContext | None = None,
              added: int = 0) -> dict[str, int]:
     """What the step would send, before sending anything: {"requests", "prompt_tokens",
-    "completion_tokens", "max_tokens" (their sum), "cached"}, token counts being upper bounds.
+    "completion_tokens", "max_tokens" (their sum), "cached", "fewest"}, token counts being upper bounds.
+    "fewest": the requests of a run that goes on past a judge calibration refuses in its first round
+    (`on_failed_calibration: pass`: no row is judged then); every request otherwise.
 
     With the run's `ctx`, paths resolve against the recipe and calls the shared cache already
     answers are counted in `cached` and left out of the rest (free); without it none is cached.
@@ -509,6 +511,8 @@ def estimate(df: pl.DataFrame | None, opts: JudgeOptions, ctx: StepContext | Non
         for k in ("requests", "prompt_tokens", "completion_tokens"):
             est[k] += math.ceil(proxy[k] * added / len(df))
         est["max_tokens"] = est["prompt_tokens"] + est["completion_tokens"]
+    if est["fewest"] is None:  # no calibration: every request is sent
+        est["fewest"] = est["requests"]
     return est
 
 
@@ -519,14 +523,16 @@ def _estimate_rows(df: pl.DataFrame | None, opts: JudgeOptions, ctx: StepContext
         items = calibration_items(df, opts, ctx) if df is not None and len(df) else []
     except calibration.CalibrationImpossible:
         items = []  # too few rows: the run says so in one line; the estimate counts what can be sent
+    first_round = calibration.rounds(items, opts.calibration_fail_fast)[0] if items else []
+    calibrating = calibration_requests([items[i] for i in first_round], opts, ctx.resolve if ctx else Path)
     calls += calibration_requests(items, opts, ctx.resolve if ctx else Path)
     planned = len(calls)
     if ctx is not None and calls:
         model = teachers_of(ctx).config(opts.teacher).model
-        keys = [r.key(model) for r in calls]
-        hits = cached_keys(shared_cache_path(ctx.cache_dir), keys)
-        calls = [r for r, k in zip(calls, keys) if k not in hits]
+        hits = cached_keys(shared_cache_path(ctx.cache_dir), [r.key(model) for r in calls])
+        calls, calibrating = ([r for r in reqs if r.key(model) not in hits] for reqs in (calls, calibrating))
     prompt = sum(prompt_tokens_upper(r.messages) for r in calls)
     completion = sum(r.max_tokens * r.n for r in calls)
     return {"requests": len(calls), "prompt_tokens": prompt, "completion_tokens": completion,
-            "max_tokens": prompt + completion, "cached": planned - len(calls)}
+            "max_tokens": prompt + completion, "cached": planned - len(calls),
+            "fewest": len(calibrating) if items and opts.on_failed_calibration == "pass" else None}

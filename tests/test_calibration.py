@@ -109,6 +109,12 @@ def test_fail_fast_stops_at_the_first_failing_type_with_the_same_verdict(fake_te
     assert [k for k in figures["not_graded"] if k != "other_language"] == always
     assert all(figures["by_corruption"][k]["auc"] is None for k in figures["not_graded"])
     assert "not graded after the first failure: cut_mid_sentence" in str(err.value)
+    # a refused judge passed over sends that first round alone: what `--estimate` gives as the fewest requests
+    opts = JudgeOptions(min_score=5, calibration_rows=4, calibration_fail_fast=True, on_failed_calibration="pass")
+    counted = estimate(pool.head(30), opts)
+    sent = len(fake_teacher.bodies)
+    judge(pool.head(30), opts, ctx_for(fake_teacher.config(), tmp_path / "pass"))
+    assert len(fake_teacher.bodies) - sent == counted["fewest"] == 8 < counted["requests"]
 
     _fake_judge(fake_teacher, pool, good=True)
     full = {}

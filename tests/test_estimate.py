@@ -97,8 +97,13 @@ def test_a_time_for_every_stage(workdir, monkeypatch):
     # the writer and the judge are served here: each start is counted once
     starts = costs.CPU_FP32.serve_start_s["small"] + costs.CPU_FP32.serve_start_s["large"]
     assert est.seconds["teacher"] > starts
-    # 2 arms x 1 seed x 3 steps at 2 x 128 tokens: an eighth of the measured step each
-    assert est.seconds["experiment"] == pytest.approx(6 * costs.CPU_FP32.arm_step_s / 4)
+    # 2 arms x 1 seed: each loads the student and trains 3 steps at 2 x 128 tokens (a quarter of the measured
+    # step), then is scored on the held-out rows (no held-out draw in the recipe: the reference size, 60) cut at 128
+    c = costs.CPU_FP32
+    arms = 2 * (c.train_load_s + 3 * c.step_s("qlora") / 4) + 2 * 60 * (128 / 256) * c.score_row_s
+    assert est.seconds["experiment"] == pytest.approx(arms)
+    # the evaluation scores the base model and the adapter on the same rows
+    assert est.seconds["evaluation"] == pytest.approx(2 * 60 * (128 / 256) * c.score_row_s)
     line = plan_line(parse_recipe(TEACHER.format(candidates=3), "r.yaml"), est)
     assert re.search(r"about [\d.]+ (s|min) on this machine \(curation .*experiment", line), line
 
@@ -116,7 +121,74 @@ def test_the_experiments_instruments_are_timed(workdir, monkeypatch):
     models = 2 * 1 + 1  # arms x seeds, and the base model
     extra = models * 10 * c.score_row_s + models * (c.generation_start_s + 20 * 64 / c.generate_tok_s)
     assert est.seconds["experiment"] - plain.seconds["experiment"] == pytest.approx(extra)
-    assert "reference and benchmark answers" in est.notes["experiment"]
+    assert "scoring and benchmark answers" in est.notes["experiment"]
+    # the evaluation does the same for the base model and the adapter
+    both = 2 * 10 * c.score_row_s + 2 * (c.generation_start_s + 20 * 64 / c.generate_tok_s)
+    assert est.seconds["evaluation"] - plain.seconds["evaluation"] == pytest.approx(both)
+
+
+JUDGED = """\
+name: est
+input: {{path: rows.jsonl}}
+seed: 0
+steps:
+  - holdout: {{n: 3}}
+  - exact_dedup: {{}}
+  - judge: {{rubric: helpfulness, min_score: 5, teacher: judge, calibration_rows: 3, calibration_fail_fast: {fail_fast},
+            on_failed_calibration: {on_failed}}}
+teachers:
+  judge: {{model: qwen2.5-coder-1.5b-instruct, serve: {{model: qwen2.5-coder-1.5b-instruct, port: 8001}}}}
+"""
+
+
+def test_a_judge_refused_early_makes_the_time_a_range(workdir, monkeypatch):
+    """With calibration graded a round at a time and a refused judge passed over, the teacher stage takes
+    between the first calibration round alone and every request; otherwise every request is counted."""
+    from pond.estimate import input_rows, stage_lines
+    from synthesis import calibration
+    from synthesis.judge import calibration_items
+
+    monkeypatch.setattr(costs, "machine_costs", lambda: costs.CPU_FP32)
+    recipe = parse_recipe(JUDGED.format(fail_fast="true", on_failed="pass"), "r.yaml")
+    est = estimate(recipe, None, workdir, train=False)
+    # the calibration set is built from the rows entering curation, as the estimate counts them
+    items = calibration_items(input_rows(recipe, None, workdir), recipe.steps[-1].options, None)
+    first_round = len(calibration.rounds(items, True)[0])
+    assert 0 < est.fewest_requests == first_round < len(items) <= est.requests
+    per_request = costs.by_size(costs.CPU_FP32.request_s, 1.5e9)
+    assert est.seconds["teacher"] - est.fewest_seconds["teacher"] == pytest.approx(
+        (est.requests - first_round) * per_request)
+    teacher_line = next(x for x in stage_lines(est) if x.strip().startswith("teacher"))
+    assert f"{first_round} to {est.requests} requests ({first_round} if calibration refuses" in teacher_line
+    assert re.search(r"teacher +[\d.]+ (s|min) to [\d.]+ (s|min)", teacher_line), teacher_line
+    assert ", the shorter if calibration refuses the judge in its first round" in plan_line(recipe, est)
+
+    for fail_fast, on_failed in (("false", "pass"), ("true", "stop")):
+        # the whole set graded at once, or a refused judge that stops the run: every request counts
+        other = estimate(parse_recipe(JUDGED.format(fail_fast=fail_fast, on_failed=on_failed), "r.yaml"), None,
+                         workdir, train=False)
+        assert other.fewest_requests == (len(items) if on_failed == "pass" else other.requests)
+        assert "teacher" not in other.fewest_seconds or on_failed == "pass"
+
+
+def test_the_first_teachers_start_overlaps_the_curation_before_it(workdir, monkeypatch):
+    """pond starts the first served teacher a step needs before ingest (pond.runner): its start is hidden behind
+    the curation seconds before that step, up to the whole start."""
+    import dataclasses
+
+    from pond.steps import STEPS
+
+    monkeypatch.setattr(costs, "machine_costs", lambda: costs.CPU_FP32)
+    recipe = parse_recipe(JUDGED.format(fail_fast="false", on_failed="stop"), "r.yaml")
+    start = costs.by_size(costs.CPU_FP32.serve_start_s, 1.5e9)
+    quick = estimate(recipe, None, workdir, train=False)
+    # exact_dedup made as slow as the start is long: the whole start overlaps it
+    monkeypatch.setitem(STEPS, "exact_dedup", dataclasses.replace(STEPS["exact_dedup"], rows_per_s=1e-3))
+    slow = estimate(recipe, None, workdir, train=False)
+    assert slow.seconds["curation"] > start
+    assert quick.seconds["teacher"] - slow.seconds["teacher"] == pytest.approx(
+        start - quick.seconds["curation"], rel=1e-6)
+    assert f"judge start {start:.0f} s ({start:.0f} s of it while curation runs)" in slow.notes["teacher"]
 
 
 def test_no_time_without_measured_costs(workdir, monkeypatch):
