@@ -98,13 +98,20 @@ CPU_BF16 = Costs(
 )
 
 # Measured capped to AVX2 (see AVX2_OVER_CAPPED) on 2026-12-07: `python bench/demo.py --runs 1` at 4c7b355 (the
-# quickstart: QLoRA, 8 steps) and `pond experiment recipes/quality_vs_quantity.yaml` at b431a26 (LoRA, 16 steps).
+# quickstart: QLoRA, 8 steps) and `pond experiment recipes/quality_vs_quantity.yaml` at b431a26 (LoRA, 16 steps;
+# 43.0 min in all, docs/quality_vs_quantity.md).
 CAPPED = {
     "qlora_step_s": 65.3 / 8,  # the demo's training: 65.3 s in its 8 steps (the stage 72 s: 6.7 s loading, writing)
     "lora_step_s": 110.1 / 16,  # the recipe's curated arm, seed 0: 110.1 s in 16 steps
     "train_load_s": 72 - 65.3,
-    "score_row_s": 82 / 128,  # the demo's evaluation: 82 s for base and adapter on 32 held-out + 32 reference rows
+    # one model's loss on one row, its load in: the demo's evaluation 82 s for base and adapter on 32 held-out + 32
+    # reference rows each (0.64 s a row), the recipe's reference scoring 480 s for 9 models x 100 rows (0.53)
+    "score_row_s": (82 / 128 + 480 / 900) / 2,
     "ifd_pass_s": 65.0 / (2 * 204),  # the recipe's ifd step: 204 rows in 65.0 s, two passes a row, model load in
+    # the recipe's IFEval answers: 5 models x 300 prompts, 147,161 tokens (SmolLM2's tokenizer) in 857 s, of which
+    # ~38 s a model merging its adapter and starting its server (vLLM's "ready after" 27-32 s)
+    "generate_tok_s": 147161 / (857 - 5 * 38),
+    "generation_start_s": 38.0,
 }
 
 CPU_FP32 = Costs(
@@ -119,11 +126,11 @@ CPU_FP32 = Costs(
     train_load_s=CAPPED["train_load_s"] * AVX2_OVER_CAPPED,
     score_row_s=CAPPED["score_row_s"] * AVX2_OVER_CAPPED,
     ifd_pass_s=CAPPED["ifd_pass_s"] * AVX2_OVER_CAPPED,
-    generate_tok_s=98.2, generation_start_s=35.5,  # bench/lora_generate.py, merged eager, fp32 (EPYC fam 25
-    # model 17, shared: the float32 path the AVX2 machine takes)
+    generate_tok_s=CAPPED["generate_tok_s"] / AVX2_OVER_CAPPED,
+    generation_start_s=CAPPED["generation_start_s"] * AVX2_OVER_CAPPED,
     sources=("issue 28's demo breakdown (AMD EPYC family 25 model 1, 2 cores, AVX2 only, 2026-12-06)",
-             "training, scoring and IFD measured capped to AVX2 on AMD EPYC family 25 model 17, 2026-12-07, "
-             f"x {AVX2_OVER_CAPPED:.2f} (pond/costs.py)",
+             "training, scoring, IFD and benchmark answers measured capped to AVX2 on AMD EPYC family 25 model 17, "
+             f"2026-12-07, x {AVX2_OVER_CAPPED:.2f} (pond/costs.py)",
              "curation steps measured 2026-12-06 (see pond/steps.py)"),
 )
 
