@@ -77,24 +77,32 @@ ALL_CORES_REQUEST = 86.4 / 156.4
 # student's training and scoring got faster, so those figures were measured capped and are scaled by this.
 AVX2_OVER_CAPPED = 237 / 187
 
+# `python bench/demo.py --runs 1` at f41f38e, native bf16 (AMD EPYC family 25 model 17, 2026-12-07; pond run 332 s):
+NATIVE = {
+    "embed_s": 46.4 / 594,  # embed_quality: 594 rows in 46.4 s, model load in, the judge's server starting beside it
+    "judge_request_s": 33.4 / 12,  # the judge's calibration round on both cores (cpu_cores: all): 12 calls, 33.4 s
+    "qlora_step_s": 42.1 / 8,  # training: 42.1 s in its 8 steps (the stage 47 s: 4.9 s loading, writing)
+    "train_load_s": 47 - 42.1,
+    "score_row_s": 67 / 128,  # evaluation: 67 s for base and adapter on 32 held-out + 32 reference rows each
+}
+
 CPU_BF16 = Costs(
     label="2-core CPU with native bf16",
     ingest_rows_per_s=INGEST_ROWS_PER_S,
-    embed_s=174.1 / 1051,  # the run of the steps' rates (pond/steps.py): embed_quality, 1,051 rows in 174.1 s
-    # (model load included; under load ~10, so slower than DESIGN.md's 220 sentences/s with bf16 weights on an
-    # idle 2-core Intel)
+    embed_s=NATIVE["embed_s"],
     serve_start_s={"small": 51.0, "large": 70.0},  # README demo table, AMD EPYC fam 25 model 17, 2026-12-02
-    request_s={"small": 151 / 72, "large": 179 / 58},  # docs/edge-cases.md (Intel, AMX, 2026-12-02):
-    # synthesize 151 s for the quickstart's 72 counted writer requests; judge 179 s for 58 calls
-    train_step_s={"qlora": 110 / 16},  # README demo table (EPYC fam 25 model 17): 110 s in 16 steps of 4 x 256
-    train_load_s=2.3 * 60 - 110,  # the same row: 2.3 min for training, 110 s of it in steps
+    # the writer: docs/edge-cases.md (Intel, AMX, 2026-12-02), synthesize 151 s for the quickstart's 72 counted
+    # requests; the judge: the demo's calibration round above, on vLLM's default cores (see ALL_CORES_REQUEST)
+    request_s={"small": 151 / 72, "large": NATIVE["judge_request_s"] / ALL_CORES_REQUEST},
+    train_step_s={"qlora": NATIVE["qlora_step_s"]},  # LoRA not measured here: charged as QLoRA (Costs.step_s)
+    train_load_s=NATIVE["train_load_s"],
     ifd_pass_s=1 / (2 * 4.8),  # docs/quality_vs_quantity.md (Intel, bf16): IFD 4.8 rows/s, two passes a row
-    score_row_s=54 / 160,  # the demo's evaluation, 2026-12-06 (EPYC fam 25 model 17, shared): 54 s for base
-    # and adapter on 40 held-out + 40 reference rows each, model loads included
+    score_row_s=NATIVE["score_row_s"],
     generate_tok_s=399.0, generation_start_s=25.3,  # bench/lora_generate.py, merged eager, bf16 (shared)
-    sources=("README.md demo table (AMD EPYC family 25 model 17, 2 cores, AVX-512 BF16, 2026-12-02)",
+    sources=("`python bench/demo.py` at f41f38e (AMD EPYC family 25 model 17, 2 cores, AVX-512 BF16, 2026-12-07)",
+             "README.md demo table (the same CPU, 2026-12-02): server starts",
              "docs/edge-cases.md figures (Intel Xeon family 6 model 167, 2 cores, AMX, 2026-12-02)",
-             "curation steps and embeddings measured 2026-12-06 (see pond/steps.py and pond/costs.py)"),
+             "curation steps measured 2026-12-06 (see pond/steps.py)"),
 )
 
 # Measured capped to AVX2 (see AVX2_OVER_CAPPED) on 2026-12-07: `python bench/demo.py --runs 1` at 4c7b355 (the
