@@ -251,8 +251,8 @@ def _summary_details(run: Path, manifest: dict) -> list[str]:
     if exp.get("benchmark"):
         lines.append("benchmark: " + exp["benchmark"])
     elif exp:
-        lines.append(f"benchmark: not judged in this recipe; `{BENCHMARK_COMMAND}` answers MT-Bench with every "
-                     "arm and has the judge grade them (docs/quality_vs_quantity.md)")
+        lines.append(f"benchmark: none in this recipe; `{BENCHMARK_COMMAND}` has every arm answer IFEval, "
+                     "checked by code, and counts the answers' failures (docs/quality_vs_quantity.md)")
     return lines
 
 

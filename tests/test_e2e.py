@@ -70,6 +70,9 @@ def test_quickstart_scaled_down_end_to_end(tmp_path, teacher_server, tiny_llama_
     out = tmp_path / "run"
     summary = run_pipeline(recipe, out, tmp_path)
     assert "curated:" in summary
+    # the quickstart answers no benchmark: the summary names the recipe that does, and how it checks
+    assert "benchmark: none in this recipe; `pond experiment recipes/quality_vs_quantity.yaml` has every arm " \
+           "answer IFEval, checked by code" in summary
 
     # every step finished; counts conserve at every step and chain from one step to the next
     manifest = json.loads((out / "manifest.json").read_text())

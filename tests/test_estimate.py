@@ -1,6 +1,7 @@
 """`pond run --estimate` and the plan line: every request counted, a time per stage, nothing written."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -174,8 +175,6 @@ def test_a_judge_refused_early_makes_the_time_a_range(workdir, monkeypatch):
 def test_the_first_teachers_start_overlaps_the_curation_before_it(workdir, monkeypatch):
     """pond starts the first served teacher a step needs before ingest (pond.runner): its start is hidden behind
     the curation seconds before that step, up to the whole start."""
-    import dataclasses
-
     from pond.steps import STEPS
 
     monkeypatch.setattr(costs, "machine_costs", lambda: costs.CPU_FP32)
@@ -205,6 +204,9 @@ def test_model_sizes_and_scaling():
     assert costs.by_size(figures, 135e6) == 2.0 and costs.by_size(figures, 1.5e9) == 12.0
     assert costs.by_size(figures, 7e9) > 12.0 and costs.by_size(figures, None) == 12.0
     assert costs.student_scale("smollm2-135m-instruct", 4, 1, 256) == 1.0
+    # a training step is charged by method; a method not measured pays the dearest measured one
+    c = dataclasses.replace(costs.CPU_FP32, train_step_s={"qlora": 3.0, "lora": 2.0})
+    assert (c.step_s("lora"), c.step_s("qlora"), c.step_s("full"), c.step_s("dpo")) == (2.0, 3.0, 3.0, 3.0)
 
 
 def test_plan_is_the_first_line_and_stages_say_their_time(workdir):
@@ -260,8 +262,6 @@ def test_a_finished_ingest_is_reused_only_for_the_same_input(workdir):
 
 def test_a_steps_rate_is_its_own_or_the_slowest_measured(workdir, monkeypatch):
     """A step's rows per second stand beside it in the step table; one not measured is charged the slowest."""
-    import dataclasses
-
     from pond.steps import STEPS
 
     monkeypatch.setattr(costs, "machine_costs", lambda: costs.CPU_FP32)
