@@ -59,8 +59,9 @@ def _load(recipe: Path):
 
 
 def _check_training(train_config, where: str = "") -> None:
-    """`train.processes` against this machine's GPUs (or CPU cores) and `train.student` against its folders,
-    before anything starts: one line (ConfigError, ModelNotFound) rather than a refusal after curation. With
+    """`train.processes` against this machine's GPUs (or CPU cores), `train.student` against its folders and
+    `train.target_modules` against the student's linear modules, before anything starts: one line (ConfigError,
+    ModelNotFound) rather than a refusal after curation. With
     `where` (pond validate, which may check a GPU recipe on a laptop) a warning instead."""
     if train_config is None:
         return
@@ -69,7 +70,11 @@ def _check_training(train_config, where: str = "") -> None:
     from training.distributed import processes_to_start
 
     try:
-        resolve_model(train_config.student)
+        student = resolve_model(train_config.student)
+        if train_config.target_modules != "all-linear":  # torch is imported only for targets to check
+            from training.model import check_targets_before_loading
+
+            check_targets_before_loading(student, train_config.target_modules)
         if train_config.processes > 1:
             processes_to_start(train_config.processes, train_config.batch_size)
     except (ConfigError, ModelNotFound) as exc:

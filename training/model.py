@@ -77,6 +77,30 @@ def max_positions(path: Path) -> int | None:
     return getattr(cfg, "max_position_embeddings", None)
 
 
+def check_targets(model: torch.nn.Module, targets: list[str] | str) -> None:
+    """LoRA's target_modules must each name a linear module of the student (plain, or bitsandbytes' 4-bit)."""
+    if targets == "all-linear":
+        return
+    linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
+                     if isinstance(m, torch.nn.Linear) or type(m).__name__.startswith("Linear")})
+    unknown = [t for t in targets if t not in linear]
+    if unknown or not targets:
+        raise ConfigError(f"target_modules {unknown or targets} match no linear module of the student; "
+                          f"its linear modules are: {', '.join(linear)}")
+
+
+def check_targets_before_loading(path: str | Path, targets: list[str] | str) -> None:
+    """`check_targets` on the student built from its config on the meta device (no weight is read): a recipe whose
+    targets match nothing is refused before curation starts, not after it (pond.cli)."""
+    if targets == "all-linear":
+        return
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path))
+    check_targets(model, targets)
+
+
 def load_tokenizer(path: str | Path):
     from transformers import AutoTokenizer
 

@@ -42,7 +42,7 @@ from training.card import TrainResult, write_card
 from training.checkpoints import CheckpointSealed, last_sealed
 from training.config import TrainConfig
 from training.data import IGNORE, tokenize_conversations
-from training.model import (device, load_student, load_tokenizer, max_positions, resolve_dtype, resolve_student,
+from training.model import (check_targets, device, load_student, load_tokenizer, max_positions, resolve_dtype, resolve_student,
                             set_threads)
 
 __all__ = ["TrainResult", "train", "resolve_student", "load_student", "tokenize_conversations"]
@@ -75,17 +75,6 @@ def _hash_examples(examples: list[dict]) -> str:
         h.update(np.asarray(ex["labels"], dtype=np.int64).tobytes())
         h.update(b"|")
     return h.hexdigest()
-
-
-def _check_targets(model, targets: list[str] | str) -> None:
-    if targets == "all-linear":
-        return
-    linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
-                     if isinstance(m, torch.nn.Linear) or type(m).__name__.startswith("Linear")})
-    unknown = [t for t in targets if t not in linear]
-    if unknown or not targets:
-        raise ConfigError(f"target_modules {unknown or targets} match no linear module of the student; "
-                          f"its linear modules are: {', '.join(linear)}")
 
 
 def _sft_config(config: TrainConfig, out_dir: Path, seed: int, dtype: torch.dtype, has_eval: bool):
@@ -251,7 +240,7 @@ def _setup_model(student: Path, config: TrainConfig):
     if config.method == "full":
         model.requires_grad_(True)
         return model, tokenizer, None
-    _check_targets(model, config.target_modules)
+    check_targets(model, config.target_modules)
     peft_config = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
                              target_modules=config.target_modules, bias="none", task_type="CAUSAL_LM")
     return model, tokenizer, peft_config
