@@ -105,8 +105,8 @@ CPU_BF16 = Costs(
              "curation steps measured 2026-12-06 (see pond/steps.py)"),
 )
 
-# Measured capped to AVX2 (see AVX2_OVER_CAPPED) on 2026-12-07: `python bench/demo.py --runs 1` at 4c7b355 (the
-# quickstart: QLoRA, 8 steps) and `pond experiment recipes/quality_vs_quantity.yaml` at b431a26 (LoRA, 16 steps;
+# Seconds measured capped to AVX2 (see AVX2_OVER_CAPPED) on 2026-12-07: `python bench/demo.py --runs 1` at 4c7b355
+# (the quickstart: QLoRA, 8 steps) and `pond experiment recipes/quality_vs_quantity.yaml` at b431a26 (LoRA, 16 steps;
 # 43.0 min in all, docs/quality_vs_quantity.md).
 CAPPED = {
     "qlora_step_s": 65.3 / 8,  # the demo's training: 65.3 s in its 8 steps (the stage 72 s: 6.7 s loading, writing)
@@ -118,9 +118,10 @@ CAPPED = {
     "ifd_pass_s": 65.0 / (2 * 204),  # the recipe's ifd step: 204 rows in 65.0 s, two passes a row, model load in
     # the recipe's IFEval answers: 5 models x 300 prompts, 147,161 tokens (SmolLM2's tokenizer) in 857 s, of which
     # ~38 s a model merging its adapter and starting its server (vLLM's "ready after" 27-32 s)
-    "generate_tok_s": 147161 / (857 - 5 * 38),
+    "token_s": (857 - 5 * 38) / 147161,
     "generation_start_s": 38.0,
 }
+ON_AVX2 = {k: v * AVX2_OVER_CAPPED for k, v in CAPPED.items()}
 
 CPU_FP32 = Costs(
     label="2-core CPU without native bf16 (float32)",
@@ -130,12 +131,12 @@ CPU_FP32 = Costs(
     serve_start_s={"small": 63.0, "large": 100.0},  # issue 28: writer start 63 s, judge start 100 s
     request_s={"small": 185 / 72, "large": 651 / 54},  # issue 28: 24 edge cases (72 counted requests) 185 s;
     # judging 54 answers 651 s
-    train_step_s={"qlora": CAPPED["qlora_step_s"] * AVX2_OVER_CAPPED, "lora": CAPPED["lora_step_s"] * AVX2_OVER_CAPPED},
-    train_load_s=CAPPED["train_load_s"] * AVX2_OVER_CAPPED,
-    score_row_s=CAPPED["score_row_s"] * AVX2_OVER_CAPPED,
-    ifd_pass_s=CAPPED["ifd_pass_s"] * AVX2_OVER_CAPPED,
-    generate_tok_s=CAPPED["generate_tok_s"] / AVX2_OVER_CAPPED,
-    generation_start_s=CAPPED["generation_start_s"] * AVX2_OVER_CAPPED,
+    train_step_s={"qlora": ON_AVX2["qlora_step_s"], "lora": ON_AVX2["lora_step_s"]},
+    train_load_s=ON_AVX2["train_load_s"],
+    score_row_s=ON_AVX2["score_row_s"],
+    ifd_pass_s=ON_AVX2["ifd_pass_s"],
+    generate_tok_s=1 / ON_AVX2["token_s"],
+    generation_start_s=ON_AVX2["generation_start_s"],
     sources=("issue 28's demo breakdown (AMD EPYC family 25 model 1, 2 cores, AVX2 only, 2026-12-06)",
              "training, scoring, IFD and benchmark answers measured capped to AVX2 on AMD EPYC family 25 model 17, "
              f"2026-12-07, x {AVX2_OVER_CAPPED:.2f} (pond/costs.py)",

@@ -523,9 +523,10 @@ def _estimate_rows(df: pl.DataFrame | None, opts: JudgeOptions, ctx: StepContext
         items = calibration_items(df, opts, ctx) if df is not None and len(df) else []
     except calibration.CalibrationImpossible:
         items = []  # too few rows: the run says so in one line; the estimate counts what can be sent
-    first_round = calibration.rounds(items, opts.calibration_fail_fast)[0] if items else []
-    calibrating = calibration_requests([items[i] for i in first_round], opts, ctx.resolve if ctx else Path)
-    calls += calibration_requests(items, opts, ctx.resolve if ctx else Path)
+    calibrating = calibration_requests(items, opts, ctx.resolve if ctx else Path)
+    calls += calibrating
+    if items:  # what a judge refused in its first round sends
+        calibrating = [calibrating[i] for i in calibration.rounds(items, opts.calibration_fail_fast)[0]]
     planned = len(calls)
     if ctx is not None and calls:
         model = teachers_of(ctx).config(opts.teacher).model

@@ -42,8 +42,8 @@ from training.card import TrainResult, write_card
 from training.checkpoints import CheckpointSealed, last_sealed
 from training.config import TrainConfig
 from training.data import IGNORE, tokenize_conversations
-from training.model import (check_targets, device, load_student, load_tokenizer, max_positions, resolve_dtype, resolve_student,
-                            set_threads)
+from training.model import (check_targets, device, load_student, load_tokenizer, max_positions, resolve_dtype,
+                            resolve_student, set_threads)
 
 __all__ = ["TrainResult", "train", "resolve_student", "load_student", "tokenize_conversations"]
 log = logging.getLogger(__name__)
