@@ -523,17 +523,17 @@ def _estimate_rows(df: pl.DataFrame | None, opts: JudgeOptions, ctx: StepContext
         items = calibration_items(df, opts, ctx) if df is not None and len(df) else []
     except calibration.CalibrationImpossible:
         items = []  # too few rows: the run says so in one line; the estimate counts what can be sent
-    calibrating = calibration_requests(items, opts, ctx.resolve if ctx else Path)
-    calls += calibrating
-    if items:  # what a judge refused in its first round sends
-        calibrating = [calibrating[i] for i in calibration.rounds(items, opts.calibration_fail_fast)[0]]
+    calibration_calls = calibration_requests(items, opts, ctx.resolve if ctx else Path)
+    calls += calibration_calls
+    # what a judge refused in its first round sends
+    first_round = [calibration_calls[i] for i in calibration.rounds(items, opts.calibration_fail_fast)[0]]
     planned = len(calls)
     if ctx is not None and calls:
         model = teachers_of(ctx).config(opts.teacher).model
         hits = cached_keys(shared_cache_path(ctx.cache_dir), [r.key(model) for r in calls])
-        calls, calibrating = ([r for r in reqs if r.key(model) not in hits] for reqs in (calls, calibrating))
+        calls, first_round = ([r for r in reqs if r.key(model) not in hits] for reqs in (calls, first_round))
     prompt = sum(prompt_tokens_upper(r.messages) for r in calls)
     completion = sum(r.max_tokens * r.n for r in calls)
     return {"requests": len(calls), "prompt_tokens": prompt, "completion_tokens": completion,
             "max_tokens": prompt + completion, "cached": planned - len(calls),
-            "fewest": len(calibrating) if items and opts.on_failed_calibration == "pass" else None}
+            "fewest": len(first_round) if items and opts.on_failed_calibration == "pass" else None}
