@@ -1,5 +1,5 @@
 """docs/architecture.md's worked examples: a new row-wise step is one file plus one line in the
-step table, and it runs on both executors with the same rows and reasons; a new step that asks a
+step table, and it runs on both executors with the same rows and reasons (tests/test_ray_executor.py); a new step that asks a
 teacher is one file plus one line too, and the recipe checks its teacher and the runner serves it."""
 from __future__ import annotations
 
@@ -14,9 +14,7 @@ from curation.step import StepContext
 from pond.recipe import RecipeError, parse_recipe
 from pond.runner import Runner
 from pond.steps import ROWWISE, STEPS, StepSpec
-from tests import limits
 from tests.example_step import MaxCharsOptions, max_chars
-from tests.test_ray_executor import assert_same, ray_cluster, run_both  # noqa: F401 (ray_cluster: a fixture)
 
 # the one line a new step adds to pond.steps.STEPS
 MAX_CHARS = StepSpec("tests.example_step", "max_chars", "MaxCharsOptions",
@@ -36,13 +34,7 @@ def test_the_step_function_alone():
     assert ctx.stats == {"too_long": 1}
 
 
-@pytest.mark.timeout(limits.RAY_STALL_S)
-def test_runs_locally_and_on_ray_with_the_same_rows(tmp_path, registered, ray_cluster):
-    local, ray_run = run_both(tmp_path, "  - max_chars: {max_chars: 300}\n", rows=900, base_limit=600)
-    assert_same(local, ray_run)
-    stats = json.loads((ray_run / "steps" / "01-max_chars" / "stats.json").read_text())
-    assert stats["executor"] == "ray" and stats["rejected"] > 0 and stats["too_long"] == stats["rejected"]
-    assert (ray_run / "steps" / "01-max_chars" / "kept.parquet").is_dir()  # sharded by the workers
+# its run on both executors is in tests/test_ray_executor.py (one Ray cluster for the session's Ray tests)
 
 
 # -- a step that asks a teacher: one file (tests/example_step.py's `title`) and one line -------------------

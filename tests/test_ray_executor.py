@@ -11,6 +11,7 @@ import polars as pl
 import pytest
 
 from tests import limits
+from tests.test_example_step import registered  # noqa: F401 (a fixture: the example step in the step table)
 
 pytest.importorskip("ray")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -312,3 +313,13 @@ def test_pond_update_on_ray_equals_local(tmp_path, ray_cluster, sharegpt_df):
     assert mh[0] == mh[1] and mh[0]["reference_wins_over_keep_rule"] >= 1
     curated = [pl.read_parquet(run / "curated.parquet") for run in runs.values()]
     assert curated[0]["id"].to_list() == curated[1]["id"].to_list()
+
+
+@pytest.mark.timeout(limits.RAY_STALL_S)
+def test_a_new_rowwise_step_runs_locally_and_on_ray_with_the_same_rows(tmp_path, registered, ray_cluster):
+    """docs/architecture.md's worked example (tests/example_step.py): one file and one line, and Ray runs it."""
+    local, ray_run = run_both(tmp_path, "  - max_chars: {max_chars: 300}\n", rows=900, base_limit=600)
+    assert_same(local, ray_run)
+    stats = json.loads((ray_run / "steps" / "01-max_chars" / "stats.json").read_text())
+    assert stats["executor"] == "ray" and stats["rejected"] > 0 and stats["too_long"] == stats["rejected"]
+    assert (ray_run / "steps" / "01-max_chars" / "kept.parquet").is_dir()  # sharded by the workers
