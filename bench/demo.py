@@ -18,6 +18,7 @@ most 15 minutes a fresh run and 2 minutes a rerun on the AVX2-only EPYC.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import resource
@@ -37,12 +38,8 @@ SETUP_MARKERS = (("project venv", "-m venv"), ("models, judge model and vLLM ven
 SIDE_BY_SIDE = (("models and data", "scripts/prepare_models.py\n"), ("judge model", "prepare_models.py --judge"),
                 ("vLLM venv", "ensure_teacher_venv"))
 POND_STAGE = re.compile(r"^── (?P<stage>.+): done in (?P<seconds>[\d.]+) s")
-# the plan line's times (pond.estimate.plan_line), wrapped over several lines by the console: "about 9.1 min on this
-# machine (curation 1.2 min, teacher 80 s to 3.0 min, training 70 s, ...)"
-PLAN = re.compile(r"plan: .*? on this machine \((?P<stages>[^)]*)\)", re.S)
-TIME = r"([\d.]+) (s|min)"
-PLAN_STAGE = re.compile(rf"(?P<stage>[a-z]+) {TIME}(?: to {TIME})?")
 # pond's stage lines against the estimate's stages (curation and synthesis hold the teacher's requests)
+DEMO_RUN = Path("runs/quickstart")  # the Makefile's `demo:` runs the quickstart there
 MEASURED_AS = {"curation and synthesis": ("curation", "teacher"), "training": ("training",),
                "evaluation": ("evaluation",), "experiment": ("experiment",)}
 
@@ -89,19 +86,13 @@ def stages(lines: list[tuple[float, str]], wall: float) -> dict[str, float]:
     return out
 
 
-def _seconds(value: str, unit: str) -> float:
-    return float(value) * (60 if unit == "min" else 1)
-
-
-def estimate_against_measured(lines: list[tuple[float, str]], measured: dict[str, float]) -> dict | None:
-    """The plan line's estimate of each pond stage ([shortest, longest] seconds) beside its measured time."""
-    m = PLAN.search(" ".join(line.strip() for _, line in lines))
-    if m is None:
+def estimate_against_measured(run: Path, measured: dict[str, float]) -> dict | None:
+    """The plan's estimate of each pond stage ([shortest, longest] seconds, kept in the run's manifest.json by
+    `pond run`) beside its measured time."""
+    manifest = run / "manifest.json"
+    estimated = json.loads(manifest.read_text()).get("plan", {}).get("seconds") if manifest.is_file() else None
+    if not estimated:
         return None
-    estimated = {}
-    for part in PLAN_STAGE.finditer(m["stages"]):
-        low = _seconds(part[2], part[3])
-        estimated[part["stage"]] = [low, _seconds(part[4], part[5]) if part[4] else low]
     out = {}
     for stage, parts in MEASURED_AS.items():
         if f"pond: {stage}" in measured:
@@ -127,7 +118,7 @@ def one_run(k: int, args: argparse.Namespace) -> None:
                  cpu_s=r["cpu_s"], minutes=round(r["wall_s"] / 60, 2), returncode=r["returncode"],
                  stages=measured, goal_minutes=15 if label == "fresh" else 2,
                  log=str(work / f"{label}.log") if args.keep else None, load_after=round(os.getloadavg()[0], 2))
-            if label == "fresh" and (against := estimate_against_measured(r["lines"], measured)):
+            if label == "fresh" and (against := estimate_against_measured(clone / DEMO_RUN, measured)):
                 # the plan line's estimate (pond.costs) beside what each pond stage took: how far a user can trust it
                 emit(figure="demo_estimate_against_measured", run=k, commit=head.strip(), stages=against,
                      total={"estimated_s": [round(sum(v["estimated_s"][i] for v in against.values()), 1)

@@ -339,6 +339,13 @@ def stage_lines(est: Estimate) -> list[str]:
     return lines
 
 
+def plan_seconds(est: Estimate) -> dict[str, list[float]]:
+    """Each timed stage's [shortest, longest] seconds as the plan line says them (the manifest's `plan`, which
+    bench/demo.py sets beside the stages' measured times)."""
+    return {s: [round(min(est.fewest_seconds.get(s, est.seconds[s]), est.seconds[s]), 1), round(est.seconds[s], 1)]
+            for s in STAGES if est.seconds.get(s)}
+
+
 def plan_line(recipe: Recipe, est: Estimate) -> str:
     """The first line of `pond run`: what the whole run will do and roughly how long it takes here."""
     parts = [f"{est.rows} rows through {len(recipe.steps)} steps"]

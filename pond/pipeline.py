@@ -48,13 +48,14 @@ def run_pipeline(recipe: Recipe, out: Path, base_dir: Path, *, fresh: bool = Fal
                  track: Callable | None = None, log: Log = lambda m: None) -> str:
     """`pond run`: curate; then train, evaluate and run the experiment if the recipe has them.
     The first line logged is the plan (what the run will do, and about how long it takes here)."""
-    log(_plan(recipe, out, base_dir, fresh, train))
+    plan = _plan(recipe, out, base_dir, fresh, train)
+    log(plan["line"])
     runner = Runner(recipe, out, base_dir, fresh=fresh, track=track, log=log)
-    extra: dict[str, Any] = {}
+    extra: dict[str, Any] = {"plan": plan}
     timings: dict[str, float] = {}
     with _stage("curation and synthesis", log, timings, "curation_and_synthesis"):
         curated = runner.curate()
-    write_manifest(runner, {"timings": timings})
+    write_manifest(runner, {"plan": plan, "timings": timings})
     if train and recipe.train is not None:
         with _stage("training", log, timings, "train"):
             extra["train"] = _train(runner, curated, recipe, track, log)
@@ -74,22 +75,24 @@ def run_pipeline(recipe: Recipe, out: Path, base_dir: Path, *, fresh: bool = Fal
 PLAN_MAX_INPUT_BYTES = 64 << 20
 
 
-def _plan(recipe: Recipe, out: Path, base_dir: Path, fresh: bool, train: bool) -> str:
-    """The plan line from `--estimate`'s counts and costs; a run folder about to be deleted (`--fresh`)
-    counts as empty. An input the estimate cannot read is the run's own error to report."""
+def _plan(recipe: Recipe, out: Path, base_dir: Path, fresh: bool, train: bool) -> dict[str, Any]:
+    """The plan line from `--estimate`'s counts and costs, and its seconds per stage (kept in the manifest beside
+    the timings); a run folder about to be deleted (`--fresh`) counts as empty. An input the estimate cannot read
+    is the run's own error to report."""
     from curation.ingest import expand_paths
-    from pond.estimate import estimate, plan_line
+    from pond.estimate import estimate, plan_line, plan_seconds
 
     try:
         size = sum(p.stat().st_size for p in expand_paths(recipe.input.path, base_dir, recipe.input.format))
         if size > PLAN_MAX_INPUT_BYTES and recipe.input.limit is None:
             # the estimate reads the input in memory; a big corpus is read once, by ingest, in batches
-            return (f"plan: {recipe.name}: {size / 2**20:.0f} MB of input; `pond run --estimate` counts and times "
-                    f"it (the plan line reads inputs under {PLAN_MAX_INPUT_BYTES >> 20} MB only)")
+            return {"line": f"plan: {recipe.name}: {size / 2**20:.0f} MB of input; `pond run --estimate` counts and "
+                            f"times it (the plan line reads inputs under {PLAN_MAX_INPUT_BYTES >> 20} MB only)"}
         est = estimate(recipe, None if fresh else out, base_dir, train=train)
     except Exception as exc:  # noqa: BLE001 - the plan is advice; ingest reports a bad input in its own words
-        return f"plan: {recipe.name}: no estimate ({type(exc).__name__}: {exc})"
-    return plan_line(recipe, est)
+        return {"line": f"plan: {recipe.name}: no estimate ({type(exc).__name__}: {exc})"}
+    return {"line": plan_line(recipe, est), "seconds": plan_seconds(est),
+            **({"costs": est.costs.label} if est.costs else {})}
 
 
 @contextmanager

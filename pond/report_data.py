@@ -238,5 +238,5 @@ def run_json(run: Path) -> str:
     """The manifest's lineage figures as indented JSON, for the report's last section."""
     m = manifest(run)
     keep = {k: m[k] for k in ("pond_version", "recipe", "recipe_hash", "seed", "inputs", "hardware", "dtypes",
-                              "timings") if k in m}
+                              "plan", "timings") if k in m}
     return json.dumps(keep, indent=1, sort_keys=True, default=str) if keep else ""

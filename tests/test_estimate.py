@@ -10,7 +10,7 @@ import polars as pl
 import pytest
 
 from pond import costs
-from pond.estimate import estimate, estimate_run, plan_line
+from pond.estimate import estimate, estimate_run, plan_line, plan_seconds
 from pond.pipeline import run_pipeline
 from pond.recipe import parse_recipe
 
@@ -163,6 +163,7 @@ def test_a_judge_refused_early_makes_the_time_a_range(workdir, monkeypatch):
     assert f"{first_round} to {est.requests} requests ({first_round} if calibration refuses" in teacher_line
     assert re.search(r"teacher +[\d.]+ (s|min) to [\d.]+ (s|min)", teacher_line), teacher_line
     assert ", the shorter if calibration refuses the judge in its first round" in plan_line(recipe, est)
+    assert plan_seconds(est)["teacher"] == [round(est.fewest_seconds["teacher"], 1), round(est.seconds["teacher"], 1)]
 
     for fail_fast, on_failed in (("false", "pass"), ("true", "stop")):
         # the whole set graded at once, or a refused judge that stops the run: every request counts
@@ -211,8 +212,15 @@ def test_model_sizes_and_scaling():
 
 def test_plan_is_the_first_line_and_stages_say_their_time(workdir):
     lines: list[str] = []
-    run_pipeline(parse_recipe(CURATION, "r.yaml"), workdir / "run", workdir, log=lines.append)
+    recipe = parse_recipe(CURATION, "r.yaml")
+    run_pipeline(recipe, workdir / "run", workdir, log=lines.append)
     assert re.match(r"plan: est: \d+ rows through 2 steps; about [\d.]+ (s|min) on this machine", lines[0]), lines[0]
+    # the manifest keeps the plan's figures beside the stages' measured times, for bench/demo.py to set side by side
+    manifest = json.loads((workdir / "run" / "manifest.json").read_text())
+    est = estimate(recipe, None, workdir)
+    assert manifest["plan"] == {"line": lines[0], "seconds": plan_seconds(est), "costs": est.costs.label}
+    assert manifest["plan"]["seconds"]["curation"] == [round(est.seconds["curation"], 1)] * 2
+    assert set(manifest["timings"]) == {"curation_and_synthesis"}
     assert "── curation and synthesis: started" in lines
     assert any(re.fullmatch(r"── curation and synthesis: done in \d+ s", x) for x in lines), lines
     assert any(re.match(r"01-holdout: started, \d+ rows in", x) for x in lines), lines
