@@ -481,30 +481,49 @@ def benchmark_lines(summary: dict) -> list[str]:
     return lines + failures
 
 
+ROWS_DODGE = 1.15  # the factor between neighbouring arms of one size on the plot's log-scale rows axis
+
+
 def write_plot(path: Path, summary: dict, title: str) -> Path:
-    """plot.png: left, the headline metric vs training rows (one point per arm, interval bars);
-    right, each arm's paired difference from the baseline — arms' own intervals include the
-    spread between held-out rows, so they can overlap while the paired difference excludes zero."""
+    """plot.png (plot_figure)."""
+    import matplotlib.pyplot as plt
+
+    fig = plot_figure(summary, title)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_figure(summary: dict, title: str):
+    """Left, the headline metric vs training rows (one point per arm, interval bars); right, each arm's
+    paired difference from the baseline — arms' own intervals include the spread between held-out rows, so
+    they can overlap while the paired difference excludes zero. The legend sits below both panels, where it
+    cannot cover a bar (matplotlib's `loc="best"` put it over one)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import NullFormatter, ScalarFormatter
+    from matplotlib.ticker import NullLocator
 
     metric, baseline = summary["metric"], summary["baseline"]
     lower = summary["lower_is_better"]
-    fig, (ax, dx) = plt.subplots(1, 2, figsize=(11, 4.5), dpi=120, gridspec_kw={"width_ratios": [3, 2]})
+    fig, (ax, dx) = plt.subplots(1, 2, figsize=(11, 5), dpi=120, gridspec_kw={"width_ratios": [3, 2]},
+                                 layout="constrained")
     shown = [(i, a) for i, a in enumerate(summary["arms"]) if a["metrics"].get(metric)]
     # arms of one size (equal rows, as in the demo) stand side by side: on a rows axis they would share one x
-    by_rows = len({a["profile"]["rows"] for _, a in shown}) > 1
+    sizes = [a["profile"]["rows"] for _, a in shown]
+    by_rows = len(set(sizes)) > 1
     xs = []
     for k, (i, a) in enumerate(shown):
         m, rows = a["metrics"][metric], a["profile"]["rows"]
-        x = rows if by_rows else k
+        # on the rows axis, arms of one size among others are set apart a little, so no bar hides another
+        # (random_n and longest_n take the curated arm's size); the legend names them
+        same = [j for j, r in enumerate(sizes) if r == rows]
+        x = rows * ROWS_DODGE ** (same.index(k) - (len(same) - 1) / 2) if by_rows else k
         xs.append(x)
         ax.errorbar([x], [m["mean"]], yerr=[[m["mean"] - m["low"]], [m["high"] - m["mean"]]], fmt="o", capsize=5,
                     color=f"C{i}", label=f"{a['name']} ({rows} rows)")
-        if by_rows:
+        if by_rows and len(same) == 1:
             ax.annotate(a["name"], (x, m["mean"]), textcoords="offset points", xytext=(7, 5), fontsize=9)
     if metric in summary["base_model"]:
         ax.axhline(summary["base_model"][metric]["mean"], color="grey", linestyle="--", linewidth=1,
@@ -512,8 +531,9 @@ def write_plot(path: Path, summary: dict, title: str) -> Path:
     if by_rows:
         ax.set_xscale("log")
         ax.set_xlim(min(xs) / 1.6, max(xs) * 1.6)
-        ax.xaxis.set_major_formatter(ScalarFormatter())
-        ax.xaxis.set_minor_formatter(NullFormatter())  # labelled minor ticks overlapped the major ones
+        # ticks at the arms' own sizes: powers of ten alone left a single label between 47 and 402 rows
+        ax.set_xticks(sorted(set(sizes)), [str(r) for r in sorted(set(sizes))])
+        ax.xaxis.set_minor_locator(NullLocator())  # labelled minor ticks overlapped the major ones
         ax.set_xlabel("training rows (log scale)")
     else:
         ax.set_xticks(xs, [a["name"] for _, a in shown])
@@ -522,7 +542,10 @@ def write_plot(path: Path, summary: dict, title: str) -> Path:
     ax.set_ylabel(METRIC_INFO[metric][2] + (" (lower is better)" if lower else ""), fontsize=9)
     ax.set_title(f"{metric}: mean over seeds, {summary['confidence']:.0%} interval", fontsize=10)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
+    handles, labels = ax.get_legend_handles_labels()
+    arms_first = sorted(range(len(labels)), key=lambda j: labels[j].startswith("base model"))
+    handles, labels = [handles[j] for j in arms_first], [labels[j] for j in arms_first]
+    fig.legend(handles, labels, fontsize=8, loc="outside lower center", ncol=min(5, len(handles)), frameon=False)
 
     diffs = [(i, a) for i, a in enumerate(summary["arms"]) if metric in a.get("vs_" + baseline, {})]
     for y, (i, a) in enumerate(diffs):
@@ -537,7 +560,4 @@ def write_plot(path: Path, summary: dict, title: str) -> Path:
     dx.set_title(f"difference from `{baseline}`", fontsize=10)
     dx.grid(True, axis="x", alpha=0.3)
     fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return fig

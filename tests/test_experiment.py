@@ -256,6 +256,37 @@ def _fake_scores(ids, loss_per_token, judge=None, tokens=10):
                          "token_f1": np.full(n, np.nan)})
 
 
+def assert_nothing_covers_the_data(summary: dict) -> None:
+    """The plot's legend lies outside both panels (it covered an interval bar at matplotlib's `loc="best"`), and
+    the left panel's tick labels do not overlap one another."""
+    import matplotlib.pyplot as plt
+
+    from evaluation.report import plot_figure
+
+    fig = plot_figure(summary, "t")
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    (legend,), (ax, dx) = fig.legends, fig.axes
+    assert [t.get_text() for t in legend.get_texts()] == [f"{a['name']} ({a['profile']['rows']} rows)"
+                                                          for a in summary["arms"]] + ["base model (no training)"]
+    box = legend.get_window_extent(renderer)
+    for panel in (ax, dx):
+        assert not box.overlaps(panel.get_window_extent(renderer)), panel.get_title()
+    labels = [t for t in ax.get_xticklabels() if t.get_visible() and t.get_text()]
+    sizes = {a["profile"]["rows"] for a in summary["arms"]}
+    # the arms' names on equal sizes, else each size that an arm has
+    assert {t.get_text() for t in labels} == ({a["name"] for a in summary["arms"]} if len(sizes) == 1
+                                              else {str(r) for r in sizes})
+    ticks = [t.get_window_extent(renderer) for t in labels]
+    assert not any(a.overlaps(b) for i, a in enumerate(ticks) for b in ticks[i + 1:])
+    # each arm's bar stands at its own x (arms of one size among others are set apart), and no name overlaps another
+    xs = [bar.lines[0].get_xdata()[0] for bar in ax.containers]
+    assert len(xs) == len(summary["arms"]) == len(set(xs))
+    names = [t.get_window_extent(renderer) for t in ax.texts]
+    assert not any(a.overlaps(b) for i, a in enumerate(names) for b in names[i + 1:])
+    plt.close(fig)
+
+
 def test_aggregate_report_and_plot_from_known_scores(split, tmp_path):
     """Arm `good` is 0.3 nats better than `full` on every row: it must win, with an interval excluding 0."""
     from evaluation.report import aggregate, write_plot, write_report
@@ -289,6 +320,14 @@ def test_aggregate_report_and_plot_from_known_scores(split, tmp_path):
     assert "`good` won" in text and "raw pool draw" in text and "judge_win_rate" in text
     write_plot(tmp_path / "plot.png", summary, "t")
     assert (tmp_path / "plot.png").stat().st_size > 10_000
+    assert_nothing_covers_the_data(summary)
+    # a third arm of the curated arm's size (as random_n and longest_n are) beside the bigger `full`
+    third = {**arms[0], "name": "random_n", "seeds": seeds(-0.1)}
+    assert_nothing_covers_the_data(aggregate(arms + [third], _fake_scores(ids, row + 0.5), held, metric="heldout_loss",
+                                             baseline="full", slices=[], resamples=200, confidence=0.95))
+    same_rows = [{**a, "profile": prof, "rows": 10} for a in arms]  # as in the demo: arms side by side, not by rows
+    assert_nothing_covers_the_data(aggregate(same_rows, _fake_scores(ids, row + 0.5), held, metric="heldout_loss",
+                                             baseline="full", slices=[], resamples=200, confidence=0.95))
 
     # The same arms with the difference reversed: `full` wins and the runner-up sentence says so.
     arms[0]["seeds"] = seeds(+0.3)
