@@ -55,7 +55,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_serializer
 
 from curation import embed_openvino, embed_tokens
-from curation.settings import no_progress, pick_dtype, usable_cores
+from curation.settings import no_progress, pick_dtype, quiet_model_loading, usable_cores
 
 DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2"
 # characters kept per token of max_seq_length before tokenising (English ~4 chars/token)
@@ -346,6 +346,7 @@ def _load_model(path: str, device: str, precision: str, max_seq_length: int | No
     import torch
     from sentence_transformers import SentenceTransformer
 
+    quiet_model_loading()
     model = SentenceTransformer(path, device=device, local_files_only=True)
     if max_seq_length is not None:
         model.max_seq_length = max_seq_length

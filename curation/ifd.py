@@ -54,7 +54,7 @@ from pydantic import Field
 
 from curation.chat import last_assistant, split_last_turn
 from curation.embed import EmbeddingCache, fingerprint, machine_threads, text_hashes
-from curation.settings import default_device, no_progress, pick_dtype, resolve_model
+from curation.settings import default_device, no_progress, pick_dtype, quiet_model_loading, resolve_model
 from curation.step import StepContext, StepOptions, split
 
 STAGE = "ifd"
@@ -126,6 +126,7 @@ def _load_model(path: str, device: str, dtype: str):
     import torch
     from transformers import AutoModelForCausalLM
 
+    quiet_model_loading()
     model = AutoModelForCausalLM.from_pretrained(
         path, dtype=torch.bfloat16 if dtype == "bf16" else torch.float32, local_files_only=True)
     model.to(device).eval()

@@ -18,6 +18,7 @@ import os
 import shutil
 import subprocess
 import sys
+import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Literal, TypeVar
@@ -26,6 +27,9 @@ from typing import Literal, TypeVar
 # which nothing here may download, and warns when it is imported; its built-in fallback is what runs.
 # Set here, before anything imports it (every part of pond imports this module first).
 logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+# peft asks every model it wraps for transformers' deprecated `is_gradient_checkpointing` (transformers 5.23,
+# peft 0.21): a FutureWarning for each adapter pond trains or loads, about code that is not pond's.
+warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 T = TypeVar("T")
 # The student when a recipe names none (train.student, and every local scorer or counter that stands in
@@ -71,6 +75,14 @@ def resolve_model(name_or_path: str, cache_dir: Path | None = None, option: str 
 def no_progress(items: Iterable[T], description: str = "", total: int | None = None) -> Iterator[T]:
     """The tracker used when nobody shows progress: same signature as the CLI's rich tracker."""
     yield from items
+
+
+def quiet_model_loading() -> None:
+    """Turn off transformers' own bars ("Loading weights" for every model a run loads, a dozen in the demo):
+    pond's stage lines and rich bars say what is running. Called by each loader, after it imports transformers."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
 
 
 def _cpuinfo_text() -> str:

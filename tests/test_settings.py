@@ -136,3 +136,16 @@ def test_an_instruction_set_cap_turns_native_bf16_off(monkeypatch):
     assert settings.cpu_native_bf16()
     monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
     assert not settings.cpu_native_bf16()
+
+
+def test_loading_and_wrapping_a_student_prints_no_library_bars_or_warnings(tiny_llama_dir):
+    # In a process of its own: pytest records warnings and resets filters per test, a user's process does not.
+    import subprocess
+    import sys
+
+    code = ("import sys; from peft import LoraConfig, get_peft_model; from training.model import load_student; "
+            "model, _ = load_student(sys.argv[1], 'lora', compute_dtype='fp32'); "
+            "get_peft_model(model, LoraConfig(r=2, target_modules=['q_proj']))")
+    res = subprocess.run([sys.executable, "-c", code, str(tiny_llama_dir)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert "Loading weights" not in res.stderr and "is_gradient_checkpointing" not in res.stderr, res.stderr

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from curation.errors import ConfigError
-from curation.settings import pick_dtype, resolve_model
+from curation.settings import pick_dtype, quiet_model_loading, resolve_model
 from training.distributed import local_rank
 
 log = logging.getLogger(__name__)
@@ -136,6 +136,7 @@ def load_student(path: str | Path, method: str = "qlora", compute_dtype: str = "
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=dtype)
+    quiet_model_loading()
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     if dev.type == "cpu":
         disable_cpu_repack(model)

@@ -34,7 +34,7 @@ import polars as pl
 import torch
 
 from curation.errors import ConfigError
-from curation.settings import hardware
+from curation.settings import hardware, quiet_model_loading
 from curation import store
 from training import distributed
 from training.callbacks import CountingSFTTrainer, EarlyStopping, ProgressCallback
@@ -175,6 +175,7 @@ def _merge(student: Path, adapter_dir: Path, out: Path, dtype: torch.dtype) -> P
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
+    quiet_model_loading()
     base = AutoModelForCausalLM.from_pretrained(student, dtype=dtype)
     merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
     tmp = out.with_name(out.name + ".tmp")
