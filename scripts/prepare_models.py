@@ -73,7 +73,7 @@ def gguf_to_hf(gguf: Path, dest: Path, *, chat_template: str | None = None, stop
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, torch_dtype=torch.bfloat16)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.bfloat16)
     # The GGUF loader leaves a quantizer attached; without clearing it save_pretrained refuses.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
