@@ -1,5 +1,5 @@
 """Project-wide settings at the bottom of the import graph: the cache folder (and model folders
-in it), the no-op progress tracker, the dtype rule, and what hardware a figure came from.
+in it), the no-op progress tracker, the dtype rule, quiet model loading, and what hardware a figure came from.
 
 The dtype rule is written once, here, and every part that runs a model asks it: training,
 embeddings, scorers, evaluation and every vLLM server pond starts. bf16 only where the device
