@@ -43,6 +43,7 @@ class Costs:
     generate_tok_s: float = 0.0       # benchmark answers: tokens/s of the merged-adapter vLLM server
     generation_start_s: float = 0.0   # merging an adapter and starting its server, once per model
     sources: tuple[str, ...] = field(default=())
+    pace: float = 1.0                 # this machine's measured pace on the student's figures (pond/pace.py)
 
     def step_s(self, method: str) -> float:
         """A training step of `method`; a method not measured is charged the dearest measured one."""

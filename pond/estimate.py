@@ -22,6 +22,7 @@ import polars as pl
 
 from pond import costs as cost_model
 from pond import layout
+from pond.pace import paced
 from pond.recipe import Recipe
 from pond.steps import STEPS
 
@@ -107,7 +108,7 @@ def estimate(recipe: Recipe, out: Path | None, base_dir: Path, *, train: bool = 
     rows = input_rows(recipe, out, base_dir)
     ctx = StepContext(seed=recipe.seed, cache_dir=cache_dir, run_dir=None, step_dir=None, base_dir=base_dir,
                       teachers=Teachers(recipe.teachers))
-    est = Estimate(rows=len(rows), costs=cost_model.machine_costs())
+    est = Estimate(rows=len(rows), costs=paced(cost_model.machine_costs(), cache_dir))
     flow = _Flow(rows=len(rows), curation=len(rows) / est.costs.ingest_rows_per_s if est.costs else 0.0)
     for i, step in enumerate(recipe.steps, start=1):
         _estimate_step(est, flow, recipe, i, step, rows, ctx, out)
@@ -359,7 +360,8 @@ def plan_line(recipe: Recipe, est: Estimate) -> str:
         return f"{what}; {est.notes['all']}"
     timed = ", ".join(f"{s} {_span(est, s)}" for s in STAGES if est.seconds.get(s))
     early = f", the shorter {REFUSED_EARLY}" if est.fewest_seconds else ""
-    return f"{what}; about {_span(est)} on this machine ({timed or 'all done earlier'}{early})"
+    pace = f"; the student's compute at x{est.costs.pace:.2f}, this machine's pace" if est.costs.pace != 1 else ""
+    return f"{what}; about {_span(est)} on this machine ({timed or 'all done earlier'}{early}{pace})"
 
 
 def estimate_run(recipe: Recipe, out: Path, base_dir: Path, print_fn: Callable = print,

@@ -15,7 +15,7 @@ import polars as pl
 
 from curation.errors import DataNotFound
 from curation.store import file_digest
-from pond import __version__, layout, ledger
+from pond import __version__, layout, ledger, pace
 from pond.recipe import Recipe
 from pond.report_html import write_report_html
 from pond.estimate import estimate_run  # noqa: F401  (`pond run --estimate`; its old home)
@@ -50,6 +50,8 @@ def run_pipeline(recipe: Recipe, out: Path, base_dir: Path, *, fresh: bool = Fal
     The first line logged is the plan (what the run will do, and about how long it takes here)."""
     plan = _plan(recipe, out, base_dir, fresh, train)
     log(plan["line"])
+    # a resumed run's student stages may be partly done (an arm, a checkpoint) where the plan counts them whole
+    first_run = fresh or not (out / layout.MANIFEST).exists()
     runner = Runner(recipe, out, base_dir, fresh=fresh, track=track, log=log)
     extra: dict[str, Any] = {"plan": plan}
     timings: dict[str, float] = {}
@@ -66,6 +68,10 @@ def run_pipeline(recipe: Recipe, out: Path, base_dir: Path, *, fresh: bool = Fal
             with _stage("experiment", log, timings, "experiment"):
                 extra["experiment"] = _experiment(runner, curated, recipe, track, log)
     extra["timings"] = {k: round(v, 1) for k, v in timings.items()}
+    learned = pace.record(plan, timings, runner.out) if first_run else None
+    if learned is not None:
+        log(f"pace: the student's compute ran at x{learned:.2f} of the per-unit costs (pond/pace.py: the next plan "
+            f"on this machine charges it so)")
     write_manifest(runner, extra)
     ledger.append(runner.out, "finished")
     write_report_html(runner.out)
@@ -91,8 +97,8 @@ def _plan(recipe: Recipe, out: Path, base_dir: Path, fresh: bool, train: bool) -
         est = estimate(recipe, None if fresh else out, base_dir, train=train)
     except Exception as exc:  # noqa: BLE001 - the plan is advice; ingest reports a bad input in its own words
         return {"line": f"plan: {recipe.name}: no estimate ({type(exc).__name__}: {exc})"}
-    return {"line": plan_line(recipe, est), "seconds": plan_seconds(est),
-            **({"costs": est.costs.label} if est.costs else {})}
+    costs = {"costs": est.costs.label, **({"pace": est.costs.pace} if est.costs.pace != 1 else {})} if est.costs else {}
+    return {"line": plan_line(recipe, est), "seconds": plan_seconds(est), **costs}
 
 
 @contextmanager

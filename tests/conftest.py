@@ -49,3 +49,10 @@ def fortunes_df() -> pl.DataFrame:
          "source": [r[2] for r in rows]},
         schema={"id": pl.Utf8, "messages": MESSAGES, "text": pl.Utf8, "source": pl.Utf8},
     )
+
+
+@pytest.fixture(autouse=True)
+def _own_pace_file(tmp_path_factory, monkeypatch):
+    """Each test plans at the cost classes' own figures: a pace learned by another test's run (pond/pace.py, kept
+    across runs on purpose) must not move this one's estimates. Subprocesses inherit it."""
+    monkeypatch.setenv("POND_PACE_FILE", str(tmp_path_factory.mktemp("pace") / "pace.json"))

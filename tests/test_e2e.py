@@ -64,11 +64,15 @@ def scaled_quickstart(tmp_path: Path, teacher_url: str, teacher_model: str, stud
     return yaml.safe_dump(recipe, sort_keys=False)
 
 
-def test_quickstart_scaled_down_end_to_end(tmp_path, teacher_server, tiny_llama_dir):
+def test_quickstart_scaled_down_end_to_end(tmp_path, teacher_server, tiny_llama_dir, monkeypatch):
+    from pond import pace
+
+    monkeypatch.setattr(pace, "MIN_STAGE_S", 0.0)  # the tiny student's stages are planned at seconds
     text = scaled_quickstart(tmp_path, teacher_server.base_url, teacher_server.model, tiny_llama_dir)
     recipe = parse_recipe(text, "quickstart")
     out = tmp_path / "run"
-    summary = run_pipeline(recipe, out, tmp_path)
+    lines: list[str] = []
+    summary = run_pipeline(recipe, out, tmp_path, log=lines.append)
     assert "curated:" in summary
     # the quickstart answers no benchmark: the summary names the recipe that does, and how it checks
     assert "benchmark: none in this recipe; `pond experiment recipes/quality_vs_quantity.yaml` has every arm " \
@@ -99,6 +103,15 @@ def test_quickstart_scaled_down_end_to_end(tmp_path, teacher_server, tiny_llama_
     teacher = judge_stats["teacher"]
     assert teacher.get("sent", 0) + teacher.get("cache_hits", 0) >= judge_stats["judged"] > 0
     assert "judge_score" in curated.columns
+
+    # the run's student stages, measured against its plan, are this machine's pace for the next plan
+    plan, timings = manifest["plan"], manifest["timings"]
+    planned = sum(plan["seconds"][s][1] for s in pace.STUDENT_STAGES)
+    measured = sum(timings[k] for k in pace.STUDENT_STAGES.values())
+    kept = json.loads(pace.pace_file().read_text())
+    # (the manifest keeps the timings to 0.1 s: three of them)
+    assert [e["pace"] for e in kept.values()] == [pytest.approx(measured / planned, abs=0.15 / planned + 0.001)]
+    assert any(x.startswith("pace: the student's compute ran at x") for x in lines), lines
 
     # manifest hashes match the files on disk
     for name, digest in manifest["outputs"].items():

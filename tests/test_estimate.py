@@ -281,3 +281,33 @@ def test_a_steps_rate_is_its_own_or_the_slowest_measured(workdir, monkeypatch):
     rows = measured.rows - 3  # what reaches exact_dedup after the draw
     extra = rows / costs.slowest_rows_per_s() - rows / own
     assert unmeasured.seconds["curation"] - measured.seconds["curation"] == pytest.approx(extra)
+
+
+def test_a_runs_measured_pace_is_charged_to_the_student_by_the_next_plan(workdir, monkeypatch):
+    from pond import pace
+
+    monkeypatch.setattr(costs, "machine_costs", lambda: costs.CPU_FP32)
+    recipe = parse_recipe(TEACHER.format(candidates=3), "r.yaml")
+    before = estimate(recipe, None, workdir)
+    assert before.costs.pace == 1 and "pace" not in plan_line(recipe, before)
+    plan = {"costs": costs.CPU_FP32.label, "seconds": {"training": [100.0, 100.0], "evaluation": [50.0, 50.0],
+                                                      "experiment": [10.0, 10.0]}}
+    # the experiment, planned under MIN_STAGE_S, is left out: (40 + 35) / (100 + 50)
+    assert pace.record(plan, {"train": 40.0, "evaluate": 35.0, "experiment": 30.0}, workdir / "run") == 0.5
+    after = estimate(recipe, None, workdir)
+    assert after.costs.pace == 0.5 and after.costs.request_s == before.costs.request_s
+    for stage in ("training", "evaluation", "experiment"):
+        assert after.seconds[stage] == pytest.approx(before.seconds[stage] * 0.5), stage
+    for stage in ("curation", "teacher"):  # the teacher and the curation steps keep the class's figures
+        assert after.seconds[stage] == before.seconds[stage], stage
+    assert "the student's compute at x0.50, this machine's pace" in plan_line(recipe, after)
+    assert any("this machine's pace x0.50" in s for s in after.costs.sources)
+    # a paced plan that was right keeps the pace; one that was 20% short moves it
+    paced_plan = {**plan, "pace": 0.5}
+    assert pace.record(paced_plan, {"train": 100.0, "evaluate": 50.0}, workdir / "run") == 0.5
+    assert pace.record(paced_plan, {"train": 120.0, "evaluate": 60.0}, workdir / "run") == 0.6
+    # another class of costs (here: the CPU with native bf16) has no pace yet
+    assert pace.paced(costs.CPU_BF16) is costs.CPU_BF16
+    # nothing to learn from: no timed student stage, or a plan without costs (a GPU)
+    assert pace.record(plan, {"train": 0.0}, workdir / "run") is None
+    assert pace.record({"seconds": plan["seconds"]}, {"train": 40.0}, workdir / "run") is None
