@@ -71,7 +71,7 @@ def record(plan: dict, timings: dict[str, float], run: Path, cache_dir: Path | N
     pace = round(plan.get("pace", 1.0) * ratio, 3)
     path = pace_file(cache_dir)
     paces = _read(path)
-    paces[_key(plan["costs"])] = {"pace": pace, "run": str(run), "stages": stages,
+    paces[_key(plan["costs"])] = {"pace": pace, "run": str(Path(run).resolve()), "stages": stages,
                                   "when": time.strftime("%Y-%m-%d %H:%M")}
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json(paces, path, sort_keys=True)

@@ -293,7 +293,9 @@ def test_a_runs_measured_pace_is_charged_to_the_student_by_the_next_plan(workdir
     plan = {"costs": costs.CPU_FP32.label, "seconds": {"training": [100.0, 100.0], "evaluation": [50.0, 50.0],
                                                       "experiment": [10.0, 10.0]}}
     # the experiment, planned under MIN_STAGE_S, is left out: (40 + 35) / (100 + 50)
-    assert pace.record(plan, {"train": 40.0, "evaluate": 35.0, "experiment": 30.0}, workdir / "run") == 0.5
+    assert pace.record(plan, {"train": 40.0, "evaluate": 35.0, "experiment": 30.0}, Path("run")) == 0.5
+    (kept,) = json.loads(pace.pace_file().read_text()).values()
+    assert kept["run"] == str(Path("run").resolve()) and kept["stages"] == ["training", "evaluation"]
     after = estimate(recipe, None, workdir)
     assert after.costs.pace == 0.5 and after.costs.request_s == before.costs.request_s
     for stage in ("training", "evaluation", "experiment"):
