@@ -36,9 +36,10 @@ def _key(label: str) -> str:
 
 def _read(path: Path) -> dict:
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except (OSError, ValueError):
         return {}  # none yet, or unreadable: the plan charges the class's costs
+    return data if isinstance(data, dict) else {}
 
 
 def paced(costs, cache_dir: Path | None = None):
@@ -46,15 +47,15 @@ def paced(costs, cache_dir: Path | None = None):
     if costs is None:
         return None
     entry = _read(pace_file(cache_dir)).get(_key(costs.label))
-    if not entry:
-        return costs
-    r = float(entry["pace"])
+    r = entry.get("pace") if isinstance(entry, dict) else None
+    if not isinstance(r, (int, float)) or r <= 0:
+        return costs  # none recorded, or an edited file's nonsense: the class's costs
     return dataclasses.replace(
         costs, pace=r, train_step_s={m: s * r for m, s in costs.train_step_s.items()},
         train_load_s=costs.train_load_s * r, score_row_s=costs.score_row_s * r, ifd_pass_s=costs.ifd_pass_s * r,
         generate_tok_s=costs.generate_tok_s / r, generation_start_s=costs.generation_start_s * r,
-        sources=costs.sources + (f"this machine's pace x{r:.2f} for the student's compute, from {entry['run']} "
-                                 f"({entry['when']}; {pace_file(cache_dir)})",))
+        sources=costs.sources + (f"this machine's pace x{r:.2f} for the student's compute, from {entry.get('run')} "
+                                 f"({entry.get('when')}; {pace_file(cache_dir)})",))
 
 
 def record(plan: dict, timings: dict[str, float], run: Path, cache_dir: Path | None = None) -> float | None:

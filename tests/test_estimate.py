@@ -308,6 +308,10 @@ def test_a_runs_measured_pace_is_charged_to_the_student_by_the_next_plan(workdir
     paced_plan = {**plan, "pace": 0.5}
     assert pace.record(paced_plan, {"train": 100.0, "evaluate": 50.0}, workdir / "run") == 0.5
     assert pace.record(paced_plan, {"train": 120.0, "evaluate": 60.0}, workdir / "run") == 0.6
+    # a file edited into nonsense, or unreadable, plans at the class's costs
+    for text in ('{"%s": {"pace": 0}}' % pace._key(costs.CPU_FP32.label), "{not json", "[1]"):
+        pace.pace_file().write_text(text)
+        assert pace.paced(costs.CPU_FP32) is costs.CPU_FP32
     # another class of costs (here: the CPU with native bf16) has no pace yet
     assert pace.paced(costs.CPU_BF16) is costs.CPU_BF16
     # nothing to learn from: no timed student stage, or a plan without costs (a GPU)
