@@ -11,7 +11,6 @@ times them as one stage, and a vLLM server's speed need not follow the student's
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import time
@@ -19,6 +18,7 @@ from pathlib import Path
 
 from curation.settings import default_cache_dir, describe_cpu
 from curation.store import write_json
+from pond.costs import scaled_student
 
 # the plan's stage -> the run's timing of it (pond.pipeline's stage keys)
 STUDENT_STAGES = {"training": "train", "evaluation": "evaluate", "experiment": "experiment"}
@@ -50,10 +50,8 @@ def paced(costs, cache_dir: Path | None = None):
     r = entry.get("pace") if isinstance(entry, dict) else None
     if not isinstance(r, (int, float)) or r <= 0:
         return costs  # none recorded, or an edited file's nonsense: the class's costs
-    return dataclasses.replace(
-        costs, pace=r, train_step_s={m: s * r for m, s in costs.train_step_s.items()},
-        train_load_s=costs.train_load_s * r, score_row_s=costs.score_row_s * r, ifd_pass_s=costs.ifd_pass_s * r,
-        generate_tok_s=costs.generate_tok_s / r, generation_start_s=costs.generation_start_s * r,
+    return scaled_student(
+        costs, r, pace=r,
         sources=costs.sources + (f"this machine's pace x{r:.2f} for the student's compute, from {entry.get('run')} "
                                  f"({entry.get('when')}; {pace_file(cache_dir)})",))
 
